@@ -1,0 +1,1 @@
+"""Neural experts, mixture of experts, training."""

@@ -1,0 +1,1 @@
+"""Expert models sharing one interface (base.py)."""

@@ -1,0 +1,105 @@
+"""The one interface every expert implements (CNN, Transformer, DQN, Kronos).
+
+The orchestrator, backtester, trainers and evaluation only talk to experts through this class.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.config import ExpertConfig
+from core.types import ExpertBatchOutput, ExpertOutput, FeatureBatch, FeatureSpec
+from NN.devices import pick_device
+
+
+class Expert(ABC):
+    """An expert gives probabilities of (down, flat, up) over ``horizon`` bars.
+
+    Subclasses implement ``predict_many`` (batched, eval mode, under ``torch.inference_mode()``),
+    ``train_step`` and the state accessors. ``predict`` is the single-sample path used live.
+    """
+
+    def __init__(self, name: str, cfg: ExpertConfig, spec: FeatureSpec) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.spec = spec
+        self.horizon = cfg.horizon
+        self.device = pick_device(cfg.device)
+        self.version = "untrained"
+
+    # ---- inference
+    @abstractmethod
+    def predict_many(self, batch: FeatureBatch) -> ExpertBatchOutput:
+        """Vectorised predictions for every sample of ``batch``."""
+
+    def predict(self, batch: FeatureBatch) -> ExpertOutput:
+        """Prediction for the LAST sample of ``batch`` (live: a batch of one)."""
+        t0 = time.perf_counter()
+        out = self.predict_many(batch.take(slice(len(batch) - 1, len(batch))))
+        latency = (time.perf_counter() - t0) * 1000.0
+        p = out.probs[0]
+        extras = {k: _scalar(v[0]) for k, v in out.extras.items()}
+        return ExpertOutput(
+            expert=self.name,
+            model_version=self.version,
+            symbol=batch.symbol,
+            ts=int(out.ts[0]),
+            horizon=self.horizon,
+            probs=(float(p[0]), float(p[1]), float(p[2])),
+            expected_return=float(out.expected_return[0]),
+            confidence=float(out.confidence[0]),
+            latency_ms=latency,
+            extras=extras,
+        )
+
+    # ---- training
+    @abstractmethod
+    def train_step(
+        self, batch: FeatureBatch, labels: np.ndarray, fwd_returns: np.ndarray
+    ) -> dict[str, float]:
+        """One optimisation step on a mini-batch; returns metrics such as {'loss': ...}.
+
+        labels: int64 [N] in {0: down, 1: flat, 2: up} at this expert's horizon;
+        fwd_returns: float64 [N] the matching forward log returns (DQN rewards use them)."""
+
+    # ---- state
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to restore the expert (weights, optimiser, calibration, version)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def save(self, path: str | Path) -> None:
+        """Atomic write: a temporary file, then os.replace."""
+        import os
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(Path(path), map_location=self.device, weights_only=False))
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def confidence_from_probs(probs: np.ndarray) -> np.ndarray:
+    """Confidence = 1 - normalised entropy of (down, flat, up): 0 for uniform, 1 for certain."""
+    p = np.clip(probs, 1e-12, 1.0)
+    h = -(p * np.log(p)).sum(axis=-1)
+    return 1.0 - h / np.log(p.shape[-1])

@@ -1,0 +1,1 @@
+"""Dataset building, offline and online training, checkpoints."""

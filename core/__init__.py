@@ -1,0 +1,1 @@
+"""Engine side of MoE Trader: data, features, orchestration, execution, backtests."""

@@ -1,0 +1,1 @@
+"""Backtest engine, metrics and reports."""

@@ -1,0 +1,367 @@
+"""Configuration: config.yaml (engine) and models.yml (expert registry) as validated pydantic models.
+
+An unknown key or a bad value raises ``ConfigError`` whose message is ONE line naming the file, the
+key path, the bad value and what is allowed. Secrets never live in these files: they come from the
+environment through ``Secrets`` and are never printed (their repr is masked).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.types import TIMEFRAME_MS
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "config.yaml"
+DEFAULT_MODELS = PROJECT_ROOT / "models.yml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, described in one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_timeframe(v: str) -> str:
+    if v not in TIMEFRAME_MS:
+        raise ValueError(f"must be one of {', '.join(TIMEFRAME_MS)}")
+    return v
+
+
+def _check_symbol(v: str) -> str:
+    if "/" not in v or v.startswith("/") or v.endswith("/"):
+        raise ValueError("must be a ccxt symbol like BTC/USDT")
+    return v
+
+
+# ---------------------------------------------------------------- config.yaml
+
+
+class DataConfig(_Strict):
+    db_path: str = "data/moe.duckdb"
+    exchange: str = "binanceus"
+    symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT"], min_length=1)
+    reference_symbol: str | None = None
+    base_timeframe: str = "1m"
+    timeframes: list[str] = Field(default_factory=lambda: ["1m", "5m", "1h", "1d"], min_length=1)
+    cache_bars: int = Field(1500, ge=10, le=1_000_000)
+    backfill_bars: int = Field(1500, ge=0, le=1_000_000)
+    websocket: bool = True
+    poll_interval_s: float = Field(5.0, gt=0)
+    reconnect_initial_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+    max_future_ms: int = Field(5_000, ge=0)
+
+    @field_validator("base_timeframe")
+    @classmethod
+    def _tf(cls, v: str) -> str:
+        return _check_timeframe(v)
+
+    @field_validator("timeframes")
+    @classmethod
+    def _tfs(cls, v: list[str]) -> list[str]:
+        for tf in v:
+            _check_timeframe(tf)
+        return v
+
+    @field_validator("symbols")
+    @classmethod
+    def _syms(cls, v: list[str]) -> list[str]:
+        for s in v:
+            _check_symbol(s)
+        return v
+
+    @field_validator("reference_symbol")
+    @classmethod
+    def _ref(cls, v: str | None) -> str | None:
+        return None if v is None else _check_symbol(v)
+
+    @model_validator(mode="after")
+    def _base_first(self) -> DataConfig:
+        base = TIMEFRAME_MS[self.base_timeframe]
+        for tf in self.timeframes:
+            if TIMEFRAME_MS[tf] % base:
+                raise ValueError(
+                    f"timeframe {tf} is not a multiple of base_timeframe {self.base_timeframe}"
+                )
+        return self
+
+
+class OrchestratorConfig(_Strict):
+    buy_threshold: float = Field(0.6, ge=0, le=1)
+    sell_threshold: float = Field(0.6, ge=0, le=1)
+    min_confidence: float = Field(0.0, ge=0, le=1)
+    kronos_every_bars: int = Field(5, ge=1)
+    decision_horizon: int = Field(5, ge=1)
+
+
+class ExecutionConfig(_Strict):
+    live: bool = False
+    broker: Literal["paper", "ccxt"] = "paper"
+    sandbox: bool = True
+    initial_cash: float = Field(10_000.0, gt=0)
+    quote_currency: str = "USDT"
+    maker_fee_bps: float = Field(10.0, ge=0, le=1000)
+    taker_fee_bps: float = Field(10.0, ge=0, le=1000)
+    slippage_bps: float = Field(2.0, ge=0, le=1000)
+    fill_at: Literal["next_open", "last_price"] = "next_open"
+
+
+class RiskConfig(_Strict):
+    sizing: Literal["fixed_fraction", "volatility_target"] = "fixed_fraction"
+    fraction: float = Field(0.5, gt=0, le=1)
+    target_vol_annual: float = Field(0.5, gt=0)
+    max_position_fraction: float = Field(1.0, gt=0, le=1)
+    stop_loss_pct: float = Field(0.02, ge=0, lt=1)
+    take_profit_pct: float = Field(0.04, ge=0)
+    max_daily_loss_pct: float = Field(0.05, gt=0, lt=1)
+    cooldown_bars: int = Field(15, ge=0)
+
+
+class BacktestConfig(_Strict):
+    kronos_every_bars: int = Field(15, ge=1)
+    reports_dir: str = "reports"
+    mode: Literal["fast", "event"] = "fast"
+
+
+class DashboardConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8050, ge=1, le=65535)
+    update_interval_ms: int = Field(1000, ge=100)
+    tensorboard_url: str = "http://127.0.0.1:6006"
+    replay_speed: float = Field(60.0, gt=0)
+
+
+class TrainingConfig(_Strict):
+    enabled: bool = True
+    runs_dir: str = "runs"
+    models_dir: str = "models"
+
+
+class AppConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    risk: RiskConfig = Field(default_factory=RiskConfig)
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the config, relative to the project root unless absolute."""
+        p = Path(relative)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+# ---------------------------------------------------------------- models.yml
+
+
+class CheckpointPolicy(_Strict):
+    keep_best: int = Field(3, ge=1)
+    metric: str = "val_logloss"
+    mode: Literal["min", "max"] = "min"
+
+
+class OnlineTrainingConfig(_Strict):
+    cadence_s: float = Field(30.0, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(64, ge=1)
+    replay_bars: int = Field(5000, ge=0)
+    promote_margin: float = Field(0.002, ge=0)
+
+
+class ExpertConfig(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    class_: str = Field(alias="class")
+    enabled: bool = True
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    horizon: int = Field(5, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)  # validated by the expert class itself
+    checkpoints: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
+    online: OnlineTrainingConfig = Field(default_factory=OnlineTrainingConfig)
+
+
+class FeaturesConfig(_Strict):
+    window: int = Field(64, ge=8, le=4096)
+    timeframes: list[str] = Field(default_factory=lambda: ["1m", "5m", "1h", "1d"], min_length=1)
+    norm_window: int = Field(500, ge=10)
+    pivot_levels: int = Field(3, ge=1, le=5)
+
+    @field_validator("timeframes")
+    @classmethod
+    def _tfs(cls, v: list[str]) -> list[str]:
+        for tf in v:
+            _check_timeframe(tf)
+        return v
+
+
+class LabelsConfig(_Strict):
+    horizons: list[int] = Field(default_factory=lambda: [1, 5, 15, 60], min_length=1)
+    dead_zone_bps: float | None = None  # None -> the round-trip taker fee from config.yaml
+
+    @field_validator("horizons")
+    @classmethod
+    def _pos(cls, v: list[int]) -> list[int]:
+        if any(h < 1 for h in v):
+            raise ValueError("every horizon must be >= 1 bar")
+        return v
+
+
+class MoEConfig(_Strict):
+    hedge_eta: float = Field(0.5, gt=0)
+    hedge_window: int = Field(200, ge=1)
+    hidden: int = Field(32, ge=1)
+    calibrate: bool = True
+
+
+class SplitConfig(_Strict):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    gap_bars: int = Field(60, ge=0)
+
+    @model_validator(mode="after")
+    def _sum(self) -> SplitConfig:
+        if self.train + self.val >= 1:
+            raise ValueError("train + val must leave room for the test split (< 1)")
+        return self
+
+
+class ModelsConfig(_Strict):
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    moe: MoEConfig = Field(default_factory=MoEConfig)
+    experts: dict[str, ExpertConfig] = Field(default_factory=dict)
+
+    def enabled(self) -> dict[str, ExpertConfig]:
+        return {k: v for k, v in self.experts.items() if v.enabled}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _format_error(source: str, err: ValidationError, raw: Any) -> str:
+    """One line: file, key path, bad value, what is allowed."""
+    e = err.errors()[0]
+    loc = [str(p) for p in e["loc"]]
+    path = ".".join(loc) or "(root)"
+    if e["type"] == "extra_forbidden":
+        allowed = _allowed_keys(err, loc)
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"{source}: unknown key '{path}'{hint}"
+    value = e.get("input")
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if e["type"] == "missing":
+        return f"{source}: missing key '{path}'"
+    return f"{source}: bad value for '{path}': {value!r} ({msg})"
+
+
+def _allowed_keys(err: ValidationError, loc: list[str]) -> list[str]:
+    model = err.title
+    root = {"AppConfig": AppConfig, "ModelsConfig": ModelsConfig}.get(model)
+    cls: Any = root
+    for part in loc[:-1]:
+        if cls is None:
+            return []
+        f = cls.model_fields.get(part)
+        if f is None:
+            # dict[str, Model]: the key is a free name
+            if getattr(cls, "__origin__", None) is dict:
+                continue
+            return []
+        ann = f.annotation
+        args = getattr(ann, "__args__", ())
+        cls = args[-1] if getattr(ann, "__origin__", None) is dict else ann
+    if cls is None or not hasattr(cls, "model_fields"):
+        return []
+    return [f.alias or k for k, f in cls.model_fields.items()]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path | None = None) -> AppConfig:
+    p = Path(path) if path else DEFAULT_CONFIG
+    raw = _read_yaml(p)
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(str(p), err, raw)) from None
+
+
+def load_models(path: str | Path | None = None) -> ModelsConfig:
+    p = Path(path) if path else DEFAULT_MODELS
+    raw = _read_yaml(p)
+    try:
+        return ModelsConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(str(p), err, raw)) from None
+
+
+def validate_params(model: type[BaseModel], params: dict[str, Any], where: str) -> Any:
+    """Validate an expert's ``params`` block with the expert's own pydantic model (extra=forbid),
+    raising ConfigError with the same one-line format (``where`` e.g. 'models.yml: experts.cnn.params')."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as err:
+        e = err.errors()[0]
+        path = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(model.model_fields)
+            raise ConfigError(f"{where}: unknown key '{path}'; allowed: {allowed}") from None
+        raise ConfigError(f"{where}: bad value for '{path}': {e.get('input')!r} ({e['msg']})") from None
+
+
+# ---------------------------------------------------------------- secrets
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secrets from the environment only. repr/str never show values."""
+
+    exchange_api_key: str | None = field(default=None, repr=False)
+    exchange_secret: str | None = field(default=None, repr=False)
+    exchange_password: str | None = field(default=None, repr=False)
+    dashboard_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Secrets:
+        e = os.environ if env is None else env
+        return cls(
+            exchange_api_key=e.get("MOE_EXCHANGE_API_KEY") or None,
+            exchange_secret=e.get("MOE_EXCHANGE_SECRET") or None,
+            exchange_password=e.get("MOE_EXCHANGE_PASSWORD") or None,
+            dashboard_token=e.get("DASHBOARD_TOKEN") or None,
+        )
+
+    @property
+    def has_exchange_keys(self) -> bool:
+        return bool(self.exchange_api_key and self.exchange_secret)
+
+    def __repr__(self) -> str:
+        flags = {k: ("set" if getattr(self, k) else "unset") for k in self.__dataclass_fields__}
+        return f"Secrets({', '.join(f'{k}={v}' for k, v in flags.items())})"
+
+    __str__ = __repr__

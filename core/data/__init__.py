@@ -1,0 +1,1 @@
+"""Market data: store, sources, validation, resampling, provider."""

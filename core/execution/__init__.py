@@ -1,0 +1,1 @@
+"""Brokers, risk and ledger."""

@@ -1,0 +1,1 @@
+"""Dash UI and REST API."""
