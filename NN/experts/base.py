@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from core.config import ExpertConfig
@@ -34,14 +35,21 @@ class Expert(ABC):
         self.version = "untrained"
 
     # ---- inference
+    #: "features": predicts from the FeatureBatch alone; "candles": also needs raw base-timeframe
+    #: candles (Kronos), passed as ``candles`` = DataFrame[CANDLE_COLUMNS] holding at least every bar
+    #: up to the last ts of the batch (bars after a sample's ts must never be used for that sample).
+    input_kind: str = "features"
+
     @abstractmethod
-    def predict_many(self, batch: FeatureBatch) -> ExpertBatchOutput:
+    def predict_many(
+        self, batch: FeatureBatch, candles: pd.DataFrame | None = None
+    ) -> ExpertBatchOutput:
         """Vectorised predictions for every sample of ``batch``."""
 
-    def predict(self, batch: FeatureBatch) -> ExpertOutput:
+    def predict(self, batch: FeatureBatch, candles: pd.DataFrame | None = None) -> ExpertOutput:
         """Prediction for the LAST sample of ``batch`` (live: a batch of one)."""
         t0 = time.perf_counter()
-        out = self.predict_many(batch.take(slice(len(batch) - 1, len(batch))))
+        out = self.predict_many(batch.take(slice(len(batch) - 1, len(batch))), candles)
         latency = (time.perf_counter() - t0) * 1000.0
         p = out.probs[0]
         extras = {k: _scalar(v[0]) for k, v in out.extras.items()}
