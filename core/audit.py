@@ -1,0 +1,153 @@
+"""The audit trail: every decision with every expert output and the gate weights behind it.
+
+Two DuckDB tables, ``decisions`` (one row per decision) and ``predictions`` (one row per expert output
+used by a decision, with the weight the gate gave it), answer "why did it trade?". Rows are buffered
+in memory and written in bulk (one DataFrame insert per flush), never row by row on the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from core.types import Decision
+
+DECISIONS_DDL = """
+CREATE TABLE IF NOT EXISTS decisions (
+    run_id VARCHAR NOT NULL, id VARCHAR NOT NULL, ts BIGINT NOT NULL, symbol VARCHAR NOT NULL,
+    action VARCHAR NOT NULL, p_down DOUBLE, p_flat DOUBLE, p_up DOUBLE, expected_return DOUBLE,
+    confidence DOUBLE, buy_threshold DOUBLE, sell_threshold DOUBLE, min_confidence DOUBLE,
+    target_position DOUBLE, reason VARCHAR, weights VARCHAR, n_experts INTEGER
+)"""
+
+PREDICTIONS_DDL = """
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id VARCHAR NOT NULL, decision_id VARCHAR NOT NULL, ts BIGINT NOT NULL, symbol VARCHAR NOT NULL,
+    expert VARCHAR NOT NULL, model_version VARCHAR, horizon INTEGER, p_down DOUBLE, p_flat DOUBLE,
+    p_up DOUBLE, expected_return DOUBLE, confidence DOUBLE, latency_ms DOUBLE, weight DOUBLE,
+    extras VARCHAR
+)"""
+
+DECISION_COLUMNS = ["run_id", "id", "ts", "symbol", "action", "p_down", "p_flat", "p_up",
+                    "expected_return", "confidence", "buy_threshold", "sell_threshold",
+                    "min_confidence", "target_position", "reason", "weights", "n_experts"]
+PREDICTION_COLUMNS = ["run_id", "decision_id", "ts", "symbol", "expert", "model_version", "horizon",
+                      "p_down", "p_flat", "p_up", "expected_return", "confidence", "latency_ms",
+                      "weight", "extras"]
+
+
+class _Store(Protocol):
+    def execute(self, sql: str, params: list | tuple | None = None) -> None: ...
+    def write_df(self, table: str, df: pd.DataFrame, mode: str = "append") -> int: ...
+
+
+def ensure_tables(store: _Store) -> None:
+    store.execute(DECISIONS_DDL)
+    store.execute(PREDICTIONS_DDL)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def decision_confidence(d: Decision) -> float:
+    """Gate-weighted confidence of the experts behind ``d`` (what min_confidence was checked on)."""
+    return float(sum(d.weights.get(o.expert, 0.0) * o.confidence for o in d.outputs))
+
+
+class AuditWriter:
+    """Buffers decisions + expert outputs; ``flush`` writes them with two bulk inserts.
+
+    ``store`` None keeps the rows in memory only (``frames()`` still works), used by backtests
+    without a database. Thread-safe: the engine thread adds, anyone may flush."""
+
+    def __init__(self, store: _Store | None, run_id: str, flush_every: int = 500) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.flush_every = max(1, int(flush_every))
+        self._dec: list[tuple] = []
+        self._pred: list[tuple] = []
+        self._lock = threading.Lock()
+        self.written = 0
+        if store is not None:
+            ensure_tables(store)
+
+    def add(self, d: Decision, confidence: float | None = None) -> None:
+        conf = decision_confidence(d) if confidence is None else float(confidence)
+        t = d.thresholds
+        row = (self.run_id, d.id, int(d.ts), d.symbol, str(d.action), *map(float, d.probs),
+               float(d.expected_return), conf, t.buy, t.sell, t.min_confidence,
+               float(d.target_position), d.reason, json.dumps(d.weights, sort_keys=True), len(d.outputs))
+        preds = [
+            (self.run_id, d.id, int(d.ts), d.symbol, o.expert, o.model_version, int(o.horizon),
+             *map(float, o.probs), float(o.expected_return), float(o.confidence),
+             float(o.latency_ms), float(d.weights.get(o.expert, 0.0)),
+             json.dumps(_jsonable(o.extras), sort_keys=True) if o.extras else None)
+            for o in d.outputs
+        ]
+        with self._lock:
+            self._dec.append(row)
+            self._pred.extend(preds)
+            due = len(self._dec) >= self.flush_every
+        if due:
+            self.flush()
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The buffered (not yet flushed) rows as (decisions, predictions) DataFrames."""
+        with self._lock:
+            return (pd.DataFrame(self._dec, columns=DECISION_COLUMNS),
+                    pd.DataFrame(self._pred, columns=PREDICTION_COLUMNS))
+
+    def flush(self) -> int:
+        """Write buffered rows (decisions, then predictions) in bulk; returns decisions written.
+        Memory-only writers keep their rows (``frames()`` sees everything)."""
+        if self.store is None:
+            return 0
+        with self._lock:
+            dec, pred = self._dec, self._pred
+            self._dec, self._pred = [], []
+        if not dec:
+            return 0
+        n = write_frames(self.store, pd.DataFrame(dec, columns=DECISION_COLUMNS),
+                         pd.DataFrame(pred, columns=PREDICTION_COLUMNS))
+        self.written += n
+        return n
+
+
+def write_frames(store: _Store, decisions: pd.DataFrame, predictions: pd.DataFrame) -> int:
+    """Bulk-write already-shaped audit frames (the fast backtest builds them vectorised)."""
+    ensure_tables(store)
+    n = 0
+    if len(decisions):
+        n += store.write_df("decisions", decisions[DECISION_COLUMNS], mode="append")
+    if len(predictions):
+        store.write_df("predictions", predictions[PREDICTION_COLUMNS], mode="append")
+    return n
+
+
+def decisions_frame_from_arrays(run_id: str, ids: Sequence[str], ts: np.ndarray, symbol: str,
+                                actions: Sequence[str], fused: np.ndarray, expected_return: np.ndarray,
+                                confidence: np.ndarray, thresholds: tuple[float, float, float],
+                                target: np.ndarray, reasons: Sequence[str], weights_json: Sequence[str],
+                                n_experts: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({
+        "run_id": run_id, "id": list(ids), "ts": ts.astype("int64"), "symbol": symbol,
+        "action": list(actions), "p_down": fused[:, 0], "p_flat": fused[:, 1], "p_up": fused[:, 2],
+        "expected_return": expected_return, "confidence": confidence,
+        "buy_threshold": thresholds[0], "sell_threshold": thresholds[1],
+        "min_confidence": thresholds[2], "target_position": target, "reason": list(reasons),
+        "weights": list(weights_json), "n_experts": n_experts.astype("int32"),
+    })[DECISION_COLUMNS]

@@ -1,0 +1,415 @@
+"""The orchestrator: one closed candle in, one Decision out.
+
+On each closed base-timeframe candle it builds the features once, asks every enabled expert, lets the
+gate fuse their opinions, applies the thresholds (``decide``) and hands the Decision to the executor.
+The same object runs live and in event-mode backtests; the fast backtest reuses ``GateRunner`` and
+``decide_codes`` so both modes make bit-identical decisions.
+
+Slow experts (``input_kind == "candles"``, i.e. Kronos) forecast every ``kronos_every_bars`` bars:
+live on their own worker thread (the freshest finished forecast is used), in backtests synchronously
+(through an optional cache) so a replay is deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from core.audit import AuditWriter
+from core.types import Action, CandleEvent, Decision, ExpertOutput, FeatureBatch, Thresholds, timeframe_ms
+
+log = logging.getLogger(__name__)
+
+HOLD, BUY, SELL = 0, 1, -1  # action codes shared with the execution kernel
+CODE_TO_ACTION = {HOLD: Action.HOLD, BUY: Action.BUY, SELL: Action.SELL}
+UNIFORM = np.full(3, 1.0 / 3.0)
+
+
+# ---------------------------------------------------------------- the decision rule (pure)
+
+
+def decide(probs: np.ndarray | tuple[float, float, float], thresholds: Thresholds,
+           confidence: float = 1.0) -> Action:
+    """BUY when P(up) >= buy and confidence >= min_confidence; SELL when P(down) >= sell and
+    confidence >= min_confidence; else HOLD. When thresholds <= 0.5 let both fire, the larger
+    probability wins and an exact tie holds (no side has the better case)."""
+    return CODE_TO_ACTION[int(decide_codes(np.asarray(probs, dtype=np.float64).reshape(1, 3),
+                                           np.array([confidence], dtype=np.float64), thresholds)[0])]
+
+
+def decide_codes(fused: np.ndarray, confidence: np.ndarray, thresholds: Thresholds) -> np.ndarray:
+    """Vectorised ``decide`` over N rows -> int8 codes (BUY 1, SELL -1, HOLD 0)."""
+    fused = np.asarray(fused, dtype=np.float64)
+    ok = np.asarray(confidence, dtype=np.float64) >= thresholds.min_confidence
+    up, down = fused[:, 2], fused[:, 0]
+    buy = ok & (up >= thresholds.buy)
+    sell = ok & (down >= thresholds.sell)
+    both = buy & sell
+    buy = buy & ~(both & (down >= up))
+    sell = sell & ~(both & (up >= down))
+    return (buy.astype(np.int8) - sell.astype(np.int8)).astype(np.int8)
+
+
+def target_position(code: int, current: float, long_size: float, allow_short: bool = False) -> float:
+    """BUY -> long ``long_size``; SELL -> flat (or short when allowed); HOLD -> keep ``current``."""
+    if code == BUY:
+        return float(long_size)
+    if code == SELL:
+        return -float(long_size) if allow_short else 0.0
+    return float(current)
+
+
+def realised_class(log_return: float, dead_zone: float) -> int:
+    """0 down / 1 flat / 2 up for a matured forward log return (same rule as the training labels)."""
+    if log_return > dead_zone:
+        return 2
+    if log_return < -dead_zone:
+        return 0
+    return 1
+
+
+# ---------------------------------------------------------------- gate with matured-only updates
+
+
+class Gate(Protocol):
+    def fuse(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]: ...
+    def observe(self, probs: np.ndarray, realised: int) -> None: ...
+
+
+class GateRunner:
+    """Feeds the gate's online Hedge update ONLY with matured outcomes: the probabilities recorded at
+    bar i are scored at bar i + horizon, before that bar is fused. Used identically live, in event
+    and in fast backtests, so the gate's weights are the same in all three."""
+
+    def __init__(self, gate: Gate, horizon: int, dead_zone: float) -> None:
+        self.gate = gate
+        self.horizon = int(horizon)
+        self.dead_zone = float(dead_zone)
+        self._pending: deque[tuple[float, np.ndarray]] = deque()
+
+    def step(self, close: float, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """probs [E, 3], regime [R], enabled bool [E] -> (weights [E], fused [3]) for this bar."""
+        if len(self._pending) >= self.horizon:
+            c0, p0 = self._pending.popleft()
+            self.gate.observe(p0, realised_class(math.log(close / c0), self.dead_zone))
+        self._pending.append((float(close), probs.copy()))
+        if not enabled.any():
+            return np.zeros(len(enabled)), UNIFORM.copy()
+        w, fused = self.gate.fuse(probs[None], regime[None], enabled)
+        return np.asarray(w[0], dtype=np.float64), np.asarray(fused[0], dtype=np.float64)
+
+
+# ---------------------------------------------------------------- slow experts (Kronos)
+
+
+class KronosWorker:
+    """Runs one slow expert on its own daemon thread; ``submit`` drops the request when the worker is
+    still busy (the next cadence tick brings fresher data anyway), ``latest`` is the freshest result."""
+
+    def __init__(self, expert: Any, on_error: Callable[[str, BaseException], None]) -> None:
+        self.expert = expert
+        self._on_error = on_error
+        self._req: tuple[FeatureBatch, pd.DataFrame] | None = None
+        self._cv = threading.Condition()
+        self._latest: ExpertOutput | None = None
+        self._stop = False
+        self.busy = False
+        self._thread = threading.Thread(target=self._loop, name=f"slow-{expert.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: FeatureBatch, candles: pd.DataFrame) -> bool:
+        with self._cv:
+            if self.busy or self._req is not None:
+                return False
+            self._req = (batch, candles)
+            self._cv.notify()
+            return True
+
+    def latest(self) -> ExpertOutput | None:
+        return self._latest
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while (self.busy or self._req is not None) and time.monotonic() < end:
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while self._req is None and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                batch, candles = self._req  # type: ignore[misc]
+                self._req = None
+                self.busy = True
+            try:
+                self._latest = self.expert.predict(batch, candles)
+            except Exception as exc:  # a failing forecaster never stops decisions
+                self._on_error(self.expert.name, exc)
+            finally:
+                self.busy = False
+
+
+# ---------------------------------------------------------------- orchestrator
+
+
+@dataclass(frozen=True, slots=True)
+class OrchestratorSnapshot:
+    decision: Decision | None
+    outputs: Mapping[str, ExpertOutput]
+    weights: Mapping[str, float]
+    latency_ms: Mapping[str, float]
+    thresholds: Thresholds
+    enabled: Mapping[str, bool]
+    versions: Mapping[str, str]
+    errors: tuple[tuple[int, str, str], ...]  # (ts_ms, where, message), newest last
+    decisions: int = 0
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Orchestrator:
+    """See the module docstring. ``on_candle`` must be called from one thread (the engine's)."""
+
+    def __init__(self, experts: dict[str, Any], gate: Gate, builder: Any, thresholds: Thresholds,
+                 store: Any | None, executor: Any | None, symbol: str, timeframe: str, *,
+                 horizon: int = 5, dead_zone: float = 0.002, slow_every_bars: int = 5,
+                 slow_async: bool = True, slow_cache: Any | None = None,
+                 sizer: Callable[[FeatureBatch], float] | None = None, allow_short: bool = False,
+                 registry: Any | None = None, swap_every: int = 50, run_id: str = "live",
+                 audit_flush_every: int = 500, ref_symbol: str | None = None,
+                 enabled: Mapping[str, bool] | None = None, keep_errors: int = 50) -> None:
+        self.experts = dict(experts)
+        self.names = list(self.experts)
+        self.gate = gate
+        self.gate_runner = GateRunner(gate, horizon, dead_zone)
+        self.builder = builder
+        self._thresholds = thresholds
+        self.store = store
+        self.executor = executor
+        self.symbol = symbol
+        self.timeframe = timeframe
+        self.tf_ms = timeframe_ms(timeframe)
+        self.slow_every = int(slow_every_bars)
+        self.slow_async = slow_async
+        self.slow_cache = slow_cache
+        self.sizer = sizer
+        self.allow_short = allow_short
+        self.registry = registry
+        self.swap_every = max(1, int(swap_every))
+        self.run_id = run_id
+        self.ref_symbol = ref_symbol
+        self.audit = AuditWriter(store, run_id, flush_every=audit_flush_every)
+        self._enabled = {n: True for n in self.names}
+        if enabled:
+            self._enabled.update({k: bool(v) for k, v in enabled.items() if k in self._enabled})
+        self._lock = threading.Lock()
+        self._errors: deque[tuple[int, str, str]] = deque(maxlen=keep_errors)
+        self._slow_latest: dict[str, ExpertOutput] = {}
+        self._workers: dict[str, KronosWorker] = {}
+        self._position = 0.0  # target fraction currently held (HOLD keeps it)
+        self._count = 0
+        self._snap = OrchestratorSnapshot(None, {}, {}, {}, thresholds, dict(self._enabled),
+                                          self._versions(), ())
+        self._listeners: list[Callable[[Decision], None]] = []
+
+    # ---- commands (any thread; read at the start of the next decision)
+    def set_thresholds(self, t: Thresholds) -> None:
+        if not isinstance(t, Thresholds):
+            raise TypeError(f"set_thresholds expects Thresholds, got {type(t).__name__}")
+        self._thresholds = t  # one reference swap: atomic, applied to the next decision
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self._thresholds
+
+    def set_expert_enabled(self, name: str, enabled: bool) -> None:
+        if name not in self._enabled:
+            raise KeyError(f"unknown expert {name!r}; known: {', '.join(self.names)}")
+        with self._lock:
+            self._enabled = {**self._enabled, name: bool(enabled)}
+
+    def add_listener(self, fn: Callable[[Decision], None]) -> None:
+        self._listeners.append(fn)
+
+    def snapshot(self) -> OrchestratorSnapshot:
+        return self._snap
+
+    # ---- the decision path
+    def on_candle(self, event: CandleEvent, frames: dict[str, pd.DataFrame],
+                  ref: pd.DataFrame | None = None) -> Decision | None:
+        key = event.key
+        if not event.closed or key.symbol != self.symbol or key.timeframe != self.timeframe:
+            return None
+        t0 = time.perf_counter()
+        thresholds = self._thresholds
+        enabled_map = self._enabled
+        self._count += 1
+        if self.registry is not None and self._count % self.swap_every == 0:
+            self._maybe_swap()
+        base = frames[self.timeframe]
+        if len(base) < self.builder.min_history:
+            return None  # warming up: not enough history for a complete feature sample
+        batch = self.builder.build_one(frames, ref)
+        if len(batch) == 0 or int(batch.ts[-1]) != event.ts:
+            raise ValueError(f"features were built for ts={batch.ts[-1] if len(batch) else None}, "
+                             f"not for the closed candle ts={event.ts}: frames are out of date")
+        outputs, latency = self._ask_experts(batch, base, event.ts, enabled_map)
+        return self._finish(event.ts, float(batch.close[-1]), batch, outputs, latency, thresholds,
+                            enabled_map, t0)
+
+    def _ask_experts(self, batch: FeatureBatch, base: pd.DataFrame, ts: int,
+                     enabled_map: Mapping[str, bool]) -> tuple[dict[str, ExpertOutput], dict[str, float]]:
+        outputs: dict[str, ExpertOutput] = {}
+        latency: dict[str, float] = {}
+        for name in self.names:
+            if not enabled_map.get(name, True):
+                continue
+            ex = self.experts[name]
+            if getattr(ex, "input_kind", "features") == "candles":
+                out = self._slow(name, ex, batch, base, ts)
+                if out is not None:
+                    outputs[name] = out
+                    latency[name] = out.latency_ms
+                continue
+            try:
+                t = time.perf_counter()
+                out = ex.predict(batch)
+                latency[name] = (time.perf_counter() - t) * 1000.0
+                if not np.all(np.isfinite(out.probs)):
+                    raise ValueError(f"non-finite probabilities {out.probs}")
+                outputs[name] = out
+            except Exception as exc:  # skipped for this bar and reported; decisions go on
+                self._error(f"expert:{name}", exc)
+        return outputs, latency
+
+    def _slow(self, name: str, ex: Any, batch: FeatureBatch, base: pd.DataFrame, ts: int
+              ) -> ExpertOutput | None:
+        due = (ts // self.tf_ms) % self.slow_every == 0
+        if self.slow_async:
+            w = self._workers.get(name)
+            if w is None:
+                w = self._workers[name] = KronosWorker(ex, lambda n, e: self._error(f"expert:{n}", e))
+            if due:
+                w.submit(batch.take(slice(len(batch) - 1, len(batch))), base.copy())
+            return w.latest()
+        if due:
+            try:
+                if self.slow_cache is not None:
+                    out = self.slow_cache.get_or_compute(ex, batch, base)
+                else:
+                    out = ex.predict(batch, base)
+                self._slow_latest[name] = out
+            except Exception as exc:
+                self._error(f"expert:{name}", exc)
+        return self._slow_latest.get(name)
+
+    def _finish(self, ts: int, close: float, batch: FeatureBatch, outputs: dict[str, ExpertOutput],
+                latency: dict[str, float], thresholds: Thresholds, enabled_map: Mapping[str, bool],
+                t0: float) -> Decision:
+        probs = np.tile(UNIFORM, (len(self.names), 1))
+        mask = np.zeros(len(self.names), dtype=bool)
+        conf = np.zeros(len(self.names))
+        er = np.zeros(len(self.names))
+        for i, n in enumerate(self.names):
+            o = outputs.get(n)
+            if o is not None:
+                probs[i] = o.probs
+                mask[i] = True
+                conf[i] = o.confidence
+                er[i] = o.expected_return
+        w, fused = self.gate_runner.step(close, probs, np.asarray(batch.regime[-1], dtype=np.float64),
+                                         mask)
+        confidence = float(w @ conf)
+        code = int(decide_codes(fused[None], np.array([confidence]), thresholds)[0]) if mask.any() else HOLD
+        size = self.sizer(batch) if self.sizer is not None else 1.0
+        target = target_position(code, self._position, size, self.allow_short)
+        self._position = target
+        action = CODE_TO_ACTION[code]
+        decision = Decision(
+            id=f"{self.run_id}:{ts}",
+            ts=int(ts),
+            symbol=self.symbol,
+            action=action,
+            probs=(float(fused[0]), float(fused[1]), float(fused[2])),
+            expected_return=float(w @ er),
+            weights={n: float(w[i]) for i, n in enumerate(self.names) if mask[i]},
+            thresholds=thresholds,
+            target_position=target,
+            reason=explain(action, fused, confidence, thresholds, len(outputs)),
+            outputs=tuple(outputs[n] for n in self.names if n in outputs),
+        )
+        self.audit.add(decision, confidence)
+        if self.executor is not None:
+            self.executor.on_decision(decision)
+        for fn in self._listeners:
+            fn(decision)
+        latency["total"] = (time.perf_counter() - t0) * 1000.0
+        self._snap = OrchestratorSnapshot(
+            decision=decision,
+            outputs=MappingProxyType(dict(outputs)),
+            weights=MappingProxyType(dict(decision.weights)),
+            latency_ms=MappingProxyType(latency),
+            thresholds=thresholds,
+            enabled=MappingProxyType(dict(enabled_map)),
+            versions=self._versions(),
+            errors=tuple(self._errors),
+            decisions=self._count,
+        )
+        return decision
+
+    # ---- checkpoints, errors, shutdown
+    def _maybe_swap(self) -> None:
+        for name, ex in self.experts.items():
+            try:
+                latest = self.registry.latest_version(name)
+                if latest is not None and latest != ex.version:
+                    if self.registry.load_into(ex, latest):
+                        log.info("swapped %s weights to %s", name, latest)
+            except Exception as exc:  # a broken checkpoint keeps the old weights
+                self._error(f"checkpoint:{name}", exc)
+
+    def _versions(self) -> Mapping[str, str]:
+        return MappingProxyType({n: str(getattr(e, "version", "?")) for n, e in self.experts.items()})
+
+    def _error(self, where: str, exc: BaseException) -> None:
+        msg = f"{type(exc).__name__}: {exc}"
+        log.warning("%s failed: %s", where, msg)
+        self._errors.append((int(time.time() * 1000), where, msg))
+
+    @property
+    def errors(self) -> list[tuple[int, str, str]]:
+        return list(self._errors)
+
+    def close(self) -> None:
+        for w in self._workers.values():
+            w.stop()
+        self._workers.clear()
+        self.audit.flush()
+
+
+def explain(action: Action, fused: np.ndarray, confidence: float, t: Thresholds, n: int) -> str:
+    """One line saying why: the numbers the rule compared."""
+    if n == 0:
+        return "HOLD: no expert output available"
+    s = (f"P(up)={fused[2]:.3f} vs buy {t.buy:.2f}, P(down)={fused[0]:.3f} vs sell {t.sell:.2f}, "
+         f"confidence {confidence:.3f} vs {t.min_confidence:.2f}, {n} experts")
+    return f"{action}: {s}"
