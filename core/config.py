@@ -221,6 +221,11 @@ class MoEConfig(_Strict):
     hedge_window: int = Field(200, ge=1)
     hidden: int = Field(32, ge=1)
     calibrate: bool = True
+    calibration: Literal["temperature", "vector"] = "vector"  # fused-probability calibrator
+    holdout: float = Field(0.3, gt=0, lt=1)  # last part of the val split: early stopping + calibration
+    epochs: int = Field(300, ge=1)  # gate training (full-batch Adam steps)
+    lr: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
 
 
 class SplitConfig(_Strict):

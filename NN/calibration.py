@@ -1,0 +1,169 @@
+"""Probability calibration and the scores used to judge probabilistic forecasts.
+
+Calibrators are fit on a held-out (validation) split by minimising log loss, never on the data the
+model was trained on, and never on the test split. Everything here works on (down, flat, up) class
+probabilities ``[N, 3]`` and integer labels ``[N]`` in {0, 1, 2}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+EPS = 1e-12
+
+
+def _check(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels)
+    if p.ndim != 2:
+        raise ValueError(f"probs must be [N, K], got shape {p.shape}")
+    if y.shape != (p.shape[0],):
+        raise ValueError(f"labels must be [N]={p.shape[0]}, got shape {y.shape}")
+    if p.shape[0] == 0:
+        raise ValueError("no samples to score")
+    if not np.isfinite(p).all():
+        raise ValueError("probs contain NaN or inf")
+    if y.min() < 0 or y.max() >= p.shape[1]:
+        raise ValueError(f"labels must be within [0, {p.shape[1] - 1}] (drop unknown labels first)")
+    return p, y.astype(np.int64)
+
+
+# ---------------------------------------------------------------- scores
+
+
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the realised class (natural log)."""
+    p, y = _check(probs, labels)
+    return float(-np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0)).mean())
+
+
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-class Brier score: mean squared distance to the one-hot outcome (0 best, 2 worst)."""
+    p, y = _check(probs, labels)
+    onehot = np.eye(p.shape[1])[y]
+    return float(((p - onehot) ** 2).sum(axis=1).mean())
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    p, y = _check(probs, labels)
+    return float((p.argmax(axis=1) == y).mean())
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE: bins by the predicted class's probability, weighted |accuracy - confidence|."""
+    p, y = _check(probs, labels)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # bin i holds conf in (edges[i], edges[i+1]]; conf is never 0 for a normalised distribution
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The evaluation scores in one dict."""
+    return {
+        "n": int(len(labels)),
+        "accuracy": accuracy(probs, labels),
+        "log_loss": log_loss(probs, labels),
+        "brier": brier_score(probs, labels),
+        "ece": expected_calibration_error(probs, labels),
+    }
+
+
+# ---------------------------------------------------------------- calibrators
+
+
+def _fit_lbfgs(params: list[torch.Tensor], loss_fn, max_iter: int = 200) -> None:
+    opt = torch.optim.LBFGS(params, lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature T > 0 minimising log loss of softmax(logits / T) (Guo et al. 2017)."""
+    _check(np.zeros_like(np.asarray(logits, dtype=np.float64)), labels)
+    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
+    _fit_lbfgs([log_t], lambda: torch.nn.functional.cross_entropy(z / log_t.exp(), y))
+    t = float(log_t.detach().exp())
+    if not np.isfinite(t):
+        raise ValueError("temperature fit diverged")
+    return float(np.clip(t, 1e-3, 1e3))
+
+
+@dataclass
+class Calibrator:
+    """Temperature or vector scaling on log-probabilities: calibrated = softmax(a * log p + b).
+
+    temperature: a is one scalar (1/T), b = 0. vector: a and b are per class (3 + 3 parameters),
+    lightly L2-regularised towards the identity so that a small validation split cannot push it far.
+    Unfitted it is the identity.
+    """
+
+    kind: Literal["temperature", "vector"] = "vector"
+    a: np.ndarray = field(default_factory=lambda: np.ones(3))
+    b: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    fitted: bool = False
+    l2: float = 1e-3
+
+    def fit(self, probs: np.ndarray, labels: np.ndarray) -> Calibrator:
+        p, y = _check(probs, labels)
+        k = p.shape[1]
+        z = torch.as_tensor(np.log(np.clip(p, EPS, 1.0)))
+        yt = torch.as_tensor(y)
+        if self.kind == "temperature":
+            t = fit_temperature(z.numpy(), y)
+            self.a, self.b = np.full(k, 1.0 / t), np.zeros(k)
+        else:
+            a = torch.ones(k, dtype=torch.float64, requires_grad=True)
+            b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+
+            def loss() -> torch.Tensor:
+                reg = self.l2 * (((a - 1) ** 2).sum() + (b**2).sum())
+                return torch.nn.functional.cross_entropy(z * a + b, yt) + reg
+
+            _fit_lbfgs([a, b], loss)
+            self.a, self.b = a.detach().numpy().copy(), b.detach().numpy().copy()
+            if not (np.isfinite(self.a).all() and np.isfinite(self.b).all()):
+                raise ValueError("vector-scaling fit diverged")
+        self.fitted = True
+        return self
+
+    def transform(self, probs: np.ndarray) -> np.ndarray:
+        if not self.fitted:
+            return np.asarray(probs, dtype=np.float64)
+        z = np.log(np.clip(np.asarray(probs, dtype=np.float64), EPS, 1.0)) * self.a + self.b
+        return softmax(z)
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "a": self.a.tolist(), "b": self.b.tolist(), "fitted": self.fitted,
+                "l2": self.l2}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Calibrator:
+        return cls(kind=state["kind"], a=np.asarray(state["a"], dtype=np.float64),
+                   b=np.asarray(state["b"], dtype=np.float64), fitted=bool(state["fitted"]),
+                   l2=float(state.get("l2", 1e-3)))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

@@ -1,0 +1,358 @@
+"""DQN expert: dueling double DQN with n-step returns and a replay buffer, trading one unit.
+
+Environment (one step = one base bar, over the real price series):
+  state   = flat features + the last ``state_bars`` bars of the base-timeframe window + one-hot of the
+            current position (short -1 / flat 0 / long +1)
+  actions = 0 sell (go short), 1 hold (keep the position), 2 buy (go long)
+  reward  = reward_scale * (new_position * log(close[t+1] / close[t]) - fee * |new_position - position|)
+The reward of the step at t uses close[t+1], which is fine for TRAINING (the transition is only stored
+once bar t+1 has closed); inference at t only ever sees features up to t.
+
+Output: probs = softmax(Q(s_t, position) / temperature) mapping sell->down, hold->flat, buy->up;
+the three Q-values go to extras["q_values"]. ``predict_many`` evaluates Q at position 0 (flat) unless
+``set_position`` was called (the orchestrator may pass its live position). The temperature is fit on
+the validation split (log loss against the labels) by the trainer.
+
+``train_step(batch, labels, fwd_returns)`` treats ``batch`` as a chronological chunk of consecutive
+bars: it rolls an epsilon-greedy episode over it (a gap in ts ends the episode), stores the n-step
+transitions in the replay buffer and runs replay updates (one per ``update_every`` steps). labels and
+fwd_returns only feed the class-conditional mean returns behind ``expected_return``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from core.config import ExpertConfig, validate_params
+from core.types import ExpertBatchOutput, FeatureBatch, FeatureSpec, timeframe_ms
+from NN.experts.base import Expert, confidence_from_probs
+from NN.experts.supervised import check_batch, spec_dims
+
+POSITIONS = np.array([-1.0, 0.0, 1.0])  # index 0 short, 1 flat, 2 long
+
+
+class DQNParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: int = Field(64, ge=1, le=2048)
+    state_bars: int = Field(8, ge=0)  # base-timeframe bars of the window put in the state
+    lr: float = Field(5e-4, gt=0)
+    gamma: float = Field(0.9, ge=0, lt=1)
+    n_step: int = Field(3, ge=1, le=64)
+    buffer_size: int = Field(20_000, ge=100)
+    batch_size: int = Field(128, ge=1)  # replay mini-batch
+    chunk: int = Field(512, ge=2)  # bars per train_step episode chunk the offline trainer passes
+    warmup: int = Field(500, ge=1)  # transitions before the first update
+    update_every: int = Field(4, ge=1)
+    target_sync: int = Field(250, ge=1)  # replay updates between target-network copies
+    epsilon_start: float = Field(1.0, ge=0, le=1)
+    epsilon_end: float = Field(0.05, ge=0, le=1)
+    epsilon_decay_steps: int = Field(20_000, ge=1)
+    fee_bps: float = Field(10.0, ge=0)  # per unit of turnover; keep equal to execution.taker_fee_bps
+    reward_scale: float = Field(1000.0, gt=0)  # log returns are ~1e-3 per bar: scale to O(1)
+    grad_clip: float = Field(10.0, gt=0)
+    eval_batch: int = Field(4096, ge=1)
+    seed: int = 0
+
+
+class DuelingQNet(nn.Module):
+    def __init__(self, state_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Linear(state_dim + 3, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.value = nn.Linear(hidden, 1)
+        self.adv = nn.Linear(hidden, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(x)
+        a = self.adv(h)
+        return self.value(h) + a - a.mean(dim=1, keepdim=True)
+
+
+class ReplayBuffer:
+    """Ring buffer of n-step transitions (numpy, so sampling is cheap and seeded)."""
+
+    def __init__(self, capacity: int, state_dim: int) -> None:
+        self.cap = capacity
+        self.s = np.zeros((capacity, state_dim), np.float32)
+        self.p = np.zeros(capacity, np.int64)
+        self.a = np.zeros(capacity, np.int64)
+        self.r = np.zeros(capacity, np.float32)
+        self.s2 = np.zeros((capacity, state_dim), np.float32)
+        self.p2 = np.zeros(capacity, np.int64)
+        self.g = np.zeros(capacity, np.float32)  # gamma^m of the bootstrap (0 = terminal)
+        self.n = 0
+        self.i = 0
+
+    def push(self, s, p, a, r, s2, p2, g) -> None:
+        for k in range(len(a)):
+            j = self.i
+            self.s[j], self.p[j], self.a[j], self.r[j] = s[k], p[k], a[k], r[k]
+            self.s2[j], self.p2[j], self.g[j] = s2[k], p2[k], g[k]
+            self.i = (self.i + 1) % self.cap
+            self.n = min(self.n + 1, self.cap)
+
+    def sample(self, rng: np.random.Generator, k: int) -> tuple[np.ndarray, ...]:
+        j = rng.integers(0, self.n, size=k)
+        return self.s[j], self.p[j], self.a[j], self.r[j], self.s2[j], self.p2[j], self.g[j]
+
+
+def next_position(pos_idx: np.ndarray | int, action: np.ndarray | int) -> np.ndarray:
+    """sell -> short (0), hold -> unchanged, buy -> long (2), as position indices."""
+    return np.where(np.asarray(action) == 1, pos_idx, np.where(np.asarray(action) == 0, 0, 2))
+
+
+class DQNExpert(Expert):
+    kind = "dqn"
+    ARCH_KEYS = ("hidden", "state_bars")
+
+    def __init__(self, name: str, cfg: ExpertConfig, spec: FeatureSpec) -> None:
+        super().__init__(name, cfg, spec)
+        self.params = validate_params(DQNParams, cfg.params, f"models.yml: experts.{name}.params")
+        p = self.params
+        torch.manual_seed(p.seed)
+        self.rng = np.random.default_rng(p.seed)
+        self.dims = spec_dims(spec)
+        self.k = min(p.state_bars, self.dims["L"])
+        self.state_dim = self.dims["D"] + self.k * self.dims["F"]
+        self.net = DuelingQNet(self.state_dim, p.hidden).to(self.device)
+        self.target = DuelingQNet(self.state_dim, p.hidden).to(self.device)
+        self.target.load_state_dict(self.net.state_dict())
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=p.lr)
+        self.buffer = ReplayBuffer(p.buffer_size, self.state_dim)
+        self.env_steps = 0
+        self.updates = 0
+        self.temperature = 1.0
+        self.position_index = 1  # flat, for inference
+        self.class_ret_sum = np.zeros(3)
+        self.class_count = np.zeros(3)
+        self.bar_ms = timeframe_ms(spec.timeframes[0])
+
+    # ---------------------------------------------------------------- state vectors
+
+    def states(self, batch: FeatureBatch) -> np.ndarray:
+        """[N, state_dim] features part of the state (position is appended by q_values)."""
+        check_batch(batch, self.spec, self.name)
+        parts = [np.asarray(batch.flat, np.float32)]
+        if self.k:
+            w = np.asarray(batch.windows[:, 0, -self.k :, :], np.float32)
+            parts.append(w.reshape(len(batch), -1))
+        return np.concatenate(parts, axis=1)
+
+    def _q(self, net: nn.Module, s: np.ndarray, pos_idx: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(s, dtype=torch.float32, device=self.device)
+        onehot = torch.nn.functional.one_hot(
+            torch.as_tensor(np.array(pos_idx, dtype=np.int64), device=self.device), 3
+        ).float()
+        return net(torch.cat([x, onehot], dim=1))
+
+    def q_values(self, s: np.ndarray, pos_idx: np.ndarray | int) -> np.ndarray:
+        """Q [N, 3] of the online network (no gradient)."""
+        pos = np.broadcast_to(np.asarray(pos_idx, dtype=np.int64), (len(s),))
+        self.net.eval()
+        out = []
+        with torch.inference_mode():
+            for a in range(0, len(s), self.params.eval_batch):
+                b = slice(a, a + self.params.eval_batch)
+                out.append(self._q(self.net, s[b], pos[b]).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 3))
+
+    # ---------------------------------------------------------------- inference
+
+    def set_position(self, position: float) -> None:
+        """Position the next predictions assume: -1 short, 0 flat (default), +1 long."""
+        if position not in (-1, 0, 1):
+            raise ValueError(f"{self.name}: position must be -1, 0 or 1, got {position!r}")
+        self.position_index = int(position) + 1
+
+    def logits_many(self, batch: FeatureBatch) -> np.ndarray:
+        return self.q_values(self.states(batch), self.position_index)
+
+    def set_temperature(self, t: float) -> None:
+        if not (t > 0 and np.isfinite(t)):
+            raise ValueError(f"{self.name}: temperature must be > 0, got {t!r}")
+        self.temperature = float(t)
+
+    def class_mean_returns(self) -> np.ndarray:
+        return np.where(self.class_count > 0, self.class_ret_sum / np.maximum(self.class_count, 1), 0.0)
+
+    def predict_many(self, batch: FeatureBatch, candles: pd.DataFrame | None = None) -> ExpertBatchOutput:
+        q = self.logits_many(batch)
+        z = q / self.temperature
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        return ExpertBatchOutput(
+            expert=self.name,
+            model_version=self.version,
+            horizon=self.horizon,
+            ts=np.asarray(batch.ts, dtype=np.int64),
+            probs=p,
+            expected_return=p @ self.class_mean_returns(),
+            confidence=confidence_from_probs(p),
+            extras={"q_values": q},
+        )
+
+    # ---------------------------------------------------------------- environment
+
+    def epsilon(self) -> float:
+        p = self.params
+        frac = min(1.0, self.env_steps / p.epsilon_decay_steps)
+        return p.epsilon_start + frac * (p.epsilon_end - p.epsilon_start)
+
+    def segments(self, ts: np.ndarray) -> list[slice]:
+        """Runs of consecutive bars (a ts gap ends an episode)."""
+        breaks = np.flatnonzero(np.diff(np.asarray(ts, np.int64)) != self.bar_ms) + 1
+        edges = np.concatenate([[0], breaks, [len(ts)]])
+        return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b - a >= 2]
+
+    def rollout(self, s: np.ndarray, close: np.ndarray, epsilon: float, start_pos: int = 1,
+                fee_bps: float | None = None, rng: np.random.Generator | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One episode over consecutive bars: positions [n] (index, before acting), actions [n-1],
+        rewards [n-1] in log-return units (unscaled). Q for all three positions is computed once up
+        front: the network does not change during a rollout."""
+        rng = rng or self.rng
+        fee = (self.params.fee_bps if fee_bps is None else fee_bps) / 1e4
+        ret = np.diff(np.log(np.asarray(close, np.float64)))
+        n = len(s)
+        q_all = np.stack([self.q_values(s[:-1], i) for i in range(3)], axis=0)  # [3 pos, n-1, 3]
+        pos = np.empty(n, np.int64)
+        act = np.empty(n - 1, np.int64)
+        rew = np.empty(n - 1, np.float64)
+        pos[0] = start_pos
+        explore = rng.random(n - 1) < epsilon
+        random_a = rng.integers(0, 3, size=n - 1)
+        for t in range(n - 1):
+            a = int(random_a[t]) if explore[t] else int(q_all[pos[t], t].argmax())
+            p2 = int(next_position(pos[t], a))
+            rew[t] = POSITIONS[p2] * ret[t] - fee * abs(POSITIONS[p2] - POSITIONS[pos[t]])
+            act[t] = a
+            pos[t + 1] = p2
+        return pos, act, rew
+
+    def policy_reward(self, batch: FeatureBatch, fee_bps: float | None = None) -> float:
+        """Total reward (log-return units) of the greedy policy from flat over ``batch``'s segments."""
+        s = self.states(batch)
+        total = 0.0
+        for seg in self.segments(batch.ts):
+            _, _, rew = self.rollout(s[seg], batch.close[seg], 0.0, 1, fee_bps)
+            total += float(rew.sum())
+        return total
+
+    def _push_nstep(self, s: np.ndarray, pos: np.ndarray, act: np.ndarray, rew: np.ndarray) -> None:
+        p = self.params
+        m = len(act)  # transitions t = 0..m-1; state index m is the last bar (bootstrap only)
+        r = rew * p.reward_scale
+        R = np.zeros(m)
+        steps = np.minimum(p.n_step, m - np.arange(m))  # truncated near the end of the segment
+        for k in range(p.n_step):
+            idx = np.arange(m) + k
+            ok = k < steps
+            R[ok] += (p.gamma**k) * r[idx[ok]]
+        nxt = np.arange(m) + steps
+        # the end of a chunk is a truncation, not a terminal: bootstrap from the last state
+        g = p.gamma**steps
+        self.buffer.push(s[:m], pos[:m], act, R, s[nxt], pos[nxt], g)
+
+    def _update(self) -> float:
+        p = self.params
+        s, ps, a, r, s2, p2, g = self.buffer.sample(self.rng, p.batch_size)
+        self.net.train()
+        q = self._q(self.net, s, ps).gather(1, torch.as_tensor(a, device=self.device)[:, None])[:, 0]
+        with torch.no_grad():
+            # double DQN: the online net picks a', the target net values it
+            a2 = self._q(self.net, s2, p2).argmax(dim=1, keepdim=True)
+            q2 = self._q(self.target, s2, p2).gather(1, a2)[:, 0]
+            tgt = torch.as_tensor(r, device=self.device) + torch.as_tensor(g, device=self.device) * q2
+        loss = nn.functional.smooth_l1_loss(q, tgt)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.net.parameters(), p.grad_clip)
+        self.opt.step()
+        self.updates += 1
+        if self.updates % p.target_sync == 0:
+            self.target.load_state_dict(self.net.state_dict())
+        return float(loss.detach())
+
+    # ---------------------------------------------------------------- training
+
+    def train_step(self, batch: FeatureBatch, labels: np.ndarray, fwd_returns: np.ndarray) -> dict[str, float]:
+        y = np.asarray(labels)
+        r = np.asarray(fwd_returns, dtype=np.float64)
+        if y.shape != (len(batch),) or r.shape != (len(batch),):
+            raise ValueError(f"{self.name}: labels/fwd_returns must be [N]={len(batch)}")
+        known = (y >= 0) & np.isfinite(r)
+        np.add.at(self.class_ret_sum, y[known], r[known])
+        np.add.at(self.class_count, y[known], 1)
+        s = self.states(batch)
+        losses: list[float] = []
+        rewards: list[float] = []
+        for seg in self.segments(batch.ts):
+            eps = self.epsilon()
+            start = int(self.rng.integers(0, 3))  # random start position covers all state kinds
+            pos, act, rew = self.rollout(s[seg], batch.close[seg], eps, start)
+            self._push_nstep(s[seg], pos, act, rew)
+            rewards.append(float(rew.sum()))
+            self.env_steps += len(act)
+            if self.buffer.n >= self.params.warmup:
+                for _ in range(max(1, len(act) // self.params.update_every)):
+                    losses.append(self._update())
+        return {
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "reward": float(np.sum(rewards)),
+            "epsilon": self.epsilon(),
+            "buffer": float(self.buffer.n),
+        }
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        # the replay buffer is not saved: it is rebuilt from the price series (keeps checkpoints small)
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "params": self.params.model_dump(),
+            "dims": dict(self.dims),
+            "horizon": self.horizon,
+            "net": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
+            "target": {k: v.detach().cpu().clone() for k, v in self.target.state_dict().items()},
+            "opt": self.opt.state_dict(),
+            "env_steps": self.env_steps,
+            "updates": self.updates,
+            "temperature": self.temperature,
+            "class_ret_sum": self.class_ret_sum.tolist(),
+            "class_count": self.class_count.tolist(),
+            "version": self.version,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != self.kind:
+            raise ValueError(f"{self.name}: checkpoint is a {state.get('kind')!r} model, not 'dqn'")
+        if state.get("dims") != self.dims:
+            raise ValueError(f"{self.name}: checkpoint feature dims {state.get('dims')} != current "
+                             f"{self.dims} (features config changed? retrain)")
+        mine, theirs = self.params.model_dump(), state.get("params", {})
+        diff = {k: (theirs.get(k), mine[k]) for k in self.ARCH_KEYS if theirs.get(k) != mine[k]}
+        if diff:
+            raise ValueError(f"{self.name}: checkpoint architecture differs from models.yml params "
+                             f"(key: (checkpoint, models.yml)) {diff}")
+        self.net.load_state_dict(state["net"])
+        self.target.load_state_dict(state["target"])
+        try:
+            self.opt.load_state_dict(state["opt"])
+        except ValueError:
+            pass
+        self.env_steps = int(state["env_steps"])
+        self.updates = int(state["updates"])
+        self.temperature = float(state["temperature"])
+        self.class_ret_sum = np.asarray(state["class_ret_sum"], dtype=np.float64)
+        self.class_count = np.asarray(state["class_count"], dtype=np.float64)
+        self.version = str(state.get("version", "untrained"))

@@ -1,0 +1,31 @@
+"""Build experts from models.yml entries: ``class`` is a dotted import path to an Expert subclass."""
+
+from __future__ import annotations
+
+import importlib
+
+from core.config import ConfigError, ExpertConfig
+from core.types import FeatureSpec
+from NN.experts.base import Expert
+
+
+def expert_class(name: str, cfg: ExpertConfig) -> type[Expert]:
+    module_name, _, cls_name = cfg.class_.rpartition(".")
+    if not module_name:
+        raise ConfigError(f"models.yml: bad value for 'experts.{name}.class': {cfg.class_!r} "
+                          "(a dotted path like NN.experts.cnn.CNNExpert)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"models.yml: bad value for 'experts.{name}.class': {cfg.class_!r} "
+                          f"(cannot import {module_name}: {exc})") from None
+    cls = getattr(module, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Expert)):
+        raise ConfigError(f"models.yml: bad value for 'experts.{name}.class': {cfg.class_!r} "
+                          "(not an Expert subclass)")
+    return cls
+
+
+def build_expert(name: str, cfg: ExpertConfig, spec: FeatureSpec) -> Expert:
+    """Instantiate the expert ``name``; its params are validated by the class (ConfigError if bad)."""
+    return expert_class(name, cfg)(name, cfg, spec)

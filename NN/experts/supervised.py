@@ -1,0 +1,188 @@
+"""Shared machinery of the supervised classifiers (CNN, Transformer): a torch network mapping a
+FeatureBatch to (down, flat, up) logits, trained with cross-entropy, calibrated with a temperature
+fit on the validation split (NN/calibration.py), expected return from class-conditional mean returns.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from core.config import ExpertConfig, validate_params
+from core.types import ExpertBatchOutput, FeatureBatch, FeatureSpec
+from NN.experts.base import Expert, confidence_from_probs
+
+
+class SupervisedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    batch_size: int = Field(256, ge=1)  # mini-batch size the offline trainer draws
+    eval_batch: int = Field(2048, ge=1)  # chunk size of predict_many (bounds memory)
+    seed: int = 0
+
+
+def spec_dims(spec: FeatureSpec) -> dict[str, int]:
+    return {
+        "T": len(spec.timeframes),
+        "L": int(spec.window),
+        "F": len(spec.bar_features),
+        "D": len(spec.flat_features),
+        "R": len(spec.regime_features),
+    }
+
+
+def check_batch(batch: FeatureBatch, spec: FeatureSpec, who: str) -> None:
+    """Clear errors for a batch that does not match the spec this expert was built for."""
+    d = spec_dims(spec)
+    want_w = (len(batch), d["T"], d["L"], d["F"])
+    if tuple(batch.windows.shape) != want_w:
+        raise ValueError(f"{who}: windows shape {tuple(batch.windows.shape)} != expected {want_w}")
+    if tuple(batch.flat.shape) != (len(batch), d["D"]):
+        raise ValueError(f"{who}: flat shape {tuple(batch.flat.shape)} != expected {(len(batch), d['D'])}")
+    if not np.isfinite(batch.windows).all() or not np.isfinite(batch.flat).all():
+        raise ValueError(
+            f"{who}: features contain NaN/inf (samples before FeatureBuilder.min_history? drop them)"
+        )
+
+
+class SupervisedExpert(Expert):
+    """Base of CNN and Transformer. Subclasses define ``Params`` and ``build_net``."""
+
+    Params: type[SupervisedParams] = SupervisedParams
+    kind: str = "supervised"
+    #: params that change the network's shape: a checkpoint must match them to load
+    ARCH_KEYS: tuple[str, ...] = ()
+
+    def __init__(self, name: str, cfg: ExpertConfig, spec: FeatureSpec) -> None:
+        super().__init__(name, cfg, spec)
+        self.params = validate_params(self.Params, cfg.params, f"models.yml: experts.{name}.params")
+        torch.manual_seed(self.params.seed)
+        self.dims = spec_dims(spec)
+        self.net = self.build_net().to(self.device)
+        self.opt = torch.optim.AdamW(
+            self.net.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay
+        )
+        self.temperature = 1.0
+        # class-conditional sums of forward returns seen in training -> expected_return
+        self.class_ret_sum = np.zeros(3)
+        self.class_count = np.zeros(3)
+
+    @abstractmethod
+    def build_net(self) -> nn.Module:
+        """A module taking (windows [N,T,L,F], flat [N,D]) float tensors, returning logits [N, 3]."""
+
+    # ---------------------------------------------------------------- inference
+
+    def _inputs(self, batch: FeatureBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        w = torch.as_tensor(np.ascontiguousarray(batch.windows), dtype=torch.float32, device=self.device)
+        f = torch.as_tensor(np.ascontiguousarray(batch.flat), dtype=torch.float32, device=self.device)
+        return w, f
+
+    def logits_many(self, batch: FeatureBatch) -> np.ndarray:
+        """Raw logits [N, 3] before the temperature (used to fit it)."""
+        check_batch(batch, self.spec, self.name)
+        self.net.eval()
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(batch), self.params.eval_batch):
+                w, f = self._inputs(batch.take(slice(s, s + self.params.eval_batch)))
+                out.append(self.net(w, f).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 3))
+
+    def class_mean_returns(self) -> np.ndarray:
+        return np.where(self.class_count > 0, self.class_ret_sum / np.maximum(self.class_count, 1), 0.0)
+
+    def predict_many(self, batch: FeatureBatch, candles: pd.DataFrame | None = None) -> ExpertBatchOutput:
+        z = self.logits_many(batch) / self.temperature
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        return ExpertBatchOutput(
+            expert=self.name,
+            model_version=self.version,
+            horizon=self.horizon,
+            ts=np.asarray(batch.ts, dtype=np.int64),
+            probs=p,
+            expected_return=p @ self.class_mean_returns(),
+            confidence=confidence_from_probs(p),
+        )
+
+    def set_temperature(self, t: float) -> None:
+        if not (t > 0 and np.isfinite(t)):
+            raise ValueError(f"{self.name}: temperature must be > 0, got {t!r}")
+        self.temperature = float(t)
+
+    # ---------------------------------------------------------------- training
+
+    def train_step(self, batch: FeatureBatch, labels: np.ndarray, fwd_returns: np.ndarray) -> dict[str, float]:
+        check_batch(batch, self.spec, self.name)
+        y = np.asarray(labels)
+        r = np.asarray(fwd_returns, dtype=np.float64)
+        if y.shape != (len(batch),) or r.shape != (len(batch),):
+            raise ValueError(f"{self.name}: labels/fwd_returns must be [N]={len(batch)}")
+        if y.min() < 0 or y.max() > 2 or not np.isfinite(r).all():
+            raise ValueError(f"{self.name}: labels must be 0/1/2 and returns finite (drop unknown ones)")
+        self.net.train()
+        w, f = self._inputs(batch)
+        yt = torch.as_tensor(y, dtype=torch.long, device=self.device)
+        logits = self.net(w, f)
+        loss = nn.functional.cross_entropy(logits, yt)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = nn.utils.clip_grad_norm_(self.net.parameters(), self.params.grad_clip)
+        self.opt.step()
+        np.add.at(self.class_ret_sum, y, r)
+        np.add.at(self.class_count, y, 1)
+        acc = float((logits.argmax(1) == yt).float().mean())
+        return {"loss": float(loss.detach()), "acc": acc, "grad_norm": float(gn)}
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "params": self.params.model_dump(),
+            "dims": dict(self.dims),
+            "horizon": self.horizon,
+            "net": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
+            "opt": self.opt.state_dict(),
+            "temperature": self.temperature,
+            "class_ret_sum": self.class_ret_sum.tolist(),
+            "class_count": self.class_count.tolist(),
+            "version": self.version,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != self.kind:
+            raise ValueError(f"{self.name}: checkpoint is a {state.get('kind')!r} model, not {self.kind!r}")
+        if state.get("dims") != self.dims:
+            raise ValueError(
+                f"{self.name}: checkpoint feature dims {state.get('dims')} != current {self.dims} "
+                "(features config changed? retrain)"
+            )
+        mine = self.params.model_dump()
+        theirs = state.get("params", {})
+        diff = {k: (theirs.get(k), mine[k]) for k in self.ARCH_KEYS if theirs.get(k) != mine[k]}
+        if diff:
+            raise ValueError(f"{self.name}: checkpoint architecture differs from models.yml params "
+                             f"(key: (checkpoint, models.yml)) {diff}; retrain or restore the params")
+        self.net.load_state_dict(state["net"])
+        try:
+            self.opt.load_state_dict(state["opt"])
+        except ValueError:  # optimiser layout differs (e.g. other torch version): weights are what count
+            pass
+        self.temperature = float(state["temperature"])
+        self.class_ret_sum = np.asarray(state["class_ret_sum"], dtype=np.float64)
+        self.class_count = np.asarray(state["class_count"], dtype=np.float64)
+        self.version = str(state.get("version", "untrained"))
