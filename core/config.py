@@ -113,6 +113,8 @@ class ExecutionConfig(_Strict):
     taker_fee_bps: float = Field(10.0, ge=0, le=1000)
     slippage_bps: float = Field(2.0, ge=0, le=1000)
     fill_at: Literal["next_open", "last_price"] = "next_open"
+    allow_short: bool = False  # spot is long-only; True lets signals go to -1 (margin/futures)
+    min_trade_fraction: float = Field(0.01, ge=0, le=1)  # skip rebalances smaller than this of equity
 
 
 class RiskConfig(_Strict):
@@ -124,6 +126,8 @@ class RiskConfig(_Strict):
     take_profit_pct: float = Field(0.04, ge=0)
     max_daily_loss_pct: float = Field(0.05, gt=0, lt=1)
     cooldown_bars: int = Field(15, ge=0)
+    kill_switch_reset: Literal["manual", "next_day"] = "manual"
+    vol_window: int = Field(60, ge=2)  # bars of log returns for volatility_target sizing
 
 
 class BacktestConfig(_Strict):
