@@ -1,0 +1,187 @@
+"""FeatureBuilder on real recorded market data (../shared/data): shapes, no look-ahead, live == batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.config import FeaturesConfig
+from core.features import FeatureBuilder, resample_candles
+from core.types import CANDLE_COLUMNS, timeframe_ms
+
+N_BARS = 6000  # ~4 days of 1m bars: crosses several hour and day boundaries, keeps the test fast
+
+
+def load_candles(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    t = pd.to_datetime(df.pop("timestamp"), utc=True)
+    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
+    return df[list(CANDLE_COLUMNS)]
+
+
+@pytest.fixture(scope="module")
+def btc(shared_data: Path) -> pd.DataFrame:
+    return load_candles(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[:N_BARS].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def btc_usd(shared_data: Path) -> pd.DataFrame:
+    return load_candles(shared_data / "binanceus" / "BTC_USD-1m.csv").iloc[:N_BARS].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def builder() -> FeatureBuilder:
+    return FeatureBuilder(FeaturesConfig(), "1m")
+
+
+@pytest.fixture(scope="module")
+def batch(builder: FeatureBuilder, btc: pd.DataFrame, btc_usd: pd.DataFrame):
+    return builder.build_many(btc, ref=btc_usd, symbol="BTC/USDT")
+
+
+def live_frames(builder: FeatureBuilder, candles: pd.DataFrame, i: int, bars: int = 1500) -> dict:
+    """What the DataProvider would cache at the close of bar i: closed bars only, `bars` per frame."""
+    hist = candles.iloc[: i + 1]
+    now = int(hist.ts.iloc[-1]) + builder.base_ms
+    frames = {}
+    for tf in builder.timeframes:
+        r = hist if tf == builder.base_timeframe else resample_candles(hist, tf)
+        r = r[r.ts + timeframe_ms(tf) <= now]
+        frames[tf] = r.tail(bars).reset_index(drop=True)
+    return frames
+
+
+def test_shapes_dtypes_and_spec(builder: FeatureBuilder, batch, btc: pd.DataFrame) -> None:
+    spec = builder.spec
+    n, t, lw, f = len(btc), len(spec.timeframes), spec.window, len(spec.bar_features)
+    assert spec.timeframes == ("1m", "5m", "1h", "1d")
+    assert batch.windows.shape == (n, t, lw, f) and batch.windows.dtype == np.float32
+    assert batch.flat.shape == (n, len(spec.flat_features)) and batch.flat.dtype == np.float32
+    assert batch.regime.shape == (n, len(spec.regime_features)) and batch.regime.dtype == np.float32
+    assert batch.ts.dtype == np.int64 and np.array_equal(batch.ts, btc.ts.to_numpy())
+    assert np.array_equal(batch.close, btc.close.to_numpy())
+    assert batch.symbol == "BTC/USDT" and batch.timeframe == "1m"
+    for a in (batch.windows, batch.flat, batch.regime):
+        assert np.isfinite(a).all()
+    assert builder.min_history == 64 + 60
+    # the last bar of the base window is the sample's own bar: close relative to itself is 0
+    ci = spec.bar_features.index("close")
+    assert np.all(batch.windows[:, 0, -1, ci] == 0.0)
+    # open of the sample's own bar, in log-percent of its close, by hand
+    oi = spec.bar_features.index("open")
+    i = 4321
+    exp = 100 * np.log(btc.open.iloc[i] / btc.close.iloc[i])
+    assert batch.windows[i, 0, -1, oi] == pytest.approx(exp, abs=1e-4)
+    # flat starts with the last bar of every timeframe
+    assert np.array_equal(batch.flat[:, : t * f], batch.windows[:, :, -1, :].reshape(n, t * f))
+
+
+def test_padding_convention(builder: FeatureBuilder, batch, btc: pd.DataFrame) -> None:
+    """Higher timeframes without enough history are zero-padded on the left with present = 0."""
+    pi = builder.spec.bar_features.index("present")
+    ts = btc.ts.to_numpy()
+    for ti, tf in enumerate(builder.spec.timeframes):
+        tf_ms = timeframe_ms(tf)
+        for i in (0, 59, 60, 1439, 1440, 3000, N_BARS - 1):
+            # number of tf bars closed by the close of bar i, counted by hand
+            closed = int(np.sum(np.unique(ts[: i + 1] // tf_ms * tf_ms) + tf_ms <= ts[i] + 60_000))
+            present = batch.windows[i, ti, :, pi]
+            k = min(closed, builder.window)
+            assert present.sum() == k, (tf, i)
+            assert np.all(present[builder.window - k :] == 1.0)
+            assert np.all(batch.windows[i, ti, : builder.window - k, :] == 0.0)
+    # the 1m data never holds 64 daily bars: the daily window is always mostly padding
+    assert batch.windows[:, 3, :, pi].sum(axis=1).max() <= 5
+
+
+def test_higher_timeframe_bar_by_hand(builder: FeatureBuilder, batch, btc: pd.DataFrame) -> None:
+    """At 10:37 the last closed 1h bar is 09:00-10:00; its high, relative to close_t, by hand."""
+    i = 1440 + 10 * 60 + 37  # day 2, 10:37
+    hi = builder.spec.bar_features.index("high")
+    hour = btc.iloc[1440 + 9 * 60 : 1440 + 10 * 60]
+    exp = 100 * np.log(hour.high.max() / btc.close.iloc[i])
+    assert batch.windows[i, 2, -1, hi] == pytest.approx(exp, abs=1e-4)
+    # and one bar later the 10:00 bar is still open (closes at 11:00): unchanged hour high
+    exp2 = 100 * np.log(hour.high.max() / btc.close.iloc[i + 1])
+    assert batch.windows[i + 1, 2, -1, hi] == pytest.approx(exp2, abs=1e-4)
+
+
+@pytest.mark.parametrize("i", [1500, 2999, 3059, 4319, N_BARS - 1])
+def test_build_one_equals_build_many(builder: FeatureBuilder, batch, btc, btc_usd, i: int) -> None:
+    """i = 3059 is 02:59 (last minute of an hour); 4319 is 23:59 (last minute of a day)."""
+    frames = live_frames(builder, btc, i)
+    one = builder.build_one(frames, ref=btc_usd.iloc[max(0, i - 1499) : i + 1], symbol="BTC/USDT")
+    assert len(one) == 1 and one.ts[0] == batch.ts[i] and one.close[0] == batch.close[i]
+    np.testing.assert_allclose(one.windows[0], batch.windows[i], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(one.flat[0], batch.flat[i], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(one.regime[0], batch.regime[i], atol=1e-6, rtol=0)
+
+
+def test_no_look_ahead(builder: FeatureBuilder, batch, btc: pd.DataFrame, btc_usd) -> None:
+    """Change every bar after t (prices x1.5, volume 0, reference too): nothing at <= t moves.
+    t just before hour and day boundaries and mid-hour."""
+    for t in (3059, 4319, 4330):
+        bad, bad_ref = btc.copy(), btc_usd.copy()
+        for df in (bad, bad_ref):
+            df.loc[t + 1 :, ["open", "high", "low", "close"]] *= 1.5
+            df.loc[t + 1 :, "volume"] = 0.0
+        b2 = builder.build_many(bad, ref=bad_ref)
+        assert np.array_equal(b2.windows[: t + 1], batch.windows[: t + 1]), t
+        assert np.array_equal(b2.flat[: t + 1], batch.flat[: t + 1]), t
+        assert np.array_equal(b2.regime[: t + 1], batch.regime[: t + 1]), t
+        # the test can fail: the change does show up right after t
+        assert not np.array_equal(b2.windows[t + 1], batch.windows[t + 1])
+
+
+def test_reference_returns(builder: FeatureBuilder, batch, btc_usd: pd.DataFrame) -> None:
+    names = builder.spec.flat_features
+    i = 2000
+    exp = 100 * np.log(btc_usd.close.iloc[i] / btc_usd.close.iloc[i - 5])
+    assert batch.flat[i, names.index("ref_ret_5")] == pytest.approx(exp, abs=1e-4)
+    assert batch.flat[i, names.index("ref_present")] == 1.0
+
+
+def test_alt_btc_tiny_prices(shared_data: Path) -> None:
+    """ETH/BTC prices are ~0.09 and ADA/BTC ~4e-5 (5m data): features stay finite and scale-free."""
+    eth = load_candles(shared_data / "freqtrade" / "ETH_BTC-5m.csv")
+    ada = load_candles(shared_data / "freqtrade" / "ADA_BTC-5m.csv")
+    assert ada.close.max() < 1e-3
+    fb = FeatureBuilder(FeaturesConfig(window=32), "5m")
+    assert fb.timeframes == ("5m", "1h", "1d")  # 1m cannot be built from 5m bars: dropped
+    b = fb.build_many(ada, ref=eth, symbol="ADA/BTC")
+    assert np.isfinite(b.windows).all() and np.isfinite(b.flat).all() and np.isfinite(b.regime).all()
+    # scale-free: the same market priced in a unit 1e6 times larger gives the same features
+    big = ada.copy()
+    big[["open", "high", "low", "close"]] *= 1e6
+    b2 = fb.build_many(big, ref=eth)
+    np.testing.assert_allclose(b2.windows, b.windows, atol=1e-4)
+    np.testing.assert_allclose(b2.regime, b.regime, atol=1e-4)
+    # the window carries real price moves (not all zeros), and the reference is aligned
+    assert np.abs(b.windows[fb.min_history :, 0, :, 3]).mean() > 0.01
+    assert b.flat[fb.min_history :, fb.spec.flat_features.index("ref_present")].min() == 1.0
+
+
+def test_bad_input_errors(builder: FeatureBuilder, btc: pd.DataFrame) -> None:
+    """Hand-made bad candles (edge cases): each error names what is wrong."""
+    df = btc.iloc[:300].copy()
+    with pytest.raises(ValueError, match="missing columns"):
+        builder.build_many(df.drop(columns=["volume"]))
+    bad = df.copy()
+    bad.loc[7, "close"] = np.nan
+    with pytest.raises(ValueError, match="close.*row 7"):
+        builder.build_many(bad)
+    bad = df.copy()
+    bad.loc[9, "low"] = -1.0
+    with pytest.raises(ValueError, match="low.*row 9"):
+        builder.build_many(bad)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        builder.build_many(df.iloc[::-1])
+    shifted = df.copy()
+    shifted["ts"] += 1000
+    with pytest.raises(ValueError, match="not aligned"):
+        builder.build_many(shifted)
+    with pytest.raises(ValueError, match="frames lack timeframes"):
+        builder.build_one({"1m": df})
