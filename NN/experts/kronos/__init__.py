@@ -1,0 +1,1 @@
+"""Kronos-compatible candle forecaster: networks, KV-cached sampler, summary, calibration, training."""

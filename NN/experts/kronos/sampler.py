@@ -1,0 +1,206 @@
+"""Monte-Carlo forecasting with a key/value-cached, batched sampler, and the reference-style
+full-recompute oracle kept as the ground truth for tests and the benchmark.
+
+Fast path (``KronosSampler.sample``): the tokenizer encodes the context once; the predictor runs over
+the context once with batch 1 and its keys/values become a prefix shared by all N paths (one tensor,
+never copied per path); then each step feeds ONE new token per path through the transformer, the
+coarse head and the fine (dependency) head. The tokenizer decodes only the H new bars, attending to
+the cached keys/values of the decoded context.
+
+Sliding: the reference caps the window at ``max_context`` bars; once context + generated bars exceed
+it, the oldest bars drop and rotary positions are re-based, so cached keys are invalid. Then (and
+only then) we recompute the whole window every step, batched over the paths, exactly as the
+reference does. lookback 480 + horizon 30 stays inside 512 and never slides."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .model import KronosModel
+from .normalize import Scaler, candle_features, future_ts, infer_step_ms, time_stamps
+from .tokenizer import KronosTokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class SampleConfig:
+    samples: int = 32
+    temperature: float = 1.0
+    top_k: int = 0  # > 0: keep the k largest logits (top_p is then ignored), 1 = greedy
+    top_p: float = 0.9  # < 1: nucleus filtering
+    seed: int | None = None
+    max_context: int = 512
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_context < 2:
+            raise ValueError(f"max_context must be >= 2, got {self.max_context}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """The reference's filtering: top-k if k > 0 (ties kept), else nucleus: tokens are removed once the
+    cumulative probability of the tokens ranked before them exceeds top_p (the most likely token and
+    the one crossing top_p stay)."""
+    if top_k > 0:
+        k = min(top_k, logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        remove = cum > top_p
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = False
+        mask = torch.zeros_like(remove).scatter(-1, idx, remove)
+        return logits.masked_fill(mask, float("-inf"))
+    return logits
+
+
+def draw(logits: torch.Tensor, cfg: SampleConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """One token id per row of logits [N, V]."""
+    if cfg.top_k == 1:  # greedy: the reference's multinomial over a single surviving token
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=gen)[:, 0]
+
+
+@dataclass
+class Forecast:
+    """N sampled paths in price units plus the history they continue."""
+
+    history_ts: np.ndarray  # int64 [P]
+    history: np.ndarray  # float64 [P, 6] open, high, low, close, volume, amount
+    future_ts: np.ndarray  # int64 [H]
+    paths: np.ndarray  # float64 [N, H, 6]
+    seconds: float
+    config: SampleConfig
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def last_close(self) -> float:
+        return float(self.history[-1, 3])
+
+    @property
+    def closes(self) -> np.ndarray:
+        return self.paths[:, :, 3]
+
+
+class KronosSampler:
+    def __init__(self, tokenizer: KronosTokenizer, model: KronosModel) -> None:
+        self.tokenizer = tokenizer.eval()
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+
+    def _gen(self, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        g = torch.Generator(device=self.device)
+        g.manual_seed(int(seed))
+        return g
+
+    def _tensors(self, x: np.ndarray, st_ctx: np.ndarray, st_fut: np.ndarray):
+        dev = self.device
+        return (torch.as_tensor(x, dtype=torch.float32, device=dev)[None],
+                torch.as_tensor(np.concatenate([st_ctx, st_fut]), dtype=torch.long, device=dev)[None])
+
+    # ------------------------------------------------------------------ fast path
+    @torch.inference_mode()
+    def sample(self, x: np.ndarray, st_ctx: np.ndarray, st_fut: np.ndarray, cfg: SampleConfig) -> torch.Tensor:
+        """x [P, 6] normalised context, stamps [P, 5] and [H, 5] -> normalised paths [N, H, 6]."""
+        xt, stamps = self._tensors(x, st_ctx, st_fut)
+        p, h_len, n, w = x.shape[0], st_fut.shape[0], cfg.samples, cfg.max_context
+        gen = self._gen(cfg.seed)
+        c1, c2 = self.tokenizer.encode(xt)  # [1, P]
+        new1 = c1.new_empty((n, h_len))
+        new2 = c2.new_empty((n, h_len))
+        cached = p <= w
+        if cached:
+            h, caches, dep = self.model.prefix(c1[:, -p:], c2[:, -p:], stamps[:, :p], n, h_len)
+            h_last = h[:, -1:]
+        for i in range(h_len):
+            length = p + i
+            if cached and length <= w:
+                if i > 0:
+                    h_last = self.model.step(new1[:, i - 1:i], new2[:, i - 1:i], stamps[:, length - 1:length],
+                                             caches, dep)
+                l1 = self.model.s1_logits(h_last[:, 0]).expand(n, -1)
+                a = draw(l1, cfg, gen)
+                b = draw(self.model.s2_logits_cached(h_last, a, dep), cfg, gen)
+            else:  # the window slides: recompute it, positions re-based (the reference's behaviour)
+                start = length - w
+                s1w, s2w = self._window(c1, c2, new1, new2, start, length, n)
+                hw = self.model.hidden(s1w, s2w, stamps[:, start:length].expand(n, -1, -1))
+                a = draw(self.model.s1_logits(hw[:, -1]), cfg, gen)
+                b = draw(self.model.s2_logits_for_next(hw, a), cfg, gen)
+            new1[:, i] = a
+            new2[:, i] = b
+        total = p + h_len
+        if total <= w:
+            dcache = self.tokenizer.decode_prefix_cache(c1, c2, n, h_len)
+            return self.tokenizer.decode_cached(new1, new2, dcache)
+        start = max(0, total - w)
+        s1w, s2w = self._window(c1, c2, new1, new2, start, total, n)
+        return self.tokenizer.decode(s1w, s2w)[:, -h_len:]
+
+    @staticmethod
+    def _window(c1, c2, new1, new2, start: int, end: int, n: int):
+        p = c1.shape[1]
+        s1 = torch.cat((c1.expand(n, -1), new1[:, : end - p]), dim=1)[:, start:end]
+        s2 = torch.cat((c2.expand(n, -1), new2[:, : end - p]), dim=1)[:, start:end]
+        return s1, s2
+
+    # ------------------------------------------------------------------ oracle
+    @torch.inference_mode()
+    def oracle(self, x: np.ndarray, st_ctx: np.ndarray, st_fut: np.ndarray, cfg: SampleConfig) -> torch.Tensor:
+        """The reference algorithm: repeat the context per path and recompute the whole window at every
+        step, then decode the whole final window. Slow; the ground truth for tests and the benchmark."""
+        xt, stamps = self._tensors(x, st_ctx, st_fut)
+        n, w, h_len, p = cfg.samples, cfg.max_context, st_fut.shape[0], x.shape[0]
+        gen = self._gen(cfg.seed)
+        s1, s2 = self.tokenizer.encode(xt.repeat(n, 1, 1))
+        stamps = stamps.repeat(n, 1, 1)
+        for i in range(h_len):
+            end = p + i
+            start = max(0, end - w)
+            hw = self.model.hidden(s1[:, start:end], s2[:, start:end], stamps[:, start:end])
+            a = draw(self.model.s1_logits(hw[:, -1]), cfg, gen)
+            b = draw(self.model.s2_logits_for_next(hw, a), cfg, gen)
+            s1 = torch.cat((s1, a[:, None]), dim=1)
+            s2 = torch.cat((s2, b[:, None]), dim=1)
+        start = max(0, p + h_len - w)
+        return self.tokenizer.decode(s1[:, start:], s2[:, start:])[:, -h_len:]
+
+    # ------------------------------------------------------------------ price units
+    def forecast(self, candles: pd.DataFrame, horizon: int, cfg: SampleConfig, *, step_ms: int | None = None,
+                 use_oracle: bool = False) -> Forecast:
+        """Forecast ``horizon`` bars after the last row of ``candles`` (column ``ts`` in ms plus OHLCV,
+        optional amount); every row is context, so pass exactly the lookback you want."""
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        if "ts" not in candles.columns:
+            raise ValueError("candles need a 'ts' column (open time, int64 ms UTC)")
+        if len(candles) < 2:
+            raise ValueError(f"need at least 2 context bars, got {len(candles)}")
+        ts = candles["ts"].to_numpy(dtype=np.int64)
+        if np.any(np.diff(ts) <= 0):
+            raise ValueError("candle timestamps must be strictly increasing")
+        raw = candle_features(candles)
+        scaler = Scaler.fit(raw)
+        fut = future_ts(int(ts[-1]), step_ms or infer_step_ms(ts), horizon)
+        t0 = time.perf_counter()
+        fn = self.oracle if use_oracle else self.sample
+        z = fn(scaler.transform(raw), time_stamps(ts), time_stamps(fut), cfg)
+        paths = scaler.inverse(z.float().cpu().numpy().astype(np.float64))
+        return Forecast(history_ts=ts, history=candle_features(candles, np.float64), future_ts=fut, paths=paths,
+                        seconds=time.perf_counter() - t0, config=cfg)
