@@ -1,0 +1,42 @@
+"""What every source shares: the async ``Source`` protocol and its status record."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import pandas as pd
+
+from core.types import SeriesKey
+
+Emit = Callable[[SeriesKey, pd.DataFrame, bool], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    name: str
+    connected: bool = False
+    last_message_ms: int | None = None  # wall clock of the last message received
+    lag_ms: int | None = None  # wall clock minus the close time of the newest candle received
+    reconnects: int = 0
+    rejected_rows: int = 0
+    error: str | None = None
+
+
+@runtime_checkable
+class Source(Protocol):
+    name: str
+
+    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        """Deliver candles in ts order through ``emit(key, candles_df, closed)`` until ``stop`` is set
+        (or the source is exhausted); closed=False marks an in-progress update."""
+        ...
+
+    def status(self) -> SourceStatus: ...
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

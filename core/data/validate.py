@@ -1,0 +1,220 @@
+"""Candle validation: every row is checked against the rules below, vectorised over the batch.
+
+Nothing is repaired and nothing is invented: a row that breaks a rule is moved to ``rejected`` with
+the FIRST rule it breaks as its ``reason``; the caller stores only ``valid``. Rules, in order:
+
+- ``missing_value``     NaN or +-inf in any of open/high/low/close/volume (or a missing ts)
+- ``non_positive_price`` open, high, low or close <= 0
+- ``high_below_low``     high < low
+- ``high_below_body``    high < max(open, close)
+- ``low_above_body``     low > min(open, close)
+- ``negative_volume``    volume < 0
+- ``off_grid``           ts not a multiple of the timeframe (1w: not a Monday 00:00 UTC)
+- ``future``             ts > now + max_future_ms
+- ``duplicate_ts``       same ts as an earlier row of the batch (the first one is kept)
+- ``out_of_order``       ts below an earlier row's ts, or below ``last_ts`` (the newest stored/cached
+                         candle); ts == last_ts is allowed: it updates that candle
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from core.types import CANDLE_COLUMNS, timeframe_ms
+
+log = logging.getLogger(__name__)
+
+REASONS: tuple[str, ...] = (
+    "missing_value",
+    "non_positive_price",
+    "high_below_low",
+    "high_below_body",
+    "low_above_body",
+    "negative_volume",
+    "off_grid",
+    "future",
+    "duplicate_ts",
+    "out_of_order",
+)
+
+WEEK_OFFSET_MS = 4 * 86_400_000  # 1970-01-01 was a Thursday; weekly candles open on Mondays (ccxt)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    valid: pd.DataFrame  # CANDLE_COLUMNS, ts int64, input order kept
+    rejected: pd.DataFrame  # CANDLE_COLUMNS + 'reason'
+    counts: dict[str, int] = field(default_factory=dict)  # reason -> rows
+
+    @property
+    def n_rejected(self) -> int:
+        return int(sum(self.counts.values()))
+
+
+def grid_offset(timeframe: str) -> int:
+    """Offset of the bucket grid from the epoch: 0 except weekly candles (Monday-aligned)."""
+    return WEEK_OFFSET_MS if timeframe == "1w" else 0
+
+
+def check_columns(df: pd.DataFrame, what: str = "candles") -> None:
+    missing = [c for c in CANDLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{what}: missing column(s) {', '.join(missing)}; have {', '.join(map(str, df.columns))}"
+        )
+
+
+def _ts_array(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ts and a mask of rows whose ts is missing/non-integral."""
+    raw = df["ts"]
+    if pd.api.types.is_integer_dtype(raw.dtype) and not isinstance(raw.dtype, pd.Int64Dtype):
+        return raw.to_numpy(dtype=np.int64), np.zeros(len(raw), dtype=bool)
+    if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        raise ValueError("candles: column ts must be int64 milliseconds, got datetimes (convert first)")
+    vals = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(vals) | (vals != np.round(vals))
+    ts = np.where(bad, 0, vals).astype(np.int64)
+    return ts, bad
+
+
+def validate_candles(
+    df: pd.DataFrame,
+    timeframe: str,
+    now_ms: int | None = None,
+    last_ts: int | None = None,
+    *,
+    max_future_ms: int = 5_000,
+    source: str = "",
+) -> ValidationResult:
+    """Split ``df`` into valid and rejected rows (see the module doc for the rules).
+
+    ``now_ms`` defaults to the wall clock; ``last_ts`` is the newest candle already stored/cached for
+    this series (rows before it are out of order). ``source`` only labels the log lines."""
+    check_columns(df)
+    tf_ms = timeframe_ms(timeframe)
+    n = len(df)
+    now = int(time.time() * 1000) if now_ms is None else int(now_ms)
+
+    ts, ts_bad = _ts_array(df)
+    vals = np.column_stack(
+        [pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+         for c in CANDLE_COLUMNS[1:]]
+    ) if n else np.empty((0, 5))
+    o, h, lo, c, v = (vals[:, i] for i in range(5))
+
+    # One reason code per row: the first rule broken (0 = valid).
+    code = np.zeros(n, dtype=np.int8)
+
+    def mark(mask: np.ndarray, reason: str) -> None:
+        code[(code == 0) & mask] = REASONS.index(reason) + 1
+
+    mark(ts_bad | ~np.isfinite(vals).all(axis=1), "missing_value")
+    with np.errstate(invalid="ignore"):
+        mark((vals[:, :4] <= 0).any(axis=1), "non_positive_price")
+        mark(h < lo, "high_below_low")
+        mark(h < np.maximum(o, c), "high_below_body")
+        mark(lo > np.minimum(o, c), "low_above_body")
+        mark(v < 0, "negative_volume")
+    mark((ts - grid_offset(timeframe)) % tf_ms != 0, "off_grid")
+    mark(ts > now + max_future_ms, "future")
+    if n:
+        # Duplicates: any earlier row with the same ts (stable order keeps the first).
+        order = np.argsort(ts, kind="stable")
+        sorted_ts = ts[order]
+        dup_sorted = np.zeros(n, dtype=bool)
+        dup_sorted[1:] = sorted_ts[1:] == sorted_ts[:-1]
+        dup = np.empty(n, dtype=bool)
+        dup[order] = dup_sorted
+        mark(dup & ~ts_bad, "duplicate_ts")
+        # Out of order: below the running max of the earlier rows, or below last_ts.
+        prev_max = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+        if n > 1:
+            prev_max[1:] = np.maximum.accumulate(np.where(ts_bad, np.iinfo(np.int64).min, ts))[:-1]
+        if last_ts is not None:
+            np.maximum(prev_max, int(last_ts), out=prev_max)
+        mark((ts < prev_max) & ~ts_bad, "out_of_order")
+
+    ok = code == 0
+    out = pd.DataFrame(
+        {"ts": ts, "open": o, "high": h, "low": lo, "close": c, "volume": v}, copy=False
+    ) if n else pd.DataFrame({k: pd.Series(dtype="int64" if k == "ts" else "float64") for k in CANDLE_COLUMNS})
+    if ok.all():
+        return ValidationResult(out.reset_index(drop=True), _empty_rejected(), {})
+    valid = out[ok].reset_index(drop=True)
+    rej = df.loc[~ok, list(CANDLE_COLUMNS)].copy()
+    rej["reason"] = [REASONS[i - 1] for i in code[~ok]]
+    rej = rej.reset_index(drop=True)
+    counts = {r: int(k) for r, k in rej["reason"].value_counts().items()}
+    _log_rejections(rej, counts, timeframe, source)
+    return ValidationResult(valid, rej, counts)
+
+
+def _empty_rejected() -> pd.DataFrame:
+    cols: dict[str, pd.Series] = {k: pd.Series(dtype="float64") for k in CANDLE_COLUMNS}
+    cols["ts"] = pd.Series(dtype="int64")
+    cols["reason"] = pd.Series(dtype="object")
+    return pd.DataFrame(cols)
+
+
+def _log_rejections(rej: pd.DataFrame, counts: dict[str, int], timeframe: str, source: str) -> None:
+    where = f"{source} " if source else ""
+    summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    log.warning("%s%s candles rejected: %d (%s)", where, timeframe, len(rej), summary)
+    # every rejected row with its reason; DEBUG so a bad million-row file cannot flood the console
+    if log.isEnabledFor(logging.DEBUG):
+        for row in rej.itertuples(index=False):
+            log.debug("rejected %s%s candle ts=%s reason=%s row=%s", where, timeframe, row.ts, row.reason,
+                      tuple(row)[:6])
+
+
+
+TRADE_REASONS: tuple[str, ...] = ("missing_id", "missing_value", "non_positive_price", "negative_amount",
+                                  "bad_side", "duplicate_id")
+
+
+def validate_trades(df: pd.DataFrame, *, source: str = "") -> ValidationResult:
+    """Trades (ts, id, side, price, amount): id present and unique in the batch, ts integral, price > 0,
+    amount >= 0, all finite, side buy/sell (or missing). Same contract as ``validate_candles``."""
+    need = ("ts", "id", "side", "price", "amount")
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"trades: missing column(s) {', '.join(missing)}; have {', '.join(map(str, df.columns))}")
+    n = len(df)
+    ts, ts_bad = _ts_array(df)
+    price = pd.to_numeric(df["price"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    amount = pd.to_numeric(df["amount"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    ids = df["id"].astype("string")
+    side = df["side"].astype("string").str.lower()
+    code = np.zeros(n, dtype=np.int8)
+
+    def mark(mask: np.ndarray, reason: str) -> None:
+        code[(code == 0) & mask] = TRADE_REASONS.index(reason) + 1
+
+    mark(ids.isna().to_numpy() | (ids.str.len() == 0).fillna(True).to_numpy(), "missing_id")
+    mark(ts_bad | ~np.isfinite(price) | ~np.isfinite(amount), "missing_value")
+    with np.errstate(invalid="ignore"):
+        mark(price <= 0, "non_positive_price")
+        mark(amount < 0, "negative_amount")
+    mark((~side.isna() & ~side.isin(["buy", "sell"])).fillna(False).to_numpy(dtype=bool), "bad_side")
+    mark(ids.duplicated().to_numpy(), "duplicate_id")
+    ok = code == 0
+    out = pd.DataFrame({"ts": ts, "id": ids.to_numpy(dtype=object), "side": side.to_numpy(dtype=object),
+                        "price": price, "amount": amount})
+    valid = out[ok].reset_index(drop=True)
+    if ok.all():
+        return ValidationResult(valid, out.iloc[:0].assign(reason=pd.Series(dtype="object")), {})
+    rej = df.loc[~ok, list(need)].copy()
+    rej["reason"] = [TRADE_REASONS[i - 1] for i in code[~ok]]
+    rej = rej.reset_index(drop=True)
+    counts = {r: int(k) for r, k in rej["reason"].value_counts().items()}
+    where = f"{source} " if source else ""
+    log.warning("%strades rejected: %d (%s)", where, len(rej),
+                ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    for row in rej.itertuples(index=False):
+        log.debug("rejected %strade id=%s ts=%s reason=%s", where, row.id, row.ts, row.reason)
+    return ValidationResult(valid, rej, counts)
