@@ -16,6 +16,7 @@ from core.config import ConfigError
 # module -> provides register(subparsers); order = order in --help
 CLI_MODULES: list[str] = [
     "core.data.cli",  # data import|download|list|export
+    "NN.training.cli",  # train | evaluate (experts, MoE gate)
 ]
 
 

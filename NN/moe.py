@@ -42,6 +42,7 @@ class MoEGate:
             raise ValueError("MoEGate needs at least one expert")
         if len(set(experts)) != len(experts):
             raise ValueError(f"duplicate expert names: {experts}")
+        self.name = "moe"  # its name in the checkpoint registry
         self.experts = list(experts)
         self.cfg = cfg
         self.regime_dim = int(regime_dim)

@@ -1,0 +1,175 @@
+"""Checkpoint registry: weights on disk (models_dir/<expert>/<version>.pt, written atomically), one
+metadata row per checkpoint in the DuckDB table ``checkpoints``; keeps the best N per expert by the
+validation metric and prunes the rest from disk and table.
+
+Works for anything with ``state_dict`` / ``load_state_dict`` and a ``version`` attribute (experts and
+the MoE gate, registered under the name "moe").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.config import CheckpointPolicy
+from core.data.store import MarketStore
+
+log = logging.getLogger(__name__)
+
+TABLE = "checkpoints"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    expert VARCHAR NOT NULL,
+    version VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    metric DOUBLE NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    meta JSON,
+    PRIMARY KEY (expert, version)
+)
+"""
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    expert: str
+    version: str
+    path: Path
+    metric: float
+    created_at: datetime
+    meta: dict[str, Any]
+
+
+class CheckpointRegistry:
+    def __init__(self, store: MarketStore, models_dir: Path) -> None:
+        self.store = store
+        self.models_dir = Path(models_dir)
+        if not store.read_only:
+            store.execute(_SCHEMA)
+
+    # ---------------------------------------------------------------- queries
+
+    def _rows(self, expert: str) -> list[CheckpointInfo]:
+        if not self._table_exists():
+            return []
+        df = self.store.query_df(
+            f"SELECT expert, version, path, metric, created_at, meta FROM {TABLE} WHERE expert = ? "
+            "ORDER BY created_at, version",
+            [expert],
+        )
+        return [
+            CheckpointInfo(
+                expert=r.expert,
+                version=r.version,
+                path=Path(r.path),
+                metric=float(r.metric),
+                created_at=r.created_at.to_pydatetime() if hasattr(r.created_at, "to_pydatetime") else r.created_at,
+                meta=json.loads(r.meta) if isinstance(r.meta, str) else (r.meta or {}),
+            )
+            for r in df.itertuples(index=False)
+        ]
+
+    def _table_exists(self) -> bool:
+        row = self.store.query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]
+        )
+        return bool(row and row[0])
+
+    def list(self, expert: str) -> list[CheckpointInfo]:
+        """Every registered checkpoint of ``expert``, oldest first."""
+        return self._rows(expert)
+
+    def best(self, expert: str) -> CheckpointInfo | None:
+        rows = self._rows(expert)
+        if not rows:
+            return None
+        mode = rows[-1].meta.get("mode", "min")
+        return _ranked(rows, mode)[0]
+
+    def latest_version(self, expert: str) -> str | None:
+        rows = self._rows(expert)
+        return rows[-1].version if rows else None
+
+    def get(self, expert: str, version: str) -> CheckpointInfo:
+        for r in self._rows(expert):
+            if r.version == version:
+                return r
+        raise KeyError(f"no checkpoint {version!r} registered for expert {expert!r}")
+
+    # ---------------------------------------------------------------- writes
+
+    def register(self, expert: str, state: dict, metric: float, policy: CheckpointPolicy, meta: dict) -> str:
+        """Write ``state`` atomically, record it, prune to the best ``policy.keep_best``; returns the
+        new version (which may itself be pruned at once if it is not among the best)."""
+        if not _NAME.match(expert):
+            raise ValueError(f"bad expert name {expert!r} (letters, digits, _ . - only)")
+        if not np.isfinite(metric):
+            raise ValueError(f"checkpoint metric for {expert} must be finite, got {metric!r}")
+        created = datetime.now(UTC).replace(tzinfo=None)
+        existing = {r.version for r in self._rows(expert)}
+        version = created.strftime("%Y%m%dT%H%M%S%f")
+        while version in existing:  # two registrations in the same microsecond
+            version += "b"
+        path = (self.models_dir / expert / f"{version}.pt").resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = dict(state)
+        state["version"] = version
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # readers never see a half-written file
+        full_meta = {**meta, "metric_name": policy.metric, "mode": policy.mode}
+        try:
+            self.store.execute(
+                f"INSERT INTO {TABLE} (expert, version, path, metric, created_at, meta) VALUES (?, ?, ?, ?, ?, ?)",
+                [expert, version, str(path), float(metric), created, json.dumps(full_meta, default=str)],
+            )
+        except Exception:
+            path.unlink(missing_ok=True)  # no orphan file without its row
+            raise
+        self.prune(expert, policy)
+        return version
+
+    def prune(self, expert: str, policy: CheckpointPolicy) -> list[str]:
+        """Delete all but the best ``keep_best`` checkpoints (rows and files); returns removed versions."""
+        rows = self._rows(expert)
+        ranked = _ranked(rows, policy.mode)
+        removed = []
+        for info in ranked[policy.keep_best :]:
+            self.store.execute(f"DELETE FROM {TABLE} WHERE expert = ? AND version = ?", [expert, info.version])
+            info.path.unlink(missing_ok=True)
+            removed.append(info.version)
+        if removed:
+            log.info("pruned %s checkpoints of %s: %s", len(removed), expert, ", ".join(removed))
+        return removed
+
+    # ---------------------------------------------------------------- loading
+
+    def load_into(self, expert_obj: Any, version: str | None = None) -> bool:
+        """Load ``version`` (default: the best) into ``expert_obj``; False when nothing is registered."""
+        name = expert_obj.name if hasattr(expert_obj, "name") else "moe"
+        info = self.get(name, version) if version is not None else self.best(name)
+        if info is None:
+            return False
+        if not info.path.exists():
+            raise FileNotFoundError(f"checkpoint file of {name} {info.version} is missing: {info.path}")
+        device = getattr(expert_obj, "device", "cpu")
+        state = torch.load(info.path, map_location=device, weights_only=False)
+        expert_obj.load_state_dict(state)
+        expert_obj.version = info.version
+        return True
+
+
+def _ranked(rows: list[CheckpointInfo], mode: str) -> list[CheckpointInfo]:
+    """Best first; ties go to the newer checkpoint."""
+    sign = 1.0 if mode == "min" else -1.0
+    return sorted(rows, key=lambda r: (sign * r.metric, -r.created_at.timestamp(), r.version), reverse=False)

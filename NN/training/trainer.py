@@ -1,0 +1,447 @@
+"""Offline training and evaluation of the experts and the MoE gate on candles from the store.
+
+Data discipline: features come from the one FeatureBuilder (past-only); samples are split
+chronologically into train / validation / test with ``split.gap_bars`` dropped between parts (the gap
+must cover the label horizon so no label of one part looks into the next); mini-batches are drawn at
+random only WITHIN the train part; early stopping and per-expert temperatures use the validation
+part; the gate is fit on the validation part's expert outputs (NN/moe.py says why); the test part is
+only touched by ``evaluate``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.config import AppConfig, ModelsConfig
+from core.data.store import MarketStore
+from core.features import FeatureBuilder
+from core.types import FeatureBatch, SeriesKey
+from NN.calibration import fit_temperature, log_loss, scores
+from NN.experts.base import Expert
+from NN.experts.dqn import DQNExpert
+from NN.experts.registry import build_expert
+from NN.moe import MoEGate
+from NN.training.checkpoints import CheckpointRegistry
+from NN.training.datasets import chronological_split, forward_returns, make_labels
+
+log = logging.getLogger(__name__)
+
+GATE_NAME = "moe"
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class Prepared:
+    """Feature samples of one series with their chronological split."""
+
+    key: SeriesKey
+    batch: FeatureBatch  # complete samples only (>= FeatureBuilder.min_history bars of history)
+    train: slice
+    val: slice
+    test: slice
+    dead_zone: float  # log-return dead zone of the flat class
+
+    def labels(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, forward log returns) at ``horizon``; -1 / NaN where the future is unknown."""
+        return (make_labels(self.batch.close, horizon, self.dead_zone),
+                forward_returns(self.batch.close, horizon))
+
+    def part(self, which: str) -> FeatureBatch:
+        return self.batch.take(getattr(self, which))
+
+
+def dead_zone(models: ModelsConfig, app: AppConfig) -> float:
+    """Flat-class half width in log-return units: labels.dead_zone_bps, else the round-trip taker fee."""
+    bps = models.labels.dead_zone_bps
+    if bps is None:
+        bps = 2.0 * app.execution.taker_fee_bps
+    return float(bps) / 1e4
+
+
+def load_candles(store: MarketStore, key: SeriesKey, start_ms: int | None, end_ms: int | None) -> pd.DataFrame:
+    df = store.candles(key, start_ms, end_ms)
+    if df.empty:
+        have = ", ".join(f"{k.exchange} {k.symbol} {k.timeframe}" for k in store.series()) or "nothing"
+        raise ValueError(f"no candles for {key.exchange} {key.symbol} {key.timeframe} in the store "
+                         f"(range {start_ms}..{end_ms}); the store has: {have}. "
+                         "Import first: main_backtest.py data import ...")
+    return df
+
+
+def prepare(candles: pd.DataFrame, key: SeriesKey, models: ModelsConfig, app: AppConfig,
+            ref: pd.DataFrame | None = None) -> Prepared:
+    builder = FeatureBuilder(models.features, key.timeframe)
+    full = builder.build_many(candles, ref, symbol=key.symbol)
+    batch = full.take(slice(builder.min_history, None))
+    n = len(batch)
+    if n < 500:
+        raise ValueError(f"only {n} complete samples ({len(candles)} candles - {builder.min_history} warm-up); "
+                         "need at least 500 to train and evaluate")
+    if not (np.isfinite(batch.windows).all() and np.isfinite(batch.flat).all()):
+        raise ValueError("FeatureBuilder produced NaN/inf features after the warm-up; refusing to train on them")
+    horizons = [h for h in models.labels.horizons] + [e.horizon for e in models.experts.values()]
+    if models.split.gap_bars < max(horizons):
+        log.warning("split.gap_bars=%s < longest horizon %s: labels near a split boundary look into the next part",
+                    models.split.gap_bars, max(horizons))
+    tr, va, te = chronological_split(n, models.split)
+    return Prepared(key, batch, tr, va, te, dead_zone(models, app))
+
+
+def _known(y: np.ndarray, r: np.ndarray, part: slice) -> np.ndarray:
+    idx = np.arange(part.start, part.stop)
+    return idx[(y[idx] >= 0) & np.isfinite(r[idx])]
+
+
+# ---------------------------------------------------------------- progress / logs
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[..., Any]]:
+    """rich progress bar (or a no-op) yielding ``task(description, total) -> advance(n=1)``."""
+    if not enabled:
+        yield lambda desc, total: (lambda n=1, **kw: None)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[info]}")) as prog:
+
+        def task(desc: str, total: int) -> Callable[..., None]:
+            tid = prog.add_task(desc, total=total, info="")
+
+            def advance(n: int = 1, info: str | None = None) -> None:
+                prog.update(tid, advance=n, **({"info": info} if info is not None else {}))
+
+            return advance
+
+        yield task
+
+
+def _writer(runs_dir: Path | None, name: str):
+    if runs_dir is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    stamp = pd.Timestamp.now("UTC").strftime("%Y%m%dT%H%M%S")
+    return SummaryWriter(log_dir=str(Path(runs_dir) / f"{name}-{stamp}"))
+
+
+# ---------------------------------------------------------------- expert training
+
+
+@dataclass
+class TrainResult:
+    expert: str
+    version: str | None
+    val_logloss: float
+    epochs_run: int
+    best_epoch: int
+    extra: dict[str, float]
+
+
+def _val_logloss(expert: Any, prep: Prepared, y: np.ndarray, r: np.ndarray) -> tuple[float, float]:
+    """(log loss with the temperature fit on val, that temperature)."""
+    idx = _known(y, r, prep.val)
+    z = expert.logits_many(prep.batch.take(idx))
+    t = fit_temperature(z, y[idx])
+    zz = z / t
+    zz -= zz.max(axis=1, keepdims=True)
+    p = np.exp(zz)
+    p /= p.sum(axis=1, keepdims=True)
+    return log_loss(p, y[idx]), t
+
+
+def train_expert(expert: Expert, prep: Prepared, epochs: int, *, patience: int = 3, seed: int = 0,
+                 writer: Any = None, task: Callable[..., Any] | None = None,
+                 max_steps_per_epoch: int | None = None) -> TrainResult:
+    """Train one features expert in place; leaves it at its best-validation epoch with the fitted
+    temperature. DQN: epochs = passes of episodes over the train part (chunks in random order)."""
+    y, r = prep.labels(expert.horizon)
+    rng = np.random.default_rng(seed)
+    is_dqn = isinstance(expert, DQNExpert)
+    train_idx = _known(y, r, prep.train)
+    if len(train_idx) < 100:
+        raise ValueError(f"{expert.name}: only {len(train_idx)} labelled training samples")
+    if is_dqn:
+        c = expert.params.chunk
+        units = [np.arange(s, min(s + c, prep.train.stop)) for s in range(prep.train.start, prep.train.stop, c)]
+    else:
+        bs = expert.params.batch_size
+        units = [None] * int(np.ceil(len(train_idx) / bs))
+    if max_steps_per_epoch is not None:
+        units = units[:max_steps_per_epoch]
+    best = (float("inf"), -1, None, 1.0)
+    step = 0
+    epochs_run = 0
+    advance = task(f"train {expert.name}", epochs * len(units)) if task else None
+    for ep in range(epochs):
+        epochs_run = ep + 1
+        losses = []
+        if is_dqn:
+            order = rng.permutation(len(units))
+            batches = [units[i] for i in order]
+        else:
+            perm = rng.permutation(train_idx)
+            batches = [perm[i * bs:(i + 1) * bs] for i in range(len(units))]
+        for idx in batches:
+            m = expert.train_step(prep.batch.take(idx), y[idx], r[idx])
+            step += 1
+            if np.isfinite(m.get("loss", np.nan)):
+                losses.append(m["loss"])
+            if writer is not None:
+                for k, v in m.items():
+                    writer.add_scalar(f"{expert.name}/train_{k}", v, step)
+            if advance:
+                advance(1)
+        vl, temp = _val_logloss(expert, prep, y, r)
+        if writer is not None:
+            writer.add_scalar(f"{expert.name}/val_logloss", vl, ep)
+            if losses:
+                writer.add_scalar(f"{expert.name}/epoch_train_loss", float(np.mean(losses)), ep)
+        if advance:
+            advance(0, info=f"epoch {ep + 1} val_logloss {vl:.4f}")
+        log.info("%s epoch %d: train loss %.4f, val log loss %.4f (T=%.3g)", expert.name, ep + 1,
+                 float(np.mean(losses)) if losses else float("nan"), vl, temp)
+        if vl < best[0] - 1e-5:
+            best = (vl, ep, copy.deepcopy(expert.state_dict()), temp)
+        elif ep - best[1] >= patience:
+            break  # early stopping on validation log loss
+    assert best[2] is not None
+    version = expert.version
+    expert.load_state_dict(best[2])
+    expert.version = version
+    expert.set_temperature(best[3])
+    extra: dict[str, float] = {"temperature": best[3]}
+    if is_dqn:
+        extra["val_greedy_reward"] = expert.policy_reward(prep.part("val"))
+    return TrainResult(expert.name, None, best[0], epochs_run, best[1] + 1, extra)
+
+
+# ---------------------------------------------------------------- gate
+
+
+def expert_probs(experts: dict[str, Expert], batch: FeatureBatch, candles: pd.DataFrame | None = None
+                 ) -> np.ndarray:
+    """[N, E, 3] probabilities of every expert, in dict order."""
+    return np.stack([e.predict_many(batch, candles if e.input_kind == "candles" else None).probs
+                     for e in experts.values()], axis=1)
+
+
+def train_gate(experts: dict[str, Expert], prep: Prepared, models: ModelsConfig, horizon: int,
+               candles: pd.DataFrame | None = None) -> tuple[MoEGate, dict[str, float]]:
+    """Fit the gate (and fused calibration) on the validation split's expert outputs."""
+    y, r = prep.labels(horizon)
+    idx = _known(y, r, prep.val)
+    vb = prep.batch.take(idx)
+    probs = expert_probs(experts, vb, candles)
+    gate = MoEGate(list(experts), models.moe, len(prep.batch.spec.regime_features))
+    info = gate.fit(probs, vb.regime, y[idx])
+    return gate, info
+
+
+def common_horizon(experts: dict[str, Expert]) -> int:
+    hs = {e.horizon for e in experts.values()}
+    if len(hs) != 1:
+        raise ValueError(f"the gate fuses experts of one horizon; got {dict((n, e.horizon) for n, e in experts.items())}")
+    return hs.pop()
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def climatology(y_train: np.ndarray) -> np.ndarray:
+    """Training class frequencies (Laplace-smoothed so no class has probability 0)."""
+    counts = np.bincount(y_train[y_train >= 0], minlength=3).astype(np.float64) + 1.0
+    return counts / counts.sum()
+
+
+def evaluate_on_test(experts: dict[str, Expert], gate: MoEGate | None, prep: Prepared,
+                     candles: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Scores on the test split per expert, fused, and the climatology baseline of each horizon."""
+    out: dict[str, Any] = {"experts": {}, "baseline": {}}
+    probs_by: dict[str, np.ndarray] = {}
+    for name, e in experts.items():
+        y, r = prep.labels(e.horizon)
+        idx = _known(y, r, prep.test)
+        p = e.predict_many(prep.batch.take(idx), candles if e.input_kind == "candles" else None).probs
+        probs_by[name] = p
+        out["experts"][name] = {"horizon": e.horizon, "version": e.version, **scores(p, y[idx])}
+        key = f"climatology_h{e.horizon}"
+        if key not in out["baseline"]:
+            clim = climatology(y[_known(y, r, prep.train)])
+            out["baseline"][key] = {"horizon": e.horizon, "train_freq": clim.tolist(),
+                                    **scores(np.tile(clim, (len(idx), 1)), y[idx])}
+    if gate is not None:
+        names = gate.experts
+        missing = [n for n in names if n not in experts]
+        if missing:
+            raise ValueError(f"gate was trained on {names} but {missing} could not be loaded")
+        h = common_horizon({n: experts[n] for n in names})
+        y, r = prep.labels(h)
+        idx = _known(y, r, prep.test)
+        probs = np.stack([probs_by[n] for n in names], axis=1)
+        w, fused = gate.fuse(probs, prep.batch.regime[idx])
+        out["fused"] = {"horizon": h, "version": gate.version, "gate": "learned" if gate.trained else "hedge",
+                        "mean_weights": dict(zip(names, w.mean(axis=0).round(4).tolist(), strict=True)),
+                        **scores(fused, y[idx])}
+    out["split"] = {
+        part: {"n": s.stop - s.start, "from_ts": int(prep.batch.ts[s.start]), "to_ts": int(prep.batch.ts[s.stop - 1])}
+        for part, s in (("train", prep.train), ("val", prep.val), ("test", prep.test))
+    }
+    return out
+
+
+def ts_range_meta(prep: Prepared) -> dict[str, int]:
+    return {f"{p}_{e}_ts": int(prep.batch.ts[s.start if e == "start" else s.stop - 1])
+            for p, s in (("train", prep.train), ("val", prep.val), ("test", prep.test)) for e in ("start", "end")}
+
+
+def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: AppConfig, names: list[str], *,
+                 start_ms: int | None = None, end_ms: int | None = None, epochs: int | None = None,
+                 models_dir: Path, runs_dir: Path | None, progress: bool = True,
+                 max_steps_per_epoch: int | None = None, patience: int = 3) -> dict[str, Any]:
+    """The ``train`` command: train the named experts (and/or 'moe'), register checkpoints."""
+    registry = CheckpointRegistry(store, models_dir)
+    results: dict[str, Any] = {}
+    feature_names = [n for n in names if n not in (GATE_NAME, "kronos")]
+    unknown = [n for n in names if n != GATE_NAME and n not in models.experts]
+    if unknown:
+        raise ValueError(f"unknown experts {unknown}; models.yml has {list(models.experts)} (+ '{GATE_NAME}')")
+    if "kronos" in names:
+        try:
+            from NN.experts.kronos.train import train_kronos
+        except ImportError as exc:
+            raise ValueError(f"kronos training is not available in this build: {exc}") from None
+        path = train_kronos(store, key, start_ms=start_ms, end_ms=end_ms, models_dir=models_dir,
+                            runs_dir=runs_dir or Path("runs"), epochs=epochs, progress=progress)
+        results["kronos"] = {"checkpoint": str(path)}
+    if not feature_names and GATE_NAME not in names:
+        return results
+    candles = load_candles(store, key, start_ms, end_ms)
+    prep = prepare(candles, key, models, app)
+    meta_base = {"exchange": key.exchange, "symbol": key.symbol, "timeframe": key.timeframe,
+                 "dims": {"T": len(prep.batch.spec.timeframes), "L": prep.batch.spec.window,
+                          "F": len(prep.batch.spec.bar_features), "D": len(prep.batch.spec.flat_features)},
+                 **ts_range_meta(prep)}
+    writer = _writer(runs_dir, "train")
+    try:
+        with _progress(progress) as task:
+            for name in feature_names:
+                cfg = models.experts[name]
+                expert = build_expert(name, cfg, prep.batch.spec)
+                try:
+                    if registry.load_into(expert):  # continue from the best checkpoint
+                        log.info("%s: starting from checkpoint %s", name, expert.version)
+                except ValueError as exc:  # architecture changed: start fresh, say why
+                    log.warning("%s: best checkpoint not loadable (%s); training from scratch", name, exc)
+                res = train_expert(expert, prep, epochs or 10, writer=writer, task=task,
+                                   max_steps_per_epoch=max_steps_per_epoch, patience=patience)
+                version = registry.register(
+                    name, expert.state_dict(), res.val_logloss, cfg.checkpoints,
+                    {**meta_base, "horizon": cfg.horizon, "epochs_run": res.epochs_run,
+                     "best_epoch": res.best_epoch, **res.extra},
+                )
+                results[name] = {"version": version, "val_logloss": res.val_logloss, "epochs_run": res.epochs_run,
+                                 "best_epoch": res.best_epoch, **res.extra}
+            if GATE_NAME in names:
+                experts = load_experts(registry, models, prep.batch.spec, include_candle_experts=False)
+                if not experts:
+                    raise ValueError("no trained experts to gate: train some experts first")
+                h = common_horizon(experts)
+                gate, info = train_gate(experts, prep, models, h)
+                version = registry.register(
+                    GATE_NAME, gate.state_dict(), info.get("holdout_calibrated_logloss", info["holdout_gate_logloss"]),
+                    models.experts[next(iter(experts))].checkpoints,
+                    {**meta_base, "horizon": h, "experts": list(experts),
+                     "expert_versions": {n: e.version for n, e in experts.items()}, **info},
+                )
+                results[GATE_NAME] = {"version": version, "experts": list(experts), **info}
+                if writer is not None:
+                    for k, v in info.items():
+                        writer.add_scalar(f"moe/{k}", v, 0)
+    finally:
+        if writer is not None:
+            writer.close()
+    return results
+
+
+def load_experts(registry: CheckpointRegistry, models: ModelsConfig, spec, *, include_candle_experts: bool,
+                 names: list[str] | None = None) -> dict[str, Expert]:
+    """Enabled experts (or ``names``) that have a loadable checkpoint, best version loaded."""
+    out: dict[str, Expert] = {}
+    for name, cfg in models.experts.items():
+        if (names is not None and name not in names) or (names is None and not cfg.enabled):
+            continue
+        if name == "kronos" and not include_candle_experts:
+            continue
+        try:
+            expert = build_expert(name, cfg, spec)
+        except Exception as exc:  # e.g. a module another build does not ship
+            log.warning("%s: cannot build (%s); skipped", name, exc)
+            continue
+        if expert.input_kind == "candles" and not include_candle_experts:
+            continue
+        try:
+            if registry.load_into(expert):
+                out[name] = expert
+            else:
+                log.info("%s: no checkpoint; skipped", name)
+        except (ValueError, FileNotFoundError) as exc:
+            log.warning("%s: checkpoint not loadable (%s); skipped", name, exc)
+    return out
+
+
+def load_gate(registry: CheckpointRegistry, experts: list[str], models: ModelsConfig, regime_dim: int) -> MoEGate:
+    """The best registered gate when it was trained on exactly ``experts``; otherwise an untrained
+    (Hedge) gate over them."""
+    gate = MoEGate(experts, models.moe, regime_dim)
+    try:
+        registry.load_into(gate)
+    except ValueError as exc:
+        log.warning("gate checkpoint does not fit %s (%s); using the Hedge rule", experts, exc)
+        gate = MoEGate(experts, models.moe, regime_dim)
+    return gate
+
+
+def run_evaluation(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: AppConfig, *,
+                   start_ms: int | None = None, end_ms: int | None = None, models_dir: Path,
+                   names: list[str] | None = None) -> dict[str, Any]:
+    registry = CheckpointRegistry(store, models_dir)
+    candles = load_candles(store, key, start_ms, end_ms)
+    prep = prepare(candles, key, models, app)
+    experts = load_experts(registry, models, prep.batch.spec, include_candle_experts=False, names=names)
+    if not experts:
+        raise ValueError("no trained experts found in the checkpoint registry: run `train` first")
+    gate = None
+    best_gate = registry.best(GATE_NAME)
+    if best_gate is not None:
+        gate = load_gate(registry, best_gate.meta.get("experts", list(experts)), models,
+                         len(prep.batch.spec.regime_features))
+        if not gate.trained or any(n not in experts for n in gate.experts):
+            log.warning("gate checkpoint not usable with the loaded experts; fused scores use the Hedge gate")
+            gate = MoEGate(list(experts), models.moe, len(prep.batch.spec.regime_features))
+    else:
+        gate = MoEGate(list(experts), models.moe, len(prep.batch.spec.regime_features))
+    report = evaluate_on_test(experts, gate, prep)
+    # honesty check: a checkpoint trained on data that overlaps this test split scores too well
+    test_start = int(prep.batch.ts[prep.test.start])
+    warnings = []
+    for n in list(experts) + ([GATE_NAME] if best_gate else []):
+        info = registry.best(n)
+        if info and int(info.meta.get("val_end_ts", -1)) >= test_start:
+            warnings.append(f"{n} {info.version} was trained/validated on data up to "
+                            f"{info.meta.get('val_end_ts')} >= test start {test_start}: its test scores are optimistic")
+    report["warnings"] = warnings
+    report["series"] = {"exchange": key.exchange, "symbol": key.symbol, "timeframe": key.timeframe}
+    return report
