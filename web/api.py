@@ -1,0 +1,421 @@
+"""REST API on the Dash app's Flask server, plus the snapshot -> JSON views the pages share.
+
+Every endpoint reads one immutable ``EngineSnapshot`` (one reference copy, no engine lock held) or
+sends one command to the engine. Bodies are validated with pydantic (extra keys forbidden); bad input
+answers 4xx with a message, and anything unexpected becomes a JSON 500 without internals. Shapes are
+documented in web/openapi.yaml and the README.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from flask import Blueprint, Flask, Response, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from werkzeug.exceptions import HTTPException
+
+from core.types import TIMEFRAME_MS, Decision, ExpertOutput, Thresholds
+
+log = logging.getLogger(__name__)
+
+MAX_CANDLES = 5000
+TRAINING_UNAVAILABLE = "Live training arrives with the Live-training issue; it cannot be switched on yet."
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, error: str = "bad_request") -> None:
+        super().__init__(message)
+        self.status, self.message, self.error = status, message, error
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ThresholdsBody(_Body):
+    buy: float = Field(ge=0, le=1)
+    sell: float = Field(ge=0, le=1)
+    min_confidence: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("buy", "sell", "min_confidence", mode="before")
+    @classmethod
+    def _num(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and math.isnan(v)):
+            raise ValueError("must be a number in [0, 1]")
+        return float(v)
+
+
+class StreamBody(_Body):
+    symbol: str
+    timeframe: str
+
+    @field_validator("symbol")
+    @classmethod
+    def _sym(cls, v: str) -> str:
+        if "/" not in v or v.startswith("/") or v.endswith("/") or len(v) > 40:
+            raise ValueError("must be a ccxt symbol like BTC/USDT")
+        return v
+
+    @field_validator("timeframe")
+    @classmethod
+    def _tf(cls, v: str) -> str:
+        if v not in TIMEFRAME_MS:
+            raise ValueError(f"must be one of {', '.join(TIMEFRAME_MS)}")
+        return v
+
+
+class ExpertPatchBody(_Body):
+    enabled: bool | None = None
+    training: bool | None = None
+
+
+def parse_body(model: type[_Body]) -> Any:
+    raw = request.get_json(silent=True)
+    if raw is None:
+        raise ApiError(400, "request body must be a JSON object (Content-Type: application/json)")
+    if not isinstance(raw, dict):
+        raise ApiError(400, f"request body must be a JSON object, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "(body)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown field; allowed: {', '.join(model.model_fields)}"
+        raise ApiError(422, f"{where}: {msg}") from None
+
+
+# ---------------------------------------------------------------- snapshot -> JSON views
+
+
+def _f(v: Any) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        return _f(v)
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, str | int | bool) or v is None:
+        return v
+    return str(v)
+
+
+def candles_json(df: pd.DataFrame | None, limit: int | None = None) -> dict[str, list]:
+    """Columnar candles (compact on the wire): {ts: [...], open: [...], ...}."""
+    cols = ("ts", "open", "high", "low", "close", "volume")
+    if df is None or df.empty:
+        return {c: [] for c in cols}
+    d = df.iloc[-limit:] if limit else df
+    out: dict[str, list] = {"ts": [int(t) for t in d["ts"].to_numpy(np.int64)]}
+    for c in cols[1:]:
+        out[c] = [_f(v) for v in d[c].to_numpy(float)]
+    return out
+
+
+def thresholds_json(t: Thresholds) -> dict[str, float]:
+    return {"buy": t.buy, "sell": t.sell, "min_confidence": t.min_confidence}
+
+
+def output_json(o: ExpertOutput) -> dict[str, Any]:
+    return {
+        "expert": o.expert, "model_version": o.model_version, "ts": int(o.ts), "horizon": o.horizon,
+        "probs": {"down": _f(o.probs[0]), "flat": _f(o.probs[1]), "up": _f(o.probs[2])},
+        "expected_return": _f(o.expected_return), "confidence": _f(o.confidence),
+        "latency_ms": _f(o.latency_ms),
+    }
+
+
+def decision_json(d: Decision | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {
+        "id": d.id, "ts": int(d.ts), "symbol": d.symbol, "action": str(d.action),
+        "probs": {"down": _f(d.probs[0]), "flat": _f(d.probs[1]), "up": _f(d.probs[2])},
+        "expected_return": _f(d.expected_return),
+        "weights": {k: _f(v) for k, v in d.weights.items()},
+        "thresholds": thresholds_json(d.thresholds), "target_position": _f(d.target_position),
+        "reason": d.reason,
+    }
+
+
+def kronos_json(k: Any, now_ms: int) -> dict[str, Any] | None:
+    if k is None:
+        return None
+    return {
+        "ts": int(k.ts), "model_version": k.model_version, "horizon": int(k.horizon),
+        "samples": int(k.samples), "p_up": _f(k.p_up), "expected_return": _f(k.expected_return),
+        "future_ts": [int(t) for t in np.asarray(k.future_ts, dtype=np.int64)],
+        "median": _jsonable(np.asarray(k.median, dtype=float)),
+        "bands": {q: _jsonable(np.asarray(v, dtype=float)) for q, v in k.bands.items()},
+        "band_width": band_width(k), "latency_ms": _f(k.latency_ms),
+        "age_s": _f((now_ms - k.finished_ms) / 1000.0) if k.finished_ms else None,
+    }
+
+
+def band_width(k: Any) -> float | None:
+    """Relative width of the widest band at the horizon's end: (hi - lo) / median."""
+    if k is None or not len(k.median):
+        return None
+    keys = sorted(k.bands)
+    if len(keys) < 2:
+        return None
+    lo, hi = np.asarray(k.bands[keys[0]], float), np.asarray(k.bands[keys[-1]], float)
+    m = float(np.asarray(k.median, float)[-1])
+    return _f((hi[-1] - lo[-1]) / m) if m else None
+
+
+def latest_prediction_json(snap: Any) -> dict[str, Any]:
+    return {
+        "symbol": snap.symbol, "timeframe": snap.timeframe,
+        "decision": decision_json(snap.decision),
+        "experts": {n: output_json(o) for n, o in snap.expert_outputs.items()},
+        "gate_weights": {k: _f(v) for k, v in snap.gate_weights.items()},
+        "kronos": kronos_json(snap.kronos, snap.ts_ms),
+    }
+
+
+def source_json(s: Any) -> dict[str, Any]:
+    if isinstance(s, Mapping):
+        return _jsonable(s)
+    fields = getattr(s, "__dataclass_fields__", None)
+    if fields:
+        return {k: _jsonable(getattr(s, k)) for k in fields}
+    return {"status": str(s)}
+
+
+def last_candle_ts(snap: Any) -> int | None:
+    df = snap.candles.get(snap.timeframe) if snap.timeframe else None
+    return int(df["ts"].iloc[-1]) if df is not None and len(df) else None
+
+
+def status_json(snap: Any) -> dict[str, Any]:
+    last = last_candle_ts(snap)
+    return {
+        "ts_ms": int(snap.ts_ms), "mode": snap.mode, "running": snap.running, "streaming": snap.streaming,
+        "symbol": snap.symbol, "timeframe": snap.timeframe, "last_candle_ts": last,
+        "sources": {n: source_json(s) for n, s in snap.sources.items()},
+        "inference_latency_ms": {k: _f(v) for k, v in snap.inference_latency_ms.items()},
+        "kill_switch": {"active": snap.kill_switch.active, "reason": snap.kill_switch.reason,
+                        "since_ms": snap.kill_switch.since_ms},
+        "errors": [{"ts_ms": e.ts_ms, "where": e.where, "message": e.message} for e in snap.errors[-20:]],
+        "versions": dict(snap.versions),
+    }
+
+
+def recent_accuracy(snap: Any) -> dict[str, float | None]:
+    """Per expert: share of recent decisions whose argmax call matched the realised move over the
+    decision horizon, using only candles that have CLOSED since (matured outcomes, no look-ahead)."""
+    df = snap.candles.get(snap.timeframe) if snap.timeframe else None
+    out: dict[str, float | None] = {}
+    if df is None or df.empty or not snap.recent_decisions:
+        return {n: None for n in snap.experts}
+    ts = df["ts"].to_numpy(np.int64)
+    close = df["close"].to_numpy(float)
+    hits: dict[str, list[int]] = {}
+    for d in snap.recent_decisions:
+        for o in d.outputs:
+            i = int(np.searchsorted(ts, o.ts))
+            j = i + int(o.horizon)
+            if i >= len(ts) or ts[i] != o.ts or j >= len(ts):
+                continue  # not matured yet (or outside the cached window)
+            r = math.log(close[j] / close[i]) if close[i] > 0 and close[j] > 0 else 0.0
+            realised = 2 if r > 0 else (0 if r < 0 else 1)
+            hits.setdefault(o.expert, []).append(int(int(np.argmax(o.probs)) == realised))
+    for n in set(snap.experts) | set(hits):
+        h = hits.get(n)
+        out[n] = float(np.mean(h)) if h else None
+    return out
+
+
+def experts_json(snap: Any) -> list[dict[str, Any]]:
+    acc = recent_accuracy(snap)
+    rows = []
+    for name, st in snap.experts.items():
+        o = snap.expert_outputs.get(name)
+        rows.append({
+            "name": name, "enabled": st.enabled, "training": st.training, "version": st.version,
+            "trained": st.trained, "input_kind": st.input_kind, "last_error": st.last_error,
+            "gate_weight": _f(snap.gate_weights.get(name)), "recent_accuracy": acc.get(name),
+            "latest": output_json(o) if o is not None else None,
+        })
+    return rows
+
+
+def fill_json(f: Any) -> dict[str, Any]:
+    return {"id": f.id, "order_id": f.order_id, "symbol": f.symbol, "side": f.side,
+            "amount": _f(f.amount), "price": _f(f.price), "fee": _f(f.fee), "ts": int(f.ts)}
+
+
+def order_json(o: Any) -> dict[str, Any]:
+    return {"id": o.id, "symbol": o.symbol, "side": o.side, "type": o.type, "amount": _f(o.amount),
+            "price": _f(o.price), "status": o.status, "filled": _f(o.filled), "ts": int(o.ts)}
+
+
+def position_json(p: Any) -> dict[str, Any]:
+    return {"symbol": p.symbol, "amount": _f(p.amount), "avg_price": _f(p.avg_price),
+            "realised_pnl": _f(p.realised_pnl), "unrealised_pnl": _f(p.unrealised_pnl)}
+
+
+def equity_json(eq: pd.DataFrame) -> dict[str, list]:
+    cols = [c for c in ("ts", "equity", "cash", "drawdown") if c in eq.columns]
+    out: dict[str, list] = {}
+    for c in cols:
+        out[c] = [int(v) for v in eq[c].to_numpy(np.int64)] if c == "ts" else [_f(v) for v in eq[c]]
+    return out
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name!r} must be an integer") from None
+    if not lo <= v <= hi:
+        raise ApiError(400, f"query parameter {name!r} must be within [{lo}, {hi}]")
+    return v
+
+
+def build_blueprint(engine: Any) -> Blueprint:
+    bp = Blueprint("api", __name__, url_prefix="/api")
+
+    @bp.get("/initial_data")
+    def initial_data() -> Response:
+        snap = engine.snapshot()
+        tf = request.args.get("timeframe", snap.timeframe)
+        if tf not in TIMEFRAME_MS:
+            raise ApiError(400, f"timeframe must be one of {', '.join(TIMEFRAME_MS)}")
+        symbol = request.args.get("symbol", snap.symbol)
+        if symbol != snap.symbol:
+            raise ApiError(404, f"symbol {symbol!r} is not streaming (active: {snap.symbol!r})", "not_found")
+        if tf not in snap.candles:
+            raise ApiError(404, f"no {tf} candles cached (available: {', '.join(snap.candles) or 'none'})",
+                           "not_found")
+        limit = _int_arg("limit", 1500, 1, MAX_CANDLES)
+        return jsonify(symbol=snap.symbol, timeframe=tf, candles=candles_json(snap.candles[tf], limit),
+                       prediction=latest_prediction_json(snap))
+
+    @bp.get("/latest_prediction")
+    def latest_prediction() -> Response:
+        return jsonify(latest_prediction_json(engine.snapshot()))
+
+    @bp.get("/generate_prediction")
+    def generate_prediction() -> Response:
+        try:
+            res = engine.generate_prediction()
+        except (RuntimeError, ValueError) as exc:  # e.g. not enough history yet
+            raise ApiError(409, f"cannot generate a prediction now: {exc}", "conflict") from None
+        return jsonify(_jsonable(res))
+
+    @bp.post("/start_stream")
+    def start_stream() -> Response:
+        body = parse_body(StreamBody)
+        try:
+            engine.start_stream(body.symbol, body.timeframe)
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from None
+        return jsonify(ok=True, symbol=body.symbol, timeframe=body.timeframe)
+
+    @bp.post("/stop_stream")
+    def stop_stream() -> Response:
+        engine.stop_stream()
+        return jsonify(ok=True)
+
+    @bp.get("/status")
+    def status() -> Response:
+        return jsonify(status_json(engine.snapshot()))
+
+    @bp.route("/thresholds", methods=["GET", "PUT"])
+    def thresholds() -> Response:
+        if request.method == "PUT":
+            body = parse_body(ThresholdsBody)
+            t = Thresholds(buy=body.buy, sell=body.sell, min_confidence=body.min_confidence)
+            engine.set_thresholds(t)
+            return jsonify(ok=True, thresholds=thresholds_json(t),
+                           note="applied to the next decision")
+        return jsonify(thresholds_json(engine.snapshot().thresholds))
+
+    @bp.get("/experts")
+    def experts() -> Response:
+        return jsonify(experts=experts_json(engine.snapshot()))
+
+    @bp.patch("/experts/<name>")
+    def patch_expert(name: str) -> Response:
+        body = parse_body(ExpertPatchBody)
+        snap = engine.snapshot()
+        if name not in snap.experts:
+            raise ApiError(404, f"unknown expert {name!r}; known: {', '.join(snap.experts)}", "not_found")
+        if body.enabled is None and body.training is None:
+            raise ApiError(422, "send at least one of 'enabled', 'training'")
+        if body.training:
+            raise ApiError(409, TRAINING_UNAVAILABLE, "conflict")
+        if body.enabled is not None:
+            engine.set_expert_enabled(name, body.enabled)
+        return jsonify(ok=True, name=name, enabled=body.enabled, training=False)
+
+    @bp.get("/trades")
+    def trades() -> Response:
+        snap = engine.snapshot()
+        limit = _int_arg("limit", 200, 1, 10_000)
+        return jsonify(trades=[fill_json(f) for f in snap.trades[-limit:]],
+                       open_orders=[order_json(o) for o in snap.open_orders],
+                       positions=[position_json(p) for p in snap.positions])
+
+    @bp.get("/equity")
+    def equity() -> Response:
+        snap = engine.snapshot()
+        return jsonify(equity_json(snap.equity))
+
+    @bp.post("/kill_switch/reset")
+    def reset_kill_switch() -> Response:
+        engine.reset_kill_switch()
+        return jsonify(ok=True)
+
+    return bp
+
+
+def install_api(server: Flask, engine: Any) -> None:
+    server.register_blueprint(build_blueprint(engine))
+
+    @server.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> tuple[Response, int]:
+        return jsonify(error=exc.error, message=exc.message), exc.status
+
+    @server.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response | HTTPException:
+        if not request.path.startswith("/api/"):
+            return exc
+        resp = jsonify(error=(exc.name or "error").lower().replace(" ", "_"), message=exc.description)
+        resp.status_code = exc.code or 500
+        return resp
+
+    @server.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        # log the details server-side; the client learns only that it failed
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return jsonify(error="internal_error", message="internal error; see the server log"), 500

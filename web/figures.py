@@ -1,0 +1,264 @@
+"""Pure functions: candles, forecasts, decisions and fills -> plotly figures (or Patch payloads).
+
+No engine access here: callers pass plain DataFrames / dicts, so the same code draws the Live page,
+the benchmark and tests. The main chart has a FIXED trace order (``TRACE``) so that the 1 s update
+callback can send ``dash.Patch`` edits addressed by trace index instead of whole figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from core import indicators as ind
+
+OVERLAYS: tuple[str, ...] = ("vwap", "bollinger", "sma5", "sma21", "sma233", "pivots")
+SMA_STYLE: dict[str, tuple[int, str]] = {"sma5": (5, "orange"), "sma21": (21, "red"), "sma233": (233, "grey")}
+BOLL_WINDOW, BOLL_K = 20, 2.0
+
+# fixed trace order of the main chart (Patch updates address traces by these indexes)
+TRACE_NAMES: tuple[str, ...] = (
+    "candles", "volume", "vwap", "bb_upper", "bb_lower", "bb_mid", "sma5", "sma21", "sma233",
+    "fc_outer_hi", "fc_outer_lo", "fc_inner_hi", "fc_inner_lo", "fc_median",
+    "buy", "sell", "fills",
+)
+TRACE: dict[str, int] = {n: i for i, n in enumerate(TRACE_NAMES)}
+LINE_TRACES: tuple[str, ...] = ("vwap", "bb_upper", "bb_lower", "bb_mid", "sma5", "sma21", "sma233")
+PIVOT_COLORS = {"P": "#9e9e9e", "R": "#ef5350", "S": "#26a69a"}
+
+
+# ---------------------------------------------------------------- indicators (past-only, core/indicators)
+
+
+def pivot_levels(df: pd.DataFrame) -> dict[str, float]:
+    """Classic floor pivots from the last COMPLETE UTC day before the last bar (empty if none)."""
+    if df.empty:
+        return {}
+    day = df["ts"].to_numpy(np.int64) // 86_400_000
+    prev = day < day[-1]
+    if not prev.any():
+        return {}
+    last_prev = day[prev].max()
+    d = df[day == last_prev]
+    h, low, c = float(d["high"].max()), float(d["low"].min()), float(d["close"].iloc[-1])
+    p = (h + low + c) / 3.0
+    return {
+        "R3": h + 2 * (p - low), "R2": p + (h - low), "R1": 2 * p - low, "P": p,
+        "S1": 2 * p - h, "S2": p - (h - low), "S3": low - 2 * (h - p),
+    }
+
+
+def indicator_columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every line overlay of the main chart, aligned with ``df`` rows."""
+    close = df["close"].to_numpy(float)
+    mid, up, lo = ind.bollinger(close, BOLL_WINDOW, BOLL_K)
+    vw = ind.vwap_session(df["ts"].to_numpy(np.int64), df["high"].to_numpy(float), df["low"].to_numpy(float),
+                          close, df["volume"].to_numpy(float))
+    cols = {"vwap": vw, "bb_upper": up, "bb_lower": lo, "bb_mid": mid}
+    for name, (n, _) in SMA_STYLE.items():
+        cols[name] = ind.sma(close, n)
+    return cols
+
+
+# ---------------------------------------------------------------- forecast fan
+
+
+@dataclass(frozen=True, slots=True)
+class Fan:
+    """A forecast fan drawn after the last candle: x = future bar times, paths per band."""
+
+    x: list
+    median: list
+    outer: tuple[list, list] | None  # (hi, lo) e.g. p90/p10
+    inner: tuple[list, list] | None  # (hi, lo) p75/p25
+    outer_label: str = "p10-p90"
+
+
+def _pick(bands: Mapping[str, np.ndarray], wanted: Iterable[str]) -> tuple[str, np.ndarray] | None:
+    for k in wanted:
+        if k in bands:
+            return k, np.asarray(bands[k], dtype=float)
+    return None
+
+
+def forecast_fan(last_ts: int, last_close: float, future_ts: np.ndarray, median: np.ndarray,
+                 bands: Mapping[str, np.ndarray]) -> Fan:
+    """Build the fan, anchored at the last candle's close so the paths start where price is."""
+    x = [_ms(last_ts)] + [_ms(t) for t in np.asarray(future_ts, dtype=np.int64)]
+
+    def path(a: np.ndarray) -> list:
+        return [float(last_close)] + [float(v) for v in np.asarray(a, dtype=float)]
+
+    hi = _pick(bands, ("q90", "q95", "p90", "p95"))
+    lo = _pick(bands, ("q10", "q05", "p10", "p05"))
+    outer = (path(hi[1]), path(lo[1])) if hi and lo else None
+    label = f"{lo[0]}-{hi[0]}" if hi and lo else ""
+    i_hi, i_lo = _pick(bands, ("q75", "p75")), _pick(bands, ("q25", "p25"))
+    inner = (path(i_hi[1]), path(i_lo[1])) if i_hi and i_lo else None
+    return Fan(x=x, median=path(median), outer=outer, inner=inner, outer_label=label)
+
+
+# ---------------------------------------------------------------- main chart
+
+
+def _ms(ts: int | np.integer) -> str:
+    # ISO strings keep the JSON small and are read by plotly as UTC dates
+    return pd.Timestamp(int(ts), unit="ms").strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _x(ts: np.ndarray) -> list[str]:
+    return list(pd.to_datetime(np.asarray(ts, dtype=np.int64), unit="ms").strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def _clean(a: np.ndarray) -> list:
+    """Floats rounded for the wire (8 significant digits), NaN -> None."""
+    return [None if v != v else float(f"{v:.8g}") for v in np.asarray(a, dtype=float)]
+
+
+def marker_points(events: pd.DataFrame, candles: pd.DataFrame) -> tuple[list, list]:
+    """(x, y) of events (columns ts, price) within the candles' time range."""
+    if events is None or events.empty or candles.empty:
+        return [], []
+    t0 = int(candles["ts"].iloc[0])
+    e = events[events["ts"] >= t0]
+    return _x(e["ts"].to_numpy()), _clean(e["price"].to_numpy())
+
+
+def candle_figure(candles: pd.DataFrame, overlays: Iterable[str] = (), fan: Fan | None = None,
+                  decisions: pd.DataFrame | None = None, fills: pd.DataFrame | None = None,
+                  title: str = "", uirevision: str = "chart") -> go.Figure:
+    """The Live page's main chart: candles + volume, overlays, forecast fan, decision/fill markers.
+
+    ``decisions``: columns ts, price, action (BUY/SELL); ``fills``: columns ts, price, side."""
+    on = set(overlays)
+    df = candles
+    x = _x(df["ts"].to_numpy())
+    cols = indicator_columns(df) if len(df) else {k: np.array([]) for k in LINE_TRACES}
+    fig = go.Figure()
+    fig.add_trace(go.Candlestick(
+        x=x, open=_clean(df["open"]), high=_clean(df["high"]), low=_clean(df["low"]),
+        close=_clean(df["close"]), name="price", yaxis="y",
+        increasing_line_color="#26a69a", decreasing_line_color="#ef5350"))
+    fig.add_trace(go.Bar(x=x, y=_clean(df["volume"]), name="volume", yaxis="y2",
+                         marker_color="rgba(120,144,156,0.5)", hoverinfo="y"))
+    styles = {"vwap": ("VWAP", "#ab47bc", "solid", "vwap"), "bb_upper": ("BB upper", "#42a5f5", "dot", "bollinger"),
+              "bb_lower": ("BB lower", "#42a5f5", "dot", "bollinger"), "bb_mid": ("BB mid", "#42a5f5", "dash", "bollinger")}
+    for name, (_, color) in SMA_STYLE.items():
+        styles[name] = (name.upper().replace("SMA", "SMA "), color, "solid", name)
+    for name in LINE_TRACES:
+        label, color, dash, toggle = styles[name]
+        fig.add_trace(go.Scatter(x=x, y=_clean(cols[name]), name=label, mode="lines",
+                                 line={"color": color, "width": 1.2, "dash": dash},
+                                 visible=toggle in on, hoverinfo="skip" if name.startswith("bb_") else None))
+    # forecast fan: outer band (hi then lo filled to it), inner band, median
+    fx = fan.x if fan else []
+    o_hi, o_lo = (fan.outer if fan and fan.outer else ([], []))
+    i_hi, i_lo = (fan.inner if fan and fan.inner else ([], []))
+    olabel = f"forecast {fan.outer_label}" if fan and fan.outer_label else "forecast outer"
+    fig.add_trace(go.Scatter(x=fx if o_hi else [], y=o_hi, mode="lines", line={"width": 0},
+                             name=olabel, showlegend=False, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=fx if o_lo else [], y=o_lo, mode="lines", line={"width": 0}, fill="tonexty",
+                             fillcolor="rgba(255,193,7,0.15)", name=olabel))
+    fig.add_trace(go.Scatter(x=fx if i_hi else [], y=i_hi, mode="lines", line={"width": 0},
+                             name="forecast p25-p75", showlegend=False, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=fx if i_lo else [], y=i_lo, mode="lines", line={"width": 0}, fill="tonexty",
+                             fillcolor="rgba(255,193,7,0.30)", name="forecast p25-p75"))
+    fig.add_trace(go.Scatter(x=fx, y=fan.median if fan else [], mode="lines",
+                             line={"color": "#ffc107", "width": 2, "dash": "dash"}, name="forecast median"))
+    buys = decisions[decisions["action"] == "BUY"] if decisions is not None and len(decisions) else None
+    sells = decisions[decisions["action"] == "SELL"] if decisions is not None and len(decisions) else None
+    bx, by = marker_points(buys, df)
+    sx, sy = marker_points(sells, df)
+    fxs, fys = marker_points(fills, df)
+    fig.add_trace(go.Scatter(x=bx, y=by, mode="markers", name="BUY",
+                             marker={"symbol": "triangle-up", "size": 11, "color": "#00e676"}))
+    fig.add_trace(go.Scatter(x=sx, y=sy, mode="markers", name="SELL",
+                             marker={"symbol": "triangle-down", "size": 11, "color": "#ff1744"}))
+    fig.add_trace(go.Scatter(x=fxs, y=fys, mode="markers", name="fill",
+                             marker={"symbol": "x", "size": 8, "color": "#ffffff"}))
+    fig.update_layout(
+        template="plotly_dark", title=title, uirevision=uirevision, hovermode="x unified",
+        margin={"l": 50, "r": 20, "t": 40, "b": 30}, height=560,
+        xaxis={"rangeslider": {"visible": False}, "showspikes": True, "spikemode": "across",
+               "spikesnap": "cursor", "spikethickness": 1, "type": "date"},
+        yaxis={"domain": [0.25, 1.0], "showspikes": True, "spikemode": "across", "spikethickness": 1,
+               "title": "price"},
+        yaxis2={"domain": [0.0, 0.2], "title": "volume"},
+        legend={"orientation": "h", "y": 1.06, "x": 0},
+        shapes=pivot_shapes(pivot_levels(df)) if "pivots" in on else [],
+    )
+    return fig
+
+
+def pivot_shapes(levels: Mapping[str, float]) -> list[dict]:
+    """Horizontal lines across the chart for the pivot levels (layout shapes, cheap to patch)."""
+    return [
+        {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": v, "y1": v,
+         "line": {"color": PIVOT_COLORS[k[0]], "width": 1, "dash": "dot"},
+         "label": {"text": k, "textposition": "start", "font": {"size": 10, "color": PIVOT_COLORS[k[0]]}}}
+        for k, v in levels.items()
+    ]
+
+
+def append_payload(candles: pd.DataFrame, n_new: int) -> dict[str, dict[str, list]]:
+    """The last ``n_new`` rows of every candle/volume/overlay trace, for ``Patch.extend``.
+
+    Indicators are computed on the whole window (past-only), then only the new tail is sent."""
+    tail = candles.iloc[-n_new:]
+    x = _x(tail["ts"].to_numpy())
+    out: dict[str, dict[str, list]] = {
+        "candles": {"x": x, "open": _clean(tail["open"]), "high": _clean(tail["high"]),
+                    "low": _clean(tail["low"]), "close": _clean(tail["close"])},
+        "volume": {"x": x, "y": _clean(tail["volume"])},
+    }
+    cols = indicator_columns(candles)
+    for name in LINE_TRACES:
+        out[name] = {"x": x, "y": _clean(cols[name][-n_new:])}
+    return out
+
+
+# ---------------------------------------------------------------- small figures
+
+
+def equity_figure(equity: pd.DataFrame) -> go.Figure:
+    """Equity curve with drawdown shading (columns ts, equity[, drawdown])."""
+    fig = go.Figure()
+    if equity is not None and len(equity):
+        x = _x(equity["ts"].to_numpy())
+        fig.add_trace(go.Scatter(x=x, y=_clean(equity["equity"]), mode="lines", name="equity",
+                                 line={"color": "#29b6f6"}))
+        if "drawdown" in equity:
+            fig.add_trace(go.Scatter(x=x, y=_clean(equity["drawdown"]), mode="lines", name="drawdown",
+                                     yaxis="y2", line={"color": "#ef5350", "width": 1}))
+    fig.update_layout(template="plotly_dark", height=220, margin={"l": 50, "r": 40, "t": 10, "b": 30},
+                      yaxis2={"overlaying": "y", "side": "right", "showgrid": False},
+                      legend={"orientation": "h"}, uirevision="equity")
+    return fig
+
+
+def loss_figure(metrics: pd.DataFrame, title: str = "") -> go.Figure:
+    """Training curves: one line per metric name (columns step, name, value)."""
+    fig = go.Figure()
+    if metrics is not None and len(metrics):
+        for name, g in metrics.groupby("name", sort=True):
+            fig.add_trace(go.Scatter(x=g["step"].tolist(), y=_clean(g["value"]), mode="lines", name=str(name)))
+    fig.update_layout(template="plotly_dark", height=240, title=title,
+                      margin={"l": 40, "r": 10, "t": 30 if title else 10, "b": 30})
+    return fig
+
+
+def compare_figure(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
+    """Stored backtest equity curves normalised to 1.0 at their start, for comparison."""
+    fig = go.Figure()
+    for name, eq in curves.items():
+        if eq is None or eq.empty:
+            continue
+        y = eq["equity"].to_numpy(float)
+        fig.add_trace(go.Scatter(x=_x(eq["ts"].to_numpy()), y=_clean(y / y[0]), mode="lines", name=name))
+    fig.update_layout(template="plotly_dark", height=320, margin={"l": 40, "r": 10, "t": 10, "b": 30},
+                      yaxis={"title": "equity / start"})
+    return fig

@@ -1,0 +1,220 @@
+"""Backtest page: pick a range, experts and thresholds; run in a background thread with progress;
+list, view and compare stored reports (JSON reports in ``backtest.reports_dir``).
+
+The run itself is the orchestrator engineer's backtester (core/backtest), called through its Python
+API; this page only schedules it on a thread and reads the reports it writes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dash_bootstrap_components as dbc
+import pandas as pd
+from dash import Dash, Input, Output, State, dcc, html, no_update
+
+from core.types import Thresholds
+from web import figures
+
+Runner = Callable[..., Any]  # runner(spec: dict, progress: Callable[[float, str], None]) -> report path
+
+
+@dataclass
+class BacktestJob:
+    id: str
+    spec: dict[str, Any]
+    progress: float = 0.0
+    message: str = "queued"
+    done: bool = False
+    error: str | None = None
+    report: str | None = None
+    started: float = field(default_factory=time.time)
+
+
+class BacktestJobs:
+    """At most one backtest at a time on a daemon thread (the machine is small; the engine keeps
+    trading meanwhile)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self._lock = threading.Lock()
+        self.jobs: dict[str, BacktestJob] = {}
+
+    def running(self) -> BacktestJob | None:
+        with self._lock:
+            return next((j for j in self.jobs.values() if not j.done), None)
+
+    def submit(self, spec: dict[str, Any]) -> BacktestJob:
+        with self._lock:
+            if any(not j.done for j in self.jobs.values()):
+                raise RuntimeError("a backtest is already running; wait for it to finish")
+            job = BacktestJob(id=f"bt{len(self.jobs) + 1}-{int(time.time())}", spec=spec)
+            self.jobs[job.id] = job
+        threading.Thread(target=self._run, args=(job,), name=f"backtest-{job.id}", daemon=True).start()
+        return job
+
+    def _run(self, job: BacktestJob) -> None:
+        def progress(frac: float, msg: str = "") -> None:
+            job.progress, job.message = max(0.0, min(1.0, float(frac))), msg or job.message
+
+        job.message = "running"
+        try:
+            out = self._runner(job.spec, progress)
+            job.report = str(out) if out is not None else None
+            job.progress, job.message = 1.0, "finished"
+        except Exception as exc:  # noqa: BLE001 - a failed backtest is shown, never crashes the UI
+            job.error = f"{type(exc).__name__}: {exc}"
+            job.message = "failed"
+            traceback.print_exc()
+        finally:
+            job.done = True
+
+
+def default_runner(wctx: Any) -> Runner:
+    """Runs core.backtest's Python API for the page's spec."""
+
+    def run(spec: dict[str, Any], progress: Callable[[float, str], None]) -> Any:
+        from core.backtest import run_backtest  # the backtester's public entry point
+
+        return run_backtest(wctx.cfg, wctx.models_cfg, spec, progress=progress)
+
+    return run
+
+
+# ---------------------------------------------------------------- stored reports
+
+
+def list_reports(reports_dir: Path) -> pd.DataFrame:
+    """Stored JSON reports, newest first: run_id, path, symbol, timeframe, start, end, key metrics."""
+    rows = []
+    if reports_dir.is_dir():
+        import json
+
+        for p in sorted(reports_dir.rglob("*.json"), key=lambda q: q.stat().st_mtime, reverse=True):
+            try:
+                r = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(r, dict) or "series" not in r:
+                continue
+            spec, m = r.get("spec", {}), r.get("metrics", {})
+            rows.append({"run_id": r.get("run_id", p.stem), "path": str(p), "symbol": spec.get("symbol"),
+                         "timeframe": spec.get("timeframe"), "mode": spec.get("mode"),
+                         "start": r.get("start"), "end": r.get("end"), "bars": r.get("bars"),
+                         **{k: v for k, v in m.items() if isinstance(v, int | float)}})
+    return pd.DataFrame(rows)
+
+
+def report_equity(path: str) -> pd.DataFrame:
+    import json
+
+    r = json.loads(Path(path).read_text())
+    s = r["series"]
+    return pd.DataFrame({"ts": s["ts"], "equity": s["equity"]}).dropna()
+
+
+# ---------------------------------------------------------------- layout
+
+
+def layout(wctx: Any) -> Any:
+    snap = wctx.engine.snapshot()
+    experts = list(snap.experts) or list((wctx.models_cfg.experts if wctx.models_cfg else {}) or [])
+    t = snap.thresholds
+    base = snap.candles.get(snap.timeframe)
+    start = end = None
+    if base is not None and len(base):
+        start = pd.Timestamp(int(base["ts"].iloc[0]), unit="ms").date()
+        end = pd.Timestamp(int(base["ts"].iloc[-1]), unit="ms").date()
+    form = dbc.Card(dbc.CardBody([
+        dbc.Row([
+            dbc.Col([dbc.Label("Range (UTC dates)"),
+                     dcc.DatePickerRange(id="bt-range", start_date=start, end_date=end)], width=4),
+            dbc.Col([dbc.Label("Experts"), dbc.Checklist(id="bt-experts", options=experts, value=experts,
+                                                         inline=True)], width=4),
+            dbc.Col([dbc.Label("Thresholds buy / sell / min conf"), dbc.InputGroup([
+                dbc.Input(id="bt-buy", type="number", min=0, max=1, step=0.01, value=t.buy),
+                dbc.Input(id="bt-sell", type="number", min=0, max=1, step=0.01, value=t.sell),
+                dbc.Input(id="bt-minconf", type="number", min=0, max=1, step=0.01, value=t.min_confidence),
+            ], size="sm")], width=4),
+        ]),
+        dbc.Button("Run backtest", id="bt-run", color="primary", size="sm", className="mt-2"),
+        html.Div(id="bt-submit-msg", className="small mt-1"),
+        dbc.Progress(id="bt-progress", value=0, className="mt-1", style={"height": "18px"}),
+        html.Div(id="bt-job-msg", className="small"),
+    ]), className="mb-2")
+    return html.Div([
+        html.H4("Backtest"), form,
+        dbc.Card([dbc.CardHeader("Stored reports (select to compare)"),
+                  dbc.CardBody([dcc.Checklist(id="bt-compare", options=[], value=[],
+                                              labelStyle={"display": "block"}, className="small"),
+                                html.Div(id="bt-table"),
+                                dcc.Graph(id="bt-compare-graph", figure=figures.compare_figure({}))])]),
+        dcc.Interval(id="bt-tick", interval=1000),
+    ])
+
+
+def _reports_dir(wctx: Any) -> Path:
+    return wctx.cfg.resolve(wctx.cfg.backtest.reports_dir)
+
+
+def register(app: Dash, wctx: Any) -> None:
+    jobs: BacktestJobs = wctx.extra.setdefault("backtests", BacktestJobs(default_runner(wctx)))
+
+    @app.callback(Output("bt-submit-msg", "children"), Input("bt-run", "n_clicks"),
+                  State("bt-range", "start_date"), State("bt-range", "end_date"), State("bt-experts", "value"),
+                  State("bt-buy", "value"), State("bt-sell", "value"), State("bt-minconf", "value"),
+                  prevent_initial_call=True)
+    def _submit(_n: int, start: str | None, end: str | None, experts: list[str], buy: Any, sell: Any,
+                minc: Any) -> Any:
+        try:
+            thr = Thresholds(buy=float(buy), sell=float(sell), min_confidence=float(minc))
+        except (TypeError, ValueError) as exc:
+            return html.Span(f"not started: thresholds must be numbers in [0, 1] ({exc})", className="text-danger")
+        if not experts:
+            return html.Span("not started: pick at least one expert", className="text-danger")
+        if not start or not end or pd.Timestamp(start) >= pd.Timestamp(end):
+            return html.Span("not started: pick a range with start before end", className="text-danger")
+        snap = wctx.engine.snapshot()
+        spec = {"symbol": snap.symbol, "timeframe": snap.timeframe,
+                "start_ms": int(pd.Timestamp(start, tz="UTC").value // 1_000_000),
+                "end_ms": int(pd.Timestamp(end, tz="UTC").value // 1_000_000),
+                "experts": list(experts), "thresholds": thr}
+        try:
+            job = jobs.submit(spec)
+        except RuntimeError as exc:
+            return html.Span(str(exc), className="text-warning")
+        return f"started {job.id}"
+
+    @app.callback(Output("bt-progress", "value"), Output("bt-progress", "label"), Output("bt-job-msg", "children"),
+                  Output("bt-compare", "options"), Output("bt-table", "children"),
+                  Input("bt-tick", "n_intervals"), State("bt-compare", "options"))
+    def _poll(_n: int | None, old_opts: list | None) -> Any:
+        job = jobs.running() or (list(jobs.jobs.values())[-1] if jobs.jobs else None)
+        msg = "" if job is None else (f"{job.id}: {job.message}" + (f" — {job.error}" if job.error else "")
+                                      + (f" — report {job.report}" if job.report else ""))
+        rep = list_reports(_reports_dir(wctx))
+        opts = [{"label": f"{r.run_id} · {r.symbol} {r.timeframe} · {r.start} → {r.end}", "value": r.path}
+                for r in rep.itertuples()]
+        table = (dbc.Table.from_dataframe(rep.drop(columns=["path"]).head(20).round(4), size="sm", striped=True,
+                                          className="small")
+                 if len(rep) else html.Div("no stored reports yet", className="text-muted small"))
+        pct = int(100 * job.progress) if job else 0
+        if old_opts is not None and opts == old_opts and (_n or 0) > 1:
+            return pct, f"{pct}%", msg, no_update, no_update
+        return pct, f"{pct}%", msg, opts, table
+
+    @app.callback(Output("bt-compare-graph", "figure"), Input("bt-compare", "value"))
+    def _compare(paths: list[str] | None) -> Any:
+        curves = {}
+        for p in paths or []:
+            try:
+                curves[Path(p).stem] = report_equity(p)
+            except (OSError, ValueError, KeyError):
+                continue
+        return figures.compare_figure(curves)

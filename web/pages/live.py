@@ -1,0 +1,435 @@
+"""Live page: chart with overlays and the Kronos fan, experts, thresholds, trading and system panels.
+
+Updates: one ``dcc.Interval`` tick drives two callbacks. The chart callback sends a ``dash.Patch``
+(new candles appended, oldest trimmed, forecast fan and markers replaced only when they changed); the
+whole figure goes out only on the first render or after a symbol/timeframe switch. The panels
+callback re-sends a panel only when its content signature changed. Both just copy the snapshot
+reference (``engine.snapshot()``) and never touch engine locks, so a slow browser never delays a
+decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import dash_bootstrap_components as dbc
+import numpy as np
+import pandas as pd
+from dash import Dash, Input, Output, Patch, State, dcc, html, no_update
+
+from core.types import TIMEFRAME_MS, Thresholds
+from web import api, figures
+
+TIMEFRAMES = ("1m", "5m", "1h", "1d")
+OVERLAY_OPTIONS = [
+    {"label": "VWAP", "value": "vwap"}, {"label": "Bollinger", "value": "bollinger"},
+    {"label": "SMA 5", "value": "sma5"}, {"label": "SMA 21", "value": "sma21"},
+    {"label": "SMA 233", "value": "sma233"}, {"label": "Pivots", "value": "pivots"},
+]
+DEFAULT_OVERLAYS = ["vwap", "sma5", "sma21"]
+MAX_BARS = 1500
+FULL_REDRAW_NEW_BARS = 300  # more new bars than this at once (e.g. after sleep): redraw instead
+TRACE_TOGGLE = {"vwap": "vwap", "bb_upper": "bollinger", "bb_lower": "bollinger", "bb_mid": "bollinger",
+                "sma5": "sma5", "sma21": "sma21", "sma233": "sma233"}
+
+
+# ---------------------------------------------------------------- pure helpers (benchmarked)
+
+
+def display_candles(snap: Any, tf: str) -> pd.DataFrame:
+    df = snap.candles.get(tf)
+    if df is None:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in ("ts", "open", "high", "low", "close",
+                                                                     "volume")})
+    return df.iloc[-MAX_BARS:]
+
+
+def decision_markers(snap: Any) -> pd.DataFrame:
+    """BUY/SELL decisions placed at the close of the bar they were made on."""
+    rows = [(d.ts, str(d.action)) for d in snap.recent_decisions if str(d.action) in ("BUY", "SELL")]
+    base = snap.candles.get(snap.timeframe)
+    if not rows or base is None or base.empty:
+        return pd.DataFrame({"ts": [], "price": [], "action": []})
+    d = pd.DataFrame(rows, columns=["ts", "action"])
+    closes = base.set_index("ts")["close"]
+    d["price"] = d["ts"].map(closes)
+    return d.dropna(subset=["price"])
+
+
+def fill_markers(snap: Any) -> pd.DataFrame:
+    return pd.DataFrame({"ts": [f.ts for f in snap.trades], "price": [f.price for f in snap.trades],
+                         "side": [f.side for f in snap.trades]})
+
+
+def fan_for(snap: Any, tf: str) -> figures.Fan | None:
+    k = snap.kronos
+    base = snap.candles.get(snap.timeframe)
+    if k is None or tf != snap.timeframe or base is None or base.empty or not len(k.median):
+        return None
+    ts = base["ts"].to_numpy(np.int64)
+    i = int(np.searchsorted(ts, k.ts))
+    anchor = float(base["close"].iloc[i]) if i < len(ts) and ts[i] == k.ts else float(base["close"].iloc[-1])
+    return figures.forecast_fan(int(k.ts), anchor, k.future_ts, k.median, k.bands)
+
+
+def _sig(obj: Any) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def _visibility_patch(p: Patch, overlays: list[str]) -> None:
+    for name, toggle in TRACE_TOGGLE.items():
+        p["data"][figures.TRACE[name]]["visible"] = toggle in overlays
+
+
+def chart_update(snap: Any, symbol: str | None, tf: str, overlays: list[str], state: dict | None,
+                 force: bool = False) -> tuple[Any, dict]:
+    """The chart's 1 s update: a full figure when needed, else a Patch. Returns (figure|Patch, state)."""
+    df = display_candles(snap, tf)
+    last_ts = int(df["ts"].iloc[-1]) if len(df) else None
+    fan = fan_for(snap, tf)
+    fan_key = None if fan is None else [snap.kronos.ts, snap.kronos.finished_ms]
+    dec = decision_markers(snap)
+    fills = fill_markers(snap)
+    marks_key = [len(snap.recent_decisions), snap.recent_decisions[-1].id if snap.recent_decisions else None,
+                 len(snap.trades), snap.trades[-1].id if snap.trades else None]
+    piv = figures.pivot_levels(df) if "pivots" in overlays else {}
+    new_state = {"symbol": snap.symbol, "tf": tf, "last_ts": last_ts, "n": len(df), "fan": fan_key,
+                 "marks": marks_key, "pivots": _sig(piv), "overlays": sorted(overlays)}
+    full = (force or state is None or state.get("symbol") != snap.symbol or state.get("tf") != tf
+            or state.get("last_ts") is None or last_ts is None)
+    if not full:
+        n_new = int((df["ts"] > state["last_ts"]).sum())
+        full = n_new > FULL_REDRAW_NEW_BARS or (n_new == 0 and last_ts < state["last_ts"])
+    if full:
+        fig = figures.candle_figure(df, overlays, fan, dec, fills,
+                                    title=f"{snap.symbol} {tf}", uirevision=f"{snap.symbol}-{tf}")
+        return fig, new_state
+    p = Patch()
+    changed = False
+    if n_new:
+        payload = figures.append_payload(df, n_new)
+        for trace, cols in payload.items():
+            for col, vals in cols.items():
+                p["data"][figures.TRACE[trace]][col].extend(vals)
+        # trim the oldest bars so the browser keeps MAX_BARS, matching the server's window
+        drop = max(0, state["n"] + n_new - MAX_BARS)
+        for trace, cols in payload.items():
+            for col in cols:
+                for _ in range(drop):
+                    del p["data"][figures.TRACE[trace]][col][0]
+        new_state["n"] = min(MAX_BARS, state["n"] + n_new)
+        changed = True
+    if fan_key != state.get("fan"):
+        _set_fan(p, fan)
+        changed = True
+    if marks_key != state.get("marks") or n_new:
+        bx, by = figures.marker_points(dec[dec["action"] == "BUY"], df)
+        sx, sy = figures.marker_points(dec[dec["action"] == "SELL"], df)
+        fx, fy = figures.marker_points(fills, df)
+        if marks_key != state.get("marks") or bx or sx or fx:
+            for name, (x, y) in {"buy": (bx, by), "sell": (sx, sy), "fills": (fx, fy)}.items():
+                p["data"][figures.TRACE[name]]["x"] = x
+                p["data"][figures.TRACE[name]]["y"] = y
+            changed = True
+    if sorted(overlays) != state.get("overlays"):
+        _visibility_patch(p, overlays)
+        changed = True
+    if new_state["pivots"] != state.get("pivots") or sorted(overlays) != state.get("overlays"):
+        p["layout"]["shapes"] = figures.pivot_shapes(piv)
+        changed = True
+    return (p if changed else no_update), new_state
+
+
+def _set_fan(p: Patch, fan: figures.Fan | None) -> None:
+    empty: list = []
+    x = fan.x if fan else empty
+    o_hi, o_lo = fan.outer if fan and fan.outer else (empty, empty)
+    i_hi, i_lo = fan.inner if fan and fan.inner else (empty, empty)
+    for name, y in (("fc_outer_hi", o_hi), ("fc_outer_lo", o_lo), ("fc_inner_hi", i_hi),
+                    ("fc_inner_lo", i_lo), ("fc_median", fan.median if fan else empty)):
+        p["data"][figures.TRACE[name]]["x"] = x if y else empty
+        p["data"][figures.TRACE[name]]["y"] = y
+
+
+def _pct(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None else f"{100 * v:.{digits}f}%"
+
+
+def _num(v: float | None, fmt: str = "{:,.2f}") -> str:
+    return "—" if v is None or v != v else fmt.format(v)
+
+
+def _ts(ms: int | None) -> str:
+    return "—" if ms is None else pd.Timestamp(int(ms), unit="ms").strftime("%Y-%m-%d %H:%M")
+
+
+def _table(header: list[str], rows: list[list[Any]], tid: str) -> dbc.Table:
+    return dbc.Table([html.Thead(html.Tr([html.Th(h) for h in header])),
+                      html.Tbody([html.Tr([html.Td(c) for c in r]) for r in rows])],
+                     id=tid, size="sm", striped=True, className="mb-1 small")
+
+
+def stats_panel(snap: Any, now_ms: int) -> Any:
+    k = api.kronos_json(snap.kronos, now_ms)
+    d = snap.decision
+    last = api.last_candle_ts(snap)
+    tf_ms = TIMEFRAME_MS.get(snap.timeframe, 0)
+    lag = [s.get("lag_ms") for s in (api.source_json(v) for v in snap.sources.values())]
+    lag = [x for x in lag if isinstance(x, int | float)]
+    fresh = (f"lag {lag[0] / 1000:.1f}s" if lag else
+             (f"{(now_ms - last - tf_ms) / 1000:.0f}s" if last is not None else "—"))
+    if snap.mode == "replay" and last is not None:
+        fresh = f"replay at {_ts(last)} ({fresh})"
+    items = [
+        ("P(up) fused", _pct(d.probs[2]) if d else "—"),
+        ("P(up) Kronos", _pct(k["p_up"]) if k else "—"),
+        ("Expected return", _pct(k["expected_return"], 3) if k else (_pct(d.expected_return, 3) if d else "—")),
+        ("Band width", _pct(k["band_width"], 2) if k and k["band_width"] is not None else "—"),
+        ("Forecast age", f"{k['age_s']:.0f}s" if k and k["age_s"] is not None else "—"),
+        ("Data freshness", fresh),
+    ]
+    return dbc.Row([dbc.Col([html.Div(n, className="text-muted small"), html.Div(v, className="fw-bold")])
+                    for n, v in items], className="g-2")
+
+
+def experts_panel(snap: Any) -> Any:
+    rows = []
+    for e in api.experts_json(snap):
+        o = e["latest"]
+        pr = o["probs"] if o else None
+        rows.append([e["name"], "on" if e["enabled"] else "off",
+                     _num(pr and pr["down"], "{:.2f}"), _num(pr and pr["flat"], "{:.2f}"),
+                     _num(pr and pr["up"], "{:.2f}"), _num(o and o["confidence"], "{:.2f}"),
+                     _num(e["gate_weight"], "{:.3f}"), _pct(e["recent_accuracy"], 0), e["version"]])
+    d = snap.decision
+    dec = (html.Div([html.Span("Fused decision: ", className="text-muted"),
+                     dbc.Badge(str(d.action), color={"BUY": "success", "SELL": "danger"}.get(str(d.action),
+                                                                                            "secondary"),
+                               id="decision-action"),
+                     html.Span(f" at {_ts(d.ts)}  P(down/flat/up) = "
+                               f"{d.probs[0]:.2f}/{d.probs[1]:.2f}/{d.probs[2]:.2f}  "
+                               f"thresholds buy {d.thresholds.buy:.2f} sell {d.thresholds.sell:.2f} "
+                               f"min conf {d.thresholds.min_confidence:.2f}  — {d.reason}",
+                               className="small")])
+           if d else html.Div("No decision yet (waiting for enough history).", className="text-muted"))
+    return html.Div([_table(["expert", "enabled", "P(down)", "P(flat)", "P(up)", "conf", "gate w",
+                             "recent acc", "version"], rows, "experts-table"), dec])
+
+
+def trading_panel(snap: Any) -> Any:
+    pos = [[p.symbol, _num(p.amount, "{:.6f}"), _num(p.avg_price), _num(p.realised_pnl), _num(p.unrealised_pnl)]
+           for p in snap.positions]
+    orders = [[o.side, o.type, _num(o.amount, "{:.6f}"), _num(o.price), o.status, _ts(o.ts)]
+              for o in snap.open_orders]
+    trades = [[_ts(f.ts), f.side, _num(f.amount, "{:.6f}"), _num(f.price), _num(f.fee, "{:.4f}")]
+              for f in reversed(snap.trades[-10:])]
+    eq = snap.equity
+    pnl = "—"
+    if eq is not None and len(eq):
+        first, last = float(eq["equity"].iloc[0]), float(eq["equity"].iloc[-1])
+        pnl = f"equity {last:,.2f}  PnL {last - first:+,.2f} ({(last / first - 1) * 100:+.2f}%)"
+    return html.Div([
+        html.Div(pnl, id="live-pnl", className="fw-bold mb-1"),
+        html.H6("Positions"), _table(["symbol", "amount", "avg price", "realised", "unrealised"], pos,
+                                     "positions-table"),
+        html.H6("Open orders"), _table(["side", "type", "amount", "price", "status", "time"], orders,
+                                       "orders-table"),
+        html.H6(f"Trades (last 10 of {len(snap.trades)})"),
+        _table(["time", "side", "amount", "price", "fee"], trades, "trades-table"),
+    ])
+
+
+def kill_panel(snap: Any) -> Any:
+    k = snap.kill_switch
+    if k.active:
+        return dbc.Alert([html.B("Kill switch ACTIVE: "), f"{k.reason} since {_ts(k.since_ms)}"],
+                         color="danger", className="py-1 mb-1", id="kill-badge")
+    return dbc.Alert("Kill switch off: trading allowed", color="success", className="py-1 mb-1", id="kill-badge")
+
+
+def system_panel(snap: Any, now_ms: int) -> Any:
+    rows = []
+    for name, s in snap.sources.items():
+        j = api.source_json(s)
+        lm = j.get("last_message_ms")
+        rows.append([name, "yes" if j.get("connected") else "no",
+                     _ts(lm) if isinstance(lm, int) else "—",
+                     _num(j.get("lag_ms"), "{:,.0f} ms"), j.get("reconnects", "—"),
+                     j.get("rejected_rows", "—"), j.get("error") or ""])
+    lat = snap.inference_latency_ms
+    errs = [html.Li(f"{_ts(e.ts_ms)} {e.where}: {e.message}") for e in snap.errors[-5:]]
+    return html.Div([
+        _table(["source", "connected", "last message", "lag", "reconnects", "rejected rows", "error"], rows,
+               "sources-table"),
+        html.Div(f"mode {snap.mode} · streaming {snap.streaming} · inference latency "
+                 + ", ".join(f"{k} {v:.1f} ms" for k, v in lat.items()), className="small"),
+        html.Div([html.Span(f"errors ({len(snap.errors)}):", className="small text-muted"),
+                  html.Ul(errs, className="small mb-0")] if errs else "no errors", className="small"),
+    ])
+
+
+def panels_update(snap: Any, sigs: dict | None, now_ms: int | None = None) -> tuple[list[Any], dict]:
+    """Each panel's content only when its signature changed (else no_update)."""
+    now_ms = now_ms or int(time.time() * 1000)
+    sigs = dict(sigs or {})
+    out: list[Any] = []
+    k = snap.kronos
+    keys = {
+        "stats": [snap.decision.id if snap.decision else None, k and k.finished_ms, api.last_candle_ts(snap),
+                  now_ms // 5000],
+        "experts": [snap.decision.id if snap.decision else None,
+                    {n: (s.enabled, s.version) for n, s in snap.experts.items()}],
+        "trading": [len(snap.trades), [(p.amount, p.unrealised_pnl) for p in snap.positions],
+                    [o.id for o in snap.open_orders], len(snap.equity)],
+        "kill": [snap.kill_switch.active, snap.kill_switch.reason],
+        "system": [api.source_json(s) for s in snap.sources.values()] + [len(snap.errors), snap.streaming,
+                                                                         now_ms // 5000],
+        "thr": api.thresholds_json(snap.thresholds),
+    }
+    builders = {
+        "stats": lambda: stats_panel(snap, now_ms), "experts": lambda: experts_panel(snap),
+        "trading": lambda: trading_panel(snap), "kill": lambda: kill_panel(snap),
+        "system": lambda: system_panel(snap, now_ms),
+        "thr": lambda: (f"engine thresholds: buy {snap.thresholds.buy:.2f} · sell {snap.thresholds.sell:.2f} "
+                        f"· min confidence {snap.thresholds.min_confidence:.2f}"),
+    }
+    for name, key in keys.items():
+        s = _sig(key)
+        if sigs.get(name) == s:
+            out.append(no_update)
+        else:
+            sigs[name] = s
+            out.append(builders[name]())
+    return out, sigs
+
+
+def equity_update(snap: Any, state: dict | None) -> tuple[Any, dict]:
+    eq = snap.equity
+    n = 0 if eq is None else len(eq)
+    last = int(eq["ts"].iloc[-1]) if n else None
+    if state is None or n == 0 or state.get("last") is None or last < state["last"] or state.get("n", 0) > 5000:
+        return figures.equity_figure(eq), {"last": last, "n": n}
+    new = eq[eq["ts"] > state["last"]]
+    if new.empty:
+        return no_update, state
+    p = Patch()
+    x = figures._x(new["ts"].to_numpy())
+    p["data"][0]["x"].extend(x)
+    p["data"][0]["y"].extend(figures._clean(new["equity"]))
+    if "drawdown" in new:
+        p["data"][1]["x"].extend(x)
+        p["data"][1]["y"].extend(figures._clean(new["drawdown"]))
+    return p, {"last": last, "n": state.get("n", 0) + len(new)}
+
+
+# ---------------------------------------------------------------- layout
+
+
+def _card(title: str, body: Any, **kw: Any) -> dbc.Card:
+    return dbc.Card([dbc.CardHeader(title, className="py-1"), dbc.CardBody(body, className="p-2")],
+                    className="mb-2", **kw)
+
+
+def layout(wctx: Any) -> Any:
+    snap = wctx.engine.snapshot()
+    symbols = list(dict.fromkeys([*wctx.cfg.data.symbols, snap.symbol] if snap.symbol else wctx.cfg.data.symbols))
+    t = snap.thresholds
+    tf0 = snap.timeframe if snap.timeframe in TIMEFRAMES else TIMEFRAMES[0]
+
+    def thr_input(tid: str, label: str, value: float) -> Any:
+        return dbc.InputGroup([dbc.InputGroupText(label), dbc.Input(
+            id=tid, type="number", min=0, max=1, step=0.01, value=value, debounce=True)], size="sm",
+            className="mb-1")
+
+    controls = dbc.Row([
+        dbc.Col(dcc.Dropdown(id="live-symbol", options=symbols, value=snap.symbol or symbols[0],
+                             clearable=False, className="text-dark"), width=2),
+        dbc.Col(dbc.RadioItems(id="live-timeframe", options=list(TIMEFRAMES), value=tf0, inline=True), width=3),
+        dbc.Col(dbc.Checklist(id="live-overlays", options=OVERLAY_OPTIONS, value=DEFAULT_OVERLAYS,
+                              inline=True, switch=True), width=7),
+    ], className="mb-1 align-items-center")
+    return html.Div([
+        controls,
+        dbc.Row([
+            dbc.Col([
+                dcc.Graph(id="live-chart", config={"displaylogo": False, "scrollZoom": True}),
+                _card("Forecast & data", html.Div(id="live-stats")),
+                _card("Experts (mixture of experts)", html.Div(id="live-experts")),
+            ], width=9),
+            dbc.Col([
+                _card("Thresholds (applied to the next decision)", [
+                    thr_input("thr-buy", "buy P(up) ≥", t.buy),
+                    thr_input("thr-sell", "sell P(down) ≥", t.sell),
+                    thr_input("thr-minconf", "min confidence", t.min_confidence),
+                    html.Div(id="thr-current", className="small text-info"),
+                    html.Div(id="thr-msg", className="small"),
+                ]),
+                _card("Risk", [html.Div(id="live-kill"),
+                               dbc.Button("Reset kill switch", id="kill-reset", size="sm", color="warning"),
+                               html.Div(id="kill-msg", className="small")]),
+                _card("Equity", dcc.Graph(id="live-equity", config={"displayModeBar": False})),
+                _card("Trading", html.Div(id="live-trading")),
+                _card("System", html.Div(id="live-system")),
+            ], width=3),
+        ]),
+        dcc.Store(id="live-state"), dcc.Store(id="live-sigs"), dcc.Store(id="live-eq-state"),
+        dcc.Interval(id="live-tick", interval=wctx.cfg.dashboard.update_interval_ms),
+    ])
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+def register(app: Dash, wctx: Any) -> None:
+    engine = wctx.engine
+
+    @app.callback(Output("live-chart", "figure"), Output("live-state", "data"),
+                  Input("live-tick", "n_intervals"), Input("live-timeframe", "value"),
+                  Input("live-overlays", "value"), State("live-state", "data"))
+    def _chart(_n: int | None, tf: str, overlays: list[str] | None, state: dict | None) -> Any:
+        snap = engine.snapshot()
+        return chart_update(snap, None, tf, overlays or [], state)
+
+    @app.callback(Output("live-stats", "children"), Output("live-experts", "children"),
+                  Output("live-trading", "children"), Output("live-kill", "children"),
+                  Output("live-system", "children"), Output("thr-current", "children"),
+                  Output("live-sigs", "data"),
+                  Input("live-tick", "n_intervals"), State("live-sigs", "data"))
+    def _panels(_n: int | None, sigs: dict | None) -> Any:
+        out, sigs = panels_update(engine.snapshot(), sigs)
+        return (*out, sigs)
+
+    @app.callback(Output("live-equity", "figure"), Output("live-eq-state", "data"),
+                  Input("live-tick", "n_intervals"), State("live-eq-state", "data"))
+    def _equity(_n: int | None, state: dict | None) -> Any:
+        return equity_update(engine.snapshot(), state)
+
+    @app.callback(Output("thr-msg", "children"),
+                  Input("thr-buy", "value"), Input("thr-sell", "value"), Input("thr-minconf", "value"),
+                  prevent_initial_call=True)
+    def _thresholds(buy: float | None, sell: float | None, minc: float | None) -> Any:
+        try:
+            t = Thresholds(buy=float(buy), sell=float(sell), min_confidence=float(minc))
+        except (TypeError, ValueError) as exc:
+            return html.Span(f"not applied: {exc}" if buy is not None and sell is not None and minc is not None
+                             else "not applied: every threshold needs a number in [0, 1]",
+                             className="text-danger")
+        engine.set_thresholds(t)
+        return html.Span(f"sent: buy {t.buy:.2f} · sell {t.sell:.2f} · min conf {t.min_confidence:.2f}",
+                         className="text-success")
+
+    @app.callback(Output("kill-msg", "children"), Input("kill-reset", "n_clicks"), prevent_initial_call=True)
+    def _reset(_n: int | None) -> Any:
+        engine.reset_kill_switch()
+        return "reset sent"
+
+    @app.callback(Output("live-symbol", "className"), Input("live-symbol", "value"),
+                  prevent_initial_call=True)
+    def _symbol(symbol: str) -> Any:
+        snap = engine.snapshot()
+        if symbol and symbol != snap.symbol:
+            engine.start_stream(symbol, snap.timeframe or wctx.cfg.data.base_timeframe)
+        return "text-dark"

@@ -1,0 +1,139 @@
+"""Models page: per expert — enabled switch, training switch (disabled until live training exists),
+version, last checkpoint, validation metrics, loss curves, and a TensorBoard link.
+
+Checkpoints and training metrics are read from the store's tables when they exist (the checkpoint
+registry and trainers write them); a missing table just shows "none recorded yet".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash_bootstrap_components as dbc
+import pandas as pd
+from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
+
+from web import api, figures
+
+TRAINING_TOOLTIP = "Live training arrives with the Live-training issue"
+CHECKPOINT_TABLES = ("checkpoints", "checkpoint_registry")
+METRIC_TABLES = ("training_metrics",)
+
+
+def _tables(store: Any) -> set[str]:
+    if store is None:
+        return set()
+    try:
+        df = store.query_df("SELECT table_name FROM information_schema.tables")
+    except Exception:  # noqa: BLE001 - a store that cannot answer just means "no history to show"
+        return set()
+    return set(df["table_name"].astype(str))
+
+
+def checkpoints_for(store: Any, expert: str) -> pd.DataFrame:
+    """Registered checkpoints of ``expert``, newest first (empty if none / no registry table)."""
+    tables = _tables(store)
+    for t in CHECKPOINT_TABLES:
+        if t in tables:
+            cols = store.query_df(f"SELECT * FROM {t} LIMIT 0").columns
+            order = next((c for c in ("created_ms", "created_at", "ts", "ts_ms", "version") if c in cols), None)
+            sql = f"SELECT * FROM {t} WHERE expert = ?" + (f" ORDER BY {order} DESC" if order else "")
+            df = store.query_df(sql, [expert])
+            return df.drop(columns=[c for c in df.columns if df[c].dtype == object
+                                    and df[c].map(lambda v: isinstance(v, bytes | bytearray)).any()])
+    return pd.DataFrame()
+
+
+def metrics_for(store: Any, expert: str) -> pd.DataFrame:
+    """Training metrics (step, name, value) of ``expert`` for loss curves (empty if none)."""
+    tables = _tables(store)
+    for t in METRIC_TABLES:
+        if t in tables:
+            cols = set(store.query_df(f"SELECT * FROM {t} LIMIT 0").columns)
+            name_col = next((c for c in ("name", "metric", "key") if c in cols), None)
+            step_col = next((c for c in ("step", "epoch", "ts_ms", "ts") if c in cols), None)
+            if {"expert", "value"} <= cols and name_col and step_col:
+                return store.query_df(
+                    f"SELECT {step_col} AS step, {name_col} AS name, value FROM {t} "
+                    f"WHERE expert = ? ORDER BY {step_col}", [expert])
+    return pd.DataFrame(columns=["step", "name", "value"])
+
+
+def _kv_table(df: pd.DataFrame, limit: int = 5) -> Any:
+    if df.empty:
+        return html.Div("none recorded yet", className="text-muted small")
+    d = df.head(limit)
+    return dbc.Table.from_dataframe(d.astype(str), size="sm", striped=True, className="small mb-1")
+
+
+def expert_card(wctx: Any, e: dict[str, Any]) -> Any:
+    name = e["name"]
+    ck = checkpoints_for(wctx.store, name)
+    mt = metrics_for(wctx.store, name)
+    last_ck = ck.iloc[0].to_dict() if len(ck) else None
+    val = {k: v for k, v in (last_ck or {}).items() if "val" in str(k) or "metric" in str(k)}
+    o = e["latest"]
+    header = dbc.Row([
+        dbc.Col(html.H5(name, className="mb-0"), width=3),
+        dbc.Col(dbc.Switch(id={"type": "expert-enabled", "name": name}, label="enabled", value=e["enabled"]),
+                width=2),
+        dbc.Col([html.Span(dbc.Switch(id={"type": "expert-training", "name": name}, label="training",
+                                      value=False, disabled=True), id=f"training-wrap-{name}"),
+                 dbc.Tooltip(TRAINING_TOOLTIP, target=f"training-wrap-{name}")], width=2),
+        dbc.Col(html.Span(f"version {e['version']}", className="small"), width=3),
+        dbc.Col(html.Span(f"gate w {e['gate_weight']:.3f}" if e["gate_weight"] is not None else "gate w —",
+                          className="small"), width=2),
+    ], className="align-items-center")
+    body = dbc.Row([
+        dbc.Col([
+            html.Div(f"input: {e['input_kind']} · trained: {e['trained']}"
+                     + (f" · last error: {e['last_error']}" if e["last_error"] else ""), className="small"),
+            html.Div("latest: " + (f"P(down/flat/up) {o['probs']['down']:.2f}/{o['probs']['flat']:.2f}/"
+                                   f"{o['probs']['up']:.2f} · conf {o['confidence']:.2f}" if o else "no output yet"),
+                     className="small"),
+            html.Div("last checkpoint: " + (str(last_ck.get("version", "?")) if last_ck else "none"),
+                     className="small"),
+            html.Div("validation metrics: " + (", ".join(f"{k}={v}" for k, v in val.items()) or "—"),
+                     className="small mb-1"),
+            _kv_table(ck),
+        ], width=6),
+        dbc.Col(dcc.Graph(figure=figures.loss_figure(mt, "loss curves"), config={"displayModeBar": False})
+                if len(mt) else html.Div("no training metrics recorded yet", className="text-muted small"),
+                width=6),
+    ])
+    return dbc.Card([dbc.CardHeader(header), dbc.CardBody(body, className="p-2")], className="mb-2",
+                    id=f"expert-card-{name}")
+
+
+def layout(wctx: Any) -> Any:
+    snap = wctx.engine.snapshot()
+    experts = api.experts_json(snap)
+    tb = wctx.cfg.dashboard.tensorboard_url
+    return html.Div([
+        dbc.Row([
+            dbc.Col(html.H4("Models"), width=6),
+            dbc.Col(html.A("Open TensorBoard ↗", href=tb, target="_blank", id="tensorboard-link",
+                           className="btn btn-outline-info btn-sm float-end"), width=6),
+        ]),
+        html.Div(id="models-msg", className="small mb-2"),
+        html.Div([expert_card(wctx, e) for e in experts] or
+                 dbc.Alert("The engine has no experts configured (models.yml).", color="warning"),
+                 id="models-list"),
+    ])
+
+
+def register(app: Dash, wctx: Any) -> None:
+    engine = wctx.engine
+
+    @app.callback(Output("models-msg", "children"),
+                  Input({"type": "expert-enabled", "name": ALL}, "value"),
+                  State({"type": "expert-enabled", "name": ALL}, "id"), prevent_initial_call=True)
+    def _toggle(values: list[bool], ids: list[dict]) -> Any:
+        trig = ctx.triggered_id
+        if not isinstance(trig, dict):
+            return no_update
+        name = trig["name"]
+        value = next(v for v, i in zip(values, ids, strict=True) if i["name"] == name)
+        engine.set_expert_enabled(name, bool(value))
+        return dbc.Alert(f"{name} {'enabled' if value else 'disabled'}: applied to the next decision",
+                         color="info", className="py-1", id="models-ack")
