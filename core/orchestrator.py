@@ -230,6 +230,7 @@ class Orchestrator:
         self._snap = OrchestratorSnapshot(None, {}, {}, {}, thresholds, dict(self._enabled),
                                           self._versions(), ())
         self._listeners: list[Callable[[Decision], None]] = []
+        self._seen_versions: dict[str, str] = {}
 
     # ---- commands (any thread; read at the start of the next decision)
     def set_thresholds(self, t: Thresholds) -> None:
@@ -378,12 +379,18 @@ class Orchestrator:
 
     # ---- checkpoints, errors, shutdown
     def _maybe_swap(self) -> None:
+        """Cheap poll: only when an expert's latest registered version changed do we ask for the
+        best one, and load it when it differs from what is running (between two decisions)."""
         for name, ex in self.experts.items():
             try:
                 latest = self.registry.latest_version(name)
-                if latest is not None and latest != ex.version:
-                    if self.registry.load_into(ex, latest):
-                        log.info("swapped %s weights to %s", name, latest)
+                if latest is None or latest == self._seen_versions.get(name):
+                    continue
+                self._seen_versions[name] = latest
+                best = self.registry.best(name)
+                if best is not None and best.version != ex.version:
+                    if self.registry.load_into(ex, best.version):
+                        log.info("swapped %s weights to %s", name, best.version)
             except Exception as exc:  # a broken checkpoint keeps the old weights
                 self._error(f"checkpoint:{name}", exc)
 

@@ -1,0 +1,517 @@
+"""The backtester: the live decision code replayed over history, in two modes that must agree.
+
+* event mode drives the SAME Orchestrator bar by bar: a ReplaySource feeds a DataProvider (simulated
+  clock: the candles' own times), each closed candle becomes a Decision, and the execution kernel's
+  per-bar ``step`` trades it.
+* fast mode builds every feature sample at once, runs the frozen experts in batches
+  (``predict_many``), walks the gate bar by bar with the same ``GateRunner`` (the online Hedge update
+  must only see matured outcomes), applies ``decide_codes`` and runs the compiled ``simulate`` loop.
+
+Both modes start the gate from the same state and use the same sizing/kernel params, so decisions,
+fills and equity are identical (tests/test_backtest_modes.py). Slow experts (Kronos) forecast every
+``kronos_every`` bars at bar times ``ts // tf % k == 0`` in both modes, through a DuckDB cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.audit import AuditWriter
+from core.backtest.forecast_cache import ForecastCache
+from core.execution import kernel as K
+from core.orchestrator import (
+    BUY,
+    CODE_TO_ACTION,
+    HOLD,
+    SELL,
+    GateRunner,
+    Orchestrator,
+    decide_codes,
+    explain,
+    target_position,
+)
+from core.types import (
+    CANDLE_COLUMNS,
+    Decision,
+    ExpertOutput,
+    FeatureBatch,
+    SeriesKey,
+    Thresholds,
+    timeframe_ms,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK = 2048  # samples per predict_many call (bounds memory)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class BacktestSpec:
+    exchange: str
+    symbol: str
+    timeframe: str
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    mode: str = "fast"  # "fast" | "event"
+    horizon: int = 5  # bars; matured outcomes feed the gate after this many bars
+    dead_zone: float = 0.002  # |log return| below this counts as "flat"
+    kronos_every: int = 15
+    initial_cash: float = 10_000.0
+    sizing: str = "fixed_fraction"
+    fraction: float = 0.5
+    max_position_fraction: float = 1.0
+    allow_short: bool = False
+    vol_window: int = 60
+    bars_per_year: float = 525_600.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fast", "event"):
+            raise ValueError(f"mode={self.mode!r}: allowed fast, event")
+
+
+@dataclass
+class Components:
+    """What a run needs besides candles; ``info`` says per expert whether it is trained."""
+
+    experts: dict[str, Any]
+    gate: Any
+    builder: Any
+    info: dict[str, dict[str, Any]]
+    cache: ForecastCache | None = None
+
+
+@dataclass
+class BacktestResult:
+    run_id: str
+    spec: BacktestSpec
+    candles: pd.DataFrame  # the replayed bars
+    names: list[str]
+    decided: np.ndarray  # bool [N]: a decision was made at this bar (after warm-up)
+    codes: np.ndarray  # int8 [N] BUY 1 / SELL -1 / HOLD 0
+    fused: np.ndarray  # [N, 3]
+    weights: np.ndarray  # [N, E]
+    confidence: np.ndarray  # [N]
+    signal: np.ndarray  # [N] what the kernel got (NaN = hold)
+    equity: np.ndarray  # [N]
+    position: np.ndarray  # [N] base units
+    fills: pd.DataFrame
+    state: np.ndarray  # final kernel state
+    decisions: list[Decision]
+    info: dict[str, dict[str, Any]]
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def kernel_params(spec: BacktestSpec, execution: Any, risk: Any) -> np.ndarray:
+    """Kernel params from the (already overridden) config sections; the spec must agree with them."""
+    params = K.params_from_config(execution, risk)
+    if bool(params[K.P_ALLOW_SHORT]) != spec.allow_short:
+        raise ValueError("spec.allow_short disagrees with execution.allow_short")
+    return params
+
+
+def spec_from_config(cfg: Any, models: Any, *, exchange: str, symbol: str, timeframe: str,
+                     thresholds: Thresholds, mode: str) -> BacktestSpec:
+    """Everything a run needs from config.yaml / models.yml in one frozen object."""
+    dz_bps = models.labels.dead_zone_bps
+    if dz_bps is None:  # the round trip must at least pay the taker fee twice to count as a move
+        dz_bps = 2.0 * cfg.execution.taker_fee_bps
+    return BacktestSpec(
+        exchange=exchange, symbol=symbol, timeframe=timeframe, thresholds=thresholds, mode=mode,
+        horizon=cfg.orchestrator.decision_horizon, dead_zone=dz_bps / 1e4,
+        kronos_every=cfg.backtest.kronos_every_bars, initial_cash=cfg.execution.initial_cash,
+        sizing=cfg.risk.sizing, fraction=cfg.risk.fraction,
+        max_position_fraction=cfg.risk.max_position_fraction, allow_short=cfg.execution.allow_short,
+        vol_window=cfg.risk.vol_window, bars_per_year=K.bars_per_year(timeframe))
+
+
+def build_components(models: Any, base_timeframe: str, names: list[str] | None, *,
+                     registry: Any | None = None, store: Any | None = None,
+                     features: Any | None = None) -> Components:
+    """Experts, gate and feature builder for a run. ``names`` None = every expert enabled in
+    models.yml that has a registered checkpoint (untrained ones are skipped with a warning); names
+    given explicitly run untrained when they have no checkpoint, and say so in ``info``."""
+    from core.features import FeatureBuilder
+    from NN.experts.registry import build_expert
+    from NN.moe import MoEGate
+
+    builder = FeatureBuilder(features or models.features, base_timeframe)
+    explicit = names is not None
+    wanted = list(names) if explicit else list(models.enabled())
+    unknown = [n for n in wanted if n not in models.experts]
+    if unknown:
+        raise ValueError(f"unknown expert(s) {unknown}; models.yml has {sorted(models.experts)}")
+    experts: dict[str, Any] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for name in wanted:
+        ex = build_expert(name, models.experts[name], builder.spec)
+        trained = bool(registry is not None and registry.load_into(ex))
+        if not trained and not explicit:
+            log.warning("expert %s has no checkpoint: skipped (pass --experts %s to run it untrained)",
+                        name, name)
+            continue
+        experts[name] = ex
+        info[name] = {"version": str(ex.version), "trained": trained,
+                      "input_kind": getattr(ex, "input_kind", "features")}
+    if not experts:
+        raise ValueError("no expert to run: none has a checkpoint (train first: main_backtest.py train), "
+                         "or name them with --experts to run them untrained")
+    gate = MoEGate(list(experts), models.moe, len(builder.spec.regime_features))
+    gate_trained = False
+    if registry is not None:
+        try:
+            gate_trained = bool(registry.load_into(gate))
+        except ValueError as exc:  # a gate trained for another expert set: fall back to Hedge
+            log.warning("gate checkpoint not usable (%s): online Hedge gate instead", exc)
+    info["gate"] = {"version": str(gate.version), "trained": gate_trained, "input_kind": "gate"}
+    cache = ForecastCache(store) if store is not None and any(
+        getattr(e, "input_kind", "features") == "candles" for e in experts.values()) else None
+    return Components(experts=experts, gate=gate, builder=builder, info=info, cache=cache)
+
+
+def signal_of(code: int) -> float:
+    """Decision -> kernel signal: BUY +1, SELL -1 (flat when shorting is off), HOLD NaN (no order)."""
+    return 1.0 if code == BUY else (-1.0 if code == SELL else math.nan)
+
+
+def nominal_size(spec: BacktestSpec) -> float:
+    """Decision.target_position for BUY; the kernel may scale it (volatility target) or refuse it
+    (kill switch, cooldown)."""
+    return min(spec.fraction, spec.max_position_fraction)
+
+
+def fills_frame(fills: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({
+        "ts": fills[:, K.F_TS].astype(np.int64),
+        "side": np.where(fills[:, K.F_SIDE] > 0, "buy", "sell"),
+        "amount": fills[:, K.F_QTY], "price": fills[:, K.F_PRICE], "fee": fills[:, K.F_FEE],
+        "reason": [K.REASONS.get(int(r), "?") for r in fills[:, K.F_REASON]],
+        "cash": fills[:, K.F_CASH], "position": fills[:, K.F_POS], "realised": fills[:, K.F_REALISED],
+    })
+
+
+def vol_series(close: np.ndarray, spec: BacktestSpec) -> np.ndarray:
+    if spec.sizing != "volatility_target":
+        return np.full(close.shape[0], np.nan)
+    return K.realised_vol(close, spec.vol_window, spec.bars_per_year)
+
+
+def check_candles(candles: pd.DataFrame, timeframe: str) -> pd.DataFrame:
+    missing = [c for c in CANDLE_COLUMNS if c not in candles.columns]
+    if missing:
+        raise ValueError(f"backtest candles lack columns {missing}")
+    if len(candles) == 0:
+        raise ValueError("backtest range holds no candles: import data first (main_backtest.py data import)")
+    df = candles[list(CANDLE_COLUMNS)].reset_index(drop=True)
+    ts = df["ts"].to_numpy(np.int64)
+    if len(ts) > 1 and not (np.diff(ts) > 0).all():
+        raise ValueError("backtest candles must have strictly increasing ts")
+    if (ts % timeframe_ms(timeframe)).any():
+        raise ValueError(f"backtest candles are not aligned to the {timeframe} grid")
+    return df
+
+
+class _Decisions:
+    """Builds Decision objects from per-bar arrays (fast mode), identical to the orchestrator's."""
+
+    def __init__(self, run_id: str, symbol: str, names: list[str], thresholds: Thresholds) -> None:
+        self.run_id, self.symbol, self.names, self.t = run_id, symbol, names, thresholds
+
+    def make(self, ts: int, code: int, fused: np.ndarray, w: np.ndarray, conf: float, er: float,
+             target: float, outputs: tuple[ExpertOutput, ...], mask: np.ndarray) -> Decision:
+        action = CODE_TO_ACTION[code]
+        return Decision(
+            id=f"{self.run_id}:{ts}", ts=int(ts), symbol=self.symbol, action=action,
+            probs=(float(fused[0]), float(fused[1]), float(fused[2])), expected_return=float(er),
+            weights={n: float(w[i]) for i, n in enumerate(self.names) if mask[i]},
+            thresholds=self.t, target_position=float(target),
+            reason=explain(action, fused, conf, self.t, int(mask.sum())), outputs=outputs)
+
+
+# ---------------------------------------------------------------- the backtester
+
+
+class Backtester:
+    def __init__(self, comps: Components, spec: BacktestSpec, params: np.ndarray, *,
+                 store: Any | None = None, run_id: str | None = None,
+                 progress: Progress | None = None) -> None:
+        self.c = comps
+        self.spec = spec
+        self.params = params
+        self.store = store  # audit rows + forecast cache; None = memory only
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.progress = progress or (lambda stage, done, total: None)
+        self.names = list(comps.experts)
+        self._gate0 = copy.deepcopy(comps.gate.state_dict())  # both modes start from this
+
+    def run(self, candles: pd.DataFrame, mode: str | None = None) -> BacktestResult:
+        mode = mode or self.spec.mode
+        candles = check_candles(candles, self.spec.timeframe)
+        self.c.gate.load_state_dict(copy.deepcopy(self._gate0))
+        t0 = time.perf_counter()
+        res = self._fast(candles) if mode == "fast" else self._event(candles)
+        res.elapsed_s = time.perf_counter() - t0
+        return res
+
+    # ---- fast: batch everything, then one compiled loop
+    def _fast(self, candles: pd.DataFrame) -> BacktestResult:
+        spec, names, E = self.spec, self.names, len(self.names)
+        n = len(candles)
+        t_feat = time.perf_counter()
+        batch = self.c.builder.build_many(candles, symbol=spec.symbol)
+        first = self.c.builder.min_history - 1  # same warm-up rule as the orchestrator
+        rows = np.arange(max(first, 0), n)
+        sub = batch.take(rows)
+        m = len(rows)
+        stats: dict[str, Any] = {"features_s": time.perf_counter() - t_feat}
+        probs = np.tile(np.full(3, 1 / 3), (m, E, 1))
+        conf = np.zeros((m, E))
+        er = np.zeros((m, E))
+        mask = np.zeros((m, E), dtype=bool)
+        extras: list[dict[str, np.ndarray]] = [{} for _ in range(E)]
+        versions = [str(getattr(self.c.experts[nm], "version", "?")) for nm in names]
+        horizons = [int(getattr(self.c.experts[nm], "horizon", spec.horizon)) for nm in names]
+        errors: list[tuple[int, str, str]] = []
+        t_inf = time.perf_counter()
+        for e, nm in enumerate(names):
+            ex = self.c.experts[nm]
+            try:
+                if getattr(ex, "input_kind", "features") == "candles":
+                    self._fast_slow(e, ex, sub, candles, probs, conf, er, mask, extras)
+                    continue
+                for s in range(0, m, CHUNK):
+                    out = ex.predict_many(sub.take(slice(s, min(m, s + CHUNK))))
+                    sl = slice(s, s + len(out.ts))
+                    probs[sl, e], conf[sl, e], er[sl, e] = out.probs, out.confidence, out.expected_return
+                    for k, v in out.extras.items():
+                        extras[e].setdefault(k, np.empty((m, *np.shape(v)[1:]), dtype=np.asarray(v).dtype))
+                        extras[e][k][sl] = v
+                    self.progress(f"inference {nm}", min(m, s + CHUNK), m)
+                bad = ~np.isfinite(probs[:, e]).all(axis=1)
+                mask[:, e] = ~bad
+                probs[bad, e] = 1 / 3
+            except Exception as exc:  # skipped and reported, like the orchestrator does per bar
+                mask[:, e] = False
+                probs[:, e] = 1 / 3
+                errors.append((int(time.time() * 1000), f"expert:{nm}", f"{type(exc).__name__}: {exc}"))
+        stats["inference_s"] = time.perf_counter() - t_inf
+
+        # gate, bar by bar (matured-only online updates), then the pure decision rule
+        t_gate = time.perf_counter()
+        runner = GateRunner(self.c.gate, spec.horizon, spec.dead_zone)
+        W = np.zeros((m, E))
+        F = np.tile(np.full(3, 1 / 3), (m, 1))
+        close = sub.close.astype(np.float64)
+        regime = np.asarray(sub.regime, dtype=np.float64)
+        for j in range(m):
+            W[j], F[j] = runner.step(close[j], probs[j], regime[j], mask[j])
+            if j % 4096 == 0:
+                self.progress("gate", j, m)
+        confidence = np.einsum("ne,ne->n", W, conf)
+        codes = decide_codes(F, confidence, spec.thresholds)
+        codes[~mask.any(axis=1)] = HOLD
+        stats["gate_s"] = time.perf_counter() - t_gate
+
+        # decision objects + audit (the same rows the orchestrator writes)
+        t_dec = time.perf_counter()
+        mk = _Decisions(self.run_id, spec.symbol, names, spec.thresholds)
+        audit = AuditWriter(self.store, self.run_id, flush_every=10_000)
+        decisions: list[Decision] = []
+        pos = 0.0
+        size = nominal_size(spec)
+        exp_ret = np.einsum("ne,ne->n", W, er)
+        sym = spec.symbol
+        for j in range(m):
+            ts = int(sub.ts[j])
+            outs = tuple(
+                ExpertOutput(expert=nm, model_version=versions[e], symbol=sym, ts=ts, horizon=horizons[e],
+                             probs=(float(probs[j, e, 0]), float(probs[j, e, 1]), float(probs[j, e, 2])),
+                             expected_return=float(er[j, e]), confidence=float(conf[j, e]), latency_ms=0.0,
+                             extras={k: _item(v[j]) for k, v in extras[e].items()})
+                for e, nm in enumerate(names) if mask[j, e])
+            pos = target_position(int(codes[j]), pos, size, spec.allow_short)
+            d = mk.make(ts, int(codes[j]), F[j], W[j], float(confidence[j]), float(exp_ret[j]), pos, outs,
+                        mask[j])
+            decisions.append(d)
+            audit.add(d, float(confidence[j]))
+        audit.flush()
+        stats["decisions_s"] = time.perf_counter() - t_dec
+
+        # execution: the compiled loop over every bar (warm-up bars hold)
+        t_ex = time.perf_counter()
+        full_codes = np.zeros(n, dtype=np.int8)
+        full_codes[rows] = codes
+        signal = np.full(n, np.nan)
+        signal[rows] = np.where(codes == BUY, 1.0, np.where(codes == SELL, -1.0, np.nan))
+        arr = {c: candles[c].to_numpy(np.float64) for c in CANDLE_COLUMNS}
+        equity, position, fills, state = K.run(arr["ts"], arr["open"], arr["high"], arr["low"], arr["close"],
+                                               signal, vol_series(arr["close"], spec), params=self.params,
+                                               initial_cash=spec.initial_cash)
+        stats["execution_s"] = time.perf_counter() - t_ex
+        decided = np.zeros(n, dtype=bool)
+        decided[rows] = True
+        return BacktestResult(
+            run_id=self.run_id, spec=spec, candles=candles, names=names, decided=decided, codes=full_codes,
+            fused=_spread(F, rows, n, 1 / 3), weights=_spread(W, rows, n, 0.0),
+            confidence=_spread(confidence, rows, n, 0.0), signal=signal, equity=equity, position=position,
+            fills=fills_frame(fills), state=state, decisions=decisions, info=self.c.info, errors=errors,
+            stats=stats)
+
+    def _fast_slow(self, e: int, ex: Any, sub: FeatureBatch, candles: pd.DataFrame, probs: np.ndarray,
+                   conf: np.ndarray, er: np.ndarray, mask: np.ndarray, extras: list[dict]) -> None:
+        """A slow expert forecasts at bars with (ts // tf) % k == 0; later bars reuse the freshest."""
+        tf = timeframe_ms(self.spec.timeframe)
+        due = np.flatnonzero((sub.ts // tf) % self.spec.kronos_every == 0)
+        if len(due) == 0:
+            return
+        b = sub.take(due)
+        out = (self.c.cache.predict_many(ex, b, candles) if self.c.cache is not None
+               else ex.predict_many(b, candles))
+        # index of the freshest forecast at or before each row (-1: none yet)
+        last = np.full(len(sub), -1)
+        last[due] = np.arange(len(due))
+        last = np.maximum.accumulate(last)
+        have = last >= 0
+        probs[have, e] = out.probs[last[have]]
+        conf[have, e] = out.confidence[last[have]]
+        er[have, e] = out.expected_return[last[have]]
+        mask[:, e] = have
+        for k, v in out.extras.items():
+            arr = np.asarray(v)
+            full = np.zeros((len(sub), *arr.shape[1:]), dtype=arr.dtype)
+            full[have] = arr[last[have]]
+            extras[e][k] = full
+
+    # ---- event: the live orchestrator over a replay
+    def _event(self, candles: pd.DataFrame) -> BacktestResult:
+        from core.data.provider import DataProvider  # imported here: fast mode needs no data layer
+        from core.data.sources import ReplaySource
+        from core.data.store import MarketStore
+
+        spec, n = self.spec, len(candles)
+        key = SeriesKey(spec.exchange, spec.symbol, spec.timeframe)
+        replay_store = MarketStore(":memory:")
+        replay_store.upsert_candles(key, candles)
+        builder = self.c.builder
+        # the cache holds the whole replay so build_one sees the history build_many sees
+        provider = DataProvider(None, spec.timeframe, list(builder.timeframes), cache_bars=max(n + 1, 10),
+                                exchange=spec.exchange)
+        orch = Orchestrator(
+            self.c.experts, self.c.gate, builder, spec.thresholds, self.store, None, spec.symbol,
+            spec.timeframe, horizon=spec.horizon, dead_zone=spec.dead_zone, slow_every_bars=spec.kronos_every,
+            slow_async=False, slow_cache=self.c.cache, sizer=lambda _b: nominal_size(spec),
+            allow_short=spec.allow_short, run_id=self.run_id, audit_flush_every=10_000)
+        stepper = BarStepper(self.params, spec.initial_cash, spec, n)
+        decisions: list[Decision] = []
+        W = np.zeros((n, len(self.names)))
+        F = np.tile(np.full(3, 1 / 3), (n, 1))
+        confidence = np.zeros(n)
+        codes = np.zeros(n, dtype=np.int8)
+        decided = np.zeros(n, dtype=bool)
+        tfs = list(builder.timeframes)
+        ts_index = {int(t): i for i, t in enumerate(candles["ts"].to_numpy(np.int64))}
+
+        def on_event(ev: Any) -> None:
+            i = ts_index[int(ev.ts)]
+            frames = {tf: provider.snapshot(spec.symbol, tf) for tf in tfs}
+            d = orch.on_candle(ev, frames)
+            sig = math.nan
+            if d is not None:
+                decisions.append(d)
+                decided[i] = True
+                c = {BUY: 1, SELL: -1}.get(_code(d), 0)
+                codes[i] = c
+                sig = signal_of(c)
+                F[i] = d.probs
+                W[i] = [d.weights.get(nm, 0.0) for nm in self.names]
+                confidence[i] = float(sum(d.weights.get(o.expert, 0.0) * o.confidence for o in d.outputs))
+            stepper.on_bar(i, ev.ts, ev.open, ev.high, ev.low, ev.close, sig)
+            if i % 256 == 0:
+                self.progress("replay", i, n)
+
+        provider.subscribe(on_event, symbols=[spec.symbol], timeframes=[spec.timeframe])
+        source = ReplaySource(replay_store, [key], speed=None)
+        stop = asyncio.Event()
+
+        def emit(k: SeriesKey, df: pd.DataFrame, closed: bool) -> None:
+            provider.ingest(k, df, closed)
+
+        try:
+            asyncio.run(source.run(emit, stop))
+        finally:
+            orch.close()
+            replay_store.close()
+        if len(decisions) != int(decided.sum()):
+            raise RuntimeError("event replay: decision bookkeeping is inconsistent")
+        errors = orch.errors
+        return BacktestResult(
+            run_id=self.run_id, spec=spec, candles=candles, names=self.names, decided=decided, codes=codes,
+            fused=F, weights=W, confidence=confidence, signal=stepper.signal, equity=stepper.equity,
+            position=stepper.position, fills=fills_frame(stepper.fills()), state=stepper.state,
+            decisions=decisions, info=self.c.info, errors=errors)
+
+
+class BarStepper:
+    """Per-bar execution for event mode: the kernel's ``step`` (the same code ``simulate`` loops)."""
+
+    def __init__(self, params: np.ndarray, initial_cash: float, spec: BacktestSpec, n: int) -> None:
+        self.params = params
+        self.state = K.new_state(initial_cash)
+        self.spec = spec
+        self.buf = np.empty((K.MAX_FILLS_PER_BAR, K.FILL_SIZE))
+        self._fills: list[np.ndarray] = []
+        self.equity = np.full(n, np.nan)
+        self.position = np.full(n, np.nan)
+        self.signal = np.full(n, np.nan)
+        self._closes: list[float] = []
+
+    def on_bar(self, i: int, ts: int, o: float, h: float, low: float, c: float, signal: float) -> None:
+        self._closes.append(float(c))
+        vol = math.nan
+        w = self.spec.vol_window
+        if self.spec.sizing == "volatility_target" and len(self._closes) > w:
+            vol = float(K.realised_vol(np.asarray(self._closes[-w - 1:]), w, self.spec.bars_per_year)[-1])
+        nf = K.step(self.state, self.params, float(ts), float(o), float(h), float(low), float(c),
+                    float(signal), vol, self.buf)
+        if nf:
+            self._fills.append(self.buf[:nf].copy())
+        self.equity[i] = self.state[K.S_EQUITY]
+        self.position[i] = self.state[K.S_POS]
+        self.signal[i] = signal
+
+    def fills(self) -> np.ndarray:
+        return np.vstack(self._fills) if self._fills else np.empty((0, K.FILL_SIZE))
+
+
+def _code(d: Decision) -> int:
+    return {"BUY": BUY, "SELL": SELL}.get(str(d.action), HOLD)
+
+
+def _spread(a: np.ndarray, rows: np.ndarray, n: int, fill: float) -> np.ndarray:
+    out = np.full((n, *a.shape[1:]), fill, dtype=np.float64)
+    out[rows] = a
+    return out
+
+
+def _item(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
