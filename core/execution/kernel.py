@@ -413,13 +413,11 @@ def step(state: np.ndarray, params: np.ndarray, ts: float, o: float, h: float, l
         nf = execute(state, params, qty, o, ts, int(state[S_PENDING_REASON]), fills, nf)
 
     # 2. stops against this bar's range
-    stopped = False
     px, why = stop_exit(state, params, o, h, low)
     if why != 0:
         nf = execute(state, params, -state[S_POS], px, ts, why, fills, nf)
         state[S_STOPS] += 1.0
         state[S_COOLDOWN] = params[P_COOLDOWN]
-        stopped = True
 
     # 3. mark at the close; daily loss limit
     equity = state[S_CASH] + state[S_POS] * c
@@ -442,7 +440,7 @@ def step(state: np.ndarray, params: np.ndarray, ts: float, o: float, h: float, l
             qty = order_for_target(state, params, target, c)
             nf = execute(state, params, qty, c, ts, R_SIGNAL, fills, nf)
 
-    if not stopped and state[S_COOLDOWN] > 0.0:
+    if state[S_COOLDOWN] > 0.0:  # the stop bar's own decision counts as the first refused
         state[S_COOLDOWN] -= 1.0
     state[S_EQUITY] = state[S_CASH] + state[S_POS] * c
     state[S_LAST_PRICE] = c
