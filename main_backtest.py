@@ -17,6 +17,7 @@ from core.config import ConfigError
 CLI_MODULES: list[str] = [
     "core.data.cli",  # data import|download|list|export
     "NN.training.cli",  # train | evaluate (experts, MoE gate)
+    "core.backtest.cli",  # run (backtest) | report ID
 ]
 
 
