@@ -77,12 +77,47 @@ class BacktestJobs:
 
 
 def default_runner(wctx: Any) -> Runner:
-    """Runs core.backtest's Python API for the page's spec."""
+    """Runs the backtester (core/backtest) on the engine's store for the page's spec and saves the
+    report (JSON + HTML + backtest_runs row) exactly as ``main_backtest.py run`` does."""
 
     def run(spec: dict[str, Any], progress: Callable[[float, str], None]) -> Any:
-        from core.backtest import run_backtest  # the backtester's public entry point
+        import uuid
+        from datetime import UTC, datetime
 
-        return run_backtest(wctx.cfg, wctx.models_cfg, spec, progress=progress)
+        from core.backtest import cli as BC
+        from core.backtest import engine as BE
+        from core.execution import kernel as K
+        from core.types import SeriesKey
+        from NN.training.checkpoints import CheckpointRegistry
+
+        cfg, models, store = wctx.cfg, wctx.models_cfg, wctx.store
+        if store is None or models is None:
+            raise RuntimeError("backtests need the engine's store and models.yml (start via main_dashboard.py)")
+        thr: Thresholds = spec["thresholds"]
+        key = SeriesKey(cfg.data.exchange, spec["symbol"], spec["timeframe"])
+        candles = store.candles(key, spec["start_ms"], spec["end_ms"])
+        if len(candles) == 0:
+            raise ValueError(f"no candles for {key.exchange} {key.symbol} {key.timeframe} in that range")
+        run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        mode = cfg.backtest.mode
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            progress(done / total if total else 0.0, f"{stage} {done}/{total}")
+
+        registry = CheckpointRegistry(store, cfg.resolve(cfg.training.models_dir))
+        comps = BE.build_components(models, key.timeframe, spec["experts"], registry=registry, store=store)
+        bspec = BE.spec_from_config(cfg, models, exchange=key.exchange, symbol=key.symbol,
+                                    timeframe=key.timeframe, thresholds=thr, mode=mode)
+        bt = BE.Backtester(comps, bspec, BE.kernel_params(bspec, cfg.execution, cfg.risk), store=store,
+                           run_id=run_id, progress=on_progress)
+        res = bt.run(candles)
+        spec_d = {"exchange": key.exchange, "symbol": key.symbol, "timeframe": key.timeframe, "mode": mode,
+                  "thresholds": {"buy": thr.buy, "sell": thr.sell, "min_confidence": thr.min_confidence},
+                  "fees_bps": cfg.execution.taker_fee_bps, "slippage_bps": cfg.execution.slippage_bps,
+                  "fill_at": cfg.execution.fill_at, "source": "dashboard"}
+        rep = BC.result_report(res, spec_d, K.bars_per_year(key.timeframe))
+        jp, _hp = BC.save_run(store, rep, cfg.resolve(cfg.backtest.reports_dir))
+        return jp
 
     return run
 

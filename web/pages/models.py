@@ -7,6 +7,8 @@ registry and trainers write them); a missing table just shows "none recorded yet
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import dash_bootstrap_components as dbc
@@ -44,8 +46,31 @@ def checkpoints_for(store: Any, expert: str) -> pd.DataFrame:
     return pd.DataFrame()
 
 
-def metrics_for(store: Any, expert: str) -> pd.DataFrame:
-    """Training metrics (step, name, value) of ``expert`` for loss curves (empty if none)."""
+def tensorboard_scalars(runs_dir: Path, expert: str) -> pd.DataFrame:
+    """Scalars tagged '<expert>/<metric>' from the TensorBoard runs the trainers write (the offline
+    trainer logs train/val losses there). Columns step, name, value; newest run last."""
+    if not runs_dir.is_dir():
+        return pd.DataFrame(columns=["step", "name", "value"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    frames = []
+    for run in sorted({p.parent for p in runs_dir.rglob("events.out.tfevents.*")}, key=lambda p: p.stat().st_mtime):
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 2000})
+        try:
+            acc.Reload()
+        except Exception:  # noqa: BLE001 - a half-written event file is skipped, not fatal
+            continue
+        for tag in acc.Tags().get("scalars", []):
+            if tag.startswith(f"{expert}/"):
+                ev = acc.Scalars(tag)
+                frames.append(pd.DataFrame({"step": [e.step for e in ev], "name": tag.split("/", 1)[1],
+                                            "value": [e.value for e in ev]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["step", "name", "value"])
+
+
+def metrics_for(store: Any, expert: str, runs_dir: Path | None = None) -> pd.DataFrame:
+    """Training metrics (step, name, value) of ``expert`` for loss curves: the store's
+    training_metrics table when present, else the TensorBoard runs (empty if neither)."""
     tables = _tables(store)
     for t in METRIC_TABLES:
         if t in tables:
@@ -56,22 +81,40 @@ def metrics_for(store: Any, expert: str) -> pd.DataFrame:
                 return store.query_df(
                     f"SELECT {step_col} AS step, {name_col} AS name, value FROM {t} "
                     f"WHERE expert = ? ORDER BY {step_col}", [expert])
+    if runs_dir is not None:
+        return tensorboard_scalars(runs_dir, expert)
     return pd.DataFrame(columns=["step", "name", "value"])
+
+
+def validation_metrics(row: dict[str, Any] | None) -> dict[str, Any]:
+    """The registry's policy metric plus any 'val*' entries of the checkpoint's meta JSON."""
+    if not row:
+        return {}
+    out = {"metric": row.get("metric")} if "metric" in row else {}
+    meta = row.get("meta")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            meta = {}
+    if isinstance(meta, dict):
+        out.update({k: v for k, v in meta.items() if str(k).startswith("val") and not str(k).endswith("_ts")})
+    return out
 
 
 def _kv_table(df: pd.DataFrame, limit: int = 5) -> Any:
     if df.empty:
         return html.Div("none recorded yet", className="text-muted small")
-    d = df.head(limit)
+    d = df.drop(columns=[c for c in ("meta", "path") if c in df.columns]).head(limit)
     return dbc.Table.from_dataframe(d.astype(str), size="sm", striped=True, className="small mb-1")
 
 
 def expert_card(wctx: Any, e: dict[str, Any]) -> Any:
     name = e["name"]
     ck = checkpoints_for(wctx.store, name)
-    mt = metrics_for(wctx.store, name)
+    mt = metrics_for(wctx.store, name, wctx.cfg.resolve(wctx.cfg.training.runs_dir))
     last_ck = ck.iloc[0].to_dict() if len(ck) else None
-    val = {k: v for k, v in (last_ck or {}).items() if "val" in str(k) or "metric" in str(k)}
+    val = validation_metrics(last_ck)
     o = e["latest"]
     header = dbc.Row([
         dbc.Col(html.H5(name, className="mb-0"), width=3),

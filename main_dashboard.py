@@ -1,0 +1,158 @@
+"""Engine + web UI in one command: live public data, paper trading, or a replay of stored data.
+
+    python main_dashboard.py                                   # live data from config data.exchange
+    python main_dashboard.py --replay ../shared/data/binanceus/BTC_USDT-1m.csv --speed 60
+    python main_dashboard.py --replay-db --speed 600           # replay what the store holds
+
+Prints the URL and one line containing "Dashboard ready"; Ctrl-C stops the engine (sources closed,
+ledger flushed) and the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from core.config import AppConfig, ConfigError, ModelsConfig, Secrets, load_config, load_models
+from core.types import SeriesKey
+
+log = logging.getLogger("main_dashboard")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="main_dashboard.py", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=None, help="config.yaml path (default: ./config.yaml)")
+    p.add_argument("--models", default=None, help="models.yml path (default: ./models.yml)")
+    p.add_argument("--symbol", default=None, help="symbol to stream, e.g. BTC/USDT (default: data.symbols[0])")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--replay", metavar="PATH", default=None,
+                     help="import this candle file (CSV/Parquet/feather) into the store, then replay it")
+    src.add_argument("--replay-db", action="store_true", help="replay what the store already holds")
+    p.add_argument("--speed", type=float, default=None,
+                   help="replay speed, N x real time (default: dashboard.replay_speed)")
+    p.add_argument("--host", default=None, help="bind address (default: dashboard.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: dashboard.port, 8050)")
+    p.add_argument("--no-training", action="store_true", help="never start live training")
+    p.add_argument("--db", default=None, help="DuckDB file (default: data.db_path)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def internet_reachable(host: str = "api.binance.us", port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def import_replay_file(store: Any, path: Path, exchange: str, symbol: str | None) -> SeriesKey:
+    """Import a candle file into the store (idempotent upsert); the series key comes from the file
+    name (e.g. BTC_USDT-1m.csv) unless --symbol says otherwise."""
+    from core.data.files import load_file, parse_series_name
+
+    if not path.exists():
+        raise SystemExit(f"--replay: file not found: {path}")
+    sym, tf = parse_series_name(path)
+    if tf is None:
+        raise SystemExit(f"--replay: cannot tell the timeframe from the file name {path.name!r} "
+                         "(expected e.g. BTC_USDT-1m.csv)")
+    key = SeriesKey(exchange, symbol or sym or "", tf)
+    if not key.symbol:
+        raise SystemExit(f"--replay: cannot tell the symbol from {path.name!r}; pass --symbol")
+    df = load_file(path)
+    n = store.upsert_candles(key, df)
+    print(f"imported {len(df)} candles from {path} into {key.exchange} {key.symbol} {key.timeframe} "
+          f"({n} new or changed)", flush=True)
+    return key
+
+
+def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = None,
+                 replay_path: Path | None = None, replay_db: bool = False, speed: float | None = None,
+                 training: bool = True, db: str | None = None) -> Any:
+    """The Engine for live data, or a replay of the store (after importing ``replay_path``)."""
+    from core.engine import Engine, ReplayConfig
+
+    if symbol:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"symbols": [symbol]})})
+    if db:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"db_path": db})})
+    replay = None
+    if replay_path is not None or replay_db:
+        replay = ReplayConfig(path=replay_path, speed=speed or cfg.dashboard.replay_speed)
+    return Engine(cfg, models, replay=replay, training=training)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    try:
+        cfg = load_config(args.config)
+        models = load_models(args.models)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or cfg.dashboard.host
+    port = cfg.dashboard.port if args.port is None else args.port
+    secrets = Secrets.from_env()
+    from web.auth import BindRefused, check_bind
+
+    try:
+        check_bind(host, secrets.dashboard_token)
+    except BindRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    replay_path = Path(args.replay) if args.replay else None
+    if replay_path is None and not args.replay_db and not internet_reachable():
+        print("The exchange cannot be reached (no internet?), so there is no live data.\n"
+              "Run the whole UI offline on stored data instead, e.g.:\n"
+              "  make run ARGS=\"--replay ../shared/data/binanceus/BTC_USDT-1m.csv --speed 60\"\n"
+              "  (or --replay-db to replay what data/moe.duckdb already holds)", file=sys.stderr)
+        return 3
+    try:
+        engine = build_engine(cfg, models, symbol=args.symbol, replay_path=replay_path, replay_db=args.replay_db,
+                              speed=args.speed, training=not args.no_training, db=args.db)
+    except (ValueError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from werkzeug.serving import make_server
+
+    from web.app import create_app
+
+    engine.start()
+    server = None
+    try:
+        app = create_app(engine, cfg, models_cfg=models, host=host, secrets=secrets)
+        server = make_server(host, port, app.server, threaded=True)
+        stop = threading.Event()
+
+        def _stop(signum: int, _frame: Any) -> None:
+            stop.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(f"Dashboard ready at http://{shown}:{server.server_port}/ "
+              f"({'replay' if replay_path or args.replay_db else 'live'}; Ctrl-C to stop)", flush=True)
+        server.serve_forever()
+    finally:
+        print("stopping: closing sources, flushing the ledger ...", flush=True)
+        engine.stop()
+        if server is not None:
+            server.server_close()
+        print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""web/figures.py and the Live page's pure update functions on REAL candles (shared BTC/USDT 1m).
+
+The snapshots here are the engine's own ``EngineSnapshot`` contract filled with real candles through
+``dataclasses.replace`` — they exercise the pure chart/patch functions only; the engine itself is
+exercised in test_api.py and test_web_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import plotly
+import pytest
+
+from core import indicators as ind
+from core.data.files import load_file
+from core.engine import EngineSnapshot, KronosSummary
+from web import figures
+from web.pages import live
+
+
+@pytest.fixture(scope="module")
+def btc(shared_data) -> pd.DataFrame:
+    return load_file(shared_data / "binanceus" / "BTC_USDT-1m.csv")
+
+
+def _snap(candles: pd.DataFrame, kronos: KronosSummary | None = None) -> EngineSnapshot:
+    return replace(EngineSnapshot.empty("BTC/USDT", "1m", mode="replay"), candles={"1m": candles}, kronos=kronos)
+
+
+def test_trace_order_and_overlay_visibility(btc: pd.DataFrame) -> None:
+    df = btc.iloc[:1500]
+    fig = figures.candle_figure(df, ["sma5", "pivots"])
+    names = [t.name for t in fig.data]
+    assert len(names) == len(figures.TRACE_NAMES)
+    assert fig.data[figures.TRACE["candles"]].type == "candlestick"
+    assert fig.data[figures.TRACE["volume"]].type == "bar"
+    assert fig.data[figures.TRACE["sma5"]].visible is True
+    assert fig.data[figures.TRACE["sma21"]].visible is False
+    assert fig.data[figures.TRACE["sma5"]].line.color == "orange"
+    assert fig.data[figures.TRACE["sma21"]].line.color == "red"
+    assert fig.data[figures.TRACE["sma233"]].line.color == "grey"
+    assert fig.layout.hovermode == "x unified" and fig.layout.xaxis.showspikes
+    # pivots: classic floor pivots of the previous complete UTC day, as layout lines
+    assert len(fig.layout.shapes) == 7
+
+
+def test_indicators_match_core_indicators_and_are_past_only(btc: pd.DataFrame) -> None:
+    df = btc.iloc[:600]
+    cols = figures.indicator_columns(df)
+    close = df["close"].to_numpy(float)
+    np.testing.assert_allclose(cols["sma21"], ind.sma(close, 21), equal_nan=True)
+    # no look-ahead: values on a prefix equal values on the full frame
+    cols_prefix = figures.indicator_columns(df.iloc[:400])
+    for name in figures.LINE_TRACES:
+        np.testing.assert_allclose(cols_prefix[name], cols[name][:400], equal_nan=True, rtol=1e-12)
+
+
+def test_pivots_from_previous_day(btc: pd.DataFrame) -> None:
+    df = btc.iloc[:1500]  # 2023-03-01 00:00 .. 2023-03-02 00:59
+    lv = figures.pivot_levels(df)
+    day1 = df[df["ts"] < df["ts"].iloc[0] + 86_400_000]
+    h, lo, c = day1["high"].max(), day1["low"].min(), day1["close"].iloc[-1]
+    assert lv["P"] == pytest.approx((h + lo + c) / 3)
+    assert lv["S1"] < lv["P"] < lv["R1"] < lv["R2"] < lv["R3"]
+    assert figures.pivot_levels(df.iloc[:100]) == {}  # no complete previous day
+
+
+def test_append_payload_equals_full_figure_tail(btc: pd.DataFrame) -> None:
+    df = btc.iloc[:1501]
+    full = figures.candle_figure(df, figures.OVERLAYS)
+    pay = figures.append_payload(df, 1)
+    assert pay["candles"]["close"] == [full.data[0].close[-1]]
+    for name in figures.LINE_TRACES:
+        assert pay[name]["y"] == [full.data[figures.TRACE[name]].y[-1]]
+
+
+def test_chart_update_patches_new_candle_and_fan(btc: pd.DataFrame) -> None:
+    s1 = _snap(btc.iloc[:1500])
+    fig, st = live.chart_update(s1, None, "1m", list(figures.OVERLAYS), None)
+    assert hasattr(fig, "data") and st["n"] == 1500
+    # nothing new -> no update at all
+    same, st_same = live.chart_update(s1, None, "1m", list(figures.OVERLAYS), st)
+    assert same is live.no_update and st_same["last_ts"] == st["last_ts"]
+    # one new real candle and a forecast -> a Patch: extend + trim + fan, never a whole figure
+    df2 = btc.iloc[1:1501]
+    last = df2.iloc[-1]
+    fut = int(last.ts) + 60_000 * np.arange(1, 6)
+    med = np.full(5, float(last.close))
+    k = KronosSummary(ts=int(last.ts), model_version="v", horizon=5, samples=8, p_up=0.5, expected_return=0.0,
+                      future_ts=fut, median=med, bands={"q05": med * 0.99, "q25": med * 0.995,
+                                                        "q75": med * 1.005, "q95": med * 1.01}, finished_ms=1)
+    p, st2 = live.chart_update(_snap(df2, k), None, "1m", list(figures.OVERLAYS), st)
+    payload = json.loads(json.dumps(p, cls=plotly.utils.PlotlyJSONEncoder))
+    ops = payload["operations"]
+    kinds = {o["operation"] for o in ops}
+    assert {"Extend", "Delete", "Assign"} <= kinds
+    ext = [o for o in ops if o["operation"] == "Extend" and o["location"] == ["data", 0, "close"]]
+    assert ext[0]["params"]["value"] == [float(f"{last.close:.8g}")]
+    fan_y = [o for o in ops if o["location"] == ["data", figures.TRACE["fc_median"], "y"]]
+    assert fan_y and fan_y[0]["params"]["value"][0] == pytest.approx(float(last.close))
+    assert st2["last_ts"] == int(last.ts) and st2["n"] == 1500
+    assert len(json.dumps(payload)) < 20_000
+
+
+def test_timeframe_switch_redraws(btc: pd.DataFrame) -> None:
+    s = _snap(btc.iloc[:1500])
+    _, st = live.chart_update(s, None, "1m", [], None)
+    s1h = replace(s, candles={"1m": btc.iloc[:1500], "1h": btc.iloc[:1500:60]})
+    fig, st2 = live.chart_update(s1h, None, "1h", [], st)
+    assert hasattr(fig, "data") and st2["tf"] == "1h" and st2["n"] == 25
