@@ -22,15 +22,16 @@ backtest (exactly, up to the decay of recursive indicators seeded inside a 1500-
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
 
-from core import indicators as ind
 from core.config import FeaturesConfig
-from core.pivots import market_structure, support_resistance
+from core.indicators import DAY_MS
+from core.pivots import support_resistance_fast
 from core.types import CANDLE_COLUMNS, FeatureBatch, FeatureSpec, timeframe_ms
 
 # indicator periods (fixed: experts are trained against them)
@@ -43,7 +44,6 @@ REF_HORIZONS = (1, 5, 15, 60)
 ATR_CLIP = 50.0  # distances in ATR units are clipped: a near-zero ATR must not blow up a network
 # base bars before the first bar whose indicators and regime are all warmed up
 WARMUP_BARS = max(REGIME_WINDOW, EMA_SLOW + MACD_SIGNAL - 1, RSI_WINDOW + 1, BB_WINDOW)
-CHUNK = 2048  # samples gathered per step in build_many (bounds temporary memory)
 
 _BASE_BAR_FEATURES = (
     "open",
@@ -62,6 +62,9 @@ _BASE_BAR_FEATURES = (
     "atr_rel",
     "vwap_dist",
 )
+N_BASE_FEATURES = len(_BASE_BAR_FEATURES)
+_CANDLE_INDEX = pd.Index(CANDLE_COLUMNS)
+_VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
 _N_PRICE = 4  # the first four bar features are prices relative to close_t
 
 
@@ -86,34 +89,66 @@ class _Ohlcv:
         return _Ohlcv(self.ts[:n], self.o[:n], self.h[:n], self.lo[:n], self.c[:n], self.v[:n])
 
 
-def _as_ohlcv(df: pd.DataFrame, what: str) -> _Ohlcv:
-    """Validated arrays from a candle DataFrame; a clear error naming what is wrong."""
-    if not isinstance(df, pd.DataFrame):
+def _fast_arrays(df: pd.DataFrame | Mapping[str, np.ndarray]) -> _Ohlcv | None:
+    """The common case on the live path in one conversion (pandas column access costs ~40 us each):
+    a numeric DataFrame of exactly CANDLE_COLUMNS with integer ms timestamps and valid values.
+    Anything else returns None and goes through the checks that name the problem."""
+    if not isinstance(df, pd.DataFrame) or not df.columns.equals(_CANDLE_INDEX):
+        return None
+    try:
+        arr = df.to_numpy(dtype=np.float64).T
+    except (TypeError, ValueError):
+        return None
+    t = arr[0]
+    if not (np.isfinite(arr).all() and (arr[1:5] > 0).all() and (arr[5] >= 0).all()):
+        return None
+    if not ((t == np.floor(t)).all() and (np.abs(t) < 2.0**53).all()):
+        return None
+    ts = t.astype(np.int64)
+    if ts.shape[0] > 1 and not (ts[1:] > ts[:-1]).all():
+        return None
+    return _Ohlcv(ts, arr[1].copy(), arr[2].copy(), arr[3].copy(), arr[4].copy(), arr[5].copy())
+
+
+def _as_ohlcv(df: pd.DataFrame | Mapping[str, np.ndarray], what: str) -> _Ohlcv:
+    """Validated arrays from a candle DataFrame (or the provider's dict of arrays); a clear error
+    naming what is wrong."""
+    if not isinstance(df, pd.DataFrame | Mapping):
         raise TypeError(
             f"{what}: expected a DataFrame with columns {CANDLE_COLUMNS}, got {type(df).__name__}"
         )
-    missing = [c for c in CANDLE_COLUMNS if c not in df.columns]
+    cols = df.columns if isinstance(df, pd.DataFrame) else df.keys()
+    missing = [c for c in CANDLE_COLUMNS if c not in cols]
     if missing:
         raise ValueError(f"{what}: missing columns {missing} (need {list(CANDLE_COLUMNS)})")
-    ts = df["ts"].to_numpy()
-    if not np.issubdtype(ts.dtype, np.integer):
+    fast = _fast_arrays(df)
+    if fast is not None:
+        return fast
+    ts = np.asarray(df["ts"])
+    integral_float = np.issubdtype(ts.dtype, np.floating) and bool(np.all(ts == np.floor(ts)))
+    if not (np.issubdtype(ts.dtype, np.integer) or integral_float):
         raise ValueError(f"{what}: column ts must be int64 milliseconds, got dtype {ts.dtype}")
     ts = ts.astype(np.int64, copy=False)
-    if ts.shape[0] > 1 and not np.all(np.diff(ts) > 0):
-        bad = int(np.flatnonzero(np.diff(ts) <= 0)[0]) + 1
+    if ts.shape[0] > 1 and not (ts[1:] > ts[:-1]).all():
+        bad = int(np.flatnonzero(ts[1:] <= ts[:-1])[0]) + 1
         raise ValueError(
             f"{what}: ts must be strictly increasing; row {bad} has ts={ts[bad]} after {ts[bad - 1]}"
         )
-    cols = {}
-    for name in ("open", "high", "low", "close", "volume"):
-        a = df[name].to_numpy(dtype=np.float64)
-        ok = np.isfinite(a) & ((a >= 0) if name == "volume" else (a > 0))
-        if not ok.all():
-            row = int(np.flatnonzero(~ok)[0])
-            rule = "finite and >= 0" if name == "volume" else "finite and > 0"
-            raise ValueError(f"{what}: column {name} must be {rule}; row {row} (ts={ts[row]}) has {a[row]!r}")
-        cols[name] = a
-    return _Ohlcv(ts, cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"])
+    # one stacked check for all five columns (this runs on every live decision)
+    vals = np.empty((5, ts.shape[0]))
+    for k, name in enumerate(_VALUE_COLUMNS):
+        vals[k] = np.asarray(df[name], dtype=np.float64)
+    if not (vals[:4] > 0).all() or not (vals[4] >= 0).all() or not np.isfinite(vals).all():
+        for k, name in enumerate(_VALUE_COLUMNS):
+            a = vals[k]
+            ok = np.isfinite(a) & ((a >= 0) if name == "volume" else (a > 0))
+            if not ok.all():
+                row = int(np.flatnonzero(~ok)[0])
+                rule = "finite and >= 0" if name == "volume" else "finite and > 0"
+                raise ValueError(
+                    f"{what}: column {name} must be {rule}; row {row} (ts={ts[row]}) has {a[row]!r}"
+                )
+    return _Ohlcv(ts, vals[0], vals[1], vals[2], vals[3], vals[4])
 
 
 def resample_candles(candles: pd.DataFrame, timeframe: str) -> pd.DataFrame:
@@ -141,98 +176,230 @@ def _resample(x: _Ohlcv, tf_ms: int) -> _Ohlcv:
     )
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray, clip: float | None = None) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(den > 0, num / den, 0.0)
-    out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
-    if clip is not None:
-        np.clip(out, -clip, clip, out=out)
-    return out
+@numba.njit(cache=True)
+def _tf_kernel(
+    o: np.ndarray,
+    h: np.ndarray,
+    lo: np.ndarray,
+    c: np.ndarray,
+    v: np.ndarray,
+    norm_window: int,
+    sup: np.ndarray,
+    res: np.ndarray,
+    start: int,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    # All per-bar features in one compiled pass: the live path cannot afford ~150 small numpy calls
+    # per timeframe. Indicator definitions are those of core.indicators (same seeds, same warm-up:
+    # a value still warming up reads 0); tests check this kernel against them.
+    m = c.shape[0]
+    a_f = 2.0 / (EMA_FAST + 1.0)
+    a_s = 2.0 / (EMA_SLOW + 1.0)
+    a_g = 2.0 / (MACD_SIGNAL + 1.0)
+    ema_f = c[0]
+    ema_s = c[0]
+    sig = 0.0
+    atr = np.nan
+    tr_sum = 0.0
+    up = 0.0
+    dn = 0.0
+    vsum = 0.0
+    nlev = sup.shape[1]
+    j0 = N_BASE_FEATURES
+    # rows before `start` only advance the recursive state (live: just the last window is needed);
+    # out row r holds bar start + r
+    for i in range(m):
+        # volume vs its trailing mean over norm_window bars (the bar itself included)
+        vsum += v[i]
+        if i >= norm_window:
+            vsum -= v[i - norm_window]
+        # Wilder ATR seeded with the mean of the first ATR_WINDOW true ranges
+        tr = h[i] - lo[i]
+        if i > 0:
+            tr = max(tr, abs(h[i] - c[i - 1]), abs(lo[i] - c[i - 1]))
+        if i < ATR_WINDOW:
+            tr_sum += tr
+            if i == ATR_WINDOW - 1:
+                atr = tr_sum / ATR_WINDOW
+        else:
+            atr = (atr * (ATR_WINDOW - 1) + tr) / ATR_WINDOW
+        ok_atr = atr > 0  # False while NaN
+        if i > 0:
+            ema_f = a_f * c[i] + (1.0 - a_f) * ema_f
+            ema_s = a_s * c[i] + (1.0 - a_s) * ema_s
+        # Wilder RSI over close changes, seeded with the mean of the first RSI_WINDOW changes
+        if i > 0:
+            d = c[i] - c[i - 1]
+            g = d if d > 0 else 0.0
+            ls = -d if d < 0 else 0.0
+            if i <= RSI_WINDOW:
+                up += g
+                dn += ls
+                if i == RSI_WINDOW:
+                    up /= RSI_WINDOW
+                    dn /= RSI_WINDOW
+            else:
+                up = (up * (RSI_WINDOW - 1) + g) / RSI_WINDOW
+                dn = (dn * (RSI_WINDOW - 1) + ls) / RSI_WINDOW
+        # MACD: line from bar EMA_SLOW-1, signal = its EMA seeded there, valid MACD_SIGNAL-1 later
+        line = ema_f - ema_s
+        if i == EMA_SLOW - 1:
+            sig = line
+        elif i >= EMA_SLOW:
+            sig = a_g * line + (1.0 - a_g) * sig
+        if i < start:
+            continue
+        r = i - start
+        lc = 100.0 * np.log(c[i])
+        out[r, 0] = 100.0 * np.log(o[i])
+        out[r, 1] = 100.0 * np.log(h[i])
+        out[r, 2] = 100.0 * np.log(lo[i])
+        out[r, 3] = lc
+        out[r, 4] = lc - 100.0 * np.log(c[i - 1]) if i > 0 else 0.0
+        vmean = vsum / min(i + 1, norm_window)
+        out[r, 5] = np.log1p(v[i] / vmean) if vmean > 0 else 0.0
+        out[r, 6] = _clip((c[i] - ema_f) / atr) if ok_atr and i >= EMA_FAST - 1 else 0.0
+        out[r, 7] = _clip((c[i] - ema_s) / atr) if ok_atr and i >= EMA_SLOW - 1 else 0.0
+        # Bollinger (population std) and rolling VWAP over their windows
+        if i >= BB_WINDOW - 1:
+            mid = 0.0
+            for k in range(i - BB_WINDOW + 1, i + 1):
+                mid += c[k]
+            mid /= BB_WINDOW
+            var = 0.0
+            for k in range(i - BB_WINDOW + 1, i + 1):
+                var += (c[k] - mid) ** 2
+            sd = np.sqrt(var / BB_WINDOW)
+            out[r, 8] = _clip((c[i] - mid) / sd) if sd > 0 else 0.0
+            out[r, 9] = 400.0 * sd / mid
+        else:
+            out[r, 8] = 0.0
+            out[r, 9] = 0.0
+        if i >= VWAP_WINDOW - 1 and ok_atr:
+            pv = 0.0
+            vv = 0.0
+            for k in range(i - VWAP_WINDOW + 1, i + 1):
+                pv += (h[k] + lo[k] + c[k]) / 3.0 * v[k]
+                vv += v[k]
+            out[r, 14] = _clip((c[i] - pv / vv) / atr) if vv > 0 else 0.0
+        else:
+            out[r, 14] = 0.0
+        if i >= RSI_WINDOW:
+            out[r, 10] = up / (up + dn) - 0.5 if up + dn > 0 else 0.0
+        else:
+            out[r, 10] = 0.0
+        out[r, 11] = _clip(line / atr) if ok_atr and i >= EMA_SLOW - 1 else 0.0
+        ok_sig = ok_atr and i >= EMA_SLOW + MACD_SIGNAL - 2
+        out[r, 12] = _clip((line - sig) / atr) if ok_sig else 0.0
+        out[r, 13] = 100.0 * atr / c[i] if ok_atr else 0.0
+        for k in range(nlev):
+            s_k = sup[i, k]
+            r_k = res[i, k]
+            out[r, j0 + 2 * k] = _clip((c[i] - s_k) / atr) if ok_atr and s_k == s_k else 0.0
+            out[r, j0 + 2 * k + 1] = _clip((r_k - c[i]) / atr) if ok_atr and r_k == r_k else 0.0
+        out[r, j0 + 2 * nlev] = 1.0
 
 
-def _trailing_sums(x: np.ndarray, window: int) -> np.ndarray:
-    """Sum of x over the last `window` elements (fewer at the start), via cumulative sums: used only
-    on small, centred values (returns), where cumsum differences keep full precision."""
-    cs = np.cumsum(x)
-    out = cs.copy()
-    out[window:] -= cs[:-window]
-    return out
+@numba.njit(cache=True)
+def _clip(x: float) -> float:  # pragma: no cover - compiled
+    if x != x:
+        return 0.0
+    return min(max(x, -ATR_CLIP), ATR_CLIP)
 
 
-def _tf_matrix(x: _Ohlcv, levels: int, norm_window: int) -> np.ndarray:
-    """[M, F] float64 per-bar features of one timeframe series. Price columns hold 100*log(price)
-    (made relative to close_t when a sample is gathered); every other column is final."""
-    m = len(x)
-    f = len(_BASE_BAR_FEATURES) + 2 * levels + 1
-    out = np.zeros((m, f))
-    if m == 0:
+def _tf_matrix(x: _Ohlcv, levels: int, norm_window: int, tail: int | None = None) -> np.ndarray:
+    """[M, F] float64 per-bar features of one timeframe series (only the last `tail` rows if
+    given). Price columns hold 100*log(price) (made relative to close_t when a sample is
+    gathered); every other column is final."""
+    start = 0 if tail is None else max(0, len(x) - tail)
+    out = np.empty((len(x) - start, N_BASE_FEATURES + 2 * levels + 1))
+    if len(x) == 0:
         return out
-    c = x.c
-    out[:, 0] = 100.0 * np.log(x.o)
-    out[:, 1] = 100.0 * np.log(x.h)
-    out[:, 2] = 100.0 * np.log(x.lo)
-    out[:, 3] = 100.0 * np.log(c)
-    out[1:, 4] = out[1:, 3] - out[:-1, 3]
-    # volume vs its trailing mean (the bar itself included): scale-free across symbols
-    vmean = _trailing_sums(x.v, norm_window) / np.minimum(np.arange(1, m + 1), norm_window)
-    out[:, 5] = np.log1p(_safe_div(x.v, vmean))
-    a = ind.atr(x.h, x.lo, c, ATR_WINDOW)
-    out[:, 6] = _safe_div(c - ind.ema(c, EMA_FAST), a, ATR_CLIP)
-    out[:, 7] = _safe_div(c - ind.ema(c, EMA_SLOW), a, ATR_CLIP)
-    mid, up, _ = ind.bollinger(c, BB_WINDOW, 2.0)
-    sd = (up - mid) / 2.0
-    out[:, 8] = _safe_div(c - mid, sd, ATR_CLIP)
-    out[:, 9] = _safe_div(4.0 * sd, mid) * 100.0
-    out[:, 10] = np.nan_to_num(ind.rsi(c, RSI_WINDOW) / 100.0 - 0.5, nan=0.0)
-    line, _, hist = ind.macd(c, EMA_FAST, EMA_SLOW, MACD_SIGNAL)
-    out[:, 11] = _safe_div(line, a, ATR_CLIP)
-    out[:, 12] = _safe_div(hist, a, ATR_CLIP)
-    out[:, 13] = _safe_div(a, c) * 100.0
-    out[:, 14] = _safe_div(c - ind.vwap_rolling(x.h, x.lo, c, x.v, VWAP_WINDOW), a, ATR_CLIP)
-    ms = market_structure(x.h, x.lo, levels, PIVOT_STRENGTH, PIVOT_HIGHER_STRENGTH)
-    sup, res = support_resistance(ms, levels)
-    j = len(_BASE_BAR_FEATURES)
-    for k in range(levels):
-        out[:, j + 2 * k] = _safe_div(c - sup[:, k], a, ATR_CLIP)
-        out[:, j + 2 * k + 1] = _safe_div(res[:, k] - c, a, ATR_CLIP)
-    out[:, -1] = 1.0
+    sup, res = support_resistance_fast(x.h, x.lo, levels, PIVOT_STRENGTH, PIVOT_HIGHER_STRENGTH)
+    _tf_kernel(x.o, x.h, x.lo, x.c, x.v, norm_window, sup, res, start, out)
     return out
 
 
-def _base_extras(x: _Ohlcv, norm_window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per base bar: extra flat columns (session VWAP distance, returns over RETURN_HORIZONS) [M, 4]
-    and regime [M, 4] (rv_60, ret_60, eff_60, rv_ratio). Trailing only."""
-    m = len(x)
-    lc = np.log(x.c)
-    r = np.zeros(m)
-    r[1:] = np.diff(lc)
-    idx = np.arange(m)
+@numba.njit(cache=True)
+def _std_of_returns(lc: np.ndarray, i: int, window: int) -> float:  # pragma: no cover - compiled
+    # population std of the last min(i, window) log returns ending at bar i (direct sums, so the
+    # value never depends on how much history precedes the window)
+    n = min(i, window)
+    if n < 2:
+        return 0.0
+    mean = (lc[i] - lc[i - n]) / n
+    var = 0.0
+    for j in range(i - n + 1, i + 1):
+        var += (lc[j] - lc[j - 1] - mean) ** 2
+    return np.sqrt(var / n)
 
-    def ret_over(k: int) -> np.ndarray:
-        out = np.zeros(m)
-        out[k:] = 100.0 * (lc[k:] - lc[:-k])
-        return out
 
-    a = ind.atr(x.h, x.lo, x.c, ATR_WINDOW)
-    sv = ind.vwap_session(x.ts, x.h, x.lo, x.c, x.v)
-    flat = np.column_stack([_safe_div(x.c - sv, a, ATR_CLIP)] + [ret_over(k) for k in RETURN_HORIZONS])
+@numba.njit(cache=True)
+def _extras_kernel(
+    ts: np.ndarray,
+    h: np.ndarray,
+    lo: np.ndarray,
+    c: np.ndarray,
+    v: np.ndarray,
+    lc: np.ndarray,
+    norm_window: int,
+    start: int,
+    flat: np.ndarray,
+    regime: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    # Per base bar from `start` on: flat extras (session-VWAP distance in ATR units, 100*log
+    # returns over RETURN_HORIZONS) and regime (rv_60, ret_60, eff_60, rv_ratio); trailing only.
+    atr = np.nan
+    tr_sum = 0.0
+    day = np.int64(-1)
+    spv = 0.0
+    sv = 0.0
+    for i in range(c.shape[0]):
+        tr = h[i] - lo[i]
+        if i > 0:
+            tr = max(tr, abs(h[i] - c[i - 1]), abs(lo[i] - c[i - 1]))
+        if i < ATR_WINDOW:
+            tr_sum += tr
+            if i == ATR_WINDOW - 1:
+                atr = tr_sum / ATR_WINDOW
+        else:
+            atr = (atr * (ATR_WINDOW - 1) + tr) / ATR_WINDOW
+        d = ts[i] // DAY_MS  # the VWAP session resets at 00:00 UTC
+        tp = (h[i] + lo[i] + c[i]) / 3.0
+        if d != day:
+            day = d
+            spv = 0.0
+            sv = 0.0
+        spv += tp * v[i]
+        sv += v[i]
+        if i < start:
+            continue
+        r = i - start
+        vw = spv / sv if sv > 0 else tp
+        flat[r, 0] = _clip((c[i] - vw) / atr) if atr > 0 else 0.0
+        for q in range(len(RETURN_HORIZONS)):
+            k = RETURN_HORIZONS[q]
+            flat[r, 1 + q] = 100.0 * (lc[i] - lc[i - k]) if i >= k else 0.0
+        rv = _std_of_returns(lc, i, REGIME_WINDOW)
+        rv_long = _std_of_returns(lc, i, norm_window)
+        ret = lc[i] - lc[i - REGIME_WINDOW] if i >= REGIME_WINDOW else 0.0
+        path = 0.0
+        for j in range(max(1, i - REGIME_WINDOW + 1), i + 1):
+            path += abs(lc[j] - lc[j - 1])
+        regime[r, 0] = 100.0 * rv
+        regime[r, 1] = 100.0 * ret
+        regime[r, 2] = ret / path if path > 0 else 0.0
+        regime[r, 3] = np.log(rv / rv_long) if rv > 0 and rv_long > 0 else 0.0
 
-    def vol(window: int) -> np.ndarray:
-        n = np.minimum(idx, window).astype(np.float64)  # returns available in the window
-        s1, s2 = _trailing_sums(r, window), _trailing_sums(r * r, window)
-        mean = _safe_div(s1, n)
-        var = np.maximum(_safe_div(s2, n) - mean * mean, 0.0)
-        return np.where(n >= 2, np.sqrt(var), 0.0)
 
-    rv = vol(REGIME_WINDOW)
-    rv_long = vol(norm_window)
-    ret60 = np.zeros(m)
-    ret60[REGIME_WINDOW:] = lc[REGIME_WINDOW:] - lc[:-REGIME_WINDOW]
-    path = _trailing_sums(np.abs(r), REGIME_WINDOW)
-    eff = _safe_div(ret60, path)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where((rv > 0) & (rv_long > 0), np.log(rv / rv_long), 0.0)
-    regime = np.column_stack([100.0 * rv, 100.0 * ret60, eff, ratio])
+def _base_extras(x: _Ohlcv, norm_window: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Flat extras [M - start, 1 + len(RETURN_HORIZONS)] and regime [M - start, 4] of the base bars
+    from `start` on (live: only the last bar)."""
+    rows = len(x) - start
+    flat = np.zeros((rows, 1 + len(RETURN_HORIZONS)))
+    regime = np.zeros((rows, 4))
+    if rows > 0:
+        _extras_kernel(x.ts, x.h, x.lo, x.c, x.v, np.log(x.c), norm_window, start, flat, regime)
     return flat, regime
 
 
@@ -254,6 +421,25 @@ def _ref_features(ref: pd.DataFrame | None, ts: np.ndarray) -> np.ndarray:
     has = i >= 0
     out[has, -1] = (rx.ts[i[has]] == ts[has]).astype(np.float64)
     return out
+
+
+@numba.njit(cache=True)
+def _gather(mat: np.ndarray, last: np.ndarray, logc: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    # out[s] = the `win` rows of mat ending at last[s] (left-padded with zeros), prices made
+    # relative to the sample's own close: 100*log(x) - 100*log(close_t).
+    win = out.shape[1]
+    f = out.shape[2]
+    for s in range(last.shape[0]):
+        for li in range(win):
+            row = last[s] - win + 1 + li
+            if row < 0:
+                for k in range(f):
+                    out[s, li, k] = 0.0
+                continue
+            for k in range(_N_PRICE):
+                out[s, li, k] = mat[row, k] - logc[s]
+            for k in range(_N_PRICE, f):
+                out[s, li, k] = mat[row, k]
 
 
 class FeatureBuilder:
@@ -294,21 +480,16 @@ class FeatureBuilder:
         self._check_grid(x)
         n, tcount, win = len(x), len(self.timeframes), self.window
         f = len(self.spec.bar_features)
-        windows = np.zeros((n, tcount, win, f), dtype=np.float32)
+        windows = np.empty((n, tcount, win, f), dtype=np.float32)  # _gather writes every cell
         now = x.ts + self.base_ms  # close time of each sample's bar
-        logc = 100.0 * np.log(x.c)
+        logc = np.zeros(n)
         for ti, tf_ms in enumerate(self.tf_ms):
             series = x if ti == 0 else _resample(x, tf_ms)
             mat = _tf_matrix(series, self.levels, self.norm_window)
+            if ti == 0:  # 100*log(close_t), exactly as the kernel computed it
+                logc = mat[:, 3].copy()
             last = np.searchsorted(series.ts + tf_ms, now, side="right") - 1  # last closed bar
-            padded = np.vstack([np.zeros((win, f)), mat])
-            view = sliding_window_view(padded, win, axis=0)  # [M+1, F, L]; row j+1 ends at bar j
-            for s in range(0, n, CHUNK):
-                e = min(n, s + CHUNK)
-                w = view[last[s:e] + 1].transpose(0, 2, 1).copy()  # [n, L, F] float64
-                w[..., :_N_PRICE] -= logc[s:e, None, None]
-                w[..., :_N_PRICE] *= w[..., -1:]  # padding stays exactly 0
-                windows[s:e, ti] = w
+            _gather(mat, last, logc, windows[:, ti])
         extras, regime = _base_extras(x, self.norm_window)
         flat = np.concatenate(
             [windows[:, :, -1, :].reshape(n, tcount * f), extras, _ref_features(ref, x.ts)], axis=1
@@ -339,19 +520,21 @@ class FeatureBuilder:
         self._check_grid(base)
         t = int(base.ts[-1])
         now = t + self.base_ms
-        logc = 100.0 * np.log(base.c[-1])
+        logc = 0.0
         win, f = self.window, len(self.spec.bar_features)
         windows = np.zeros((1, len(self.timeframes), win, f), dtype=np.float32)
         for ti, (tf, tf_ms) in enumerate(zip(self.timeframes, self.tf_ms, strict=True)):
             series = base if ti == 0 else _as_ohlcv(frames[tf], f"{tf} frame")
             if ti:
                 series = series.head(int(np.searchsorted(series.ts + tf_ms, now, side="right")))
-            mat = _tf_matrix(series, self.levels, self.norm_window)[-win:]
+            mat = _tf_matrix(series, self.levels, self.norm_window, tail=win)
+            if ti == 0:
+                logc = float(mat[-1, 3])
             mat[:, :_N_PRICE] -= logc
             windows[0, ti, win - mat.shape[0] :] = mat
-        extras, regime = _base_extras(base, self.norm_window)
+        extras, regime = _base_extras(base, self.norm_window, start=len(base) - 1)
         flat = np.concatenate(
-            [windows[:, :, -1, :].reshape(1, -1), extras[-1:], _ref_features(ref, base.ts[-1:])], axis=1
+            [windows[:, :, -1, :].reshape(1, -1), extras, _ref_features(ref, base.ts[-1:])], axis=1
         ).astype(np.float32)
         return FeatureBatch(
             symbol=symbol,
@@ -360,7 +543,7 @@ class FeatureBuilder:
             close=base.c[-1:].copy(),
             windows=windows,
             flat=flat,
-            regime=regime[-1:].astype(np.float32),
+            regime=regime.astype(np.float32),
             spec=self.spec,
         )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -119,4 +120,75 @@ def support_resistance(ms: MarketStructure, levels: int | None = None) -> tuple[
         raise ValueError(f"levels must be within 1..{len(ms.highs)}, got {levels}")
     sup = np.column_stack([latest_confirmed(ms.lows[i], ms.n_bars) for i in range(k)])
     res = np.column_stack([latest_confirmed(ms.highs[i], ms.n_bars) for i in range(k)])
+    return sup, res
+
+
+@numba.njit(cache=True)
+def _latest_kernel(
+    vals: np.ndarray, sign: float, levels: int, strength: int, higher_strength: int, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    # Same rules as market_structure, fused into one pass per level for the live path:
+    # out[:, k] = price of the last level-(k+1) pivot confirmed at or before each bar.
+    n = vals.shape[0]
+    idx = np.empty(n, dtype=np.int64)
+    conf = np.empty(n, dtype=np.int64)
+    price = np.empty(n)
+    cnt = 0
+    for i in range(strength, n - strength):
+        centre = sign * vals[i]
+        ok = True
+        for j in range(i - strength, i + strength + 1):
+            if j != i and not centre > sign * vals[j]:
+                ok = False
+                break
+        if ok:
+            idx[cnt] = i
+            conf[cnt] = i + strength
+            price[cnt] = vals[i]
+            cnt += 1
+    for k in range(levels):
+        if k > 0:  # pivots of this level among the previous level's pivots
+            new = 0
+            for p in range(higher_strength, cnt - higher_strength):
+                centre = sign * price[p]
+                ok = True
+                for q in range(p - higher_strength, p + higher_strength + 1):
+                    if q != p and not centre > sign * price[q]:
+                        ok = False
+                        break
+                if ok:
+                    idx[new] = idx[p]
+                    conf[new] = conf[p + higher_strength]
+                    price[new] = price[p]
+                    new += 1
+            cnt = new
+        col = out[:, k]
+        col[:] = np.nan
+        for p in range(cnt):
+            start = conf[p]
+            if start >= n:
+                break
+            stop = conf[p + 1] if p + 1 < cnt and conf[p + 1] < n else n
+            col[start:stop] = price[p]
+
+
+def support_resistance_fast(
+    high: np.ndarray,
+    low: np.ndarray,
+    levels: int = MAX_LEVELS,
+    strength: int = 2,
+    higher_strength: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """support_resistance(market_structure(...)) in one compiled pass (the FeatureBuilder's live
+    path); equal to it by test."""
+    h = np.ascontiguousarray(high, dtype=np.float64)
+    lo = np.ascontiguousarray(low, dtype=np.float64)
+    if h.ndim != 1 or h.shape != lo.shape:
+        raise ValueError(f"high and low must be 1-D arrays of equal length, got {h.shape} and {lo.shape}")
+    if not 1 <= levels <= MAX_LEVELS or strength < 1 or higher_strength < 1:
+        raise ValueError(f"bad pivot settings: levels={levels}, strength={strength}, higher={higher_strength}")
+    sup = np.empty((h.shape[0], levels))
+    res = np.empty((h.shape[0], levels))
+    _latest_kernel(lo, -1.0, levels, strength, higher_strength, sup)
+    _latest_kernel(h, 1.0, levels, strength, higher_strength, res)
     return sup, res
