@@ -90,4 +90,4 @@ class ReplaySource:
 
 def _frame(ts: np.ndarray, vals: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"ts": ts, "open": vals[:, 0], "high": vals[:, 1], "low": vals[:, 2],
-                         "close": vals[:, 3], "volume": vals[:, 4]})
+                         "close": vals[:, 3], "volume": vals[:, 4]}, copy=False)

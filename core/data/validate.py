@@ -82,6 +82,67 @@ def _ts_array(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return ts, bad
 
 
+def rule_codes(ts: np.ndarray, ts_bad: np.ndarray, vals: np.ndarray, timeframe: str, now_ms: int,
+               last_ts: int | None = None, max_future_ms: int = 5_000) -> np.ndarray:
+    """Per-row reason code (0 = valid, else 1 + index into REASONS) for ts[N] and vals[N, 5]
+    (open, high, low, close, volume). Pure numpy: the hot path of live ingestion and bulk imports."""
+    n = len(ts)
+    tf_ms = timeframe_ms(timeframe)
+    code = np.zeros(n, dtype=np.int8)
+    if n == 0:
+        return code
+    o, h, lo, c, v = (vals[:, i] for i in range(5))
+
+    def mark(mask: np.ndarray, reason: str) -> None:
+        code[(code == 0) & mask] = REASONS.index(reason) + 1
+
+    mark(ts_bad | ~np.isfinite(vals).all(axis=1), "missing_value")
+    with np.errstate(invalid="ignore"):
+        mark((vals[:, :4] <= 0).any(axis=1), "non_positive_price")
+        mark(h < lo, "high_below_low")
+        mark(h < np.maximum(o, c), "high_below_body")
+        mark(lo > np.minimum(o, c), "low_above_body")
+        mark(v < 0, "negative_volume")
+    mark((ts - grid_offset(timeframe)) % tf_ms != 0, "off_grid")
+    mark(ts > now_ms + max_future_ms, "future")
+    if n > 1:
+        if (np.diff(ts) > 0).all() and not ts_bad.any():
+            pass  # strictly ascending: no duplicates, nothing out of order within the batch
+        else:
+            # Duplicates: any earlier row with the same ts (a stable sort keeps the first).
+            order = np.argsort(ts, kind="stable")
+            sorted_ts = ts[order]
+            dup_sorted = np.zeros(n, dtype=bool)
+            dup_sorted[1:] = sorted_ts[1:] == sorted_ts[:-1]
+            dup = np.empty(n, dtype=bool)
+            dup[order] = dup_sorted
+            mark(dup & ~ts_bad, "duplicate_ts")
+            # Out of order: below the running max of the earlier rows.
+            prev_max = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+            prev_max[1:] = np.maximum.accumulate(np.where(ts_bad, np.iinfo(np.int64).min, ts))[:-1]
+            mark((ts < prev_max) & ~ts_bad, "out_of_order")
+    if last_ts is not None:
+        mark((ts < int(last_ts)) & ~ts_bad, "out_of_order")
+    return code
+
+
+def candle_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ts int64[N], ts_bad bool[N], vals float64[N, 5]) from a candle frame (non-numbers -> NaN)."""
+    check_columns(df)
+    ts, ts_bad = _ts_array(df)
+    if len(df.columns) == 6 and (df.dtypes.iloc[1:] == np.float64).all() and tuple(df.columns) == CANDLE_COLUMNS:
+        # fast path (live/replay rows): one block read instead of five column lookups
+        return ts, ts_bad, df.iloc[:, 1:].to_numpy(dtype=np.float64)
+    cols = []
+    for c in CANDLE_COLUMNS[1:]:
+        col = df[c]
+        if col.dtype != np.float64:
+            col = pd.to_numeric(col, errors="coerce")
+        cols.append(col.to_numpy(dtype=np.float64, na_value=np.nan))
+    vals = np.column_stack(cols) if len(df) else np.empty((0, 5))
+    return ts, ts_bad, vals
+
+
 def validate_candles(
     df: pd.DataFrame,
     timeframe: str,
@@ -95,62 +156,20 @@ def validate_candles(
 
     ``now_ms`` defaults to the wall clock; ``last_ts`` is the newest candle already stored/cached for
     this series (rows before it are out of order). ``source`` only labels the log lines."""
-    check_columns(df)
-    tf_ms = timeframe_ms(timeframe)
-    n = len(df)
+    ts, ts_bad, vals = candle_arrays(df)
     now = int(time.time() * 1000) if now_ms is None else int(now_ms)
-
-    ts, ts_bad = _ts_array(df)
-    vals = np.column_stack(
-        [pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-         for c in CANDLE_COLUMNS[1:]]
-    ) if n else np.empty((0, 5))
-    o, h, lo, c, v = (vals[:, i] for i in range(5))
-
-    # One reason code per row: the first rule broken (0 = valid).
-    code = np.zeros(n, dtype=np.int8)
-
-    def mark(mask: np.ndarray, reason: str) -> None:
-        code[(code == 0) & mask] = REASONS.index(reason) + 1
-
-    mark(ts_bad | ~np.isfinite(vals).all(axis=1), "missing_value")
-    with np.errstate(invalid="ignore"):
-        mark((vals[:, :4] <= 0).any(axis=1), "non_positive_price")
-        mark(h < lo, "high_below_low")
-        mark(h < np.maximum(o, c), "high_below_body")
-        mark(lo > np.minimum(o, c), "low_above_body")
-        mark(v < 0, "negative_volume")
-    mark((ts - grid_offset(timeframe)) % tf_ms != 0, "off_grid")
-    mark(ts > now + max_future_ms, "future")
-    if n:
-        # Duplicates: any earlier row with the same ts (stable order keeps the first).
-        order = np.argsort(ts, kind="stable")
-        sorted_ts = ts[order]
-        dup_sorted = np.zeros(n, dtype=bool)
-        dup_sorted[1:] = sorted_ts[1:] == sorted_ts[:-1]
-        dup = np.empty(n, dtype=bool)
-        dup[order] = dup_sorted
-        mark(dup & ~ts_bad, "duplicate_ts")
-        # Out of order: below the running max of the earlier rows, or below last_ts.
-        prev_max = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
-        if n > 1:
-            prev_max[1:] = np.maximum.accumulate(np.where(ts_bad, np.iinfo(np.int64).min, ts))[:-1]
-        if last_ts is not None:
-            np.maximum(prev_max, int(last_ts), out=prev_max)
-        mark((ts < prev_max) & ~ts_bad, "out_of_order")
-
+    code = rule_codes(ts, ts_bad, vals, timeframe, now, last_ts, max_future_ms)
     ok = code == 0
-    out = pd.DataFrame(
-        {"ts": ts, "open": o, "high": h, "low": lo, "close": c, "volume": v}, copy=False
-    ) if n else pd.DataFrame({k: pd.Series(dtype="int64" if k == "ts" else "float64") for k in CANDLE_COLUMNS})
+    out = pd.DataFrame({"ts": ts, "open": vals[:, 0], "high": vals[:, 1], "low": vals[:, 2],
+                        "close": vals[:, 3], "volume": vals[:, 4]}, copy=False)
     if ok.all():
-        return ValidationResult(out.reset_index(drop=True), _empty_rejected(), {})
+        return ValidationResult(out, _EMPTY_REJECTED, {})
     valid = out[ok].reset_index(drop=True)
     rej = df.loc[~ok, list(CANDLE_COLUMNS)].copy()
     rej["reason"] = [REASONS[i - 1] for i in code[~ok]]
     rej = rej.reset_index(drop=True)
     counts = {r: int(k) for r, k in rej["reason"].value_counts().items()}
-    _log_rejections(rej, counts, timeframe, source)
+    log_rejections(rej, counts, timeframe, source)
     return ValidationResult(valid, rej, counts)
 
 
@@ -161,7 +180,10 @@ def _empty_rejected() -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def _log_rejections(rej: pd.DataFrame, counts: dict[str, int], timeframe: str, source: str) -> None:
+_EMPTY_REJECTED = _empty_rejected()  # shared, never mutated: returned when nothing was rejected
+
+
+def log_rejections(rej: pd.DataFrame, counts: dict[str, int], timeframe: str, source: str) -> None:
     where = f"{source} " if source else ""
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     log.warning("%s%s candles rejected: %d (%s)", where, timeframe, len(rej), summary)
