@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import plotly
+import plotly.graph_objects as go
 import pytest
 
 from core import indicators as ind
@@ -34,18 +35,20 @@ def _snap(candles: pd.DataFrame, kronos: KronosSummary | None = None) -> EngineS
 def test_trace_order_and_overlay_visibility(btc: pd.DataFrame) -> None:
     df = btc.iloc[:1500]
     fig = figures.candle_figure(df, ["sma5", "pivots"])
-    names = [t.name for t in fig.data]
-    assert len(names) == len(figures.TRACE_NAMES)
-    assert fig.data[figures.TRACE["candles"]].type == "candlestick"
-    assert fig.data[figures.TRACE["volume"]].type == "bar"
-    assert fig.data[figures.TRACE["sma5"]].visible is True
-    assert fig.data[figures.TRACE["sma21"]].visible is False
-    assert fig.data[figures.TRACE["sma5"]].line.color == "orange"
-    assert fig.data[figures.TRACE["sma21"]].line.color == "red"
-    assert fig.data[figures.TRACE["sma233"]].line.color == "grey"
-    assert fig.layout.hovermode == "x unified" and fig.layout.xaxis.showspikes
+    go.Figure(fig)  # a valid plotly figure (validated here once; the app skips validation for speed)
+    data, lay = fig["data"], fig["layout"]
+    assert len(data) == len(figures.TRACE_NAMES)
+    assert data[figures.TRACE["candles"]]["type"] == "candlestick"
+    assert len(data[0]["x"]) == 1500 and data[0]["x"][0] == int(df["ts"].iloc[0])
+    assert data[figures.TRACE["volume"]]["type"] == "bar"
+    assert data[figures.TRACE["sma5"]]["visible"] is True
+    assert data[figures.TRACE["sma21"]]["visible"] is False
+    assert data[figures.TRACE["sma5"]]["line"]["color"] == "orange"
+    assert data[figures.TRACE["sma21"]]["line"]["color"] == "red"
+    assert data[figures.TRACE["sma233"]]["line"]["color"] == "grey"
+    assert lay["hovermode"] == "x unified" and lay["xaxis"]["showspikes"]
     # pivots: classic floor pivots of the previous complete UTC day, as layout lines
-    assert len(fig.layout.shapes) == 7
+    assert len(lay["shapes"]) == 7
 
 
 def test_indicators_match_core_indicators_and_are_past_only(btc: pd.DataFrame) -> None:
@@ -73,15 +76,15 @@ def test_append_payload_equals_full_figure_tail(btc: pd.DataFrame) -> None:
     df = btc.iloc[:1501]
     full = figures.candle_figure(df, figures.OVERLAYS)
     pay = figures.append_payload(df, 1)
-    assert pay["candles"]["close"] == [full.data[0].close[-1]]
+    assert pay["candles"]["close"] == [full["data"][0]["close"][-1]]
     for name in figures.LINE_TRACES:
-        assert pay[name]["y"] == [full.data[figures.TRACE[name]].y[-1]]
+        assert pay[name]["y"] == [full["data"][figures.TRACE[name]]["y"][-1]]
 
 
 def test_chart_update_patches_new_candle_and_fan(btc: pd.DataFrame) -> None:
     s1 = _snap(btc.iloc[:1500])
     fig, st = live.chart_update(s1, None, "1m", list(figures.OVERLAYS), None)
-    assert hasattr(fig, "data") and st["n"] == 1500
+    assert "data" in fig and st["n"] == 1500
     # nothing new -> no update at all
     same, st_same = live.chart_update(s1, None, "1m", list(figures.OVERLAYS), st)
     assert same is live.no_update and st_same["last_ts"] == st["last_ts"]
@@ -111,4 +114,4 @@ def test_timeframe_switch_redraws(btc: pd.DataFrame) -> None:
     _, st = live.chart_update(s, None, "1m", [], None)
     s1h = replace(s, candles={"1m": btc.iloc[:1500], "1h": btc.iloc[:1500:60]})
     fig, st2 = live.chart_update(s1h, None, "1h", [], st)
-    assert hasattr(fig, "data") and st2["tf"] == "1h" and st2["n"] == 25
+    assert "data" in fig and st2["tf"] == "1h" and st2["n"] == 25

@@ -1,0 +1,204 @@
+"""REST API (web/api.py) and auth (web/auth.py) against the REAL engine replaying shared BTC/USDT data.
+
+Every endpoint, malformed bodies (hand-written bad JSON: the edge cases under test), and the token
+rules on and off loopback. Flask test client; the engine runs its own threads meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_web_helpers import replay_engine, wait_for  # tests/ is on sys.path (pytest rootdir conftest)
+
+from core.config import Secrets
+from web.app import create_app
+from web.auth import COOKIE, BindRefused
+
+TOKEN = "t0k3n-for-tests-only"
+
+
+@pytest.fixture(scope="module")
+def running(shared_data, tmp_path_factory):
+    eng, cfg, models = replay_engine(shared_data, tmp_path_factory.mktemp("api"))
+    yield eng, cfg
+    eng.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(running):
+    return running[0]
+
+
+@pytest.fixture(scope="module")
+def cfg(running):
+    return running[1]
+
+
+@pytest.fixture(scope="module")
+def client(engine, cfg):
+    app = create_app(engine, cfg, host="127.0.0.1", secrets=Secrets())
+    return app.server.test_client()
+
+
+def test_status(client, engine) -> None:
+    r = client.get("/api/status")
+    assert r.status_code == 200
+    j = r.get_json()
+    assert j["mode"] == "replay" and j["symbol"] == "BTC/USDT" and j["timeframe"] == "1m"
+    assert j["running"] is True
+    assert isinstance(j["last_candle_ts"], int)
+    assert set(j["kill_switch"]) == {"active", "reason", "since_ms"}
+    assert isinstance(j["sources"], dict) and j["sources"]
+
+
+def test_initial_data_matches_engine_candles(client, engine) -> None:
+    r = client.get("/api/initial_data?limit=200")
+    assert r.status_code == 200
+    j = r.get_json()
+    c = j["candles"]
+    assert len(c["ts"]) == len(c["close"]) == 200
+    assert c["ts"] == sorted(c["ts"])
+    snap = engine.snapshot()
+    df = snap.candles["1m"]
+    # the same real candles the engine holds (the stream may have moved on by a bar or two)
+    row = df[df["ts"] == c["ts"][-1]]
+    assert len(row) == 1 and row["close"].iloc[0] == pytest.approx(c["close"][-1])
+    assert set(j["prediction"]) >= {"decision", "experts", "gate_weights", "kronos"}
+
+
+@pytest.mark.parametrize("query,status", [
+    ("timeframe=7x", 400), ("limit=abc", 400), ("limit=0", 400), ("limit=999999", 400),
+    ("symbol=ETH/USDT", 404), ("timeframe=1w", 404),
+])
+def test_initial_data_bad_query(client, query: str, status: int) -> None:
+    r = client.get(f"/api/initial_data?{query}")
+    assert r.status_code == status
+    assert r.get_json()["message"]
+
+
+def test_latest_and_generate_prediction(client, engine) -> None:
+    wait_for(lambda: engine.snapshot().decision is not None, 60, "a first decision")
+    j = client.get("/api/latest_prediction").get_json()
+    d = j["decision"]
+    assert d["action"] in ("BUY", "SELL", "HOLD")
+    assert sum(d["probs"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert set(d["weights"]) <= set(j["experts"]) | set(engine.snapshot().experts)
+    r = client.get("/api/generate_prediction")
+    assert r.status_code == 200
+    assert isinstance(r.get_json(), dict) and r.get_json()
+
+
+def test_thresholds_roundtrip_reaches_engine(client, engine) -> None:
+    r = client.put("/api/thresholds", json={"buy": 0.71, "sell": 0.66, "min_confidence": 0.05})
+    assert r.status_code == 200, r.get_json()
+    wait_for(lambda: engine.snapshot().thresholds.buy == pytest.approx(0.71), 20, "thresholds applied")
+    assert client.get("/api/thresholds").get_json() == {"buy": 0.71, "sell": 0.66, "min_confidence": 0.05}
+
+
+@pytest.mark.parametrize("body,status", [
+    ("not json", 400), ("[0.5, 0.5]", 400), ('{"buy": 0.5}', 422), ('{"buy": 1.5, "sell": 0.5}', 422),
+    ('{"buy": -0.1, "sell": 0.5}', 422), ('{"buy": "0.5", "sell": 0.5}', 422), ('{"buy": true, "sell": 0.5}', 422),
+    ('{"buy": 0.5, "sell": 0.5, "extra": 1}', 422),
+])
+def test_thresholds_malformed(client, engine, body: str, status: int) -> None:
+    before = engine.snapshot().thresholds
+    r = client.put("/api/thresholds", data=body, content_type="application/json")
+    assert r.status_code == status
+    assert r.get_json()["error"] and r.get_json()["message"]
+    assert engine.snapshot().thresholds == before  # nothing applied
+
+
+def test_experts_and_patch(client, engine) -> None:
+    j = client.get("/api/experts").get_json()
+    names = [e["name"] for e in j["experts"]]
+    assert names and set(names) == set(engine.snapshot().experts)
+    name = names[0]
+    r = client.patch(f"/api/experts/{name}", json={"training": True})
+    assert r.status_code == 409 and "Live-training" in r.get_json()["message"]
+    assert client.patch("/api/experts/nope", json={"enabled": False}).status_code == 404
+    assert client.patch(f"/api/experts/{name}", json={}).status_code == 422
+    assert client.patch(f"/api/experts/{name}", json={"enabled": "no"}).status_code == 422
+    assert client.patch(f"/api/experts/{name}", data="{", content_type="application/json").status_code == 400
+    r = client.patch(f"/api/experts/{name}", json={"enabled": False})
+    assert r.status_code == 200
+    wait_for(lambda: engine.snapshot().experts[name].enabled is False, 20, f"{name} disabled")
+    assert client.patch(f"/api/experts/{name}", json={"enabled": True}).status_code == 200
+    wait_for(lambda: engine.snapshot().experts[name].enabled is True, 20, f"{name} enabled again")
+
+
+def test_trades_and_equity(client) -> None:
+    j = client.get("/api/trades?limit=5").get_json()
+    assert set(j) == {"trades", "open_orders", "positions"} and len(j["trades"]) <= 5
+    assert client.get("/api/trades?limit=x").status_code == 400
+    e = client.get("/api/equity").get_json()
+    assert len(e["ts"]) == len(e["equity"])
+
+
+def test_unknown_route_and_method_are_json(client) -> None:
+    r = client.get("/api/nope")
+    assert r.status_code == 404 and r.get_json()["error"] == "not_found"
+    r = client.delete("/api/thresholds")
+    assert r.status_code == 405 and r.get_json()["message"]
+
+
+def test_stream_stop_and_start(client, engine) -> None:
+    assert client.post("/api/start_stream", json={"symbol": "BTCUSDT", "timeframe": "1m"}).status_code == 422
+    assert client.post("/api/start_stream", json={"symbol": "BTC/USDT", "timeframe": "2x"}).status_code == 422
+    assert client.post("/api/start_stream", json={"symbol": "BTC/USDT"}).status_code == 422
+    assert client.post("/api/stop_stream").status_code == 200
+    wait_for(lambda: not engine.snapshot().streaming, 20, "stream stopped")
+    r = client.post("/api/start_stream", json={"symbol": "BTC/USDT", "timeframe": "1m"})
+    assert r.status_code == 200, r.get_json()
+    wait_for(lambda: engine.snapshot().streaming, 20, "stream restarted")
+
+
+# ---------------------------------------------------------------- auth
+
+
+def test_refuses_public_bind_without_token(engine, cfg) -> None:
+    with pytest.raises(BindRefused, match="DASHBOARD_TOKEN"):
+        create_app(engine, cfg, host="0.0.0.0", secrets=Secrets())
+
+
+def test_main_refuses_public_bind_without_token(monkeypatch, capsys) -> None:
+    import main_dashboard
+
+    monkeypatch.delenv("DASHBOARD_TOKEN", raising=False)
+    assert main_dashboard.main(["--host", "0.0.0.0", "--replay-db"]) == 2
+    assert "DASHBOARD_TOKEN" in capsys.readouterr().err
+
+
+def test_off_loopback_every_call_needs_token(engine, cfg) -> None:
+    c = create_app(engine, cfg, host="0.0.0.0", secrets=Secrets(dashboard_token=TOKEN)).server.test_client()
+    assert c.get("/api/status").status_code == 401
+    assert c.get("/api/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.get("/api/status", headers={"X-Dashboard-Token": "wrong"}).status_code == 401
+    ok = c.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and TOKEN not in ok.get_data(as_text=True)
+    assert c.get("/api/experts", headers={"X-Dashboard-Token": TOKEN}).status_code == 200
+    assert c.put("/api/thresholds", json={"buy": 0.6, "sell": 0.6}).status_code == 401
+    # the UI: redirected to the login page; a wrong token is refused; the right one sets a cookie
+    r = c.get("/")
+    assert r.status_code == 302 and "/login" in r.headers["Location"]
+    assert c.post("/_dash-update-component", json={}).status_code == 401
+    assert c.post("/login", data={"token": "wrong"}).status_code == 401
+    r = c.post("/login", data={"token": TOKEN, "next": "/models"})
+    assert r.status_code == 302 and r.headers["Location"].endswith("/models")
+    cookie = r.headers["Set-Cookie"]
+    assert COOKIE in cookie and TOKEN not in cookie and "HttpOnly" in cookie
+    assert c.get("/").status_code == 200  # cookie now sent by the test client
+    assert c.get("/api/status").status_code == 200
+
+
+def test_loopback_with_token_guards_control_only(engine, cfg) -> None:
+    c = create_app(engine, cfg, host="127.0.0.1",
+                   secrets=Secrets(dashboard_token=TOKEN)).server.test_client()
+    assert c.get("/api/status").status_code == 200
+    assert c.put("/api/thresholds", json={"buy": 0.6, "sell": 0.6}).status_code == 401
+    assert c.patch("/api/experts/x", json={"enabled": True}).status_code == 401
+    assert c.post("/api/stop_stream").status_code == 401
+    r = c.put("/api/thresholds", json={"buy": 0.6, "sell": 0.6}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200
+    body = json.dumps([c.get(p).get_json() for p in ("/api/status", "/api/experts", "/api/thresholds")])
+    assert TOKEN not in body

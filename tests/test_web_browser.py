@@ -1,0 +1,117 @@
+"""Browser tests: headless Chromium (Playwright) against the REAL engine replaying shared BTC/USDT data.
+
+The Dash server runs in a background thread (werkzeug make_server on 127.0.0.1, port 0). Screenshots
+of each page go to test-output/ (the ``output_dir`` fixture).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_web_helpers import replay_engine, wait_for
+
+from core.config import Secrets
+from web.app import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (apt-get install chromium)"),
+]
+
+# JS helpers reading the plotly graph div that dcc.Graph renders
+N_CANDLES = "() => { const g = document.querySelector('#live-chart .js-plotly-plot'); " \
+            "return g && g.data && g.data[0] ? g.data[0].x.length : 0; }"
+LAST_X = "() => { const g = document.querySelector('#live-chart .js-plotly-plot'); " \
+         "return g && g.data && g.data[0] && g.data[0].x.length ? g.data[0].x[g.data[0].x.length - 1] : null; }"
+
+
+@pytest.fixture(scope="module")
+def served(shared_data, tmp_path_factory):
+    from werkzeug.serving import make_server
+
+    eng, cfg, models = replay_engine(shared_data, tmp_path_factory.mktemp("browser"), speed=60.0)
+    app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets())
+    srv = make_server("127.0.0.1", 0, app.server, threaded=True)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield eng, f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    eng.stop()
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        pg = browser.new_page(viewport={"width": 1600, "height": 1150})
+        yield pg
+        browser.close()
+
+
+def test_live_page_shows_candles_and_updates_without_reload(served, page, output_dir) -> None:
+    eng, url = served
+    page.goto(url + "/")
+    page.wait_for_function(f"({N_CANDLES})() > 10", timeout=30_000)
+    assert page.locator("#live-chart .candlestick, #live-chart g.trace.boxes").count() >= 1
+    page.evaluate("() => { window.__noReload = 42; }")
+    first = page.evaluate(LAST_X)
+    # the replay closes a new 1m candle every second at 60x: it must appear by Patch, no reload
+    page.wait_for_function(f"({LAST_X})() !== {first!r}", timeout=20_000)
+    assert page.evaluate("() => window.__noReload") == 42
+    snap_last = eng.snapshot().candles["1m"]["ts"].iloc[-1]
+    assert page.evaluate(N_CANDLES) > 10 and snap_last > 0
+    page.wait_for_selector("#experts-table", timeout=20_000)
+    time.sleep(1.0)
+    page.screenshot(path=str(output_dir / "dashboard_live.png"), full_page=True)
+
+
+def test_buy_threshold_reaches_engine_and_next_decision(served, page) -> None:
+    eng, url = served
+    page.goto(url + "/")
+    box = page.locator("#thr-buy")
+    box.wait_for(timeout=20_000)
+    box.fill("0.73")
+    box.press("Enter")
+    wait_for(lambda: abs(eng.snapshot().thresholds.buy - 0.73) < 1e-9, 15, "engine buy threshold 0.73")
+    wait_for(lambda: (d := eng.snapshot().decision) is not None and abs(d.thresholds.buy - 0.73) < 1e-9, 60,
+             "a decision made with buy threshold 0.73")
+    page.wait_for_selector("text=buy 0.73", timeout=15_000)
+
+
+def test_toggling_expert_changes_next_gate_weights(served, page, output_dir) -> None:
+    eng, url = served
+    wait_for(lambda: eng.snapshot().decision is not None, 60, "a first decision")
+    snap = eng.snapshot()
+    enabled = [n for n, s in snap.experts.items() if s.enabled]
+    assert len(enabled) >= 2, f"need two enabled experts to see weights move, have {enabled}"
+    name = enabled[0]
+    page.goto(url + "/models")
+    page.wait_for_selector(f"#expert-card-{name}", timeout=20_000)
+    page.screenshot(path=str(output_dir / "dashboard_models.png"), full_page=True)
+    before = snap.decision.id
+    page.locator(f"#expert-card-{name} input[type=checkbox]").first.click()
+    page.wait_for_selector("#models-ack", timeout=10_000)
+    wait_for(lambda: eng.snapshot().experts[name].enabled is False, 15, f"{name} disabled in the engine")
+    d = wait_for(lambda: (x := eng.snapshot().decision) is not None and x.id != before
+                 and x.weights.get(name, 0.0) == 0.0 and x, 60, f"a decision without {name}")
+    others = [w for n, w in d.weights.items() if n != name]
+    assert sum(others) == pytest.approx(1.0, abs=1e-6)
+    page.locator(f"#expert-card-{name} input[type=checkbox]").first.click()
+    wait_for(lambda: eng.snapshot().experts[name].enabled is True, 15, f"{name} enabled again")
+
+
+def test_backtest_page_screenshot(served, page, output_dir) -> None:
+    _, url = served
+    page.goto(url + "/backtest")
+    page.wait_for_selector("#bt-run", timeout=20_000)
+    time.sleep(1.0)
+    page.screenshot(path=str(output_dir / "dashboard_backtest.png"), full_page=True)

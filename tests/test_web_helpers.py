@@ -1,0 +1,52 @@
+"""Shared helpers of the web tests (no tests here): a REAL engine replaying shared BTC/USDT data into a
+temporary DuckDB store, built exactly as ``main_dashboard.py --replay`` builds it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.config import AppConfig, ModelsConfig, load_config, load_models
+
+REPLAY_FILE = ("binanceus", "BTC_USDT-1m.csv")
+
+
+def web_config(tmp: Path) -> tuple[AppConfig, ModelsConfig]:
+    """The project's config.yaml/models.yml with every written path moved under ``tmp``."""
+    cfg = load_config()
+    cfg = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"db_path": str(tmp / "moe.duckdb")}),
+        "backtest": cfg.backtest.model_copy(update={"reports_dir": str(tmp / "reports")}),
+        "training": cfg.training.model_copy(update={"runs_dir": str(tmp / "runs"),
+                                                    "models_dir": str(tmp / "models")}),
+    })
+    return cfg, load_models()
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def replay_engine(shared_data: Path, tmp: Path, speed: float = 60.0) -> tuple[Any, AppConfig, ModelsConfig]:
+    """Start the real engine on a replay of the shared file; returns (engine, cfg, models) once candles
+    are showing."""
+    from main_dashboard import build_engine
+
+    cfg, models = web_config(tmp)
+    eng = build_engine(cfg, models, replay_path=shared_data.joinpath(*REPLAY_FILE), speed=speed,
+                       training=False)
+    eng.start()
+    try:
+        wait_for(lambda: len(eng.snapshot().candles.get("1m", ())) > 0, 90, "the first replayed candles")
+    except BaseException:
+        eng.stop()
+        raise
+    return eng, cfg, models
