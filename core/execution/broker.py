@@ -1,0 +1,24 @@
+"""Brokers with one ccxt-shaped interface (create_order / cancel_order / fetch_order / fetch_open_orders),
+so the paper and the exchange account are interchangeable: PaperBroker (paper.py) and CcxtBroker
+(ccxt_broker.py), plus the deterministic clientOrderId every order carries."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def client_order_id(decision_id: str, leg: str = "0") -> str:
+    """Deterministic clientOrderId for a decision (and an optional leg): the same decision always maps to
+    the same id, so a retried submission can be recognised instead of doubled. 32 characters of
+    [a-z0-9-], within every major exchange's limit (Binance: 36, [A-Za-z0-9-_])."""
+    if not decision_id:
+        raise ValueError("client_order_id needs a non-empty decision id")
+    digest = hashlib.sha256(f"{decision_id}|{leg}".encode()).hexdigest()
+    return f"moe-{digest[:28]}"
+
+
+from core.execution.ccxt_broker import BrokerError, CcxtBroker, LiveTradingRefused, check_live_allowed  # noqa: E402
+from core.execution.paper import OrderError, PaperBroker  # noqa: E402
+
+__all__ = ["BrokerError", "CcxtBroker", "LiveTradingRefused", "OrderError", "PaperBroker",
+           "check_live_allowed", "client_order_id"]

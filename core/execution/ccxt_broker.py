@@ -1,0 +1,192 @@
+"""CcxtBroker: orders on a real exchange account (testnet or live) through ccxt.
+
+Safety: ``check_live_allowed`` decides the mode before any exchange object exists.
+* live (real money) needs ALL of: config ``execution.live: true``, the ``--live`` flag, and keys in the
+  environment (MOE_EXCHANGE_API_KEY, MOE_EXCHANGE_SECRET); the error names every missing condition.
+* otherwise the broker runs on the exchange's testnet (ccxt ``set_sandbox_mode(True)``), which needs
+  ``execution.sandbox: true`` and testnet keys in the same environment variables.
+Keys are handed to ccxt and never logged, printed or stored; log lines carry exception TYPES only.
+
+Idempotency: every order carries a clientOrderId (deterministic from the decision id). After a timeout
+or network error the order is first looked up by that clientOrderId; only when the exchange positively
+says it does not exist is it submitted again, so a retry never doubles an order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from core.config import Secrets
+from core.types import Order
+
+log = logging.getLogger(__name__)
+
+
+class LiveTradingRefused(RuntimeError):
+    """Trading on an exchange account was asked for without every required condition."""
+
+
+class BrokerError(RuntimeError):
+    """The exchange could not be reached or answered something unusable."""
+
+
+_KEY_VARS = "MOE_EXCHANGE_API_KEY, MOE_EXCHANGE_SECRET"
+
+
+def check_live_allowed(execution: Any, live_flag: bool, secrets: Secrets) -> str:
+    """'live' or 'sandbox', or LiveTradingRefused naming each missing condition."""
+    if execution.live or live_flag:
+        missing = []
+        if not execution.live:
+            missing.append("config execution.live is not true")
+        if not live_flag:
+            missing.append("the --live flag was not given")
+        if not secrets.has_exchange_keys:
+            missing.append(f"exchange keys are not in the environment ({_KEY_VARS})")
+        if missing:
+            raise LiveTradingRefused("live trading refused: " + "; ".join(missing))
+        return "live"
+    if not execution.sandbox:
+        raise LiveTradingRefused(
+            "ccxt broker refused: execution.sandbox is false but live trading was not asked for "
+            "(real money needs execution.live: true, the --live flag and keys in the environment)")
+    if not secrets.has_exchange_keys:
+        raise LiveTradingRefused(f"testnet trading refused: exchange keys are not in the environment ({_KEY_VARS})")
+    return "sandbox"
+
+
+class CcxtBroker:
+    def __init__(self, execution: Any, exchange_id: str, *, live_flag: bool = False,
+                 secrets: Secrets | None = None, exchange: Any | None = None, timeout_ms: int = 10_000,
+                 retries: int = 3, retry_delay_s: float = 1.0) -> None:
+        secrets = secrets if secrets is not None else Secrets.from_env()
+        self.mode = check_live_allowed(execution, live_flag, secrets)
+        if exchange is None:
+            import ccxt
+
+            if not hasattr(ccxt, exchange_id):
+                raise ValueError(f"unknown ccxt exchange id {exchange_id!r}")
+            exchange = getattr(ccxt, exchange_id)({"enableRateLimit": True, "timeout": int(timeout_ms)})
+        exchange.apiKey = secrets.exchange_api_key
+        exchange.secret = secrets.exchange_secret
+        if secrets.exchange_password:
+            exchange.password = secrets.exchange_password
+        if self.mode == "sandbox":
+            try:
+                exchange.set_sandbox_mode(True)
+            except Exception as exc:  # ccxt.NotSupported: the exchange has no testnet
+                raise LiveTradingRefused(
+                    f"{exchange.id} has no testnet in ccxt ({type(exc).__name__}); "
+                    "only live trading (with all three conditions) is possible there") from None
+        self.ex = exchange
+        self.retries = max(1, int(retries))
+        self.retry_delay_s = float(retry_delay_s)
+        self.submissions = 0  # create_order requests sent (tests prove retries do not double orders)
+
+    # ------------------------------------------------------------ ccxt-shaped API
+
+    def create_order(self, symbol: str, type: str, side: str, amount: float, price: float | None = None,
+                     params: dict | None = None) -> Order:
+        import ccxt
+
+        params = dict(params or {})
+        cid = params.get("clientOrderId")
+        if not cid:
+            raise ValueError("create_order needs params['clientOrderId'] (deterministic from the decision id)")
+        if side not in ("buy", "sell") or type not in ("market", "limit"):
+            raise ValueError(f"order side/type {side!r}/{type!r}: expected buy|sell and market|limit")
+        if not (math.isfinite(amount) and amount > 0):
+            raise ValueError(f"order amount {amount!r}: expected a positive number")
+        last: Exception | None = None
+        for attempt in range(self.retries):
+            if attempt:
+                time.sleep(self.retry_delay_s * 2 ** (attempt - 1))
+            # Look first, every attempt: after a timeout the request may have arrived, and after a restart
+            # the same decision may already be on the book (Binance only rejects a reused clientOrderId
+            # while the first order is still open, so a filled one would be doubled).
+            try:
+                found = self._lookup(symbol, cid)
+            except ccxt.NetworkError as exc:  # cannot tell whether it exists: do not submit blindly
+                last = exc
+                continue
+            if found is not None:
+                if attempt:
+                    log.info("order %s found after %s: not re-submitted", cid, type_name(last))
+                return found
+            try:
+                self.submissions += 1
+                return self._order(self.ex.create_order(symbol, type, side, amount, price, params))
+            except ccxt.DuplicateOrderId:
+                found = self._lookup(symbol, cid)
+                if found is not None:
+                    return found
+                raise BrokerError(f"order {cid}: exchange reports a duplicate it cannot find") from None
+            except (ccxt.InsufficientFunds, ccxt.InvalidOrder, ccxt.BadSymbol) as exc:
+                return Order(id="", clientOrderId=cid, symbol=symbol, side=side, type=type, amount=float(amount),
+                             price=price, status="rejected", filled=0.0, fee=0.0, ts=int(time.time() * 1000),
+                             reason=f"{type_name(exc)}: {_short(exc)}")
+            except ccxt.NetworkError as exc:  # RequestTimeout included: the request may have arrived
+                last = exc
+                log.warning("create_order %s: %s on attempt %d; looking it up before any retry",
+                            cid, type_name(exc), attempt + 1)
+        try:
+            found = self._lookup(symbol, cid)
+        except ccxt.NetworkError:
+            found = None
+        if found is not None:
+            return found
+        raise BrokerError(f"create_order {cid}: exchange unreachable after {self.retries} attempts "
+                          f"({type_name(last)}); order state unknown, look it up by clientOrderId")
+
+    def cancel_order(self, id: str, symbol: str | None = None) -> Order:
+        return self._order(self.ex.cancel_order(id, symbol))
+
+    def fetch_order(self, id: str, symbol: str | None = None) -> Order:
+        return self._order(self.ex.fetch_order(id, symbol))
+
+    def fetch_order_by_client_id(self, client_order_id: str, symbol: str) -> Order | None:
+        return self._lookup(symbol, client_order_id)
+
+    def fetch_open_orders(self, symbol: str | None = None) -> list[Order]:
+        return [self._order(o) for o in self.ex.fetch_open_orders(symbol)]
+
+    def fetch_balance(self) -> dict[str, Any]:
+        return self.ex.fetch_balance()
+
+    # ------------------------------------------------------------ internals
+
+    def _lookup(self, symbol: str, cid: str) -> Order | None:
+        import ccxt
+
+        try:
+            return self._order(self.ex.fetch_order(cid, symbol, {"clientOrderId": cid}))
+        except ccxt.OrderNotFound:
+            return None
+
+    @staticmethod
+    def _order(o: dict) -> Order:
+        fee = o.get("fee") or {}
+        fees = o.get("fees") or ([fee] if fee else [])
+        fee_cost = float(sum(float(f.get("cost") or 0.0) for f in fees))
+        price = o.get("average") or o.get("price")
+        return Order(id=str(o.get("id") or ""), clientOrderId=str(o.get("clientOrderId") or ""),
+                     symbol=str(o.get("symbol")), side=str(o.get("side")), type=str(o.get("type")),
+                     amount=float(o.get("amount") or 0.0), price=None if price is None else float(price),
+                     status=str(o.get("status") or "open"), filled=float(o.get("filled") or 0.0), fee=fee_cost,
+                     ts=int(o.get("timestamp") or 0))
+
+
+def type_name(exc: BaseException | None) -> str:
+    return type(exc).__name__ if exc is not None else "no error"
+
+
+def _short(exc: BaseException) -> str:
+    """The exchange's message without anything that could echo request parameters."""
+    msg = str(exc)
+    for marker in ("signature=", "apiKey", "X-MBX-APIKEY"):
+        if marker in msg:
+            return "exchange rejected the order"
+    return msg[:200]
