@@ -197,17 +197,29 @@ def vwap_session(
         raise ValueError(f"ts has {t.shape[0]} rows, prices have {n}")
     if n == 0:
         return tp
-    session = t // session_ms
-    starts = np.flatnonzero(np.r_[True, session[1:] != session[:-1]])
-    # per-session cumulative sums (reduceat-free: subtract the running total at each session start)
-    pv = np.cumsum(tp * v)
-    vv = np.cumsum(v)
-    lens = np.diff(np.r_[starts, n])
-    base_pv = np.repeat(np.r_[0.0, pv[starts[1:] - 1]], lens)
-    base_v = np.repeat(np.r_[0.0, vv[starts[1:] - 1]], lens)
-    spv, sv = pv - base_pv, vv - base_v
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(sv > 0, spv / sv, tp)
+    out = np.empty(n)
+    _session_vwap_kernel(t, tp, v, np.int64(session_ms), out)
+    return out
+
+
+@numba.njit(cache=True)
+def _session_vwap_kernel(
+    ts: np.ndarray, tp: np.ndarray, v: np.ndarray, session_ms: np.int64, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    # running sums restarted at each session: exact per session, unlike differences of one long
+    # cumulative sum (which lose ~1e-12 relative on long series of large prices)
+    session = np.int64(-1)
+    pv = 0.0
+    vv = 0.0
+    for i in range(tp.shape[0]):
+        s = ts[i] // session_ms
+        if s != session:
+            session = s
+            pv = 0.0
+            vv = 0.0
+        pv += tp[i] * v[i]
+        vv += v[i]
+        out[i] = pv / vv if vv > 0 else tp[i]
 
 
 def log_returns(close: np.ndarray) -> np.ndarray:
