@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from core.config import FeaturesConfig
+from core.data.validate import grid_offset
 from core.indicators import DAY_MS
 from core.pivots import support_resistance_fast
 from core.types import CANDLE_COLUMNS, FeatureBatch, FeatureSpec, timeframe_ms
@@ -152,18 +153,18 @@ def _as_ohlcv(df: pd.DataFrame | Mapping[str, np.ndarray], what: str) -> _Ohlcv:
 
 
 def resample_candles(candles: pd.DataFrame, timeframe: str) -> pd.DataFrame:
-    """Buckets of `timeframe` aligned to multiples of it in UTC (first open, max high, min low, last
+    """Buckets of `timeframe` on the data layer's UTC grid (first open, max high, min low, last
     close, summed volume). The trailing bucket is returned even if not complete: callers decide
     which buckets have closed (FeatureBuilder uses open + tf <= now)."""
     x = _as_ohlcv(candles, "resample input")
-    r = _resample(x, timeframe_ms(timeframe))
+    r = _resample(x, timeframe_ms(timeframe), grid_offset(timeframe))
     return pd.DataFrame({"ts": r.ts, "open": r.o, "high": r.h, "low": r.lo, "close": r.c, "volume": r.v})
 
 
-def _resample(x: _Ohlcv, tf_ms: int) -> _Ohlcv:
+def _resample(x: _Ohlcv, tf_ms: int, offset: int = 0) -> _Ohlcv:
     if len(x) == 0:
         return x
-    bucket = (x.ts // tf_ms) * tf_ms
+    bucket = x.ts - (x.ts - offset) % tf_ms  # the data layer's grid (weekly bars start on Monday)
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
     ends = np.r_[starts[1:], len(x)] - 1
     return _Ohlcv(
@@ -484,7 +485,7 @@ class FeatureBuilder:
         now = x.ts + self.base_ms  # close time of each sample's bar
         logc = np.zeros(n)
         for ti, tf_ms in enumerate(self.tf_ms):
-            series = x if ti == 0 else _resample(x, tf_ms)
+            series = x if ti == 0 else _resample(x, tf_ms, grid_offset(self.timeframes[ti]))
             mat = _tf_matrix(series, self.levels, self.norm_window)
             if ti == 0:  # 100*log(close_t), exactly as the kernel computed it
                 logc = mat[:, 3].copy()

@@ -12,6 +12,7 @@ from core.config import FeaturesConfig
 from core.features import FeatureBuilder, resample_candles
 from core.types import CANDLE_COLUMNS, timeframe_ms
 
+REF_COLS = ("ref_ret_1", "ref_ret_5", "ref_ret_15", "ref_ret_60", "ref_present")
 N_BARS = 6000  # ~4 days of 1m bars: crosses several hour and day boundaries, keeps the test fast
 
 
@@ -185,3 +186,70 @@ def test_bad_input_errors(builder: FeatureBuilder, btc: pd.DataFrame) -> None:
         builder.build_many(shifted)
     with pytest.raises(ValueError, match="frames lack timeframes"):
         builder.build_one({"1m": df})
+
+
+def test_kernel_matches_public_indicators(builder: FeatureBuilder, btc: pd.DataFrame) -> None:
+    """The compiled per-bar kernel computes the same numbers as core.indicators / core.pivots."""
+    from core import indicators as ind
+    from core.features import ATR_CLIP, _as_ohlcv, _tf_matrix
+    from core.pivots import market_structure, support_resistance
+
+    x = _as_ohlcv(btc, "btc")
+    mat = _tf_matrix(x, builder.levels, builder.norm_window)
+    names = builder.spec.bar_features
+    col = {n: mat[:, names.index(n)] for n in names}
+    h, lo, c, v = x.h, x.lo, x.c, x.v
+    a = ind.atr(h, lo, c, 14)
+
+    def dist(num: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.clip(np.nan_to_num(num / a, nan=0.0), -ATR_CLIP, ATR_CLIP)
+
+    w = 40  # past every warm-up
+    close = lambda got, exp: np.testing.assert_allclose(got[w:], exp[w:], rtol=1e-9, atol=1e-9)  # noqa: E731
+    close(col["close"], 100 * np.log(c))
+    close(col["ret"], 100 * np.nan_to_num(ind.log_returns(c)))
+    close(col["ema_fast_dist"], dist(c - ind.ema(c, 12)))
+    close(col["ema_slow_dist"], dist(c - ind.ema(c, 26)))
+    mid, up, _ = ind.bollinger(c, 20)
+    close(col["bb_z"], np.clip((c - mid) / ((up - mid) / 2), -ATR_CLIP, ATR_CLIP))
+    close(col["bb_width"], 100 * 2 * (up - mid) / mid)
+    close(col["rsi"], ind.rsi(c, 14) / 100 - 0.5)
+    line, _, hist = ind.macd(c)
+    close(col["macd"], dist(line))
+    close(col["macd_hist"], dist(hist))
+    close(col["atr_rel"], 100 * a / c)
+    close(col["vwap_dist"], dist(c - ind.vwap_rolling(h, lo, c, v, 20)))
+    vm = pd.Series(v).rolling(builder.norm_window, min_periods=1).mean().to_numpy()
+    close(col["volume"], np.log1p(v / vm))
+    sup, res = support_resistance(market_structure(h, lo, builder.levels, 2, 1), builder.levels)
+    for k in range(builder.levels):
+        close(col[f"sup{k + 1}_dist"], dist(c - sup[:, k]))
+        close(col[f"res{k + 1}_dist"], dist(res[:, k] - c))
+    # warm-up values read 0, never NaN
+    assert np.all(col["macd_hist"][:33] == 0) and np.all(col["rsi"][:14] == 0)
+
+
+def test_build_one_from_the_real_data_provider(builder: FeatureBuilder, batch, btc, btc_usd) -> None:
+    """The live path end to end: closed 1m bars ingested into the DataProvider (which resamples the
+    higher timeframes itself and caches 1500 bars each); build_one on provider.frames() equals the
+    build_many row at the same ts."""
+    from core.data.provider import DataProvider
+    from core.types import SeriesKey
+
+    prov = DataProvider(None, "1m", list(builder.timeframes), cache_bars=1500)
+    key = SeriesKey("binanceus", "BTC/USDT", "1m")
+    done = 0
+    for i in (2999, 4319, 4320, N_BARS - 1):  # 4319 = 23:59 (a day closes), 4320 = 00:00
+        prov.ingest(key, btc.iloc[done : i + 1], closed=True)
+        done = i + 1
+        frames = prov.frames("BTC/USDT")
+        assert len(frames["1m"]) == min(i + 1, 1500)
+        one = builder.build_one(frames, symbol="BTC/USDT")
+        assert one.ts[0] == batch.ts[i]
+        np.testing.assert_allclose(one.windows[0], batch.windows[i], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(one.flat[0, : -len(REF_COLS)], batch.flat[i, : -len(REF_COLS)], atol=1e-6)
+        np.testing.assert_allclose(one.regime[0], batch.regime[i], atol=1e-6, rtol=0)
+        # the provider's arrays (read-only numpy) work too
+        arrs = {tf: prov.arrays("BTC/USDT", tf) for tf in builder.timeframes}
+        np.testing.assert_array_equal(builder.build_one(arrs).windows, one.windows)
