@@ -105,22 +105,24 @@ def rule_codes(ts: np.ndarray, ts_bad: np.ndarray, vals: np.ndarray, timeframe: 
         mark(v < 0, "negative_volume")
     mark((ts - grid_offset(timeframe)) % tf_ms != 0, "off_grid")
     mark(ts > now_ms + max_future_ms, "future")
-    if n > 1:
-        if (np.diff(ts) > 0).all() and not ts_bad.any():
-            pass  # strictly ascending: no duplicates, nothing out of order within the batch
-        else:
-            # Duplicates: any earlier row with the same ts (a stable sort keeps the first).
-            order = np.argsort(ts, kind="stable")
-            sorted_ts = ts[order]
-            dup_sorted = np.zeros(n, dtype=bool)
-            dup_sorted[1:] = sorted_ts[1:] == sorted_ts[:-1]
-            dup = np.empty(n, dtype=bool)
-            dup[order] = dup_sorted
-            mark(dup & ~ts_bad, "duplicate_ts")
-            # Out of order: below the running max of the earlier rows.
-            prev_max = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
-            prev_max[1:] = np.maximum.accumulate(np.where(ts_bad, np.iinfo(np.int64).min, ts))[:-1]
-            mark((ts < prev_max) & ~ts_bad, "out_of_order")
+    # Order rules only among rows that passed the others: a rejected row must not push its ts on
+    # the valid ones (a candle stamped in the future would otherwise make the next one "out of order").
+    cand = (code == 0) & ~ts_bad
+    if n > 1 and not ((np.diff(ts) > 0).all() and cand.all()):
+        idx = np.flatnonzero(cand)
+        cts = ts[idx]
+        order = np.argsort(cts, kind="stable")  # stable: the first of equal ts is kept
+        dup_sorted = np.zeros(len(idx), dtype=bool)
+        dup_sorted[1:] = cts[order][1:] == cts[order][:-1]
+        dup = np.zeros(n, dtype=bool)
+        dup[idx[order]] = dup_sorted
+        mark(dup, "duplicate_ts")
+        prev_max = np.full(len(idx), np.iinfo(np.int64).min, dtype=np.int64)
+        if len(idx) > 1:
+            prev_max[1:] = np.maximum.accumulate(cts)[:-1]
+        late = np.zeros(n, dtype=bool)
+        late[idx] = cts < prev_max
+        mark(late, "out_of_order")
     if last_ts is not None:
         mark((ts < int(last_ts)) & ~ts_bad, "out_of_order")
     return code
