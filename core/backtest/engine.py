@@ -427,9 +427,22 @@ class Backtester:
         tfs = list(builder.timeframes)
         ts_index = {int(t): i for i, t in enumerate(candles["ts"].to_numpy(np.int64))}
 
+        failure: list[BaseException] = []
+
         def on_event(ev: Any) -> None:
+            # the provider isolates subscriber errors; a backtest must stop on them instead
+            if failure:
+                return
+            try:
+                _on_event(ev)
+            except BaseException as exc:
+                failure.append(exc)
+                stop.set()
+
+        def _on_event(ev: Any) -> None:
             i = ts_index[int(ev.ts)]
-            frames = {tf: provider.snapshot(spec.symbol, tf) for tf in tfs}
+            # one DataFrame constructor per timeframe (cheaper than snapshot's column-by-column build)
+            frames = {tf: pd.DataFrame(provider.arrays(spec.symbol, tf), copy=False) for tf in tfs}
             d = orch.on_candle(ev, frames)
             sig = math.nan
             if d is not None:
@@ -445,9 +458,9 @@ class Backtester:
             if i % 256 == 0:
                 self.progress("replay", i, n)
 
+        stop = asyncio.Event()
         provider.subscribe(on_event, symbols=[spec.symbol], timeframes=[spec.timeframe])
         source = ReplaySource(replay_store, [key], speed=None)
-        stop = asyncio.Event()
 
         def emit(k: SeriesKey, df: pd.DataFrame, closed: bool) -> None:
             provider.ingest(k, df, closed)
@@ -457,6 +470,10 @@ class Backtester:
         finally:
             orch.close()
             replay_store.close()
+        if failure:
+            raise failure[0]
+        if not decided.any() and n >= builder.min_history:
+            raise RuntimeError("event replay made no decision: the replay did not reach the orchestrator")
         if len(decisions) != int(decided.sum()):
             raise RuntimeError("event replay: decision bookkeeping is inconsistent")
         errors = orch.errors
