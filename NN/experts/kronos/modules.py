@@ -22,6 +22,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused kernel; same formula
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = x.float()
         out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return out.type_as(x) * self.weight
@@ -50,13 +52,20 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 @dataclass
 class LayerCache:
     """Keys/values of one attention layer: a shared prefix [1, H, P, hd] and per-path new positions
-    written in place into preallocated [N, H, cap, hd] buffers (``n`` of them filled)."""
+    written in place into preallocated [N, H, cap, hd] buffers (``n`` of them filled). For the
+    duration of one forecast it also holds fused projection weights and the rotary tables of the new
+    positions, so each step runs one matmul for q|k|v and one for w1|w3."""
 
     pk: torch.Tensor
     pv: torch.Tensor
     nk: torch.Tensor
     nv: torch.Tensor
     n: int = 0
+    w_qkv: torch.Tensor | None = None
+    b_qkv: torch.Tensor | None = None
+    w_13: torch.Tensor | None = None
+    cos: torch.Tensor | None = None  # [cap, hd] for positions P .. P+cap-1
+    sin: torch.Tensor | None = None
 
     @property
     def prefix_len(self) -> int:
@@ -69,27 +78,29 @@ def two_part_attention(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
     """softmax(q·[pk | nk]ᵀ/√d)·[pv | nv] without materialising the prefix per path.
 
     q [N, H, T, hd]; pk/pv [1, H, P, hd] shared by all N; nk/nv [N, H, S, hd] or None;
-    new_mask [T, S] boolean (True = may attend) or None. Returns [N, H, T, hd]."""
+    new_mask [T, S] boolean (True = may attend) or None. Returns [N, H, T, hd].
+    Scores live in a [H, N·T, P+S] layout so the prefix products are one batched matmul per head
+    against the single shared prefix, and the prefix probabilities feed bmm as a strided view."""
     n, h, t, hd = q.shape
     scale = 1.0 / math.sqrt(hd)
-    # prefix scores with one batched matmul per head: [H, N*T, hd] @ [H, hd, P]
+    p = pk.shape[2]
     qh = q.permute(1, 0, 2, 3).reshape(h, n * t, hd)
-    sp = torch.bmm(qh, pk[0].transpose(1, 2)).mul_(scale)  # [H, N*T, P]
-    p = sp.shape[-1]
-    sp = sp.view(h, n, t, p).permute(1, 0, 2, 3)  # [N, H, T, P] (view)
-    if nk is not None and nk.shape[2] > 0:
-        sn = torch.matmul(q, nk.transpose(-1, -2)).mul_(scale)  # [N, H, T, S]
+    sp = torch.bmm(qh, pk[0].transpose(1, 2))  # [H, N*T, P]
+    has_new = nk is not None and nk.shape[2] > 0
+    if has_new:
+        sn = torch.matmul(q, nk.transpose(-1, -2))  # [N, H, T, S]
         if new_mask is not None:
             sn = sn.masked_fill(~new_mask, float("-inf"))
+        sn = sn.permute(1, 0, 2, 3).reshape(h, n * t, -1)
         scores = torch.cat((sp, sn), dim=-1)
     else:
         scores = sp
-    probs = torch.softmax(scores, dim=-1)
-    pp = probs[..., :p]
-    out = torch.bmm(pp.permute(1, 0, 2, 3).reshape(h, n * t, p), pv[0])  # [H, N*T, hd]
+    probs = torch.softmax(scores.mul_(scale), dim=-1)
+    out = torch.bmm(probs[..., :p], pv[0])  # [H, N*T, hd]
     out = out.view(h, n, t, hd).permute(1, 0, 2, 3)
-    if nk is not None and nk.shape[2] > 0:
-        out = out + torch.matmul(probs[..., p:], nv)
+    if has_new:
+        pn = probs[..., p:].reshape(h, n, t, -1).permute(1, 0, 2, 3)  # [N, H, T, S]
+        out = out + torch.matmul(pn, nv)
     return out
 
 
@@ -132,12 +143,23 @@ class SelfAttention(nn.Module):
         out = self._out(o)
         return (out, k, v) if return_kv else out
 
+    def prepare(self, cache: LayerCache) -> None:
+        """Fuse q|k|v weights and tabulate rotary angles of the cache's new positions."""
+        cache.w_qkv = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+        cache.b_qkv = torch.cat((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias))
+        p, cap = cache.prefix_len, cache.nk.shape[2]
+        cache.cos, cache.sin = self.rotary.cos_sin(torch.arange(p, p + cap, device=cache.pk.device))
+
     def forward_cached(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """New positions x [N, T, d] after the prefix and the ``cache.n`` positions already cached."""
-        t = x.shape[1]
-        start = cache.prefix_len + cache.n
-        pos = torch.arange(start, start + t, device=x.device)
-        q, k, v = self._qkv(x, pos)
+        b, t, _ = x.shape
+        if cache.w_qkv is None:
+            self.prepare(cache)
+        qkv = F.linear(x, cache.w_qkv, cache.b_qkv).view(b, t, 3, self.n_heads, self.head_dim)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, N, H, T, hd]
+        cos, sin = cache.cos[cache.n:cache.n + t], cache.sin[cache.n:cache.n + t]
+        qk = apply_rotary(qkv[:2], cos, sin)
+        q, k, v = qk[0], qk[1], qkv[2]
         end = cache.n + t
         cache.nk[:, :, cache.n:end] = k
         cache.nv[:, :, cache.n:end] = v
@@ -187,7 +209,10 @@ class TransformerBlock(nn.Module):
 
     def forward_cached(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         x = x + self.self_attn.forward_cached(self.norm1(x), cache)
-        return x + self.ffn(self.norm2(x))
+        if cache.w_13 is None:
+            cache.w_13 = torch.cat((self.ffn.w1.weight, self.ffn.w3.weight))
+        g, u = F.linear(self.norm2(x), cache.w_13).chunk(2, dim=-1)
+        return x + self.ffn.dropout(self.ffn.w2(F.silu(g) * u))
 
 
 def new_cache(k: torch.Tensor, v: torch.Tensor, n_paths: int, capacity: int) -> LayerCache:
