@@ -16,7 +16,7 @@ import dash_bootstrap_components as dbc
 from dash import Dash, Input, Output, dcc, html
 
 from core.config import AppConfig, ModelsConfig, Secrets
-from web import api, auth
+from web import api, auth, figures
 from web.pages import backtest, live, models
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -32,6 +32,14 @@ class WebContext:
     models_cfg: ModelsConfig | None = None
     store: Any | None = None  # MarketStore (checkpoint registry, training metrics, backtest runs)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _warm_up(engine: Any) -> None:
+    """Compile/load the numba indicator kernels now, not on the first page view (~0.8 s)."""
+    snap = engine.snapshot()
+    df = snap.candles.get(snap.timeframe) if snap.timeframe else None
+    if df is not None and len(df):
+        figures.indicator_columns(df.iloc[-50:])
 
 
 def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsConfig | None = None,
@@ -69,5 +77,6 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
 
     for _, mod in PAGES.values():
         mod.register(app, ctx)
+    _warm_up(engine)
     app.server.config["moe_ctx"] = ctx
     return app
