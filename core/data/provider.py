@@ -4,8 +4,8 @@
 - Higher timeframes are built from base candles as they close: a higher-tf candle is published closed
   when its last base candle closes, or — when that base candle never comes (thin markets have gaps) —
   when the first base candle of a later bucket closes. The result equals ``resample()`` over the same
-  base series. A bucket whose first base candles were never seen (cold start mid-bucket without
-  ``warm``) is not published: its open would be wrong.
+  base series. Only the bucket in progress at a cold start (no earlier base candle cached, no ``warm``)
+  is not published: its first minutes were never seen, so its open would be wrong.
 - ``ingest`` is synchronous and serialised; subscribers are called in event order outside the data
   lock, so they may call ``snapshot``; a raising subscriber is logged and the others still receive.
 - ``start()`` runs the sources in an asyncio loop on its own thread; their ``emit`` is ``ingest``.
@@ -241,7 +241,7 @@ class DataProvider:
                 self._partial.pop((sym, tf), None)
                 ev = CandleEvent(key, t, o, h, lo, c, v, True)
                 if tf == self.base_timeframe:
-                    pre, post = self._feed_higher(key, t, o, h, lo, c, v)
+                    pre, post = self._feed_higher(key, t, o, h, lo, c, v, prev=last)
                     events.extend(pre)
                     events.append(ev)
                     events.extend(post)
@@ -250,9 +250,11 @@ class DataProvider:
         return events
 
     def _feed_higher(self, key: SeriesKey, t: int, o: float, h: float, lo: float, c: float,
-                     v: float) -> tuple[list[CandleEvent], list[CandleEvent]]:
+                     v: float, prev: int | None) -> tuple[list[CandleEvent], list[CandleEvent]]:
         """Add one closed base candle to every higher timeframe. Returns (events closed because this
-        candle starts a later bucket, events closed because it completes its bucket)."""
+        candle starts a later bucket, events closed because it completes its bucket). ``prev`` is the
+        previous base candle seen: a bucket opened by a later minute is complete from its start when
+        the series was already being followed before it (the earlier minutes are real gaps)."""
         pre: list[CandleEvent] = []
         post: list[CandleEvent] = []
         for htf in self.higher:
@@ -265,7 +267,8 @@ class DataProvider:
                     pre.append(ev)
                 cur = None
             if cur is None:
-                cur = self._buckets[bk] = _Bucket(b, o, h, lo, c, v, complete_start=(t == b))
+                cur = self._buckets[bk] = _Bucket(b, o, h, lo, c, v,
+                                                   complete_start=(t == b or (prev is not None and prev < b)))
             else:
                 cur.add(h, lo, c, v)
             if t + self._base_ms == b + timeframe_ms(htf):
