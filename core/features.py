@@ -473,33 +473,48 @@ class FeatureBuilder:
 
     # ------------------------------------------------------------------ batch (history)
     def build_many(
-        self, candles: pd.DataFrame, ref: pd.DataFrame | None = None, *, symbol: str = ""
+        self,
+        candles: pd.DataFrame,
+        ref: pd.DataFrame | None = None,
+        *,
+        symbol: str = "",
+        rows: slice | None = None,
     ) -> FeatureBatch:
         """One sample per base bar of `candles` (base timeframe, ts ascending). Higher timeframes are
-        resampled here; sample t only sees their bars closed by the close of bar t."""
+        resampled here; sample t only sees their bars closed by the close of bar t.
+
+        rows: only the samples of these bar positions (e.g. slice(min_history - 1, None) or one
+        chunk of a long history), still computed from all earlier bars -- the same numbers as the
+        matching rows of the full batch, without holding every window in memory."""
         x = _as_ohlcv(candles, f"{self.base_timeframe} candles")
         self._check_grid(x)
-        n, tcount, win = len(x), len(self.timeframes), self.window
+        sel = np.arange(len(x))[rows if rows is not None else slice(None)]
+        if sel.size and np.any(np.diff(sel) != 1):
+            raise ValueError(f"build_many: rows must be a contiguous ascending slice, got {rows!r}")
+        lo = int(sel[0]) if sel.size else 0
+        n, tcount, win = int(sel.size), len(self.timeframes), self.window
+        x = x.head(lo + n)  # every feature is causal: later bars cannot matter
         f = len(self.spec.bar_features)
         windows = np.empty((n, tcount, win, f), dtype=np.float32)  # _gather writes every cell
-        now = x.ts + self.base_ms  # close time of each sample's bar
+        ts = x.ts[lo:]
+        now = ts + self.base_ms  # close time of each sample's bar
         logc = np.zeros(n)
         for ti, tf_ms in enumerate(self.tf_ms):
             series = x if ti == 0 else _resample(x, tf_ms, grid_offset(self.timeframes[ti]))
             mat = _tf_matrix(series, self.levels, self.norm_window)
             if ti == 0:  # 100*log(close_t), exactly as the kernel computed it
-                logc = mat[:, 3].copy()
+                logc = mat[lo:, 3].copy()
             last = np.searchsorted(series.ts + tf_ms, now, side="right") - 1  # last closed bar
             _gather(mat, last, logc, windows[:, ti])
-        extras, regime = _base_extras(x, self.norm_window)
+        extras, regime = _base_extras(x, self.norm_window, start=lo)
         flat = np.concatenate(
-            [windows[:, :, -1, :].reshape(n, tcount * f), extras, _ref_features(ref, x.ts)], axis=1
+            [windows[:, :, -1, :].reshape(n, tcount * f), extras, _ref_features(ref, ts)], axis=1
         ).astype(np.float32)
         return FeatureBatch(
             symbol=symbol,
             timeframe=self.base_timeframe,
-            ts=x.ts.copy(),
-            close=x.c.copy(),
+            ts=ts.copy(),
+            close=x.c[lo:].copy(),
             windows=windows,
             flat=flat,
             regime=regime.astype(np.float32),

@@ -17,6 +17,7 @@ from NN.training.datasets import (
     chronological_split,
     default_dead_zone,
     forward_returns,
+    label_table,
     make_labels,
 )
 
@@ -123,3 +124,12 @@ def test_build_dataset_skips_gaps(shared_data: Path) -> None:
     assert np.all(ts[pos + h] - ts[pos] == h * 60_000)
     assert 0 < len(batch) < len(xrp) - fb.min_history - h
     assert np.isfinite(fwd).all() and np.isfinite(batch.windows).all()
+
+
+def test_label_table_columns_follow_horizons(btc: pd.DataFrame) -> None:
+    close = btc.close.to_numpy()[:2000]
+    horizons = load_models().labels.horizons
+    tab = label_table(close, horizons, 0.002)
+    assert tab.shape == (2000, len(horizons)) and tab.dtype == np.int64
+    for j, h in enumerate(horizons):
+        assert np.array_equal(tab[:, j], make_labels(close, h, 0.002))

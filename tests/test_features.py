@@ -253,3 +253,14 @@ def test_build_one_from_the_real_data_provider(builder: FeatureBuilder, batch, b
         # the provider's arrays (read-only numpy) work too
         arrs = {tf: prov.arrays("BTC/USDT", tf) for tf in builder.timeframes}
         np.testing.assert_array_equal(builder.build_one(arrs).windows, one.windows)
+
+
+def test_rows_give_the_matching_rows_of_the_full_batch(builder: FeatureBuilder, batch, btc, btc_usd) -> None:
+    for rows in (slice(1000, 1500), slice(N_BARS - 10, None), slice(0, 3)):
+        part = builder.build_many(btc, ref=btc_usd, symbol="BTC/USDT", rows=rows)
+        full = batch.take(rows)
+        for name in ("ts", "close", "windows", "flat", "regime"):
+            assert np.array_equal(getattr(part, name), getattr(full, name)), (rows, name)
+    assert len(builder.build_many(btc, rows=slice(10, 10))) == 0
+    with pytest.raises(ValueError, match="contiguous"):
+        builder.build_many(btc, rows=slice(0, 100, 2))

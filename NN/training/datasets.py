@@ -87,6 +87,13 @@ def chronological_split(n: int, split: SplitConfig) -> tuple[slice, slice, slice
     return train, val, test
 
 
+def label_table(close: np.ndarray, horizons: list[int] | tuple[int, ...], dead_zone: float) -> np.ndarray:
+    """int64 [N, H]: make_labels for every horizon of labels.horizons, column j = horizons[j]."""
+    if len(horizons) == 0:
+        raise ValueError("label_table: no horizons given")
+    return np.column_stack([make_labels(close, h, dead_zone) for h in horizons])
+
+
 def build_dataset(
     builder: FeatureBuilder,
     candles: pd.DataFrame,
@@ -100,14 +107,18 @@ def build_dataset(
     bars), without a label (the last `horizon` bars) and whose horizon spans a gap in the data
     (h bars later must be exactly h timeframes later)."""
     h = _horizon(horizon)
-    batch = builder.build_many(candles, ref, symbol=symbol)
-    labels = make_labels(batch.close, h, dead_zone)
-    fwd = forward_returns(batch.close, h)
-    keep = labels != UNKNOWN
-    keep[: builder.min_history - 1] = False
-    contiguous = np.zeros(len(batch), dtype=bool)
-    if len(batch) > h:
-        contiguous[:-h] = (batch.ts[h:] - batch.ts[:-h]) == h * builder.base_ms
-    keep &= contiguous
+    if "close" not in candles.columns or "ts" not in candles.columns:
+        raise ValueError("build_dataset: candles need ts and close columns (and the rest of CANDLE_COLUMNS)")
+    first = min(builder.min_history - 1, len(candles))
+    # samples before `first` are never built: their windows would be thrown away anyway
+    batch = builder.build_many(candles, ref, symbol=symbol, rows=slice(first, None))
+    close = _close(candles["close"].to_numpy(dtype=np.float64))
+    ts = np.asarray(candles["ts"], dtype=np.int64)
+    labels = make_labels(close, h, dead_zone)[first:]
+    fwd = forward_returns(close, h)[first:]
+    contiguous = np.zeros(len(close), dtype=bool)
+    if len(close) > h:
+        contiguous[:-h] = (ts[h:] - ts[:-h]) == h * builder.base_ms
+    keep = (labels != UNKNOWN) & contiguous[first:]
     idx = np.flatnonzero(keep)
     return batch.take(idx), labels[idx], fwd[idx]
