@@ -24,14 +24,14 @@ import pandas as pd
 from core.config import AppConfig, ModelsConfig
 from core.data.store import MarketStore
 from core.features import FeatureBuilder
-from core.types import FeatureBatch, SeriesKey
+from core.types import FeatureBatch, SeriesKey, timeframe_ms
 from NN.calibration import fit_temperature, log_loss, scores
 from NN.experts.base import Expert
 from NN.experts.dqn import DQNExpert
 from NN.experts.registry import build_expert
 from NN.moe import MoEGate
 from NN.training.checkpoints import CheckpointRegistry
-from NN.training.datasets import chronological_split, forward_returns, make_labels
+from NN.training.datasets import chronological_split, default_dead_zone, forward_returns, make_labels
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,16 @@ class Prepared:
     dead_zone: float  # log-return dead zone of the flat class
 
     def labels(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, forward log returns) at ``horizon``; -1 / NaN where the future is unknown."""
-        return (make_labels(self.batch.close, horizon, self.dead_zone),
-                forward_returns(self.batch.close, horizon))
+        """(labels, forward log returns) at ``horizon``; -1 / NaN where the future is unknown,
+        including where the h bars ahead span a gap in the stored series."""
+        y = make_labels(self.batch.close, horizon, self.dead_zone)
+        r = forward_returns(self.batch.close, horizon)
+        ts = self.batch.ts
+        span_ok = np.zeros(len(ts), dtype=bool)
+        span_ok[:-horizon] = (ts[horizon:] - ts[:-horizon]) == horizon * timeframe_ms(self.key.timeframe)
+        y[~span_ok] = -1
+        r[~span_ok] = np.nan
+        return y, r
 
     def part(self, which: str) -> FeatureBatch:
         return self.batch.take(getattr(self, which))
@@ -63,10 +70,7 @@ class Prepared:
 
 def dead_zone(models: ModelsConfig, app: AppConfig) -> float:
     """Flat-class half width in log-return units: labels.dead_zone_bps, else the round-trip taker fee."""
-    bps = models.labels.dead_zone_bps
-    if bps is None:
-        bps = 2.0 * app.execution.taker_fee_bps
-    return float(bps) / 1e4
+    return default_dead_zone(app, models.labels)
 
 
 def load_candles(store: MarketStore, key: SeriesKey, start_ms: int | None, end_ms: int | None) -> pd.DataFrame:
@@ -82,8 +86,8 @@ def load_candles(store: MarketStore, key: SeriesKey, start_ms: int | None, end_m
 def prepare(candles: pd.DataFrame, key: SeriesKey, models: ModelsConfig, app: AppConfig,
             ref: pd.DataFrame | None = None) -> Prepared:
     builder = FeatureBuilder(models.features, key.timeframe)
-    full = builder.build_many(candles, ref, symbol=key.symbol)
-    batch = full.take(slice(builder.min_history, None))
+    # samples before min_history - 1 lack a full history: never built, never used
+    batch = builder.build_many(candles, ref, symbol=key.symbol, rows=slice(builder.min_history - 1, None))
     n = len(batch)
     if n < 500:
         raise ValueError(f"only {n} complete samples ({len(candles)} candles - {builder.min_history} warm-up); "
