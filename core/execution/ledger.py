@@ -2,13 +2,15 @@
 
 Every bar's orders, fills, the resulting kernel state (cash, position, entry, PnL, risk flags) and the
 equity point are written in ONE transaction (``record_bar``), so a crash (even kill -9) leaves either
-the whole bar or none of it; ``restore`` returns exactly the state of the last committed bar.
+the whole bar or none of it; ``restore`` returns exactly the state of the last committed bar. The state
+rides on the bar's equity row (append-only, one INSERT per bar: upserts cost more in DuckDB and every
+bar pays a durable commit).
 
 Tables (created if missing; every row carries ``account``):
   exec_orders(account, id, client_order_id, symbol, side, type, amount, price, status, filled, fee, ts, reason)
   exec_fills(account, id, order_id, client_order_id, symbol, side, amount, price, fee, ts, reason)
-  exec_state(account PRIMARY KEY, ts, symbol, seq, state DOUBLE[], meta VARCHAR)   -- the latest state
-  exec_equity(account, ts, price, cash, position, equity, realised, fees)          -- one row per bar
+  exec_equity(account, ts, symbol, seq, price, cash, position, equity, realised, fees, state DOUBLE[], meta)
+      -- one row per bar; the newest row's state is what ``restore`` returns
 """
 
 from __future__ import annotations
@@ -31,11 +33,9 @@ CREATE TABLE IF NOT EXISTS exec_orders (
 CREATE TABLE IF NOT EXISTS exec_fills (
     account VARCHAR, id VARCHAR, order_id VARCHAR, client_order_id VARCHAR, symbol VARCHAR, side VARCHAR,
     amount DOUBLE, price DOUBLE, fee DOUBLE, ts BIGINT, reason VARCHAR, PRIMARY KEY (account, id));
-CREATE TABLE IF NOT EXISTS exec_state (
-    account VARCHAR PRIMARY KEY, ts BIGINT, symbol VARCHAR, seq BIGINT, state DOUBLE[], meta VARCHAR);
 CREATE TABLE IF NOT EXISTS exec_equity (
-    account VARCHAR, ts BIGINT, price DOUBLE, cash DOUBLE, position DOUBLE, equity DOUBLE,
-    realised DOUBLE, fees DOUBLE, PRIMARY KEY (account, ts));
+    account VARCHAR, ts BIGINT, symbol VARCHAR, seq BIGINT, price DOUBLE, cash DOUBLE, position DOUBLE,
+    equity DOUBLE, realised DOUBLE, fees DOUBLE, state DOUBLE[], meta VARCHAR, PRIMARY KEY (account, ts));
 """
 
 
@@ -63,7 +63,8 @@ class Ledger:
                 if stmt.strip():
                     con.execute(stmt)
         row = self.store.query_df(
-            "SELECT ts, symbol, seq, state, meta FROM exec_state WHERE account = ?", [account])
+            "SELECT ts, symbol, seq, state, meta FROM exec_equity WHERE account = ? ORDER BY ts DESC LIMIT 1",
+            [account])
         if len(row):
             self._state = np.asarray(row["state"].iloc[0], dtype=np.float64)
             if self._state.shape != (K.STATE_SIZE,):
@@ -121,11 +122,9 @@ class Ledger:
                     "INSERT INTO exec_fills VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [[self.account, f.id, f.order_id, f.clientOrderId, f.symbol, f.side, f.amount, f.price,
                       f.fee, f.ts, r] for f, r in zip(fills, reasons, strict=True)])
-            con.execute("INSERT OR REPLACE INTO exec_state VALUES (?, ?, ?, ?, ?, ?)",
-                        [self.account, int(ts), symbol, seq, st, meta_json])
-            con.execute("INSERT INTO exec_equity VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [self.account, int(ts), float(price), st[K.S_CASH], st[K.S_POS], st[K.S_EQUITY],
-                         st[K.S_REALISED], st[K.S_FEES]])
+            con.execute("INSERT INTO exec_equity VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [self.account, int(ts), symbol, seq, float(price), st[K.S_CASH], st[K.S_POS],
+                         st[K.S_EQUITY], st[K.S_REALISED], st[K.S_FEES], st, meta_json])
         self._state = np.asarray(st, dtype=np.float64)
         self._seq = seq
         self._last_ts = int(ts)
@@ -137,7 +136,8 @@ class Ledger:
             raise ValueError(f"ledger {self.account}: no bar recorded yet")
         st = [float(x) for x in state]
         with self.store.transaction() as con:
-            con.execute("UPDATE exec_state SET state = ? WHERE account = ?", [st, self.account])
+            con.execute("UPDATE exec_equity SET state = ? WHERE account = ? AND ts = ?",
+                        [st, self.account, self._last_ts])
         self._state = np.asarray(st, dtype=np.float64)
 
     # ------------------------------------------------------------ views
