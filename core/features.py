@@ -404,16 +404,22 @@ def _base_extras(x: _Ohlcv, norm_window: int, start: int = 0) -> tuple[np.ndarra
     return flat, regime
 
 
-def _ref_features(ref: pd.DataFrame | None, ts: np.ndarray) -> np.ndarray:
+def _ref_features(ref: pd.DataFrame | None, ts: np.ndarray, base_ms: int) -> np.ndarray:
     """[N, len(REF_HORIZONS) + 1]: 100 * log return of the reference symbol over its last k bars
     that opened at or before each sample's ts, then ref_present (1 when the reference has a bar
-    at exactly that ts). Zeros without a reference."""
+    at exactly that ts). Zeros without a reference. The reference must be in the base timeframe:
+    a longer one would leak its still-open bar, so it is refused."""
     out = np.zeros((ts.shape[0], len(REF_HORIZONS) + 1))
     if ref is None:
         return out
     rx = _as_ohlcv(ref, "reference candles")
     if len(rx) == 0:
         return out
+    if np.any(rx.ts % base_ms) or (len(rx) > 1 and int(np.diff(rx.ts).min()) != base_ms):
+        raise ValueError(
+            f"reference candles must be in the base timeframe ({base_ms // 1000} s bars on its grid); "
+            f"got bars {int(np.diff(rx.ts).min()) // 1000 if len(rx) > 1 else '?'} s apart"
+        )
     lc = np.log(rx.c)
     i = np.searchsorted(rx.ts, ts, side="right") - 1
     for col, k in enumerate(REF_HORIZONS):
@@ -508,7 +514,8 @@ class FeatureBuilder:
             _gather(mat, last, logc, windows[:, ti])
         extras, regime = _base_extras(x, self.norm_window, start=lo)
         flat = np.concatenate(
-            [windows[:, :, -1, :].reshape(n, tcount * f), extras, _ref_features(ref, ts)], axis=1
+            [windows[:, :, -1, :].reshape(n, tcount * f), extras, _ref_features(ref, ts, self.base_ms)],
+            axis=1,
         ).astype(np.float32)
         return FeatureBatch(
             symbol=symbol,
@@ -550,7 +557,8 @@ class FeatureBuilder:
             windows[0, ti, win - mat.shape[0] :] = mat
         extras, regime = _base_extras(base, self.norm_window, start=len(base) - 1)
         flat = np.concatenate(
-            [windows[:, :, -1, :].reshape(1, -1), extras, _ref_features(ref, base.ts[-1:])], axis=1
+            [windows[:, :, -1, :].reshape(1, -1), extras, _ref_features(ref, base.ts[-1:], self.base_ms)],
+            axis=1,
         ).astype(np.float32)
         return FeatureBatch(
             symbol=symbol,

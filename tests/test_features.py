@@ -264,3 +264,18 @@ def test_rows_give_the_matching_rows_of_the_full_batch(builder: FeatureBuilder, 
     assert len(builder.build_many(btc, rows=slice(10, 10))) == 0
     with pytest.raises(ValueError, match="contiguous"):
         builder.build_many(btc, rows=slice(0, 100, 2))
+
+
+def test_defensive_inputs(builder: FeatureBuilder, batch, btc: pd.DataFrame, btc_usd: pd.DataFrame) -> None:
+    """A higher-timeframe row that has not closed yet is ignored by build_one; a reference in
+    another timeframe is refused (its open bar would leak the future)."""
+    i = 3030  # 02:30: the 02:00 hour bar is still open
+    frames = live_frames(builder, btc, i)
+    hist = btc.iloc[: i + 1]
+    open_hour = resample_candles(hist, "1h").tail(1)
+    assert int(open_hour.ts.iloc[0]) + 3_600_000 > int(btc.ts.iloc[i]) + 60_000
+    frames["1h"] = pd.concat([frames["1h"], open_hour], ignore_index=True)
+    one = builder.build_one(frames)
+    np.testing.assert_allclose(one.windows[0], batch.windows[i], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="base timeframe"):
+        builder.build_many(btc, ref=resample_candles(btc_usd, "5m"))
