@@ -69,7 +69,8 @@ def measure_updates(app, ticks: int) -> dict:
         resp1, b1, t1 = _post(client, [("live-chart", "figure"), ("live-state", "data")],
                               [("live-tick", "n_intervals", n), ("live-timeframe", "value", "1m"),
                                ("live-overlays", "value", overlays)],
-                              [("live-state", "data", chart_state)], "live-tick.n_intervals")
+                              [("live-state", "data", chart_state), ("live-chart", "relayoutData", None)],
+                              "live-tick.n_intervals")
         chart_state = resp1.get("live-state", {}).get("data", chart_state)
         outs = [("live-stats", "children"), ("live-experts", "children"), ("live-trading", "children"),
                 ("live-kill", "children"), ("live-system", "children"), ("thr-current", "children"),

@@ -20,6 +20,7 @@ from core import indicators as ind
 OVERLAYS: tuple[str, ...] = ("vwap", "bollinger", "sma5", "sma21", "sma233", "pivots")
 SMA_STYLE: dict[str, tuple[int, str]] = {"sma5": (5, "orange"), "sma21": (21, "red"), "sma233": (233, "grey")}
 BOLL_WINDOW, BOLL_K = 20, 2.0
+VIEW_BARS = 240  # bars visible when the chart first opens (all MAX_BARS are loaded)
 
 # fixed trace order of the main chart (Patch updates address traces by these indexes)
 TRACE_NAMES: tuple[str, ...] = (
@@ -149,6 +150,17 @@ def _band(x: list, y: list, name: str, fill: str | None, show: bool) -> dict:
     return t
 
 
+def view_range(ts: np.ndarray, fan: Fan | None) -> list[int] | None:
+    """The x range the chart opens on: the last VIEW_BARS bars plus the forecast horizon, so the fan is
+    readable; the whole window stays loaded (zoom out / double-click), and uirevision keeps a user's
+    own zoom over this default."""
+    if len(ts) <= VIEW_BARS:
+        return None
+    step = int(ts[-1] - ts[-2])
+    end = max(int(ts[-1]), fan.x[-1] if fan and fan.x else int(ts[-1])) + 3 * step
+    return [int(ts[-VIEW_BARS]), end]
+
+
 def candle_figure(candles: pd.DataFrame, overlays: Iterable[str] = (), fan: Fan | None = None,
                   decisions: pd.DataFrame | None = None, fills: pd.DataFrame | None = None,
                   title: str = "", uirevision: str = "chart") -> dict:
@@ -195,15 +207,19 @@ def candle_figure(candles: pd.DataFrame, overlays: Iterable[str] = (), fan: Fan 
                                              ((fxs, fys), "fill", "x", 8, "#ffffff")):
         data.append({"type": "scatter", "mode": "markers", "x": mx, "y": my, "name": name,
                      "marker": {"symbol": sym, "size": size, "color": color}})
+    xaxis = {"rangeslider": {"visible": False}, "showspikes": True, "spikemode": "across",
+             "spikesnap": "cursor", "spikethickness": 1, "type": "date"}
+    rng = view_range(df["ts"].to_numpy(np.int64), fan)
+    if rng:
+        xaxis["range"] = rng
     layout = {
-        "template": PLOTLY_DARK, "title": {"text": title}, "uirevision": uirevision, "hovermode": "x unified",
-        "margin": {"l": 50, "r": 20, "t": 40, "b": 30}, "height": 560,
-        "xaxis": {"rangeslider": {"visible": False}, "showspikes": True, "spikemode": "across",
-                  "spikesnap": "cursor", "spikethickness": 1, "type": "date"},
+        "template": PLOTLY_DARK, "uirevision": uirevision, "hovermode": "x unified",
+        "margin": {"l": 50, "r": 20, "t": 30, "b": 30}, "height": 560,
+        "xaxis": xaxis,
         "yaxis": {"domain": [0.25, 1.0], "showspikes": True, "spikemode": "across", "spikethickness": 1,
                   "title": {"text": "price"}},
         "yaxis2": {"domain": [0.0, 0.2], "title": {"text": "volume"}},
-        "legend": {"orientation": "h", "y": 1.06, "x": 0},
+        "legend": {"orientation": "h", "y": 1.07, "x": 0, "title": {"text": title}},
         "shapes": pivot_shapes(pivot_levels(df)) if "pivots" in on else [],
     }
     return {"data": data, "layout": layout}

@@ -84,9 +84,19 @@ def _visibility_patch(p: Patch, overlays: list[str]) -> None:
         p["data"][figures.TRACE[name]]["visible"] = toggle in overlays
 
 
+def user_zoomed(relayout: dict | None) -> bool:
+    """True when the user's last zoom/pan set an x range (a double-click autorange resets it)."""
+    if not relayout:
+        return False
+    if relayout.get("xaxis.autorange"):
+        return False
+    return "xaxis.range[0]" in relayout or "xaxis.range" in relayout
+
+
 def chart_update(snap: Any, symbol: str | None, tf: str, overlays: list[str], state: dict | None,
-                 force: bool = False) -> tuple[Any, dict]:
-    """The chart's 1 s update: a full figure when needed, else a Patch. Returns (figure|Patch, state)."""
+                 force: bool = False, zoomed: bool = False) -> tuple[Any, dict]:
+    """The chart's 1 s update: a full figure when needed, else a Patch. Returns (figure|Patch, state).
+    ``zoomed``: the user set their own x range, so the view no longer follows new candles."""
     df = display_candles(snap, tf)
     last_ts = int(df["ts"].iloc[-1]) if len(df) else None
     fan = fan_for(snap, tf)
@@ -122,6 +132,10 @@ def chart_update(snap: Any, symbol: str | None, tf: str, overlays: list[str], st
                     del p["data"][figures.TRACE[trace]][col][0]
         new_state["n"] = min(MAX_BARS, state["n"] + n_new)
         changed = True
+    if (n_new or fan_key != state.get("fan")) and not zoomed:
+        rng = figures.view_range(df["ts"].to_numpy(np.int64), fan)
+        if rng:
+            p["layout"]["xaxis"]["range"] = rng  # follow the stream unless the user zoomed (uirevision)
     if fan_key != state.get("fan"):
         _set_fan(p, fan)
         changed = True
@@ -179,10 +193,12 @@ def stats_panel(snap: Any, now_ms: int) -> Any:
     tf_ms = TIMEFRAME_MS.get(snap.timeframe, 0)
     lag = [s.get("lag_ms") for s in (api.source_json(v) for v in snap.sources.values())]
     lag = [x for x in lag if isinstance(x, int | float)]
-    fresh = (f"lag {lag[0] / 1000:.1f}s" if lag else
-             (f"{(now_ms - last - tf_ms) / 1000:.0f}s" if last is not None else "—"))
-    if snap.mode == "replay" and last is not None:
-        fresh = f"replay at {_ts(last)} ({fresh})"
+    if snap.mode == "replay":
+        # wall clock vs. replayed time means nothing: show where the replay is and the feed's lag
+        fresh = f"replay at {_ts(last)}" + (f" · lag {lag[0] / 1000:.1f}s" if lag else "")
+    else:
+        fresh = (f"lag {lag[0] / 1000:.1f}s" if lag else
+                 (f"{(now_ms - last - tf_ms) / 1000:.0f}s old" if last is not None else "—"))
     items = [
         ("P(up) fused", _pct(d.probs[2]) if d else "—"),
         ("P(up) Kronos", _pct(k["p_up"]) if k else "—"),
@@ -388,10 +404,12 @@ def register(app: Dash, wctx: Any) -> None:
 
     @app.callback(Output("live-chart", "figure"), Output("live-state", "data"),
                   Input("live-tick", "n_intervals"), Input("live-timeframe", "value"),
-                  Input("live-overlays", "value"), State("live-state", "data"))
-    def _chart(_n: int | None, tf: str, overlays: list[str] | None, state: dict | None) -> Any:
+                  Input("live-overlays", "value"), State("live-state", "data"),
+                  State("live-chart", "relayoutData"))
+    def _chart(_n: int | None, tf: str, overlays: list[str] | None, state: dict | None,
+               relayout: dict | None) -> Any:
         snap = engine.snapshot()
-        return chart_update(snap, None, tf, overlays or [], state)
+        return chart_update(snap, None, tf, overlays or [], state, zoomed=user_zoomed(relayout))
 
     @app.callback(Output("live-stats", "children"), Output("live-experts", "children"),
                   Output("live-trading", "children"), Output("live-kill", "children"),
