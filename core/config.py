@@ -199,6 +199,7 @@ class FeaturesConfig(_Strict):
     timeframes: list[str] = Field(default_factory=lambda: ["1m", "5m", "1h", "1d"], min_length=1)
     norm_window: int = Field(500, ge=10)
     pivot_levels: int = Field(3, ge=1, le=5)
+    pivot_strength: int = Field(2, ge=1, le=20)  # bars each side of a level-1 swing point
 
     @field_validator("timeframes")
     @classmethod

@@ -4,7 +4,7 @@ A sample at base bar t describes the market at the CLOSE of bar t, from bars up 
 
 What goes in (README "Features and labels" has the user-facing description):
 * windows [N, T, L, F]: for each timeframe (base first), the last L bars CLOSED by the close of bar t
-  (a higher-timeframe bar opening at b is used once b + tf <= ts_t + base). Per bar (BAR_FEATURES):
+  (a higher-timeframe bar opening at b is used once b + tf <= ts_t + base). Per bar (spec.bar_features):
   open/high/low/close as 100*log(x / close_t) (close_t = the sample's own last base close, so the
   scale of the price never matters), the bar's log return, volume as log1p(v / trailing mean volume
   over `norm_window` bars), indicators as distances in ATR units or bounded oscillators, distances
@@ -16,8 +16,12 @@ What goes in (README "Features and labels" has the user-facing description):
 * regime [N, R]: realised volatility over 60 bars, return over 60 bars, efficiency ratio and the
   ratio of short to long (norm_window) volatility -- all trailing.
 
-`build_many` and `build_one` share `_tf_matrix`, so a live sample equals the matching row of a
-backtest (exactly, up to the decay of recursive indicators seeded inside a 1500-bar snapshot).
+`build_many` and `build_one` share the compiled kernels, so a live sample equals the matching row of
+a backtest. Exact up to what a 1500-bar snapshot cannot hold: recursive indicators (EMA, Wilder) are
+seeded at the snapshot's first bar (the difference decays below float32 resolution long before the
+window), the volume mean needs norm_window + L bars, and a high pivot level whose neighbours lie
+before the snapshot can be missed (level 3 on 1m bars: every ~100 bars, far inside 1500).
+Prices and returns are in log-percent (100 * log ratio) so networks see O(1) numbers.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from core.types import CANDLE_COLUMNS, FeatureBatch, FeatureSpec, timeframe_ms
 # indicator periods (fixed: experts are trained against them)
 EMA_FAST, EMA_SLOW, MACD_SIGNAL = 12, 26, 9
 RSI_WINDOW, ATR_WINDOW, BB_WINDOW, VWAP_WINDOW = 14, 14, 20, 20
-PIVOT_STRENGTH, PIVOT_HIGHER_STRENGTH = 2, 1
+PIVOT_HIGHER_STRENGTH = 1  # level k >= 2: beats one neighbouring pivot of the level below each side
 REGIME_WINDOW = 60
 RETURN_HORIZONS = (5, 15, 60)
 REF_HORIZONS = (1, 5, 15, 60)
@@ -308,7 +312,9 @@ def _clip(x: float) -> float:  # pragma: no cover - compiled
     return min(max(x, -ATR_CLIP), ATR_CLIP)
 
 
-def _tf_matrix(x: _Ohlcv, levels: int, norm_window: int, tail: int | None = None) -> np.ndarray:
+def _tf_matrix(
+    x: _Ohlcv, levels: int, norm_window: int, tail: int | None = None, strength: int = 2
+) -> np.ndarray:
     """[M, F] float64 per-bar features of one timeframe series (only the last `tail` rows if
     given). Price columns hold 100*log(price) (made relative to close_t when a sample is
     gathered); every other column is final."""
@@ -316,7 +322,7 @@ def _tf_matrix(x: _Ohlcv, levels: int, norm_window: int, tail: int | None = None
     out = np.empty((len(x) - start, N_BASE_FEATURES + 2 * levels + 1))
     if len(x) == 0:
         return out
-    sup, res = support_resistance_fast(x.h, x.lo, levels, PIVOT_STRENGTH, PIVOT_HIGHER_STRENGTH)
+    sup, res = support_resistance_fast(x.h, x.lo, levels, strength, PIVOT_HIGHER_STRENGTH)
     _tf_kernel(x.o, x.h, x.lo, x.c, x.v, norm_window, sup, res, start, out)
     return out
 
@@ -463,6 +469,7 @@ class FeatureBuilder:
         self.tf_ms = tuple(timeframe_ms(tf) for tf in self.timeframes)
         self.window = cfg.window
         self.levels = cfg.pivot_levels
+        self.strength = cfg.pivot_strength
         self.norm_window = cfg.norm_window
         bar = _bar_feature_names(self.levels)
         flat = tuple(f"{tf}:{name}" for tf in self.timeframes for name in bar)
@@ -507,7 +514,7 @@ class FeatureBuilder:
         logc = np.zeros(n)
         for ti, tf_ms in enumerate(self.tf_ms):
             series = x if ti == 0 else _resample(x, tf_ms, grid_offset(self.timeframes[ti]))
-            mat = _tf_matrix(series, self.levels, self.norm_window)
+            mat = _tf_matrix(series, self.levels, self.norm_window, strength=self.strength)
             if ti == 0:  # 100*log(close_t), exactly as the kernel computed it
                 logc = mat[lo:, 3].copy()
             last = np.searchsorted(series.ts + tf_ms, now, side="right") - 1  # last closed bar
@@ -550,7 +557,7 @@ class FeatureBuilder:
             series = base if ti == 0 else _as_ohlcv(frames[tf], f"{tf} frame")
             if ti:
                 series = series.head(int(np.searchsorted(series.ts + tf_ms, now, side="right")))
-            mat = _tf_matrix(series, self.levels, self.norm_window, tail=win)
+            mat = _tf_matrix(series, self.levels, self.norm_window, tail=win, strength=self.strength)
             if ti == 0:
                 logc = float(mat[-1, 3])
             mat[:, :_N_PRICE] -= logc
