@@ -579,7 +579,7 @@ class FeatureBuilder:
         )
 
     def _check_grid(self, x: _Ohlcv) -> None:
-        off = x.ts % self.base_ms
+        off = (x.ts - grid_offset(self.base_timeframe)) % self.base_ms
         if np.any(off):
             row = int(np.flatnonzero(off)[0])
             raise ValueError(
