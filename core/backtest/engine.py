@@ -227,6 +227,21 @@ def check_candles(candles: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     return df
 
 
+def align_start(candles: pd.DataFrame, timeframes: tuple[str, ...] | list[str]) -> pd.DataFrame:
+    """Drop leading bars before the first bucket boundary of the longest feature timeframe. A live
+    DataProvider never publishes a higher-timeframe bar whose first base bars it did not see (its open
+    would be wrong), while resampling history would include it: starting on a boundary makes both
+    modes (and live) see the same higher-timeframe bars."""
+    longest = max(timeframe_ms(tf) for tf in timeframes)
+    ts = candles["ts"].to_numpy(np.int64)
+    start = -(-int(ts[0]) // longest) * longest  # first boundary at or after the first bar
+    k = int(np.searchsorted(ts, start))
+    if k >= len(ts):
+        raise ValueError(f"backtest range is shorter than one {max(timeframes, key=timeframe_ms)} bucket "
+                         "after aligning to it; widen --from/--to or drop that feature timeframe")
+    return candles.iloc[k:].reset_index(drop=True)
+
+
 class _Decisions:
     """Builds Decision objects from per-bar arrays (fast mode), identical to the orchestrator's."""
 
@@ -262,7 +277,7 @@ class Backtester:
 
     def run(self, candles: pd.DataFrame, mode: str | None = None) -> BacktestResult:
         mode = mode or self.spec.mode
-        candles = check_candles(candles, self.spec.timeframe)
+        candles = align_start(check_candles(candles, self.spec.timeframe), self.c.builder.timeframes)
         self.c.gate.load_state_dict(copy.deepcopy(self._gate0))
         t0 = time.perf_counter()
         res = self._fast(candles) if mode == "fast" else self._event(candles)
