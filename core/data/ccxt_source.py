@@ -101,6 +101,7 @@ class CcxtSource:
         exchange: Any | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], int] | None = None,
+        trades: bool = False,
         trade_sink: TradeSink | None = None,
     ) -> None:
         timeframe_ms(timeframe)
@@ -117,6 +118,7 @@ class CcxtSource:
         self._exchange = exchange
         self._sleep = sleep or asyncio.sleep
         self._clock = clock or now_ms
+        self.trades = trades  # also stream trades (watch_trades) into trade_sink (the provider wires it)
         self.trade_sink = trade_sink
         self.name = f"ccxt:{exchange_id}"
         self._status = SourceStatus(self.name)
@@ -297,7 +299,7 @@ class CcxtSource:
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, self.reconnect_max_s)
             tasks = [asyncio.create_task(self._watch(emit, stop, s)) for s in self.symbols]
-            if self.trade_sink is not None and getattr(ex, "has", {}).get("watchTrades"):
+            if self.trades and self.trade_sink is not None and getattr(ex, "has", {}).get("watchTrades"):
                 tasks += [asyncio.create_task(self._watch_trades(stop, s)) for s in self.symbols]
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)

@@ -368,7 +368,7 @@ class DataProvider:
     # ------------------------------------------------------------ sources
 
     def add_source(self, source: Source) -> None:
-        if getattr(source, "trade_sink", "absent") is None:
+        if getattr(source, "trades", False) and getattr(source, "trade_sink", "absent") is None:
             source.trade_sink = lambda ex, sym, df: self.ingest_trades(ex, sym, df, source=source.name)  # type: ignore[attr-defined]
         self._sources.append(source)
 

@@ -1,0 +1,248 @@
+"""CcxtSource without the internet: ccxt's own Binance parsers on hand-written raw payloads, and a
+fault-injecting Binance look-alike on 127.0.0.1 (kline websocket + /api/v3/klines REST) serving the REAL
+BTC/USDT minutes of ../shared/data, which drops the stream and refuses reconnects to exercise back-off and
+the REST backfill of missed candles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import ccxt
+import ccxt.pro
+import numpy as np
+import pandas as pd
+import pytest
+from aiohttp import WSMsgType, web
+
+from core.data.ccxt_source import (
+    CcxtSource,
+    ExchangeUnavailableError,
+    ohlcv_to_frame,
+    trades_to_frame,
+    unavailable_message,
+)
+from core.data.files import load_file
+from core.data.provider import DataProvider
+from core.data.store import MarketStore
+from core.data.validate import validate_candles, validate_trades
+from core.types import SeriesKey
+
+# Hand-written raw Binance payloads (the REST kline array layout and a /api/v3/trades entry); the
+# numbers are the first two real BTC/USDT minutes of 2023-03-01 from ../shared/data.
+RAW_KLINES = [
+    [1677628800000, "23140.48", "23150.77", "23128.52", "23142.31", "2.131777", 1677628859999,
+     "49332.39", 120, "1.0", "23141.0", "0"],
+    [1677628860000, "23143.89", "23148.80", "23137.61", "23137.77", "0.881378", 1677628919999,
+     "20394.21", 61, "0.4", "9254.0", "0"],
+]
+RAW_TRADES = [
+    {"id": 13519807, "price": "0.00141342", "qty": "23", "quoteQty": "0.0325", "time": 1570752011620,
+     "isBuyerMaker": True, "isBestMatch": True},
+    {"id": 13519808, "price": "0.00141266", "qty": "54", "quoteQty": "0.0763", "time": 1570752011620,
+     "isBuyerMaker": False, "isBestMatch": True},
+]
+
+
+def test_ccxt_binance_parsers_to_frames() -> None:
+    ex = ccxt.binance()
+    rows = [ex.parse_ohlcv(k) for k in RAW_KLINES]
+    df = ohlcv_to_frame(rows)
+    assert df["ts"].tolist() == [1677628800000, 1677628860000]
+    assert df["close"].tolist() == [23142.31, 23137.77] and df["volume"].iat[0] == 2.131777
+    assert validate_candles(df, "1m", now_ms=1677628980000).counts == {}
+    trades = [ex.parse_trade(t) for t in RAW_TRADES]
+    tf = trades_to_frame(trades)
+    assert tf["id"].tolist() == ["13519807", "13519808"]
+    assert tf["side"].tolist() == ["sell", "buy"]  # buyer is maker -> the taker sold
+    assert tf["amount"].tolist() == [23.0, 54.0] and tf["ts"].iat[0] == 1570752011620
+    assert validate_trades(tf).counts == {}
+
+
+def test_region_and_unreachable_messages() -> None:
+    msg = unavailable_message("binance", ccxt.ExchangeNotAvailable(
+        'binance GET https://api.binance.com/api/v3/exchangeInfo 451  {"code":0,"msg":"Service unavailable '
+        'from a restricted location"}'))
+    assert msg and "451" in msg and "binanceus" in msg and "kraken" in msg
+    msg = unavailable_message("kraken", ccxt.NetworkError("Cannot connect to host api.kraken.com"))
+    assert msg and "unreachable" in msg and "binanceus" in msg
+    assert unavailable_message("kraken", ccxt.BadSymbol("no such market")) is None
+
+
+def _num(x: float) -> str:
+    return repr(float(x))  # Binance sends numbers as decimal strings
+
+
+class FakeBinance:
+    """Serves real candles as if live: candle ``i`` is in progress; each websocket message starts the
+    next candle. Connection 1 is dropped after ``drop_after`` messages and ``skip`` candles pass while
+    disconnected; the next ``refuse`` connection attempts are refused (HTTP 503)."""
+
+    def __init__(self, candles: pd.DataFrame, start: int, end: int, drop_after: int, skip: int,
+                 refuse: int) -> None:
+        self.c = candles.reset_index(drop=True)
+        self.i = start
+        self.end = end
+        self.drop_after = drop_after
+        self.skip = skip
+        self.refuse = refuse
+        self.connections = 0
+        self.refused = 0
+        self.rest_calls = 0
+        self.finished = asyncio.Event()
+
+    def clock(self) -> int:
+        return int(self.c["ts"].iat[self.i]) + 30_000  # half-way through the in-progress candle
+
+    def _kline(self, i: int) -> dict:
+        r = self.c.iloc[i]
+        return {"e": "kline", "E": int(r.ts) + 30_000, "s": "BTCUSDT", "k": {
+            "t": int(r.ts), "T": int(r.ts) + 59_999, "s": "BTCUSDT", "i": "1m", "f": 1, "L": 2,
+            "o": _num(r.open), "c": _num(r.close), "h": _num(r.high), "l": _num(r.low), "v": _num(r.volume),
+            "n": 2, "x": False, "q": "0", "V": "0", "Q": "0", "B": "0"}}
+
+    async def klines(self, request: web.Request) -> web.Response:
+        self.rest_calls += 1
+        start = int(request.query.get("startTime", 0))
+        limit = int(request.query.get("limit", 500))
+        c = self.c.iloc[: self.i + 1]  # up to the candle in progress, as the real API does
+        c = c[c["ts"] >= start].iloc[:limit]
+        body = [[int(r.ts), _num(r.open), _num(r.high), _num(r.low), _num(r.close), _num(r.volume),
+                 int(r.ts) + 59_999, "0", 1, "0", "0", "0"] for r in c.itertuples()]
+        return web.json_response(body)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        if self.connections >= 1 and self.refused < self.refuse:
+            self.refused += 1
+            return web.Response(status=503, text="try later")
+        self.connections += 1
+        conn = self.connections
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        msg = await ws.receive()
+        assert msg.type == WSMsgType.TEXT
+        sub = json.loads(msg.data)
+        await ws.send_json({"result": None, "id": sub["id"]})
+        sent = 0
+        while self.i < self.end:
+            await ws.send_json(self._kline(self.i))
+            sent += 1
+            await asyncio.sleep(0.02)
+            if conn == 1 and sent == self.drop_after:
+                self.i += 1 + self.skip  # these candles close while nobody listens
+                await ws.close()
+                return ws
+            self.i += 1
+        self.i = self.end - 1
+        await ws.send_json(self._kline(self.i))
+        self.finished.set()
+        while not ws.closed:
+            m = await ws.receive()
+            if m.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
+                break
+        return ws
+
+
+def _binance_at(port: int) -> ccxt.pro.binance:
+    ex = ccxt.pro.binance({"enableRateLimit": False})
+    ex.urls["api"]["ws"]["spot"] = f"ws://127.0.0.1:{port}/stream/ws"  # '/stream' marks a spot url
+    ex.urls["api"]["public"] = f"http://127.0.0.1:{port}/api/v3"
+    ex.set_markets([{
+        "id": "BTCUSDT", "lowercaseId": "btcusdt", "symbol": "BTC/USDT", "base": "BTC", "quote": "USDT",
+        "baseId": "BTC", "quoteId": "USDT", "settle": None, "settleId": None, "type": "spot", "spot": True,
+        "margin": False, "swap": False, "future": False, "option": False, "contract": False,
+        "linear": None, "inverse": None, "active": True, "precision": {"amount": 1e-8, "price": 0.01},
+        "limits": {}, "info": {},
+    }])
+    return ex
+
+
+def test_reconnect_backoff_and_gap_backfill(shared_data: Path) -> None:
+    real = load_file(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[:80]
+    start, end = 20, 60
+
+    async def scenario() -> tuple[CcxtSource, FakeBinance, MarketStore, DataProvider]:
+        fake = FakeBinance(real, start=start, end=end, drop_after=6, skip=4, refuse=2)
+        app = web.Application()
+        app.router.add_get("/api/v3/klines", fake.klines)
+        app.router.add_get("/stream/ws/{n}", fake.stream)  # ccxt appends a stream index
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        sleeps: list[float] = []
+
+        async def fake_sleep(d: float) -> None:  # records the back-off, waits only a little
+            sleeps.append(d)
+            await asyncio.sleep(0.05)
+
+        src = CcxtSource("binance", ["BTC/USDT"], "1m", exchange=_binance_at(port), sleep=fake_sleep,
+                         clock=fake.clock, backfill_bars=10, reconnect_initial_s=1.0, reconnect_max_s=3.0)
+        store = MarketStore(":memory:")
+        prov = DataProvider(store, "1m", ["1m", "5m"], exchange="binance")
+        prov.add_source(src)
+        emit = prov._emit_for(src)
+        stop = asyncio.Event()
+        task = asyncio.create_task(src.run(emit, stop))
+        await asyncio.wait_for(fake.finished.wait(), 30)
+        key = SeriesKey("binance", "BTC/USDT", "1m")
+        for _ in range(200):  # the last sent candle closes the one before it
+            last = store.last_candles(key, 1)
+            if not last.empty and int(last["ts"].iat[0]) == int(real["ts"].iat[end - 2]):
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await runner.cleanup()
+        assert sleeps == src.backoff_delays
+        return src, fake, store, prov
+
+    src, fake, store, prov = asyncio.run(scenario())
+    st = src.status()
+    assert fake.connections == 2 and fake.refused == 2
+    assert st.reconnects == 3  # the drop, then two refused attempts
+    assert src.backoff_delays == [1.0, 2.0, 3.0]  # doubling, capped at reconnect_max_s
+    key = SeriesKey("binance", "BTC/USDT", "1m")
+    got = store.candles(key)
+    want = real.iloc[start - 10: end - 1].reset_index(drop=True)  # backfill .. last closed candle
+    assert store.gaps(key) == []
+    pd.testing.assert_frame_equal(got, want)  # no candle lost across the drop, values exact
+    assert fake.rest_calls >= 2  # the start-up backfill and the one after the drop
+    five = prov.snapshot("BTC/USDT", "5m")
+    assert len(five) >= 5 and np.isfinite(five.to_numpy()).all()
+    assert prov.status()["ccxt:binance"].rejected_rows == 0
+
+
+def test_exchange_refusing_region_stops_with_clear_error() -> None:
+    class Refusing:
+        has = {"watchOHLCV": True}
+        markets = None
+
+        async def load_markets(self) -> None:
+            raise ccxt.ExchangeNotAvailable("binance GET https://api.binance.com/api/v3/exchangeInfo 451 "
+                                            "Service unavailable from a restricted location")
+
+        async def close(self) -> None:
+            return None
+
+    src = CcxtSource("binance", ["BTC/USDT"], "1m", exchange=Refusing())
+    with pytest.raises(ExchangeUnavailableError, match="binanceus"):
+        asyncio.run(src.run(lambda *a: None, asyncio.Event()))
+    assert "451" in (src.status().error or "")
+
+
+@pytest.mark.network
+def test_download_a_few_candles_from_binanceus() -> None:
+    async def go() -> pd.DataFrame:
+        src = CcxtSource("binanceus", ["BTC/USDT"], "1m", websocket=False)
+        try:
+            now = src._clock()
+            return await src.fetch_range("BTC/USDT", now - 10 * 60_000)
+        finally:
+            await src.exchange.close()
+
+    df = asyncio.run(go())
+    assert 5 <= len(df) <= 10
+    assert validate_candles(df, "1m").counts == {}
