@@ -18,6 +18,7 @@ CLI_MODULES: list[str] = [
     "core.data.cli",  # data import|download|list|export
     "NN.training.cli",  # train | evaluate (experts, MoE gate)
     "core.backtest.cli",  # run (backtest) | report ID
+    "NN.experts.kronos.cli",  # forecast (Kronos Monte-Carlo paths, summary, fan chart)
 ]
 
 

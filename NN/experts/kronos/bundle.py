@@ -1,0 +1,87 @@
+"""A ready-to-sample Kronos: tokenizer + predictor (+ stored calibration), resolved from a model spec:
+
+- ``nano``: the best checkpoint train_kronos wrote under ``<models_dir>/kronos/`` (lowest validation loss);
+- a local directory holding ``tokenizer/`` and ``model/`` (what train_kronos writes; calibration.json
+  beside them is used when present);
+- a hub id of a released predictor (``NeoQuasar/Kronos-small`` ...), paired with its released tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.paths import PROJECT_ROOT
+
+from .calibration import Calibration
+from .config import HUB_TOKENIZER_FOR, MAX_CONTEXT
+from .hub import CheckpointNotFound, load_predictor, load_tokenizer
+from .model import KronosModel
+from .sampler import KronosSampler
+from .tokenizer import KronosTokenizer
+
+DEFAULT_MODELS_DIR = PROJECT_ROOT / "models"
+
+
+@dataclass
+class KronosBundle:
+    tokenizer: KronosTokenizer
+    model: KronosModel
+    calibration: Calibration | None
+    max_context: int
+    version: str
+    path: Path | None = None
+
+    def sampler(self) -> KronosSampler:
+        return KronosSampler(self.tokenizer, self.model)
+
+
+def nano_runs(models_dir: Path) -> list[tuple[float, Path]]:
+    """(validation loss, directory) of every finished checkpoint under models_dir/kronos."""
+    root = Path(models_dir) / "kronos"
+    out = []
+    for meta in root.glob("*/meta.json") if root.is_dir() else []:
+        try:
+            m = json.loads(meta.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (meta.parent / "model" / "model.safetensors").is_file() and m.get("val_loss") is not None:
+            out.append((float(m["val_loss"]), meta.parent))
+    return sorted(out)
+
+
+def best_nano(models_dir: Path) -> Path:
+    runs = nano_runs(models_dir)
+    if not runs:
+        raise CheckpointNotFound(
+            f"no trained Kronos checkpoint under {Path(models_dir) / 'kronos'}; train one with "
+            "`python main_backtest.py train --experts kronos` (offline, a few minutes on CPU)")
+    return runs[0][1]
+
+
+def load_bundle(spec: str, models_dir: Path | None = None, device: torch.device | str = "cpu") -> KronosBundle:
+    models_dir = Path(models_dir) if models_dir else DEFAULT_MODELS_DIR
+    path: Path | None
+    if spec == "nano":
+        path = best_nano(models_dir)
+    else:
+        p = Path(spec).expanduser()
+        path = p if p.is_dir() else None
+    if path is not None:
+        if not (path / "tokenizer").is_dir() or not (path / "model").is_dir():
+            raise CheckpointNotFound(f"{path}: a Kronos directory needs tokenizer/ and model/ sub-directories "
+                                     "(each with config.json and model.safetensors)")
+        meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else {}
+        cal = Calibration.load(path / "calibration.json") if (path / "calibration.json").is_file() else None
+        return KronosBundle(load_tokenizer(path / "tokenizer", device), load_predictor(path / "model", device),
+                            cal, int(meta.get("max_context", 512)), meta.get("version", path.name), path)
+    tok_id = HUB_TOKENIZER_FOR.get(spec)
+    if tok_id is None:
+        raise CheckpointNotFound(f"{spec!r}: not 'nano', not a directory, and not a released Kronos predictor "
+                                 f"({', '.join(HUB_TOKENIZER_FOR)})")
+    name = spec.split("/")[-1]
+    return KronosBundle(load_tokenizer(tok_id, device), load_predictor(spec, device), None,
+                        MAX_CONTEXT.get(name, 512), spec, None)
