@@ -124,9 +124,13 @@ class PaperBroker:
             raise OrderError(f"side {side!r}: expected buy or sell")
         if type not in ("market", "limit"):
             raise OrderError(f"type {type!r}: expected market or limit")
-        if not (isinstance(amount, int | float) and math.isfinite(amount) and amount > 0):
+        try:
+            ok = math.isfinite(float(amount)) and float(amount) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
             raise OrderError(f"amount {amount!r}: expected a positive number")
-        if type == "limit" and not (price is not None and math.isfinite(price) and price > 0):
+        if type == "limit" and not (price is not None and math.isfinite(float(price)) and float(price) > 0):
             raise OrderError(f"limit order needs a positive price, got {price!r}")
 
     def _estimate(self, type: str, side: str, price: float | None) -> float:
