@@ -202,3 +202,23 @@ def test_loopback_with_token_guards_control_only(engine, cfg) -> None:
     assert r.status_code == 200
     body = json.dumps([c.get(p).get_json() for p in ("/api/status", "/api/experts", "/api/thresholds")])
     assert TOKEN not in body
+
+
+@pytest.mark.parametrize("host,loop", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                       ("127.0.0.2", True), ("0.0.0.0", False), ("192.168.1.5", False),
+                                       ("::", False), ("example.com", False)])
+def test_is_loopback(host: str, loop: bool) -> None:
+    from web.auth import check_bind, is_loopback
+
+    assert is_loopback(host) is loop
+    if loop:
+        check_bind(host, None)
+    else:
+        with pytest.raises(BindRefused):
+            check_bind(host, None)
+        check_bind(host, TOKEN)  # a token makes it allowed
+
+
+def test_secrets_never_in_repr() -> None:
+    s = Secrets(dashboard_token=TOKEN)
+    assert TOKEN not in repr(s) and TOKEN not in str(s)
