@@ -11,6 +11,8 @@ What goes in (README "Features and labels" has the user-facing description):
   to the last CONFIRMED Williams support/resistance of each level, and `present` (1 real bar, 0 pad).
 * Windows without enough history are zero-padded on the LEFT with present = 0 (the 1m data never
   holds 64 daily bars); indicator values still in warm-up read 0. No price is ever invented.
+  A higher-timeframe bucket that began before the data did is dropped (its open is unknown; the
+  DataProvider does not publish it either).
 * flat [N, D]: the last bar's features of every timeframe, the session-VWAP distance, base returns
   over 5/15/60 bars and the reference symbol's returns over 1/5/15/60 bars (+ ref_present).
 * regime [N, R]: realised volatility over 60 bars, return over 60 bars, efficiency ratio and the
@@ -165,11 +167,27 @@ def resample_candles(candles: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     return pd.DataFrame({"ts": r.ts, "open": r.o, "high": r.h, "low": r.lo, "close": r.c, "volume": r.v})
 
 
-def _resample(x: _Ohlcv, tf_ms: int, offset: int = 0) -> _Ohlcv:
+def _resample(x: _Ohlcv, tf_ms: int, offset: int = 0, drop_partial_first: bool = False) -> _Ohlcv:
     if len(x) == 0:
         return x
     bucket = x.ts - (x.ts - offset) % tf_ms  # the data layer's grid (weekly bars start on Monday)
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    if drop_partial_first and bucket[0] < x.ts[0]:
+        # the data begins inside this bucket: its open/high/low are unknown, so it is no bar at all
+        # (the DataProvider does not publish such a bucket either)
+        starts = starts[1:]
+        if starts.size == 0:
+            return x.head(0)
+        x = _Ohlcv(
+            x.ts[starts[0] :],
+            x.o[starts[0] :],
+            x.h[starts[0] :],
+            x.lo[starts[0] :],
+            x.c[starts[0] :],
+            x.v[starts[0] :],
+        )
+        bucket = bucket[starts[0] :]
+        starts = starts - starts[0]
     ends = np.r_[starts[1:], len(x)] - 1
     return _Ohlcv(
         bucket[starts],
@@ -513,7 +531,7 @@ class FeatureBuilder:
         now = ts + self.base_ms  # close time of each sample's bar
         logc = np.zeros(n)
         for ti, tf_ms in enumerate(self.tf_ms):
-            series = x if ti == 0 else _resample(x, tf_ms, grid_offset(self.timeframes[ti]))
+            series = x if ti == 0 else _resample(x, tf_ms, grid_offset(self.timeframes[ti]), True)
             mat = _tf_matrix(series, self.levels, self.norm_window, strength=self.strength)
             if ti == 0:  # 100*log(close_t), exactly as the kernel computed it
                 logc = mat[lo:, 3].copy()

@@ -279,3 +279,50 @@ def test_defensive_inputs(builder: FeatureBuilder, batch, btc: pd.DataFrame, btc
     np.testing.assert_allclose(one.windows[0], batch.windows[i], atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="base timeframe"):
         builder.build_many(btc, ref=resample_candles(btc_usd, "5m"))
+
+
+@pytest.mark.parametrize("first", [30, 1439 + 90])
+def test_history_starting_mid_bucket_matches_provider(
+    builder: FeatureBuilder, btc: pd.DataFrame, first: int
+) -> None:
+    """History that begins inside an hour/day: that first bucket's open is unknown, so neither the
+    DataProvider nor build_many makes a bar of it; live and batch still agree."""
+    from core.data.provider import DataProvider
+    from core.types import SeriesKey
+
+    part = btc.iloc[first:].reset_index(drop=True)
+    b = builder.build_many(part)
+    pi = builder.spec.bar_features.index("present")
+    j = 119 - first % 60  # the bar closing the first FULL hour
+    assert b.windows[j - 1, 2, :, pi].sum() == 0  # the partial first hour never became a bar
+    assert b.windows[j, 2, :, pi].sum() == 1
+    prov = DataProvider(None, "1m", list(builder.timeframes), cache_bars=1500)
+    key = SeriesKey("binanceus", "BTC/USDT", "1m")
+    done = 0
+    for i in (j - 1, j, 2500, len(part) - 1):
+        prov.ingest(key, part.iloc[done : i + 1], closed=True)
+        done = i + 1
+        one = builder.build_one(prov.frames("BTC/USDT"))
+        np.testing.assert_allclose(one.windows[0], b.windows[i], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(one.flat[0], b.flat[i], atol=1e-6, rtol=0)
+
+
+def test_alt_btc_live_path(shared_data: Path) -> None:
+    """ADA/BTC 5m (prices ~4e-5, history starting 04:55 inside an hour and a day) through the
+    DataProvider: build_one == build_many."""
+    from core.data.provider import DataProvider
+    from core.types import SeriesKey
+
+    ada = load_candles(shared_data / "freqtrade" / "ADA_BTC-5m.csv")
+    fb = FeatureBuilder(FeaturesConfig(window=32), "5m")
+    b = fb.build_many(ada, symbol="ADA/BTC")
+    prov = DataProvider(None, "5m", list(fb.timeframes), cache_bars=1500)
+    key = SeriesKey("binance", "ADA/BTC", "5m")
+    done = 0
+    for i in (300, 2000, len(ada) - 1):
+        prov.ingest(key, ada.iloc[done : i + 1], closed=True)
+        done = i + 1
+        one = fb.build_one(prov.frames("ADA/BTC"), symbol="ADA/BTC")
+        np.testing.assert_allclose(one.windows[0], b.windows[i], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(one.flat[0], b.flat[i], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(one.regime[0], b.regime[i], atol=1e-6, rtol=0)
