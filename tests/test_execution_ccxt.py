@@ -209,6 +209,8 @@ def test_create_fetch_cancel_through_sandbox_urls(fake_exchange):
     assert lim.status == "open" and [x.id for x in b.fetch_open_orders("BTC/USDT")] == [lim.id]
     assert b.cancel_order(lim.id, "BTC/USDT").status == "canceled"
     assert b.fetch_open_orders("BTC/USDT") == []
+    bal = b.fetch_balance()
+    assert bal["USDT"]["free"] == 10_000 and bal["BTC"]["free"] == 0
     # every request went to the fake server with the key header; the secret itself never travels
     assert all(h.get("X-MBX-APIKEY") == "test-key-not-real" for (m, p), h in zip(fake.requests, fake.headers_seen,
                                                                                     strict=True) if p == "/api/v3/order")

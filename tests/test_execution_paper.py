@@ -157,3 +157,23 @@ def test_executor_rejects_bad_bars(shared_data):
     with pytest.raises(ValueError, match="trades BTC/USDT"):
         ex.on_bar(CandleEvent(SeriesKey("x", "ETH/USDT", "1m"), 0, 1.0, 1.0, 1.0, 1.0, 1.0), None)
     assert ex.snapshot().cash == 10_000.0 and ex.snapshot().ts is None
+
+
+def test_orchestrator_hooks_match_on_bar(shared_data):
+    """on_decision (orchestrator) + on_candle (provider subscriber) books exactly what on_bar does."""
+    df = real_bars(shared_data, 400)
+    dec = decisions_for(df)
+    a = Executor(ExecutionConfig(), RiskConfig(), "BTC/USDT", "1m")
+    b = Executor(ExecutionConfig(), RiskConfig(), "BTC/USDT", "1m")
+    other = SeriesKey("binanceus", "BTC/USDT", "5m")
+    fa, fb = [], []
+    for i, r in enumerate(df.itertuples()):
+        bar = CandleEvent(KEY, int(r.ts), r.open, r.high, r.low, r.close, r.volume)
+        fa += a.on_bar(bar, dec[i])
+        if dec[i].action != Action.HOLD:
+            b.on_decision(dec[i])
+        assert b.on_candle(CandleEvent(other, int(r.ts), r.open, r.high, r.low, r.close, 1.0)) == []
+        fb += b.on_candle(bar)
+    assert fa == fb and len(fa) > 5 and np.array_equal(a.state, b.state, equal_nan=True)
+    b.on_decision(dec[-1])  # its bar is already booked: dropped, counted
+    assert b.late_decisions == 1

@@ -78,10 +78,35 @@ class Executor:
         if ledger is not None and self._vol_sizing and ledger.restored:
             self._closes.extend(ledger.recent_closes(self._vol_window + 1).tolist())
         self._buf = np.zeros((K.MAX_FILLS_PER_BAR, K.FILL_SIZE))
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._decided: dict[int, Decision] = {}
+        self.late_decisions = 0
         self._snap = self._make_snapshot()
 
     # ------------------------------------------------------------ per bar
+
+    def on_decision(self, decision: Decision) -> None:
+        """Orchestrator hook: keep the decision until its bar arrives through ``on_candle``."""
+        if decision.symbol != self.symbol:
+            raise ValueError(f"decision {decision.id} is for {decision.symbol}; this executor trades {self.symbol}")
+        with self._lock:
+            if self._last_ts is not None and decision.ts <= self._last_ts:
+                log.warning("decision %s arrived after its bar %s was booked: dropped", decision.id, decision.ts)
+                self.late_decisions += 1
+                return
+            self._decided[decision.ts] = decision
+
+    def on_candle(self, event: CandleEvent) -> list[Fill]:
+        """DataProvider subscriber, subscribed AFTER the orchestrator so the decision taken at this close
+        is already in: books the bar with that decision (or none). Other series and open bars are ignored."""
+        if not event.closed or event.key.symbol != self.symbol or event.key.timeframe != self.timeframe:
+            return []
+        with self._lock:
+            decision = self._decided.pop(event.ts, None)
+            for ts in [t for t in self._decided if t < event.ts]:
+                log.warning("decision for %s never got its bar: dropped", ts)
+                del self._decided[ts]
+        return self.on_bar(event, decision)
 
     def on_bar(self, bar: CandleEvent, decision: Decision | None) -> list[Fill]:
         """One CLOSED bar of this executor's symbol and the decision taken at its close (None = none)."""
