@@ -95,9 +95,21 @@ def _fit_lbfgs(params: list[torch.Tensor], loss_fn, max_iter: int = 200) -> None
     opt.step(closure)
 
 
+def require_classes(labels: np.ndarray, k: int = 3, min_count: int = 5, what: str = "fit data") -> None:
+    """A calibrator fit on data missing a class learns that the class never happens and is then
+    infinitely wrong about it: refuse, saying what is missing."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k)
+    if (counts < min_count).any():
+        raise ValueError(
+            f"{what}: class counts (down, flat, up) = {tuple(int(c) for c in counts)}; each needs >= {min_count} "
+            "to fit calibration (use a longer range, or a smaller labels.dead_zone_bps)"
+        )
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """Temperature T > 0 minimising log loss of softmax(logits / T) (Guo et al. 2017)."""
     _check(np.zeros_like(np.asarray(logits, dtype=np.float64)), labels)
+    require_classes(labels, np.asarray(logits).shape[1], what="temperature fit")
     z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
@@ -126,6 +138,7 @@ class Calibrator:
     def fit(self, probs: np.ndarray, labels: np.ndarray) -> Calibrator:
         p, y = _check(probs, labels)
         k = p.shape[1]
+        require_classes(y, k, what=f"{self.kind} scaling fit")
         z = torch.as_tensor(np.log(np.clip(p, EPS, 1.0)))
         yt = torch.as_tensor(y)
         if self.kind == "temperature":

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from core.config import MoEConfig
-from NN.calibration import EPS, Calibrator, log_loss
+from NN.calibration import EPS, Calibrator, log_loss, require_classes
 
 
 def _masked_softmax(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -134,6 +134,7 @@ class MoEGate:
         n_fit = int(len(p) * (1 - holdout))
         if n_fit < 50 or len(p) - n_fit < 50:
             raise ValueError(f"gate.fit: {len(p)} samples are too few (need >= 50 to fit and >= 50 held out)")
+        require_classes(y[n_fit:], what="gate hold-out (last part of the validation split)")
         self.regime_mean = r[:n_fit].mean(axis=0)
         std = r[:n_fit].std(axis=0)
         self.regime_std = np.where(std > 1e-12, std, 1.0)

@@ -166,3 +166,12 @@ def test_ece_and_brier_edge_cases() -> None:
     assert brier_score(np.eye(3), np.array([1, 2, 0])) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="labels"):
         log_loss(p, np.array([2, 2, 2, 2, -1]))
+
+
+def test_calibration_refuses_a_missing_class(real) -> None:
+    P, y = real["probs"][:, 1], real["y"]
+    flat_only = np.flatnonzero(y == 1)[:500]
+    with pytest.raises(ValueError, match=r"class counts \(down, flat, up\) = \(0, 500, 0\)"):
+        Calibrator(kind="vector").fit(P[flat_only], y[flat_only])
+    with pytest.raises(ValueError, match="dead_zone"):
+        fit_temperature(np.log(P[flat_only]), y[flat_only])

@@ -37,6 +37,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", dest="end", default=None, help="end, exclusive (ISO UTC or epoch ms)")
     p.add_argument("--db", default=None, help="DuckDB file (default: data.db_path)")
     p.add_argument("--models-dir", default=None, help="checkpoint folder (default: training.models_dir)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: these small models run fastest on one)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-steps", type=int, default=None, help="cap optimisation steps per epoch (quick runs)")
     t.add_argument("--patience", type=int, default=3, help="epochs without val improvement before stopping")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--runs-dir", default=None, help="TensorBoard log folder (default: training.runs_dir)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="score experts, fused and climatology on the test split")
@@ -58,8 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _context(args: argparse.Namespace):
+    import torch
+
     from core.data.store import MarketStore
 
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     app = load_config(args.config)
     models = load_models(args.models)
     key = SeriesKey(args.exchange or app.data.exchange, args.symbol or app.data.symbols[0],
@@ -78,7 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.experts.split(",") if n.strip()]
     try:
         res = run_training(store, key, models, app, names, start_ms=_ms(args.start), end_ms=_ms(args.end),
-                           epochs=args.epochs, models_dir=models_dir, runs_dir=app.resolve(app.training.runs_dir),
+                           epochs=args.epochs, models_dir=models_dir,
+                           runs_dir=Path(args.runs_dir) if args.runs_dir else app.resolve(app.training.runs_dir),
                            progress=not args.no_progress, max_steps_per_epoch=args.max_steps,
                            patience=args.patience)
     except ValueError as exc:
