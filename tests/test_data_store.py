@@ -144,6 +144,10 @@ def test_changed_candle_is_updated_and_counted(shared_data: Path, store: MarketS
     changed.loc[changed.index[5], "volume"] += 1.0
     assert store.upsert_candles(key, changed) == 1
     assert store.candles(key)["volume"].iat[45] == pytest.approx(df["volume"].iat[45] + 1.0)
+    assert store.candle_count(key) == 100  # replaced, not duplicated
+    assert store.query_df("SELECT count(DISTINCT ts) AS n FROM candles")["n"].iat[0] == 100
+    with pytest.raises(ValueError, match="upsert_candles"):
+        store.write_df("candles", df)
 
 
 def test_bad_batch_refused_whole_and_stored_data_kept(shared_data: Path, store: MarketStore) -> None:
