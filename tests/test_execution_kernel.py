@@ -261,3 +261,10 @@ def test_realised_vol_is_past_only(shared_data):
     c2 = c.copy()
     c2[101:] *= 1.5  # changing the future leaves the past untouched
     assert np.array_equal(K.realised_vol(c2, 60, 525_600.0)[:101], v[:101], equal_nan=True)
+
+
+def test_signal_for_uses_direction_only():
+    assert K.signal_for("BUY", 0.35) == 1.0 and K.signal_for("SELL", 0.0) == -1.0
+    assert math.isnan(K.signal_for("HOLD", 0.5))
+    with pytest.raises(ValueError, match="action"):
+        K.signal_for("WAIT")

@@ -114,7 +114,7 @@ class Executor:
         if self._last_ts is not None and bar.ts <= self._last_ts:
             log.debug("bar %s already booked: skipped", bar.ts)
             return []
-        signal = math.nan if decision is None else K.signal_for(decision.action, decision.target_position)
+        signal = math.nan if decision is None else K.signal_for(decision.action)
         self._closes.append(float(bar.close))
         vol = self._vol()
         cid = client_order_id(decision.id) if decision is not None else None

@@ -546,12 +546,16 @@ def bars_per_year(timeframe: str) -> float:
     return 365.0 * DAY_MS / timeframe_ms(timeframe)
 
 
-def signal_for(action: str, target_position: float) -> float:
-    """The kernel's signal for a Decision: HOLD -> NaN (no order); BUY/SELL -> its target_position
-    (direction/conviction in [-1, 1]; risk sizing scales it)."""
-    if str(action) == "HOLD":
+def signal_for(action: str, target_position: float | None = None) -> float:
+    """The kernel's signal for a Decision: BUY -> +1, SELL -> -1 (flat on spot: the kernel maps negative
+    signals to 0 unless allow_short), HOLD -> NaN (no order). Only the DIRECTION is used: the size comes
+    from the risk sizing inside the kernel, exactly as in the fast backtester (Decision.target_position is
+    already a sized fraction for display and must not be sized twice)."""
+    a = str(action)
+    if a == "BUY":
+        return 1.0
+    if a == "SELL":
+        return -1.0
+    if a == "HOLD":
         return float("nan")
-    t = float(target_position)
-    if not math.isfinite(t) or abs(t) > 1.0:
-        raise ValueError(f"target_position={target_position!r} must be a finite value within [-1, 1]")
-    return t
+    raise ValueError(f"action {action!r}: expected BUY, SELL or HOLD")
