@@ -110,6 +110,7 @@ def test_metrics_agree_with_kernel_on_real_prices(shared_data):
     assert pnl.sum() == pytest.approx(eq[-1] - 10_000.0, abs=1e-6)  # trades explain the whole PnL
     assert s["fees_paid"] == pytest.approx(st[K.S_FEES])
     assert s["periods_per_year"] == pytest.approx(525_600)
+    assert M.summary(eq, ts, pos, ff, c, timeframe="1m")["sharpe"] == pytest.approx(s["sharpe"], rel=1e-3)
     assert s["exposure"] == pytest.approx(np.mean(pos != 0))
     assert s["buy_and_hold"] == pytest.approx(c[-1] / c[0] - 1)
     assert s["total_return"] == pytest.approx(eq[-1] / 10_000 - 1)

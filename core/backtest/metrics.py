@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from core.types import timeframe_ms
+
 YEAR_MS = 365 * 86_400_000
 
 
@@ -243,15 +245,16 @@ def ece(probs: Any, y: Any, n_bins: int = 10) -> float:
 
 
 def summary(equity: Any, ts: Any, position: Any, fills: Any, close: Any,
-            initial_equity: float | None = None) -> dict[str, float]:
+            initial_equity: float | None = None, timeframe: str | None = None) -> dict[str, float]:
     """All backtest metrics in one flat dict. ``fills``: a DataFrame (or mapping) with columns side
     ('buy'/'sell' or +1/-1), amount, price, fee. With ``initial_equity`` the curve starts from it one
-    bar before ts[0] (the cash before the first bar)."""
+    bar before ts[0] (the cash before the first bar). ``timeframe`` (ccxt string) fixes the bars per
+    year; without it they come from the median bar spacing of ``ts``."""
     e = _equity(equity)
     t = _f64(ts, "ts")
     if t.size != e.size:
         raise ValueError(f"ts has {t.size} values, equity {e.size}")
-    ppy = periods_per_year(t)
+    ppy = YEAR_MS / timeframe_ms(timeframe) if timeframe else periods_per_year(t)
     if initial_equity is not None:
         e = np.concatenate(([float(initial_equity)], e))
         t = np.concatenate(([t[0] - YEAR_MS / ppy], t))
