@@ -1,0 +1,158 @@
+"""Per-candle decision-path latency of the features experts + gate, and training throughput.
+
+Latency: for each of ``--candles`` consecutive real BTC/USDT 1m bars (../shared/data), from a warm
+cache (provider-like frames: the last ``cache_bars`` closed bars of every timeframe, prepared outside
+the timer as the DataProvider keeps them): FeatureBuilder.build_one + CNN/Transformer/DQN predict()
++ gate fuse. Prints ONE JSON object: p50_ms / p99_ms of that total, per-stage medians, and training
+throughput (samples/s) per expert with the slowest as the headline. CPU, torch threads = 1.
+
+    python bench/bench_inference.py [--candles 5000] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.config import load_config, load_models  # noqa: E402
+from core.features import FeatureBuilder, resample_candles  # noqa: E402
+from core.paths import shared_data_dir  # noqa: E402
+from core.types import CANDLE_COLUMNS, timeframe_ms  # noqa: E402
+from NN.experts.registry import build_expert  # noqa: E402
+from NN.moe import MoEGate  # noqa: E402
+from NN.training.datasets import default_dead_zone, forward_returns, make_labels  # noqa: E402
+
+EXPERTS = ("cnn", "transformer", "dqn")
+
+
+def load_btc() -> pd.DataFrame:
+    df = pd.read_csv(shared_data_dir() / "binanceus" / "BTC_USDT-1m.csv")
+    t = pd.to_datetime(df.pop("timestamp"), utc=True)
+    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
+    return df[list(CANDLE_COLUMNS)]
+
+
+def frames_at(builder: FeatureBuilder, base: pd.DataFrame, higher: dict[str, pd.DataFrame], i: int,
+              bars: int) -> dict[str, pd.DataFrame]:
+    """What the provider caches at the close of base bar i: the last ``bars`` CLOSED bars per tf."""
+    now = int(base.ts.iat[i]) + builder.base_ms
+    out = {builder.base_timeframe: base.iloc[max(0, i + 1 - bars): i + 1]}
+    for tf, df in higher.items():
+        end = int(np.searchsorted(df.ts.to_numpy() + timeframe_ms(tf), now, side="right"))
+        out[tf] = df.iloc[max(0, end - bars): end]
+    return out
+
+
+def pct(x: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(x), q))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--candles", type=int, default=5000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train-steps", type=int, default=20)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    app, models = load_config(), load_models()
+    for n in EXPERTS:
+        models.experts[n] = models.experts[n].model_copy(update={"device": "cpu"})
+    builder = FeatureBuilder(models.features, app.data.base_timeframe)
+    btc = load_btc()
+    cache = app.data.cache_bars
+    start = max(cache, builder.min_history) + 2000  # history for the cache and the gate's fit samples
+    if start + args.candles > len(btc):
+        raise SystemExit(f"need {start + args.candles} bars, the file has {len(btc)}")
+    hist = btc.iloc[: start + args.candles].reset_index(drop=True)
+    higher = {tf: resample_candles(hist, tf) for tf in builder.timeframes[1:]}
+
+    experts = {n: build_expert(n, models.experts[n], builder.spec) for n in EXPERTS}
+    # a fitted gate (the trained path): fit on expert outputs over the 2000 bars before the timed span
+    fit = builder.build_many(hist.iloc[:start], rows=slice(start - 2000, start))
+    y = make_labels(fit.close, experts["cnn"].horizon, default_dead_zone(app, models.labels))
+    ok = np.flatnonzero(y >= 0)
+    fit = fit.take(ok)
+    gate = MoEGate(list(EXPERTS), models.moe, len(builder.spec.regime_features))
+    gate.fit(np.stack([experts[n].predict_many(fit).probs for n in EXPERTS], axis=1), fit.regime, y[ok])
+
+    stages: dict[str, list[float]] = {k: [] for k in ("features", *EXPERTS, "gate", "total")}
+    enabled = np.ones(len(EXPERTS), dtype=bool)
+    for i in range(start - 20, start + args.candles):  # the first 20 warm up (not recorded)
+        frames = frames_at(builder, hist, higher, i, cache)
+        t0 = time.perf_counter()
+        batch = builder.build_one(frames, symbol="BTC/USDT")
+        t1 = time.perf_counter()
+        probs = np.empty((1, len(EXPERTS), 3))
+        lat = {}
+        for j, n in enumerate(EXPERTS):
+            a = time.perf_counter()
+            probs[0, j] = experts[n].predict(batch).probs
+            lat[n] = (time.perf_counter() - a) * 1e3
+        a = time.perf_counter()
+        gate.fuse(probs, batch.regime, enabled)
+        t2 = time.perf_counter()
+        if i >= start:
+            stages["features"].append((t1 - t0) * 1e3)
+            for n in EXPERTS:
+                stages[n].append(lat[n])
+            stages["gate"].append((t2 - a) * 1e3)
+            stages["total"].append((t2 - t0) * 1e3)
+
+    # training throughput on real samples
+    tb = builder.build_many(hist.iloc[: start], rows=slice(start - 1500, start))
+    h = experts["cnn"].horizon
+    yl = make_labels(tb.close, h, default_dead_zone(app, models.labels))
+    fr = np.nan_to_num(forward_returns(tb.close, h))
+    yl = np.where(yl < 0, 1, yl)  # the last h bars: label unknown; irrelevant for throughput
+    train_sps: dict[str, float] = {}
+    for n in EXPERTS:
+        ex = build_expert(n, models.experts[n], builder.spec)
+        size = ex.params.chunk if n == "dqn" else ex.params.batch_size
+        rng = np.random.default_rng(0)
+        times = []
+        for s in range(args.train_steps if n != "dqn" else max(3, args.train_steps // 5)):
+            if n == "dqn":  # a contiguous episode chunk: env steps + replay updates
+                a0 = int(rng.integers(0, len(tb) - size))
+                idx = np.arange(a0, a0 + size)
+            else:
+                idx = rng.choice(len(tb), size=size, replace=False)
+            b = tb.take(idx)
+            a = time.perf_counter()
+            ex.train_step(b, yl[idx], fr[idx])
+            if s > 0 or n == "dqn":  # the first supervised step pays one-off allocations
+                times.append((time.perf_counter() - a) / size)
+        train_sps[n] = round(1.0 / float(np.median(times)), 1)
+
+    out = {
+        "bench": "inference",
+        "candles": args.candles,
+        "threads": args.threads,
+        "device": "cpu",
+        "p50_ms": round(pct(stages["total"], 50), 3),
+        "p99_ms": round(pct(stages["total"], 99), 3),
+        "target_p99_ms": 10.0,
+        "stage_p50_ms": {k: round(pct(v, 50), 3) for k, v in stages.items() if k != "total"},
+        "stage_p99_ms": {k: round(pct(v, 99), 3) for k, v in stages.items() if k != "total"},
+        "train_samples_per_s": train_sps,
+        "train_samples_per_s_headline": min(train_sps.values()),
+        "train_note": "cnn/transformer: samples per s in mini-batches of params.batch_size; dqn: bars per s "
+                      "of episode chunks (env steps + replay updates, after warm-up)",
+        "cpu_count": os.cpu_count(),
+        "note": "medians/percentiles on a shared 2-core machine (other jobs running): treat as upper bounds",
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
