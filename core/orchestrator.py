@@ -269,7 +269,7 @@ class Orchestrator:
         base = frames[self.timeframe]
         if len(base) < self.builder.min_history:
             return None  # warming up: not enough history for a complete feature sample
-        batch = self.builder.build_one(frames, ref)
+        batch = self.builder.build_one(frames, ref, symbol=self.symbol)
         if len(batch) == 0 or int(batch.ts[-1]) != event.ts:
             raise ValueError(f"features were built for ts={batch.ts[-1] if len(batch) else None}, "
                              f"not for the closed candle ts={event.ts}: frames are out of date")

@@ -167,6 +167,7 @@ def test_audit_rows_for_every_decision(candles):
     assert len(pred) == 2 * len(decisions)  # every expert output of every decision
     assert dec["id"].tolist() == [d.id for d in decisions]
     last = decisions[-1]
+    assert all(o.symbol == "BTC/USDT" and o.ts == last.ts for o in last.outputs)
     row = dec.iloc[-1]
     assert row["action"] == str(last.action)
     assert json.loads(row["weights"]) == pytest.approx(last.weights)

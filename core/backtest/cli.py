@@ -36,7 +36,10 @@ CREATE TABLE IF NOT EXISTS backtest_runs (
 
 def compute_metrics(equity: np.ndarray, close: np.ndarray, fills: pd.DataFrame, state: np.ndarray,
                     initial_cash: float, bars_per_year: float, codes: np.ndarray | None = None,
-                    horizon: int = 5) -> dict[str, Any]:
+                    decided: np.ndarray | None = None, horizon: int = 5) -> dict[str, Any]:
+    """Headline figures. ``codes`` per bar (BUY 1 / SELL -1 / HOLD 0) with ``decided`` marking bars
+    where a decision was made; the hit rate scores BUY/SELL against the sign of the move over the
+    next ``horizon`` bars."""
     eq = np.asarray(equity, dtype=np.float64)
     rets = np.diff(np.r_[initial_cash, eq]) / np.r_[initial_cash, eq[:-1]]
     sd = rets.std(ddof=1) if len(rets) > 1 else 0.0
@@ -58,9 +61,11 @@ def compute_metrics(equity: np.ndarray, close: np.ndarray, fills: pd.DataFrame, 
     }
     if codes is not None:
         c = np.asarray(codes)
-        m["buy_decisions"] = int((c == 1).sum())
-        m["sell_decisions"] = int((c == -1).sum())
-        m["hold_decisions"] = int((c == 0).sum())
+        dm = np.ones(len(c), dtype=bool) if decided is None else np.asarray(decided, dtype=bool)
+        m["decisions"] = int(dm.sum())
+        m["buy_decisions"] = int((dm & (c == 1)).sum())
+        m["sell_decisions"] = int((dm & (c == -1)).sum())
+        m["hold_decisions"] = int((dm & (c == 0)).sum())
         fwd = np.full(len(close), np.nan)
         fwd[:-horizon] = np.log(close[horizon:] / close[:-horizon])
         active = (c != 0) & np.isfinite(fwd)
@@ -264,8 +269,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def result_report(res: Any, spec_d: dict[str, Any], bpy: float) -> dict[str, Any]:
     close = res.candles["close"].to_numpy(np.float64)
     metrics = compute_metrics(res.equity, close, res.fills, res.state, res.spec.initial_cash, bpy,
-                              res.codes[res.decided], res.spec.horizon)
-    metrics["decisions"] = int(res.decided.sum())
+                              res.codes, res.decided, res.spec.horizon)
     metrics["elapsed_s"] = float(res.elapsed_s)
     w = {n: res.weights[:, i] for i, n in enumerate(res.names)}
     return report_dict(res.run_id, "experts", spec_d, res.candles, res.equity, res.fills, metrics,

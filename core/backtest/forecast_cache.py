@@ -40,7 +40,15 @@ class ForecastCache:
         self.misses = 0
         store.execute(DDL)
 
+    @staticmethod
+    def _resolve_version(expert: Any) -> None:
+        """KronosExpert loads its model (and learns its version) lazily on first use; the cache key
+        needs the real version BEFORE the lookup, so trigger that load here."""
+        if isinstance(getattr(type(expert), "bundle", None), property):
+            expert.bundle  # noqa: B018 - the property loads the model and sets expert.version
+
     def _lookup(self, expert: Any, symbol: str, ts: np.ndarray) -> pd.DataFrame:
+        self._resolve_version(expert)
         if len(ts) == 0:
             return pd.DataFrame()
         return self.store.query_df(
