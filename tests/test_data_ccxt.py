@@ -80,7 +80,8 @@ class FakeBinance:
     disconnected; the next ``refuse`` connection attempts are refused (HTTP 503)."""
 
     def __init__(self, candles: pd.DataFrame, start: int, end: int, drop_after: int, skip: int,
-                 refuse: int) -> None:
+                 refuse: int, advance_on_rest: bool = False) -> None:
+        self.advance_on_rest = advance_on_rest  # polling mode: each REST call moves time one candle on
         self.c = candles.reset_index(drop=True)
         self.i = start
         self.end = end
@@ -108,6 +109,11 @@ class FakeBinance:
         limit = int(request.query.get("limit", 500))
         c = self.c.iloc[: self.i + 1]  # up to the candle in progress, as the real API does
         c = c[c["ts"] >= start].iloc[:limit]
+        if self.advance_on_rest and self.i < self.end:
+            self.i += 1
+            if self.i >= self.end:
+                self.i = self.end - 1
+                self.finished.set()
         body = [[int(r.ts), _num(r.open), _num(r.high), _num(r.low), _num(r.close), _num(r.volume),
                  int(r.ts) + 59_999, "0", 1, "0", "0", "0"] for r in c.itertuples()]
         return web.json_response(body)
@@ -213,6 +219,47 @@ def test_reconnect_backoff_and_gap_backfill(shared_data: Path) -> None:
     five = prov.snapshot("BTC/USDT", "5m")
     assert len(five) >= 5 and np.isfinite(five.to_numpy()).all()
     assert prov.status()["ccxt:binance"].rejected_rows == 0
+
+
+def test_rest_polling_fallback(shared_data: Path) -> None:
+    real = load_file(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[:80]
+
+    async def scenario() -> MarketStore:
+        fake = FakeBinance(real, start=20, end=40, drop_after=0, skip=0, refuse=0, advance_on_rest=True)
+        app = web.Application()
+        app.router.add_get("/api/v3/klines", fake.klines)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        polls: list[float] = []
+
+        async def fake_sleep(d: float) -> None:
+            polls.append(d)
+            await asyncio.sleep(0.01)
+
+        src = CcxtSource("binance", ["BTC/USDT"], "1m", websocket=False, poll_interval_s=5.0,
+                         exchange=_binance_at(port), sleep=fake_sleep, clock=fake.clock, backfill_bars=5)
+        store = MarketStore(":memory:")
+        prov = DataProvider(store, "1m", ["1m"], exchange="binance")
+        prov.add_source(src)
+        stop = asyncio.Event()
+        task = asyncio.create_task(src.run(prov._emit_for(src), stop))
+        await asyncio.wait_for(fake.finished.wait(), 30)
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await runner.cleanup()
+        assert polls and set(polls) == {5.0}  # polled at poll_interval_s, no back-off
+        return store
+
+    store = asyncio.run(scenario())
+    got = store.candles(SeriesKey("binance", "BTC/USDT", "1m"))
+    assert got["ts"].iat[0] == real["ts"].iat[15]
+    assert store.gaps(SeriesKey("binance", "BTC/USDT", "1m")) == []
+    pd.testing.assert_frame_equal(got, real.iloc[15:15 + len(got)].reset_index(drop=True))
+    assert len(got) >= 20
 
 
 def test_exchange_refusing_region_stops_with_clear_error() -> None:

@@ -199,6 +199,25 @@ def test_replay_order_and_status(btc: pd.DataFrame, shared_data: Path) -> None:
     store.close()
 
 
+def test_file_source_through_provider(shared_data: Path, tmp_path: Path) -> None:
+    from core.data.files import FileSource
+
+    store = MarketStore(tmp_path / "f.duckdb")
+    key = SeriesKey("binance", "ETH/BTC", "5m")
+    p = DataProvider(store, "5m", ["5m", "1h"], cache_bars=300, exchange="binance")
+    p.add_source(FileSource(shared_data / "freqtrade" / "ETH_BTC-5m.csv", key, chunk_rows=1000))
+    p.start()
+    assert p.wait(60)
+    ref = load_file(shared_data / "freqtrade" / "ETH_BTC-5m.csv")
+    assert store.candle_count(key) == len(ref) == 5760
+    pd.testing.assert_frame_equal(p.snapshot("ETH/BTC", "5m"), ref.iloc[-300:].reset_index(drop=True))
+    hours = resample(ref, "5m", "1h")
+    got = p.snapshot("ETH/BTC", "1h")
+    pd.testing.assert_frame_equal(got, hours.iloc[-len(got):].reset_index(drop=True), check_exact=False, rtol=1e-12)
+    assert p.status()["file:ETH_BTC-5m.csv"].rejected_rows == 0
+    store.close()
+
+
 def test_replay_pacing(btc: pd.DataFrame) -> None:
     store = MarketStore(":memory:")
     store.upsert_candles(KEY, btc.iloc[:4])
