@@ -160,7 +160,7 @@ def test_kronos_forecasts_are_cached_and_reused(btc, tmp_path):
         from NN.experts.kronos.expert import KronosExpert  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"NN.experts.kronos.expert is missing ({exc}); cannot test the Kronos cache")
-    from core.backtest.engine import Backtester, build_components, kernel_params, spec_from_config
+    from core.backtest.engine import Backtester, build_components, spec_from_config
     from core.config import ExpertConfig, load_config, load_models
 
     cfg = load_config()
@@ -178,7 +178,7 @@ def test_kronos_forecasts_are_cached_and_reused(btc, tmp_path):
         comps = build_components(models, "1m", ["cnn", "kronos"], store=store)
         spec = spec_from_config(cfg, models, exchange="binanceus", symbol="BTC/USDT", timeframe="1m",
                                 thresholds=cli.Thresholds(0.34, 0.34), mode=mode)
-        res = Backtester(comps, spec, kernel_params(spec, cfg.execution, cfg.risk), store=store).run(candles)
+        res = Backtester(comps, spec, cfg.execution, cfg.risk, store=store).run(candles)
         return res, comps.cache
 
     first, c1 = run("fast")

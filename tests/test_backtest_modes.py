@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from core.backtest.engine import Backtester, build_components, kernel_params, spec_from_config
+from core.backtest.engine import Backtester, build_components, spec_from_config
 from core.config import load_config, load_models
 from core.data.files import load_file
 from core.data.store import MarketStore
@@ -32,7 +32,7 @@ def setup(shared_data):
     comps = build_components(models, "1m", ["cnn", "transformer", "dqn"], features=feats)
     probe = spec_from_config(cfg, models, exchange="binanceus", symbol="BTC/USDT", timeframe="1m",
                              thresholds=Thresholds(), mode="fast")
-    bt = Backtester(comps, probe, kernel_params(probe, cfg.execution, cfg.risk))
+    bt = Backtester(comps, probe, cfg.execution, cfg.risk)
     first = bt.run(candles)
     # thresholds from the fused probabilities themselves, so both BUYs and SELLs occur
     # (the gate's weights do not depend on thresholds, only on matured outcomes)
@@ -41,7 +41,7 @@ def setup(shared_data):
     spec = spec_from_config(cfg, models, exchange="binanceus", symbol="BTC/USDT", timeframe="1m",
                             thresholds=th, mode="fast")
     store = MarketStore(":memory:")
-    bt = Backtester(comps, spec, kernel_params(spec, cfg.execution, cfg.risk), store=store)
+    bt = Backtester(comps, spec, cfg.execution, cfg.risk, store=store)
     fast = bt.run(candles, "fast")
     bt.run_id = "event-run"
     event = bt.run(candles, "event")

@@ -251,7 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 comps = BE.build_components(models, timeframe, args.experts, registry=registry, store=store)
                 spec = BE.spec_from_config(cfg, models, exchange=exchange, symbol=args.symbol,
                                            timeframe=timeframe, thresholds=thresholds, mode=mode)
-                bt = BE.Backtester(comps, spec, BE.kernel_params(spec, cfg.execution, cfg.risk), store=store,
+                bt = BE.Backtester(comps, spec, cfg.execution, cfg.risk, store=store,
                                    run_id=run_id, progress=progress)
                 res = bt.run(candles)
             rep = result_report(res, spec_d, bpy)

@@ -1,8 +1,8 @@
 """The backtester: the live decision code replayed over history, in two modes that must agree.
 
-* event mode drives the SAME Orchestrator bar by bar: a ReplaySource feeds a DataProvider (simulated
-  clock: the candles' own times), each closed candle becomes a Decision, and the execution kernel's
-  per-bar ``step`` trades it.
+* event mode drives the SAME Orchestrator and Executor bar by bar: a ReplaySource feeds a DataProvider
+  (simulated clock: the candles' own times), each closed candle becomes a Decision, and the paper
+  Executor (the execution kernel's per-bar ``step``) trades it.
 * fast mode builds every feature sample at once, runs the frozen experts in batches
   (``predict_many``), walks the gate bar by bar with the same ``GateRunner`` (the online Hedge update
   must only see matured outcomes), applies ``decide_codes`` and runs the compiled ``simulate`` loop.
@@ -196,14 +196,19 @@ def nominal_size(spec: BacktestSpec) -> float:
     return min(spec.fraction, spec.max_position_fraction)
 
 
+FILL_COLUMNS = ["ts", "side", "amount", "price", "fee", "reason"]
+FILL_DTYPES = {"ts": "int64", "side": object, "amount": "float64", "price": "float64", "fee": "float64",
+               "reason": object}
+
+
 def fills_frame(fills: np.ndarray) -> pd.DataFrame:
+    """Kernel fill rows -> the ccxt-like columns both modes report."""
     return pd.DataFrame({
         "ts": fills[:, K.F_TS].astype(np.int64),
-        "side": np.where(fills[:, K.F_SIDE] > 0, "buy", "sell"),
+        "side": np.where(fills[:, K.F_SIDE] > 0, "buy", "sell").astype(object),
         "amount": fills[:, K.F_QTY], "price": fills[:, K.F_PRICE], "fee": fills[:, K.F_FEE],
-        "reason": [K.REASONS.get(int(r), "?") for r in fills[:, K.F_REASON]],
-        "cash": fills[:, K.F_CASH], "position": fills[:, K.F_POS], "realised": fills[:, K.F_REALISED],
-    })
+        "reason": np.array([K.REASONS.get(int(r), "?") for r in fills[:, K.F_REASON]], dtype=object),
+    }, columns=FILL_COLUMNS).astype(FILL_DTYPES)
 
 
 def vol_series(close: np.ndarray, spec: BacktestSpec) -> np.ndarray:
@@ -263,12 +268,13 @@ class _Decisions:
 
 
 class Backtester:
-    def __init__(self, comps: Components, spec: BacktestSpec, params: np.ndarray, *,
+    def __init__(self, comps: Components, spec: BacktestSpec, execution: Any, risk: Any, *,
                  store: Any | None = None, run_id: str | None = None,
                  progress: Progress | None = None) -> None:
         self.c = comps
         self.spec = spec
-        self.params = params
+        self.execution, self.risk = execution, risk  # config sections, overrides already applied
+        self.params = kernel_params(spec, execution, risk)
         self.store = store  # audit rows + forecast cache; None = memory only
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.progress = progress or (lambda stage, done, total: None)
@@ -432,7 +438,16 @@ class Backtester:
             spec.timeframe, horizon=spec.horizon, dead_zone=spec.dead_zone, slow_every_bars=spec.kronos_every,
             slow_async=False, slow_cache=self.c.cache, sizer=lambda _b: nominal_size(spec),
             allow_short=spec.allow_short, run_id=self.run_id, audit_flush_every=10_000)
-        stepper = BarStepper(self.params, spec.initial_cash, spec, n)
+        from core.execution.executor import Executor
+
+        # the live executor (paper: kernel step per bar), no ledger: a backtest books nothing for real
+        executor = Executor(self.execution, self.risk, spec.symbol, spec.timeframe)
+        if not np.array_equal(executor.params, self.params, equal_nan=True):
+            raise RuntimeError("event backtest: the executor's params differ from the fast mode's")
+        equity = np.full(n, np.nan)
+        position = np.full(n, np.nan)
+        signal = np.full(n, np.nan)
+        fill_rows: list[dict[str, Any]] = []
         decisions: list[Decision] = []
         W = np.zeros((n, len(self.names)))
         F = np.tile(np.full(3, 1 / 3), (n, 1))
@@ -469,7 +484,12 @@ class Backtester:
                 F[i] = d.probs
                 W[i] = [d.weights.get(nm, 0.0) for nm in self.names]
                 confidence[i] = float(sum(d.weights.get(o.expert, 0.0) * o.confidence for o in d.outputs))
-            stepper.on_bar(i, ev.ts, ev.open, ev.high, ev.low, ev.close, sig)
+            signal[i] = sig
+            for f in executor.on_bar(ev, d):
+                fill_rows.append({"ts": f.ts, "side": f.side, "amount": f.amount, "price": f.price,
+                                  "fee": f.fee, "reason": executor.paper.fetch_order(f.order_id).reason})
+            equity[i] = executor.state[K.S_EQUITY]
+            position[i] = executor.state[K.S_POS]
             if i % 256 == 0:
                 self.progress("replay", i, n)
 
@@ -494,41 +514,10 @@ class Backtester:
         errors = orch.errors
         return BacktestResult(
             run_id=self.run_id, spec=spec, candles=candles, names=self.names, decided=decided, codes=codes,
-            fused=F, weights=W, confidence=confidence, signal=stepper.signal, equity=stepper.equity,
-            position=stepper.position, fills=fills_frame(stepper.fills()), state=stepper.state,
+            fused=F, weights=W, confidence=confidence, signal=signal, equity=equity,
+            position=position, fills=pd.DataFrame(fill_rows, columns=FILL_COLUMNS).astype(FILL_DTYPES),
+            state=executor.state.copy(),
             decisions=decisions, info=self.c.info, errors=errors)
-
-
-class BarStepper:
-    """Per-bar execution for event mode: the kernel's ``step`` (the same code ``simulate`` loops)."""
-
-    def __init__(self, params: np.ndarray, initial_cash: float, spec: BacktestSpec, n: int) -> None:
-        self.params = params
-        self.state = K.new_state(initial_cash)
-        self.spec = spec
-        self.buf = np.empty((K.MAX_FILLS_PER_BAR, K.FILL_SIZE))
-        self._fills: list[np.ndarray] = []
-        self.equity = np.full(n, np.nan)
-        self.position = np.full(n, np.nan)
-        self.signal = np.full(n, np.nan)
-        self._closes: list[float] = []
-
-    def on_bar(self, i: int, ts: int, o: float, h: float, low: float, c: float, signal: float) -> None:
-        self._closes.append(float(c))
-        vol = math.nan
-        w = self.spec.vol_window
-        if self.spec.sizing == "volatility_target" and len(self._closes) > w:
-            vol = float(K.realised_vol(np.asarray(self._closes[-w - 1:]), w, self.spec.bars_per_year)[-1])
-        nf = K.step(self.state, self.params, float(ts), float(o), float(h), float(low), float(c),
-                    float(signal), vol, self.buf)
-        if nf:
-            self._fills.append(self.buf[:nf].copy())
-        self.equity[i] = self.state[K.S_EQUITY]
-        self.position[i] = self.state[K.S_POS]
-        self.signal[i] = signal
-
-    def fills(self) -> np.ndarray:
-        return np.vstack(self._fills) if self._fills else np.empty((0, K.FILL_SIZE))
 
 
 def _code(d: Decision) -> int:
