@@ -341,8 +341,11 @@ class MarketStore:
                 if len(got["ts"]) >= n or span > last - _EPOCH_FLOOR_MS:
                     break
                 span *= 4
-        order = np.argsort(got["ts"], kind="stable")[-n:]
-        return pd.DataFrame({c: np.asarray(got[c])[order] for c in CANDLE_COLUMNS})
+        ts = np.asarray(got["ts"])
+        if len(ts) > 1 and not (ts[1:] > ts[:-1]).all():  # scans usually keep insertion (ts) order
+            order = np.argsort(ts, kind="stable")[-n:]
+            return pd.DataFrame({c: np.asarray(got[c])[order] for c in CANDLE_COLUMNS}, copy=False)
+        return pd.DataFrame({c: np.asarray(got[c])[-n:] for c in CANDLE_COLUMNS}, copy=False)
 
     @staticmethod
     def _candle_frame(df: pd.DataFrame) -> pd.DataFrame:
