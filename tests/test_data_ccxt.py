@@ -93,8 +93,10 @@ class FakeBinance:
         self.rest_calls = 0
         self.finished = asyncio.Event()
 
+    offset_ms = 0  # moves the clock on without new candles (a quiet market)
+
     def clock(self) -> int:
-        return int(self.c["ts"].iat[self.i]) + 30_000  # half-way through the in-progress candle
+        return int(self.c["ts"].iat[self.i]) + 30_000 + self.offset_ms  # half-way through the candle
 
     def _kline(self, i: int) -> dict:
         r = self.c.iloc[i]
@@ -185,7 +187,8 @@ def test_reconnect_backoff_and_gap_backfill(shared_data: Path) -> None:
             await asyncio.sleep(0.05)
 
         src = CcxtSource("binance", ["BTC/USDT"], "1m", exchange=_binance_at(port), sleep=fake_sleep,
-                         clock=fake.clock, backfill_bars=10, reconnect_initial_s=1.0, reconnect_max_s=3.0)
+                         clock=fake.clock, backfill_bars=10, reconnect_initial_s=1.0, reconnect_max_s=3.0,
+                         close_check_s=0.05)
         store = MarketStore(":memory:")
         prov = DataProvider(store, "1m", ["1m", "5m"], exchange="binance")
         prov.add_source(src)
@@ -194,11 +197,17 @@ def test_reconnect_backoff_and_gap_backfill(shared_data: Path) -> None:
         task = asyncio.create_task(src.run(emit, stop))
         await asyncio.wait_for(fake.finished.wait(), 30)
         key = SeriesKey("binance", "BTC/USDT", "1m")
-        for _ in range(200):  # the last sent candle closes the one before it
-            last = store.last_candles(key, 1)
-            if not last.empty and int(last["ts"].iat[0]) == int(real["ts"].iat[end - 2]):
-                break
-            await asyncio.sleep(0.05)
+        async def wait_closed(i: int) -> None:
+            for _ in range(200):
+                last = store.last_candles(key, 1)
+                if not last.empty and int(last["ts"].iat[0]) == int(real["ts"].iat[i]):
+                    return
+                await asyncio.sleep(0.05)
+
+        await wait_closed(end - 2)  # the last sent candle closes the one before it
+        assert store.last_candles(key, 1)["ts"].iat[0] == real["ts"].iat[end - 2]
+        fake.offset_ms = 60_000  # no newer candle comes, but the last one's period elapses
+        await wait_closed(end - 1)
         stop.set()
         await asyncio.wait_for(task, 10)
         await runner.cleanup()
@@ -212,7 +221,7 @@ def test_reconnect_backoff_and_gap_backfill(shared_data: Path) -> None:
     assert src.backoff_delays == [1.0, 2.0, 3.0]  # doubling, capped at reconnect_max_s
     key = SeriesKey("binance", "BTC/USDT", "1m")
     got = store.candles(key)
-    want = real.iloc[start - 10: end - 1].reset_index(drop=True)  # backfill .. last closed candle
+    want = real.iloc[start - 10: end].reset_index(drop=True)  # backfill .. the last candle, closed by time
     assert store.gaps(key) == []
     pd.testing.assert_frame_equal(got, want)  # no candle lost across the drop, values exact
     assert fake.rest_calls >= 2  # the start-up backfill and the one after the drop

@@ -3,7 +3,8 @@
 - REST backfill: ``fetch_ohlcv`` pages under the exchange's own rate limit (enableRateLimit).
 - Live: ccxt.pro ``watch_ohlcv`` (and ``watch_trades`` when a trade sink is set); REST polling when
   websockets are off or the exchange has none.
-- A candle is closed when a newer candle starts, or when its period has elapsed on ``clock``.
+- A candle is closed when a newer candle starts, or when its period has elapsed on ``clock`` (a quiet
+  stream is checked every ``close_check_s``; REST then gives the final values).
 - On a dropped connection: reconnect with exponential back-off (reconnect_initial_s doubling up to
   reconnect_max_s), then backfill the missed candles by REST before streaming again, so no closed candle
   is lost. Candles are emitted in ts order; in-progress updates with closed=False.
@@ -98,6 +99,8 @@ class CcxtSource:
         reconnect_max_s: float = 60.0,
         backfill_bars: int = 1500,
         page_limit: int = 1000,
+        close_check_s: float = 5.0,
+        close_grace_ms: int = 2_000,
         exchange: Any | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], int] | None = None,
@@ -115,6 +118,8 @@ class CcxtSource:
         self.reconnect_max_s = reconnect_max_s
         self.backfill_bars = backfill_bars
         self.page_limit = page_limit
+        self.close_check_s = close_check_s  # how often a quiet stream is checked for an elapsed candle
+        self.close_grace_ms = close_grace_ms  # after the period ends, before REST is asked for the final values
         self._exchange = exchange
         self._sleep = sleep or asyncio.sleep
         self._clock = clock or now_ms
@@ -226,40 +231,77 @@ class CcxtSource:
             self._partial[symbol] = list(r[:6])
             emit(self.key(symbol), ohlcv_to_frame([r]), False)
 
+    def _quiet_timeout(self, symbol: str) -> float:
+        """Seconds to wait for the stream before checking whether the in-progress candle's period has
+        elapsed (quiet markets send no newer candle to close it)."""
+        cur = self._partial.get(symbol)
+        if cur is None:
+            return self.close_check_s
+        remaining = (int(cur[0]) + self.tf_ms + self.close_grace_ms - self._clock()) / 1000.0
+        return max(0.01, min(self.close_check_s, remaining))
+
+    async def _close_elapsed(self, emit: Emit, symbol: str) -> None:
+        """Close the in-progress candle once its period (plus a grace for the exchange to settle) has
+        elapsed: REST gives its final values; without a REST candle the stream's last state is final."""
+        cur = self._partial.get(symbol)
+        if cur is None or self._clock() < int(cur[0]) + self.tf_ms + self.close_grace_ms:
+            return
+        try:
+            await self._backfill(emit, symbol)
+        except ccxt.BaseError as exc:
+            log.warning("%s %s: REST check of an elapsed candle failed (%s); will retry", self.name, symbol, exc)
+            return
+        if self._partial.get(symbol) is cur:
+            self._partial.pop(symbol)
+            self._emit_closed(emit, symbol, ohlcv_to_frame([cur]))
+
     async def _watch(self, emit: Emit, stop: asyncio.Event, symbol: str) -> None:
         backoff = self.reconnect_initial_s
         ex = self.exchange
         use_ws = self.websocket and bool(getattr(ex, "has", {}).get("watchOHLCV"))
         if self.websocket and not use_ws:
             log.info("%s has no websocket OHLCV: polling REST every %.1fs", self.name, self.poll_interval_s)
-        while not stop.is_set():
-            try:
-                if use_ws:
-                    rows = await ex.watch_ohlcv(symbol, self.timeframe)
-                else:
-                    since = self._last_closed.get(symbol, self._clock() - 2 * self.tf_ms) + self.tf_ms
-                    rows = await ex.fetch_ohlcv(symbol, self.timeframe, since=since, limit=self.page_limit)
-                self._set(connected=True, error=None, last_message_ms=now_ms())
-                backoff = self.reconnect_initial_s
-                await self._on_candles(emit, symbol, rows)
-                if not use_ws:
-                    await self._sleep(self.poll_interval_s)
-            except asyncio.CancelledError:
-                raise
-            except ccxt.BaseError as exc:
-                msg = unavailable_message(self.exchange_id, exc) or f"{type(exc).__name__}: {exc}"
-                if "451" in msg:
-                    self._set(connected=False, error=msg)
-                    raise ExchangeUnavailableError(msg) from exc
-                self._set(connected=False, error=msg, reconnects=self._status.reconnects + 1)
-                log.warning("%s %s: %s; reconnecting in %.1fs", self.name, symbol, msg, backoff)
-                self.backoff_delays.append(backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.reconnect_max_s)
+        watch: asyncio.Future | None = None  # kept across quiet-timeouts: never cancel a pending ccxt watch
+        try:
+            while not stop.is_set():
                 try:
-                    await self._backfill(emit, symbol)  # the candles missed while disconnected
-                except ccxt.BaseError as exc2:
-                    log.warning("%s %s: backfill after reconnect failed (%s); will retry", self.name, symbol, exc2)
+                    if use_ws:
+                        if watch is None:
+                            watch = asyncio.ensure_future(ex.watch_ohlcv(symbol, self.timeframe))
+                        done, _ = await asyncio.wait({watch}, timeout=self._quiet_timeout(symbol))
+                        if not done:
+                            await self._close_elapsed(emit, symbol)
+                            continue
+                        finished, watch = watch, None
+                        rows = finished.result()
+                    else:
+                        since = self._last_closed.get(symbol, self._clock() - 2 * self.tf_ms) + self.tf_ms
+                        rows = await ex.fetch_ohlcv(symbol, self.timeframe, since=since, limit=self.page_limit)
+                    self._set(connected=True, error=None, last_message_ms=now_ms())
+                    backoff = self.reconnect_initial_s
+                    await self._on_candles(emit, symbol, rows)
+                    if not use_ws:
+                        await self._sleep(self.poll_interval_s)
+                except asyncio.CancelledError:
+                    raise
+                except ccxt.BaseError as exc:
+                    msg = unavailable_message(self.exchange_id, exc) or f"{type(exc).__name__}: {exc}"
+                    if "451" in msg:
+                        self._set(connected=False, error=msg)
+                        raise ExchangeUnavailableError(msg) from exc
+                    self._set(connected=False, error=msg, reconnects=self._status.reconnects + 1)
+                    log.warning("%s %s: %s; reconnecting in %.1fs", self.name, symbol, msg, backoff)
+                    self.backoff_delays.append(backoff)
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, self.reconnect_max_s)
+                    try:
+                        await self._backfill(emit, symbol)  # the candles missed while disconnected
+                    except ccxt.BaseError as exc2:
+                        log.warning("%s %s: backfill after reconnect failed (%s); will retry", self.name, symbol,
+                                    exc2)
+        finally:
+            if watch is not None:
+                watch.cancel()
 
     async def _watch_trades(self, stop: asyncio.Event, symbol: str) -> None:
         backoff = self.reconnect_initial_s
