@@ -9,16 +9,33 @@ interleave with a decision half-way.
 from __future__ import annotations
 
 import logging
+import math
+import queue
+import threading
 import time
+import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from core.types import Decision, ExpertOutput, Fill, Order, Position, Thresholds
+from core.config import AppConfig, ModelsConfig
+from core.types import (
+    CandleEvent,
+    Decision,
+    ExpertOutput,
+    Fill,
+    Order,
+    Position,
+    SeriesKey,
+    Thresholds,
+    timeframe_ms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +152,459 @@ class EngineSnapshot:
             experts=_EMPTY,
             versions=_EMPTY,
         )
+
+
+# ---------------------------------------------------------------- the engine
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayConfig:
+    """Replay stored candles instead of live data. ``path``: a candle file imported into the store
+    first (idempotent upsert; symbol and timeframe from its name, e.g. BTC_USDT-1m.csv)."""
+
+    path: Path | None = None
+    speed: float | None = 60.0  # N x real time; None = as fast as possible
+    start_ms: int | None = None
+    end_ms: int | None = None
+
+
+KEEP_DECISIONS = 200
+KEEP_TRADES = 500
+KEEP_EQUITY = 20_000
+KEEP_ERRORS = 100
+SNAPSHOT_BARS = 500  # candles per timeframe in a snapshot
+
+
+class Engine:
+    """Owns store, provider, orchestrator and executor; one engine thread applies candles and
+    commands in arrival order and publishes an immutable EngineSnapshot after each."""
+
+    def __init__(self, cfg: AppConfig, models: ModelsConfig, *, replay: ReplayConfig | None = None,
+                 training: bool = True, store: Any | None = None) -> None:
+        from core.data.store import MarketStore
+
+        self.cfg = cfg
+        self.models = models
+        self.replay = replay
+        self.training = training  # online training is not wired into the engine yet (ExpertState.training)
+        self.mode = "replay" if replay is not None else ("live" if cfg.execution.live else "paper")
+        self.store = store if store is not None else MarketStore(cfg.resolve(cfg.data.db_path))
+        self._owns_store = store is None
+        self.exchange = cfg.data.exchange
+        self.symbol = cfg.data.symbols[0]
+        self.timeframe = cfg.data.base_timeframe
+        if replay is not None and replay.path is not None:
+            self.symbol, self.timeframe = self._import(Path(replay.path))
+        self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._errors: deque[EngineError] = deque(maxlen=KEEP_ERRORS)
+        self._decisions: deque[Decision] = deque(maxlen=KEEP_DECISIONS)
+        self._trades: deque[Fill] = deque(maxlen=KEEP_TRADES)
+        self._equity: deque[tuple[int, float, float]] = deque(maxlen=KEEP_EQUITY)
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._streaming = False
+        self._snap = EngineSnapshot.empty(self.symbol, self.timeframe, self.mode, self._cfg_thresholds())
+        self._provider: Any = None
+        self._orch: Any = None
+        self._executor: Any = None
+        self._expert_errors: dict[str, str] = {}
+        self._build_models()
+
+    # ---- construction
+    def _cfg_thresholds(self) -> Thresholds:
+        o = self.cfg.orchestrator
+        return Thresholds(o.buy_threshold, o.sell_threshold, o.min_confidence)
+
+    def _import(self, path: Path) -> tuple[str, str]:
+        from core.data.files import load_file, parse_series_name
+
+        if not path.exists():
+            raise ValueError(f"replay file not found: {path}")
+        sym, tf = parse_series_name(path)
+        if sym is None or tf is None:
+            raise ValueError(f"cannot tell symbol and timeframe from {path.name!r} (expected e.g. BTC_USDT-1m.csv)")
+        self.store.upsert_candles(SeriesKey(self.exchange, sym, tf), load_file(path))
+        return sym, tf
+
+    def _build_models(self) -> None:
+        """Enabled experts with their best checkpoints (untrained ones run, flagged untrained); an
+        expert that cannot even be built is reported and left out."""
+        from core.features import FeatureBuilder
+        from NN.experts.registry import build_expert
+        from NN.moe import MoEGate
+        from NN.training.checkpoints import CheckpointRegistry
+
+        self.builder = FeatureBuilder(self.models.features, self.timeframe)
+        self.registry = CheckpointRegistry(self.store, self.cfg.resolve(self.cfg.training.models_dir))
+        self.experts: dict[str, Any] = {}
+        self.trained: dict[str, bool] = {}
+        for name, ecfg in self.models.enabled().items():
+            try:
+                ex = build_expert(name, ecfg, self.builder.spec)
+                self.trained[name] = bool(self.registry.load_into(ex))
+                self.experts[name] = ex
+            except Exception as exc:
+                self._error(f"expert:{name}", exc)
+                self._expert_errors[name] = f"{type(exc).__name__}: {exc}"
+        if not self.experts:
+            raise ValueError("no expert could be built; check models.yml")
+        self.gate = MoEGate(list(self.experts), self.models.moe, len(self.builder.spec.regime_features))
+        try:
+            self.registry.load_into(self.gate)
+        except ValueError as exc:  # trained for another expert set: online Hedge instead
+            self._error("gate", exc)
+
+    def _build_pipeline(self) -> None:
+        from core.data.provider import DataProvider
+        from core.execution.executor import Executor
+        from core.execution.ledger import Ledger
+        from core.orchestrator import Orchestrator
+
+        cfg = self.cfg
+        tfs = list(dict.fromkeys([*cfg.data.timeframes, *self.builder.timeframes]))
+        # the features need their whole warm-up in the cache (EMAs, normalisation windows)
+        cache = max(cfg.data.cache_bars, self.builder.min_history + 1, SNAPSHOT_BARS)
+        prov = DataProvider(self.store, self.timeframe, tfs, cache_bars=cache, exchange=self.exchange,
+                            max_future_ms=cfg.data.max_future_ms)
+        # replays start from a fresh paper account each time; paper/live trading persists its ledger
+        ledger = None if self.mode == "replay" else Ledger(self.store, account=f"{self.mode}:{self.symbol}",
+                                                           initial_cash=cfg.execution.initial_cash,
+                                                           symbol=self.symbol)
+        executor = Executor(cfg.execution, cfg.risk, self.symbol, self.timeframe, ledger=ledger)
+        dz = self.models.labels.dead_zone_bps
+        dz = (2.0 * cfg.execution.taker_fee_bps if dz is None else dz) / 1e4
+        thresholds = self._orch.thresholds if self._orch is not None else \
+            getattr(self, "_pending_thresholds", self._cfg_thresholds())
+        enabled = self._orch.enabled if self._orch is not None else \
+            dict(getattr(self, "_pending_enabled", {}))
+        if self._orch is not None:
+            self._orch.close()
+        orch = Orchestrator(self.experts, self.gate, self.builder, thresholds, self.store, executor, self.symbol,
+                            self.timeframe, horizon=cfg.orchestrator.decision_horizon, dead_zone=dz,
+                            slow_every_bars=cfg.orchestrator.kronos_every_bars, slow_async=True,
+                            allow_short=cfg.execution.allow_short, registry=self.registry,
+                            run_id=f"{self.mode}-{uuid.uuid4().hex[:8]}", enabled=enabled,
+                            sizer=lambda _b: min(cfg.risk.fraction, cfg.risk.max_position_fraction))
+        prov.subscribe(lambda ev: self._q.put(("candle", ev)), symbols=[self.symbol],
+                       timeframes=[self.timeframe])
+        if self.replay is not None:
+            from core.data.replay import ReplaySource
+
+            key = SeriesKey(self.exchange, self.symbol, self.timeframe)
+            if not len(self.store.last_candles(key, 1)):
+                raise ValueError(f"nothing to replay: the store has no {self.exchange} {self.symbol} "
+                                 f"{self.timeframe} candles")
+            prov.add_source(ReplaySource(self.store, [key], self.replay.start_ms, self.replay.end_ms,
+                                         self.replay.speed))
+        else:
+            from core.data.ccxt_source import CcxtSource
+
+            d = cfg.data
+            prov.warm(self.symbol)
+            prov.add_source(CcxtSource(self.exchange, [self.symbol], self.timeframe, websocket=d.websocket,
+                                       poll_interval_s=d.poll_interval_s,
+                                       reconnect_initial_s=d.reconnect_initial_s,
+                                       reconnect_max_s=d.reconnect_max_s, backfill_bars=d.backfill_bars))
+        self._provider, self._orch, self._executor = prov, orch, executor
+        self._decisions.clear()
+        self._trades.clear()
+        self._equity.clear()
+
+    # ---- lifecycle
+    def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._build_pipeline()
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+        self._provider.start()
+        self._streaming = True
+        self._publish()
+
+    def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        self._q.put(("stop", None))
+        if self._provider is not None:
+            self._provider.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._streaming = False
+        if self._orch is not None:
+            self._orch.close()  # flushes the audit trail
+        if self._executor is not None and self._executor.ledger is not None:
+            self._executor.ledger.close()
+        self._publish()
+        if self._owns_store:
+            self.store.close()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until the replay has finished and every queued item is processed (tests, demos)."""
+        end = time.monotonic() + timeout
+        if self._provider is not None:
+            self._provider.wait(timeout)
+        while time.monotonic() < end:
+            if self._q.unfinished_tasks == 0:
+                return True
+            time.sleep(0.01)
+        return False
+
+    # ---- reading
+    def snapshot(self) -> EngineSnapshot:
+        return self._snap
+
+    # ---- commands (any thread): validated here, applied on the engine thread in order
+    def set_thresholds(self, t: Thresholds) -> None:
+        if not isinstance(t, Thresholds):
+            raise ValueError(f"set_thresholds expects Thresholds, got {type(t).__name__}")
+        self._command("set_thresholds", t)
+
+    def set_expert_enabled(self, name: str, enabled: bool) -> None:
+        if name not in self.experts:
+            raise ValueError(f"unknown expert {name!r}; running: {', '.join(self.experts)}")
+        self._command("set_expert_enabled", (name, bool(enabled)))
+
+    def reset_kill_switch(self) -> None:
+        self._command("reset_kill_switch", None)
+
+    def start_stream(self, symbol: str, timeframe: str) -> None:
+        if "/" not in symbol:
+            raise ValueError(f"symbol {symbol!r} must be a ccxt symbol like BTC/USDT")
+        timeframe_ms(timeframe)
+        if timeframe != self.timeframe:
+            raise ValueError(f"timeframe {timeframe!r}: the engine streams its base timeframe {self.timeframe} "
+                             "(higher timeframes are resampled from it)")
+        self._command("start_stream", symbol)
+
+    def stop_stream(self) -> None:
+        self._command("stop_stream", None)
+
+    def generate_prediction(self) -> dict[str, Any]:
+        """An on-demand prediction at the newest closed candle (no trade, no gate update)."""
+        done: queue.Queue[Any] = queue.Queue()
+        self._q.put(("predict", done))
+        if not self._running:
+            self._drain_now()
+        res = done.get(timeout=60)
+        if isinstance(res, BaseException):
+            raise res
+        return res
+
+    def _command(self, name: str, arg: Any) -> None:
+        self._q.put((name, arg))
+        if not self._running:  # before start(): apply at once so the snapshot reflects it
+            self._drain_now()
+
+    def _drain_now(self) -> None:
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(*item)
+            self._q.task_done()
+
+    # ---- the engine thread
+    def _loop(self) -> None:
+        while True:
+            kind, arg = self._q.get()
+            try:
+                if kind == "stop":
+                    return
+                self._handle(kind, arg)
+            except Exception as exc:  # the engine thread never dies on one bad item
+                self._error(f"engine:{kind}", exc)
+                self._publish()
+            finally:
+                self._q.task_done()
+
+    def _handle(self, kind: str, arg: Any) -> None:
+        if kind == "candle":
+            self._on_candle(arg)
+            return
+        if kind == "predict":
+            try:
+                arg.put(self._predict_now())
+            except Exception as exc:
+                arg.put(RuntimeError(str(exc)) if not isinstance(exc, ValueError | RuntimeError) else exc)
+            return
+        if kind == "set_thresholds":
+            if self._orch is not None:
+                self._orch.set_thresholds(arg)
+            self._pending_thresholds = arg
+        elif kind == "set_expert_enabled":
+            if self._orch is not None:
+                self._orch.set_expert_enabled(*arg)
+            self._pending_enabled = {**getattr(self, "_pending_enabled", {}), arg[0]: arg[1]}
+        elif kind == "reset_kill_switch":
+            if self._executor is not None:
+                self._executor.reset_kill_switch()
+        elif kind == "start_stream":
+            self._restart(arg)
+        elif kind == "stop_stream":
+            if self._provider is not None:
+                self._provider.stop()
+            self._streaming = False
+        self._publish()
+
+    def _restart(self, symbol: str) -> None:
+        if self._provider is not None:
+            self._provider.stop()
+        self.symbol = symbol
+        if self._running:
+            self._build_pipeline()
+            self._provider.start()
+            self._streaming = True
+
+    def _on_candle(self, ev: CandleEvent) -> None:
+        if self._orch is None or ev.key.symbol != self.symbol:
+            return  # a late event of a stream that was switched away from
+        frames = self._frames(ev.ts)
+        try:
+            d = self._orch.on_candle(ev, frames)
+        except Exception as exc:  # a decision failed: no trade this bar, the executor still books it
+            self._error("orchestrator", exc)
+            d = None
+        if d is not None:
+            self._decisions.append(d)
+        fills = self._executor.on_candle(ev)
+        self._trades.extend(fills)
+        s = self._executor.snapshot()
+        self._equity.append((int(ev.ts), float(s.equity), float(s.cash)))
+        self._publish()
+
+    def _frames(self, ts: int) -> dict[str, pd.DataFrame]:
+        """Provider caches cut at ``ts``: the engine thread may lag behind the source, and a decision
+        at ts must never see later bars (higher timeframes: build_one ignores unclosed rows)."""
+        out: dict[str, pd.DataFrame] = {}
+        for tf in self.builder.timeframes:
+            df = pd.DataFrame(self._provider.arrays(self.symbol, tf), copy=False)
+            if tf == self.timeframe and len(df) and int(df["ts"].iloc[-1]) > ts:
+                df = df[df["ts"] <= ts]
+            out[tf] = df
+        return out
+
+    def _predict_now(self) -> dict[str, Any]:
+        from core.orchestrator import decide
+
+        if self._provider is None:
+            raise RuntimeError("the engine is not streaming")
+        base = pd.DataFrame(self._provider.arrays(self.symbol, self.timeframe), copy=False)
+        if len(base) < self.builder.min_history:
+            raise RuntimeError(f"not enough history yet: {len(base)} of {self.builder.min_history} bars")
+        ts = int(base["ts"].iloc[-1])
+        batch = self.builder.build_one(self._frames(ts), symbol=self.symbol)
+        enabled = self._orch.enabled
+        names = list(self.experts)
+        probs = np.tile(np.full(3, 1 / 3), (len(names), 1))
+        mask = np.zeros(len(names), dtype=bool)
+        outputs: dict[str, Any] = {}
+        for i, n in enumerate(names):
+            if not enabled.get(n, True):
+                continue
+            try:
+                o = self.experts[n].predict(batch, base)
+            except Exception as exc:
+                self._error(f"expert:{n}", exc)
+                continue
+            probs[i], mask[i], outputs[n] = o.probs, True, o
+        if not mask.any():
+            raise RuntimeError("no expert produced an output")
+        w, fused = self.gate.fuse(probs[None], np.asarray(batch.regime[-1:], dtype=np.float64), mask)
+        conf = float(sum(w[0][i] * outputs[n].confidence for i, n in enumerate(names) if mask[i]))
+        t = self._orch.thresholds
+        return {
+            "ts": ts, "symbol": self.symbol, "timeframe": self.timeframe,
+            "action": str(decide(fused[0], t, conf)), "probs": [float(x) for x in fused[0]],
+            "confidence": conf, "weights": {n: float(w[0][i]) for i, n in enumerate(names) if mask[i]},
+            "thresholds": {"buy": t.buy, "sell": t.sell, "min_confidence": t.min_confidence},
+            "outputs": {n: {"probs": list(o.probs), "expected_return": o.expected_return,
+                            "confidence": o.confidence, "model_version": o.model_version,
+                            "latency_ms": o.latency_ms} for n, o in outputs.items()},
+        }
+
+    # ---- snapshot
+    def _error(self, where: str, exc: BaseException | str) -> None:
+        msg = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        log.warning("%s: %s", where, msg)
+        self._errors.append(EngineError(int(time.time() * 1000), where, msg))
+
+    def _publish(self) -> None:
+        orch, ex, prov = self._orch, self._executor, self._provider
+        osnap = orch.snapshot() if orch is not None else None
+        candles: dict[str, pd.DataFrame] = {}
+        if prov is not None:
+            for tf in prov.timeframes:
+                candles[tf] = pd.DataFrame(prov.arrays(self.symbol, tf, SNAPSHOT_BARS))
+        errors = list(self._errors)
+        if osnap is not None:
+            errors += [EngineError(t, w, m) for t, w, m in osnap.errors]
+            errors.sort(key=lambda e: e.ts_ms)
+        last_err = {e.where.split(":", 1)[1]: e.message for e in errors if e.where.startswith("expert:")}
+        enabled = orch.enabled if orch is not None else {n: getattr(self, "_pending_enabled", {}).get(n, True)
+                                                          for n in self.experts}
+        experts = {n: ExpertState(name=n, enabled=bool(enabled.get(n, True)), training=False,
+                                  version=str(getattr(e, "version", "?")), trained=self.trained.get(n, False),
+                                  input_kind=getattr(e, "input_kind", "features"), last_error=last_err.get(n))
+                   for n, e in self.experts.items()}
+        for n, msg in self._expert_errors.items():
+            experts[n] = ExpertState(n, False, False, "unavailable", False, "?", msg)
+        positions: tuple[Position, ...] = ()
+        kill = KillSwitchState()
+        orders: tuple[Order, ...] = ()
+        if ex is not None:
+            s = ex.snapshot()
+            if s.position:
+                positions = (Position(self.symbol, s.position, s.avg_price, s.realised_pnl, s.unrealised_pnl),)
+            kill = KillSwitchState(active=s.kill_switch, reason="daily loss limit" if s.kill_switch else "",
+                                   since_ms=s.ts if s.kill_switch else None)
+            orders = tuple(ex.paper.fetch_open_orders(self.symbol))
+        eq = np.array(self._equity, dtype=np.float64).reshape(-1, 3)
+        peak = np.maximum.accumulate(eq[:, 1]) if len(eq) else eq[:, 1]
+        equity = pd.DataFrame({"ts": eq[:, 0].astype(np.int64), "equity": eq[:, 1], "cash": eq[:, 2],
+                               "drawdown": eq[:, 1] / peak - 1.0 if len(eq) else eq[:, 1]})
+        versions = {"app": "0.1.0", "gate": str(getattr(self.gate, "version", "?")),
+                    **{n: e.version for n, e in experts.items()}}
+        snap = EngineSnapshot(
+            ts_ms=int(time.time() * 1000), mode=self.mode, running=self._running, streaming=self._streaming,
+            symbol=self.symbol, timeframe=self.timeframe, candles=MappingProxyType(candles),
+            decision=osnap.decision if osnap is not None else None,
+            recent_decisions=tuple(self._decisions),
+            expert_outputs=osnap.outputs if osnap is not None else _EMPTY,
+            gate_weights=osnap.weights if osnap is not None else _EMPTY,
+            thresholds=orch.thresholds if orch is not None else getattr(self, "_pending_thresholds",
+                                                                       self._cfg_thresholds()),
+            kronos=self._kronos_summary(osnap), positions=positions, open_orders=orders,
+            trades=tuple(self._trades), equity=equity, kill_switch=kill,
+            sources=MappingProxyType(dict(prov.status())) if prov is not None else _EMPTY,
+            inference_latency_ms=osnap.latency_ms if osnap is not None else _EMPTY,
+            errors=tuple(errors[-KEEP_ERRORS:]), experts=MappingProxyType(experts),
+            versions=MappingProxyType(versions))
+        with self._lock:
+            self._snap = snap
+
+    def _kronos_summary(self, osnap: Any) -> KronosSummary | None:
+        """From the freshest Kronos output: its extras hold log-return quantiles AT the horizon, so the
+        bands are a single point per quantile at the horizon bar (no per-step paths are kept)."""
+        if osnap is None:
+            return None
+        o = next((x for x in osnap.outputs.values()
+                  if getattr(self.experts.get(x.expert), "input_kind", "") == "candles"), None)
+        if o is None or not o.extras.get("valid", 0):
+            return None
+        base = self._provider.arrays(self.symbol, self.timeframe)
+        idx = np.searchsorted(base["ts"], o.ts)
+        if idx >= len(base["ts"]) or base["ts"][idx] != o.ts:
+            return None
+        close = float(base["close"][idx])
+        fut = np.array([o.ts + o.horizon * timeframe_ms(self.timeframe)], dtype=np.int64)
+        bands = {k: np.array([close * math.exp(float(o.extras[k]))]) for k in ("q10", "q25", "q50", "q75", "q90")
+                 if k in o.extras and o.extras[k] == o.extras[k]}
+        return KronosSummary(ts=o.ts, model_version=o.model_version, horizon=o.horizon,
+                             samples=int(getattr(getattr(self.experts.get(o.expert), "params", None), "samples", 0)),
+                             p_up=float(o.probs[2]), expected_return=float(o.expected_return), future_ts=fut,
+                             median=bands.get("q50", np.array([close])), bands=MappingProxyType(bands),
+                             latency_ms=float(o.latency_ms), finished_ms=int(time.time() * 1000))

@@ -248,6 +248,11 @@ class Orchestrator:
         with self._lock:
             self._enabled = {**self._enabled, name: bool(enabled)}
 
+    @property
+    def enabled(self) -> dict[str, bool]:
+        """The current switches (the snapshot holds those of the last decision)."""
+        return dict(self._enabled)
+
     def add_listener(self, fn: Callable[[Decision], None]) -> None:
         self._listeners.append(fn)
 

@@ -235,3 +235,46 @@ def test_checkpoint_hot_swap_between_decisions(candles, tmp_path):
     w_run = next(iter(orch.experts["cnn"].state_dict()["net"].values()))
     w_don = next(iter(donor.state_dict()["net"].values()))
     assert torch.equal(w_run, w_don)
+
+
+# ---------------------------------------------------------------- the engine the dashboard drives
+
+
+def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path):
+    from core.config import load_config
+    from core.engine import Engine, EngineSnapshot, ReplayConfig
+
+    cfg = load_config()
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"db_path": str(tmp_path / "e.duckdb"),
+                                                                     "timeframes": ["1m", "5m"]})})
+    models = small_models()
+    models = models.model_copy(update={"experts": {n: e.model_copy(update={"enabled": n in ("cnn", "dqn")})
+                                                   for n, e in models.experts.items()}})
+    with MarketStore(cfg.data.db_path) as s:
+        s.upsert_candles(KEY, candles.iloc[:150])
+    eng = Engine(cfg, models, replay=ReplayConfig(speed=None))
+    assert isinstance(eng.snapshot(), EngineSnapshot) and eng.snapshot().decision is None
+    eng.set_thresholds(Thresholds(buy=0.0, sell=1.0))  # before start: applied to the first decision
+    eng.start()
+    try:
+        assert eng.wait_idle(60)
+        snap = eng.snapshot()
+        n_dec = 150 - eng.builder.min_history + 1
+        assert snap.mode == "replay" and snap.running and len(snap.recent_decisions) == n_dec
+        assert snap.decision.action is Action.BUY and snap.thresholds.buy == 0.0
+        assert set(snap.experts) == {"cnn", "dqn"} and not snap.experts["cnn"].trained
+        assert len(snap.candles["1m"]) == 150 and len(snap.candles["5m"]) == 30
+        assert len(snap.trades) >= 1 and snap.trades[0].side == "buy"  # BUY at bar k fills at k+1's open
+        assert len(snap.positions) == 1 and snap.positions[0].amount > 0
+        assert len(snap.equity) == 150 and "drawdown" in snap.equity
+        assert set(snap.inference_latency_ms) >= {"cnn", "dqn", "total"}
+        eng.set_expert_enabled("dqn", False)
+        eng.wait_idle(10)
+        assert eng.snapshot().experts["dqn"].enabled is False
+        pred = eng.generate_prediction()
+        assert pred["ts"] == int(candles["ts"].iloc[149]) and set(pred["weights"]) == {"cnn"}
+        with pytest.raises(ValueError, match="unknown expert"):
+            eng.set_expert_enabled("nope", True)
+    finally:
+        eng.stop()
+    assert not eng.snapshot().running
