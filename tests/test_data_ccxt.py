@@ -80,7 +80,8 @@ class FakeBinance:
     disconnected; the next ``refuse`` connection attempts are refused (HTTP 503)."""
 
     def __init__(self, candles: pd.DataFrame, start: int, end: int, drop_after: int, skip: int,
-                 refuse: int, advance_on_rest: bool = False) -> None:
+                 refuse: int, advance_on_rest: bool = False, max_limit: int = 1000) -> None:
+        self.max_limit = max_limit  # Binance caps a klines page at 1000
         self.advance_on_rest = advance_on_rest  # polling mode: each REST call moves time one candle on
         self.c = candles.reset_index(drop=True)
         self.i = start
@@ -108,7 +109,7 @@ class FakeBinance:
     async def klines(self, request: web.Request) -> web.Response:
         self.rest_calls += 1
         start = int(request.query.get("startTime", 0))
-        limit = int(request.query.get("limit", 500))
+        limit = min(int(request.query.get("limit", 500)), self.max_limit)
         c = self.c.iloc[: self.i + 1]  # up to the candle in progress, as the real API does
         c = c[c["ts"] >= start].iloc[:limit]
         if self.advance_on_rest and self.i < self.end:
@@ -302,3 +303,51 @@ def test_download_a_few_candles_from_binanceus() -> None:
     df = asyncio.run(go())
     assert 5 <= len(df) <= 10
     assert validate_candles(df, "1m").counts == {}
+
+
+def test_cli_download_pages_into_the_store(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    """`data download` against the local fake exchange (run on its own thread), 250 candles per page."""
+    import threading
+
+    import main_backtest
+    from core.data import ccxt_source
+
+    real = load_file(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[:2000]
+    fake = FakeBinance(real, start=len(real) - 1, end=len(real), drop_after=0, skip=0, refuse=0, max_limit=250)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: dict = {}
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_get("/api/v3/klines", fake.klines)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        holder["port"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        holder["runner"] = runner
+        started.set()
+
+    th = threading.Thread(target=lambda: (loop.run_until_complete(serve()), loop.run_forever()), daemon=True)
+    th.start()
+    assert started.wait(10)
+    monkeypatch.setattr(ccxt_source, "make_exchange", lambda exchange_id, websocket=True: _binance_at(holder["port"]))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"data:\n  db_path: {tmp_path / 'dl.duckdb'}\n")
+    try:
+        rc = main_backtest.main(["--config", str(cfg), "data", "download", "--exchange", "binance", "--symbol",
+                                 "BTC/USDT", "--timeframe", "1m", "--since", "2023-03-01T00:00:00Z",
+                                 "--until", "2023-03-01T10:00:00Z"])
+    finally:
+        asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        th.join(10)
+    assert rc == 0
+    assert "downloaded 600 candles, stored 600" in capsys.readouterr().out
+    assert fake.rest_calls >= 3  # 600 candles at 250 per page
+    with MarketStore(tmp_path / "dl.duckdb", read_only=True) as st:
+        key = SeriesKey("binance", "BTC/USDT", "1m")
+        pd.testing.assert_frame_equal(st.candles(key), real.iloc[:600].reset_index(drop=True))
+        assert st.gaps(key) == []
