@@ -153,17 +153,21 @@ class FakeBinance:
         return ws
 
 
+def _market(base: str, quote: str) -> dict:
+    return {
+        "id": base + quote, "lowercaseId": (base + quote).lower(), "symbol": f"{base}/{quote}", "base": base,
+        "quote": quote, "baseId": base, "quoteId": quote, "settle": None, "settleId": None, "type": "spot",
+        "spot": True, "margin": False, "swap": False, "future": False, "option": False, "contract": False,
+        "linear": None, "inverse": None, "active": True, "precision": {"amount": 1e-8, "price": 1e-8},
+        "limits": {}, "info": {},
+    }
+
+
 def _binance_at(port: int) -> ccxt.pro.binance:
     ex = ccxt.pro.binance({"enableRateLimit": False})
     ex.urls["api"]["ws"]["spot"] = f"ws://127.0.0.1:{port}/stream/ws"  # '/stream' marks a spot url
     ex.urls["api"]["public"] = f"http://127.0.0.1:{port}/api/v3"
-    ex.set_markets([{
-        "id": "BTCUSDT", "lowercaseId": "btcusdt", "symbol": "BTC/USDT", "base": "BTC", "quote": "USDT",
-        "baseId": "BTC", "quoteId": "USDT", "settle": None, "settleId": None, "type": "spot", "spot": True,
-        "margin": False, "swap": False, "future": False, "option": False, "contract": False,
-        "linear": None, "inverse": None, "active": True, "precision": {"amount": 1e-8, "price": 0.01},
-        "limits": {}, "info": {},
-    }])
+    ex.set_markets([_market("BTC", "USDT"), _market("XRP", "ETH")])
     return ex
 
 
@@ -351,3 +355,70 @@ def test_cli_download_pages_into_the_store(shared_data: Path, tmp_path: Path, mo
         key = SeriesKey("binance", "BTC/USDT", "1m")
         pd.testing.assert_frame_equal(st.candles(key), real.iloc[:600].reset_index(drop=True))
         assert st.gaps(key) == []
+
+
+def test_trade_stream_into_store(shared_data: Path) -> None:
+    """watch_trades -> DataProvider.ingest_trades -> store, with real XRP/ETH trades sent as Binance
+    trade-stream messages by the local server."""
+    from core.data.files import load_trades
+
+    trades = load_trades(shared_data / "freqtrade" / "XRP_ETH-trades.csv").iloc[:120]
+    done = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        sub = json.loads((await ws.receive()).data)
+        assert sub["params"] == ["xrpeth@trade"]
+        await ws.send_json({"result": None, "id": sub["id"]})
+        for r in trades.itertuples():
+            await ws.send_json({"e": "trade", "E": int(r.ts), "s": "XRPETH", "t": int(r.id), "p": _num(r.price),
+                                "q": _num(r.amount), "T": int(r.ts), "m": r.side == "sell", "M": True})
+            await asyncio.sleep(0.002)
+        done.set()
+        await ws.receive()
+        return ws
+
+    async def scenario() -> pd.DataFrame:
+        app = web.Application()
+        app.router.add_get("/stream/ws/{n}", stream)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        ex = _binance_at(port)
+        src = CcxtSource("binance", ["XRP/ETH"], "1m", exchange=ex, trades=True, trade_flush_s=0.1)
+        writes: list[int] = []
+        store_upsert = MarketStore.upsert_trades
+
+        def counting(self: MarketStore, *a: object, **k: object) -> int:
+            writes.append(1)
+            return store_upsert(self, *a, **k)  # type: ignore[arg-type]
+
+        store = MarketStore(":memory:")
+        prov = DataProvider(store, "1m", ["1m"], exchange="binance")
+        prov.add_source(src)  # wires the provider's trade sink because trades=True
+        store.upsert_trades = counting.__get__(store)  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(src._watch_trades(stop, "XRP/ETH"))
+        await asyncio.wait_for(done.wait(), 20)
+        for _ in range(100):
+            if store.query_one("SELECT count(*) FROM trades")[0] == len(trades):
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await ex.close()
+        await runner.cleanup()
+        got = store.trades("binance", "XRP/ETH")
+        store.close()
+        assert 1 <= len(writes) < len(trades) // 4  # batched: one store write per flush, not per trade
+        return got
+
+    got = asyncio.run(scenario())
+    assert got["id"].tolist() == trades["id"].tolist()
+    np.testing.assert_array_equal(got["price"].to_numpy(), trades["price"].to_numpy())
+    np.testing.assert_array_equal(got["amount"].to_numpy(), trades["amount"].to_numpy())
+    assert got["side"].tolist() == trades["side"].tolist() and got["ts"].tolist() == trades["ts"].tolist()

@@ -106,6 +106,8 @@ class CcxtSource:
         clock: Callable[[], int] | None = None,
         trades: bool = False,
         trade_sink: TradeSink | None = None,
+        trade_flush_s: float = 1.0,
+        trade_flush_rows: int = 1000,
     ) -> None:
         timeframe_ms(timeframe)
         self.exchange_id = exchange_id
@@ -125,6 +127,8 @@ class CcxtSource:
         self._clock = clock or now_ms
         self.trades = trades  # also stream trades (watch_trades) into trade_sink (the provider wires it)
         self.trade_sink = trade_sink
+        self.trade_flush_s = trade_flush_s
+        self.trade_flush_rows = trade_flush_rows
         self.name = f"ccxt:{exchange_id}"
         self._status = SourceStatus(self.name)
         self.backoff_delays: list[float] = []  # every back-off sleep, for the status page and tests
@@ -304,19 +308,49 @@ class CcxtSource:
                 watch.cancel()
 
     async def _watch_trades(self, stop: asyncio.Event, symbol: str) -> None:
+        """Stream trades into ``trade_sink`` in batches (every trade_flush_s or trade_flush_rows): one store
+        write per batch, not per message. Trades missed while disconnected are not backfilled."""
         backoff = self.reconnect_initial_s
-        while not stop.is_set() and self.trade_sink is not None:
-            try:
-                trades = await self.exchange.watch_trades(symbol)
-                backoff = self.reconnect_initial_s
-                if trades:
-                    self.trade_sink(self.exchange_id, symbol, trades_to_frame(trades))
-            except asyncio.CancelledError:
-                raise
-            except ccxt.BaseError as exc:
-                log.warning("%s %s trades: %s; reconnecting in %.1fs", self.name, symbol, exc, backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.reconnect_max_s)
+        buf: list[dict[str, Any]] = []
+        last_flush = asyncio.get_running_loop().time()
+
+        def flush() -> None:
+            nonlocal last_flush
+            last_flush = asyncio.get_running_loop().time()
+            if buf and self.trade_sink is not None:
+                batch = trades_to_frame(buf)
+                buf.clear()
+                try:
+                    self.trade_sink(self.exchange_id, symbol, batch)
+                except Exception:  # a failing sink must not stop the candle stream
+                    log.exception("%s %s: trade sink failed on %d trades", self.name, symbol, len(batch))
+
+        watch: asyncio.Future | None = None
+        try:
+            while not stop.is_set() and self.trade_sink is not None:
+                try:
+                    if watch is None:
+                        watch = asyncio.ensure_future(self.exchange.watch_trades(symbol))
+                    wait = max(0.01, self.trade_flush_s - (asyncio.get_running_loop().time() - last_flush))
+                    done, _ = await asyncio.wait({watch}, timeout=wait)
+                    if done:
+                        finished, watch = watch, None
+                        buf.extend(finished.result())
+                        backoff = self.reconnect_initial_s
+                    if len(buf) >= self.trade_flush_rows or \
+                            asyncio.get_running_loop().time() - last_flush >= self.trade_flush_s:
+                        flush()
+                except asyncio.CancelledError:
+                    raise
+                except ccxt.BaseError as exc:
+                    log.warning("%s %s trades: %s; reconnecting in %.1fs", self.name, symbol, exc, backoff)
+                    flush()
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, self.reconnect_max_s)
+        finally:
+            if watch is not None:
+                watch.cancel()
+            flush()
 
     async def run(self, emit: Emit, stop: asyncio.Event) -> None:
         ex = self.exchange
