@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from core.config import AppConfig, ConfigError, ModelsConfig, Secrets, load_config, load_models
-from core.types import SeriesKey
 
 log = logging.getLogger("main_dashboard")
 
@@ -52,32 +51,11 @@ def internet_reachable(host: str = "api.binance.us", port: int = 443, timeout: f
         return False
 
 
-def import_replay_file(store: Any, path: Path, exchange: str, symbol: str | None) -> SeriesKey:
-    """Import a candle file into the store (idempotent upsert); the series key comes from the file
-    name (e.g. BTC_USDT-1m.csv) unless --symbol says otherwise."""
-    from core.data.files import load_file, parse_series_name
-
-    if not path.exists():
-        raise SystemExit(f"--replay: file not found: {path}")
-    sym, tf = parse_series_name(path)
-    if tf is None:
-        raise SystemExit(f"--replay: cannot tell the timeframe from the file name {path.name!r} "
-                         "(expected e.g. BTC_USDT-1m.csv)")
-    key = SeriesKey(exchange, symbol or sym or "", tf)
-    if not key.symbol:
-        raise SystemExit(f"--replay: cannot tell the symbol from {path.name!r}; pass --symbol")
-    df = load_file(path)
-    n = store.upsert_candles(key, df)
-    print(f"imported {len(df)} candles from {path} into {key.exchange} {key.symbol} {key.timeframe} "
-          f"({n} new or changed)", flush=True)
-    return key
-
-
 def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = None,
                  replay_path: Path | None = None, replay_db: bool = False, speed: float | None = None,
                  training: bool = True, db: str | None = None) -> Any:
     """The Engine for live data, or a replay of the store (after importing ``replay_path``)."""
-    from core.engine import Engine, ReplayConfig
+    from core.engine import Engine, ReplayConfig  # the engine imports ``replay_path`` into its store
 
     if symbol:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"symbols": [symbol]})})
@@ -128,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from web.app import create_app
 
+    if replay_path is not None or args.replay_db:
+        src = f"imported {replay_path} into the store; " if replay_path else ""
+        print(f"{src}replaying {engine.symbol} {engine.timeframe} at "
+              f"{args.speed or cfg.dashboard.replay_speed:g}x", flush=True)
     engine.start()
     server = None
     try:

@@ -36,7 +36,7 @@ LAST_X = "() => { const g = document.querySelector('#live-chart .js-plotly-plot'
 def served(shared_data, tmp_path_factory):
     from werkzeug.serving import make_server
 
-    eng, cfg, models = replay_engine(shared_data, tmp_path_factory.mktemp("browser"), speed=60.0)
+    eng, cfg, models = replay_engine(shared_data, tmp_path_factory.mktemp("browser"), speed=600.0)
     app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets())
     srv = make_server("127.0.0.1", 0, app.server, threaded=True)
     th = threading.Thread(target=srv.serve_forever, daemon=True)

@@ -35,9 +35,10 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def replay_engine(shared_data: Path, tmp: Path, speed: float = 60.0) -> tuple[Any, AppConfig, ModelsConfig]:
-    """Start the real engine on a replay of the shared file; returns (engine, cfg, models) once candles
-    are showing."""
+def replay_engine(shared_data: Path, tmp: Path, speed: float = 600.0, min_bars: int = 200
+                  ) -> tuple[Any, AppConfig, ModelsConfig]:
+    """Start the real engine on a replay of the shared file (from its first bar, at ``speed`` x real
+    time); returns (engine, cfg, models) once ``min_bars`` candles and a first decision exist."""
     from main_dashboard import build_engine
 
     cfg, models = web_config(tmp)
@@ -45,7 +46,8 @@ def replay_engine(shared_data: Path, tmp: Path, speed: float = 60.0) -> tuple[An
                        training=False)
     eng.start()
     try:
-        wait_for(lambda: len(eng.snapshot().candles.get("1m", ())) > 0, 90, "the first replayed candles")
+        wait_for(lambda: len(eng.snapshot().candles.get("1m", ())) >= min_bars
+                 and eng.snapshot().decision is not None, 180, f"{min_bars} replayed candles and a decision")
     except BaseException:
         eng.stop()
         raise

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from werkzeug.exceptions import HTTPException
 
@@ -395,6 +395,23 @@ def build_blueprint(engine: Any) -> Blueprint:
     def reset_kill_switch() -> Response:
         engine.reset_kill_switch()
         return jsonify(ok=True)
+
+    @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    def unknown(rest: str) -> Response:
+        # without this, Dash's catch-all page route would answer unknown /api/ paths with HTML 200
+        adapter = current_app.url_map.bind_to_environ(request.environ)
+        allowed = []
+        for m in ("GET", "PUT", "POST", "PATCH"):
+            try:
+                endpoint, _ = adapter.match(request.path, method=m)
+            except HTTPException:
+                continue
+            if endpoint != "api.unknown":
+                allowed.append(m)
+        if allowed:
+            raise ApiError(405, f"{request.method} not allowed on /api/{rest}; allowed: {', '.join(allowed)}",
+                           "method_not_allowed")
+        raise ApiError(404, f"no endpoint /api/{rest}; see web/openapi.yaml", "not_found")
 
     return bp
 
