@@ -182,10 +182,15 @@ def test_replay_order_and_status(btc: pd.DataFrame, shared_data: Path) -> None:
     k2 = SeriesKey("binanceus", "BTC/USD", "1m")
     store.upsert_candles(KEY, btc.iloc[:300])
     store.upsert_candles(k2, eth.iloc[:300])
-    p = DataProvider(None, "1m", ["1m", "5m"], cache_bars=500)
+    p = DataProvider(store, "1m", ["1m", "5m"], cache_bars=500)
     seen: list[CandleEvent] = []
     p.subscribe(seen.append, timeframes=["1m"])
     start, end = int(btc["ts"].iat[100]), int(btc["ts"].iat[200])
+
+    def no_writes(*a: object, **k: object) -> int:
+        raise AssertionError("replayed candles must not be written back to the store")
+
+    store.upsert_candles = no_writes  # type: ignore[method-assign]
     src = ReplaySource(store, [KEY, k2], start_ms=start, end_ms=end)
     p.add_source(src)
     p.start()

@@ -180,10 +180,11 @@ class DataProvider:
     # ------------------------------------------------------------ ingest
 
     def ingest(self, key: SeriesKey, df: pd.DataFrame, closed: bool = True, *,
-               source: str | None = None, now_ms_: int | None = None) -> list[CandleEvent]:
+               source: str | None = None, now_ms_: int | None = None, persist: bool = True) -> list[CandleEvent]:
         """Validate -> store -> cache -> resample -> publish. Returns the events published (closed
         candles, plus in-progress updates when closed=False). Rejected rows are counted per ``source``
-        (and per reason in ``rejected_counts``), logged with their reason, and never stored."""
+        (and per reason in ``rejected_counts``), logged with their reason, and never stored.
+        ``persist=False`` skips the store (candles replayed from it)."""
         ts, ts_bad, vals = candle_arrays(df)
         with self._ingest_lock:
             with self._lock:
@@ -200,7 +201,7 @@ class DataProvider:
             if len(ts) == 0:
                 return []
             if closed:
-                if self.store is not None:
+                if self.store is not None and persist:
                     frame = pd.DataFrame({"ts": ts, "open": vals[:, 0], "high": vals[:, 1], "low": vals[:, 2],
                                           "close": vals[:, 3], "volume": vals[:, 4]})
                     self.store.upsert_candles(key, frame, validate=False)
@@ -384,7 +385,7 @@ class DataProvider:
     def _emit_for(self, source: Source) -> Callable[[SeriesKey, pd.DataFrame, bool], None]:
         def emit(key: SeriesKey, df: pd.DataFrame, closed: bool) -> None:
             try:
-                self.ingest(key, df, closed, source=source.name)
+                self.ingest(key, df, closed, source=source.name, persist=getattr(source, "persist", True))
             except Exception as exc:  # a bad batch or a store failure must not kill the source
                 self._errors[source.name] = f"ingest failed: {type(exc).__name__}: {exc}"
                 log.exception("%s: ingest of %d row(s) failed", source.name, len(df))

@@ -37,6 +37,7 @@ class ReplaySource:
         self.speed = speed
         self._monotonic = monotonic or time.monotonic
         self.name = "replay"
+        self.persist = False  # its candles come from the store: the provider need not write them back
         self._status = SourceStatus(self.name)
         self.emitted = 0
         self.replay_ts: int | None = None  # simulated clock: open time of the last candle emitted

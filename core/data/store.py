@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS trades (
 );
 """
 
+_SMALL_BATCH = 64  # up to this many rows, upserts skip DataFrame registration (live candles)
 _EPOCH_FLOOR_MS = -(10**15)  # widening stops once the window reaches back this far
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -247,6 +248,13 @@ class MarketStore:
         params = [key.exchange, key.symbol, key.timeframe]
         with self.lock:  # held across the transaction so the max-ts cache is updated consistently
             known = dict(self._shared.max_ts)
+            if len(data) <= _SMALL_BATCH:
+                with self.transaction() as con:
+                    written = self._upsert_small(con, params, data, lo, hi)
+                if key in known:
+                    known[key] = max(known[key], hi)
+                self._shared.max_ts.update(known)
+                return written
             with self.transaction() as con:
                 con.register(view, data)
                 try:
@@ -271,6 +279,38 @@ class MarketStore:
                 known[key] = max(known[key], hi)
             self._shared.max_ts.update(known)
         return written
+
+    @staticmethod
+    def _upsert_small(con: duckdb.DuckDBPyConnection, params: list, data: pd.DataFrame, lo: int, hi: int) -> int:
+        """Live path (a few candles): compare with the stored rows in Python and write with plain
+        parameterised statements; registering a DataFrame costs more than the write itself here."""
+        cols = list(CANDLE_COLUMNS)
+        new = data[cols].to_numpy(dtype=np.float64)
+        new_ts = data["ts"].to_numpy(dtype=np.int64)
+        old = con.execute(
+            "SELECT ts, open, high, low, close, volume FROM candles WHERE exchange = ? AND symbol = ? "
+            "AND timeframe = ? AND ts BETWEEN ? AND ?", params + [lo, hi]
+        ).fetchall()
+        stored = {int(r[0]): tuple(float(x) for x in r[1:]) for r in old}
+        changed: list[int] = []
+        for i, t in enumerate(new_ts.tolist()):
+            prev = stored.get(t)
+            if prev is None or prev != tuple(new[i, 1:].tolist()):
+                changed.append(i)
+        if not changed:
+            return 0
+        replaced = [int(new_ts[i]) for i in changed if int(new_ts[i]) in stored]
+        if replaced:
+            con.execute(
+                "DELETE FROM candles WHERE exchange = ? AND symbol = ? AND timeframe = ? AND ts IN ("
+                + ", ".join("?" * len(replaced)) + ")", params + replaced,
+            )
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(changed))
+        flat: list = []
+        for i in changed:
+            flat += params + [int(new_ts[i]), *new[i, 1:].tolist()]
+        con.execute("INSERT INTO candles VALUES " + values, flat)
+        return len(changed)
 
     @staticmethod
     def _replace_changed(con: duckdb.DuckDBPyConnection, view: str, params: list, lo: int, hi: int) -> int:
