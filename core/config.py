@@ -180,6 +180,7 @@ class OnlineTrainingConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     replay_bars: int = Field(5000, ge=0)
     promote_margin: float = Field(0.002, ge=0)
+    val_bars: int = Field(240, ge=10)  # newest matured samples withheld from training: champion/challenger window
 
 
 class ExpertConfig(_Strict):

@@ -1,0 +1,797 @@
+"""Live (online) training: one process per expert, fed over queues, gated by champion/challenger.
+
+Engine side (``TrainingManager``, called from the engine thread):
+  feed(batch)   the FeatureBatch row(s) the decision path just built (+ the position held). Rows sit
+                in a small buffer until their label MATURES (h later bars arrived, contiguous); the
+                newest ``val_bars`` matured samples of each horizon form the validation window and are
+                withheld from training (plus an h-bar gap so label spans never overlap); older
+                matured samples are sent to the trainers.
+  poll()        non-blocking: drains status queues, restarts crashed trainers (back-off 1 s doubling,
+                capped), hands published checkpoints to a background evaluator thread, and returns
+                the Swaps (promotions, rollbacks) to apply between two decisions.
+Trainer side (``trainer_main``, a spawned process): never opens the DuckDB file. It receives the
+live weights, candles for its replay history (it builds those features itself with the same
+FeatureBuilder) and matured samples; every ``cadence_s`` it trains on the fresh samples plus as many
+replayed ones (learning rate ``online.lr``, mini-batches of ``batch_size``; the DQN trains on
+chronological chunks and also learns from the realised paper-trading positions), publishes a
+checkpoint atomically (Expert.save: temp file + os.replace) and reports its path; TensorBoard
+scalars go to runs/online/<expert>/<timestamp>.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.multiprocessing as tmp
+
+from core.config import ExpertConfig, FeaturesConfig, ModelsConfig, OnlineTrainingConfig
+from core.types import FeatureBatch, FeatureSpec, SeriesKey, timeframe_ms
+from NN.training.datasets import UNKNOWN, build_dataset, make_labels
+from NN.training.promotion import (
+    ChampionHistory,
+    Swap,
+    Verdict,
+    evaluate,
+    state_from_bytes,
+    state_to_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+MIN_VAL_SAMPLES = 30  # fewer matured validation samples than this: no verdict yet
+_CTX = tmp.get_context("spawn")
+
+
+# ---------------------------------------------------------------- contracts
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerStatus:
+    running: bool
+    steps: int = 0
+    loss: float = float("nan")
+    samples_per_s: float = 0.0
+    last_publish: int | None = None  # ms UTC of the last published checkpoint
+    live_version: str = ""
+    challenger_score: float | None = None  # validation log loss of the last judged challenger
+    champion_score: float | None = None
+    restarts: int = 0
+    error: str | None = None
+    pid: int | None = None
+    promotions: int = 0
+    last_verdict: str = ""
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """Everything a trainer process needs (picklable: spawn)."""
+
+    name: str
+    expert_cfg: ExpertConfig
+    features: FeaturesConfig
+    base_timeframe: str
+    dead_zone: float
+    online: OnlineTrainingConfig
+    checkpoint_dir: str
+    run_dir: str | None
+    threads: int = 1
+    max_steps_per_round: int = 200
+
+
+# ---------------------------------------------------------------- engine-side sample buffer
+
+
+class FeedBuffer:
+    """Recent fed feature rows (ring with amortised compaction; views never escape)."""
+
+    def __init__(self, spec: FeatureSpec, bar_ms: int, capacity: int) -> None:
+        self.spec, self.bar_ms, self.cap = spec, int(bar_ms), int(capacity)
+        T, L, F = len(spec.timeframes), spec.window, len(spec.bar_features)
+        n = 2 * self.cap
+        self.ts = np.zeros(n, np.int64)
+        self.close = np.zeros(n, np.float64)
+        self.windows = np.zeros((n, T, L, F), np.float32)
+        self.flat = np.zeros((n, len(spec.flat_features)), np.float32)
+        self.regime = np.zeros((n, len(spec.regime_features)), np.float32)
+        self.position = np.full(n, np.nan)
+        self.n = 0
+        self.symbol = ""
+
+    def append(self, batch: FeatureBatch, position: np.ndarray) -> int:
+        keep = np.ones(len(batch), dtype=bool)
+        if self.n:
+            keep &= batch.ts > self.ts[self.n - 1]  # a replayed bar is fed once
+        idx = np.flatnonzero(keep)
+        for i in idx:
+            if self.n == 2 * self.cap:
+                self._compact()
+            j = self.n
+            self.ts[j], self.close[j] = batch.ts[i], batch.close[i]
+            self.windows[j], self.flat[j], self.regime[j] = batch.windows[i], batch.flat[i], batch.regime[i]
+            self.position[j] = position[i]
+            self.n += 1
+        self.symbol = batch.symbol or self.symbol
+        return len(idx)
+
+    def _compact(self) -> None:
+        k = self.cap
+        for a in (self.ts, self.close, self.windows, self.flat, self.regime, self.position):
+            a[:k] = a[self.n - k : self.n]
+        self.n = k
+
+    def first_ts(self) -> int | None:
+        return int(self.ts[0]) if self.n else None
+
+    def matured(self, horizon: int, dead_zone: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row indices, labels, forward log returns) of rows whose horizon-h label is known within
+        the buffer and spans no gap (same rule as datasets.build_dataset)."""
+        n, h = self.n, int(horizon)
+        if n <= h:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        close, ts = self.close[:n], self.ts[:n]
+        y = make_labels(close, h, dead_zone)
+        ok = y != UNKNOWN
+        ok[: n - h] &= (ts[h:] - ts[:-h]) == h * self.bar_ms
+        idx = np.flatnonzero(ok)
+        fwd = np.log(close[idx + h] / close[idx])
+        return idx, y[idx], fwd
+
+    def rows(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Copies of the rows ``idx`` (safe to hand to a queue or another thread)."""
+        return {"ts": self.ts[idx].copy(), "close": self.close[idx].copy(),
+                "windows": self.windows[idx].copy(), "flat": self.flat[idx].copy(),
+                "regime": self.regime[idx].copy(), "position": self.position[idx].copy()}
+
+
+def batch_from_rows(rows: Mapping[str, np.ndarray], spec: FeatureSpec, symbol: str = "") -> FeatureBatch:
+    return FeatureBatch(symbol=symbol, timeframe=spec.timeframes[0], ts=rows["ts"], close=rows["close"],
+                        windows=rows["windows"], flat=rows["flat"], regime=rows["regime"], spec=spec)
+
+
+def split_release(ts: np.ndarray, matured_idx: np.ndarray, horizon: int, bar_ms: int, val_bars: int,
+                  released_until: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pure: (indices to send to the trainer, validation indices). Validation = the newest
+    ``val_bars`` matured samples; trainers get matured samples at least ``horizon`` bars before the
+    first validation sample (their label spans end before it starts) and newer than what they got."""
+    if len(matured_idx) == 0:
+        return matured_idx, matured_idx
+    val = matured_idx[-val_bars:]
+    cutoff = int(ts[val[0]]) - int(horizon) * int(bar_ms)
+    t = ts[matured_idx]
+    send = matured_idx[(t <= cutoff) & (t > released_until)]
+    return send, val
+
+
+# ---------------------------------------------------------------- trainer process
+
+
+class _TrainData:
+    """The trainer's samples, ts-ascending, unique ts, at most ``cap`` (newest kept)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = max(1, int(cap))
+        self.d: dict[str, np.ndarray] | None = None
+        self.trained_until = np.iinfo(np.int64).min  # newest ts already trained on
+        self.experience_until = np.iinfo(np.int64).min
+
+    def __len__(self) -> int:
+        return 0 if self.d is None else len(self.d["ts"])
+
+    def add(self, rows: Mapping[str, np.ndarray]) -> None:
+        if len(rows["ts"]) == 0:
+            return
+        rows = {k: np.asarray(v) for k, v in rows.items()}
+        if self.d is None:
+            merged = rows
+        else:
+            merged = {k: np.concatenate([self.d[k], rows[k]]) for k in self.d}
+        ts = merged["ts"]
+        # keep the LAST copy of a duplicated ts, then sort by time
+        _, first_of_rev = np.unique(ts[::-1], return_index=True)
+        keep = np.sort(len(ts) - 1 - first_of_rev)
+        keep = keep[np.argsort(ts[keep], kind="stable")][-self.cap :]
+        self.d = {k: v[keep] for k, v in merged.items()}
+
+    def fresh(self) -> np.ndarray:
+        return np.flatnonzero(self.d["ts"] > self.trained_until) if self.d is not None else np.zeros(0, np.int64)
+
+
+def _drain(inbox: Any, timeout: float) -> list[tuple]:
+    msgs = []
+    try:
+        msgs.append(inbox.get(timeout=max(timeout, 0.0)) if timeout > 0 else inbox.get_nowait())
+        while True:
+            msgs.append(inbox.get_nowait())
+    except queue.Empty:
+        pass
+    return msgs
+
+
+def _writer(run_dir: str | None) -> Any:
+    if run_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=run_dir)
+    except Exception:  # TensorBoard is optional: training goes on without it
+        log.exception("no TensorBoard writer for %s", run_dir)
+        return None
+
+
+def push_experience(dqn: Any, batch: FeatureBatch, position: np.ndarray, bar_ms: int) -> int:
+    """Feed a DQN its own paper-trading experience: transitions between consecutive bars with known
+    realised positions (sign -1/0/+1). The DQN's actions are sell->short, hold, buy->long, so a
+    move to flat from a non-flat position has no action and ends the run there. Returns the number
+    of transitions pushed."""
+    from NN.experts.dqn import POSITIONS
+
+    pos = np.asarray(position, dtype=np.float64)
+    ok = np.isfinite(pos)
+    if ok.sum() < 2:
+        return 0
+    s = dqn.states(batch)
+    pidx = np.where(ok, np.sign(np.nan_to_num(pos)) + 1, -1).astype(np.int64)
+    ret = np.diff(np.log(np.asarray(batch.close, np.float64)))
+    nxt = pidx[1:]
+    act = np.where(nxt == pidx[:-1], 1, np.where(nxt == 2, 2, np.where(nxt == 0, 0, -1)))
+    valid = (ok[:-1] & ok[1:] & (np.diff(batch.ts) == bar_ms) & (act >= 0))
+    fee = dqn.params.fee_bps / 1e4
+    pushed = 0
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], valid.astype(np.int8), [0]])))
+    for a, b in zip(edges[::2], edges[1::2], strict=True):  # runs of valid transitions a..b-1
+        rew = POSITIONS[pidx[a + 1 : b + 1]] * ret[a:b] - fee * np.abs(
+            POSITIONS[pidx[a + 1 : b + 1]] - POSITIONS[pidx[a:b]])
+        dqn._push_nstep(s[a : b + 1], pidx[a : b + 1], act[a:b], rew)
+        pushed += b - a
+    return pushed
+
+
+def _train_round(expert: Any, data: _TrainData, spec: TrainerSpec, fspec: FeatureSpec,
+                 rng: np.random.Generator) -> tuple[int, int, list[float]]:
+    """One cadence round; returns (steps, samples, losses)."""
+    d = data.d
+    assert d is not None
+    fresh = data.fresh()
+    n_all = len(d["ts"])
+    batch_all = FeatureBatch("", spec.base_timeframe, d["ts"], d["close"], d["windows"], d["flat"],
+                             d["regime"], fspec)
+    steps, samples, losses = 0, 0, []
+    bs = spec.online.batch_size
+    if getattr(expert, "kind", "") == "dqn":
+        # chronological chunks: the fresh stretch (from one bar before it) and one replayed chunk
+        chunk = max(2, int(expert.params.chunk))
+        spans = []
+        if len(fresh):
+            a = max(0, int(fresh[0]) - 1)
+            spans += [slice(s, min(s + chunk, n_all)) for s in range(a, n_all - 1, chunk)]
+        if n_all > chunk:
+            s0 = int(rng.integers(0, n_all - chunk))
+            spans.append(slice(s0, s0 + chunk))
+        for sl in spans[: spec.max_steps_per_round]:
+            if sl.stop - sl.start < 2:
+                continue
+            m = expert.train_step(batch_all.take(sl), d["labels"][sl], d["fwd"][sl])
+            steps += 1
+            samples += sl.stop - sl.start
+            if np.isfinite(m.get("loss", np.nan)):
+                losses.append(float(m["loss"]))
+        new_exp = np.flatnonzero((d["ts"] > data.experience_until) & np.isfinite(d["position"]))
+        if len(new_exp) >= 2:
+            sl = slice(max(0, int(new_exp[0]) - 1), n_all)
+            if push_experience(expert, batch_all.take(sl), d["position"][sl], timeframe_ms(spec.base_timeframe)):
+                if expert.buffer.n >= expert.params.warmup:
+                    losses.append(expert._update())
+                    steps += 1
+            data.experience_until = int(d["ts"][-1])
+    else:
+        old = np.setdiff1d(np.arange(n_all), fresh, assume_unique=True)
+        replay = rng.choice(old, size=min(len(old), max(len(fresh), bs)), replace=False) if len(old) else old
+        idx = np.concatenate([fresh, replay])
+        rng.shuffle(idx)
+        for s in range(0, len(idx), bs):
+            if steps >= spec.max_steps_per_round:
+                break
+            b = np.sort(idx[s : s + bs])
+            m = expert.train_step(batch_all.take(b), d["labels"][b], d["fwd"][b])
+            steps += 1
+            samples += len(b)
+            losses.append(float(m["loss"]))
+    data.trained_until = int(d["ts"][-1])
+    return steps, samples, losses
+
+
+def trainer_main(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
+    """Entry point of a trainer process (spawned). Messages in: ("init", state_bytes),
+    ("load", state_bytes), ("candles", DataFrame), ("samples", rows dict), ("stop",).
+    Messages out: ("status", dict), ("published", dict), ("error", str)."""
+    try:
+        _trainer_loop(spec, inbox, outbox)
+    except Exception:
+        outbox.put(("error", traceback.format_exc(limit=8)))
+        raise
+
+
+def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
+    from core.features import FeatureBuilder
+    from NN.experts.registry import build_expert
+
+    torch.set_num_threads(max(1, spec.threads))
+    builder = FeatureBuilder(spec.features, spec.base_timeframe)
+    cfg = spec.expert_cfg.model_copy(update={"device": "cpu"}) if spec.expert_cfg.device == "auto" else spec.expert_cfg
+    expert = build_expert(spec.name, cfg, builder.spec)
+    data = _TrainData(max(spec.online.replay_bars, spec.online.batch_size))
+    rng = np.random.default_rng(os.getpid())
+    writer = _writer(spec.run_dir)
+    ckpt_dir = Path(spec.checkpoint_dir)
+    steps, seq, samples_per_s, loss = 0, 0, 0.0, float("nan")
+    next_round = 0.0
+    ready = False
+    pid = os.getpid()
+
+    def set_lr() -> None:  # online fine-tuning runs at its own (smaller) learning rate
+        opt = getattr(expert, "opt", None)
+        for g in opt.param_groups if opt is not None else []:
+            g["lr"] = spec.online.lr
+
+    def status() -> None:
+        outbox.put(("status", {"steps": steps, "loss": loss, "samples_per_s": samples_per_s, "pid": pid,
+                               "samples": len(data)}))
+
+    status()
+    while True:
+        wait = max(0.0, next_round - time.monotonic()) if ready and len(data) else 0.5
+        for msg in _drain(inbox, min(wait, 0.5)):
+            kind = msg[0]
+            if kind == "stop":
+                if writer is not None:
+                    writer.close()
+                return
+            if kind in ("init", "load"):
+                expert.load_state_dict(state_from_bytes(msg[1]))
+                set_lr()
+                ready = True
+            elif kind == "candles":
+                b, y, r = build_dataset(builder, msg[1], expert.horizon, spec.dead_zone)
+                data.add({"ts": b.ts, "close": b.close, "windows": b.windows, "flat": b.flat,
+                          "regime": b.regime, "labels": y, "fwd": r, "position": np.full(len(b), np.nan)})
+            elif kind == "samples":
+                data.add(msg[1])
+            else:
+                raise ValueError(f"trainer {spec.name}: unknown message {kind!r}")
+        if not ready or len(data) == 0 or time.monotonic() < next_round or len(data.fresh()) == 0:
+            continue
+        t0 = time.perf_counter()
+        n_steps, n_samples, losses = _train_round(expert, data, spec, builder.spec, rng)
+        dt = time.perf_counter() - t0
+        next_round = time.monotonic() + spec.online.cadence_s
+        if n_steps == 0:
+            continue
+        steps += n_steps
+        samples_per_s = n_samples / dt if dt > 0 else 0.0
+        loss = float(np.mean(losses)) if losses else float("nan")
+        seq += 1
+        version = f"online-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{pid}-{seq}"
+        expert.version = version
+        path = ckpt_dir / f"{version}.pt"
+        expert.save(path)  # atomic: temp file + os.replace
+        if writer is not None:
+            writer.add_scalar("online/loss", loss, steps)
+            writer.add_scalar("online/samples_per_s", samples_per_s, steps)
+            writer.add_scalar("online/train_samples", len(data), steps)
+        outbox.put(("published", {"path": str(path), "version": version, "steps": steps,
+                                  "trained_until": data.trained_until}))
+        status()
+
+
+# ---------------------------------------------------------------- engine-side manager
+
+
+@dataclass
+class _Trainer:
+    spec: TrainerSpec
+    proc: Any = None
+    inbox: Any = None
+    outbox: Any = None
+    wanted: bool = False  # start() asked for it and stop() did not
+    released_until: int = int(np.iinfo(np.int64).min)
+    restarts: int = 0
+    backoff: float = 1.0
+    restart_at: float | None = None
+    started_at: float = 0.0
+    status: TrainerStatus = field(default_factory=lambda: TrainerStatus(running=False))
+
+
+class TrainingManager:
+    """Starts/stops trainer processes, feeds them matured samples, judges their checkpoints.
+
+    Thread rules: ``feed``, ``poll`` and applying swaps run on the engine thread between decisions;
+    ``start``/``stop``/``rollback``/``status`` may be called from any thread (UI commands). No lock
+    held here is ever waited on by the decision path for longer than a dict update."""
+
+    def __init__(self, store: Any | None, models_cfg: ModelsConfig, builder: Any, experts: dict[str, Any],
+                 registry: Any | None = None, *, key: SeriesKey | None = None, dead_zone: float,
+                 models_dir: str | Path = "models", runs_dir: str | Path = "runs",
+                 backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0, threads: int = 1,
+                 keep_history: int = 3) -> None:
+        if not dead_zone >= 0:
+            raise ValueError(f"dead_zone must be >= 0, got {dead_zone!r}")
+        self.store = store
+        self.models_cfg = models_cfg
+        self.builder = builder
+        self.spec: FeatureSpec = builder.spec
+        self.experts = experts
+        self.registry = registry
+        self.key = key
+        self.dead_zone = float(dead_zone)
+        self.models_dir = Path(models_dir)
+        self.runs_dir = Path(runs_dir)
+        self.backoff_initial_s = float(backoff_initial_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self.threads = int(threads)
+        self.bar_ms = timeframe_ms(self.spec.timeframes[0])
+        trainable = {n: e for n, e in experts.items() if getattr(e, "input_kind", "features") == "features"}
+        self._trainable = trainable
+        max_h = max((e.horizon for e in trainable.values()), default=1)
+        val = max((models_cfg.experts[n].online.val_bars for n in trainable if n in models_cfg.experts),
+                  default=240)
+        self.buffer = FeedBuffer(self.spec, self.bar_ms, val + 2 * max_h + 64)
+        self._buf_lock = threading.Lock()
+        self._trainers: dict[str, _Trainer] = {}
+        self._lock = threading.Lock()  # guards _trainers' fields touched by UI commands
+        self._champion: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._history: dict[str, ChampionHistory] = {n: ChampionHistory(keep_history) for n in trainable}
+        self._pending_swaps: list[Swap] = []
+        self._jobs: queue.Queue = queue.Queue()
+        self._results: queue.Queue = queue.Queue()
+        self._evaluator: threading.Thread | None = None
+        self._scratch: dict[tuple[str, str], Any] = {}
+        self._closed = False
+
+    # ---------------------------------------------------------------- commands
+
+    def start(self, name: str) -> None:
+        """Start (or keep running) the trainer of expert ``name``."""
+        if name not in self._trainable:
+            known = ", ".join(self._trainable) or "none"
+            raise KeyError(f"no trainable expert {name!r} (trainable: {known}; candle experts train offline)")
+        cfg = self.models_cfg.experts[name]
+        self._seed_buffer()  # outside the lock: feature building takes a moment
+        with self._lock:
+            t = self._trainers.get(name)
+            if t is not None and t.wanted:
+                return
+            if name not in self._champion:
+                live = self.experts[name]
+                self._champion[name] = (str(live.version), copy.deepcopy(live.state_dict()))
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            spec = TrainerSpec(
+                name=name, expert_cfg=cfg, features=self.models_cfg.features,
+                base_timeframe=self.spec.timeframes[0], dead_zone=self.dead_zone, online=cfg.online,
+                checkpoint_dir=str((self.models_dir / name / "online").resolve()),
+                run_dir=str((self.runs_dir / "online" / name / stamp).resolve()), threads=self.threads)
+            t = self._trainers[name] = t or _Trainer(spec=spec)
+            t.spec = spec
+            t.wanted = True
+            t.backoff = self.backoff_initial_s
+            t.restart_at = None
+            self._spawn(t)
+
+    def stop(self, name: str, timeout: float = 5.0) -> None:
+        with self._lock:
+            t = self._trainers.get(name)
+            if t is None:
+                return
+            t.wanted = False
+            t.restart_at = None
+            self._halt(t, timeout)
+            t.status = replace(t.status, running=False, pid=None)
+
+    def rollback(self, name: str) -> Swap:
+        """Queue the previous live version of ``name`` (exact weights) for the next ``poll``."""
+        hist = self._history.get(name)
+        prev = hist.pop() if hist is not None else None
+        if prev is None:
+            raise ValueError(f"rollback {name}: no previous version to restore")
+        version, state = prev
+        swap = Swap(expert=name, version=version, state=state, kind="rollback")
+        with self._lock:
+            self._pending_swaps.append(swap)
+        return swap
+
+    def status(self) -> dict[str, TrainerStatus]:
+        with self._lock:
+            out = {}
+            for n in self._trainable:
+                t = self._trainers.get(n)
+                st = t.status if t is not None else TrainerStatus(running=False)
+                out[n] = replace(st, live_version=str(self.experts[n].version))
+            return out
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        for name in list(self._trainers):
+            self.stop(name, timeout)
+        self._closed = True
+        if self._evaluator is not None:
+            self._jobs.put(None)
+            self._evaluator.join(timeout)
+            self._evaluator = None
+
+    # ---------------------------------------------------------------- feed
+
+    def feed(self, batch: FeatureBatch, position: float | np.ndarray | None = None) -> int:
+        """New feature rows (normally the one the decision path built) and the position held after
+        that bar's decision (sign matters; None = unknown). Sends newly releasable matured samples to
+        the running trainers; returns the number of sample rows sent."""
+        pos = np.full(len(batch), np.nan) if position is None else np.broadcast_to(
+            np.asarray(position, dtype=np.float64), (len(batch),))
+        with self._buf_lock:
+            self.buffer.append(batch, pos)
+        return self._release()
+
+    def _release(self) -> int:
+        sent = 0
+        for t in list(self._trainers.values()):
+            if not t.wanted or t.proc is None or not t.proc.is_alive() or t.inbox is None:
+                continue
+            h, online = t.spec.expert_cfg.horizon, t.spec.online
+            with self._buf_lock:
+                idx, y, r = self.buffer.matured(h, self.dead_zone)
+                send, _ = split_release(self.buffer.ts[: self.buffer.n], idx, h, self.bar_ms,
+                                        online.val_bars, t.released_until)
+                if len(send) == 0:
+                    continue
+                pos = np.searchsorted(idx, send)
+                rows = self.buffer.rows(send)
+            rows["labels"], rows["fwd"] = y[pos], r[pos]
+            t.inbox.put(("samples", rows))
+            t.released_until = int(rows["ts"][-1])
+            sent += len(send)
+        return sent
+
+    def validation_window(self, name: str) -> tuple[FeatureBatch, np.ndarray]:
+        """The current validation samples of expert ``name`` (copies) and their labels."""
+        h = self.experts[name].horizon
+        val_bars = self.models_cfg.experts[name].online.val_bars
+        with self._buf_lock:
+            idx, y, _ = self.buffer.matured(h, self.dead_zone)
+            _, val = split_release(self.buffer.ts[: self.buffer.n], idx, h, self.bar_ms, val_bars,
+                                   np.iinfo(np.int64).min)
+            rows = self.buffer.rows(val)
+            labels = y[np.searchsorted(idx, val)]
+        return batch_from_rows(rows, self.spec, self.buffer.symbol), labels
+
+    def _seed_buffer(self) -> None:
+        """Empty buffer + a store: build the newest validation window's rows from stored candles,
+        so challengers can be judged without waiting val_bars bars."""
+        if self.store is None or self.key is None or self.buffer.n:
+            return
+        want = self.buffer.cap - 64
+        warm = self.builder.min_history + self.models_cfg.features.norm_window
+        candles = self.store.last_candles(self.key, want + warm)
+        if len(candles) <= self.builder.min_history:
+            return
+        first = max(self.builder.min_history - 1, len(candles) - want)
+        b = self.builder.build_many(candles, symbol=self.key.symbol, rows=slice(first, None))
+        with self._buf_lock:
+            self.buffer.append(b, np.full(len(b), np.nan))
+
+    def _replay_candles(self, t: _Trainer) -> pd.DataFrame | None:
+        """Stored candles the trainer builds its replay samples from: everything before the buffer
+        (whose rows reach it as matured samples), ``replay_bars`` + warm-up long."""
+        if self.store is None or self.key is None or t.spec.online.replay_bars == 0:
+            return None
+        end = self.buffer.first_ts()
+        warm = self.builder.min_history + self.models_cfg.features.norm_window
+        n = t.spec.online.replay_bars + warm + t.spec.expert_cfg.horizon
+        if end is None:
+            return self.store.last_candles(self.key, n)
+        df = self.store.query_df(
+            "SELECT ts, open, high, low, close, volume FROM candles WHERE exchange = ? AND symbol = ? "
+            "AND timeframe = ? AND ts < ? ORDER BY ts DESC LIMIT ?",
+            [self.key.exchange, self.key.symbol, self.key.timeframe, int(end), int(n)])
+        return df.iloc[::-1].reset_index(drop=True)
+
+    # ---------------------------------------------------------------- processes
+
+    def _spawn(self, t: _Trainer) -> None:
+        t.inbox, t.outbox = _CTX.Queue(), _CTX.Queue()
+        t.proc = _CTX.Process(target=trainer_main, args=(t.spec, t.inbox, t.outbox),
+                              name=f"trainer-{t.spec.name}", daemon=True)
+        t.proc.start()
+        t.started_at = time.monotonic()
+        t.released_until = int(np.iinfo(np.int64).min)
+        t.inbox.put(("init", state_to_bytes(self._champion_state(t.spec.name))))
+        replay = self._replay_candles(t)
+        if replay is not None and len(replay):
+            t.inbox.put(("candles", replay))
+        t.status = replace(t.status, running=True, pid=t.proc.pid, restarts=t.restarts)
+        self._release()
+
+    def _champion_state(self, name: str) -> dict[str, Any]:
+        return self._champion[name][1]
+
+    def _halt(self, t: _Trainer, timeout: float) -> None:
+        p = t.proc
+        if p is None:
+            return
+        if p.is_alive():
+            try:
+                t.inbox.put(("stop",))
+            except Exception:
+                pass
+            p.join(timeout)
+            if p.is_alive():
+                p.terminate()
+                p.join(2.0)
+            if p.is_alive():
+                p.kill()
+                p.join(2.0)
+        for q in (t.inbox, t.outbox):
+            if q is not None:
+                q.cancel_join_thread()  # never block interpreter exit on a dead reader
+                q.close()
+        t.proc = t.inbox = t.outbox = None
+
+    # ---------------------------------------------------------------- poll
+
+    def poll(self, apply: bool = False) -> list[Swap]:
+        """Non-blocking housekeeping; returns the Swaps to apply (and applies them when ``apply`` -
+        only on the decision thread between two decisions)."""
+        now = time.monotonic()
+        swaps: list[Swap] = []
+        # never wait: a UI command (start/stop) holding the lock just defers housekeeping a bar
+        if self._lock.acquire(blocking=False):
+            try:
+                for t in self._trainers.values():
+                    self._drain_trainer(t)
+                    self._supervise(t, now)
+                swaps, self._pending_swaps = self._pending_swaps, []
+            finally:
+                self._lock.release()
+        swaps += self._collect_verdicts()
+        if apply:
+            for s in swaps:
+                self.apply(s)
+        return swaps
+
+    def _drain_trainer(self, t: _Trainer) -> None:
+        if t.outbox is None:
+            return
+        while True:
+            try:
+                kind, body = t.outbox.get_nowait()
+            except (queue.Empty, OSError, EOFError, ValueError):
+                return
+            if kind == "status":
+                t.status = replace(t.status, steps=int(body["steps"]), loss=float(body["loss"]),
+                                   samples_per_s=float(body["samples_per_s"]), pid=int(body["pid"]))
+            elif kind == "published":
+                t.status = replace(t.status, steps=int(body["steps"]), last_publish=int(time.time() * 1000))
+                self._submit(t.spec, body)
+            elif kind == "error":
+                t.status = replace(t.status, error=str(body).strip().splitlines()[-1])
+                log.warning("trainer %s failed:\n%s", t.spec.name, body)
+
+    def _supervise(self, t: _Trainer, now: float) -> None:
+        if not t.wanted:
+            return
+        if t.proc is not None and not t.proc.is_alive():
+            code = t.proc.exitcode
+            self._halt(t, 0.0)
+            t.restarts += 1
+            if now - t.started_at > self.backoff_max_s:  # it had been healthy: start over
+                t.backoff = self.backoff_initial_s
+            t.restart_at = now + t.backoff
+            err = t.status.error if t.status.error else f"trainer process exited with code {code}"
+            t.status = replace(t.status, running=False, pid=None, restarts=t.restarts,
+                               error=f"{err} (restart {t.restarts} in {t.backoff:.0f} s)")
+            log.warning("trainer %s died (exit code %s); restart %d in %.1f s", t.spec.name, code,
+                        t.restarts, t.backoff)
+            t.backoff = min(t.backoff * 2.0, self.backoff_max_s)
+        elif t.proc is None and t.restart_at is not None and now >= t.restart_at:
+            t.restart_at = None
+            self._spawn(t)
+
+    # ---------------------------------------------------------------- evaluation (background thread)
+
+    def _submit(self, spec: TrainerSpec, body: dict) -> None:
+        if self._closed:
+            return
+        batch, labels = self.validation_window(spec.name)
+        version, state = self._champion[spec.name]
+        self._jobs.put((spec, body, batch, labels, version, state))
+        if self._evaluator is None or not self._evaluator.is_alive():
+            self._evaluator = threading.Thread(target=self._evaluate_loop, name="challenger-eval", daemon=True)
+            self._evaluator.start()
+
+    def _scratch_expert(self, name: str, role: str) -> Any:
+        ex = self._scratch.get((name, role))
+        if ex is None:
+            from NN.experts.registry import build_expert
+
+            cfg = self.models_cfg.experts[name].model_copy(update={"device": "cpu"})
+            ex = self._scratch[(name, role)] = build_expert(name, cfg, self.spec)
+            ex.version = ""
+        return ex
+
+    def _evaluate_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            spec, body, batch, labels, champ_version, champ_state = job
+            path = Path(body["path"])
+            try:
+                champ = self._scratch_expert(spec.name, "champion")
+                if champ.version != champ_version:
+                    champ.load_state_dict(copy.deepcopy(champ_state))
+                    champ.version = champ_version
+                chall = self._scratch_expert(spec.name, "challenger")
+                state = torch.load(path, map_location="cpu", weights_only=False)
+                chall.load_state_dict(state)
+                verdict = evaluate(champ, chall, batch, labels, spec.online.promote_margin, MIN_VAL_SAMPLES)
+                self._results.put((spec.name, body["version"], path, state, verdict, champ_version))
+            except Exception as exc:  # a broken checkpoint is reported, never applied
+                self._results.put((spec.name, body["version"], path, None,
+                                   Verdict(False, float("nan"), float("nan"), spec.online.promote_margin, 0,
+                                           f"evaluation failed: {type(exc).__name__}: {exc}"), champ_version))
+
+    def _collect_verdicts(self) -> list[Swap]:
+        swaps = []
+        while True:
+            try:
+                name, version, path, state, verdict, champ_version = self._results.get_nowait()
+            except queue.Empty:
+                return swaps
+            with self._lock:
+                t = self._trainers.get(name)
+                if t is not None:
+                    t.status = replace(t.status, challenger_score=verdict.challenger_logloss,
+                                       champion_score=verdict.champion_logloss, last_verdict=verdict.reason)
+            if verdict.promote and state is not None and champ_version == self._champion[name][0]:
+                swaps.append(Swap(expert=name, version=version, state=state, kind="promote", verdict=verdict))
+            else:
+                path.unlink(missing_ok=True)  # rejected challengers leave no files behind
+
+    # ---------------------------------------------------------------- swaps
+
+    def apply(self, swap: Swap) -> None:
+        """Put ``swap`` into the live expert (decision thread, between decisions) and remember the
+        state it replaced for ``rollback``."""
+        live = self.experts[swap.expert]
+        old_version = str(live.version)
+        previous = swap.apply(live)
+        if swap.kind == "promote":
+            self._history[swap.expert].push(old_version, previous)
+        self._champion[swap.expert] = (swap.version, copy.deepcopy(swap.state))
+        t = self._trainers.get(swap.expert)  # no lock: the decision thread never waits on UI commands
+        if t is not None:
+            if swap.kind == "promote":
+                t.status = replace(t.status, promotions=t.status.promotions + 1)
+            elif t.inbox is not None:  # the trainer continues from the restored weights
+                t.inbox.put(("load", state_to_bytes(swap.state)))
+        if swap.kind == "promote" and self.registry is not None and swap.verdict is not None:
+            policy = self.models_cfg.experts[swap.expert].checkpoints
+            try:
+                self.registry.register(swap.expert, swap.state, swap.verdict.challenger_logloss, policy,
+                                       {"source": "online", "online_version": swap.version})
+            except Exception:
+                log.exception("registering promoted %s %s failed (weights stay live)", swap.expert, swap.version)
+        log.info("%s %s -> %s", swap.kind, swap.expert, swap.version)
+
+    def has_history(self, name: str) -> bool:
+        return len(self._history.get(name, ())) > 0

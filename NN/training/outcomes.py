@@ -1,0 +1,383 @@
+"""Outcome tracking: the feedback loop from inference to training and to the dashboard's accuracy.
+
+Every expert output (``predictions`` table, core/audit.py) and every decision carries a horizon h in
+bars. Once the candle opening h bars after the prediction's bar is STORED (the store holds closed
+candles only), the realised forward log return r = log(close[ts + h bars] / close[ts]) is known and
+the outcome matures: realised class by the training label rule (NN/training/datasets.py: up if
+r > dead_zone, down if r < -dead_zone, else flat). Nothing matures earlier, so no outcome is ever
+known before ts + h bars exist (no look-ahead).
+
+Two variants share the metric code (``outcome_metrics``):
+
+* ``OutcomeTracker`` (engine process, owns the writer connection): one vectorised SQL statement
+  as-of-joins pending predictions/decisions to stored candles and appends them to ``outcomes``;
+  rolling metrics per (expert, horizon) over the last ``window`` matured outcomes.
+* ``LiveOutcomes``: pure in-memory, fed with closed bars and Decisions (the live snapshot; no DB).
+
+The decisions table has no horizon column (core/audit.py): a decision's horizon is the smallest
+horizon of the predictions behind it, else ``default_horizon``. Decisions appear as expert "moe".
+
+"Return of the trades it drove": a BUY/SELL decision counts as driven by an expert when the expert
+had weight > 0 and its most likely class pointed the same way (up for BUY, down for SELL); the
+trade's return is direction * r (a SELL earns -r: the move it avoided or shorted). For "moe" every
+BUY/SELL decision counts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.audit import ensure_tables
+from core.types import Decision, SeriesKey, timeframe_ms
+from NN.calibration import scores
+
+MOE = "moe"  # the fused decision's row name (the gate's name in the checkpoint registry)
+
+OUTCOMES_DDL = """
+CREATE TABLE IF NOT EXISTS outcomes (
+    run_id VARCHAR NOT NULL, decision_id VARCHAR NOT NULL, expert VARCHAR NOT NULL,
+    symbol VARCHAR NOT NULL, ts BIGINT NOT NULL, horizon INTEGER NOT NULL, exit_ts BIGINT NOT NULL,
+    entry_close DOUBLE NOT NULL, exit_close DOUBLE NOT NULL, realised_return DOUBLE NOT NULL,
+    realised_class INTEGER NOT NULL, p_down DOUBLE, p_flat DOUBLE, p_up DOUBLE, weight DOUBLE,
+    action VARCHAR, driven BOOLEAN NOT NULL,
+    PRIMARY KEY (run_id, decision_id, expert)
+)"""
+
+OUTCOME_COLUMNS = ["run_id", "decision_id", "expert", "symbol", "ts", "horizon", "exit_ts",
+                   "entry_close", "exit_close", "realised_return", "realised_class", "p_down",
+                   "p_flat", "p_up", "weight", "action", "driven"]
+
+
+@dataclass(frozen=True, slots=True)
+class RollingMetrics:
+    """Scores of one (expert, horizon) over its last ``n`` matured outcomes."""
+
+    expert: str
+    horizon: int
+    n: int
+    accuracy: float
+    log_loss: float
+    brier: float
+    ece: float  # top-label expected calibration error
+    trades: int  # BUY/SELL decisions it drove among those outcomes
+    trade_return: float  # sum of direction * realised log return over those trades
+    mean_trade_return: float  # NaN without trades
+    last_ts: int  # ts of the newest matured prediction
+
+
+def realised_classes(r: np.ndarray, dead_zone: float) -> np.ndarray:
+    """Vectorised label rule of NN/training/datasets.make_labels applied to realised returns."""
+    r = np.asarray(r, dtype=np.float64)
+    return np.where(r > dead_zone, 2, np.where(r < -dead_zone, 0, 1)).astype(np.int64)
+
+
+def trade_direction(action: np.ndarray) -> np.ndarray:
+    """BUY +1, SELL -1, anything else 0."""
+    a = np.asarray(action, dtype=object)
+    return np.where(a == "BUY", 1.0, np.where(a == "SELL", -1.0, 0.0))
+
+
+def driven_mask(expert: str, action: np.ndarray, probs: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Which outcomes' trades the expert drove (module docstring)."""
+    d = trade_direction(action)
+    if expert == MOE:
+        return d != 0
+    top = np.asarray(probs).argmax(axis=1)
+    agree = ((d > 0) & (top == 2)) | ((d < 0) & (top == 0))
+    return agree & (np.nan_to_num(np.asarray(weight, dtype=np.float64)) > 0)
+
+
+def outcome_metrics(expert: str, horizon: int, probs: np.ndarray, realised: np.ndarray,
+                    returns: np.ndarray, direction: np.ndarray, driven: np.ndarray,
+                    ts: np.ndarray) -> RollingMetrics:
+    """Pure: scores of N matured outcomes (probs [N, 3], realised class [N], realised log return [N],
+    trade direction [N] (+1/-1/0), driven bool [N], ts [N])."""
+    s = scores(probs, realised)
+    drv = np.asarray(driven, dtype=bool)
+    tr = (np.asarray(direction, dtype=np.float64) * np.asarray(returns, dtype=np.float64))[drv]
+    return RollingMetrics(
+        expert=expert, horizon=int(horizon), n=int(s["n"]), accuracy=s["accuracy"],
+        log_loss=s["log_loss"], brier=s["brier"], ece=s["ece"], trades=int(drv.sum()),
+        trade_return=float(tr.sum()), mean_trade_return=float(tr.mean()) if len(tr) else float("nan"),
+        last_ts=int(np.max(ts)),
+    )
+
+
+def metrics_from_frame(df: pd.DataFrame, window: int) -> dict[tuple[str, int], RollingMetrics]:
+    """Rolling metrics per (expert, horizon) over the newest ``window`` rows of an outcomes frame."""
+    out: dict[tuple[str, int], RollingMetrics] = {}
+    if df.empty:
+        return out
+    df = df.sort_values("ts", kind="stable")
+    for (expert, horizon), g in df.groupby(["expert", "horizon"], sort=True):
+        g = g.iloc[-window:]
+        probs = g[["p_down", "p_flat", "p_up"]].to_numpy(dtype=np.float64)
+        out[(str(expert), int(horizon))] = outcome_metrics(
+            str(expert), int(horizon), probs, g["realised_class"].to_numpy(np.int64),
+            g["realised_return"].to_numpy(np.float64), trade_direction(g["action"].to_numpy()),
+            g["driven"].to_numpy(bool), g["ts"].to_numpy(np.int64))
+    return out
+
+
+# ---------------------------------------------------------------- stored variant (DuckDB)
+
+_PENDING_SQL = """
+WITH cs AS (
+    SELECT ts, close FROM candles WHERE exchange = $exchange AND symbol = $symbol AND timeframe = $tf
+), last AS (SELECT max(ts) AS last_ts FROM cs),
+dh AS (  -- a decision's horizon: the smallest horizon of the outputs behind it
+    SELECT run_id, decision_id, min(horizon) AS horizon FROM predictions
+    WHERE symbol = $symbol GROUP BY run_id, decision_id
+),
+pending AS (
+    SELECT p.run_id, p.decision_id, p.expert, p.symbol, p.ts, p.horizon, p.p_down, p.p_flat, p.p_up,
+           p.weight, d.action
+    FROM predictions p JOIN decisions d ON d.run_id = p.run_id AND d.id = p.decision_id
+    WHERE p.symbol = $symbol AND p.horizon >= 1
+    UNION ALL
+    SELECT d.run_id, d.id, '__MOE__', d.symbol, d.ts, coalesce(dh.horizon, $default_h), d.p_down,
+           d.p_flat, d.p_up, 1.0, d.action
+    FROM decisions d LEFT JOIN dh ON dh.run_id = d.run_id AND dh.decision_id = d.id
+    WHERE d.symbol = $symbol
+),
+todo AS (
+    SELECT q.*, q.ts + q.horizon * $bar_ms AS target_ts FROM pending q, last
+    WHERE q.ts + q.horizon * $bar_ms <= last.last_ts
+      AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.run_id = q.run_id
+                      AND o.decision_id = q.decision_id AND o.expert = q.expert)
+)
+SELECT t.run_id, t.decision_id, t.expert, t.symbol, t.ts, t.horizon, c1.ts AS exit_ts,
+       c0.close AS entry_close, c1.close AS exit_close, t.p_down, t.p_flat, t.p_up, t.weight, t.action
+FROM todo t
+JOIN cs c0 ON c0.ts = t.ts
+ASOF JOIN cs c1 ON t.target_ts >= c1.ts
+"""
+
+
+class OutcomeTracker:
+    """Matures stored predictions/decisions of one series and keeps rolling metrics.
+
+    Call ``update()`` from the engine process (it writes); it is cheap when nothing is due.
+    ``metrics()`` returns an immutable mapping swapped by reference (any thread may read it).
+    ``on_matured`` callbacks receive the frame of newly matured outcomes (e.g. a gate feed)."""
+
+    def __init__(self, store: Any, key: SeriesKey, dead_zone: float, *, window: int = 500,
+                 default_horizon: int = 5) -> None:
+        if not dead_zone >= 0:
+            raise ValueError(f"dead_zone must be >= 0, got {dead_zone!r}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.store = store
+        self.key = key
+        self.dead_zone = float(dead_zone)
+        self.window = int(window)
+        self.default_horizon = int(default_horizon)
+        self.bar_ms = timeframe_ms(key.timeframe)
+        self._metrics: Mapping[tuple[str, int], RollingMetrics] = MappingProxyType({})
+        self._listeners: list[Callable[[pd.DataFrame], None]] = []
+        ensure_tables(store)
+        store.execute(OUTCOMES_DDL)
+        self.refresh_metrics()
+
+    def on_matured(self, fn: Callable[[pd.DataFrame], None]) -> None:
+        self._listeners.append(fn)
+
+    def pending_due(self) -> pd.DataFrame:
+        """Predictions and decisions whose horizon has passed on stored candles, joined (as-of) to
+        their entry and exit closes; not yet written."""
+        params = {"exchange": self.key.exchange, "symbol": self.key.symbol, "tf": self.key.timeframe,
+                  "bar_ms": self.bar_ms, "default_h": self.default_horizon}
+        df = self.store.query_df(_PENDING_SQL, params)
+        df["expert"] = df["expert"].replace("__MOE__", MOE)
+        return df
+
+    def update(self) -> int:
+        """Mature everything due, append it to ``outcomes``, refresh the rolling metrics; returns the
+        number of outcomes written."""
+        df = self.pending_due()
+        if df.empty:
+            return 0
+        bad = ~(np.isfinite(df["entry_close"]) & (df["entry_close"] > 0) & (df["exit_close"] > 0))
+        if bad.any():  # a stored candle is broken: report it, never store a meaningless outcome
+            raise ValueError(f"outcomes: {int(bad.sum())} predictions join candles with a non-positive "
+                             f"close (first ts {int(df.loc[bad, 'ts'].iloc[0])}) in {self.key}")
+        r = np.log(df["exit_close"].to_numpy(np.float64) / df["entry_close"].to_numpy(np.float64))
+        df["realised_return"] = r
+        df["realised_class"] = realised_classes(r, self.dead_zone).astype(np.int32)
+        probs = df[["p_down", "p_flat", "p_up"]].to_numpy(np.float64)
+        driven = np.zeros(len(df), dtype=bool)
+        for expert, idx in df.groupby("expert").indices.items():
+            driven[idx] = driven_mask(str(expert), df["action"].to_numpy()[idx], probs[idx],
+                                      df["weight"].to_numpy()[idx])
+        df["driven"] = driven
+        df = df[OUTCOME_COLUMNS]
+        self.store.write_df("outcomes", df, mode="append")
+        self.refresh_metrics()
+        for fn in self._listeners:
+            fn(df)
+        return len(df)
+
+    def refresh_metrics(self) -> Mapping[tuple[str, int], RollingMetrics]:
+        """Recompute rolling metrics from the newest ``window`` outcomes of each (expert, horizon)."""
+        df = self.store.query_df(
+            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY expert, horizon ORDER BY ts DESC) "
+            "AS rn FROM outcomes WHERE symbol = ?) WHERE rn <= ?", [self.key.symbol, self.window])
+        self._metrics = MappingProxyType(metrics_from_frame(df, self.window))
+        return self._metrics
+
+    def metrics(self) -> Mapping[tuple[str, int], RollingMetrics]:
+        return self._metrics
+
+    def outcomes(self, expert: str | None = None) -> pd.DataFrame:
+        sql = "SELECT * FROM outcomes WHERE symbol = ?"
+        params: list = [self.key.symbol]
+        if expert is not None:
+            sql += " AND expert = ?"
+            params.append(expert)
+        return self.store.query_df(sql + " ORDER BY ts, expert", params)
+
+
+# ---------------------------------------------------------------- in-memory variant (live snapshot)
+
+
+@dataclass(frozen=True, slots=True)
+class MaturedOutcome:
+    expert: str
+    ts: int
+    horizon: int
+    probs: tuple[float, float, float]
+    realised_return: float
+    realised_class: int
+    direction: float
+    driven: bool
+    decision_id: str
+
+
+class LiveOutcomes:
+    """In-memory outcome tracking fed by the orchestrator's decisions and the closed bars.
+
+    Call ``on_close(ts, close)`` for every closed base bar BEFORE the decision of that bar is added,
+    then ``add(decision)``. Thread-safe; ``metrics()`` is cheap (recomputed on maturity only)."""
+
+    def __init__(self, timeframe: str, dead_zone: float, *, window: int = 500,
+                 default_horizon: int = 5, keep_closes: int = 4096) -> None:
+        if not dead_zone >= 0:
+            raise ValueError(f"dead_zone must be >= 0, got {dead_zone!r}")
+        self.bar_ms = timeframe_ms(timeframe)
+        self.dead_zone = float(dead_zone)
+        self.window = int(window)
+        self.default_horizon = int(default_horizon)
+        self._closes: dict[int, float] = {}
+        self._close_order: deque[int] = deque(maxlen=keep_closes)
+        self._last: tuple[int, float] | None = None
+        # pending per horizon, in ts order: (exit_ts, entry_close, rows)
+        self._pending: dict[int, deque[tuple[int, float, list[tuple]]]] = {}
+        self._done: dict[tuple[str, int], deque[MaturedOutcome]] = {}
+        self._metrics: Mapping[tuple[str, int], RollingMetrics] = MappingProxyType({})
+        self._listeners: list[Callable[[list[MaturedOutcome]], None]] = []
+        self._lock = threading.Lock()
+
+    def on_matured(self, fn: Callable[[list[MaturedOutcome]], None]) -> None:
+        self._listeners.append(fn)
+
+    def on_close(self, ts: int, close: float) -> list[MaturedOutcome]:
+        """A closed bar: matures every pending prediction whose exit bar is at or before ``ts``
+        (as-of: a gap uses the last close at or before the exit time)."""
+        ts, close = int(ts), float(close)
+        if not (np.isfinite(close) and close > 0):
+            raise ValueError(f"close of bar {ts} must be finite and > 0, got {close!r}")
+        matured: list[MaturedOutcome] = []
+        with self._lock:
+            if self._last is not None and ts <= self._last[0]:
+                return []  # a replayed or out-of-order bar changes nothing
+            prev = self._last
+            self._last = (ts, close)
+            self._closes[ts] = close
+            if len(self._close_order) == self._close_order.maxlen:
+                self._closes.pop(self._close_order[0], None)
+            self._close_order.append(ts)
+            for q in self._pending.values():
+                while q and q[0][0] <= ts:
+                    exit_ts, entry, rows = q.popleft()
+                    exit_close = close if exit_ts == ts or prev is None else prev[1]
+                    matured.extend(self._mature(entry, exit_close, rows))
+            if matured:
+                for m in matured:
+                    self._done.setdefault((m.expert, m.horizon), deque(maxlen=self.window)).append(m)
+                self._metrics = MappingProxyType(self._compute())
+        for fn in self._listeners:
+            fn(matured)
+        return matured
+
+    def _mature(self, entry: float, exit_close: float, rows: list[tuple]) -> list[MaturedOutcome]:
+        r = float(np.log(exit_close / entry))
+        y = int(realised_classes(np.array([r]), self.dead_zone)[0])
+        out = []
+        for expert, ts, h, probs, weight, action, did in rows:
+            d = float(trade_direction(np.array([action]))[0])
+            drv = bool(driven_mask(expert, np.array([action]), np.array([probs]), np.array([weight]))[0])
+            out.append(MaturedOutcome(expert, ts, h, probs, r, y, d, drv, did))
+        return out
+
+    def add(self, decision: Decision, close: float | None = None) -> None:
+        """Record a decision (and the expert outputs behind it) until its horizons pass."""
+        ts = int(decision.ts)
+        with self._lock:
+            entry = self._closes.get(ts) if close is None else float(close)
+            if entry is None:
+                raise ValueError(f"no close known for decision bar {ts}: call on_close(ts, close) first")
+            hs = [o.horizon for o in decision.outputs if o.horizon >= 1]
+            moe_h = min(hs) if hs else self.default_horizon
+            rows_by_h: dict[int, list[tuple]] = {}
+            for o in decision.outputs:
+                rows_by_h.setdefault(int(o.horizon), []).append(
+                    (o.expert, ts, int(o.horizon), tuple(o.probs), decision.weights.get(o.expert, 0.0),
+                     str(decision.action), decision.id))
+            rows_by_h.setdefault(moe_h, []).append(
+                (MOE, ts, moe_h, tuple(decision.probs), 1.0, str(decision.action), decision.id))
+            for h, rows in rows_by_h.items():
+                self._pending.setdefault(h, deque()).append((ts + h * self.bar_ms, entry, rows))
+
+    def _compute(self) -> dict[tuple[str, int], RollingMetrics]:
+        out = {}
+        for (expert, h), q in self._done.items():
+            ms = list(q)
+            out[(expert, h)] = outcome_metrics(
+                expert, h, np.array([m.probs for m in ms]), np.array([m.realised_class for m in ms]),
+                np.array([m.realised_return for m in ms]), np.array([m.direction for m in ms]),
+                np.array([m.driven for m in ms]), np.array([m.ts for m in ms]))
+        return out
+
+    def metrics(self) -> Mapping[tuple[str, int], RollingMetrics]:
+        return self._metrics
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(len(q) for q in self._pending.values())
+
+
+def gate_feed(gate: Any, experts: list[str]) -> Callable[[list[MaturedOutcome]], None]:
+    """A LiveOutcomes listener calling ``gate.observe(probs [E, 3], realised)`` once per matured
+    decision whose every gate expert had an output. NOTE: core/orchestrator.GateRunner already feeds
+    its gate with matured outcomes; attach this only to a gate nothing else feeds (no double count)."""
+    idx = {n: i for i, n in enumerate(experts)}
+
+    def feed(matured: list[MaturedOutcome]) -> None:
+        by_dec: dict[tuple[str, int], dict[str, MaturedOutcome]] = {}
+        for m in matured:
+            if m.expert in idx:
+                by_dec.setdefault((m.decision_id, m.horizon), {})[m.expert] = m
+        for group in by_dec.values():
+            if len(group) == len(experts):
+                probs = np.array([group[n].probs for n in experts])
+                gate.observe(probs, next(iter(group.values())).realised_class)
+
+    return feed
