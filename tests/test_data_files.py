@@ -63,6 +63,21 @@ def test_freqtrade_json_and_date_csv(btc: pd.DataFrame, tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(load_file(g), btc)
 
 
+def test_freqtrade_feather_dates_and_jsongz(btc: pd.DataFrame, tmp_path: Path) -> None:
+    """freqtrade's own storage: feather with a tz-aware `date` column, and gzipped JSON rows."""
+    f = tmp_path / "BTC_USDT-1m.feather"
+    btc.assign(date=pd.to_datetime(btc["ts"], unit="ms", utc=True)).drop(columns="ts")[
+        ["date", "open", "high", "low", "close", "volume"]].to_feather(f)
+    pd.testing.assert_frame_equal(load_file(f), btc)
+    import gzip
+
+    g = tmp_path / "BTC_USDT-1m.json.gz"
+    with gzip.open(g, "wt") as fh:
+        json.dump(btc.to_numpy().tolist(), fh)
+    pd.testing.assert_frame_equal(load_file(g), btc)
+    assert parse_series_name(g) == ("BTC/USDT", "1m")
+
+
 def test_parquet_feather_and_mapping(btc: pd.DataFrame, tmp_path: Path) -> None:
     p = tmp_path / "x.parquet"
     btc.rename(columns={"ts": "open_time"}).to_parquet(p)
