@@ -209,3 +209,18 @@ def test_threads_share_one_connection(shared_data: Path, tmp_path: Path) -> None
     with pytest.raises(PermissionError):
         ro.upsert_candles(SeriesKey("x", "A/B", "5m"), df.iloc[:1])
     ro.close()
+
+
+def test_second_process_gets_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "locked.duckdb"
+    s = MarketStore(path)  # this process holds the writer lock
+    code = ("import sys; from core.data.store import MarketStore\n"
+            "try:\n    MarketStore(sys.argv[1], read_only=True)\n"
+            "except RuntimeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent, timeout=60).stdout
+    assert "not even read-only" in out
+    s.close()

@@ -101,8 +101,9 @@ def _open(path: str, read_only: bool) -> _Shared:
                 con = duckdb.connect(path, read_only=read_only)
             except duckdb.IOException as exc:
                 raise RuntimeError(
-                    f"cannot open {path}: {exc}. DuckDB allows one writer process; "
-                    "open it read_only=True from other processes"
+                    f"cannot open {path}: {exc}. While one process has a DuckDB file open for writing (e.g. "
+                    "the dashboard engine), no other process can open it, not even read-only: stop that "
+                    "process, point --db at a copy, or receive data from it over a queue"
                 ) from None
             shared = _REGISTRY[path] = _Shared(con, read_only)
         shared.users += 1
