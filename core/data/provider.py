@@ -319,7 +319,8 @@ class DataProvider:
         res = validate_trades(df, source=source or exchange)
         if res.counts:
             name = source or "ingest"
-            self._rejected[name] = self._rejected.get(name, 0) + res.n_rejected
+            with self._lock:
+                self._rejected[name] = self._rejected.get(name, 0) + res.n_rejected
         if self.store is None or res.valid.empty:
             return 0
         return self.store.upsert_trades(exchange, symbol, res.valid, validate=False)
@@ -377,8 +378,9 @@ class DataProvider:
         out: dict[str, SourceStatus] = {}
         for s in self._sources:
             st = s.status()
-            extra = self._rejected.get(s.name, 0)
-            err = self._errors.get(s.name) or st.error
+            with self._lock:
+                extra = self._rejected.get(s.name, 0)
+                err = self._errors.get(s.name) or st.error
             out[s.name] = replace(st, rejected_rows=st.rejected_rows + extra, error=err)
         return out
 
