@@ -459,6 +459,7 @@ class TrainingManager:
         self._results: queue.Queue = queue.Queue()
         self._evaluator: threading.Thread | None = None
         self._scratch: dict[tuple[str, str], Any] = {}
+        self._scores: dict[str, dict[str, Any]] = {}  # last verdict / promotions per expert
         self._closed = False
 
     # ---------------------------------------------------------------- commands
@@ -474,9 +475,7 @@ class TrainingManager:
             t = self._trainers.get(name)
             if t is not None and t.wanted:
                 return
-            if name not in self._champion:
-                live = self.experts[name]
-                self._champion[name] = (str(live.version), copy.deepcopy(live.state_dict()))
+            self._ensure_champion(name)
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             spec = TrainerSpec(
                 name=name, expert_cfg=cfg, features=self.models_cfg.features,
@@ -489,6 +488,24 @@ class TrainingManager:
             t.backoff = self.backoff_initial_s
             t.restart_at = None
             self._spawn(t)
+
+    def _ensure_champion(self, name: str) -> None:
+        if name not in self._champion:
+            live = self.experts[name]
+            self._champion[name] = (str(live.version), copy.deepcopy(live.state_dict()))
+
+    def submit_checkpoint(self, name: str, path: str | Path, version: str | None = None) -> None:
+        """Judge any checkpoint file of ``name`` (e.g. an offline run) against the live weights on
+        the current validation window, exactly like a trainer's; a later ``poll`` returns the Swap
+        if it wins. The file is deleted when it loses."""
+        if name not in self._trainable:
+            raise KeyError(f"no trainable expert {name!r}")
+        self._ensure_champion(name)
+        cfg = self.models_cfg.experts[name]
+        spec = TrainerSpec(name=name, expert_cfg=cfg, features=self.models_cfg.features,
+                           base_timeframe=self.spec.timeframes[0], dead_zone=self.dead_zone, online=cfg.online,
+                           checkpoint_dir=str(Path(path).parent), run_dir=None)
+        self._submit(spec, {"path": str(path), "version": version or Path(path).stem})
 
     def stop(self, name: str, timeout: float = 5.0) -> None:
         with self._lock:
@@ -518,7 +535,7 @@ class TrainingManager:
             for n in self._trainable:
                 t = self._trainers.get(n)
                 st = t.status if t is not None else TrainerStatus(running=False)
-                out[n] = replace(st, live_version=str(self.experts[n].version))
+                out[n] = replace(st, live_version=str(self.experts[n].version), **self._scores.get(n, {}))
             return out
 
     def shutdown(self, timeout: float = 5.0) -> None:
@@ -757,11 +774,8 @@ class TrainingManager:
                 name, version, path, state, verdict, champ_version = self._results.get_nowait()
             except queue.Empty:
                 return swaps
-            with self._lock:
-                t = self._trainers.get(name)
-                if t is not None:
-                    t.status = replace(t.status, challenger_score=verdict.challenger_logloss,
-                                       champion_score=verdict.champion_logloss, last_verdict=verdict.reason)
+            self._scores[name] = {**self._scores.get(name, {}), "challenger_score": verdict.challenger_logloss,
+                                  "champion_score": verdict.champion_logloss, "last_verdict": verdict.reason}
             if verdict.promote and state is not None and champ_version == self._champion[name][0]:
                 swaps.append(Swap(expert=name, version=version, state=state, kind="promote", verdict=verdict))
             else:
@@ -778,12 +792,12 @@ class TrainingManager:
         if swap.kind == "promote":
             self._history[swap.expert].push(old_version, previous)
         self._champion[swap.expert] = (swap.version, copy.deepcopy(swap.state))
+        sc = self._scores.setdefault(swap.expert, {})
+        if swap.kind == "promote":
+            sc["promotions"] = sc.get("promotions", 0) + 1
         t = self._trainers.get(swap.expert)  # no lock: the decision thread never waits on UI commands
-        if t is not None:
-            if swap.kind == "promote":
-                t.status = replace(t.status, promotions=t.status.promotions + 1)
-            elif t.inbox is not None:  # the trainer continues from the restored weights
-                t.inbox.put(("load", state_to_bytes(swap.state)))
+        if t is not None and swap.kind == "rollback" and t.inbox is not None:
+            t.inbox.put(("load", state_to_bytes(swap.state)))  # the trainer continues from these weights
         if swap.kind == "promote" and self.registry is not None and swap.verdict is not None:
             policy = self.models_cfg.experts[swap.expert].checkpoints
             try:

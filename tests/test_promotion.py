@@ -1,0 +1,179 @@
+"""Champion / challenger on real BTC/USDT 1m features (../shared/data): a trained challenger is
+promoted, a degraded one (the live weights plus noise) is not, through the pure rule and through
+TrainingManager's evaluator thread; a rollback restores the previous weights bit for bit."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.config import load_models
+from core.features import FeatureBuilder
+from core.types import CANDLE_COLUMNS
+from NN.experts.registry import build_expert
+from NN.training.datasets import build_dataset
+from NN.training.online import TrainingManager
+from NN.training.promotion import evaluate, judge
+
+torch.set_num_threads(1)
+
+N_BARS = 1500
+H = 5
+DEAD_ZONE = 0.002  # the default round trip (2 x 10 bps taker fee)
+VAL = 200
+
+
+def load_candles(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    t = pd.to_datetime(df.pop("timestamp"), utc=True)
+    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
+    return df[list(CANDLE_COLUMNS)]
+
+
+@pytest.fixture(scope="module")
+def models():
+    m = load_models()
+    online = m.experts["cnn"].online.model_copy(update={"val_bars": VAL, "promote_margin": 0.002})
+    m.experts["cnn"] = m.experts["cnn"].model_copy(update={"device": "cpu", "horizon": H, "online": online})
+    return m
+
+
+@pytest.fixture(scope="module")
+def data(shared_data: Path, models):
+    candles = load_candles(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[:N_BARS].reset_index(drop=True)
+    builder = FeatureBuilder(models.features, "1m")
+    batch, y, r = build_dataset(builder, candles, H, DEAD_ZONE, symbol="BTC/USDT")
+    return builder, candles, batch, y, r
+
+
+def make_cnn(models, spec):
+    torch.manual_seed(0)
+    return build_expert("cnn", models.experts["cnn"], spec)
+
+
+@pytest.fixture(scope="module")
+def trio(models, data):
+    """(champion, trained challenger, degraded challenger) built from the same initial weights."""
+    builder, _, batch, y, r = data
+    champion = make_cnn(models, builder.spec)
+    trained = make_cnn(models, builder.spec)
+    trained.load_state_dict(copy.deepcopy(champion.state_dict()))
+    n_train = len(batch) - VAL - H  # the validation part is never trained on (gap of H bars)
+    rng = np.random.default_rng(0)
+    for _ in range(80):
+        idx = np.sort(rng.choice(n_train, size=64, replace=False))
+        trained.train_step(batch.take(idx), y[idx], r[idx])
+    degraded = make_cnn(models, builder.spec)
+    state = copy.deepcopy(champion.state_dict())
+    g = torch.Generator().manual_seed(1)
+    for k, v in state["net"].items():
+        if v.is_floating_point():
+            state["net"][k] = v + 0.5 * torch.randn(v.shape, generator=g)
+    degraded.load_state_dict(state)
+    return champion, trained, degraded
+
+
+def assert_same_state(a, b, path: str = "state") -> None:
+    """Bit-identical comparison of two state dicts (tensors, arrays, numbers, nested containers)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), path
+
+
+def val_part(data):
+    _, _, batch, y, _ = data
+    return batch.take(slice(len(batch) - VAL, len(batch))), y[-VAL:]
+
+
+def test_judge_rule_edges() -> None:
+    # hand-written losses: the rule's edges (exact margin promotes, less does not, NaN never)
+    assert judge(1.0, 0.99, 0.01, 100, 30).promote
+    assert not judge(1.0, 0.995, 0.01, 100, 30).promote
+    assert not judge(1.0, 0.5, 0.01, 10, 30).promote  # too few validation samples
+    assert not judge(1.0, float("nan"), 0.01, 100, 30).promote
+
+
+def test_trained_challenger_wins_degraded_loses(trio, data) -> None:
+    champion, trained, degraded = trio
+    vb, vy = val_part(data)
+    good = evaluate(champion, trained, vb, vy, margin=0.002)
+    bad = evaluate(champion, degraded, vb, vy, margin=0.002)
+    assert good.promote, good.reason
+    assert good.challenger_logloss < good.champion_logloss - 0.002
+    assert not bad.promote, bad.reason
+    assert bad.challenger_logloss > bad.champion_logloss
+    assert good.n == bad.n == VAL
+
+
+def _wait_swaps(mgr: TrainingManager, name: str, before: str, timeout: float = 30.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        swaps = mgr.poll()
+        if swaps or mgr.status()[name].last_verdict != before:
+            return swaps
+        time.sleep(0.05)
+    raise AssertionError("no verdict from the evaluator thread")
+
+
+def test_manager_promotes_only_the_better_and_rolls_back_exactly(trio, data, models, tmp_path) -> None:
+    builder, _, batch, y, _ = data
+    champion, trained, degraded = trio
+    live = make_cnn(models, builder.spec)
+    live.load_state_dict(copy.deepcopy(champion.state_dict()))
+    live.version = "v-live"
+    original = copy.deepcopy(live.state_dict())
+    mgr = TrainingManager(None, models, builder, {"cnn": live}, dead_zone=DEAD_ZONE,
+                          models_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+    try:
+        # the newest bars, fed as the decision path would (labels mature inside the buffer)
+        mgr.feed(batch.take(slice(len(batch) - VAL - 3 * H, len(batch))))
+        vb, vy = mgr.validation_window("cnn")
+        assert len(vb) == VAL and np.array_equal(vy, y[-VAL - H : -H])  # the last H have no label yet
+
+        bad_path = tmp_path / "bad.pt"
+        degraded.save(bad_path)
+        mgr.submit_checkpoint("cnn", bad_path, "v-bad")
+        assert _wait_swaps(mgr, "cnn", "") == []
+        st = mgr.status()["cnn"]
+        assert st.challenger_score > st.champion_score and not bad_path.exists()
+        assert live.version == "v-live"
+
+        good_path = tmp_path / "good.pt"
+        trained.save(good_path)
+        mgr.submit_checkpoint("cnn", good_path, "v-good")
+        swaps = _wait_swaps(mgr, "cnn", st.last_verdict)
+        assert [s.kind for s in swaps] == ["promote"] and swaps[0].version == "v-good"
+        mgr.apply(swaps[0])
+        assert live.version == "v-good" and mgr.status()["cnn"].promotions == 1
+        for k, v in trained.state_dict()["net"].items():
+            assert torch.equal(live.state_dict()["net"][k], v)
+
+        mgr.rollback("cnn")
+        applied = mgr.poll(apply=True)
+        assert [s.kind for s in applied] == ["rollback"]
+        now = live.state_dict()
+        assert live.version == "v-live"
+        for k, v in original["net"].items():
+            assert torch.equal(now["net"][k], v), k
+        assert_same_state(now, original)
+        with pytest.raises(ValueError, match="no previous version"):
+            mgr.rollback("cnn")
+    finally:
+        mgr.shutdown()
