@@ -138,16 +138,36 @@ def write_frames(store: _Store, decisions: pd.DataFrame, predictions: pd.DataFra
     return n
 
 
-def decisions_frame_from_arrays(run_id: str, ids: Sequence[str], ts: np.ndarray, symbol: str,
-                                actions: Sequence[str], fused: np.ndarray, expected_return: np.ndarray,
-                                confidence: np.ndarray, thresholds: tuple[float, float, float],
-                                target: np.ndarray, reasons: Sequence[str], weights_json: Sequence[str],
-                                n_experts: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({
-        "run_id": run_id, "id": list(ids), "ts": ts.astype("int64"), "symbol": symbol,
+def frames_from_arrays(run_id: str, symbol: str, names: Sequence[str], ts: np.ndarray, actions: np.ndarray,
+                       fused: np.ndarray, weights: np.ndarray, confidence: np.ndarray,
+                       expected_return: np.ndarray, thresholds: tuple[float, float, float], target: np.ndarray,
+                       reasons: Sequence[str], probs: np.ndarray, conf: np.ndarray, er: np.ndarray,
+                       mask: np.ndarray, versions: Sequence[str], horizons: Sequence[int],
+                       extras: Sequence[dict[str, np.ndarray]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows ``AuditWriter.add`` would write for N decisions, built column-wise (fast backtests).
+    probs [N, E, 3], conf/er/weights/mask [N, E]; only experts with mask set have a prediction row."""
+    n = len(ts)
+    ids = [f"{run_id}:{int(t)}" for t in ts]
+    wj = [json.dumps({names[e]: float(weights[j, e]) for e in range(len(names)) if mask[j, e]}, sort_keys=True)
+          for j in range(n)]
+    dec = pd.DataFrame({
+        "run_id": run_id, "id": ids, "ts": np.asarray(ts, dtype=np.int64), "symbol": symbol,
         "action": list(actions), "p_down": fused[:, 0], "p_flat": fused[:, 1], "p_up": fused[:, 2],
-        "expected_return": expected_return, "confidence": confidence,
-        "buy_threshold": thresholds[0], "sell_threshold": thresholds[1],
-        "min_confidence": thresholds[2], "target_position": target, "reason": list(reasons),
-        "weights": list(weights_json), "n_experts": n_experts.astype("int32"),
+        "expected_return": expected_return, "confidence": confidence, "buy_threshold": thresholds[0],
+        "sell_threshold": thresholds[1], "min_confidence": thresholds[2], "target_position": target,
+        "reason": list(reasons), "weights": wj, "n_experts": mask.sum(axis=1).astype(np.int64),
     })[DECISION_COLUMNS]
+    J, E = np.nonzero(mask)  # decision-major, experts in order: the order add() writes them
+    ex_json = []
+    for j, e in zip(J.tolist(), E.tolist(), strict=True):
+        ex = extras[e]
+        ex_json.append(json.dumps({k: _jsonable(v[j]) for k, v in ex.items()}, sort_keys=True) if ex else None)
+    pred = pd.DataFrame({
+        "run_id": run_id, "decision_id": [ids[j] for j in J.tolist()], "ts": np.asarray(ts, np.int64)[J],
+        "symbol": symbol, "expert": [names[e] for e in E.tolist()],
+        "model_version": [versions[e] for e in E.tolist()],
+        "horizon": np.asarray(horizons, dtype=np.int64)[E], "p_down": probs[J, E, 0], "p_flat": probs[J, E, 1],
+        "p_up": probs[J, E, 2], "expected_return": er[J, E], "confidence": conf[J, E], "latency_ms": 0.0,
+        "weight": weights[J, E], "extras": ex_json,
+    })[PREDICTION_COLUMNS]
+    return dec, pred

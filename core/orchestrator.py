@@ -98,17 +98,45 @@ class GateRunner:
         self.dead_zone = float(dead_zone)
         self._pending: deque[tuple[float, np.ndarray]] = deque()
 
-    def step(self, close: float, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
-        """probs [E, 3], regime [R], enabled bool [E] -> (weights [E], fused [3]) for this bar."""
+    def _observe(self, close: float, probs: np.ndarray) -> None:
         if len(self._pending) >= self.horizon:
             c0, p0 = self._pending.popleft()
             self.gate.observe(p0, realised_class(math.log(close / c0), self.dead_zone))
         self._pending.append((float(close), probs.copy()))
+
+    def step(self, close: float, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """probs [E, 3], regime [R], enabled bool [E] -> (weights [E], fused [3]) for this bar."""
+        self._observe(close, probs)
         if not enabled.any():
             return np.zeros(len(enabled)), UNIFORM.copy()
         w, fused = self.gate.fuse(probs[None], regime[None], enabled)
         return np.asarray(w[0], dtype=np.float64), np.asarray(fused[0], dtype=np.float64)
+
+    def run_many(self, close: np.ndarray, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``step`` over N bars (fast backtests): probs [N, E, 3], regime [N, R], enabled [N, E].
+        A trained gate's weights depend on the bar's inputs only (its online Hedge state is not used),
+        so it is fused in one batch per enabled-pattern; the Hedge gate is walked bar by bar because
+        each bar's weights depend on the outcomes matured before it."""
+        n, e = enabled.shape
+        W = np.zeros((n, e))
+        F = np.tile(UNIFORM, (n, 1))
+        if not getattr(self.gate, "trained", False):
+            for j in range(n):
+                W[j], F[j] = self.step(close[j], probs[j], regime[j], enabled[j])
+                if progress is not None and j % 4096 == 0:
+                    progress(j, n)
+            return W, F
+        for j in range(n):  # keep the matured-outcome bookkeeping identical to the live path
+            self._observe(close[j], probs[j])
+        patterns, inverse = np.unique(enabled, axis=0, return_inverse=True)
+        for k, pat in enumerate(patterns):
+            rows = np.flatnonzero(inverse.reshape(-1) == k)
+            if pat.any():
+                w, f = self.gate.fuse(probs[rows], regime[rows], pat)
+                W[rows], F[rows] = w, f
+        return W, F
 
 
 # ---------------------------------------------------------------- slow experts (Kronos)

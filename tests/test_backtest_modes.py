@@ -79,3 +79,32 @@ def test_both_modes_write_the_same_audit_trail(setup):
     pd.testing.assert_frame_equal(a, b)
     n_pred = store.query_one("SELECT count(*) FROM predictions WHERE run_id = ?", [fast.run_id])[0]
     assert n_pred == 3 * len(fast.decisions)
+
+
+def test_trained_gate_batched_in_fast_mode_matches_event_mode(setup, shared_data):
+    """A trained gate is fused in one batch in fast mode and per bar live: same decisions."""
+    from core.backtest.engine import spec_from_config
+    from core.config import load_config, load_models
+    from NN.training.datasets import make_labels
+
+    _fast, _event, _store, comps = setup
+    cfg, models = load_config(), load_models()
+    # fit on the experts' outputs over the 900 bars BEFORE the test slice (no overlap with it)
+    fit_bars = load_file(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[START - 900:START]
+    batch = comps.builder.build_many(fit_bars, symbol="BTC/USDT")
+    probs = np.stack([comps.experts[n].predict_many(batch).probs for n in comps.experts], axis=1)
+    labels = make_labels(batch.close.astype(np.float64), 5, 0.002)
+    ok = labels >= 0
+    comps.gate.fit(probs[ok], batch.regime[ok].astype(np.float64), labels[ok])
+    assert comps.gate.trained
+    spec = spec_from_config(cfg, models, exchange="binanceus", symbol="BTC/USDT", timeframe="1m",
+                            thresholds=_fast.spec.thresholds, mode="fast")
+    bt = Backtester(comps, spec, cfg.execution, cfg.risk)
+    candles = load_file(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[START:START + BARS]
+    fast = bt.run(candles, "fast")
+    event = bt.run(candles, "event")
+    np.testing.assert_array_equal(fast.codes, event.codes)
+    np.testing.assert_allclose(fast.weights, event.weights, atol=1e-6)
+    assert np.abs(fast.weights - 1 / 3).max() > 1e-3  # the trained gate really weighs by regime
+    pd.testing.assert_frame_equal(fast.fills, event.fills, check_exact=False, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(fast.equity, event.equity, rtol=0, atol=1e-9)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.audit import AuditWriter
+from core.audit import frames_from_arrays, write_frames
 from core.backtest.forecast_cache import ForecastCache
 from core.execution import kernel as K
 from core.orchestrator import (
@@ -39,7 +39,6 @@ from core.orchestrator import (
     Orchestrator,
     decide_codes,
     explain,
-    target_position,
 )
 from core.types import (
     CANDLE_COLUMNS,
@@ -247,31 +246,15 @@ def align_start(candles: pd.DataFrame, timeframes: tuple[str, ...] | list[str]) 
     return candles.iloc[k:].reset_index(drop=True)
 
 
-class _Decisions:
-    """Builds Decision objects from per-bar arrays (fast mode), identical to the orchestrator's."""
-
-    def __init__(self, run_id: str, symbol: str, names: list[str], thresholds: Thresholds) -> None:
-        self.run_id, self.symbol, self.names, self.t = run_id, symbol, names, thresholds
-
-    def make(self, ts: int, code: int, fused: np.ndarray, w: np.ndarray, conf: float, er: float,
-             target: float, outputs: tuple[ExpertOutput, ...], mask: np.ndarray) -> Decision:
-        action = CODE_TO_ACTION[code]
-        return Decision(
-            id=f"{self.run_id}:{ts}", ts=int(ts), symbol=self.symbol, action=action,
-            probs=(float(fused[0]), float(fused[1]), float(fused[2])), expected_return=float(er),
-            weights={n: float(w[i]) for i, n in enumerate(self.names) if mask[i]},
-            thresholds=self.t, target_position=float(target),
-            reason=explain(action, fused, conf, self.t, int(mask.sum())), outputs=outputs)
-
-
 # ---------------------------------------------------------------- the backtester
 
 
 class Backtester:
     def __init__(self, comps: Components, spec: BacktestSpec, execution: Any, risk: Any, *,
                  store: Any | None = None, run_id: str | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, keep_decisions: bool = True) -> None:
         self.c = comps
+        self.keep_decisions = keep_decisions  # Decision objects in the result (the audit rows are always written)
         self.spec = spec
         self.execution, self.risk = execution, risk  # config sections, overrides already applied
         self.params = kernel_params(spec, execution, risk)
@@ -336,42 +319,45 @@ class Backtester:
         # gate, bar by bar (matured-only online updates), then the pure decision rule
         t_gate = time.perf_counter()
         runner = GateRunner(self.c.gate, spec.horizon, spec.dead_zone)
-        W = np.zeros((m, E))
-        F = np.tile(np.full(3, 1 / 3), (m, 1))
-        close = sub.close.astype(np.float64)
-        regime = np.asarray(sub.regime, dtype=np.float64)
-        for j in range(m):
-            W[j], F[j] = runner.step(close[j], probs[j], regime[j], mask[j])
-            if j % 4096 == 0:
-                self.progress("gate", j, m)
+        W, F = runner.run_many(sub.close.astype(np.float64), probs, np.asarray(sub.regime, dtype=np.float64),
+                               mask, lambda j, total: self.progress("gate", j, total))
         confidence = np.einsum("ne,ne->n", W, conf)
         codes = decide_codes(F, confidence, spec.thresholds)
         codes[~mask.any(axis=1)] = HOLD
         stats["gate_s"] = time.perf_counter() - t_gate
 
-        # decision objects + audit (the same rows the orchestrator writes)
+        # audit rows (the same rows the orchestrator writes, built column-wise) + Decision objects
         t_dec = time.perf_counter()
-        mk = _Decisions(self.run_id, spec.symbol, names, spec.thresholds)
-        audit = AuditWriter(self.store, self.run_id, flush_every=10_000)
-        decisions: list[Decision] = []
-        pos = 0.0
         size = nominal_size(spec)
         exp_ret = np.einsum("ne,ne->n", W, er)
-        sym = spec.symbol
-        for j in range(m):
-            ts = int(sub.ts[j])
-            outs = tuple(
-                ExpertOutput(expert=nm, model_version=versions[e], symbol=sym, ts=ts, horizon=horizons[e],
-                             probs=(float(probs[j, e, 0]), float(probs[j, e, 1]), float(probs[j, e, 2])),
-                             expected_return=float(er[j, e]), confidence=float(conf[j, e]), latency_ms=0.0,
-                             extras={k: _item(v[j]) for k, v in extras[e].items()})
-                for e, nm in enumerate(names) if mask[j, e])
-            pos = target_position(int(codes[j]), pos, size, spec.allow_short)
-            d = mk.make(ts, int(codes[j]), F[j], W[j], float(confidence[j]), float(exp_ret[j]), pos, outs,
-                        mask[j])
-            decisions.append(d)
-            audit.add(d, float(confidence[j]))
-        audit.flush()
+        raw = np.where(codes == BUY, size, np.where(codes == SELL, -size if spec.allow_short else 0.0, np.nan))
+        target = pd.Series(raw).ffill().fillna(0.0).to_numpy()  # HOLD keeps the previous target
+        actions = np.array(["SELL", "HOLD", "BUY"], dtype=object)[codes.astype(np.int64) + 1]
+        reasons = [explain(CODE_TO_ACTION[int(c)], F[j], float(confidence[j]), spec.thresholds, int(mask[j].sum()))
+                   for j, c in enumerate(codes)]
+        if self.store is not None:
+            t = spec.thresholds
+            write_frames(self.store, *frames_from_arrays(
+                self.run_id, spec.symbol, names, sub.ts, actions, F, W, confidence, exp_ret,
+                (t.buy, t.sell, t.min_confidence), target, reasons, probs, conf, er, mask, versions, horizons,
+                extras))
+        decisions: list[Decision] = []
+        if self.keep_decisions:
+            sym = spec.symbol
+            for j in range(m):
+                ts = int(sub.ts[j])
+                outs = tuple(
+                    ExpertOutput(expert=nm, model_version=versions[e], symbol=sym, ts=ts, horizon=horizons[e],
+                                 probs=(float(probs[j, e, 0]), float(probs[j, e, 1]), float(probs[j, e, 2])),
+                                 expected_return=float(er[j, e]), confidence=float(conf[j, e]), latency_ms=0.0,
+                                 extras={k: _item(v[j]) for k, v in extras[e].items()})
+                    for e, nm in enumerate(names) if mask[j, e])
+                decisions.append(Decision(
+                    id=f"{self.run_id}:{ts}", ts=ts, symbol=sym, action=CODE_TO_ACTION[int(codes[j])],
+                    probs=(float(F[j, 0]), float(F[j, 1]), float(F[j, 2])), expected_return=float(exp_ret[j]),
+                    weights={n: float(W[j, e]) for e, n in enumerate(names) if mask[j, e]},
+                    thresholds=spec.thresholds, target_position=float(target[j]), reason=reasons[j],
+                    outputs=outs))
         stats["decisions_s"] = time.perf_counter() - t_dec
 
         # execution: the compiled loop over every bar (warm-up bars hold)
