@@ -115,3 +115,32 @@ def test_timeframe_switch_redraws(btc: pd.DataFrame) -> None:
     s1h = replace(s, candles={"1m": btc.iloc[:1500], "1h": btc.iloc[:1500:60]})
     fig, st2 = live.chart_update(s1h, None, "1h", [], st)
     assert "data" in fig and st2["tf"] == "1h" and st2["n"] == 25
+
+
+def test_recent_accuracy_scores_matured_calls_only(btc: pd.DataFrame) -> None:
+    """Expert outputs are hand-made (two opposite calls); the outcome comes from the real closes."""
+    from core.engine import ExpertState
+    from core.types import Action, Decision, ExpertOutput, Thresholds
+    from web import api
+
+    df = btc.iloc[:400]
+    close = df["close"].to_numpy(float)
+    h, dz = 5, 0.0005
+    # a bar whose real 5-bar move left the dead zone, and the last bar (not matured yet)
+    r = np.log(close[h:] / close[:-h])
+    i = int(np.flatnonzero(np.abs(r) > dz)[0])
+    up = r[i] > 0
+    ts_i, ts_last = int(df["ts"].iloc[i]), int(df["ts"].iloc[-1])
+
+    def out(name: str, ts: int, p_up: float) -> ExpertOutput:
+        return ExpertOutput(name, "v", "BTC/USDT", ts, h, (1 - p_up - 0.1, 0.1, p_up), 0.0, 0.5, 1.0)
+
+    right, wrong = (0.8, 0.1) if up else (0.1, 0.8)
+    d1 = Decision("d1", ts_i, "BTC/USDT", Action.HOLD, (0.3, 0.4, 0.3), 0.0, {}, Thresholds(), 0.0, "",
+                  (out("good", ts_i, right), out("bad", ts_i, wrong)))
+    d2 = Decision("d2", ts_last, "BTC/USDT", Action.HOLD, (0.3, 0.4, 0.3), 0.0, {}, Thresholds(), 0.0, "",
+                  (out("good", ts_last, wrong), out("bad", ts_last, right)))  # not matured: ignored
+    experts = {n: ExpertState(n, True, False, "v", False, "features") for n in ("good", "bad", "idle")}
+    snap = replace(_snap(df), recent_decisions=(d1, d2), experts=experts)
+    acc = api.recent_accuracy(snap, dz)
+    assert acc == {"good": 1.0, "bad": 0.0, "idle": None}

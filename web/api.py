@@ -24,6 +24,7 @@ from core.types import TIMEFRAME_MS, Decision, ExpertOutput, Thresholds
 log = logging.getLogger(__name__)
 
 MAX_CANDLES = 5000
+DEFAULT_DEAD_ZONE = 0.002  # 2 x 10 bps taker fee, the labels' default (models.yml labels.dead_zone_bps)
 TRAINING_UNAVAILABLE = "Live training arrives with the Live-training issue; it cannot be switched on yet."
 
 
@@ -223,9 +224,10 @@ def status_json(snap: Any) -> dict[str, Any]:
     }
 
 
-def recent_accuracy(snap: Any) -> dict[str, float | None]:
-    """Per expert: share of recent decisions whose argmax call matched the realised move over the
-    decision horizon, using only candles that have CLOSED since (matured outcomes, no look-ahead)."""
+def recent_accuracy(snap: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> dict[str, float | None]:
+    """Per expert: share of recent decisions whose argmax class (down/flat/up) matched the realised
+    class over the expert's horizon -- |log return| <= dead_zone counts as flat, as in the training
+    labels -- using only candles that have CLOSED since (matured outcomes, no look-ahead)."""
     df = snap.candles.get(snap.timeframe) if snap.timeframe else None
     out: dict[str, float | None] = {}
     if df is None or df.empty or not snap.recent_decisions:
@@ -240,7 +242,7 @@ def recent_accuracy(snap: Any) -> dict[str, float | None]:
             if i >= len(ts) or ts[i] != o.ts or j >= len(ts):
                 continue  # not matured yet (or outside the cached window)
             r = math.log(close[j] / close[i]) if close[i] > 0 and close[j] > 0 else 0.0
-            realised = 2 if r > 0 else (0 if r < 0 else 1)
+            realised = 2 if r > dead_zone else (0 if r < -dead_zone else 1)
             hits.setdefault(o.expert, []).append(int(int(np.argmax(o.probs)) == realised))
     for n in set(snap.experts) | set(hits):
         h = hits.get(n)
@@ -248,8 +250,8 @@ def recent_accuracy(snap: Any) -> dict[str, float | None]:
     return out
 
 
-def experts_json(snap: Any) -> list[dict[str, Any]]:
-    acc = recent_accuracy(snap)
+def experts_json(snap: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> list[dict[str, Any]]:
+    acc = recent_accuracy(snap, dead_zone)
     rows = []
     for name, st in snap.experts.items():
         o = snap.expert_outputs.get(name)
@@ -301,7 +303,7 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return v
 
 
-def build_blueprint(engine: Any) -> Blueprint:
+def build_blueprint(engine: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> Blueprint:
     bp = Blueprint("api", __name__, url_prefix="/api")
 
     @bp.get("/initial_data")
@@ -362,7 +364,7 @@ def build_blueprint(engine: Any) -> Blueprint:
 
     @bp.get("/experts")
     def experts() -> Response:
-        return jsonify(experts=experts_json(engine.snapshot()))
+        return jsonify(experts=experts_json(engine.snapshot(), dead_zone))
 
     @bp.patch("/experts/<name>")
     def patch_expert(name: str) -> Response:
@@ -416,8 +418,8 @@ def build_blueprint(engine: Any) -> Blueprint:
     return bp
 
 
-def install_api(server: Flask, engine: Any) -> None:
-    server.register_blueprint(build_blueprint(engine))
+def install_api(server: Flask, engine: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> None:
+    server.register_blueprint(build_blueprint(engine, dead_zone))
 
     @server.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:

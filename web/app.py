@@ -31,6 +31,7 @@ class WebContext:
     cfg: AppConfig
     models_cfg: ModelsConfig | None = None
     store: Any | None = None  # MarketStore (checkpoint registry, training metrics, backtest runs)
+    dead_zone: float = api.DEFAULT_DEAD_ZONE  # |log return| counted as "flat" when scoring experts
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -53,13 +54,16 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
     auth.check_bind(host, secrets.dashboard_token)
     if store is None:
         store = getattr(engine, "store", None)
-    ctx = WebContext(engine=engine, cfg=cfg, models_cfg=models_cfg, store=store)
+    models_cfg = models_cfg or getattr(engine, "models", None)
+    dz_bps = models_cfg.labels.dead_zone_bps if models_cfg is not None else None
+    dead_zone = (2.0 * cfg.execution.taker_fee_bps if dz_bps is None else dz_bps) / 1e4
+    ctx = WebContext(engine=engine, cfg=cfg, models_cfg=models_cfg, store=store, dead_zone=dead_zone)
 
     app = Dash(__name__, assets_folder=str(ASSETS), suppress_callback_exceptions=True,
                title="MoE Trader", update_title=None, serve_locally=True)
     auth.install_auth(app.server, auth.AuthPolicy(token=secrets.dashboard_token,
                                                   loopback=auth.is_loopback(host)))
-    api.install_api(app.server, engine)
+    api.install_api(app.server, engine, dead_zone)
 
     nav = dbc.NavbarSimple(
         brand="MoE Trader", color="dark", dark=True, fluid=True, className="mb-2",

@@ -211,9 +211,9 @@ def stats_panel(snap: Any, now_ms: int) -> Any:
                     for n, v in items], className="g-2")
 
 
-def experts_panel(snap: Any) -> Any:
+def experts_panel(snap: Any, dead_zone: float = api.DEFAULT_DEAD_ZONE) -> Any:
     rows = []
-    for e in api.experts_json(snap):
+    for e in api.experts_json(snap, dead_zone):
         o = e["latest"]
         pr = o["probs"] if o else None
         rows.append([e["name"], "on" if e["enabled"] else "off",
@@ -266,6 +266,19 @@ def kill_panel(snap: Any) -> Any:
     return dbc.Alert("Kill switch off: trading allowed", color="success", className="py-1 mb-1", id="kill-badge")
 
 
+def distinct_errors(errors: Any) -> list[tuple[str, str, int, int]]:
+    """(where, message, count, last ts) per distinct error, most recent first: a failing expert
+    repeats the same error every bar, which would otherwise flood the panel."""
+    seen: dict[tuple[str, str], list[int]] = {}
+    for e in errors:
+        k = (e.where, e.message)
+        c = seen.setdefault(k, [0, 0])
+        c[0] += 1
+        c[1] = max(c[1], int(e.ts_ms))
+    rows = [(w, m, n, ts) for (w, m), (n, ts) in seen.items()]
+    return sorted(rows, key=lambda r: r[3], reverse=True)
+
+
 def system_panel(snap: Any, now_ms: int) -> Any:
     rows = []
     for name, s in snap.sources.items():
@@ -276,7 +289,8 @@ def system_panel(snap: Any, now_ms: int) -> Any:
                      _num(j.get("lag_ms"), "{:,.0f} ms"), j.get("reconnects", "—"),
                      j.get("rejected_rows", "—"), j.get("error") or ""])
     lat = snap.inference_latency_ms
-    errs = [html.Li(f"{_ts(e.ts_ms)} {e.where}: {e.message}") for e in snap.errors[-5:]]
+    errs = [html.Li(f"{_ts(ts)} {where}: {msg[:160]}" + (f"  (×{n})" if n > 1 else ""))
+            for where, msg, n, ts in distinct_errors(snap.errors)[:5]]
     return html.Div([
         _table(["source", "connected", "last message", "lag", "reconnects", "rejected rows", "error"], rows,
                "sources-table"),
@@ -287,7 +301,8 @@ def system_panel(snap: Any, now_ms: int) -> Any:
     ])
 
 
-def panels_update(snap: Any, sigs: dict | None, now_ms: int | None = None) -> tuple[list[Any], dict]:
+def panels_update(snap: Any, sigs: dict | None, now_ms: int | None = None,
+                  dead_zone: float = api.DEFAULT_DEAD_ZONE) -> tuple[list[Any], dict]:
     """Each panel's content only when its signature changed (else no_update)."""
     now_ms = now_ms or int(time.time() * 1000)
     sigs = dict(sigs or {})
@@ -306,7 +321,7 @@ def panels_update(snap: Any, sigs: dict | None, now_ms: int | None = None) -> tu
         "thr": api.thresholds_json(snap.thresholds),
     }
     builders = {
-        "stats": lambda: stats_panel(snap, now_ms), "experts": lambda: experts_panel(snap),
+        "stats": lambda: stats_panel(snap, now_ms), "experts": lambda: experts_panel(snap, dead_zone),
         "trading": lambda: trading_panel(snap), "kill": lambda: kill_panel(snap),
         "system": lambda: system_panel(snap, now_ms),
         "thr": lambda: (f"engine thresholds: buy {snap.thresholds.buy:.2f} · sell {snap.thresholds.sell:.2f} "
@@ -417,7 +432,7 @@ def register(app: Dash, wctx: Any) -> None:
                   Output("live-sigs", "data"),
                   Input("live-tick", "n_intervals"), State("live-sigs", "data"))
     def _panels(_n: int | None, sigs: dict | None) -> Any:
-        out, sigs = panels_update(engine.snapshot(), sigs)
+        out, sigs = panels_update(engine.snapshot(), sigs, dead_zone=wctx.dead_zone)
         return (*out, sigs)
 
     @app.callback(Output("live-equity", "figure"), Output("live-eq-state", "data"),

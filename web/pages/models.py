@@ -150,7 +150,7 @@ def expert_card(wctx: Any, e: dict[str, Any]) -> Any:
 
 def layout(wctx: Any) -> Any:
     snap = wctx.engine.snapshot()
-    experts = api.experts_json(snap)
+    experts = api.experts_json(snap, wctx.dead_zone)
     tb = wctx.cfg.dashboard.tensorboard_url
     return html.Div([
         dbc.Row([
