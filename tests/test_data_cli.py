@@ -46,10 +46,14 @@ def test_import_reports_rejections_and_db_override(shared_data: Path, cfg: Path,
     bad = tmp_path / "ETH_BTC-5m.csv"
     bad.write_text("\n".join(lines) + "\n")
     db = tmp_path / "other.duckdb"
-    assert main_backtest.main(["--config", str(cfg), "data", "import", str(bad), "--db", str(db)]) == 0
+    rejects = tmp_path / "rejects.csv"
+    assert main_backtest.main(["--config", str(cfg), "data", "import", str(bad), "--db", str(db),
+                               "--rejects", str(rejects)]) == 0
     out = capsys.readouterr().out
     assert "read 5761 rows, stored 5759" in out and "rejected 2" in out
     assert "rejected high_below_low: 1" in out and "rejected duplicate_ts: 1" in out
+    rej = pd.read_csv(rejects)
+    assert rej["reason"].tolist() == ["high_below_low", "duplicate_ts"] and len(rej) == 2
     with MarketStore(db, read_only=True) as s:
         assert s.candle_count(SeriesKey("binanceus", "ETH/BTC", "5m")) == 5759
     assert not (tmp_path / "cli.duckdb").exists()

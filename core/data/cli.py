@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--timeframe", default=None, help="e.g. 1m, or 'trades' (default: from the file name)")
     imp.add_argument("--map", action="append", default=[], metavar="COL=FILECOL",
                      help="column mapping, e.g. --map ts=open_time (repeatable)")
+    imp.add_argument("--rejects", default=None, metavar="PATH",
+                     help="write every rejected row with its reason to this CSV")
     common(imp)
     imp.set_defaults(func=cmd_import)
 
@@ -100,6 +102,10 @@ def cmd_import(args: argparse.Namespace) -> int:
           f"(new or changed), rejected {res.n_rejected}")
     for reason, n in sorted(res.counts.items()):
         print(f"  rejected {reason}: {n}")
+    if args.rejects and res.n_rejected:
+        Path(args.rejects).parent.mkdir(parents=True, exist_ok=True)
+        res.rejected.to_csv(args.rejects, index=False)
+        print(f"  rejected rows written to {args.rejects}")
     return 0
 
 

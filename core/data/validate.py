@@ -185,16 +185,22 @@ def _empty_rejected() -> pd.DataFrame:
 _EMPTY_REJECTED = _empty_rejected()  # shared, never mutated: returned when nothing was rejected
 
 
+LOG_ROWS_PER_BATCH = 20  # rejected rows logged one by one at WARNING per batch; the rest at DEBUG
+
+
 def log_rejections(rej: pd.DataFrame, counts: dict[str, int], timeframe: str, source: str) -> None:
+    """A WARNING summary with the counts per reason, then every rejected row with its reason: the first
+    LOG_ROWS_PER_BATCH at WARNING, the rest at DEBUG (a broken million-row file must not flood the console;
+    ``data import --rejects PATH`` writes them all to a file)."""
     where = f"{source} " if source else ""
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     log.warning("%s%s candles rejected: %d (%s)", where, timeframe, len(rej), summary)
-    # every rejected row with its reason; DEBUG so a bad million-row file cannot flood the console
-    if log.isEnabledFor(logging.DEBUG):
-        for row in rej.itertuples(index=False):
-            log.debug("rejected %s%s candle ts=%s reason=%s row=%s", where, timeframe, row.ts, row.reason,
-                      tuple(row)[:6])
-
+    for i, row in enumerate(rej.itertuples(index=False)):
+        level = logging.WARNING if i < LOG_ROWS_PER_BATCH else logging.DEBUG
+        if not log.isEnabledFor(level):
+            break
+        log.log(level, "rejected %s%s candle ts=%s reason=%s row=%s", where, timeframe, row.ts, row.reason,
+                tuple(row)[:6])
 
 
 TRADE_REASONS: tuple[str, ...] = ("missing_id", "missing_value", "non_positive_price", "negative_amount",
