@@ -49,8 +49,9 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 class KronosSummary:
     """The freshest finished Kronos forecast, summarised for display.
 
-    ``bands`` maps a quantile label ("q05", "q25", "q50", "q75", "q95") to the price path of that
-    quantile over the next ``horizon`` bars; ``future_ts`` are the open times of those bars."""
+    ``bands`` maps a quantile label ("q10", "q25", "q50", "q75", "q90") to prices at ``future_ts``. The
+    Kronos expert reports log-return quantiles AT its horizon only, so each band holds one point (the
+    horizon bar); ``median`` is the q50 price."""
 
     ts: int  # base bar the forecast was made at (its close is the last bar used)
     model_version: str

@@ -248,11 +248,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 from NN.training.checkpoints import CheckpointRegistry
 
                 registry = CheckpointRegistry(store, cfg.resolve(cfg.training.models_dir))
-                comps = BE.build_components(models, timeframe, args.experts, registry=registry, store=store)
+                names = None if args.experts is None else [x for a in args.experts for x in a.split(",") if x]
+                comps = BE.build_components(models, timeframe, names, registry=registry, store=store)
                 spec = BE.spec_from_config(cfg, models, exchange=exchange, symbol=args.symbol,
                                            timeframe=timeframe, thresholds=thresholds, mode=mode)
                 bt = BE.Backtester(comps, spec, cfg.execution, cfg.risk, store=store,
-                                   run_id=run_id, progress=progress)
+                                   run_id=run_id, progress=progress, keep_decisions=False)
                 res = bt.run(candles)
             rep = result_report(res, spec_d, bpy)
         jp, hp = save_run(store, rep, reports_dir)
@@ -342,7 +343,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="from", default=None, help="start (ISO date/time UTC or ms), inclusive")
     p.add_argument("--to", default=None, help="end (ISO date/time UTC or ms), exclusive")
     p.add_argument("--experts", nargs="+", default=None,
-                   help="experts to run (default: enabled ones with a checkpoint; named ones may run untrained)")
+                   help="experts to run, e.g. cnn dqn or cnn,dqn (default: enabled ones with a checkpoint; "
+                        "named ones without a checkpoint run untrained and the report says so)")
     p.add_argument("--buy-threshold", type=float, default=None)
     p.add_argument("--sell-threshold", type=float, default=None)
     p.add_argument("--min-confidence", type=float, default=None)
