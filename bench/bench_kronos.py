@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -42,17 +43,20 @@ def build(pred: str, tok: str, device: torch.device, seed: int) -> KronosSampler
                          KronosModel(PREDICTOR_PRESETS[pred]).to(device))
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
+def timed(fn, repeats: int) -> tuple[float, float, object]:
+    """Median wall seconds, median process CPU seconds (a load-independent figure on a shared
+    machine), and the last result."""
+    times, cpu, out = [], [], None
     for _ in range(repeats):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        cpu.append(time.process_time() - c0)
+    return statistics.median(times), statistics.median(cpu), out
 
 
 def main() -> int:
@@ -71,6 +75,7 @@ def main() -> int:
     device = pick_device(args.device)
     ctx = load_context(args.context)
     res: dict[str, object] = {"device": str(device), "threads": torch.get_num_threads(),
+                              "load_avg_1m_start": round(os.getloadavg()[0], 2),
                               "context": args.context, "horizon": args.horizon, "paths": args.paths}
     cfg = SampleConfig(samples=args.paths, temperature=1.0, top_p=0.9, seed=0, max_context=512)
     greedy = SampleConfig(samples=1, top_k=1, max_context=512)
@@ -80,12 +85,15 @@ def main() -> int:
         s = build(pred, tok, device, seed=1)
         cfg_m = replace(cfg, max_context=MAX_CONTEXT[pred])
         s.forecast(ctx, 2, SampleConfig(samples=4, seed=0))  # warm-up
-        t, fc = timed(lambda s=s, c=cfg_m: s.forecast(ctx, args.horizon, c), args.repeats)
+        t, tc, fc = timed(lambda s=s, c=cfg_m: s.forecast(ctx, args.horizon, c), args.repeats)
         res[f"{label}_s"] = round(t, 4)
+        res[f"{label}_cpu_s"] = round(tc, 4)
         res[f"{label}_paths_shape"] = list(fc.paths.shape)  # type: ignore[union-attr]
         ocfg = replace(cfg_m, samples=args.oracle_paths)
-        to, _ = timed(lambda s=s, c=ocfg: s.forecast(ctx, args.horizon, c, use_oracle=True), args.oracle_repeats)
+        to, toc, _ = timed(lambda s=s, c=ocfg: s.forecast(ctx, args.horizon, c, use_oracle=True),
+                           args.oracle_repeats)
         per_path = to / args.oracle_paths
+        res[f"{label}_oracle_cpu_s_per_path"] = round(toc / args.oracle_paths, 4)
         res[f"{label}_oracle_s_per_path"] = round(per_path, 4)
         res[f"{label}_speedup"] = round(per_path * args.paths / t, 1)
         g = replace(greedy, max_context=MAX_CONTEXT[pred])
@@ -99,7 +107,7 @@ def main() -> int:
     res["speedup"] = res["small_speedup"]
     res["greedy_equal"] = greedy_ok
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    res["load_avg_1m"] = round(__import__("os").getloadavg()[0], 2)
+    res["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(res))
     return 0
 
