@@ -143,7 +143,7 @@ pending AS (
     FROM predictions p JOIN decisions d ON d.run_id = p.run_id AND d.id = p.decision_id
     WHERE p.symbol = $symbol AND p.horizon >= 1
     UNION ALL
-    SELECT d.run_id, d.id, '__MOE__', d.symbol, d.ts, coalesce(dh.horizon, $default_h), d.p_down,
+    SELECT d.run_id, d.id, $moe, d.symbol, d.ts, coalesce(dh.horizon, $default_h), d.p_down,
            d.p_flat, d.p_up, 1.0, d.action
     FROM decisions d LEFT JOIN dh ON dh.run_id = d.run_id AND dh.decision_id = d.id
     WHERE d.symbol = $symbol
@@ -194,10 +194,8 @@ class OutcomeTracker:
         """Predictions and decisions whose horizon has passed on stored candles, joined (as-of) to
         their entry and exit closes; not yet written."""
         params = {"exchange": self.key.exchange, "symbol": self.key.symbol, "tf": self.key.timeframe,
-                  "bar_ms": self.bar_ms, "default_h": self.default_horizon}
-        df = self.store.query_df(_PENDING_SQL, params)
-        df["expert"] = df["expert"].replace("__MOE__", MOE)
-        return df
+                  "bar_ms": self.bar_ms, "default_h": self.default_horizon, "moe": MOE}
+        return self.store.query_df(_PENDING_SQL, params)
 
     def update(self) -> int:
         """Mature everything due, append it to ``outcomes``, refresh the rolling metrics; returns the
@@ -259,6 +257,7 @@ class MaturedOutcome:
     direction: float
     driven: bool
     decision_id: str
+    inputs: tuple[tuple[str, tuple[float, float, float]], ...] = ()  # moe rows: the experts' probs
 
 
 class LiveOutcomes:
@@ -321,10 +320,10 @@ class LiveOutcomes:
         r = float(np.log(exit_close / entry))
         y = int(realised_classes(np.array([r]), self.dead_zone)[0])
         out = []
-        for expert, ts, h, probs, weight, action, did in rows:
+        for expert, ts, h, probs, weight, action, did, inputs in rows:
             d = float(trade_direction(np.array([action]))[0])
             drv = bool(driven_mask(expert, np.array([action]), np.array([probs]), np.array([weight]))[0])
-            out.append(MaturedOutcome(expert, ts, h, probs, r, y, d, drv, did))
+            out.append(MaturedOutcome(expert, ts, h, probs, r, y, d, drv, did, inputs))
         return out
 
     def add(self, decision: Decision, close: float | None = None) -> None:
@@ -340,9 +339,10 @@ class LiveOutcomes:
             for o in decision.outputs:
                 rows_by_h.setdefault(int(o.horizon), []).append(
                     (o.expert, ts, int(o.horizon), tuple(o.probs), decision.weights.get(o.expert, 0.0),
-                     str(decision.action), decision.id))
+                     str(decision.action), decision.id, ()))
+            inputs = tuple((o.expert, tuple(o.probs)) for o in decision.outputs)
             rows_by_h.setdefault(moe_h, []).append(
-                (MOE, ts, moe_h, tuple(decision.probs), 1.0, str(decision.action), decision.id))
+                (MOE, ts, moe_h, tuple(decision.probs), 1.0, str(decision.action), decision.id, inputs))
             for h, rows in rows_by_h.items():
                 self._pending.setdefault(h, deque()).append((ts + h * self.bar_ms, entry, rows))
 
@@ -366,18 +366,16 @@ class LiveOutcomes:
 
 def gate_feed(gate: Any, experts: list[str]) -> Callable[[list[MaturedOutcome]], None]:
     """A LiveOutcomes listener calling ``gate.observe(probs [E, 3], realised)`` once per matured
-    decision whose every gate expert had an output. NOTE: core/orchestrator.GateRunner already feeds
-    its gate with matured outcomes; attach this only to a gate nothing else feeds (no double count)."""
-    idx = {n: i for i, n in enumerate(experts)}
+    decision (its "moe" row, at the decision's horizon) whose every gate expert had an output.
+    NOTE: core/orchestrator.GateRunner already feeds its own gate with matured outcomes; attach this
+    only to a gate nothing else feeds (no double counting)."""
 
     def feed(matured: list[MaturedOutcome]) -> None:
-        by_dec: dict[tuple[str, int], dict[str, MaturedOutcome]] = {}
         for m in matured:
-            if m.expert in idx:
-                by_dec.setdefault((m.decision_id, m.horizon), {})[m.expert] = m
-        for group in by_dec.values():
-            if len(group) == len(experts):
-                probs = np.array([group[n].probs for n in experts])
-                gate.observe(probs, next(iter(group.values())).realised_class)
+            if m.expert != MOE:
+                continue
+            given = dict(m.inputs)
+            if all(n in given for n in experts):
+                gate.observe(np.array([given[n] for n in experts], dtype=np.float64), m.realised_class)
 
     return feed

@@ -1,0 +1,219 @@
+"""Outcome tracking on real BTC/USDT 1m candles (../shared/data) with real (untrained, seeded) CNN and
+DQN outputs written through core/audit.py: outcomes mature only once ts + horizon bars are stored
+(no look-ahead), realised returns/classes equal the training labels, rolling metrics equal
+NN.calibration.scores, and the in-memory LiveOutcomes agrees with the stored tracker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.audit import AuditWriter
+from core.config import load_models
+from core.data.store import MarketStore
+from core.features import FeatureBuilder
+from core.orchestrator import decide
+from core.types import CANDLE_COLUMNS, Decision, ExpertOutput, SeriesKey, Thresholds
+from NN.calibration import scores
+from NN.experts.registry import build_expert
+from NN.moe import MoEGate
+from NN.training.datasets import make_labels
+from NN.training.outcomes import MOE, LiveOutcomes, OutcomeTracker, gate_feed
+
+torch.set_num_threads(1)
+
+N_BARS = 600
+FIRST_STORE = 400  # candles stored before the first update
+DZ = 0.002
+KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
+H = {"cnn": 5, "dqn": 3}
+THRESH = Thresholds(buy=0.3, sell=0.3)  # near-uniform untrained nets still trade both ways
+
+
+def load_candles(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    t = pd.to_datetime(df.pop("timestamp"), utc=True)
+    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
+    return df[list(CANDLE_COLUMNS)]
+
+
+@pytest.fixture(scope="module")
+def world(shared_data: Path):
+    """(candles, first decision index, decisions) from real features and real expert outputs."""
+    candles = load_candles(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[:N_BARS].reset_index(drop=True)
+    m = load_models()
+    builder = FeatureBuilder(m.features, "1m")
+    first = builder.min_history - 1
+    batch = builder.build_many(candles, symbol=KEY.symbol, rows=slice(first, None))
+    probs = {}
+    for name, h in H.items():
+        torch.manual_seed(0)
+        cfg = m.experts[name].model_copy(update={"device": "cpu", "horizon": h})
+        probs[name] = build_expert(name, cfg, batch.spec).predict_many(batch).probs
+    decisions = []
+    for j, ts in enumerate(batch.ts):
+        outs = tuple(ExpertOutput(n, "v0", KEY.symbol, int(ts), H[n], tuple(map(float, probs[n][j])), 0.0, 0.5, 0.1)
+                     for n in H)
+        fused = np.mean([probs[n][j] for n in H], axis=0)
+        decisions.append(Decision(id=f"t:{int(ts)}", ts=int(ts), symbol=KEY.symbol, action=decide(fused, THRESH),
+                                  probs=tuple(map(float, fused)), expected_return=0.0,
+                                  weights={n: 0.5 for n in H}, thresholds=THRESH, target_position=0.0,
+                                  reason="", outputs=outs))
+    return candles, first, decisions
+
+
+def stored_run(candles: pd.DataFrame, first: int, decisions: list[Decision], upto: int, store=None,
+               window: int = 500) -> tuple[MarketStore, OutcomeTracker]:
+    """Store candles [0, upto) and the decisions of those bars, as the engine would have."""
+    store = store or MarketStore(":memory:")
+    store.upsert_candles(KEY, candles.iloc[:upto])
+    audit = AuditWriter(store, "t")
+    for d in decisions:
+        if d.ts <= int(candles["ts"].iloc[upto - 1]):
+            audit.add(d)
+    audit.flush()
+    return store, OutcomeTracker(store, KEY, DZ, window=window)
+
+
+def test_outcomes_mature_only_after_horizon_and_equal_labels(world) -> None:
+    candles, first, decisions = world
+    close, ts = candles["close"].to_numpy(), candles["ts"].to_numpy()
+    store, tracker = stored_run(candles, first, decisions, FIRST_STORE)
+    n = tracker.update()
+    out = tracker.outcomes()
+    assert n == len(out) > 0
+    for name, h in [*H.items(), (MOE, min(H.values()))]:
+        got = out[out.expert == name].sort_values("ts")
+        due = np.arange(first, FIRST_STORE - h)  # bars i with i + h stored: nothing later
+        assert np.array_equal(got["ts"].to_numpy(), ts[due]), name
+        assert (got["horizon"] == h).all()
+        np.testing.assert_allclose(got["realised_return"], np.log(close[due + h] / close[due]), rtol=0, atol=1e-12)
+        labels = make_labels(close, h, DZ)  # the training label rule on the full series
+        assert np.array_equal(got["realised_class"].to_numpy(), labels[due]), name
+        assert np.array_equal(got["exit_ts"].to_numpy(), ts[due + h])
+    assert tracker.update() == 0  # nothing new is due: idempotent
+
+    # the rest of the bars arrive (and their decisions); everything whose horizon passed matures once
+    store.upsert_candles(KEY, candles.iloc[FIRST_STORE:])
+    audit = AuditWriter(store, "t")
+    for d in decisions:
+        if d.ts > int(ts[FIRST_STORE - 1]):
+            audit.add(d)
+    audit.flush()
+    tracker.update()
+    out = tracker.outcomes()
+    assert not out.duplicated(["decision_id", "expert"]).any()
+    for name, h in H.items():
+        assert (out.expert == name).sum() == N_BARS - h - first
+
+
+def test_rolling_metrics_equal_scores_and_trade_returns(world) -> None:
+    candles, first, decisions = world
+    window = 120
+    _, tracker = stored_run(candles, first, decisions, N_BARS, window=window)
+    tracker.update()
+    out = tracker.outcomes()
+    metrics = tracker.metrics()
+    assert set(metrics) == {("cnn", 5), ("dqn", 3), (MOE, 3)}
+    for (name, h), m in metrics.items():
+        g = out[out.expert == name].sort_values("ts").iloc[-window:]
+        p = g[["p_down", "p_flat", "p_up"]].to_numpy()
+        s = scores(p, g["realised_class"].to_numpy())
+        assert m.n == window and m.horizon == h and m.last_ts == int(g["ts"].max())
+        assert m.accuracy == pytest.approx(s["accuracy"]) and m.log_loss == pytest.approx(s["log_loss"])
+        assert m.brier == pytest.approx(s["brier"]) and m.ece == pytest.approx(s["ece"])
+        direction = np.where(g["action"] == "BUY", 1.0, np.where(g["action"] == "SELL", -1.0, 0.0))
+        top = p.argmax(axis=1)
+        drove = (direction != 0) if name == MOE else (((direction > 0) & (top == 2)) | ((direction < 0) & (top == 0)))
+        assert m.trades == int(drove.sum())
+        if name != "cnn":  # the untrained CNN always favours "flat": it drives no trade
+            assert m.trades > 0
+        assert m.trade_return == pytest.approx(float((direction * g["realised_return"].to_numpy())[drove].sum()))
+
+
+def test_live_outcomes_agree_with_the_store(world) -> None:
+    candles, first, decisions = world
+    _, tracker = stored_run(candles, first, decisions, N_BARS, window=200)
+    tracker.update()
+    stored = tracker.outcomes().set_index(["expert", "ts"])
+    live = LiveOutcomes("1m", DZ, window=200)
+    by_ts = {d.ts: d for d in decisions}
+    matured = []
+    for ts, c in zip(candles["ts"], candles["close"], strict=True):
+        matured += live.on_close(int(ts), float(c))  # the bar closes, then its decision is taken
+        if int(ts) in by_ts:
+            live.add(by_ts[int(ts)])
+    assert len(matured) == len(stored)
+    for m in matured:
+        row = stored.loc[(m.expert, m.ts)]
+        assert m.realised_class == row["realised_class"] and m.realised_return == pytest.approx(row["realised_return"])
+    for key, m in tracker.metrics().items():
+        lm = live.metrics()[key]
+        assert (lm.n, lm.trades) == (m.n, m.trades)
+        assert lm.log_loss == pytest.approx(m.log_loss) and lm.accuracy == pytest.approx(m.accuracy)
+    # a bar can only mature predictions made at least h bars before it
+    assert all(m.ts + m.horizon * 60_000 <= int(candles["ts"].iloc[-1]) for m in matured)
+
+
+def test_gap_matures_as_of_the_last_close(world) -> None:
+    # edge case on real candles: one stored candle deliberately removed (a gap in the data)
+    candles, first, decisions = world
+    j = first + 40
+    holed = candles.drop(index=j).reset_index(drop=True)
+    store = MarketStore(":memory:")
+    store.upsert_candles(KEY, holed)
+    audit = AuditWriter(store, "t")
+    for d in decisions:
+        audit.add(d)
+    audit.flush()
+    tracker = OutcomeTracker(store, KEY, DZ)
+    tracker.update()
+    out = tracker.outcomes().set_index(["expert", "ts"])
+    ts, close = candles["ts"].to_numpy(), candles["close"].to_numpy()
+    row = out.loc[("cnn", int(ts[j - 5]))]  # its exit bar is the missing one
+    assert row["exit_ts"] == ts[j - 1] and row["exit_close"] == close[j - 1]
+    assert ("cnn", int(ts[j])) not in out.index  # no entry candle: nothing to measure from
+    live = LiveOutcomes("1m", DZ)
+    got = []
+    by_ts = {d.ts: d for d in decisions}
+    for t, c in zip(holed["ts"], holed["close"], strict=True):
+        got += live.on_close(int(t), float(c))
+        if int(t) in by_ts:
+            live.add(by_ts[int(t)])
+    m = next(m for m in got if m.expert == "cnn" and m.ts == int(ts[j - 5]))
+    assert m.realised_return == pytest.approx(np.log(close[j - 1] / close[j - 5]))
+
+
+def test_gate_learns_from_matured_outcomes_only(world) -> None:
+    candles, first, decisions = world
+    gate = MoEGate(list(H), load_models().moe, regime_dim=4)
+    live = LiveOutcomes("1m", DZ)
+    live.on_matured(gate_feed(gate, list(H)))
+    by_ts = {d.ts: d for d in decisions}
+    for t, c in zip(candles["ts"].iloc[:first + 3], candles["close"].iloc[:first + 3], strict=True):
+        live.on_close(int(t), float(c))
+        if int(t) in by_ts:
+            live.add(by_ts[int(t)])
+    # 3 decisions so far, none has reached its 3-bar horizon: the gate has seen nothing
+    np.testing.assert_array_equal(gate.hedge_weights(), np.full(2, 0.5))
+    for t, c in zip(candles["ts"].iloc[first + 3:], candles["close"].iloc[first + 3:], strict=True):
+        live.on_close(int(t), float(c))
+        if int(t) in by_ts:
+            live.add(by_ts[int(t)])
+    w = gate.hedge_weights()
+    assert len(gate._losses) == min(N_BARS - 3 - first, gate.cfg.hedge_window)
+    assert not np.allclose(w, 0.5) and w.sum() == pytest.approx(1.0)
+
+
+def test_bad_inputs_are_refused() -> None:
+    # hand-written edge cases: a negative dead zone and a non-positive close
+    with pytest.raises(ValueError, match="dead_zone"):
+        LiveOutcomes("1m", -0.1)
+    with pytest.raises(ValueError, match="close of bar"):
+        LiveOutcomes("1m", 0.0).on_close(0, 0.0)
+    with pytest.raises(ValueError, match="timeframe"):
+        LiveOutcomes("7m", 0.0)
