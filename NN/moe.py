@@ -11,7 +11,7 @@ backtests see identical numbers):
   gate fit there would learn to trust whoever overfits most). The first part of that split fits the
   MLP, the chronologically last part early-stops it (epoch 0 = the uniform mixture, so the gate
   never ends worse than that on the held-out part) and then fits the fused calibration
-  (NN/calibration.py).
+  (NN/calibration.py), adopted only if it also helps out of sample within the held-out part.
 
 fused = Σ_e w_e p_e, then the calibrator when ``cfg.calibrate``. Disabled experts get weight 0 and
 the others renormalise.
@@ -180,8 +180,21 @@ class MoEGate:
         _, fused_ho = self.fuse(p[ho_idx], r[ho_idx])  # identity calibrator at this point
         out = {"holdout_uniform_logloss": uniform_loss, "holdout_gate_logloss": log_loss(fused_ho, y[ho_idx])}
         if self.cfg.calibrate:
-            self.calibrator.fit(fused_ho, y[ho_idx])
-            out["holdout_calibrated_logloss"] = log_loss(self.calibrator.transform(fused_ho), y[ho_idx])
+            # adopt the calibration only if, fit on the first half of the hold-out, it lowers the log
+            # loss of the second half: a calibrator mostly learns the class mix of its fit data, which
+            # shifts between market regimes, and then it costs more than it gives
+            yh = y[ho_idx]
+            half = len(yh) // 2
+            try:
+                probe = Calibrator(kind=self.cfg.calibration).fit(fused_ho[:half], yh[:half])
+                gain = log_loss(fused_ho[half:], yh[half:]) - log_loss(probe.transform(fused_ho[half:]), yh[half:])
+            except ValueError:  # a class missing from one half: too little evidence to calibrate
+                gain = float("nan")
+            out["calibration_probe_gain"] = gain
+            if gain > 0:
+                self.calibrator.fit(fused_ho, yh)
+            out["calibration_adopted"] = float(self.calibrator.fitted)
+            out["holdout_calibrated_logloss"] = log_loss(self.calibrator.transform(fused_ho), yh)
         return out
 
     # ---------------------------------------------------------------- state

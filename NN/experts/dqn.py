@@ -8,10 +8,12 @@ Environment (one step = one base bar, over the real price series):
 The reward of the step at t uses close[t+1], which is fine for TRAINING (the transition is only stored
 once bar t+1 has closed); inference at t only ever sees features up to t.
 
-Output: probs = softmax(Q(s_t, position) / temperature) mapping sell->down, hold->flat, buy->up;
-the three Q-values go to extras["q_values"]. ``predict_many`` evaluates Q at position 0 (flat) unless
-``set_position`` was called (the orchestrator may pass its live position). The temperature is fit on
-the validation split (log loss against the labels) by the trainer.
+Output: probs = calibrated softmax(Q(s_t, position)) mapping sell->down, hold->flat, buy->up; the
+three Q-values go to extras["q_values"]. ``predict_many`` evaluates Q at position 0 (flat) unless
+``set_position`` was called (the orchestrator may pass its live position). The calibration is vector
+scaling (per-class scale and bias on the log-probabilities, NN/calibration.py) fit by the trainer on
+the validation split against the labels: Q-values rank actions but carry no class prior, a per-class
+bias supplies it (a single temperature could not).
 
 ``train_step(batch, labels, fwd_returns)`` treats ``batch`` as a chronological chunk of consecutive
 bars: it rolls an epsilon-greedy episode over it (a gap in ts ends the episode), stores the n-step
@@ -31,6 +33,7 @@ from torch import nn
 
 from core.config import ExpertConfig, validate_params
 from core.types import ExpertBatchOutput, FeatureBatch, FeatureSpec, timeframe_ms
+from NN.calibration import Calibrator, softmax
 from NN.experts.base import Expert, confidence_from_probs
 from NN.experts.supervised import check_batch, spec_dims
 
@@ -111,6 +114,7 @@ def next_position(pos_idx: np.ndarray | int, action: np.ndarray | int) -> np.nda
 
 class DQNExpert(Expert):
     kind = "dqn"
+    calibration_kind = "vector"
     ARCH_KEYS = ("hidden", "state_bars")
 
     def __init__(self, name: str, cfg: ExpertConfig, spec: FeatureSpec) -> None:
@@ -129,7 +133,7 @@ class DQNExpert(Expert):
         self.buffer = ReplayBuffer(p.buffer_size, self.state_dim)
         self.env_steps = 0
         self.updates = 0
-        self.temperature = 1.0
+        self.calibrator = Calibrator(kind=self.calibration_kind)  # identity until fit on validation data
         self.position_index = 1  # flat, for inference
         self.class_ret_sum = np.zeros(3)
         self.class_count = np.zeros(3)
@@ -175,20 +179,15 @@ class DQNExpert(Expert):
     def logits_many(self, batch: FeatureBatch) -> np.ndarray:
         return self.q_values(self.states(batch), self.position_index)
 
-    def set_temperature(self, t: float) -> None:
-        if not (t > 0 and np.isfinite(t)):
-            raise ValueError(f"{self.name}: temperature must be > 0, got {t!r}")
-        self.temperature = float(t)
+    def set_calibrator(self, cal: Calibrator) -> None:
+        self.calibrator = cal
 
     def class_mean_returns(self) -> np.ndarray:
         return np.where(self.class_count > 0, self.class_ret_sum / np.maximum(self.class_count, 1), 0.0)
 
     def predict_many(self, batch: FeatureBatch, candles: pd.DataFrame | None = None) -> ExpertBatchOutput:
         q = self.logits_many(batch)
-        z = q / self.temperature
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
+        p = self.calibrator.transform(softmax(q))
         return ExpertBatchOutput(
             expert=self.name,
             model_version=self.version,
@@ -327,7 +326,7 @@ class DQNExpert(Expert):
             "opt": self.opt.state_dict(),
             "env_steps": self.env_steps,
             "updates": self.updates,
-            "temperature": self.temperature,
+            "calibrator": self.calibrator.state_dict(),
             "class_ret_sum": self.class_ret_sum.tolist(),
             "class_count": self.class_count.tolist(),
             "version": self.version,
@@ -352,7 +351,7 @@ class DQNExpert(Expert):
             pass
         self.env_steps = int(state["env_steps"])
         self.updates = int(state["updates"])
-        self.temperature = float(state["temperature"])
+        self.calibrator = Calibrator.from_state(state["calibrator"])
         self.class_ret_sum = np.asarray(state["class_ret_sum"], dtype=np.float64)
         self.class_count = np.asarray(state["class_count"], dtype=np.float64)
         self.version = str(state.get("version", "untrained"))

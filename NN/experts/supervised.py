@@ -1,5 +1,5 @@
 """Shared machinery of the supervised classifiers (CNN, Transformer): a torch network mapping a
-FeatureBatch to (down, flat, up) logits, trained with cross-entropy, calibrated with a temperature
+FeatureBatch to (down, flat, up) logits, trained with cross-entropy, calibrated by temperature scaling
 fit on the validation split (NN/calibration.py), expected return from class-conditional mean returns.
 """
 
@@ -16,6 +16,7 @@ from torch import nn
 
 from core.config import ExpertConfig, validate_params
 from core.types import ExpertBatchOutput, FeatureBatch, FeatureSpec
+from NN.calibration import Calibrator, softmax
 from NN.experts.base import Expert, confidence_from_probs
 
 
@@ -60,6 +61,8 @@ class SupervisedExpert(Expert):
 
     Params: type[SupervisedParams] = SupervisedParams
     kind: str = "supervised"
+    #: temperature scaling: a network trained with cross-entropy already learns the class priors
+    calibration_kind: str = "temperature"
     #: params that change the network's shape: a checkpoint must match them to load
     ARCH_KEYS: tuple[str, ...] = ()
 
@@ -72,7 +75,7 @@ class SupervisedExpert(Expert):
         self.opt = torch.optim.AdamW(
             self.net.parameters(), lr=self.params.lr, weight_decay=self.params.weight_decay
         )
-        self.temperature = 1.0
+        self.calibrator = Calibrator(kind=self.calibration_kind)  # identity until fit on validation data
         # class-conditional sums of forward returns seen in training -> expected_return
         self.class_ret_sum = np.zeros(3)
         self.class_count = np.zeros(3)
@@ -89,7 +92,7 @@ class SupervisedExpert(Expert):
         return w, f
 
     def logits_many(self, batch: FeatureBatch) -> np.ndarray:
-        """Raw logits [N, 3] before the temperature (used to fit it)."""
+        """Raw logits [N, 3] before calibration (used to fit it)."""
         check_batch(batch, self.spec, self.name)
         self.net.eval()
         out = []
@@ -103,10 +106,7 @@ class SupervisedExpert(Expert):
         return np.where(self.class_count > 0, self.class_ret_sum / np.maximum(self.class_count, 1), 0.0)
 
     def predict_many(self, batch: FeatureBatch, candles: pd.DataFrame | None = None) -> ExpertBatchOutput:
-        z = self.logits_many(batch) / self.temperature
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
+        p = self.calibrator.transform(softmax(self.logits_many(batch)))
         return ExpertBatchOutput(
             expert=self.name,
             model_version=self.version,
@@ -117,10 +117,9 @@ class SupervisedExpert(Expert):
             confidence=confidence_from_probs(p),
         )
 
-    def set_temperature(self, t: float) -> None:
-        if not (t > 0 and np.isfinite(t)):
-            raise ValueError(f"{self.name}: temperature must be > 0, got {t!r}")
-        self.temperature = float(t)
+    def set_calibrator(self, cal: Calibrator) -> None:
+        """Calibration of softmax(logits), fit by the trainer on the validation split."""
+        self.calibrator = cal
 
     # ---------------------------------------------------------------- training
 
@@ -157,7 +156,7 @@ class SupervisedExpert(Expert):
             "horizon": self.horizon,
             "net": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
             "opt": self.opt.state_dict(),
-            "temperature": self.temperature,
+            "calibrator": self.calibrator.state_dict(),
             "class_ret_sum": self.class_ret_sum.tolist(),
             "class_count": self.class_count.tolist(),
             "version": self.version,
@@ -182,7 +181,7 @@ class SupervisedExpert(Expert):
             self.opt.load_state_dict(state["opt"])
         except ValueError:  # optimiser layout differs (e.g. other torch version): weights are what count
             pass
-        self.temperature = float(state["temperature"])
+        self.calibrator = Calibrator.from_state(state["calibrator"])
         self.class_ret_sum = np.asarray(state["class_ret_sum"], dtype=np.float64)
         self.class_count = np.asarray(state["class_count"], dtype=np.float64)
         self.version = str(state.get("version", "untrained"))

@@ -3,8 +3,8 @@
 Data discipline: features come from the one FeatureBuilder (past-only); samples are split
 chronologically into train / validation / test with ``split.gap_bars`` dropped between parts (the gap
 must cover the label horizon so no label of one part looks into the next); mini-batches are drawn at
-random only WITHIN the train part; early stopping and per-expert temperatures use the validation
-part; the gate is fit on the validation part's expert outputs (NN/moe.py says why); the test part is
+random only WITHIN the train part; early stopping and per-expert calibration use the validation
+part (the calibration is refit on it after every epoch and the epoch is scored with it); the gate is fit on the validation part's expert outputs (NN/moe.py says why); the test part is
 only touched by ``evaluate``.
 """
 
@@ -25,7 +25,7 @@ from core.config import AppConfig, ModelsConfig
 from core.data.store import MarketStore
 from core.features import FeatureBuilder
 from core.types import FeatureBatch, SeriesKey, timeframe_ms
-from NN.calibration import fit_temperature, log_loss, scores
+from NN.calibration import Calibrator, log_loss, scores, softmax
 from NN.experts.base import Expert
 from NN.experts.dqn import DQNExpert
 from NN.experts.registry import build_expert
@@ -154,23 +154,19 @@ class TrainResult:
     extra: dict[str, float]
 
 
-def _val_logloss(expert: Any, prep: Prepared, y: np.ndarray, r: np.ndarray) -> tuple[float, float]:
-    """(log loss with the temperature fit on val, that temperature)."""
+def _val_logloss(expert: Any, prep: Prepared, y: np.ndarray, r: np.ndarray) -> tuple[float, Calibrator]:
+    """(log loss with the expert's calibration fit on val, that calibrator)."""
     idx = _known(y, r, prep.val)
-    z = expert.logits_many(prep.batch.take(idx))
-    t = fit_temperature(z, y[idx])
-    zz = z / t
-    zz -= zz.max(axis=1, keepdims=True)
-    p = np.exp(zz)
-    p /= p.sum(axis=1, keepdims=True)
-    return log_loss(p, y[idx]), t
+    p = softmax(expert.logits_many(prep.batch.take(idx)))
+    cal = Calibrator(kind=expert.calibration_kind).fit(p, y[idx])
+    return log_loss(cal.transform(p), y[idx]), cal
 
 
 def train_expert(expert: Expert, prep: Prepared, epochs: int, *, patience: int = 3, seed: int = 0,
                  writer: Any = None, task: Callable[..., Any] | None = None,
                  max_steps_per_epoch: int | None = None) -> TrainResult:
     """Train one features expert in place; leaves it at its best-validation epoch with the fitted
-    temperature. DQN: epochs = passes of episodes over the train part (chunks in random order)."""
+    calibration. DQN: epochs = passes of episodes over the train part (chunks in random order)."""
     y, r = prep.labels(expert.horizon)
     rng = np.random.default_rng(seed)
     is_dqn = isinstance(expert, DQNExpert)
@@ -185,7 +181,7 @@ def train_expert(expert: Expert, prep: Prepared, epochs: int, *, patience: int =
         units = [None] * int(np.ceil(len(train_idx) / bs))
     if max_steps_per_epoch is not None:
         units = units[:max_steps_per_epoch]
-    best = (float("inf"), -1, None, 1.0)
+    best: tuple[float, int, Any, Any] = (float("inf"), -1, None, None)
     step = 0
     epochs_run = 0
     advance = task(f"train {expert.name}", epochs * len(units)) if task else None
@@ -208,25 +204,25 @@ def train_expert(expert: Expert, prep: Prepared, epochs: int, *, patience: int =
                     writer.add_scalar(f"{expert.name}/train_{k}", v, step)
             if advance:
                 advance(1)
-        vl, temp = _val_logloss(expert, prep, y, r)
+        vl, cal = _val_logloss(expert, prep, y, r)
         if writer is not None:
             writer.add_scalar(f"{expert.name}/val_logloss", vl, ep)
             if losses:
                 writer.add_scalar(f"{expert.name}/epoch_train_loss", float(np.mean(losses)), ep)
         if advance:
             advance(0, info=f"epoch {ep + 1} val_logloss {vl:.4f}")
-        log.info("%s epoch %d: train loss %.4f, val log loss %.4f (T=%.3g)", expert.name, ep + 1,
-                 float(np.mean(losses)) if losses else float("nan"), vl, temp)
+        log.info("%s epoch %d: train loss %.4f, val log loss %.4f (calibration a=%s b=%s)", expert.name, ep + 1,
+                 float(np.mean(losses)) if losses else float("nan"), vl, np.round(cal.a, 3), np.round(cal.b, 3))
         if vl < best[0] - 1e-5:
-            best = (vl, ep, copy.deepcopy(expert.state_dict()), temp)
+            best = (vl, ep, copy.deepcopy(expert.state_dict()), cal)
         elif ep - best[1] >= patience:
             break  # early stopping on validation log loss
     assert best[2] is not None
     version = expert.version
     expert.load_state_dict(best[2])
     expert.version = version
-    expert.set_temperature(best[3])
-    extra: dict[str, float] = {"temperature": best[3]}
+    expert.set_calibrator(best[3])
+    extra: dict[str, Any] = {"calibration": best[3].state_dict()}
     if is_dqn:
         extra["val_greedy_reward"] = expert.policy_reward(prep.part("val"))
     return TrainResult(expert.name, None, best[0], epochs_run, best[1] + 1, extra)
