@@ -1,0 +1,179 @@
+"""Online training on real BTC/USDT 1m candles (../shared/data): labels reach the trainers only after
+they matured (and never from the validation window), the DQN learns from realised positions, and a
+real spawned trainer process trains, publishes, is restarted after SIGKILL while the caller keeps
+running, and stops on request."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.config import load_models
+from core.data.store import MarketStore
+from core.features import FeatureBuilder
+from core.types import CANDLE_COLUMNS, SeriesKey
+from NN.experts.dqn import POSITIONS
+from NN.experts.registry import build_expert
+from NN.training.datasets import make_labels
+from NN.training.online import FeedBuffer, TrainingManager, push_experience, split_release
+
+torch.set_num_threads(1)
+
+KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
+DZ = 0.002
+STORED = 1600  # candles in the store when training starts
+FED = 40  # bars fed live afterwards
+
+
+def load_candles(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    t = pd.to_datetime(df.pop("timestamp"), utc=True)
+    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
+    return df[list(CANDLE_COLUMNS)]
+
+
+@pytest.fixture(scope="module")
+def candles(shared_data: Path) -> pd.DataFrame:
+    return load_candles(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[: STORED + FED].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def models():
+    m = load_models()
+    for n in ("cnn", "dqn"):
+        online = m.experts[n].online.model_copy(update={"cadence_s": 0.3, "replay_bars": 500, "val_bars": 60,
+                                                        "batch_size": 32, "lr": 1e-3})
+        m.experts[n] = m.experts[n].model_copy(update={"device": "cpu", "online": online})
+    return m
+
+
+@pytest.fixture(scope="module")
+def builder(models) -> FeatureBuilder:
+    return FeatureBuilder(models.features, "1m")
+
+
+@pytest.fixture(scope="module")
+def live_rows(builder, candles):
+    """Feature rows of the bars after the store's end, as the decision path builds them."""
+    return builder.build_many(candles, symbol=KEY.symbol, rows=slice(STORED, STORED + FED))
+
+
+def test_labels_reach_trainers_only_after_maturing(builder, candles) -> None:
+    h, val_bars = 5, 30
+    rows = builder.build_many(candles, symbol=KEY.symbol, rows=slice(STORED - 120, STORED))
+    buf = FeedBuffer(builder.spec, 60_000, capacity=val_bars + 2 * h + 64)
+    full_labels = make_labels(candles["close"].to_numpy()[STORED - 120 : STORED], h, DZ)
+    released = np.iinfo(np.int64).min
+    sent_ts: list[int] = []
+    for i in range(len(rows)):
+        buf.append(rows.take(slice(i, i + 1)), np.array([np.nan]))
+        idx, y, fwd = buf.matured(h, DZ)
+        ts = buf.ts[: buf.n]
+        # a label exists only once the bar h later has been fed: never earlier
+        if len(idx):
+            assert ts[idx[-1]] + h * 60_000 <= ts[buf.n - 1]
+            k = np.searchsorted(rows.ts, ts[idx])
+            assert np.array_equal(y, full_labels[k])  # the offline label rule, on the same bars
+            np.testing.assert_allclose(fwd, np.log(rows.close[k + h] / rows.close[k]))
+        send, val = split_release(ts, idx, h, 60_000, val_bars, released)
+        assert len(np.intersect1d(send, val)) == 0
+        if len(send):
+            # released samples' label spans end at or before the first validation sample
+            assert ts[send[-1]] + h * 60_000 <= ts[val[0]]
+            released = int(ts[send[-1]])
+            sent_ts += ts[send].tolist()
+    assert sent_ts == sorted(set(sent_ts))  # each sample is sent once, in time order
+    assert len(sent_ts) == len(rows) - 2 * h - val_bars + 1  # all but the validation window + gap
+
+
+def test_dqn_learns_from_realised_positions(models, builder, candles) -> None:
+    cfg = models.experts["dqn"].model_copy(update={"params": {**models.experts["dqn"].params, "n_step": 1}})
+    dqn = build_expert("dqn", cfg, builder.spec)
+    rows = builder.build_many(candles, symbol=KEY.symbol, rows=slice(STORED - 200, STORED))
+    # a spot position path (long or flat) from a past-only rule on the real closes
+    past = np.concatenate([[0.0], np.diff(np.log(rows.close))])
+    position = (past > 0).astype(np.float64)
+    n = push_experience(dqn, rows, position, 60_000)
+    pidx = (np.sign(position) + 1).astype(int)
+    keep = ~((pidx[:-1] == 2) & (pidx[1:] == 1))  # long -> flat has no DQN action: skipped
+    assert n == int(keep.sum()) == dqn.buffer.n > 0
+    ret = np.diff(np.log(rows.close))
+    fee = dqn.params.fee_bps / 1e4
+    want = POSITIONS[pidx[1:]] * ret - fee * np.abs(POSITIONS[pidx[1:]] - POSITIONS[pidx[:-1]])
+    np.testing.assert_allclose(dqn.buffer.r[:n], (want[keep] * dqn.params.reward_scale).astype(np.float32),
+                               rtol=1e-5)
+    assert np.array_equal(dqn.buffer.p[:n], pidx[:-1][keep])
+
+
+def _wait(cond, timeout: float, mgr: TrainingManager, feed=None) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        mgr.poll(apply=True)
+        if feed is not None:
+            feed()
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s; status {mgr.status()}")
+
+
+def test_trainer_process_trains_restarts_after_sigkill_and_stops(models, builder, candles, live_rows,
+                                                                tmp_path) -> None:
+    store = MarketStore(":memory:")
+    store.upsert_candles(KEY, candles.iloc[:STORED])
+    torch.manual_seed(0)
+    live = {"cnn": build_expert("cnn", models.experts["cnn"], builder.spec)}
+    mgr = TrainingManager(store, models, builder, live, key=KEY, dead_zone=DZ,
+                          models_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+    try:
+        with pytest.raises(KeyError, match="no trainable expert"):
+            mgr.start("kronos")
+        mgr.start("cnn")
+        st = mgr.status()["cnn"]
+        assert st.running and st.pid is not None and st.restarts == 0
+        first_pid = st.pid
+        # it trains on its replay history, publishes, and the checkpoint gets judged
+        _wait(lambda: mgr.status()["cnn"].steps > 0 and mgr.status()["cnn"].last_verdict != "", 120, mgr)
+        st = mgr.status()["cnn"]
+        assert st.samples_per_s > 0 and np.isfinite(st.loss) and st.last_publish is not None
+        assert list((tmp_path / "runs" / "online" / "cnn").glob("*/events.out.tfevents.*"))
+
+        # live bars: their samples reach the trainer once matured and outside the validation window
+        sent = sum(mgr.feed(live_rows.take(slice(i, i + 1)), position=0.0) for i in range(20))
+        assert sent > 0
+
+        # SIGKILL mid-training: the caller keeps feeding/deciding; the trainer comes back with back-off
+        os.kill(first_pid, signal.SIGKILL)
+        fed = iter(range(20, FED))
+        decisions = []
+
+        def keep_trading() -> None:
+            i = next(fed, None)
+            if i is not None:
+                row = live_rows.take(slice(i, i + 1))
+                decisions.append(live["cnn"].predict(row))  # the decision path is unaffected
+                mgr.feed(row, position=0.0)
+
+        _wait(lambda: mgr.status()["cnn"].restarts == 1, 30, mgr, keep_trading)
+        assert "exited with code -9" in mgr.status()["cnn"].error
+        _wait(lambda: mgr.status()["cnn"].running and mgr.status()["cnn"].pid not in (None, first_pid)
+              and mgr.status()["cnn"].steps > 0, 120, mgr, keep_trading)
+        assert len(decisions) > 0
+        second_pid = mgr.status()["cnn"].pid
+
+        mgr.stop("cnn")
+        st = mgr.status()["cnn"]
+        assert not st.running and st.pid is None and st.restarts == 1
+        with pytest.raises(ProcessLookupError):
+            for _ in range(50):  # reaped by join(); the pid is gone
+                os.kill(second_pid, 0)
+                time.sleep(0.1)
+    finally:
+        mgr.shutdown()
