@@ -360,8 +360,10 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                     raise ValueError("no trained experts to gate: train some experts first")
                 h = common_horizon(experts)
                 gate, info = train_gate(experts, prep, models, h)
+                # metric: the gate's hold-out log loss BEFORE calibration (the calibrator is fit on that
+                # same hold-out, so the calibrated figure is in-sample and not comparable across runs)
                 version = registry.register(
-                    GATE_NAME, gate.state_dict(), info.get("holdout_calibrated_logloss", info["holdout_gate_logloss"]),
+                    GATE_NAME, gate.state_dict(), info["holdout_gate_logloss"],
                     models.experts[next(iter(experts))].checkpoints,
                     {**meta_base, "horizon": h, "experts": list(experts),
                      "expert_versions": {n: e.version for n, e in experts.items()}, **info},
