@@ -89,6 +89,7 @@ class TrainerSpec:
     run_dir: str | None
     threads: int = 1
     max_steps_per_round: int = 200
+    min_steps_per_round: int = 0  # > 0: at least this many replay mini-batches/chunks per round (saturates)
 
 
 # ---------------------------------------------------------------- engine-side sample buffer
@@ -278,7 +279,7 @@ def _train_round(expert: Any, data: _TrainData, spec: TrainerSpec, fspec: Featur
         if len(fresh):
             a = max(0, int(fresh[0]) - 1)
             spans += [slice(s, min(s + chunk, n_all)) for s in range(a, n_all - 1, chunk)]
-        if n_all > chunk:
+        for _ in range(max(1, spec.min_steps_per_round) if n_all > chunk else 0):
             s0 = int(rng.integers(0, n_all - chunk))
             spans.append(slice(s0, s0 + chunk))
         for sl in spans[: spec.max_steps_per_round]:
@@ -299,7 +300,8 @@ def _train_round(expert: Any, data: _TrainData, spec: TrainerSpec, fspec: Featur
             data.experience_until = int(d["ts"][-1])
     else:
         old = np.setdiff1d(np.arange(n_all), fresh, assume_unique=True)
-        replay = rng.choice(old, size=min(len(old), max(len(fresh), bs)), replace=False) if len(old) else old
+        want = max(len(fresh), bs, spec.min_steps_per_round * bs - len(fresh))
+        replay = rng.choice(old, size=min(len(old), want), replace=False) if len(old) else old
         idx = np.concatenate([fresh, replay])
         rng.shuffle(idx)
         for s in range(0, len(idx), bs):
@@ -426,7 +428,7 @@ class TrainingManager:
                  registry: Any | None = None, *, key: SeriesKey | None = None, dead_zone: float,
                  models_dir: str | Path = "models", runs_dir: str | Path = "runs",
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0, threads: int = 1,
-                 keep_history: int = 3) -> None:
+                 keep_history: int = 3, min_steps_per_round: int = 0) -> None:
         if not dead_zone >= 0:
             raise ValueError(f"dead_zone must be >= 0, got {dead_zone!r}")
         self.store = store
@@ -442,6 +444,7 @@ class TrainingManager:
         self.backoff_initial_s = float(backoff_initial_s)
         self.backoff_max_s = float(backoff_max_s)
         self.threads = int(threads)
+        self.min_steps_per_round = int(min_steps_per_round)
         self.bar_ms = timeframe_ms(self.spec.timeframes[0])
         trainable = {n: e for n, e in experts.items() if getattr(e, "input_kind", "features") == "features"}
         self._trainable = trainable
@@ -481,7 +484,8 @@ class TrainingManager:
                 name=name, expert_cfg=cfg, features=self.models_cfg.features,
                 base_timeframe=self.spec.timeframes[0], dead_zone=self.dead_zone, online=cfg.online,
                 checkpoint_dir=str((self.models_dir / name / "online").resolve()),
-                run_dir=str((self.runs_dir / "online" / name / stamp).resolve()), threads=self.threads)
+                run_dir=str((self.runs_dir / "online" / name / stamp).resolve()), threads=self.threads,
+                min_steps_per_round=self.min_steps_per_round)
             t = self._trainers[name] = t or _Trainer(spec=spec)
             t.spec = spec
             t.wanted = True
