@@ -79,29 +79,31 @@ def two_part_attention(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
 
     q [N, H, T, hd]; pk/pv [1, H, P, hd] shared by all N; nk/nv [N, H, S, hd] or None;
     new_mask [T, S] boolean (True = may attend) or None. Returns [N, H, T, hd].
-    Scores live in a [H, N·T, P+S] layout so the prefix products are one batched matmul per head
-    against the single shared prefix, and the prefix probabilities feed bmm as a strided view."""
+    Prefix scores are one batched matmul per head against the single shared prefix ([H, N·T, P]);
+    the softmax spans both blocks through a shared row maximum instead of concatenating them."""
     n, h, t, hd = q.shape
     scale = 1.0 / math.sqrt(hd)
-    p = pk.shape[2]
     qh = q.permute(1, 0, 2, 3).reshape(h, n * t, hd)
     sp = torch.bmm(qh, pk[0].transpose(1, 2))  # [H, N*T, P]
     has_new = nk is not None and nk.shape[2] > 0
-    if has_new:
-        sn = torch.matmul(q, nk.transpose(-1, -2))  # [N, H, T, S]
-        if new_mask is not None:
-            sn = sn.masked_fill(~new_mask, float("-inf"))
-        sn = sn.permute(1, 0, 2, 3).reshape(h, n * t, -1)
-        scores = torch.cat((sp, sn), dim=-1)
-    else:
-        scores = sp
-    probs = torch.softmax(scores.mul_(scale), dim=-1)
-    out = torch.bmm(probs[..., :p], pv[0])  # [H, N*T, hd]
+    if not has_new:
+        probs = torch.softmax(sp.mul_(scale), dim=-1)
+        return torch.bmm(probs, pv[0]).view(h, n, t, hd).permute(1, 0, 2, 3)
+    sn = torch.matmul(q, nk.transpose(-1, -2)).mul_(scale)  # [N, H, T, S]
+    if new_mask is not None:
+        sn = sn.masked_fill(~new_mask, float("-inf"))
+    sn = sn.permute(1, 0, 2, 3).reshape(h, n * t, -1)  # [H, N*T, S]
+    # softmax over [prefix | new] without concatenating the score blocks: shared max, two exps
+    sp.mul_(scale)
+    m = torch.maximum(sp.amax(dim=-1, keepdim=True), sn.amax(dim=-1, keepdim=True))
+    ep = sp.sub_(m).exp_()
+    en = sn.sub_(m).exp_()
+    denom = ep.sum(dim=-1, keepdim=True).add_(en.sum(dim=-1, keepdim=True))
+    out = torch.bmm(ep, pv[0])  # [H, N*T, hd]
     out = out.view(h, n, t, hd).permute(1, 0, 2, 3)
-    if has_new:
-        pn = probs[..., p:].reshape(h, n, t, -1).permute(1, 0, 2, 3)  # [N, H, T, S]
-        out = out + torch.matmul(pn, nv)
-    return out
+    pn = en.view(h, n, t, -1).permute(1, 0, 2, 3)  # [N, H, T, S]
+    out = out + torch.matmul(pn, nv)
+    return out / denom.view(h, n, t, 1).permute(1, 0, 2, 3)
 
 
 class SelfAttention(nn.Module):
