@@ -50,8 +50,8 @@ class KronosSummary:
     """The freshest finished Kronos forecast, summarised for display.
 
     ``bands`` maps a quantile label ("q10", "q25", "q50", "q75", "q90") to prices at ``future_ts``. The
-    Kronos expert reports log-return quantiles AT its horizon only, so each band holds one point (the
-    horizon bar); ``median`` is the q50 price."""
+    Kronos expert reports log-return quantiles AT its horizon only, so each band has two points: the
+    close of the forecast bar (known) and the quantile price at the horizon bar; ``median`` is q50."""
 
     ts: int  # base bar the forecast was made at (its close is the last bar used)
     model_version: str
@@ -588,8 +588,8 @@ class Engine:
             self._snap = snap
 
     def _kronos_summary(self, osnap: Any) -> KronosSummary | None:
-        """From the freshest Kronos output: its extras hold log-return quantiles AT the horizon, so the
-        bands are a single point per quantile at the horizon bar (no per-step paths are kept)."""
+        """From the freshest Kronos output: its extras hold log-return quantiles AT the horizon (no
+        per-step paths are kept), so each band runs from the known close to its horizon quantile."""
         if osnap is None:
             return None
         o = next((x for x in osnap.outputs.values()
@@ -601,11 +601,12 @@ class Engine:
         if idx >= len(base["ts"]) or base["ts"][idx] != o.ts:
             return None
         close = float(base["close"][idx])
-        fut = np.array([o.ts + o.horizon * timeframe_ms(self.timeframe)], dtype=np.int64)
-        bands = {k: np.array([close * math.exp(float(o.extras[k]))]) for k in ("q10", "q25", "q50", "q75", "q90")
-                 if k in o.extras and o.extras[k] == o.extras[k]}
+        # two points per band: the known close the forecast starts from, and the quantile at the horizon
+        fut = np.array([o.ts, o.ts + o.horizon * timeframe_ms(self.timeframe)], dtype=np.int64)
+        bands = {k: np.array([close, close * math.exp(float(o.extras[k]))])
+                 for k in ("q10", "q25", "q50", "q75", "q90") if k in o.extras and o.extras[k] == o.extras[k]}
         return KronosSummary(ts=o.ts, model_version=o.model_version, horizon=o.horizon,
                              samples=int(getattr(getattr(self.experts.get(o.expert), "params", None), "samples", 0)),
                              p_up=float(o.probs[2]), expected_return=float(o.expected_return), future_ts=fut,
-                             median=bands.get("q50", np.array([close])), bands=MappingProxyType(bands),
+                             median=bands.get("q50", np.array([close, close])), bands=MappingProxyType(bands),
                              latency_ms=float(o.latency_ms), finished_ms=int(time.time() * 1000))

@@ -247,9 +247,15 @@ def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path)
     cfg = load_config()
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"db_path": str(tmp_path / "e.duckdb"),
                                                                      "timeframes": ["1m", "5m"]})})
+    from test_backtest import tiny_kronos_dir
+
     models = small_models()
-    models = models.model_copy(update={"experts": {n: e.model_copy(update={"enabled": n in ("cnn", "dqn")})
-                                                   for n, e in models.experts.items()}})
+    experts = {n: e.model_copy(update={"enabled": n in ("cnn", "dqn")}) for n, e in models.experts.items()}
+    experts["kronos"] = experts["kronos"].model_copy(update={  # a freshly seeded tiny Kronos on its worker
+        "enabled": True, "device": "cpu",
+        "params": {"model": str(tiny_kronos_dir(tmp_path)), "lookback": 32, "samples": 4, "calibrated": False}})
+    models = models.model_copy(update={"experts": experts})
+    cfg = cfg.model_copy(update={"orchestrator": cfg.orchestrator.model_copy(update={"kronos_every_bars": 2})})
     with MarketStore(cfg.data.db_path) as s:
         s.upsert_candles(KEY, candles.iloc[:150])
     eng = Engine(cfg, models, replay=ReplayConfig(speed=None))
@@ -262,7 +268,13 @@ def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path)
         n_dec = 150 - eng.builder.min_history + 1
         assert snap.mode == "replay" and snap.running and len(snap.recent_decisions) == n_dec
         assert snap.decision.action is Action.BUY and snap.thresholds.buy == 0.0
-        assert set(snap.experts) == {"cnn", "dqn"} and not snap.experts["cnn"].trained
+        assert set(snap.experts) == {"cnn", "dqn", "kronos"} and not snap.experts["cnn"].trained
+        assert snap.experts["kronos"].input_kind == "candles"
+        # the worker's freshest forecast took part in decisions, and the snapshot summarises it
+        assert any("kronos" in d.weights for d in snap.recent_decisions)
+        k = snap.kronos
+        assert k is not None and k.bands["q10"][1] <= k.median[1] <= k.bands["q90"][1]
+        assert k.future_ts[1] - k.future_ts[0] == 5 * 60_000 and k.median[0] > 0
         assert len(snap.candles["1m"]) == 150 and len(snap.candles["5m"]) == 30
         assert len(snap.trades) >= 1 and snap.trades[0].side == "buy"  # BUY at bar k fills at k+1's open
         assert len(snap.positions) == 1 and snap.positions[0].amount > 0
@@ -272,7 +284,7 @@ def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path)
         eng.wait_idle(10)
         assert eng.snapshot().experts["dqn"].enabled is False
         pred = eng.generate_prediction()
-        assert pred["ts"] == int(candles["ts"].iloc[149]) and set(pred["weights"]) == {"cnn"}
+        assert pred["ts"] == int(candles["ts"].iloc[149]) and set(pred["weights"]) == {"cnn", "kronos"}
         with pytest.raises(ValueError, match="unknown expert"):
             eng.set_expert_enabled("nope", True)
     finally:
