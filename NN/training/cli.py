@@ -15,10 +15,8 @@ from core.types import SeriesKey
 log = logging.getLogger(__name__)
 
 
-def _ms(text: str | None) -> int | None:
+def _ms(text: str) -> int:
     """--from/--to: ISO date/time (UTC) or epoch milliseconds."""
-    if text is None:
-        return None
     if text.isdigit():
         return int(text)
     try:
@@ -33,8 +31,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbol", default=None, help="ccxt symbol (default: first of data.symbols)")
     p.add_argument("--timeframe", default=None, help="base timeframe (default: data.base_timeframe)")
     p.add_argument("--exchange", default=None, help="exchange id of the stored series (default: data.exchange)")
-    p.add_argument("--from", dest="start", default=None, help="first candle (ISO UTC or epoch ms)")
-    p.add_argument("--to", dest="end", default=None, help="end, exclusive (ISO UTC or epoch ms)")
+    p.add_argument("--from", dest="start", type=_ms, default=None, help="first candle (ISO UTC or epoch ms)")
+    p.add_argument("--to", dest="end", type=_ms, default=None, help="end, exclusive (ISO UTC or epoch ms)")
     p.add_argument("--db", default=None, help="DuckDB file (default: data.db_path)")
     p.add_argument("--models-dir", default=None, help="checkpoint folder (default: training.models_dir)")
     p.add_argument("--threads", type=int, default=1,
@@ -85,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     app, models, key, store, models_dir = _context(args)
     names = [n.strip() for n in args.experts.split(",") if n.strip()]
     try:
-        res = run_training(store, key, models, app, names, start_ms=_ms(args.start), end_ms=_ms(args.end),
+        res = run_training(store, key, models, app, names, start_ms=args.start, end_ms=args.end,
                            epochs=args.epochs, models_dir=models_dir,
                            runs_dir=Path(args.runs_dir) if args.runs_dir else app.resolve(app.training.runs_dir),
                            progress=not args.no_progress, max_steps_per_epoch=args.max_steps,
@@ -108,7 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     app, models, key, store, models_dir = _context(args)
     names = [n.strip() for n in args.experts.split(",")] if args.experts else None
     try:
-        report = run_evaluation(store, key, models, app, start_ms=_ms(args.start), end_ms=_ms(args.end),
+        report = run_evaluation(store, key, models, app, start_ms=args.start, end_ms=args.end,
                                 models_dir=models_dir, names=names)
     except ValueError as exc:
         print(f"evaluate: {exc}")

@@ -324,7 +324,8 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
         except ImportError as exc:
             raise ValueError(f"kronos training is not available in this build: {exc}") from None
         path = train_kronos(store, key, start_ms=start_ms, end_ms=end_ms, models_dir=models_dir,
-                            runs_dir=runs_dir or Path("runs"), epochs=epochs, progress=progress)
+                            runs_dir=runs_dir or Path("runs"), epochs=epochs, progress=progress,
+                            device=models.experts["kronos"].device)
         results["kronos"] = {"checkpoint": str(path)}
     if not feature_names and GATE_NAME not in names:
         return results
