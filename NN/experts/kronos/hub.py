@@ -55,8 +55,11 @@ def resolve_files(path_or_id: str | Path) -> dict[str, Path]:
                 "the cache or the directory here), or pass a local directory holding config.json and "
                 "model.safetensors") from None
         except Exception as exc:  # repo missing, network error, auth: keep the cause in one line
-            raise CheckpointNotFound(f"{repo}/{f}: could not be obtained from the hub ({type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            cause = str(exc).splitlines()[0] if str(exc) else ""
+            raise CheckpointNotFound(
+                f"{repo}/{f} could not be obtained from the hub ({type(exc).__name__}: {cause}); obtain it with "
+                f"`huggingface-cli download {repo}` where the hub is reachable, or pass a local directory holding "
+                "config.json and model.safetensors") from None
     return out
 
 
