@@ -144,3 +144,16 @@ def test_train_refuses_unknown_series(trained: dict, capsys: pytest.CaptureFixtu
                              "--models-dir", str(trained["tmp"] / "m2"), "--no-progress"])
     assert rc == 1
     assert "no candles for" in capsys.readouterr().out
+
+
+def test_second_train_starts_from_the_best_checkpoint(trained: dict) -> None:
+    with MarketStore(trained["db"], read_only=True) as store:
+        first = CheckpointRegistry(store, trained["tmp"] / "models").best("cnn").version
+    rc = main_backtest.main(["--models", str(trained["tmp"] / "models.yml"), "train", "--experts", "cnn",
+                             "--db", str(trained["db"]), "--models-dir", str(trained["tmp"] / "models"),
+                             "--epochs", "1", "--max-steps", "2", "--no-progress",
+                             "--runs-dir", str(trained["tmp"] / "runs")])
+    assert rc == 0
+    with MarketStore(trained["db"], read_only=True) as store:
+        rows = CheckpointRegistry(store, trained["tmp"] / "models").list("cnn")
+    assert len(rows) == 2 and rows[-1].meta["resumed_from"] == first

@@ -341,16 +341,18 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
             for name in feature_names:
                 cfg = models.experts[name]
                 expert = build_expert(name, cfg, prep.batch.spec)
+                resumed_from = None
                 try:
                     if registry.load_into(expert):  # continue from the best checkpoint
                         log.info("%s: starting from checkpoint %s", name, expert.version)
+                        resumed_from = expert.version
                 except ValueError as exc:  # architecture changed: start fresh, say why
                     log.warning("%s: best checkpoint not loadable (%s); training from scratch", name, exc)
                 res = train_expert(expert, prep, epochs or 10, writer=writer, task=task,
                                    max_steps_per_epoch=max_steps_per_epoch, patience=patience)
                 version = registry.register(
                     name, expert.state_dict(), res.val_logloss, cfg.checkpoints,
-                    {**meta_base, "horizon": cfg.horizon, "epochs_run": res.epochs_run,
+                    {**meta_base, "horizon": cfg.horizon, "resumed_from": resumed_from, "epochs_run": res.epochs_run,
                      "best_epoch": res.best_epoch, **res.extra},
                 )
                 results[name] = {"version": version, "val_logloss": res.val_logloss, "epochs_run": res.epochs_run,
