@@ -90,6 +90,7 @@ class TrainerSpec:
     threads: int = 1
     max_steps_per_round: int = 200
     min_steps_per_round: int = 0  # > 0: at least this many replay mini-batches/chunks per round (saturates)
+    nice: int = 10  # trainers run at a lower CPU priority: the decision path wins contended cores
 
 
 # ---------------------------------------------------------------- engine-side sample buffer
@@ -331,6 +332,8 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
     from core.features import FeatureBuilder
     from NN.experts.registry import build_expert
 
+    if spec.nice > 0 and hasattr(os, "nice"):
+        os.nice(spec.nice)
     torch.set_num_threads(max(1, spec.threads))
     builder = FeatureBuilder(spec.features, spec.base_timeframe)
     cfg = spec.expert_cfg.model_copy(update={"device": "cpu"}) if spec.expert_cfg.device == "auto" else spec.expert_cfg
@@ -428,7 +431,7 @@ class TrainingManager:
                  registry: Any | None = None, *, key: SeriesKey | None = None, dead_zone: float,
                  models_dir: str | Path = "models", runs_dir: str | Path = "runs",
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0, threads: int = 1,
-                 keep_history: int = 3, min_steps_per_round: int = 0) -> None:
+                 keep_history: int = 3, min_steps_per_round: int = 0, nice: int = 10) -> None:
         if not dead_zone >= 0:
             raise ValueError(f"dead_zone must be >= 0, got {dead_zone!r}")
         self.store = store
@@ -445,6 +448,7 @@ class TrainingManager:
         self.backoff_max_s = float(backoff_max_s)
         self.threads = int(threads)
         self.min_steps_per_round = int(min_steps_per_round)
+        self.nice = int(nice)
         self.bar_ms = timeframe_ms(self.spec.timeframes[0])
         trainable = {n: e for n, e in experts.items() if getattr(e, "input_kind", "features") == "features"}
         self._trainable = trainable
@@ -485,7 +489,7 @@ class TrainingManager:
                 base_timeframe=self.spec.timeframes[0], dead_zone=self.dead_zone, online=cfg.online,
                 checkpoint_dir=str((self.models_dir / name / "online").resolve()),
                 run_dir=str((self.runs_dir / "online" / name / stamp).resolve()), threads=self.threads,
-                min_steps_per_round=self.min_steps_per_round)
+                min_steps_per_round=self.min_steps_per_round, nice=self.nice)
             t = self._trainers[name] = t or _Trainer(spec=spec)
             t.spec = spec
             t.wanted = True
@@ -562,6 +566,13 @@ class TrainingManager:
         with self._buf_lock:
             self.buffer.append(batch, pos)
         return self._release()
+
+    def feed_frames(self, frames: dict[str, pd.DataFrame], position: float | None = None,
+                    ref: pd.DataFrame | None = None) -> int:
+        """Fallback when the decision path's FeatureBatch is not at hand: builds the row itself
+        (FeatureBuilder.build_one on the provider's frames: one more feature build per bar)."""
+        symbol = self.key.symbol if self.key is not None else ""
+        return self.feed(self.builder.build_one(frames, ref, symbol=symbol), position)
 
     def _release(self) -> int:
         sent = 0
@@ -749,27 +760,50 @@ class TrainingManager:
             ex.version = ""
         return ex
 
+    def _next_jobs(self) -> list[tuple] | None:
+        """Block for one job, then take whatever else is queued; per expert only the NEWEST
+        checkpoint is judged (older ones are superseded: their files are removed). None = stop."""
+        jobs = [self._jobs.get()]
+        while True:
+            try:
+                jobs.append(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        if any(j is None for j in jobs):
+            return None
+        newest: dict[str, tuple] = {}
+        for j in jobs:
+            old = newest.get(j[0].name)
+            if old is not None:
+                Path(old[1]["path"]).unlink(missing_ok=True)
+            newest[j[0].name] = j
+        return list(newest.values())
+
     def _evaluate_loop(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
+            jobs = self._next_jobs()
+            if jobs is None:
                 return
-            spec, body, batch, labels, champ_version, champ_state = job
-            path = Path(body["path"])
-            try:
-                champ = self._scratch_expert(spec.name, "champion")
-                if champ.version != champ_version:
-                    champ.load_state_dict(copy.deepcopy(champ_state))
-                    champ.version = champ_version
-                chall = self._scratch_expert(spec.name, "challenger")
-                state = torch.load(path, map_location="cpu", weights_only=False)
-                chall.load_state_dict(state)
-                verdict = evaluate(champ, chall, batch, labels, spec.online.promote_margin, MIN_VAL_SAMPLES)
-                self._results.put((spec.name, body["version"], path, state, verdict, champ_version))
-            except Exception as exc:  # a broken checkpoint is reported, never applied
-                self._results.put((spec.name, body["version"], path, None,
-                                   Verdict(False, float("nan"), float("nan"), spec.online.promote_margin, 0,
-                                           f"evaluation failed: {type(exc).__name__}: {exc}"), champ_version))
+            for job in jobs:
+                self._evaluate_one(*job)
+
+    def _evaluate_one(self, spec: TrainerSpec, body: dict, batch: FeatureBatch, labels: np.ndarray,
+                      champ_version: str, champ_state: dict[str, Any]) -> None:
+        path = Path(body["path"])
+        try:
+            champ = self._scratch_expert(spec.name, "champion")
+            if champ.version != champ_version:
+                champ.load_state_dict(copy.deepcopy(champ_state))
+                champ.version = champ_version
+            chall = self._scratch_expert(spec.name, "challenger")
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            chall.load_state_dict(state)
+            verdict = evaluate(champ, chall, batch, labels, spec.online.promote_margin, MIN_VAL_SAMPLES)
+            self._results.put((spec.name, body["version"], path, state, verdict, champ_version))
+        except Exception as exc:  # a broken checkpoint is reported, never applied
+            self._results.put((spec.name, body["version"], path, None,
+                               Verdict(False, float("nan"), float("nan"), spec.online.promote_margin, 0,
+                                       f"evaluation failed: {type(exc).__name__}: {exc}"), champ_version))
 
     def _collect_verdicts(self) -> list[Swap]:
         swaps = []
