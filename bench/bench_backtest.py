@@ -94,7 +94,23 @@ def bench_loop(candles, repeats: int = 5) -> dict[str, float]:
             "loop_repeats": repeats}
 
 
-def bench_full(candles, repeats: int = 3) -> dict[str, float]:
+def fitted_gate_state(comps, candles) -> dict:
+    """A gate trained the way the trainer does it (MoEGate.fit on expert outputs with their labels),
+    here on the first 20% of the file; fitting is NOT timed, the backtest then loads it."""
+    from NN.training.datasets import make_labels
+
+    part = candles.iloc[: len(candles) // 5]
+    batch = comps.builder.build_many(part, symbol="BTC/USDT")
+    probs = np.stack([comps.experts[n].predict_many(batch).probs for n in comps.experts], axis=1)
+    labels = make_labels(batch.close.astype(np.float64), 5, 0.002)
+    ok = labels >= 0
+    comps.gate.fit(probs[ok], batch.regime[ok].astype(np.float64), labels[ok])
+    return comps.gate.state_dict()
+
+
+def bench_full(candles, repeats: int) -> dict[str, float]:
+    """Each repeat: build the components (as `run` does) and backtest the whole file, once with the
+    online Hedge gate (walked bar by bar) and once with a trained gate (fused in batches)."""
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -102,26 +118,34 @@ def bench_full(candles, repeats: int = 3) -> dict[str, float]:
     models = load_models()
     spec = spec_from_config(cfg, models, exchange="binanceus", symbol="BTC/USDT", timeframe="1m",
                             thresholds=Thresholds(0.4, 0.4), mode="fast")
-    times, stages = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        comps = build_components(models, "1m", ["cnn", "transformer", "dqn"])
-        res = Backtester(comps, spec, cfg.execution, cfg.risk).run(candles)
-        times.append(time.perf_counter() - t0)
-        stages.append(res.stats)
-    med = statistics.median(times)
-    i = times.index(sorted(times)[len(times) // 2])
-    return {"full_backtest_s": med, "full_backtest_bars": len(candles), "full_backtest_repeats": repeats,
-            "full_backtest_decisions": int(res.decided.sum()), "full_backtest_fills": len(res.fills),
-            **{f"full_{k}": round(v, 3) for k, v in stages[i].items()},
-            "torch_threads": torch.get_num_threads()}
+    gate_state = fitted_gate_state(build_components(models, "1m", ["cnn", "transformer", "dqn"]), candles)
+    out: dict[str, float] = {}
+    for label, trained in (("full_backtest", False), ("full_backtest_trained_gate", True)):
+        times, stages = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            comps = build_components(models, "1m", ["cnn", "transformer", "dqn"])
+            if trained:
+                comps.gate.load_state_dict(gate_state)
+            res = Backtester(comps, spec, cfg.execution, cfg.risk, keep_decisions=False).run(candles)
+            times.append(time.perf_counter() - t0)
+            stages.append(res.stats)
+        i = times.index(sorted(times)[len(times) // 2])
+        out[f"{label}_s"] = statistics.median(times)
+        out.update({f"{label}_{k}": round(v, 3) for k, v in stages[i].items()})
+        out[f"{label}_fills"] = len(res.fills)
+    out.update({"full_backtest_bars": len(candles), "full_backtest_decisions": int(res.decided.sum()),
+                "full_backtest_repeats": repeats, "torch_threads": torch.get_num_threads()})
+    return out
 
 
 def main() -> None:
     candles = load_file(shared_data_dir() / "binanceus" / "BTC_USDT-1m.csv")
-    out: dict[str, object] = {"machine_load_1m": os.getloadavg()[0], "cpus": os.cpu_count()}
-    out.update(bench_loop(candles))
-    out.update(bench_full(candles))
+    repeats = int(os.environ.get("BENCH_REPEATS", "3"))
+    out: dict[str, object] = {"machine_load_1m_start": os.getloadavg()[0], "cpus": os.cpu_count()}
+    out.update(bench_loop(candles, max(repeats, 5)))
+    out.update(bench_full(candles, repeats))
+    out["machine_load_1m_end"] = os.getloadavg()[0]
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
 
 
