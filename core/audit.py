@@ -41,6 +41,9 @@ PREDICTION_COLUMNS = ["run_id", "decision_id", "ts", "symbol", "expert", "model_
                       "weight", "extras"]
 
 
+MEMORY_ROWS = 200_000  # decisions a store-less writer keeps (backtests fit; a live run stays bounded)
+
+
 class _Store(Protocol):
     def execute(self, sql: str, params: list | tuple | None = None) -> None: ...
     def write_df(self, table: str, df: pd.DataFrame, mode: str = "append") -> int: ...
@@ -102,6 +105,11 @@ class AuditWriter:
             self._dec.append(row)
             self._pred.extend(preds)
             due = len(self._dec) >= self.flush_every
+            if self.store is None and len(self._dec) > MEMORY_ROWS:  # memory-only: keep the newest
+                drop = len(self._dec) - MEMORY_ROWS
+                gone = {r[1] for r in self._dec[:drop]}
+                self._dec = self._dec[drop:]
+                self._pred = [p for p in self._pred if p[1] not in gone]
         if due:
             self.flush()
 
