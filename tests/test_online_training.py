@@ -102,14 +102,17 @@ def test_dqn_learns_from_realised_positions(models, builder, candles) -> None:
     position = (past > 0).astype(np.float64)
     n = push_experience(dqn, rows, position, 60_000)
     pidx = (np.sign(position) + 1).astype(int)
-    keep = ~((pidx[:-1] == 2) & (pidx[1:] == 1))  # long -> flat has no DQN action: skipped
+    before, after = pidx[:-2], pidx[1:-1]  # bar j: held after bar j-1's decision -> after bar j's
+    keep = ~((before == 2) & (after == 1))  # long -> flat has no DQN action: skipped
     assert n == int(keep.sum()) == dqn.buffer.n > 0
-    ret = np.diff(np.log(rows.close))
+    ret = np.log(rows.close[2:] / rows.close[1:-1])  # bar j earns close[j] -> close[j+1]
     fee = dqn.params.fee_bps / 1e4
-    want = POSITIONS[pidx[1:]] * ret - fee * np.abs(POSITIONS[pidx[1:]] - POSITIONS[pidx[:-1]])
+    want = POSITIONS[after] * ret - fee * np.abs(POSITIONS[after] - POSITIONS[before])
     np.testing.assert_allclose(dqn.buffer.r[:n], (want[keep] * dqn.params.reward_scale).astype(np.float32),
                                rtol=1e-5)
-    assert np.array_equal(dqn.buffer.p[:n], pidx[:-1][keep])
+    assert np.array_equal(dqn.buffer.p[:n], before[keep]) and np.array_equal(dqn.buffer.p2[:n], after[keep])
+    s = dqn.states(rows)
+    np.testing.assert_array_equal(dqn.buffer.s[:n], s[1:-1][keep])
 
 
 def _wait(cond, timeout: float, mgr: TrainingManager, feed=None) -> None:

@@ -235,29 +235,32 @@ def _writer(run_dir: str | None) -> Any:
 
 
 def push_experience(dqn: Any, batch: FeatureBatch, position: np.ndarray, bar_ms: int) -> int:
-    """Feed a DQN its own paper-trading experience: transitions between consecutive bars with known
-    realised positions (sign -1/0/+1). The DQN's actions are sell->short, hold, buy->long, so a
-    move to flat from a non-flat position has no action and ends the run there. Returns the number
-    of transitions pushed."""
+    """Feed a DQN its own paper-trading experience. ``position[j]`` is the realised position (sign
+    -1/0/+1) held after the decision at bar j, so the transition of bar j goes from position[j-1] to
+    position[j] and earns position[j] * log(close[j+1] / close[j]) minus the fee on the change: it
+    needs bars j-1, j and j+1 (contiguous, positions known). The DQN's actions are sell->short, hold,
+    buy->long, so a move to flat from a non-flat position has no action: such bars are skipped.
+    Returns the number of transitions pushed."""
     from NN.experts.dqn import POSITIONS
 
     pos = np.asarray(position, dtype=np.float64)
-    ok = np.isfinite(pos)
-    if ok.sum() < 2:
+    n = len(pos)
+    if n < 3:
         return 0
+    ok = np.isfinite(pos)
     s = dqn.states(batch)
-    pidx = np.where(ok, np.sign(np.nan_to_num(pos)) + 1, -1).astype(np.int64)
-    ret = np.diff(np.log(np.asarray(batch.close, np.float64)))
-    nxt = pidx[1:]
-    act = np.where(nxt == pidx[:-1], 1, np.where(nxt == 2, 2, np.where(nxt == 0, 0, -1)))
-    valid = (ok[:-1] & ok[1:] & (np.diff(batch.ts) == bar_ms) & (act >= 0))
+    pidx = np.where(ok, np.sign(np.nan_to_num(pos)) + 1, 1).astype(np.int64)
+    ret = np.diff(np.log(np.asarray(batch.close, np.float64)))[1:]  # bar j = 1..n-2
+    before, after = pidx[:-2], pidx[1:-1]
+    act = np.where(after == before, 1, np.where(after == 2, 2, np.where(after == 0, 0, -1)))
+    step = np.diff(np.asarray(batch.ts, np.int64)) == bar_ms
+    valid = ok[:-2] & ok[1:-1] & step[:-1] & step[1:] & (act >= 0)
     fee = dqn.params.fee_bps / 1e4
+    rew = POSITIONS[after] * ret - fee * np.abs(POSITIONS[after] - POSITIONS[before])
     pushed = 0
     edges = np.flatnonzero(np.diff(np.concatenate([[0], valid.astype(np.int8), [0]])))
-    for a, b in zip(edges[::2], edges[1::2], strict=True):  # runs of valid transitions a..b-1
-        rew = POSITIONS[pidx[a + 1 : b + 1]] * ret[a:b] - fee * np.abs(
-            POSITIONS[pidx[a + 1 : b + 1]] - POSITIONS[pidx[a:b]])
-        dqn._push_nstep(s[a : b + 1], pidx[a : b + 1], act[a:b], rew)
+    for a, b in zip(edges[::2], edges[1::2], strict=True):  # transitions t = a..b-1 (bar j = t + 1)
+        dqn._push_nstep(s[a + 1 : b + 2], pidx[a : b + 1], act[a:b], rew[a:b])
         pushed += b - a
     return pushed
 
@@ -292,8 +295,8 @@ def _train_round(expert: Any, data: _TrainData, spec: TrainerSpec, fspec: Featur
             if np.isfinite(m.get("loss", np.nan)):
                 losses.append(float(m["loss"]))
         new_exp = np.flatnonzero((d["ts"] > data.experience_until) & np.isfinite(d["position"]))
-        if len(new_exp) >= 2:
-            sl = slice(max(0, int(new_exp[0]) - 1), n_all)
+        if len(new_exp) >= 1:
+            sl = slice(max(0, int(new_exp[0]) - 2), n_all)  # bar j's transition needs bar j-1
             if push_experience(expert, batch_all.take(sl), d["position"][sl], timeframe_ms(spec.base_timeframe)):
                 if expert.buffer.n >= expert.params.warmup:
                     losses.append(expert._update())
