@@ -95,12 +95,15 @@ class ReplayBuffer:
         self.i = 0
 
     def push(self, s, p, a, r, s2, p2, g) -> None:
-        for k in range(len(a)):
-            j = self.i
-            self.s[j], self.p[j], self.a[j], self.r[j] = s[k], p[k], a[k], r[k]
-            self.s2[j], self.p2[j], self.g[j] = s2[k], p2[k], g[k]
-            self.i = (self.i + 1) % self.cap
-            self.n = min(self.n + 1, self.cap)
+        k = len(a)
+        if k > self.cap:  # only the newest `cap` survive a ring buffer anyway
+            s, p, a, r, s2, p2, g = (x[k - self.cap :] for x in (s, p, a, r, s2, p2, g))
+            k = self.cap
+        j = (self.i + np.arange(k)) % self.cap
+        self.s[j], self.p[j], self.a[j], self.r[j] = s, p, a, r
+        self.s2[j], self.p2[j], self.g[j] = s2, p2, g
+        self.i = int((self.i + k) % self.cap)
+        self.n = min(self.n + k, self.cap)
 
     def sample(self, rng: np.random.Generator, k: int) -> tuple[np.ndarray, ...]:
         j = rng.integers(0, self.n, size=k)
