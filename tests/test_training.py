@@ -157,3 +157,34 @@ def test_second_train_starts_from_the_best_checkpoint(trained: dict) -> None:
     with MarketStore(trained["db"], read_only=True) as store:
         rows = CheckpointRegistry(store, trained["tmp"] / "models").list("cnn")
     assert len(rows) == 2 and rows[-1].meta["resumed_from"] == first
+
+
+def test_training_draws_only_from_the_train_part(shared_data: Path) -> None:
+    """Mini-batches (supervised) and episode chunks (DQN) come only from the train part, in time order
+    inside a DQN chunk; the parts are chronological with the configured gap between them."""
+    from core.config import load_config
+    from NN.training.trainer import prepare, train_expert
+
+    models = load_models()
+    models.labels.dead_zone_bps = 5  # a short calm slice: see the `trained` fixture
+    candles = load_candles(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[:3000]
+    prep = prepare(candles, KEY, models, load_config())
+    assert prep.train.stop + models.split.gap_bars == prep.val.start
+    assert prep.val.stop + models.split.gap_bars == prep.test.start
+    train_end_ts = prep.batch.ts[prep.train.stop - 1]
+    for name in ("cnn", "dqn"):
+        ex = build_expert(name, models.experts[name].model_copy(update={"device": "cpu"}), prep.batch.spec)
+        seen: list[np.ndarray] = []
+        inner = ex.train_step
+
+        def spy(batch, labels, fwd, _inner=inner, _seen=seen):
+            _seen.append(batch.ts.copy())
+            return _inner(batch, labels, fwd)
+
+        ex.train_step = spy
+        train_expert(ex, prep, epochs=1, max_steps_per_epoch=3)
+        assert seen and all(ts.max() <= train_end_ts for ts in seen)
+        if name == "dqn":
+            assert all((np.diff(ts) == 60_000).all() for ts in seen)  # consecutive bars
+        else:
+            assert any((np.diff(ts) != 60_000).any() for ts in seen)  # random within the part
