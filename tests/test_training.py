@@ -188,3 +188,13 @@ def test_training_draws_only_from_the_train_part(shared_data: Path) -> None:
             assert all((np.diff(ts) == 60_000).all() for ts in seen)  # consecutive bars
         else:
             assert any((np.diff(ts) != 60_000).any() for ts in seen)  # random within the part
+
+
+def test_train_kronos_is_delegated(trained: dict) -> None:
+    """`train --experts kronos` hands over to NN.experts.kronos.train.train_kronos (smoke preset)."""
+    out = trained["tmp"] / "kronos-models"
+    rc = main_backtest.main(["--models", str(trained["tmp"] / "models.yml"), "train", "--experts", "kronos",
+                             "--kronos-preset", "nano-smoke", "--db", str(trained["db"]), "--models-dir", str(out),
+                             "--runs-dir", str(trained["tmp"] / "runs"), "--no-progress"])
+    assert rc == 0
+    assert [p.name for p in (out / "kronos").iterdir()][0].startswith("nano-smoke")

@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--patience", type=int, default=3, help="epochs without val improvement before stopping")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--runs-dir", default=None, help="TensorBoard log folder (default: training.runs_dir)")
+    t.add_argument("--kronos-preset", default="nano", help="train_kronos preset for --experts kronos (nano | nano-smoke)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="score experts, fused and climatology on the test split")
@@ -87,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                            epochs=args.epochs, models_dir=models_dir,
                            runs_dir=Path(args.runs_dir) if args.runs_dir else app.resolve(app.training.runs_dir),
                            progress=not args.no_progress, max_steps_per_epoch=args.max_steps,
-                           patience=args.patience)
+                           patience=args.patience, kronos_preset=args.kronos_preset)
     except ValueError as exc:
         print(f"train: {exc}")
         return 1

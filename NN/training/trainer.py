@@ -310,7 +310,8 @@ def ts_range_meta(prep: Prepared) -> dict[str, int]:
 def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: AppConfig, names: list[str], *,
                  start_ms: int | None = None, end_ms: int | None = None, epochs: int | None = None,
                  models_dir: Path, runs_dir: Path | None, progress: bool = True,
-                 max_steps_per_epoch: int | None = None, patience: int = 3) -> dict[str, Any]:
+                 max_steps_per_epoch: int | None = None, patience: int = 3,
+                 kronos_preset: str = "nano") -> dict[str, Any]:
     """The ``train`` command: train the named experts (and/or 'moe'), register checkpoints."""
     registry = CheckpointRegistry(store, models_dir)
     results: dict[str, Any] = {}
@@ -324,7 +325,7 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
         except ImportError as exc:
             raise ValueError(f"kronos training is not available in this build: {exc}") from None
         path = train_kronos(store, key, start_ms=start_ms, end_ms=end_ms, models_dir=models_dir,
-                            runs_dir=runs_dir or Path("runs"), epochs=epochs, progress=progress,
+                            runs_dir=runs_dir or Path("runs"), preset=kronos_preset, epochs=epochs, progress=progress,
                             device=models.experts["kronos"].device)
         results["kronos"] = {"checkpoint": str(path)}
     if not feature_names and GATE_NAME not in names:
