@@ -217,7 +217,8 @@ def train_expert(expert: Expert, prep: Prepared, epochs: int, *, patience: int =
             best = (vl, ep, copy.deepcopy(expert.state_dict()), cal)
         elif ep - best[1] >= patience:
             break  # early stopping on validation log loss
-    assert best[2] is not None
+    if best[2] is None:
+        raise ValueError(f"{expert.name}: validation log loss was never finite (diverged training?)")
     version = expert.version
     expert.load_state_dict(best[2])
     expert.version = version
