@@ -22,7 +22,15 @@ from core.types import CANDLE_COLUMNS, SeriesKey
 from NN.experts.dqn import POSITIONS
 from NN.experts.registry import build_expert
 from NN.training.datasets import make_labels
-from NN.training.online import FeedBuffer, TrainingManager, push_experience, split_release
+from NN.training.online import (
+    FeedBuffer,
+    TrainerSpec,
+    TrainingManager,
+    _train_round,
+    _TrainData,
+    push_experience,
+    split_release,
+)
 
 torch.set_num_threads(1)
 
@@ -93,6 +101,38 @@ def test_labels_reach_trainers_only_after_maturing(builder, candles) -> None:
     assert len(sent_ts) == len(rows) - 2 * h - val_bars + 1  # all but the validation window + gap
 
 
+def test_trainer_never_trains_on_its_validation_window(models, builder, candles) -> None:
+    h, val_bars = 5, 60
+    rows = builder.build_many(candles, symbol=KEY.symbol, rows=slice(STORED - 400, STORED))
+    close = candles["close"].to_numpy()[STORED - 400 : STORED]
+    y = make_labels(close, h, DZ)
+    fwd = np.log(close[h:] / close[:-h])
+    n = len(rows) - h  # rows whose label matured inside this slice
+
+    def part(a: int, b: int) -> dict:
+        return {"ts": rows.ts[a:b], "close": rows.close[a:b], "windows": rows.windows[a:b], "flat": rows.flat[a:b],
+                "regime": rows.regime[a:b], "labels": y[a:b], "fwd": fwd[a:b], "position": np.full(b - a, np.nan)}
+
+    cfg = models.experts["cnn"]
+    spec = TrainerSpec(name="cnn", expert_cfg=cfg, features=models.features, base_timeframe="1m", dead_zone=DZ,
+                       online=cfg.online.model_copy(update={"val_bars": val_bars}), checkpoint_dir="", run_dir=None)
+    torch.manual_seed(0)
+    ex = build_expert("cnn", cfg, builder.spec)
+    seen: list[int] = []
+    step = ex.train_step
+    ex.train_step = lambda b, yy, rr: (seen.extend(b.ts.tolist()), step(b, yy, rr))[1]
+    data = _TrainData(1000)
+    rng = np.random.default_rng(0)
+    for a, b in ((0, n - 40), (n - 40, n)):  # two rounds: new matured rows arrive in between
+        data.add(part(a, b))
+        n_train, val = data.split(h, 60_000, val_bars)
+        val_ts = data.d["ts"][val]
+        assert len(val) == val_bars and np.array_equal(val_ts, rows.ts[b - val_bars : b])
+        _train_round(ex, data, n_train, spec, builder.spec, rng)
+        assert seen and max(seen) + h * 60_000 <= val_ts[0]  # label spans end before the window
+    assert not set(seen) & set(rows.ts[n - val_bars : n].tolist())
+
+
 def test_dqn_learns_from_realised_positions(models, builder, candles) -> None:
     cfg = models.experts["dqn"].model_copy(update={"params": {**models.experts["dqn"].params, "n_step": 1}})
     dqn = build_expert("dqn", cfg, builder.spec)
@@ -146,6 +186,8 @@ def test_trainer_process_trains_restarts_after_sigkill_and_stops(models, builder
         _wait(lambda: mgr.status()["cnn"].steps > 0 and mgr.status()["cnn"].last_verdict != "", 120, mgr)
         st = mgr.status()["cnn"]
         assert st.samples_per_s > 0 and np.isfinite(st.loss) and st.last_publish is not None
+        # judged in the trainer process on its withheld window (60 seeded validation samples)
+        assert np.isfinite(st.challenger_score) and np.isfinite(st.champion_score)
         assert list((tmp_path / "runs" / "online" / "cnn").glob("*/events.out.tfevents.*"))
 
         # live bars: their samples reach the trainer once matured and outside the validation window

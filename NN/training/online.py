@@ -2,20 +2,22 @@
 
 Engine side (``TrainingManager``, called from the engine thread):
   feed(batch)   the FeatureBatch row(s) the decision path just built (+ the position held). Rows sit
-                in a small buffer until their label MATURES (h later bars arrived, contiguous); the
-                newest ``val_bars`` matured samples of each horizon form the validation window and are
-                withheld from training (plus an h-bar gap so label spans never overlap); older
-                matured samples are sent to the trainers.
+                in a small buffer until their label MATURES (h later bars arrived, contiguous); then
+                they are sent to the running trainers.
   poll()        non-blocking: drains status queues, restarts crashed trainers (back-off 1 s doubling,
-                capped), hands published checkpoints to a background evaluator thread, and returns
-                the Swaps (promotions, rollbacks) to apply between two decisions.
-Trainer side (``trainer_main``, a spawned process): never opens the DuckDB file. It receives the
-live weights, candles for its replay history (it builds those features itself with the same
-FeatureBuilder) and matured samples; every ``cadence_s`` it trains on the fresh samples plus as many
-replayed ones (learning rate ``online.lr``, mini-batches of ``batch_size``; the DQN trains on
-chronological chunks and also learns from the realised paper-trading positions), publishes a
-checkpoint atomically (Expert.save: temp file + os.replace) and reports its path; TensorBoard
-scalars go to runs/online/<expert>/<timestamp>.
+                capped), turns the trainers' verdicts into Swaps (promotions, rollbacks) to apply
+                between two decisions.
+Trainer side (``trainer_main``, a spawned process, niced): never opens the DuckDB file. It receives
+the live weights, candles for its replay history (it builds those features itself with the same
+FeatureBuilder) and matured samples. The newest ``val_bars`` matured samples are its validation
+window and are never trained on (nor anything within ``horizon`` bars before them). Every
+``cadence_s`` it trains on the fresh samples plus as many replayed ones (learning rate ``online.lr``,
+mini-batches of ``batch_size``; the DQN trains on chronological chunks and also learns from the
+realised paper-trading positions), publishes a checkpoint atomically (Expert.save: temp file +
+os.replace), scores it and the live weights on the validation window (off the engine process) and
+reports path + scores; the manager applies the promotion rule (NN/training/promotion.py).
+TensorBoard scalars go to runs/online/<expert>/<timestamp>. ``submit_checkpoint`` judges any other
+checkpoint file on an engine-side background thread with the manager's own validation window.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from NN.training.promotion import (
     Swap,
     Verdict,
     evaluate,
+    judge,
     state_from_bytes,
     state_to_bytes,
 )
@@ -207,8 +210,20 @@ class _TrainData:
         keep = keep[np.argsort(ts[keep], kind="stable")][-self.cap :]
         self.d = {k: v[keep] for k, v in merged.items()}
 
-    def fresh(self) -> np.ndarray:
-        return np.flatnonzero(self.d["ts"] > self.trained_until) if self.d is not None else np.zeros(0, np.int64)
+    def split(self, horizon: int, bar_ms: int, val_bars: int) -> tuple[int, np.ndarray]:
+        """(n_train, validation row indices): every row here has a matured label; the newest
+        ``val_bars`` are the validation window, never trained on, and only rows at least ``horizon``
+        bars before it are trainable (a prefix, rows being ts-sorted)."""
+        if self.d is None:
+            return 0, np.zeros(0, np.int64)
+        ts = self.d["ts"]
+        send, val = split_release(ts, np.arange(len(ts)), horizon, bar_ms, val_bars, np.iinfo(np.int64).min)
+        return len(send), val
+
+    def fresh(self, n_train: int) -> np.ndarray:
+        if self.d is None:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(self.d["ts"][:n_train] > self.trained_until)
 
 
 def _drain(inbox: Any, timeout: float) -> list[tuple]:
@@ -265,13 +280,14 @@ def push_experience(dqn: Any, batch: FeatureBatch, position: np.ndarray, bar_ms:
     return pushed
 
 
-def _train_round(expert: Any, data: _TrainData, spec: TrainerSpec, fspec: FeatureSpec,
+def _train_round(expert: Any, data: _TrainData, n_train: int, spec: TrainerSpec, fspec: FeatureSpec,
                  rng: np.random.Generator) -> tuple[int, int, list[float]]:
-    """One cadence round; returns (steps, samples, losses)."""
-    d = data.d
-    assert d is not None
-    fresh = data.fresh()
-    n_all = len(d["ts"])
+    """One cadence round over the trainable prefix (validation rows excluded); returns (steps,
+    samples, losses)."""
+    assert data.d is not None
+    d = {k: v[:n_train] for k, v in data.d.items()}
+    fresh = data.fresh(n_train)
+    n_all = n_train
     batch_all = FeatureBatch("", spec.base_timeframe, d["ts"], d["close"], d["windows"], d["flat"],
                              d["regime"], fspec)
     steps, samples, losses = 0, 0, []
@@ -341,7 +357,12 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
     builder = FeatureBuilder(spec.features, spec.base_timeframe)
     cfg = spec.expert_cfg.model_copy(update={"device": "cpu"}) if spec.expert_cfg.device == "auto" else spec.expert_cfg
     expert = build_expert(spec.name, cfg, builder.spec)
-    data = _TrainData(max(spec.online.replay_bars, spec.online.batch_size))
+    h = int(spec.expert_cfg.horizon)
+    bar_ms = timeframe_ms(spec.base_timeframe)
+    val_bars = spec.online.val_bars
+    data = _TrainData(max(spec.online.replay_bars, spec.online.batch_size) + val_bars + 2 * h)
+    champion = build_expert(spec.name, cfg, builder.spec)  # the live weights, to judge challengers
+    champion_version = ""
     rng = np.random.default_rng(os.getpid())
     writer = _writer(spec.run_dir)
     ckpt_dir = Path(spec.checkpoint_dir)
@@ -372,7 +393,12 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
                 expert.load_state_dict(state_from_bytes(msg[1]))
                 set_lr()
                 ready = True
-            elif kind == "candles":
+            if kind in ("init", "champion"):
+                champion.load_state_dict(state_from_bytes(msg[1]))
+                champion_version = str(msg[2])
+            if kind in ("init", "load", "champion"):
+                continue
+            if kind == "candles":
                 b, y, r = build_dataset(builder, msg[1], expert.horizon, spec.dead_zone)
                 data.add({"ts": b.ts, "close": b.close, "windows": b.windows, "flat": b.flat,
                           "regime": b.regime, "labels": y, "fwd": r, "position": np.full(len(b), np.nan)})
@@ -380,10 +406,13 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
                 data.add(msg[1])
             else:
                 raise ValueError(f"trainer {spec.name}: unknown message {kind!r}")
-        if not ready or len(data) == 0 or time.monotonic() < next_round or len(data.fresh()) == 0:
+        if not ready or len(data) == 0 or time.monotonic() < next_round:
+            continue
+        n_train, val = data.split(h, bar_ms, val_bars)
+        if len(data.fresh(n_train)) == 0:
             continue
         t0 = time.perf_counter()
-        n_steps, n_samples, losses = _train_round(expert, data, spec, builder.spec, rng)
+        n_steps, n_samples, losses = _train_round(expert, data, n_train, spec, builder.spec, rng)
         dt = time.perf_counter() - t0
         next_round = time.monotonic() + spec.online.cadence_s
         if n_steps == 0:
@@ -400,8 +429,18 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
             writer.add_scalar("online/loss", loss, steps)
             writer.add_scalar("online/samples_per_s", samples_per_s, steps)
             writer.add_scalar("online/train_samples", len(data), steps)
-        outbox.put(("published", {"path": str(path), "version": version, "steps": steps,
-                                  "trained_until": data.trained_until}))
+        body = {"path": str(path), "version": version, "steps": steps, "trained_until": data.trained_until,
+                "n_val": int(len(val)), "champion_version": champion_version}
+        if len(val) >= MIN_VAL_SAMPLES:  # judged here, off the engine process: both on the same window
+            d = data.d
+            vb = FeatureBatch("", spec.base_timeframe, d["ts"][val], d["close"][val], d["windows"][val],
+                              d["flat"][val], d["regime"][val], builder.spec)
+            v = evaluate(champion, expert, vb, d["labels"][val], spec.online.promote_margin, MIN_VAL_SAMPLES)
+            body.update(champion_logloss=v.champion_logloss, challenger_logloss=v.challenger_logloss)
+            if writer is not None:
+                writer.add_scalar("online/val_logloss_challenger", v.challenger_logloss, steps)
+                writer.add_scalar("online/val_logloss_champion", v.champion_logloss, steps)
+        outbox.put(("published", body))
         status()
 
 
@@ -582,11 +621,11 @@ class TrainingManager:
         for t in list(self._trainers.values()):
             if not t.wanted or t.proc is None or not t.proc.is_alive() or t.inbox is None:
                 continue
-            h, online = t.spec.expert_cfg.horizon, t.spec.online
+            h = t.spec.expert_cfg.horizon
             with self._buf_lock:
                 idx, y, r = self.buffer.matured(h, self.dead_zone)
-                send, _ = split_release(self.buffer.ts[: self.buffer.n], idx, h, self.bar_ms,
-                                        online.val_bars, t.released_until)
+                # every matured row goes out; the trainer keeps the newest val_bars for judging only
+                send = idx[self.buffer.ts[idx] > t.released_until]
                 if len(send) == 0:
                     continue
                 pos = np.searchsorted(idx, send)
@@ -649,15 +688,13 @@ class TrainingManager:
         t.proc.start()
         t.started_at = time.monotonic()
         t.released_until = int(np.iinfo(np.int64).min)
-        t.inbox.put(("init", state_to_bytes(self._champion_state(t.spec.name))))
+        version, state = self._champion[t.spec.name]
+        t.inbox.put(("init", state_to_bytes(state), version))
         replay = self._replay_candles(t)
         if replay is not None and len(replay):
             t.inbox.put(("candles", replay))
         t.status = replace(t.status, running=True, pid=t.proc.pid, restarts=t.restarts)
         self._release()
-
-    def _champion_state(self, name: str) -> dict[str, Any]:
-        return self._champion[name][1]
 
     def _halt(self, t: _Trainer, timeout: float) -> None:
         p = t.proc
@@ -716,7 +753,7 @@ class TrainingManager:
                                    samples_per_s=float(body["samples_per_s"]), pid=int(body["pid"]))
             elif kind == "published":
                 t.status = replace(t.status, steps=int(body["steps"]), last_publish=int(time.time() * 1000))
-                self._submit(t.spec, body)
+                self._judged(t.spec, body)
             elif kind == "error":
                 t.status = replace(t.status, error=str(body).strip().splitlines()[-1])
                 log.warning("trainer %s failed:\n%s", t.spec.name, body)
@@ -752,6 +789,17 @@ class TrainingManager:
         if self._evaluator is None or not self._evaluator.is_alive():
             self._evaluator = threading.Thread(target=self._evaluate_loop, name="challenger-eval", daemon=True)
             self._evaluator.start()
+
+    def _judged(self, spec: TrainerSpec, body: dict) -> None:
+        """A trainer's checkpoint with the validation scores it computed on its withheld window."""
+        margin = spec.online.promote_margin
+        if "challenger_logloss" in body:
+            verdict = judge(float(body["champion_logloss"]), float(body["challenger_logloss"]), margin,
+                            int(body["n_val"]), MIN_VAL_SAMPLES)
+        else:
+            verdict = judge(float("nan"), float("nan"), margin, int(body["n_val"]), MIN_VAL_SAMPLES)
+        self._results.put((spec.name, body["version"], Path(body["path"]), None, verdict,
+                           str(body["champion_version"])))
 
     def _scratch_expert(self, name: str, role: str) -> Any:
         ex = self._scratch.get((name, role))
@@ -817,10 +865,15 @@ class TrainingManager:
                 return swaps
             self._scores[name] = {**self._scores.get(name, {}), "challenger_score": verdict.challenger_logloss,
                                   "champion_score": verdict.champion_logloss, "last_verdict": verdict.reason}
-            if verdict.promote and state is not None and champ_version == self._champion[name][0]:
-                swaps.append(Swap(expert=name, version=version, state=state, kind="promote", verdict=verdict))
-            else:
-                path.unlink(missing_ok=True)  # rejected challengers leave no files behind
+            if verdict.promote and champ_version == self._champion[name][0]:
+                try:
+                    if state is None:  # judged by its trainer: load the winner only (small file)
+                        state = torch.load(path, map_location="cpu", weights_only=False)
+                    swaps.append(Swap(expert=name, version=version, state=state, kind="promote", verdict=verdict))
+                    continue
+                except Exception as exc:
+                    self._scores[name]["last_verdict"] = f"cannot load {path.name}: {exc}"
+            path.unlink(missing_ok=True)  # rejected (or superseded) challengers leave no files behind
 
     # ---------------------------------------------------------------- swaps
 
@@ -837,8 +890,11 @@ class TrainingManager:
         if swap.kind == "promote":
             sc["promotions"] = sc.get("promotions", 0) + 1
         t = self._trainers.get(swap.expert)  # no lock: the decision thread never waits on UI commands
-        if t is not None and swap.kind == "rollback" and t.inbox is not None:
-            t.inbox.put(("load", state_to_bytes(swap.state)))  # the trainer continues from these weights
+        if t is not None and t.inbox is not None:
+            data = state_to_bytes(swap.state)
+            if swap.kind == "rollback":
+                t.inbox.put(("load", data))  # the trainer continues from the restored weights
+            t.inbox.put(("champion", data, swap.version))  # later challengers are judged against it
         if swap.kind == "promote" and self.registry is not None and swap.verdict is not None:
             policy = self.models_cfg.experts[swap.expert].checkpoints
             try:
