@@ -147,3 +147,22 @@ def test_forecast_cli_writes_artifacts(trained, candles, tmp_path, capsys):
     rc = main_backtest.main(["--config", str(empty), "forecast", "--symbol", "BTC/USDT", "--exchange", "binanceus",
                              "--model", "nano", "--db", str(db), "--out", str(out)])
     assert rc == 2 and "train --experts kronos" in capsys.readouterr().err
+
+
+def test_finetune_released_layout_keeps_tokenizer(candles, kronos_fixture, tmp_path):
+    """base = a directory in the released layout (the fixture: tokenizer/ + model/): the predictor is
+    fine-tuned, the tokenizer stays frozen, the result loads like any checkpoint."""
+    from NN.experts.kronos.hub import load_predictor, load_tokenizer
+
+    store = MarketStore(":memory:")
+    store.upsert_candles(KEY, candles.iloc[:1500])
+    ckpt = train_kronos(store, KEY, start_ms=None, end_ms=None, models_dir=tmp_path / "m", runs_dir=tmp_path / "r",
+                        base=str(kronos_fixture), preset="nano-smoke", progress=False)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["base"] == str(kronos_fixture) and ckpt.name.startswith("finetune-")
+    tok0, tok1 = load_tokenizer(kronos_fixture / "tokenizer"), load_tokenizer(ckpt / "tokenizer")
+    for k, v in tok0.state_dict().items():
+        assert torch.equal(v, tok1.state_dict()[k]), k
+    m0, m1 = load_predictor(kronos_fixture / "model"), load_predictor(ckpt / "model")
+    assert any(not torch.equal(v, m1.state_dict()[k]) for k, v in m0.state_dict().items())
+    assert load_bundle(str(ckpt)).calibration is not None
