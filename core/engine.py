@@ -286,7 +286,7 @@ class Engine:
                             slow_every_bars=cfg.orchestrator.kronos_every_bars, slow_async=True,
                             allow_short=cfg.execution.allow_short, registry=self.registry,
                             run_id=f"{self.mode}-{uuid.uuid4().hex[:8]}", enabled=enabled,
-                            sizer=lambda _b: min(cfg.risk.fraction, cfg.risk.max_position_fraction))
+                            sizer=lambda _b: self._size(prov, executor))
         prov.subscribe(lambda ev: self._q.put(("candle", ev)), symbols=[self.symbol],
                        timeframes=[self.timeframe])
         if self.replay is not None:
@@ -311,6 +311,19 @@ class Engine:
         self._decisions.clear()
         self._trades.clear()
         self._equity.clear()
+
+    def _size(self, prov: Any, executor: Any) -> float:
+        """Decision.target_position for a BUY: the executor's RiskManager sizing (volatility target
+        from the same past-only realised volatility the kernel uses)."""
+        from core.execution import kernel as K
+
+        vol = math.nan
+        w = self.cfg.risk.vol_window
+        if self.cfg.risk.sizing == "volatility_target":
+            c = prov.arrays(self.symbol, self.timeframe, w + 1)["close"]
+            if len(c) > w:
+                vol = float(K.realised_vol(np.asarray(c, dtype=np.float64), w, K.bars_per_year(self.timeframe))[-1])
+        return float(executor.risk.size(1.0, vol))
 
     # ---- lifecycle
     def start(self) -> None:

@@ -268,6 +268,7 @@ def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path)
         n_dec = 150 - eng.builder.min_history + 1
         assert snap.mode == "replay" and snap.running and len(snap.recent_decisions) == n_dec
         assert snap.decision.action is Action.BUY and snap.thresholds.buy == 0.0
+        assert snap.decision.target_position == cfg.risk.fraction  # RiskManager sizing of a BUY
         assert set(snap.experts) == {"cnn", "dqn", "kronos"} and not snap.experts["cnn"].trained
         assert snap.experts["kronos"].input_kind == "candles"
         # the worker's freshest forecast took part in decisions, and the snapshot summarises it
