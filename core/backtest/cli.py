@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS backtest_runs (
 
 def compute_metrics(equity: np.ndarray, close: np.ndarray, fills: pd.DataFrame, state: np.ndarray,
                     initial_cash: float, bars_per_year: float, codes: np.ndarray | None = None,
-                    decided: np.ndarray | None = None, horizon: int = 5) -> dict[str, Any]:
+                    horizon: int = 5, *, decided: np.ndarray | None = None) -> dict[str, Any]:
     """Headline figures. ``codes`` per bar (BUY 1 / SELL -1 / HOLD 0) with ``decided`` marking bars
     where a decision was made; the hit rate scores BUY/SELL against the sign of the move over the
     next ``horizon`` bars."""
@@ -270,7 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def result_report(res: Any, spec_d: dict[str, Any], bpy: float) -> dict[str, Any]:
     close = res.candles["close"].to_numpy(np.float64)
     metrics = compute_metrics(res.equity, close, res.fills, res.state, res.spec.initial_cash, bpy,
-                              res.codes, res.decided, res.spec.horizon)
+                              res.codes, res.spec.horizon, decided=res.decided)
     metrics["elapsed_s"] = float(res.elapsed_s)
     w = {n: res.weights[:, i] for i, n in enumerate(res.names)}
     return report_dict(res.run_id, "experts", spec_d, res.candles, res.equity, res.fills, metrics,

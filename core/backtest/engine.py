@@ -250,14 +250,20 @@ def align_start(candles: pd.DataFrame, timeframes: tuple[str, ...] | list[str]) 
 
 
 class Backtester:
-    def __init__(self, comps: Components, spec: BacktestSpec, execution: Any, risk: Any, *,
+    def __init__(self, comps: Components, spec: BacktestSpec, execution: Any, risk: Any = None, *,
                  store: Any | None = None, run_id: str | None = None,
                  progress: Progress | None = None, keep_decisions: bool = True) -> None:
         self.c = comps
         self.keep_decisions = keep_decisions  # Decision objects in the result (the audit rows are always written)
         self.spec = spec
-        self.execution, self.risk = execution, risk  # config sections, overrides already applied
-        self.params = kernel_params(spec, execution, risk)
+        if isinstance(execution, np.ndarray) and risk is None:
+            # older call form Backtester(comps, spec, kernel_params(...)): fast mode only, since the
+            # event mode's Executor is built from the config sections
+            self.execution = self.risk = None
+            self.params = execution
+        else:
+            self.execution, self.risk = execution, risk  # config sections, overrides already applied
+            self.params = kernel_params(spec, execution, risk)
         self.store = store  # audit rows + forecast cache; None = memory only
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.progress = progress or (lambda stage, done, total: None)
@@ -425,6 +431,9 @@ class Backtester:
             slow_async=False, slow_cache=self.c.cache, sizer=lambda _b: nominal_size(spec),
             allow_short=spec.allow_short, run_id=self.run_id, audit_flush_every=10_000)
         from core.execution.executor import Executor
+
+        if self.execution is None:
+            raise ValueError("event mode needs the config sections: Backtester(comps, spec, cfg.execution, cfg.risk)")
 
         # the live executor (paper: kernel step per bar), no ledger: a backtest books nothing for real
         executor = Executor(self.execution, self.risk, spec.symbol, spec.timeframe)
