@@ -57,7 +57,7 @@ def test_unknown_config_key_is_named():
         PredictorConfig.from_dict({"bogus": 1})
 
 
-def test_save_load_round_trip(fx, tmp_path):
+def test_save_load_round_trip(fx, kronos_fixture, tmp_path):
     tok, mdl, *_ = fx
     save_pretrained(mdl, tmp_path / "m")
     again = load_predictor(tmp_path / "m")
@@ -65,6 +65,10 @@ def test_save_load_round_trip(fx, tmp_path):
     for k, v in mdl.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
     assert not again.training
+    via_class = KronosModel.from_pretrained(tmp_path / "m")  # the from_pretrained/save_pretrained spelling
+    via_class.save_pretrained(tmp_path / "m2")
+    assert (tmp_path / "m2" / "model.safetensors").read_bytes() == (tmp_path / "m" / "model.safetensors").read_bytes()
+    assert not KronosTokenizer.from_pretrained(kronos_fixture / "tokenizer").training
 
 
 def test_missing_checkpoint_errors(tmp_path, monkeypatch):

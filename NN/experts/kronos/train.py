@@ -346,4 +346,10 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
     if progress:
         log.info("kronos checkpoint %s (val loss %.4f, train %.0fs, calibration %.0fs)", out_dir, pred_val,
                  train_s, cal_s)
+        rep = cal.report["test"]
+        for variant in ("raw", "calibrated"):
+            r = rep[variant]
+            log.info("kronos test-period %s: coverage 50/80/90 = %s; CRPS %.2f bps; Brier(up) %.3f", variant,
+                     "/".join(f"{r['coverage'][k]['all_steps']:.3f}" for k in ("50", "80", "90")),
+                     r["crps"]["all_steps"] * 1e4, r["brier_up"]["all_steps"])
     return out_dir
