@@ -6,6 +6,7 @@ running, and stops on request."""
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from NN.training.online import (
     _TrainData,
     push_experience,
     split_release,
+    trainer_main,
 )
 
 torch.set_num_threads(1)
@@ -222,3 +224,19 @@ def test_trainer_process_trains_restarts_after_sigkill_and_stops(models, builder
                 time.sleep(0.1)
     finally:
         mgr.shutdown()
+
+
+def test_trainer_reports_its_error_before_dying(models) -> None:
+    # hand-written bad input: an unknown message kind; the trainer loop runs right here (no process)
+
+    cfg = models.experts["cnn"]
+    spec = TrainerSpec(name="cnn", expert_cfg=cfg, features=models.features, base_timeframe="1m", dead_zone=DZ,
+                       online=cfg.online, checkpoint_dir="", run_dir=None, nice=0)
+    inbox, outbox = queue.Queue(), queue.Queue()
+    inbox.put(("bogus", None))
+    with pytest.raises(ValueError, match="unknown message 'bogus'"):
+        trainer_main(spec, inbox, outbox)
+    msgs = []
+    while not outbox.empty():
+        msgs.append(outbox.get_nowait())
+    assert msgs[0][0] == "status" and msgs[-1][0] == "error" and "unknown message 'bogus'" in msgs[-1][1]
