@@ -414,7 +414,11 @@ class Orchestrator:
     def _maybe_swap(self) -> None:
         """Cheap poll: only when an expert's latest registered version changed do we ask for the
         best one, and load it when it differs from what is running (between two decisions)."""
-        for name, ex in self.experts.items():
+        targets = dict(self.experts)
+        gname = getattr(self.gate, "name", None)
+        if gname and gname not in targets and hasattr(self.gate, "load_state_dict"):
+            targets[gname] = self.gate  # a newly trained gate is swapped the same way
+        for name, ex in targets.items():
             try:
                 latest = self.registry.latest_version(name)
                 if latest is None or latest == self._seen_versions.get(name):
