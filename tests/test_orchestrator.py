@@ -225,6 +225,8 @@ def test_checkpoint_hot_swap_between_decisions(candles, tmp_path):
     def on_decision(k, d):
         if k == 10:  # a trainer publishes a better checkpoint while the orchestrator runs
             registered["v"] = reg.register("cnn", donor.state_dict(), 0.5, CheckpointPolicy(), {})
+            g = MoEGate(["cnn", "dqn"], small_models().moe, len(orch.builder.spec.regime_features))
+            registered["g"] = reg.register("moe", g.state_dict(), 0.4, CheckpointPolicy(), {})
 
     decisions = replay(orch, candles.iloc[:130], on_decision)
     version = registered["v"]
@@ -232,6 +234,7 @@ def test_checkpoint_hot_swap_between_decisions(candles, tmp_path):
     assert all(o.model_version == "untrained" for o in cnn[:10])
     assert all(o.model_version == version for o in cnn[10:])  # swapped before decision 11
     assert orch.experts["dqn"].version == "untrained"
+    assert orch.gate.version == registered["g"]  # the gate is swapped the same way
     w_run = next(iter(orch.experts["cnn"].state_dict()["net"].values()))
     w_don = next(iter(donor.state_dict()["net"].values()))
     assert torch.equal(w_run, w_don)
