@@ -196,3 +196,8 @@ def test_kronos_forecasts_are_cached_and_reused(btc, tmp_path):
     np.testing.assert_array_equal(first.codes, event.codes)
     np.testing.assert_allclose(first.equity, event.equity, rtol=0, atol=1e-9)
     store.close()
+
+
+def test_report_of_unknown_run_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="backtest report not found: .*backtest_nope.json"):
+        run_cli(["report", "nope", "--db", str(tmp_path / "none.duckdb"), "--reports-dir", str(tmp_path)])
