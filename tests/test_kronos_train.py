@@ -21,6 +21,7 @@ from NN.experts.kronos.calibration import Calibration
 from NN.experts.kronos.expert import KronosExpert
 from NN.experts.kronos.hub import CheckpointNotFound
 from NN.experts.kronos.train import train_kronos
+from NN.training.checkpoints import CheckpointRegistry
 
 KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
 BARS = 3000
@@ -39,8 +40,23 @@ def trained(candles, tmp_path_factory):
     store.upsert_candles(KEY, candles)
     ckpt = train_kronos(store, KEY, start_ms=None, end_ms=None, models_dir=root / "models",
                         runs_dir=root / "runs", preset="nano-smoke", progress=False)
+    registered = CheckpointRegistry(store, root / "models").best("kronos")
     store.close()
+    root.joinpath("registered.txt").write_text(registered.version if registered else "")
     return root, ckpt
+
+
+def test_checkpoint_registered_and_loadable(trained, candles, tmp_path):
+    """train_kronos records the checkpoint in the shared registry; load_into restores the same model."""
+    root, ckpt = trained
+    assert root.joinpath("registered.txt").read_text()
+    reg_file = next((root / "models" / "kronos").glob("*.pt"))
+    ex = _expert(root)
+    ex.load(reg_file)
+    ref = _expert(root)
+    rows = np.array([2500])
+    np.testing.assert_allclose(ex.predict_many(_batch(candles, rows), candles).probs,
+                               ref.predict_many(_batch(candles, rows), candles).probs)
 
 
 def test_train_writes_checkpoint_logs_and_calibration(trained, candles):

@@ -49,6 +49,17 @@ class KronosParams(BaseModel):
     finetune_lr: float = Field(1e-5, gt=0)
 
 
+def bundle_state(b: KronosBundle) -> dict[str, Any]:
+    """A self-contained state (configs, weights, calibration) that KronosExpert.load_state_dict reads;
+    train_kronos registers the same in the checkpoint registry."""
+    return {"version": str(b.version),
+            "tokenizer_config": b.tokenizer.config.to_dict(), "predictor_config": b.model.config.to_dict(),
+            "tokenizer": {k: v.detach().cpu() for k, v in b.tokenizer.state_dict().items()},
+            "predictor": {k: v.detach().cpu() for k, v in b.model.state_dict().items()},
+            "calibration": b.calibration.to_dict() if b.calibration else None,
+            "max_context": b.max_context}
+
+
 class KronosExpert(Expert):
     input_kind = "candles"
 
@@ -176,13 +187,7 @@ class KronosExpert(Expert):
 
     # ---- state
     def state_dict(self) -> dict[str, Any]:
-        b = self.bundle
-        return {"params": self.params.model_dump(), "version": self.version,
-                "tokenizer_config": b.tokenizer.config.to_dict(), "predictor_config": b.model.config.to_dict(),
-                "tokenizer": {k: v.cpu() for k, v in b.tokenizer.state_dict().items()},
-                "predictor": {k: v.cpu() for k, v in b.model.state_dict().items()},
-                "calibration": b.calibration.to_dict() if b.calibration else None,
-                "max_context": b.max_context}
+        return {**bundle_state(self.bundle), "params": self.params.model_dump(), "version": self.version}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         tok = KronosTokenizer(TokenizerConfig.from_dict(state["tokenizer_config"]))

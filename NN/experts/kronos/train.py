@@ -221,6 +221,26 @@ def load_series(store: Any, key: SeriesKey, start_ms: int | None, end_ms: int | 
     return df.reset_index(drop=True)
 
 
+def _register(store: Any, models_dir: Path, out_dir: Path, tok: KronosTokenizer, model: KronosModel,
+              cal: Calibration, max_context: int, meta: dict[str, Any]) -> None:
+    """Record the checkpoint in the shared registry (so backtests/engine load it as expert 'kronos').
+    A store that cannot take the row (read-only, no registry module) only costs that convenience: the
+    directory is complete and `model: nano` finds it."""
+    try:
+        from core.config import CheckpointPolicy
+        from NN.training.checkpoints import CheckpointRegistry
+
+        from .bundle import KronosBundle
+        from .expert import bundle_state
+
+        state = bundle_state(KronosBundle(tok, model, cal, max_context, meta["version"], out_dir))
+        small = {k: meta[k] for k in ("version", "preset", "base", "symbol", "timeframe", "split") if k in meta}
+        CheckpointRegistry(store, models_dir).register("kronos", state, float(meta["val_loss"]), CheckpointPolicy(),
+                                                       {**small, "directory": str(out_dir)})
+    except Exception as exc:  # registration is best effort: the checkpoint directory is complete
+        log.warning("kronos checkpoint %s not registered in the checkpoint registry: %s", out_dir, exc)
+
+
 def _default_base() -> str | None:
     """models.yml experts.kronos.params.model when it names released/local weights (fine-tuning)."""
     try:
@@ -343,6 +363,7 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
             "calibration_test": cal.report["test"], "created": stamp_now}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     tmp.rename(out_dir)
+    _register(store, Path(models_dir), out_dir, tok, model, cal, max_context, meta)
     if progress:
         log.info("kronos checkpoint %s (val loss %.4f, train %.0fs, calibration %.0fs)", out_dir, pred_val,
                  train_s, cal_s)
