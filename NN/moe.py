@@ -54,6 +54,10 @@ class MoEGate:
         self.regime_std = np.ones(self.regime_dim)
         self.calibrator = Calibrator(kind=cfg.calibration)
         self._losses: deque[np.ndarray] = deque(maxlen=cfg.hedge_window)
+        self._hedge_cache: np.ndarray | None = None  # hedge weights change only on observe()
+        # the same losses as _losses in a preallocated ring: a per-bar mean without re-stacking
+        self._ring = np.zeros((cfg.hedge_window, self.E))
+        self._ring_pos = 0
 
     # ---------------------------------------------------------------- inference
 
@@ -76,10 +80,14 @@ class MoEGate:
 
     def hedge_weights(self) -> np.ndarray:
         """[E] weights from the recent matured log losses (uniform before any outcome)."""
-        if not self._losses:
-            return np.full(self.E, 1.0 / self.E)
-        mean_loss = np.mean(np.stack(self._losses), axis=0)
-        return _masked_softmax(-self.cfg.hedge_eta * mean_loss, np.ones(self.E, dtype=bool))
+        if self._hedge_cache is None:
+            if not self._losses:
+                self._hedge_cache = np.full(self.E, 1.0 / self.E)
+            else:
+                mean_loss = self._ring[: len(self._losses)].mean(axis=0)
+                self._hedge_cache = _masked_softmax(-self.cfg.hedge_eta * mean_loss,
+                                                    np.ones(self.E, dtype=bool))
+        return self._hedge_cache.copy()
 
     def _gate_inputs(self, p: np.ndarray, r: np.ndarray) -> np.ndarray:
         rn = (r - self.regime_mean) / self.regime_std
@@ -116,7 +124,11 @@ class MoEGate:
             raise ValueError(f"gate.observe: probs must be [{self.E}, 3], got {p.shape}")
         if realised not in (0, 1, 2):
             raise ValueError(f"gate.observe: realised must be 0, 1 or 2, got {realised!r}")
-        self._losses.append(-np.log(np.clip(p[:, realised], EPS, 1.0)))
+        loss = -np.log(np.clip(p[:, realised], EPS, 1.0))
+        self._losses.append(loss)
+        self._ring[self._ring_pos] = loss
+        self._ring_pos = (self._ring_pos + 1) % len(self._ring)
+        self._hedge_cache = None
 
     # ---------------------------------------------------------------- training
 
@@ -228,4 +240,9 @@ class MoEGate:
         self.calibrator = Calibrator.from_state(state["calibrator"])
         self._losses = deque((np.asarray(v, dtype=np.float64) for v in state["hedge_losses"]),
                              maxlen=self.cfg.hedge_window)
+        self._ring = np.zeros((self.cfg.hedge_window, self.E))
+        for i, v in enumerate(self._losses):
+            self._ring[i] = v
+        self._ring_pos = len(self._losses) % self.cfg.hedge_window
+        self._hedge_cache = None
         self.version = str(state.get("version", "hedge"))
