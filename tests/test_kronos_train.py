@@ -40,7 +40,7 @@ def trained(candles, tmp_path_factory):
     store.upsert_candles(KEY, candles)
     ckpt = train_kronos(store, KEY, start_ms=None, end_ms=None, models_dir=root / "models",
                         runs_dir=root / "runs", preset="nano-smoke", progress=False)
-    registered = CheckpointRegistry(store, root / "models").best("kronos")
+    registered = CheckpointRegistry(store, root / "models").best("kronos")  # rows hold absolute paths
     store.close()
     root.joinpath("registered.txt").write_text(registered.version if registered else "")
     return root, ckpt
@@ -50,7 +50,8 @@ def test_checkpoint_registered_and_loadable(trained, candles, tmp_path):
     """train_kronos records the checkpoint in the shared registry; load_into restores the same model."""
     root, ckpt = trained
     assert root.joinpath("registered.txt").read_text()
-    reg_file = next((root / "models" / "kronos").glob("*.pt"))
+    assert all(p.is_dir() for p in (root / "models" / "kronos").iterdir())
+    reg_file = next(ckpt.glob("registry/kronos/*.pt"))
     ex = _expert(root)
     ex.load(reg_file)
     ref = _expert(root)

@@ -235,8 +235,10 @@ def _register(store: Any, models_dir: Path, out_dir: Path, tok: KronosTokenizer,
 
         state = bundle_state(KronosBundle(tok, model, cal, max_context, meta["version"], out_dir))
         small = {k: meta[k] for k in ("version", "preset", "base", "symbol", "timeframe", "split") if k in meta}
-        CheckpointRegistry(store, models_dir).register("kronos", state, float(meta["val_loss"]), CheckpointPolicy(),
-                                                       {**small, "directory": str(out_dir)})
+        # the registry's file goes inside the checkpoint directory (rows store absolute paths), so
+        # models_dir/kronos/ keeps holding checkpoint directories only
+        CheckpointRegistry(store, out_dir / "registry").register(
+            "kronos", state, float(meta["val_loss"]), CheckpointPolicy(), {**small, "directory": str(out_dir)})
     except Exception as exc:  # registration is best effort: the checkpoint directory is complete
         log.warning("kronos checkpoint %s not registered in the checkpoint registry: %s", out_dir, exc)
 
