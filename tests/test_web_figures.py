@@ -100,12 +100,12 @@ def test_chart_update_patches_new_candle_and_fan(btc: pd.DataFrame) -> None:
     payload = json.loads(json.dumps(p, cls=plotly.utils.PlotlyJSONEncoder))
     ops = payload["operations"]
     kinds = {o["operation"] for o in ops}
-    assert {"Extend", "Delete", "Assign"} <= kinds
+    assert {"Extend", "Assign"} <= kinds and "Delete" not in kinds
     ext = [o for o in ops if o["operation"] == "Extend" and o["location"] == ["data", 0, "close"]]
     assert ext[0]["params"]["value"] == [float(f"{last.close:.8g}")]
     fan_y = [o for o in ops if o["location"] == ["data", figures.TRACE["fc_median"], "y"]]
     assert fan_y and fan_y[0]["params"]["value"][0] == pytest.approx(float(last.close))
-    assert st2["last_ts"] == int(last.ts) and st2["n"] == 1500
+    assert st2["last_ts"] == int(last.ts) and st2["n"] == 1501  # the browser grows, no per-bar trimming
     assert len(json.dumps(payload)) < 20_000
 
 
@@ -144,3 +144,11 @@ def test_recent_accuracy_scores_matured_calls_only(btc: pd.DataFrame) -> None:
     snap = replace(_snap(df), recent_decisions=(d1, d2), experts=experts)
     acc = api.recent_accuracy(snap, dz)
     assert acc == {"good": 1.0, "bad": 0.0, "idle": None}
+
+
+def test_browser_window_is_redrawn_after_slack(btc: pd.DataFrame) -> None:
+    s = _snap(btc.iloc[:1500])
+    _, st = live.chart_update(s, None, "1m", [], None)
+    st = {**st, "n": live.MAX_BARS + live.BROWSER_SLACK}
+    fig, st2 = live.chart_update(_snap(btc.iloc[1:1501]), None, "1m", [], st)
+    assert isinstance(fig, dict) and st2["n"] == 1500

@@ -234,16 +234,20 @@ def recent_accuracy(snap: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> dict[str
         return {n: None for n in snap.experts}
     ts = df["ts"].to_numpy(np.int64)
     close = df["close"].to_numpy(float)
+    outs = [o for d in snap.recent_decisions for o in d.outputs]
+    if not outs:
+        return {n: None for n in snap.experts}
+    ots = np.fromiter((o.ts for o in outs), dtype=np.int64, count=len(outs))
+    i = np.searchsorted(ts, ots)  # one vectorised lookup for every output
+    j = i + np.fromiter((o.horizon for o in outs), dtype=np.int64, count=len(outs))
     hits: dict[str, list[int]] = {}
-    for d in snap.recent_decisions:
-        for o in d.outputs:
-            i = int(np.searchsorted(ts, o.ts))
-            j = i + int(o.horizon)
-            if i >= len(ts) or ts[i] != o.ts or j >= len(ts):
-                continue  # not matured yet (or outside the cached window)
-            r = math.log(close[j] / close[i]) if close[i] > 0 and close[j] > 0 else 0.0
-            realised = 2 if r > dead_zone else (0 if r < -dead_zone else 1)
-            hits.setdefault(o.expert, []).append(int(int(np.argmax(o.probs)) == realised))
+    for k, o in enumerate(outs):
+        a, b = int(i[k]), int(j[k])
+        if a >= len(ts) or ts[a] != o.ts or b >= len(ts):
+            continue  # not matured yet (or outside the cached window)
+        r = math.log(close[b] / close[a]) if close[a] > 0 and close[b] > 0 else 0.0
+        realised = 2 if r > dead_zone else (0 if r < -dead_zone else 1)
+        hits.setdefault(o.expert, []).append(int(int(np.argmax(o.probs)) == realised))
     for n in set(snap.experts) | set(hits):
         h = hits.get(n)
         out[n] = float(np.mean(h)) if h else None

@@ -196,16 +196,15 @@ def layout(wctx: Any) -> Any:
     snap = wctx.engine.snapshot()
     experts = list(snap.experts) or list((wctx.models_cfg.experts if wctx.models_cfg else {}) or [])
     t = snap.thresholds
-    base = snap.candles.get(snap.timeframe)
-    start = end = None
-    if base is not None and len(base):
-        start = pd.Timestamp(int(base["ts"].iloc[0]), unit="ms").date()
-        end = pd.Timestamp(int(base["ts"].iloc[-1]), unit="ms").date()
+    # default selection: trained experts, else the feature experts (an untrained Kronos cannot run)
+    chosen = [n for n, s in snap.experts.items() if s.trained] or \
+        [n for n, s in snap.experts.items() if s.input_kind == "features"] or experts
+    start, end = stored_range(wctx, snap.symbol, snap.timeframe)
     form = dbc.Card(dbc.CardBody([
         dbc.Row([
             dbc.Col([dbc.Label("Range (UTC dates)"),
                      dcc.DatePickerRange(id="bt-range", start_date=start, end_date=end)], width=4),
-            dbc.Col([dbc.Label("Experts"), dbc.Checklist(id="bt-experts", options=experts, value=experts,
+            dbc.Col([dbc.Label("Experts"), dbc.Checklist(id="bt-experts", options=experts, value=chosen,
                                                          inline=True)], width=4),
             dbc.Col([dbc.Label("Thresholds buy / sell / min conf"), dbc.InputGroup([
                 dbc.Input(id="bt-buy", type="number", min=0, max=1, step=0.01, value=t.buy),
@@ -227,6 +226,18 @@ def layout(wctx: Any) -> Any:
                                 dcc.Graph(id="bt-compare-graph", figure=figures.compare_figure({}))])]),
         dcc.Interval(id="bt-tick", interval=1000),
     ])
+
+
+def stored_range(wctx: Any, symbol: str, timeframe: str) -> tuple[str | None, str | None]:
+    """First and last stored day of the series (UTC dates as YYYY-MM-DD), for the default range."""
+    if wctx.store is None or not symbol:
+        return None, None
+    row = wctx.store.query_one("SELECT min(ts), max(ts) FROM candles WHERE exchange = ? AND symbol = ? "
+                               "AND timeframe = ?", [wctx.cfg.data.exchange, symbol, timeframe])
+    if not row or row[0] is None:
+        return None, None
+    day = lambda ms: pd.Timestamp(int(ms), unit="ms").strftime("%Y-%m-%d")  # noqa: E731
+    return day(row[0]), day(row[1])
 
 
 def _reports_dir(wctx: Any) -> Path:

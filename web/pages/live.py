@@ -32,6 +32,9 @@ OVERLAY_OPTIONS = [
 DEFAULT_OVERLAYS = ["vwap", "sma5", "sma21"]
 MAX_BARS = 1500
 FULL_REDRAW_NEW_BARS = 300  # more new bars than this at once (e.g. after sleep): redraw instead
+# the browser's chart grows by appends (no per-bar trimming: Patch deletes cost ~70 bytes per value);
+# once it holds MAX_BARS + BROWSER_SLACK bars, one full redraw brings it back to MAX_BARS
+BROWSER_SLACK = 1500
 TRACE_TOGGLE = {"vwap": "vwap", "bb_upper": "bollinger", "bb_lower": "bollinger", "bb_mid": "bollinger",
                 "sma5": "sma5", "sma21": "sma21", "sma233": "sma233"}
 
@@ -103,7 +106,7 @@ def chart_update(snap: Any, symbol: str | None, tf: str, overlays: list[str], st
     fan_key = None if fan is None else [snap.kronos.ts, snap.kronos.finished_ms]
     dec = decision_markers(snap)
     fills = fill_markers(snap)
-    marks_key = [len(snap.recent_decisions), snap.recent_decisions[-1].id if snap.recent_decisions else None,
+    marks_key = [len(dec), int(dec["ts"].iloc[-1]) if len(dec) else None,
                  len(snap.trades), snap.trades[-1].id if snap.trades else None]
     piv = figures.pivot_levels(df) if "pivots" in overlays else {}
     new_state = {"symbol": snap.symbol, "tf": tf, "last_ts": last_ts, "n": len(df), "fan": fan_key,
@@ -112,7 +115,8 @@ def chart_update(snap: Any, symbol: str | None, tf: str, overlays: list[str], st
             or state.get("last_ts") is None or last_ts is None)
     if not full:
         n_new = int((df["ts"] > state["last_ts"]).sum())
-        full = n_new > FULL_REDRAW_NEW_BARS or (n_new == 0 and last_ts < state["last_ts"])
+        full = (n_new > FULL_REDRAW_NEW_BARS or (n_new == 0 and last_ts < state["last_ts"])
+                or state.get("n", 0) + n_new > MAX_BARS + BROWSER_SLACK)
     if full:
         fig = figures.candle_figure(df, overlays, fan, dec, fills,
                                     title=f"{snap.symbol} {tf}", uirevision=f"{snap.symbol}-{tf}")
@@ -124,13 +128,7 @@ def chart_update(snap: Any, symbol: str | None, tf: str, overlays: list[str], st
         for trace, cols in payload.items():
             for col, vals in cols.items():
                 p["data"][figures.TRACE[trace]][col].extend(vals)
-        # trim the oldest bars so the browser keeps MAX_BARS, matching the server's window
-        drop = max(0, state["n"] + n_new - MAX_BARS)
-        for trace, cols in payload.items():
-            for col in cols:
-                for _ in range(drop):
-                    del p["data"][figures.TRACE[trace]][col][0]
-        new_state["n"] = min(MAX_BARS, state["n"] + n_new)
+        new_state["n"] = state["n"] + n_new  # bars in the browser
         changed = True
     if (n_new or fan_key != state.get("fan")) and not zoomed:
         rng = figures.view_range(df["ts"].to_numpy(np.int64), fan)
@@ -139,15 +137,14 @@ def chart_update(snap: Any, symbol: str | None, tf: str, overlays: list[str], st
     if fan_key != state.get("fan"):
         _set_fan(p, fan)
         changed = True
-    if marks_key != state.get("marks") or n_new:
+    if marks_key != state.get("marks"):
         bx, by = figures.marker_points(dec[dec["action"] == "BUY"], df)
         sx, sy = figures.marker_points(dec[dec["action"] == "SELL"], df)
         fx, fy = figures.marker_points(fills, df)
-        if marks_key != state.get("marks") or bx or sx or fx:
-            for name, (x, y) in {"buy": (bx, by), "sell": (sx, sy), "fills": (fx, fy)}.items():
-                p["data"][figures.TRACE[name]]["x"] = x
-                p["data"][figures.TRACE[name]]["y"] = y
-            changed = True
+        for name, (x, y) in {"buy": (bx, by), "sell": (sx, sy), "fills": (fx, fy)}.items():
+            p["data"][figures.TRACE[name]]["x"] = x
+            p["data"][figures.TRACE[name]]["y"] = y
+        changed = True
     if sorted(overlays) != state.get("overlays"):
         _visibility_patch(p, overlays)
         changed = True
@@ -316,8 +313,9 @@ def panels_update(snap: Any, sigs: dict | None, now_ms: int | None = None,
         "trading": [len(snap.trades), [(p.amount, p.unrealised_pnl) for p in snap.positions],
                     [o.id for o in snap.open_orders], len(snap.equity)],
         "kill": [snap.kill_switch.active, snap.kill_switch.reason],
-        "system": [api.source_json(s) for s in snap.sources.values()] + [len(snap.errors), snap.streaming,
-                                                                         now_ms // 5000],
+        # the sources' last-message/lag values move every message: refresh those every 5 s only
+        "system": [[getattr(s, k, None) for k in ("connected", "reconnects", "rejected_rows", "error")]
+                   for s in snap.sources.values()] + [len(snap.errors), snap.streaming, now_ms // 5000],
         "thr": api.thresholds_json(snap.thresholds),
     }
     builders = {
