@@ -77,6 +77,22 @@ class ExpertState:
     trained: bool
     input_kind: str  # "features" | "candles"
     last_error: str | None = None
+    trainable: bool = False  # can train online (features experts, when the engine allows training)
+    can_rollback: bool = False  # a previous live version is kept (Engine.rollback)
+
+
+@dataclass(frozen=True, slots=True)
+class SwapEvent:
+    """One hot-swap of live weights applied by the engine between two decisions."""
+
+    ts_ms: int  # wall clock
+    bar_ts: int | None  # ts of the last decided bar before the swap (later decisions use `version`)
+    expert: str
+    kind: str  # "promote" | "rollback"
+    version: str
+    previous: str
+    champion_score: float | None = None  # validation log losses behind a promotion
+    challenger_score: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +137,14 @@ class EngineSnapshot:
     errors: tuple[EngineError, ...]  # newest last, bounded
     experts: Mapping[str, ExpertState]
     versions: Mapping[str, str]  # {"app": ..., expert name: model version, "gate": ...}
+    # live training (NN/training/online.py): trainer status per trainable expert, recent swaps, and
+    # rolling outcome metrics per expert ("moe" = the fused decision) - in memory since the stream
+    # started (live_metrics) and from the stored outcomes table (stored_metrics)
+    training_enabled: bool = False
+    trainers: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)  # {expert: TrainerStatus}
+    swaps: tuple[SwapEvent, ...] = ()  # newest last, bounded
+    live_metrics: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)  # {expert: RollingMetrics}
+    stored_metrics: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)  # {expert: RollingMetrics}
 
     @staticmethod
     def empty(symbol: str = "", timeframe: str = "", mode: str = "paper",
@@ -173,6 +197,9 @@ KEEP_DECISIONS = 200
 KEEP_TRADES = 500
 KEEP_EQUITY = 20_000
 KEEP_ERRORS = 100
+KEEP_SWAPS = 50
+OUTCOMES_EVERY = 50  # bars between audit flush + stored outcome maturing
+IDLE_POLL_S = 1.0  # trainer housekeeping when no candle arrives (swaps, restarts, status)
 SNAPSHOT_BARS = 500  # candles per timeframe in a snapshot
 
 
@@ -187,7 +214,8 @@ class Engine:
         self.cfg = cfg
         self.models = models
         self.replay = replay
-        self.training = training  # online training is not wired into the engine yet (ExpertState.training)
+        # online training: main_dashboard --no-training or config training.enabled=false -> no trainer starts
+        self.training = bool(training) and bool(cfg.training.enabled)
         self.mode = "replay" if replay is not None else ("live" if cfg.execution.live else "paper")
         self.store = store if store is not None else MarketStore(cfg.resolve(cfg.data.db_path))
         self._owns_store = store is None
@@ -210,7 +238,15 @@ class Engine:
         self._orch: Any = None
         self._executor: Any = None
         self._expert_errors: dict[str, str] = {}
+        self.trainer: Any = None  # TrainingManager of the current stream (built with the pipeline)
+        self.live_outcomes: Any = None
+        self.outcomes: Any = None
+        self._want_training: set[str] = set()  # experts the user switched training on for
+        self._fed = False  # a decision's features reached the trainer buffer (trainers may start)
+        self._swaps: deque[SwapEvent] = deque(maxlen=KEEP_SWAPS)
+        self._bars = 0
         self._build_models()
+        self._publish()  # the experts (and whether they can train) are readable before start()
 
     # ---- construction
     def _cfg_thresholds(self) -> Thresholds:
@@ -281,6 +317,7 @@ class Engine:
             dict(getattr(self, "_pending_enabled", {}))
         if self._orch is not None:
             self._orch.close()
+        self._close_training()
         orch = Orchestrator(self.experts, self.gate, self.builder, thresholds, self.store, executor, self.symbol,
                             self.timeframe, horizon=cfg.orchestrator.decision_horizon, dead_zone=dz,
                             slow_every_bars=cfg.orchestrator.kronos_every_bars, slow_async=True,
@@ -308,9 +345,56 @@ class Engine:
                                        reconnect_initial_s=d.reconnect_initial_s,
                                        reconnect_max_s=d.reconnect_max_s, backfill_bars=d.backfill_bars))
         self._provider, self._orch, self._executor = prov, orch, executor
+        self._build_training(orch, dz)
         self._decisions.clear()
         self._trades.clear()
         self._equity.clear()
+
+    def trainable(self) -> list[str]:
+        """Experts that can train online (features experts; candle experts like Kronos train offline)."""
+        return [n for n, e in self.experts.items() if getattr(e, "input_kind", "features") == "features"]
+
+    def _build_training(self, orch: Any, dz: float) -> None:
+        """A TrainingManager, LiveOutcomes and OutcomeTracker for the current stream. The manager is
+        the ONE authority over the trainable experts' weights once their training was switched on
+        (orch.managed: the orchestrator's registry poll skips them), its swaps are applied on the
+        engine thread between decisions, and the version string lands in the audit trail through
+        ExpertOutput.model_version."""
+        from NN.training.online import TrainingManager
+        from NN.training.outcomes import LiveOutcomes, OutcomeTracker
+
+        cfg = self.cfg
+        key = SeriesKey(self.exchange, self.symbol, self.timeframe)
+        h = cfg.orchestrator.decision_horizon
+        # no registry: promotions stay in models/<expert>/online; the orchestrator's registry poll
+        # must not fight them (see orch.managed)
+        self.trainer = TrainingManager(self.store, self.models, self.builder, self.experts, key=key,
+                                       dead_zone=dz, models_dir=cfg.resolve(cfg.training.models_dir),
+                                       runs_dir=cfg.resolve(cfg.training.runs_dir))
+        self.live_outcomes = LiveOutcomes(self.timeframe, dz, default_horizon=h)
+        self.outcomes = OutcomeTracker(self.store, key, dz, default_horizon=h)
+        self._fed = False
+        self._bars = 0
+        orch.managed = set(self._want_training)
+
+    def _close_training(self) -> None:
+        if self.trainer is not None:
+            try:
+                self.trainer.shutdown()
+            except Exception as exc:
+                self._error("training", exc)
+            self.trainer = None
+
+    def _start_wanted_trainers(self) -> None:
+        """Start the trainers switched on. Only after a decision's features were fed: the manager
+        seeds an empty buffer from the NEWEST stored candles, which in a replay lie in the future."""
+        if self.trainer is None or not self._fed or not self.training:
+            return
+        for name in sorted(self._want_training):
+            try:
+                self.trainer.start(name)
+            except Exception as exc:
+                self._error(f"training:{name}", exc)
 
     def _size(self, prov: Any, executor: Any) -> float:
         """Decision.target_position for a BUY: the executor's RiskManager sizing (volatility target
@@ -347,8 +431,10 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._streaming = False
+        self._close_training()
         if self._orch is not None:
             self._orch.close()  # flushes the audit trail
+            self._update_outcomes()
         if self._executor is not None and self._executor.ledger is not None:
             self._executor.ledger.close()
         self._publish()
@@ -407,6 +493,31 @@ class Engine:
             raise res
         return res
 
+    def set_training(self, name: str, on: bool) -> None:
+        """Start/stop online training of expert ``name`` (a trainer process; promotions hot-swap the
+        live weights between decisions). ValueError when the expert is unknown, cannot train online
+        (candle experts such as Kronos), or training is disabled for this engine."""
+        self._check_trainable(name, "set_training")
+        self._command("set_training", (name, bool(on)))
+
+    def rollback(self, name: str) -> None:
+        """Put the previous live version of ``name`` back (exact weights), between two decisions.
+        ValueError when there is no previous version (nothing was promoted)."""
+        self._check_trainable(name, "rollback")
+        tr = self.trainer
+        if tr is None or not tr.has_history(name):
+            raise ValueError(f"rollback {name}: no previous version to restore")
+        self._command("rollback", name)
+
+    def _check_trainable(self, name: str, what: str) -> None:
+        if name not in self.experts:
+            raise ValueError(f"{what}: unknown expert {name!r}; running: {', '.join(self.experts)}")
+        if name not in self.trainable():
+            raise ValueError(f"{what}: expert {name!r} cannot train online (candle experts train offline)")
+        if not self.training:
+            raise ValueError(f"{what} {name!r}: online training is disabled for this engine "
+                             "(--no-training or training.enabled: false)")
+
     def _command(self, name: str, arg: Any) -> None:
         self._q.put((name, arg))
         if not self._running:  # before start(): apply at once so the snapshot reflects it
@@ -424,7 +535,15 @@ class Engine:
     # ---- the engine thread
     def _loop(self) -> None:
         while True:
-            kind, arg = self._q.get()
+            try:
+                kind, arg = self._q.get(timeout=IDLE_POLL_S)
+            except queue.Empty:  # no candle for a while: trainer housekeeping between decisions
+                try:
+                    if self._poll_training():
+                        self._publish()
+                except Exception as exc:
+                    self._error("training", exc)
+                continue
             try:
                 if kind == "stop":
                     return
@@ -453,6 +572,21 @@ class Engine:
             if self._orch is not None:
                 self._orch.set_expert_enabled(*arg)
             self._pending_enabled = {**getattr(self, "_pending_enabled", {}), arg[0]: arg[1]}
+        elif kind == "set_training":
+            name, on = arg
+            if on:
+                self._want_training.add(name)
+                if self._orch is not None:
+                    self._orch.managed.add(name)
+                self._start_wanted_trainers()
+            else:
+                self._want_training.discard(name)
+                if self.trainer is not None:
+                    self.trainer.stop(name, timeout=2.0)
+        elif kind == "rollback":
+            if self.trainer is not None:
+                self.trainer.rollback(arg)
+                self._poll_training()
         elif kind == "reset_kill_switch":
             if self._executor is not None:
                 self._executor.reset_kill_switch()
@@ -484,11 +618,58 @@ class Engine:
             d = None
         if d is not None:
             self._decisions.append(d)
+        self._train_step(ev, d)
         fills = self._executor.on_candle(ev)
         self._trades.extend(fills)
         s = self._executor.snapshot()
         self._equity.append((int(ev.ts), float(s.equity), float(s.cash)))
         self._publish()
+
+    def _train_step(self, ev: CandleEvent, d: Decision | None) -> None:
+        """Outcomes and training after a bar's decision (never fails the bar: errors are reported)."""
+        try:
+            self.live_outcomes.on_close(ev.ts, ev.close)  # before this bar's decision is added
+            if d is not None:
+                self.live_outcomes.add(d)
+                batch = self._orch.last_batch
+                if batch is not None and int(batch.ts[-1]) == d.ts:
+                    self.trainer.feed(batch, position=d.target_position)
+                    if not self._fed:
+                        self._fed = True
+                        self._start_wanted_trainers()
+            self._poll_training()
+        except Exception as exc:
+            self._error("training", exc)
+        self._bars += 1
+        if self._bars % OUTCOMES_EVERY == 0:
+            self._update_outcomes()
+
+    def _poll_training(self) -> bool:
+        """Trainer housekeeping on the engine thread; applies promotions/rollbacks (the orchestrator's
+        experts ARE the manager's, so the next decision predicts with the new weights and version)."""
+        tr = self.trainer
+        if tr is None:
+            return False
+        before = {n: str(self.experts[n].version) for n in self.trainable()}
+        swaps = tr.poll(apply=True)
+        last = self._decisions[-1].ts if self._decisions else None
+        for s in swaps:
+            v = s.verdict
+            self._swaps.append(SwapEvent(int(time.time() * 1000), last, s.expert, s.kind, s.version,
+                                         before.get(s.expert, "?"),
+                                         v.champion_logloss if v is not None else None,
+                                         v.challenger_logloss if v is not None else None))
+            log.info("live %s of %s: %s -> %s", s.kind, s.expert, before.get(s.expert), s.version)
+        return True
+
+    def _update_outcomes(self) -> None:
+        if self.outcomes is None or self._orch is None:
+            return
+        try:
+            self._orch.audit.flush()
+            self.outcomes.update()
+        except Exception as exc:
+            self._error("outcomes", exc)
 
     def _frames(self, ts: int) -> dict[str, pd.DataFrame]:
         """Provider caches cut at ``ts``: the engine thread may lag behind the source, and a decision
@@ -560,9 +741,15 @@ class Engine:
         last_err = {e.where.split(":", 1)[1]: e.message for e in errors if e.where.startswith("expert:")}
         enabled = orch.enabled if orch is not None else {n: getattr(self, "_pending_enabled", {}).get(n, True)
                                                           for n in self.experts}
-        experts = {n: ExpertState(name=n, enabled=bool(enabled.get(n, True)), training=False,
+        tr = self.trainer
+        trainers = dict(tr.status()) if tr is not None else {}
+        trainable = set(self.trainable()) if self.training else set()
+        experts = {n: ExpertState(name=n, enabled=bool(enabled.get(n, True)),
+                                  training=bool(trainers[n].running) if n in trainers else False,
                                   version=str(getattr(e, "version", "?")), trained=self.trained.get(n, False),
-                                  input_kind=getattr(e, "input_kind", "features"), last_error=last_err.get(n))
+                                  input_kind=getattr(e, "input_kind", "features"), last_error=last_err.get(n),
+                                  trainable=n in trainable,
+                                  can_rollback=bool(tr is not None and n in trainable and tr.has_history(n)))
                    for n, e in self.experts.items()}
         for n, msg in self._expert_errors.items():
             experts[n] = ExpertState(n, False, False, "unavailable", False, "?", msg)
@@ -596,7 +783,10 @@ class Engine:
             sources=MappingProxyType(dict(prov.status())) if prov is not None else _EMPTY,
             inference_latency_ms=osnap.latency_ms if osnap is not None else _EMPTY,
             errors=tuple(errors[-KEEP_ERRORS:]), experts=MappingProxyType(experts),
-            versions=MappingProxyType(versions))
+            versions=MappingProxyType(versions), training_enabled=self.training,
+            trainers=MappingProxyType(trainers), swaps=tuple(self._swaps),
+            live_metrics=_by_expert(self.live_outcomes.metrics() if self.live_outcomes is not None else {}),
+            stored_metrics=_by_expert(self.outcomes.metrics() if self.outcomes is not None else {}))
         with self._lock:
             self._snap = snap
 
@@ -623,3 +813,13 @@ class Engine:
                              p_up=float(o.probs[2]), expected_return=float(o.expected_return), future_ts=fut,
                              median=bands.get("q50", np.array([close, close])), bands=MappingProxyType(bands),
                              latency_ms=float(o.latency_ms), finished_ms=int(time.time() * 1000))
+
+
+def _by_expert(metrics: Mapping[tuple[str, int], Any]) -> Mapping[str, Any]:
+    """{(expert, horizon): RollingMetrics} -> {expert: the metrics of its horizon with most outcomes}
+    (an expert predicts at one horizon; "moe" at the smallest of its experts')."""
+    out: dict[str, Any] = {}
+    for (expert, _h), m in metrics.items():
+        if expert not in out or m.n > out[expert].n:
+            out[expert] = m
+    return MappingProxyType(out)

@@ -259,6 +259,10 @@ class Orchestrator:
                                           self._versions(), ())
         self._listeners: list[Callable[[Decision], None]] = []
         self._seen_versions: dict[str, str] = {}
+        # experts whose weights another authority swaps (the engine's TrainingManager promotions):
+        # the registry poll leaves them alone so it cannot revert a promotion
+        self.managed: set[str] = set()
+        self.last_batch: FeatureBatch | None = None  # the features of the last decision (training feed)
 
     # ---- commands (any thread; read at the start of the next decision)
     def set_thresholds(self, t: Thresholds) -> None:
@@ -306,6 +310,7 @@ class Orchestrator:
         if len(batch) == 0 or int(batch.ts[-1]) != event.ts:
             raise ValueError(f"features were built for ts={batch.ts[-1] if len(batch) else None}, "
                              f"not for the closed candle ts={event.ts}: frames are out of date")
+        self.last_batch = batch
         outputs, latency = self._ask_experts(batch, base, event.ts, enabled_map)
         return self._finish(event.ts, float(batch.close[-1]), batch, outputs, latency, thresholds,
                             enabled_map, t0)
@@ -419,6 +424,8 @@ class Orchestrator:
         if gname and gname not in targets and hasattr(self.gate, "load_state_dict"):
             targets[gname] = self.gate  # a newly trained gate is swapped the same way
         for name, ex in targets.items():
+            if name in self.managed:
+                continue
             try:
                 latest = self.registry.latest_version(name)
                 if latest is None or latest == self._seen_versions.get(name):

@@ -1,0 +1,175 @@
+"""Live training wired into the Engine, on a paced replay of real BTC/USDT 1m candles (../shared/data):
+a trainer process started through Engine.set_training trains the live CNN, its promotion is hot-swapped
+between two decisions and the predictions audit rows carry the new model_version from the next bar on;
+the engine keeps deciding while the trainer is SIGKILLed (restarted, status counts it); set_training
+starts/stops the process; a disabled engine / unknown expert / candle expert is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from core.config import AppConfig, ModelsConfig, load_config, load_models
+from core.data.files import load_file
+from core.data.store import MarketStore
+from core.types import SeriesKey
+
+torch.set_num_threads(1)
+KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
+HISTORY = 1200  # stored bars before the replay starts (the trainer's replay history)
+REPLAY = 3000  # replayed bars: paced so the replay outlasts spawn + a promotion on a busy machine
+SPEED = 2000.0  # x real time: a 1m bar every 30 ms
+
+
+@pytest.fixture(scope="module")
+def candles(shared_data) -> pd.DataFrame:
+    return load_file(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[: HISTORY + REPLAY].reset_index(drop=True)
+
+
+def configs(tmp_path, training_enabled: bool = True) -> tuple[AppConfig, ModelsConfig]:
+    cfg = load_config()
+    cfg = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"db_path": str(tmp_path / "e.duckdb"), "timeframes": ["1m", "5m"]}),
+        "training": cfg.training.model_copy(update={"enabled": training_enabled,
+                                                    "models_dir": str(tmp_path / "models"),
+                                                    "runs_dir": str(tmp_path / "runs")})})
+    m = load_models()
+    feats = m.features.model_copy(update={"timeframes": ["1m", "5m"], "window": 16, "norm_window": 100})
+    experts = {}
+    for n, e in m.experts.items():
+        # tiny rounds on a short validation window; margin 0: any lower validation log loss promotes
+        online = e.online.model_copy(update={"cadence_s": 0.5, "replay_bars": 600, "val_bars": 60,
+                                             "batch_size": 32, "lr": 1e-3, "promote_margin": 0.0})
+        experts[n] = e.model_copy(update={"enabled": n in ("cnn", "dqn"), "device": "cpu", "online": online})
+    return cfg, m.model_copy(update={"features": feats, "experts": experts})
+
+
+def wait_for(cond, timeout: float, what: str, eng) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    snap = eng.snapshot()
+    raise AssertionError(f"timed out waiting for {what}: trainers={dict(snap.trainers)} "
+                         f"errors={snap.errors[-5:]}")
+
+
+def alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a killed child stays a zombie until reaped: treat zombies as dead
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_path):
+    from core.engine import Engine, ReplayConfig
+
+    cfg, models = configs(tmp_path)
+    store = MarketStore(cfg.data.db_path)
+    store.upsert_candles(KEY, candles)
+    eng = Engine(cfg, models, store=store,
+                 replay=ReplayConfig(speed=SPEED, start_ms=int(candles["ts"].iloc[HISTORY])))
+    eng.set_training("cnn", True)  # before start: the trainer starts after the first decision
+    assert eng.snapshot().experts["cnn"].trainable and not eng.snapshot().experts["cnn"].training
+    eng.start()
+    try:
+        wait_for(lambda: eng.snapshot().experts["cnn"].training, 60, "the cnn trainer to run", eng)
+        assert not eng.snapshot().experts["dqn"].training  # only the expert switched on trains
+        wait_for(lambda: any(s.expert == "cnn" and s.kind == "promote" for s in eng.snapshot().swaps), 75,
+                 "a promotion of cnn", eng)
+        swap = next(s for s in eng.snapshot().swaps if s.expert == "cnn")
+        assert swap.version.startswith("online-") and swap.previous == "untrained"
+        assert swap.challenger_score < swap.champion_score  # the rule that promoted it (margin 0)
+        # decisions after the swap predict with the promoted weights
+        n0 = len([d for d in eng.snapshot().recent_decisions if d.ts > swap.bar_ts])
+        wait_for(lambda: len([d for d in eng.snapshot().recent_decisions if d.ts > swap.bar_ts]) >= n0 + 10,
+                 20, "decisions after the swap", eng)
+        snap = eng.snapshot()
+        assert snap.experts["cnn"].can_rollback and snap.trainers["cnn"].promotions >= 1
+
+        # SIGKILL the trainer: decisions keep flowing, the manager restarts it and counts the restart
+        pid = snap.trainers["cnn"].pid
+        assert alive(pid)
+        os.kill(pid, signal.SIGKILL)
+        last = eng.snapshot().decision.ts
+        wait_for(lambda: eng.snapshot().trainers["cnn"].restarts >= 1, 20, "the trainer restart", eng)
+        wait_for(lambda: eng.snapshot().decision.ts > last + 20 * 60_000, 20, "decisions after the kill", eng)
+        wait_for(lambda: alive(eng.snapshot().trainers["cnn"].pid) and eng.snapshot().trainers["cnn"].pid != pid,
+                 30, "a new trainer process", eng)
+
+        # toggling: off stops the process, on starts a new one
+        pid2 = eng.snapshot().trainers["cnn"].pid
+        eng.set_training("cnn", False)
+        wait_for(lambda: not eng.snapshot().experts["cnn"].training, 10, "training to stop", eng)
+        assert not alive(pid2) and eng.snapshot().trainers["cnn"].pid is None
+        eng.set_training("cnn", True)
+        wait_for(lambda: alive(eng.snapshot().trainers["cnn"].pid), 10, "training to start again", eng)
+        assert eng.snapshot().trainers["cnn"].pid != pid2
+        eng.set_training("cnn", False)
+        wait_for(lambda: not eng.snapshot().experts["cnn"].training, 10, "training to stop", eng)
+        swaps = [s for s in eng.snapshot().swaps if s.expert == "cnn"]
+        decided = eng.snapshot().decision.ts
+    finally:
+        eng.stop()
+    assert not alive(pid2)
+
+    # the audit trail: cnn's model_version changes exactly after each swap's bar
+    p = store.query_df("SELECT ts, model_version FROM predictions WHERE expert = 'cnn' ORDER BY ts")
+    store.close()
+    assert len(p) and int(p["ts"].iloc[-1]) >= decided
+    for i, s in enumerate(swaps):
+        nxt = swaps[i + 1].bar_ts if i + 1 < len(swaps) else None
+        before = p[p["ts"] <= s.bar_ts]
+        after = p[(p["ts"] > s.bar_ts) & ((p["ts"] <= nxt) if nxt is not None else True)]
+        assert before["model_version"].iloc[-1] == s.previous
+        assert len(after) or nxt is not None
+        assert (after["model_version"] == s.version).all(), (s, after["model_version"].unique())
+    assert p["model_version"].iloc[0] == "untrained" and swaps[0].version in set(p["model_version"])
+
+
+def test_set_training_refused_when_disabled_unknown_or_untrainable(candles, tmp_path):
+    from test_backtest import tiny_kronos_dir
+
+    from core.engine import Engine, ReplayConfig
+
+    cfg, models = configs(tmp_path, training_enabled=False)
+    store = MarketStore(cfg.data.db_path)
+    store.upsert_candles(KEY, candles.iloc[:200])
+    eng = Engine(cfg, models, store=store, replay=ReplayConfig(speed=None))
+    with pytest.raises(ValueError, match="disabled"):
+        eng.set_training("cnn", True)
+    assert not eng.snapshot().experts["cnn"].trainable
+    # training allowed in config but the dashboard said --no-training
+    cfg2, _ = configs(tmp_path, training_enabled=True)
+    eng2 = Engine(cfg2, models, store=store, replay=ReplayConfig(speed=None), training=False)
+    with pytest.raises(ValueError, match="disabled"):
+        eng2.set_training("dqn", True)
+    # allowed: an unknown expert and a candle expert (Kronos trains offline) are refused by name
+    experts = dict(models.experts)
+    experts["kronos"] = experts["kronos"].model_copy(update={
+        "enabled": True, "device": "cpu",
+        "params": {"model": str(tiny_kronos_dir(tmp_path)), "lookback": 32, "samples": 4, "calibrated": False}})
+    eng3 = Engine(cfg2, models.model_copy(update={"experts": experts}), store=store,
+                  replay=ReplayConfig(speed=None))
+    with pytest.raises(ValueError, match="unknown expert 'nope'"):
+        eng3.set_training("nope", True)
+    with pytest.raises(ValueError, match="'kronos' cannot train online"):
+        eng3.set_training("kronos", True)
+    with pytest.raises(ValueError, match="no previous version"):
+        eng3.rollback("cnn")
+    assert eng3.snapshot().training_enabled and eng3.trainable() == ["cnn", "dqn"]
+    store.close()
