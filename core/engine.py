@@ -242,6 +242,9 @@ class Engine:
         self.live_outcomes: Any = None
         self.outcomes: Any = None
         self._want_training: set[str] = set()  # experts the user switched training on for
+        # experts whose weights online training ever governed in this engine: the orchestrator's
+        # registry poll leaves them alone (a new stream's poll would otherwise revert a promotion)
+        self._managed: set[str] = set()
         self._fed = False  # a decision's features reached the trainer buffer (trainers may start)
         self._swaps: deque[SwapEvent] = deque(maxlen=KEEP_SWAPS)
         self._bars = 0
@@ -375,7 +378,7 @@ class Engine:
         self.outcomes = OutcomeTracker(self.store, key, dz, default_horizon=h)
         self._fed = False
         self._bars = 0
-        orch.managed = set(self._want_training)
+        orch.managed = set(self._managed)
 
     def _close_training(self) -> None:
         if self.trainer is not None:
@@ -576,6 +579,7 @@ class Engine:
             name, on = arg
             if on:
                 self._want_training.add(name)
+                self._managed.add(name)
                 if self._orch is not None:
                     self._orch.managed.add(name)
                 self._start_wanted_trainers()

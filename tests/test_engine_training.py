@@ -121,6 +121,22 @@ def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_pat
         assert eng.snapshot().trainers["cnn"].pid != pid2
         eng.set_training("cnn", False)
         wait_for(lambda: not eng.snapshot().experts["cnn"].training, 10, "training to stop", eng)
+
+        # rollback puts the version the last promotion replaced back, between two decisions
+        promoted = [s for s in eng.snapshot().swaps if s.expert == "cnn" and s.kind == "promote"]
+        eng.rollback("cnn")
+        wait_for(lambda: eng.snapshot().swaps[-1].kind == "rollback", 10, "the rollback", eng)
+        rb = eng.snapshot().swaps[-1]
+        assert rb.version == promoted[-1].previous and rb.previous == promoted[-1].version
+        assert eng.snapshot().experts["cnn"].version == rb.version
+        n1 = len([d for d in eng.snapshot().recent_decisions if d.ts > rb.bar_ts])
+        wait_for(lambda: len([d for d in eng.snapshot().recent_decisions if d.ts > rb.bar_ts]) >= n1 + 5,
+                 20, "decisions after the rollback", eng)
+        # outcome metrics: in memory since the stream started, and from the stored outcomes table
+        snap = eng.snapshot()
+        assert {"cnn", "dqn", "moe"} <= set(snap.live_metrics) and snap.live_metrics["moe"].n > 50
+        assert {"cnn", "moe"} <= set(snap.stored_metrics) and snap.stored_metrics["cnn"].n > 50
+        assert 0.0 <= snap.live_metrics["cnn"].accuracy <= 1.0
         swaps = [s for s in eng.snapshot().swaps if s.expert == "cnn"]
         decided = eng.snapshot().decision.ts
     finally:
