@@ -245,7 +245,7 @@ class Engine:
         # experts whose weights online training ever governed in this engine: the orchestrator's
         # registry poll leaves them alone (a new stream's poll would otherwise revert a promotion)
         self._managed: set[str] = set()
-        self._fed = False  # a decision's features reached the trainer buffer (trainers may start)
+        self._fed = False  # trainers may start: live/paper at once, a replay after its first fed decision
         self._swaps: deque[SwapEvent] = deque(maxlen=KEEP_SWAPS)
         self._bars = 0
         self._build_models()
@@ -376,9 +376,12 @@ class Engine:
                                        runs_dir=cfg.resolve(cfg.training.runs_dir))
         self.live_outcomes = LiveOutcomes(self.timeframe, dz, default_horizon=h)
         self.outcomes = OutcomeTracker(self.store, key, dz, default_horizon=h)
-        self._fed = False
+        # the manager seeds an empty buffer from the NEWEST stored candles: live that is the past, in
+        # a replay it is the replay's future, so a replay's trainers wait for its first decision
+        self._fed = self.mode != "replay"
         self._bars = 0
         orch.managed = set(self._managed)
+        self._start_wanted_trainers()
 
     def _close_training(self) -> None:
         if self.trainer is not None:
@@ -389,8 +392,7 @@ class Engine:
             self.trainer = None
 
     def _start_wanted_trainers(self) -> None:
-        """Start the trainers switched on. Only after a decision's features were fed: the manager
-        seeds an empty buffer from the NEWEST stored candles, which in a replay lie in the future."""
+        """Start the trainers switched on (in a replay only once a decision's features were fed)."""
         if self.trainer is None or not self._fed or not self.training:
             return
         for name in sorted(self._want_training):
