@@ -114,8 +114,11 @@ def test_experts_and_patch(client, engine) -> None:
     names = [e["name"] for e in j["experts"]]
     assert names and set(names) == set(engine.snapshot().experts)
     name = names[0]
+    # this engine runs with training=False (--no-training): the engine's reason comes back as a 409
     r = client.patch(f"/api/experts/{name}", json={"training": True})
-    assert r.status_code == 409 and "Live-training" in r.get_json()["message"]
+    assert r.status_code == 409 and "training is disabled" in r.get_json()["message"]
+    assert engine.snapshot().experts[name].training is False
+    assert client.get("/api/experts").get_json()["experts"][0]["trainable"] is False
     assert client.patch("/api/experts/nope", json={"enabled": False}).status_code == 404
     assert client.patch(f"/api/experts/{name}", json={}).status_code == 422
     assert client.patch(f"/api/experts/{name}", json={"enabled": "no"}).status_code == 422

@@ -46,6 +46,9 @@ def test_job_runs_backtester_and_report_is_listed(ctx) -> None:
     assert len(eq) == 2 * 1440 and eq["equity"].iloc[0] == pytest.approx(wctx.cfg.execution.initial_cash, rel=0.01)
     fig = figures.compare_figure({"a": eq, "b": eq})
     assert len(fig.data) == 2 and fig.data[0].y[0] == pytest.approx(1.0)
+    # the run is also recorded in the store's backtest_runs table (as main_backtest.py run does)
+    runs = wctx.store.query_df("SELECT json_path FROM backtest_runs")
+    assert list(runs["json_path"]) == [job.report]
 
 
 def test_job_failure_is_reported_not_raised(ctx) -> None:

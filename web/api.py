@@ -262,6 +262,7 @@ def experts_json(snap: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> list[dict[s
         rows.append({
             "name": name, "enabled": st.enabled, "training": st.training, "version": st.version,
             "trained": st.trained, "input_kind": st.input_kind, "last_error": st.last_error,
+            "trainable": bool(getattr(st, "trainable", False)) and bool(getattr(snap, "training_enabled", False)),
             "gate_weight": _f(snap.gate_weights.get(name)), "recent_accuracy": acc.get(name),
             "latest": output_json(o) if o is not None else None,
         })
@@ -378,11 +379,18 @@ def build_blueprint(engine: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> Bluepr
             raise ApiError(404, f"unknown expert {name!r}; known: {', '.join(snap.experts)}", "not_found")
         if body.enabled is None and body.training is None:
             raise ApiError(422, "send at least one of 'enabled', 'training'")
-        if body.training:
-            raise ApiError(409, TRAINING_UNAVAILABLE, "conflict")
+        if body.training is not None:
+            if not hasattr(engine, "set_training"):
+                if body.training:
+                    raise ApiError(409, TRAINING_UNAVAILABLE, "conflict")
+            else:
+                try:  # the engine says why not: --no-training, a candle expert (trains offline), ...
+                    engine.set_training(name, body.training)
+                except ValueError as exc:
+                    raise ApiError(409, str(exc), "conflict") from None
         if body.enabled is not None:
             engine.set_expert_enabled(name, body.enabled)
-        return jsonify(ok=True, name=name, enabled=body.enabled, training=False)
+        return jsonify(ok=True, name=name, enabled=body.enabled, training=body.training)
 
     @bp.get("/trades")
     def trades() -> Response:

@@ -70,7 +70,7 @@ class BacktestJobs:
             out = self._runner(job.spec, progress)
             job.report = str(out) if out is not None else None
             job.progress = 1.0
-            job.message = job.message if job.message.startswith("JSON saved") else "finished"
+            job.message = "finished"
         except Exception as exc:  # noqa: BLE001 - a failed backtest is shown, never crashes the UI
             job.error = f"{type(exc).__name__}: {exc}"
             job.message = "failed"
@@ -118,43 +118,11 @@ def default_runner(wctx: Any) -> Runner:
                   "thresholds": {"buy": thr.buy, "sell": thr.sell, "min_confidence": thr.min_confidence},
                   "fees_bps": cfg.execution.taker_fee_bps, "slippage_bps": cfg.execution.slippage_bps,
                   "fill_at": cfg.execution.fill_at, "source": "dashboard"}
-        try:
-            rep = BC.result_report(res, spec_d, K.bars_per_year(key.timeframe))
-        except ValueError:
-            # core/backtest/cli.result_report passes codes[decided] (shorter) to compute_metrics, which
-            # compares them bar by bar with the full-length forward returns; until that is fixed, pass
-            # full-length codes with HOLD (0) where no decision was made -- the same hit-rate semantics
-            rep = _report(BC, res, spec_d, K.bars_per_year(key.timeframe))
-        reports_dir = cfg.resolve(cfg.backtest.reports_dir)
-        try:
-            jp, _hp = BC.save_run(store, rep, reports_dir)
-        except ValueError as exc:
-            # save_run writes the JSON first; if the HTML page (or the run row) fails, keep the JSON,
-            # which is all this page needs, and say what failed
-            jp = reports_dir / f"backtest_{rep['run_id']}.json"
-            if not jp.exists():
-                raise
-            log.warning("backtest %s: JSON saved, HTML report/run row failed: %s", rep["run_id"], exc)
-            progress(1.0, f"JSON saved; HTML report failed ({str(exc).splitlines()[0]})")
+        rep = BC.result_report(res, spec_d, K.bars_per_year(key.timeframe))
+        jp, _hp = BC.save_run(store, rep, cfg.resolve(cfg.backtest.reports_dir))
         return jp
 
     return run
-
-
-def _report(BC: Any, res: Any, spec_d: dict[str, Any], bpy: float) -> dict[str, Any]:
-    import numpy as np
-
-    close = res.candles["close"].to_numpy(np.float64)
-    codes = np.where(res.decided, res.codes, 0)
-    metrics = BC.compute_metrics(res.equity, close, res.fills, res.state, res.spec.initial_cash, bpy, codes,
-                                 res.spec.horizon)
-    metrics["decisions"] = int(res.decided.sum())
-    metrics["elapsed_s"] = float(res.elapsed_s)
-    w = {n: res.weights[:, i] for i, n in enumerate(res.names)}
-    return BC.report_dict(res.run_id, "experts", spec_d, res.candles, res.equity, res.fills, metrics,
-                          p_up=np.where(res.decided, res.fused[:, 2], np.nan), weights=w, experts=res.info,
-                          horizon=res.spec.horizon, dead_zone=res.spec.dead_zone, errors=res.errors,
-                          stats=res.stats)
 
 
 # ---------------------------------------------------------------- stored reports

@@ -17,7 +17,8 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from web import api, figures
 
-TRAINING_TOOLTIP = "Live training arrives with the Live-training issue"
+TRAINING_OFF = "Live training is off for this engine (started with --no-training or training.enabled: false)"
+TRAINING_CANDLES = "Candle experts (Kronos) train offline: main_backtest.py train --experts kronos"
 CHECKPOINT_TABLES = ("checkpoints", "checkpoint_registry")
 METRIC_TABLES = ("training_metrics",)
 
@@ -121,8 +122,11 @@ def expert_card(wctx: Any, e: dict[str, Any]) -> Any:
         dbc.Col(dbc.Switch(id={"type": "expert-enabled", "name": name}, label="enabled", value=e["enabled"]),
                 width=2),
         dbc.Col([html.Span(dbc.Switch(id={"type": "expert-training", "name": name}, label="training",
-                                      value=False, disabled=True), id=f"training-wrap-{name}"),
-                 dbc.Tooltip(TRAINING_TOOLTIP, target=f"training-wrap-{name}")], width=2),
+                                      value=e["training"], disabled=not e["trainable"]), id=f"training-wrap-{name}"),
+                 dbc.Tooltip("Train online from live bars; promotions hot-swap the weights between decisions"
+                             if e["trainable"] else (TRAINING_CANDLES if e["input_kind"] == "candles"
+                                                     else TRAINING_OFF),
+                             target=f"training-wrap-{name}")], width=2),
         dbc.Col(html.Span(f"version {e['version']}", className="small"), width=3),
         dbc.Col(html.Span(f"gate w {e['gate_weight']:.3f}" if e["gate_weight"] is not None else "gate w —",
                           className="small"), width=2),
@@ -159,6 +163,7 @@ def layout(wctx: Any) -> Any:
                            className="btn btn-outline-info btn-sm float-end"), width=6),
         ]),
         html.Div(id="models-msg", className="small mb-2"),
+        html.Div(id="models-train-msg", className="small mb-2"),
         html.Div([expert_card(wctx, e) for e in experts] or
                  dbc.Alert("The engine has no experts configured (models.yml).", color="warning"),
                  id="models-list"),
@@ -180,3 +185,19 @@ def register(app: Dash, wctx: Any) -> None:
         engine.set_expert_enabled(name, bool(value))
         return dbc.Alert(f"{name} {'enabled' if value else 'disabled'}: applied to the next decision",
                          color="info", className="py-1", id="models-ack")
+
+    @app.callback(Output("models-train-msg", "children"),
+                  Input({"type": "expert-training", "name": ALL}, "value"),
+                  State({"type": "expert-training", "name": ALL}, "id"), prevent_initial_call=True)
+    def _train(values: list[bool], ids: list[dict]) -> Any:
+        trig = ctx.triggered_id
+        if not isinstance(trig, dict):
+            return no_update
+        name = trig["name"]
+        value = bool(next(v for v, i in zip(values, ids, strict=True) if i["name"] == name))
+        try:
+            engine.set_training(name, value)
+        except (ValueError, AttributeError) as exc:
+            return dbc.Alert(f"training not changed: {exc}", color="warning", className="py-1")
+        return dbc.Alert(f"{name}: live training {'started' if value else 'stopped'}", color="info",
+                         className="py-1")
