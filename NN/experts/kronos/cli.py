@@ -47,7 +47,7 @@ def _fmt_pct(x: float) -> str:
     return f"{100 * x:+.3f}%"
 
 
-def print_summary(s: dict[str, Any], symbol: str, out=sys.stdout) -> None:
+def print_summary(s: dict[str, Any], symbol: str, out: Any = None) -> None:
     h = s["at_horizon"]
     lines = [
         f"Kronos forecast {symbol}: last close {s['last_close']:.6g} at "
@@ -73,7 +73,8 @@ def print_summary(s: dict[str, Any], symbol: str, out=sys.stdout) -> None:
         if (i + 1) % every == 0 or i == 0:
             lines.append(f"  {i + 1:>4}  {st['p_up']:.3f}  {_fmt_pct(st['expected_return']):>9}  "
                          f"{st['close']['p10']:<10.6g} {st['close']['p50']:<10.6g} {st['close']['p90']:<10.6g}")
-    print("\n".join(lines), file=out)
+    # stdout looked up at call time: a default bound at import outlives redirected streams
+    print("\n".join(lines), file=out if out is not None else sys.stdout)
 
 
 def paths_frame(fc: Any) -> pd.DataFrame:
