@@ -43,6 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def exchange_host(exchange: str) -> str:
+    """The REST host of a ccxt exchange (first https URL of its ``urls['api']``)."""
+    from urllib.parse import urlparse
+
+    import ccxt
+
+    try:
+        api = getattr(ccxt, exchange)().urls.get("api")
+    except AttributeError:
+        raise SystemExit(f"unknown ccxt exchange {exchange!r} (config data.exchange)") from None
+    stack = [api]
+    while stack:
+        v = stack.pop(0)
+        if isinstance(v, str) and v.startswith("https://"):
+            return urlparse(v).hostname or v
+        if isinstance(v, dict):
+            stack.extend(v.values())
+    return "api.binance.us"
+
+
 def internet_reachable(host: str = "api.binance.us", port: int = 443, timeout: float = 3.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -89,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     replay_path = Path(args.replay) if args.replay else None
-    if replay_path is None and not args.replay_db and not internet_reachable():
-        print("The exchange cannot be reached (no internet?), so there is no live data.\n"
+    if replay_path is None and not args.replay_db and not internet_reachable(exchange_host(cfg.data.exchange)):
+        print(f"The exchange {cfg.data.exchange} cannot be reached (no internet?), so there is no live data.\n"
               "Run the whole UI offline on stored data instead, e.g.:\n"
               "  make run ARGS=\"--replay ../shared/data/binanceus/BTC_USDT-1m.csv --speed 60\"\n"
               "  (or --replay-db to replay what data/moe.duckdb already holds)", file=sys.stderr)
