@@ -1,7 +1,7 @@
 """Dashboard benchmark: prints ONE JSON object of medians / p95s.
 
 - update_p95_ms / update_p50_ms: server time of one 1 s Live-page update (the chart Patch callback +
-  panels + equity callbacks, through Dash's real /_dash-update-component route) with 1,500 candles
+  the panels/equity callback, through Dash's real /_dash-update-component route) with 1,500 candles
   and every overlay on, while the REAL engine replays shared BTC/USDT 1m data (default 600x, i.e.
   10 new candles per update; the engine keeps deciding on every bar meanwhile).
 - chart_p95_ms: the chart callback alone.
@@ -76,14 +76,13 @@ def measure_updates(app, ticks: int) -> dict:
         chart_state = resp1.get("live-state", {}).get("data", chart_state)
         outs = [("live-stats", "children"), ("live-experts", "children"), ("live-trading", "children"),
                 ("live-kill", "children"), ("live-system", "children"), ("thr-current", "children"),
-                ("live-sigs", "data")]
-        resp2, b2, t2 = _post(client, outs, [("live-tick", "n_intervals", n)], [("live-sigs", "data", sigs)],
+                ("live-sigs", "data"), ("live-equity", "figure"), ("live-eq-state", "data")]
+        resp2, b2, t2 = _post(client, outs, [("live-tick", "n_intervals", n)],
+                              [("live-sigs", "data", sigs), ("live-eq-state", "data", eq_state)],
                               "live-tick.n_intervals")
         sigs = resp2.get("live-sigs", {}).get("data", sigs)
-        resp3, b3, t3 = _post(client, [("live-equity", "figure"), ("live-eq-state", "data")],
-                              [("live-tick", "n_intervals", n)], [("live-eq-state", "data", eq_state)],
-                              "live-tick.n_intervals")
-        eq_state = resp3.get("live-eq-state", {}).get("data", eq_state)
+        eq_state = resp2.get("live-eq-state", {}).get("data", eq_state)
+        b3 = t3 = 0
         if n == 0:
             first_bytes = b1 + b2 + b3
         else:  # tick 0 is the first render (whole figures); updates are what follows

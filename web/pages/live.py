@@ -427,16 +427,15 @@ def register(app: Dash, wctx: Any) -> None:
     @app.callback(Output("live-stats", "children"), Output("live-experts", "children"),
                   Output("live-trading", "children"), Output("live-kill", "children"),
                   Output("live-system", "children"), Output("thr-current", "children"),
-                  Output("live-sigs", "data"),
-                  Input("live-tick", "n_intervals"), State("live-sigs", "data"))
-    def _panels(_n: int | None, sigs: dict | None) -> Any:
-        out, sigs = panels_update(engine.snapshot(), sigs, dead_zone=wctx.dead_zone)
-        return (*out, sigs)
-
-    @app.callback(Output("live-equity", "figure"), Output("live-eq-state", "data"),
-                  Input("live-tick", "n_intervals"), State("live-eq-state", "data"))
-    def _equity(_n: int | None, state: dict | None) -> Any:
-        return equity_update(engine.snapshot(), state)
+                  Output("live-sigs", "data"), Output("live-equity", "figure"), Output("live-eq-state", "data"),
+                  Input("live-tick", "n_intervals"), State("live-sigs", "data"), State("live-eq-state", "data"))
+    def _panels(_n: int | None, sigs: dict | None, eq_state: dict | None) -> Any:
+        # one request per tick for every panel and the equity curve (Dash's per-callback overhead is a
+        # good part of the update time); both read the same snapshot reference
+        snap = engine.snapshot()
+        out, sigs = panels_update(snap, sigs, dead_zone=wctx.dead_zone)
+        eq, eq_state = equity_update(snap, eq_state)
+        return (*out, sigs, eq, eq_state)
 
     @app.callback(Output("thr-msg", "children"),
                   Input("thr-buy", "value"), Input("thr-sell", "value"), Input("thr-minconf", "value"),
