@@ -327,7 +327,9 @@ class Engine:
                             allow_short=cfg.execution.allow_short, registry=self.registry,
                             run_id=f"{self.mode}-{uuid.uuid4().hex[:8]}", enabled=enabled,
                             sizer=lambda _b: self._size(prov, executor))
-        prov.subscribe(lambda ev: self._q.put(("candle", ev)), symbols=[self.symbol],
+        # tagged with their provider: after a stream restart, candles still queued from the old one
+        # (same symbol included) must not reach the new pipeline
+        prov.subscribe(lambda ev, p=prov: self._q.put(("candle", (p, ev))), symbols=[self.symbol],
                        timeframes=[self.timeframe])
         if self.replay is not None:
             from core.data.replay import ReplaySource
@@ -561,7 +563,9 @@ class Engine:
 
     def _handle(self, kind: str, arg: Any) -> None:
         if kind == "candle":
-            self._on_candle(arg)
+            prov, ev = arg
+            if prov is self._provider:
+                self._on_candle(ev)
             return
         if kind == "predict":
             try:

@@ -139,12 +139,24 @@ def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_pat
         assert 0.0 <= snap.live_metrics["cnn"].accuracy <= 1.0
         swaps = [s for s in eng.snapshot().swaps if s.expert == "cnn"]
         decided = eng.snapshot().decision.ts
+        run_id = eng.snapshot().decision.id.rsplit(":", 1)[0]
+
+        # a stream restart shuts the manager down and starts the wanted trainers on the new stream
+        eng.set_training("cnn", True)
+        wait_for(lambda: alive(eng.snapshot().trainers["cnn"].pid), 10, "training to start again", eng)
+        pid3 = eng.snapshot().trainers["cnn"].pid
+        eng.start_stream("BTC/USDT", "1m")
+        wait_for(lambda: eng.snapshot().decision is not None and not eng.snapshot().decision.id.startswith(run_id)
+                 and alive(eng.snapshot().trainers["cnn"].pid), 30, "the new stream's trainer", eng)
+        pid4 = eng.snapshot().trainers["cnn"].pid
+        assert not alive(pid3) and pid4 != pid3
     finally:
         eng.stop()
-    assert not alive(pid2)
+    assert not alive(pid2) and not alive(pid4)  # stop() shuts the trainers down
 
     # the audit trail: cnn's model_version changes exactly after each swap's bar
-    p = store.query_df("SELECT ts, model_version FROM predictions WHERE expert = 'cnn' ORDER BY ts")
+    p = store.query_df("SELECT ts, model_version FROM predictions WHERE expert = 'cnn' AND run_id = ? ORDER BY ts",
+                       [run_id])
     store.close()
     assert len(p) and int(p["ts"].iloc[-1]) >= decided
     for i, s in enumerate(swaps):
