@@ -383,7 +383,22 @@ class Engine:
         self._fed = self.mode != "replay"
         self._bars = 0
         orch.managed = set(self._managed)
+        orch.checkpoint_sink = self._judge_registered
         self._start_wanted_trainers()
+
+    def _judge_registered(self, name: str, info: Any) -> None:
+        """A newly registered best checkpoint of an expert under online training: judged by the
+        manager like a trainer's challenger (it goes live only if it wins on the validation window).
+        The manager deletes a losing file, so it judges a copy and the registry's file stays."""
+        import shutil
+
+        if self.trainer is None:
+            return
+        dst = self.cfg.resolve(self.cfg.training.models_dir) / name / "online" / f"registry-{info.version}.pt"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(info.path, dst)
+        self.trainer.submit_checkpoint(name, dst, version=str(info.version))
+        log.info("registered %s %s submitted to the champion/challenger judge", name, info.version)
 
     def _close_training(self) -> None:
         if self.trainer is not None:

@@ -262,6 +262,9 @@ class Orchestrator:
         # experts whose weights another authority swaps (the engine's TrainingManager promotions):
         # the registry poll leaves them alone so it cannot revert a promotion
         self.managed: set[str] = set()
+        # a managed expert's newly registered best checkpoint goes here (name, CheckpointInfo) instead
+        # of being loaded: the authority judges it (TrainingManager.submit_checkpoint)
+        self.checkpoint_sink: Callable[[str, Any], None] | None = None
         self.last_batch: FeatureBatch | None = None  # the features of the last decision (training feed)
 
     # ---- commands (any thread; read at the start of the next decision)
@@ -424,14 +427,16 @@ class Orchestrator:
         if gname and gname not in targets and hasattr(self.gate, "load_state_dict"):
             targets[gname] = self.gate  # a newly trained gate is swapped the same way
         for name, ex in targets.items():
-            if name in self.managed:
-                continue
             try:
                 latest = self.registry.latest_version(name)
                 if latest is None or latest == self._seen_versions.get(name):
                     continue
                 self._seen_versions[name] = latest
                 best = self.registry.best(name)
+                if name in self.managed:  # its weights are swapped by another authority
+                    if best is not None and best.version != ex.version and self.checkpoint_sink is not None:
+                        self.checkpoint_sink(name, best)
+                    continue
                 if best is not None and best.version != ex.version:
                     if self.registry.load_into(ex, best.version):
                         log.info("swapped %s weights to %s", name, best.version)

@@ -18,6 +18,7 @@ from core.config import AppConfig, ModelsConfig, load_config, load_models
 from core.data.files import load_file
 from core.data.store import MarketStore
 from core.types import SeriesKey
+from NN.training.checkpoints import CheckpointRegistry
 
 torch.set_num_threads(1)
 KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
@@ -137,6 +138,18 @@ def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_pat
         assert {"cnn", "dqn", "moe"} <= set(snap.live_metrics) and snap.live_metrics["moe"].n > 50
         assert {"cnn", "moe"} <= set(snap.stored_metrics) and snap.stored_metrics["cnn"].n > 50
         assert 0.0 <= snap.live_metrics["cnn"].accuracy <= 1.0
+
+        # one authority: a checkpoint registered offline for an expert under online training is judged
+        # by the manager (here the live weights themselves: equal loss, margin 0 -> promoted through a
+        # swap), never loaded behind its back by the orchestrator's registry poll
+        reg = CheckpointRegistry(store, tmp_path / "models")
+        version = reg.register("cnn", eng.experts["cnn"].state_dict(), 0.5, models.experts["cnn"].checkpoints,
+                               {"source": "test"})
+        wait_for(lambda: any(s.version == version for s in eng.snapshot().swaps), 30,
+                 "the registered checkpoint's verdict", eng)
+        sw = next(s for s in eng.snapshot().swaps if s.version == version)
+        assert sw.kind == "promote" and sw.challenger_score == sw.champion_score
+        assert reg.get("cnn", version).path.exists()  # the manager judged a copy
         swaps = [s for s in eng.snapshot().swaps if s.expert == "cnn"]
         decided = eng.snapshot().decision.ts
         run_id = eng.snapshot().decision.id.rsplit(":", 1)[0]
