@@ -768,7 +768,8 @@ class TrainingManager:
             if now - t.started_at > self.backoff_max_s:  # it had been healthy: start over
                 t.backoff = self.backoff_initial_s
             t.restart_at = now + t.backoff
-            err = t.status.error if t.status.error else f"trainer process exited with code {code}"
+            # the cause without any earlier "(restart ...)" suffix, so the message does not grow
+            err = (t.status.error or "").split(" (restart ")[0] or f"trainer process exited with code {code}"
             t.status = replace(t.status, running=False, pid=None, restarts=t.restarts,
                                error=f"{err} (restart {t.restarts} in {t.backoff:.0f} s)")
             log.warning("trainer %s died (exit code %s); restart %d in %.1f s", t.spec.name, code,

@@ -2,7 +2,7 @@
 
 Both are scored (log loss) on the same recent validation window: matured samples the challenger did
 not train on (NN/training/online.py withholds them from the trainers). The challenger wins when
-    challenger_logloss <= champion_logloss - promote_margin     (models.yml experts.<n>.online)
+    challenger_logloss <= champion_logloss - promote_margin, and strictly lower (models.yml experts.<n>.online)
 The verdict is a ``Swap``: the engine applies it between two decisions (``Swap.apply`` on its own
 thread). ``ChampionHistory`` keeps the exact previous states so a rollback restores bit-identical
 weights.
@@ -67,7 +67,7 @@ def judge(champion_logloss: float, challenger_logloss: float, margin: float, n: 
     if not np.isfinite(challenger_logloss):
         return Verdict(False, champion_logloss, challenger_logloss, margin, n, "challenger loss is not finite")
     gain = champion_logloss - challenger_logloss
-    if gain >= margin:
+    if gain > 0 and gain >= margin:  # an equal score is no improvement, even with margin 0
         return Verdict(True, champion_logloss, challenger_logloss, margin, n,
                        f"log loss {challenger_logloss:.4f} beats {champion_logloss:.4f} by {gain:.4f} >= {margin}")
     return Verdict(False, champion_logloss, challenger_logloss, margin, n,
