@@ -281,7 +281,7 @@ class Engine:
         self.trained: dict[str, bool] = {}
         for name, ecfg in self.models.enabled().items():
             try:
-                ex = build_expert(name, ecfg, self.builder.spec)
+                ex = build_expert(name, ecfg, self.builder.spec, self.registry.models_dir)
                 self.trained[name] = bool(self.registry.load_into(ex))
                 self.experts[name] = ex
             except Exception as exc:

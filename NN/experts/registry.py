@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from core.config import ConfigError, ExpertConfig
 from core.types import FeatureSpec
@@ -26,6 +27,12 @@ def expert_class(name: str, cfg: ExpertConfig) -> type[Expert]:
     return cls
 
 
-def build_expert(name: str, cfg: ExpertConfig, spec: FeatureSpec) -> Expert:
-    """Instantiate the expert ``name``; its params are validated by the class (ConfigError if bad)."""
-    return expert_class(name, cfg)(name, cfg, spec)
+def build_expert(name: str, cfg: ExpertConfig, spec: FeatureSpec, models_dir: Path | None = None) -> Expert:
+    """Instantiate the expert ``name``; its params are validated by the class (ConfigError if bad).
+
+    ``models_dir`` (config training.models_dir) is where experts that find their own weights on disk
+    (Kronos ``nano``) look, unless models.yml names a directory for that expert explicitly."""
+    expert = expert_class(name, cfg)(name, cfg, spec)
+    if models_dir is not None and "models_dir" not in cfg.params and hasattr(expert, "use_models_dir"):
+        expert.use_models_dir(Path(models_dir))
+    return expert

@@ -393,7 +393,7 @@ def load_experts(registry: CheckpointRegistry, models: ModelsConfig, spec, *, in
         if name == "kronos" and not include_candle_experts:
             continue
         try:
-            expert = build_expert(name, cfg, spec)
+            expert = build_expert(name, cfg, spec, registry.models_dir)
         except Exception as exc:  # e.g. a module another build does not ship
             log.warning("%s: cannot build (%s); skipped", name, exc)
             continue

@@ -159,7 +159,8 @@ def build_components(models: Any, base_timeframe: str, names: list[str] | None, 
     experts: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
     for name in wanted:
-        ex = build_expert(name, models.experts[name], builder.spec)
+        ex = build_expert(name, models.experts[name], builder.spec,
+                          getattr(registry, "models_dir", None))
         trained = bool(registry is not None and registry.load_into(ex))
         if not trained and not explicit:
             log.warning("expert %s has no checkpoint: skipped (pass --experts %s to run it untrained)",

@@ -70,6 +70,11 @@ class KronosExpert(Expert):
         self._last_candles: pd.DataFrame | None = None
         self._opt: torch.optim.Optimizer | None = None
 
+    def use_models_dir(self, models_dir: Path) -> None:
+        """Look up ``nano`` checkpoints under this directory (the app's training.models_dir)."""
+        self.params = self.params.model_copy(update={"models_dir": str(models_dir)})
+        self._bundle = None
+
     # ---- model
     @property
     def bundle(self) -> KronosBundle:
