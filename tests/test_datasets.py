@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from core.config import AppConfig, FeaturesConfig, LabelsConfig, SplitConfig, load_config, load_models
+from core.data.files import load_file as load_candles
 from core.features import FeatureBuilder
-from core.types import CANDLE_COLUMNS
 from NN.training.datasets import (
     build_dataset,
     chronological_split,
@@ -20,13 +20,6 @@ from NN.training.datasets import (
     label_table,
     make_labels,
 )
-
-
-def load_candles(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    t = pd.to_datetime(df.pop("timestamp"), utc=True)
-    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
-    return df[list(CANDLE_COLUMNS)]
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from core.config import ConfigError, ExpertConfig, load_models
+from core.data.files import load_file as load_candles
 from core.features import FeatureBuilder
-from core.types import CANDLE_COLUMNS, ExpertOutput
+from core.types import ExpertOutput
 from NN.experts.dqn import DQNExpert
 from NN.experts.registry import build_expert
 from NN.training.datasets import forward_returns, make_labels
@@ -22,13 +23,6 @@ torch.set_num_threads(1)  # small nets: one thread is faster, and the 2-core box
 
 N_BARS = 700  # 124 warm-up bars + enough samples; FeatureBuilder costs ~3 ms per bar
 EXPERTS = ("cnn", "transformer", "dqn")
-
-
-def load_candles(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    t = pd.to_datetime(df.pop("timestamp"), utc=True)
-    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
-    return df[list(CANDLE_COLUMNS)]
 
 
 @pytest.fixture(scope="module")

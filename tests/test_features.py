@@ -9,18 +9,12 @@ import pandas as pd
 import pytest
 
 from core.config import FeaturesConfig
+from core.data.files import load_file as load_candles
 from core.features import FeatureBuilder, resample_candles
-from core.types import CANDLE_COLUMNS, timeframe_ms
+from core.types import timeframe_ms
 
 REF_COLS = ("ref_ret_1", "ref_ret_5", "ref_ret_15", "ref_ret_60", "ref_present")
 N_BARS = 6000  # ~4 days of 1m bars: crosses several hour and day boundaries, keeps the test fast
-
-
-def load_candles(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    t = pd.to_datetime(df.pop("timestamp"), utc=True)
-    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
-    return df[list(CANDLE_COLUMNS)]
 
 
 @pytest.fixture(scope="module")

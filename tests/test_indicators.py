@@ -10,17 +10,10 @@ import pytest
 import ta
 
 from core import indicators as ind
-from core.types import CANDLE_COLUMNS
+from core.data.files import load_file as load_candles
 
 N_BARS = 10_000
 WARM = 300  # bars after which differently-seeded recursive filters agree to ~1e-9
-
-
-def load_candles(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    t = pd.to_datetime(df.pop("timestamp"), utc=True)
-    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
-    return df[list(CANDLE_COLUMNS)]
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from core.config import load_models
+from core.data.files import load_file as load_candles
 from core.data.store import MarketStore
 from core.features import FeatureBuilder
-from core.types import CANDLE_COLUMNS, SeriesKey
+from core.types import SeriesKey
 from NN.experts.dqn import POSITIONS
 from NN.experts.registry import build_expert
 from NN.training.datasets import make_labels
@@ -40,13 +41,6 @@ KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
 DZ = 0.002
 STORED = 1600  # candles in the store when training starts
 FED = 40  # bars fed live afterwards
-
-
-def load_candles(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    t = pd.to_datetime(df.pop("timestamp"), utc=True)
-    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
-    return df[list(CANDLE_COLUMNS)]
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,11 @@ import torch
 
 from core.audit import AuditWriter
 from core.config import load_models
+from core.data.files import load_file as load_candles
 from core.data.store import MarketStore
 from core.features import FeatureBuilder
 from core.orchestrator import decide
-from core.types import CANDLE_COLUMNS, Decision, ExpertOutput, SeriesKey, Thresholds
+from core.types import Decision, ExpertOutput, SeriesKey, Thresholds
 from NN.calibration import scores
 from NN.experts.registry import build_expert
 from NN.moe import MoEGate
@@ -32,13 +33,6 @@ DZ = 0.002
 KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
 H = {"cnn": 5, "dqn": 3}
 THRESH = Thresholds(buy=0.3, sell=0.3)  # near-uniform untrained nets still trade both ways
-
-
-def load_candles(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    t = pd.to_datetime(df.pop("timestamp"), utc=True)
-    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
-    return df[list(CANDLE_COLUMNS)]
 
 
 @pytest.fixture(scope="module")

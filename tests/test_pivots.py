@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
+from core.data.files import load_file as load_candles
 from core.pivots import (
     MAX_LEVELS,
     latest_confirmed,
@@ -16,16 +16,8 @@ from core.pivots import (
     support_resistance,
     support_resistance_fast,
 )
-from core.types import CANDLE_COLUMNS
 
 N_BARS = 8_000
-
-
-def load_candles(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    t = pd.to_datetime(df.pop("timestamp"), utc=True)
-    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
-    return df[list(CANDLE_COLUMNS)]
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from core.config import load_models
+from core.data.files import load_file as load_candles
 from core.features import FeatureBuilder
-from core.types import CANDLE_COLUMNS
 from NN.experts.registry import build_expert
 from NN.training.datasets import build_dataset
 from NN.training.online import TrainingManager
@@ -27,13 +26,6 @@ N_BARS = 1500
 H = 5
 DEAD_ZONE = 0.002  # the default round trip (2 x 10 bps taker fee)
 VAL = 200
-
-
-def load_candles(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    t = pd.to_datetime(df.pop("timestamp"), utc=True)
-    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
-    return df[list(CANDLE_COLUMNS)]
 
 
 @pytest.fixture(scope="module")

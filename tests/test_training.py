@@ -7,16 +7,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
 
 import main_backtest
 from core.config import CheckpointPolicy, load_models
+from core.data.files import load_file as load_candles
 from core.data.store import MarketStore
 from core.features import FeatureBuilder
-from core.types import CANDLE_COLUMNS, SeriesKey
+from core.types import SeriesKey
 from NN.experts.registry import build_expert
 from NN.training.checkpoints import CheckpointRegistry
 
@@ -24,13 +24,6 @@ torch.set_num_threads(1)  # small nets: one thread is faster, and the 2-core box
 
 N_BARS = 6000  # ~4 days of 1m bars: train ~4.1k, val ~0.8k, test ~0.8k samples
 KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
-
-
-def load_candles(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    t = pd.to_datetime(df.pop("timestamp"), utc=True)
-    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
-    return df[list(CANDLE_COLUMNS)]
 
 
 def weights(expert) -> dict[str, torch.Tensor]:
