@@ -119,6 +119,9 @@ def test_experts_and_patch(client, engine) -> None:
     assert r.status_code == 409 and "training is disabled" in r.get_json()["message"]
     assert engine.snapshot().experts[name].training is False
     assert client.get("/api/experts").get_json()["experts"][0]["trainable"] is False
+    # training is disabled in this engine: no expert's trainer is running
+    assert all(e["trainer"] is None or e["trainer"]["running"] is False
+               for e in client.get("/api/experts").get_json()["experts"])
     assert client.patch("/api/experts/nope", json={"enabled": False}).status_code == 404
     assert client.patch(f"/api/experts/{name}", json={}).status_code == 422
     assert client.patch(f"/api/experts/{name}", json={"enabled": "no"}).status_code == 422
@@ -225,3 +228,15 @@ def test_is_loopback(host: str, loop: bool) -> None:
 def test_secrets_never_in_repr() -> None:
     s = Secrets(dashboard_token=TOKEN)
     assert TOKEN not in repr(s) and TOKEN not in str(s)
+
+
+def test_trainer_json_reports_live_status_without_nan() -> None:
+    from NN.training.online import TrainerStatus
+    from web.api import trainer_json
+
+    t = trainer_json(TrainerStatus(running=True, steps=12, samples_per_s=850.5, live_version="online-1",
+                                   challenger_score=0.71, champion_score=0.74, promotions=1))
+    assert t["running"] is True and t["steps"] == 12 and t["promotions"] == 1
+    assert t["loss"] is None  # NaN before the first step is sent as null, never as invalid JSON
+    assert t["challenger_score"] == 0.71 and t["champion_score"] == 0.74
+    assert trainer_json(None) is None

@@ -265,8 +265,20 @@ def experts_json(snap: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> list[dict[s
             "trainable": bool(getattr(st, "trainable", False)) and bool(getattr(snap, "training_enabled", False)),
             "gate_weight": _f(snap.gate_weights.get(name)), "recent_accuracy": acc.get(name),
             "latest": output_json(o) if o is not None else None,
+            "trainer": trainer_json(getattr(snap, "trainers", {}).get(name)),
         })
     return rows
+
+
+def trainer_json(t: Any) -> dict[str, Any] | None:
+    """Live status of an expert's online trainer (None when it never ran in this stream)."""
+    if t is None:
+        return None
+    return {"running": bool(t.running), "steps": int(t.steps), "loss": _f(t.loss),
+            "samples_per_s": _f(t.samples_per_s), "last_publish": t.last_publish,
+            "live_version": t.live_version, "challenger_score": _f(t.challenger_score),
+            "champion_score": _f(t.champion_score), "promotions": int(t.promotions),
+            "restarts": int(t.restarts), "last_verdict": t.last_verdict, "error": t.error}
 
 
 def fill_json(f: Any) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Models page: per expert — enabled switch, training switch (disabled until live training exists),
-version, last checkpoint, validation metrics, loss curves, and a TensorBoard link.
+"""Models page: per expert — enabled switch, live-training switch with the trainer's live status
+(steps, loss, samples/s, promotions, challenger vs champion score, restarts), version, last checkpoint,
+validation metrics, loss curves, and a TensorBoard link.
 
 Checkpoints and training metrics are read from the store's tables when they exist (the checkpoint
 registry and trainers write them); a missing table just shows "none recorded yet".
@@ -127,7 +128,8 @@ def expert_card(wctx: Any, e: dict[str, Any]) -> Any:
                              if e["trainable"] else (TRAINING_CANDLES if e["input_kind"] == "candles"
                                                      else TRAINING_OFF),
                              target=f"training-wrap-{name}")], width=2),
-        dbc.Col(html.Span(f"version {e['version']}", className="small"), width=3),
+        dbc.Col(html.Span(f"version {e['version']}", id={"type": "expert-version", "name": name},
+                          className="small"), width=3),
         dbc.Col(html.Span(f"gate w {e['gate_weight']:.3f}" if e["gate_weight"] is not None else "gate w —",
                           className="small"), width=2),
     ], className="align-items-center")
@@ -137,6 +139,8 @@ def expert_card(wctx: Any, e: dict[str, Any]) -> Any:
                      + (f" · last error: {e['last_error']}" if e["last_error"] else ""), className="small"),
             html.Div("latest: " + (f"P(down/flat/up) {o['probs']['down']:.2f}/{o['probs']['flat']:.2f}/"
                                    f"{o['probs']['up']:.2f} · conf {o['confidence']:.2f}" if o else "no output yet"),
+                     className="small"),
+            html.Div(trainer_line(e.get("trainer")), id={"type": "trainer-status", "name": name},
                      className="small"),
             html.Div("last checkpoint: " + (str(last_ck.get("version", "?")) if last_ck else "none"),
                      className="small"),
@@ -152,6 +156,19 @@ def expert_card(wctx: Any, e: dict[str, Any]) -> Any:
                     id=f"expert-card-{name}")
 
 
+def trainer_line(t: dict[str, Any] | None) -> str:
+    """One line of live trainer status for an expert card."""
+    if not t:
+        return "trainer: not started"
+    def num(v: Any, fmt: str) -> str:
+        return format(v, fmt) if v is not None else "—"
+    line = (f"trainer: {'running' if t['running'] else 'stopped'} · steps {t['steps']} · loss {num(t['loss'], '.4f')}"
+            f" · {num(t['samples_per_s'], '.0f')} samples/s · promotions {t['promotions']}"
+            f" · challenger {num(t['challenger_score'], '.4f')} vs live {num(t['champion_score'], '.4f')}"
+            f" · restarts {t['restarts']}")
+    return line + (f" · error: {t['error']}" if t.get("error") else "")
+
+
 def layout(wctx: Any) -> Any:
     snap = wctx.engine.snapshot()
     experts = api.experts_json(snap, wctx.dead_zone)
@@ -164,6 +181,7 @@ def layout(wctx: Any) -> Any:
         ]),
         html.Div(id="models-msg", className="small mb-2"),
         html.Div(id="models-train-msg", className="small mb-2"),
+        dcc.Interval(id="models-interval", interval=wctx.cfg.dashboard.update_interval_ms),
         html.Div([expert_card(wctx, e) for e in experts] or
                  dbc.Alert("The engine has no experts configured (models.yml).", color="warning"),
                  id="models-list"),
@@ -172,6 +190,16 @@ def layout(wctx: Any) -> Any:
 
 def register(app: Dash, wctx: Any) -> None:
     engine = wctx.engine
+
+    @app.callback(Output({"type": "trainer-status", "name": ALL}, "children"),
+                  Output({"type": "expert-version", "name": ALL}, "children"),
+                  Input("models-interval", "n_intervals"),
+                  State({"type": "trainer-status", "name": ALL}, "id"))
+    def _trainer_status(_n: int, ids: list[dict]) -> Any:
+        rows = {e["name"]: e for e in api.experts_json(engine.snapshot(), wctx.dead_zone)}
+        names = [i["name"] for i in ids]
+        return ([trainer_line(rows.get(n, {}).get("trainer")) for n in names],
+                [f"version {rows[n]['version']}" if n in rows else "" for n in names])
 
     @app.callback(Output("models-msg", "children"),
                   Input({"type": "expert-enabled", "name": ALL}, "value"),
