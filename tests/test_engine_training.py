@@ -140,15 +140,22 @@ def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_pat
         assert 0.0 <= snap.live_metrics["cnn"].accuracy <= 1.0
 
         # one authority: a checkpoint registered offline for an expert under online training is judged
-        # by the manager (here the live weights themselves: equal loss, margin 0 -> promoted through a
-        # swap), never loaded behind its back by the orchestrator's registry poll
+        # by the manager, never loaded behind its back by the orchestrator's registry poll. Here it is
+        # the live weights themselves: an equal loss is no improvement, so it is judged and rejected.
+        live_version = eng.snapshot().experts["cnn"].version
+        verdict_before = eng.snapshot().trainers["cnn"].last_verdict
         reg = CheckpointRegistry(store, tmp_path / "models")
         version = reg.register("cnn", eng.experts["cnn"].state_dict(), 0.5, models.experts["cnn"].checkpoints,
                                {"source": "test"})
-        wait_for(lambda: any(s.version == version for s in eng.snapshot().swaps), 30,
+        wait_for(lambda: eng.snapshot().trainers["cnn"].last_verdict != verdict_before, 30,
                  "the registered checkpoint's verdict", eng)
-        sw = next(s for s in eng.snapshot().swaps if s.version == version)
-        assert sw.kind == "promote" and sw.challenger_score == sw.champion_score
+        st = eng.snapshot().trainers["cnn"]
+        assert "gain 0.0000" in st.last_verdict and st.challenger_score == st.champion_score
+        t0 = eng.snapshot().decision.ts  # the registry is polled every 50 decisions: let 60 pass
+        wait_for(lambda: sum(d.ts > t0 for d in eng.snapshot().recent_decisions) >= 60, 30,
+                 "decisions after registering (registry polls)", eng)
+        assert not any(s.version == version for s in eng.snapshot().swaps)
+        assert eng.snapshot().experts["cnn"].version == live_version  # not loaded by the registry poll
         assert reg.get("cnn", version).path.exists()  # the manager judged a copy
         swaps = [s for s in eng.snapshot().swaps if s.expert == "cnn"]
         decided = eng.snapshot().decision.ts
