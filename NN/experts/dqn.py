@@ -35,7 +35,7 @@ from core.config import ExpertConfig, validate_params
 from core.types import ExpertBatchOutput, FeatureBatch, FeatureSpec, timeframe_ms
 from NN.calibration import Calibrator, softmax
 from NN.experts.base import Expert, confidence_from_probs
-from NN.experts.supervised import check_batch, spec_dims
+from NN.experts.supervised import check_batch, load_weights_state, spec_dims, weights_state
 
 POSITIONS = np.array([-1.0, 0.0, 1.0])  # index 0 short, 1 flat, 2 long
 
@@ -318,43 +318,12 @@ class DQNExpert(Expert):
 
     def state_dict(self) -> dict[str, Any]:
         # the replay buffer is not saved: it is rebuilt from the price series (keeps checkpoints small)
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "params": self.params.model_dump(),
-            "dims": dict(self.dims),
-            "horizon": self.horizon,
-            "net": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
-            "target": {k: v.detach().cpu().clone() for k, v in self.target.state_dict().items()},
-            "opt": self.opt.state_dict(),
-            "env_steps": self.env_steps,
-            "updates": self.updates,
-            "calibrator": self.calibrator.state_dict(),
-            "class_ret_sum": self.class_ret_sum.tolist(),
-            "class_count": self.class_count.tolist(),
-            "version": self.version,
-        }
+        return {**weights_state(self),
+                "target": {k: v.detach().cpu().clone() for k, v in self.target.state_dict().items()},
+                "env_steps": self.env_steps, "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("kind") != self.kind:
-            raise ValueError(f"{self.name}: checkpoint is a {state.get('kind')!r} model, not 'dqn'")
-        if state.get("dims") != self.dims:
-            raise ValueError(f"{self.name}: checkpoint feature dims {state.get('dims')} != current "
-                             f"{self.dims} (features config changed? retrain)")
-        mine, theirs = self.params.model_dump(), state.get("params", {})
-        diff = {k: (theirs.get(k), mine[k]) for k in self.ARCH_KEYS if theirs.get(k) != mine[k]}
-        if diff:
-            raise ValueError(f"{self.name}: checkpoint architecture differs from models.yml params "
-                             f"(key: (checkpoint, models.yml)) {diff}")
-        self.net.load_state_dict(state["net"])
+        load_weights_state(self, state)
         self.target.load_state_dict(state["target"])
-        try:
-            self.opt.load_state_dict(state["opt"])
-        except ValueError:
-            pass
         self.env_steps = int(state["env_steps"])
         self.updates = int(state["updates"])
-        self.calibrator = Calibrator.from_state(state["calibrator"])
-        self.class_ret_sum = np.asarray(state["class_ret_sum"], dtype=np.float64)
-        self.class_count = np.asarray(state["class_count"], dtype=np.float64)
-        self.version = str(state.get("version", "untrained"))

@@ -56,6 +56,50 @@ def check_batch(batch: FeatureBatch, spec: FeatureSpec, who: str) -> None:
         )
 
 
+def weights_state(expert: Any) -> dict[str, Any]:
+    """The checkpoint fields every torch expert shares (net, optimiser, calibration, class stats)."""
+    return {
+        "kind": expert.kind,
+        "name": expert.name,
+        "params": expert.params.model_dump(),
+        "dims": dict(expert.dims),
+        "horizon": expert.horizon,
+        "net": {k: v.detach().cpu().clone() for k, v in expert.net.state_dict().items()},
+        "opt": expert.opt.state_dict(),
+        "calibrator": expert.calibrator.state_dict(),
+        "class_ret_sum": expert.class_ret_sum.tolist(),
+        "class_count": expert.class_count.tolist(),
+        "version": expert.version,
+    }
+
+
+def load_weights_state(expert: Any, state: dict[str, Any]) -> None:
+    """Refuse a checkpoint of another kind, feature layout or architecture (a clear error naming the
+    difference), then restore the fields of ``weights_state``."""
+    if state.get("kind") != expert.kind:
+        raise ValueError(f"{expert.name}: checkpoint is a {state.get('kind')!r} model, not {expert.kind!r}")
+    if state.get("dims") != expert.dims:
+        raise ValueError(
+            f"{expert.name}: checkpoint feature dims {state.get('dims')} != current {expert.dims} "
+            "(features config changed? retrain)"
+        )
+    mine = expert.params.model_dump()
+    theirs = state.get("params", {})
+    diff = {k: (theirs.get(k), mine[k]) for k in expert.ARCH_KEYS if theirs.get(k) != mine[k]}
+    if diff:
+        raise ValueError(f"{expert.name}: checkpoint architecture differs from models.yml params "
+                         f"(key: (checkpoint, models.yml)) {diff}; retrain or restore the params")
+    expert.net.load_state_dict(state["net"])
+    try:
+        expert.opt.load_state_dict(state["opt"])
+    except ValueError:  # optimiser layout differs (e.g. other torch version): weights are what count
+        pass
+    expert.calibrator = Calibrator.from_state(state["calibrator"])
+    expert.class_ret_sum = np.asarray(state["class_ret_sum"], dtype=np.float64)
+    expert.class_count = np.asarray(state["class_count"], dtype=np.float64)
+    expert.version = str(state.get("version", "untrained"))
+
+
 class SupervisedExpert(Expert):
     """Base of CNN and Transformer. Subclasses define ``Params`` and ``build_net``."""
 
@@ -148,40 +192,7 @@ class SupervisedExpert(Expert):
     # ---------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "params": self.params.model_dump(),
-            "dims": dict(self.dims),
-            "horizon": self.horizon,
-            "net": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
-            "opt": self.opt.state_dict(),
-            "calibrator": self.calibrator.state_dict(),
-            "class_ret_sum": self.class_ret_sum.tolist(),
-            "class_count": self.class_count.tolist(),
-            "version": self.version,
-        }
+        return weights_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("kind") != self.kind:
-            raise ValueError(f"{self.name}: checkpoint is a {state.get('kind')!r} model, not {self.kind!r}")
-        if state.get("dims") != self.dims:
-            raise ValueError(
-                f"{self.name}: checkpoint feature dims {state.get('dims')} != current {self.dims} "
-                "(features config changed? retrain)"
-            )
-        mine = self.params.model_dump()
-        theirs = state.get("params", {})
-        diff = {k: (theirs.get(k), mine[k]) for k in self.ARCH_KEYS if theirs.get(k) != mine[k]}
-        if diff:
-            raise ValueError(f"{self.name}: checkpoint architecture differs from models.yml params "
-                             f"(key: (checkpoint, models.yml)) {diff}; retrain or restore the params")
-        self.net.load_state_dict(state["net"])
-        try:
-            self.opt.load_state_dict(state["opt"])
-        except ValueError:  # optimiser layout differs (e.g. other torch version): weights are what count
-            pass
-        self.calibrator = Calibrator.from_state(state["calibrator"])
-        self.class_ret_sum = np.asarray(state["class_ret_sum"], dtype=np.float64)
-        self.class_count = np.asarray(state["class_count"], dtype=np.float64)
-        self.version = str(state.get("version", "untrained"))
+        load_weights_state(self, state)
