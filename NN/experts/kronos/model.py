@@ -11,9 +11,9 @@ from torch import nn
 
 from .config import PredictorConfig
 from .modules import (
+    AttentionProjections,
     LayerCache,
     RMSNorm,
-    Rotary,
     TransformerBlock,
     apply_rotary,
     new_cache,
@@ -67,29 +67,8 @@ class TemporalEmbedding(nn.Module):
         return out + self.month_embed(s[..., 4])
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(AttentionProjections):
     """The dependency layer's attention: queries from the s1 embedding, keys/values from h."""
-
-    def __init__(self, d_model: int, n_heads: int = 4, attn_dropout_p: float = 0.0,
-                 resid_dropout_p: float = 0.0) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.head_dim = d_model // n_heads
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-        self.rotary = Rotary(self.head_dim)
-        self.attn_dropout_p = attn_dropout_p
-        self.resid_dropout = nn.Dropout(resid_dropout_p)
-
-    def heads(self, x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
-        b, t, _ = x.shape
-        return proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-
-    def out(self, o: torch.Tensor) -> torch.Tensor:
-        b, _, t, _ = o.shape
-        return self.resid_dropout(self.out_proj(o.transpose(1, 2).reshape(b, t, -1)))
 
     def forward(self, query: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         """Reference semantics: rotary tables sized by the QUERY length and applied to q and k

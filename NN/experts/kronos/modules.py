@@ -106,8 +106,9 @@ def two_part_attention(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
     return out / denom.view(h, n, t, 1).permute(1, 0, 2, 3)
 
 
-class SelfAttention(nn.Module):
-    """Causal multi-head self-attention with rotary positions and biased projections."""
+class AttentionProjections(nn.Module):
+    """What every Kronos attention owns: biased q/k/v/out projections and a rotary buffer (their
+    names are the released state-dict keys), plus the head split and merge."""
 
     def __init__(self, d_model: int, n_heads: int, attn_dropout_p: float = 0.0,
                  resid_dropout_p: float = 0.0) -> None:
@@ -122,18 +123,24 @@ class SelfAttention(nn.Module):
         self.attn_dropout_p = attn_dropout_p
         self.resid_dropout = nn.Dropout(resid_dropout_p)
 
-    def _qkv(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def heads(self, x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
+        """[B, T, D] -> projected [B, H, T, head_dim]."""
         b, t, _ = x.shape
-        shape = (b, t, self.n_heads, self.head_dim)
-        q = self.q_proj(x).view(shape).transpose(1, 2)
-        k = self.k_proj(x).view(shape).transpose(1, 2)
-        v = self.v_proj(x).view(shape).transpose(1, 2)
-        cos, sin = self.rotary.cos_sin(positions)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        return proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def _out(self, o: torch.Tensor) -> torch.Tensor:
+    def out(self, o: torch.Tensor) -> torch.Tensor:
+        """[B, H, T, head_dim] -> merged heads, output projection, residual dropout."""
         b, _, t, _ = o.shape
         return self.resid_dropout(self.out_proj(o.transpose(1, 2).reshape(b, t, -1)))
+
+
+class SelfAttention(AttentionProjections):
+    """Causal multi-head self-attention with rotary positions and biased projections."""
+
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        q, k, v = self.heads(x, self.q_proj), self.heads(x, self.k_proj), self.heads(x, self.v_proj)
+        cos, sin = self.rotary.cos_sin(positions)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, return_kv: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,7 +149,7 @@ class SelfAttention(nn.Module):
         q, k, v = self._qkv(x, pos)
         drop = self.attn_dropout_p if self.training else 0.0
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
-        out = self._out(o)
+        out = self.out(o)
         return (out, k, v) if return_kv else out
 
     def prepare(self, cache: LayerCache) -> None:
@@ -171,7 +178,7 @@ class SelfAttention(nn.Module):
             mask = torch.arange(end, device=x.device)[None, :] <= qi
         o = two_part_attention(q, cache.pk, cache.pv, cache.nk[:, :, :end], cache.nv[:, :, :end], mask)
         cache.n = end
-        return self._out(o)
+        return self.out(o)
 
 
 class FeedForward(nn.Module):
