@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
@@ -235,13 +235,9 @@ class MarketStore:
         if df.empty:
             return 0
         if validate:
-            res = validate_candles(df, key.timeframe, source=f"{key.exchange} {key.symbol}")
-            if res.counts:
-                raise ValueError(
-                    f"upsert_candles {key.exchange} {key.symbol} {key.timeframe}: refused batch of "
-                    f"{len(df)} rows with invalid candles {res.counts}; nothing written"
-                )
-            data = res.valid
+            data = _valid_or_refuse(
+                validate_candles(df, key.timeframe, source=f"{key.exchange} {key.symbol}"),
+                f"upsert_candles {key.exchange} {key.symbol} {key.timeframe}", "candles", len(df))
         else:
             data = df[list(CANDLE_COLUMNS)]
         view = f"_candles_{threading.get_ident()}"
@@ -461,13 +457,8 @@ class MarketStore:
         if df.empty:
             return 0
         if validate:
-            res = validate_trades(df, source=f"{exchange} {symbol}")
-            if res.counts:
-                raise ValueError(
-                    f"upsert_trades {exchange} {symbol}: refused batch of {len(df)} rows with invalid "
-                    f"trades {res.counts}; nothing written"
-                )
-            data = res.valid
+            data = _valid_or_refuse(validate_trades(df, source=f"{exchange} {symbol}"),
+                                    f"upsert_trades {exchange} {symbol}", "trades", len(df))
         else:
             data = df[list(TRADE_COLUMNS)]
         view = f"_trades_{threading.get_ident()}"
@@ -500,3 +491,11 @@ class MarketStore:
             params.append(int(end_ms))
         # ids are numeric strings on most exchanges: order numerically where possible
         return self.query_df(sql + " ORDER BY ts, TRY_CAST(id AS BIGINT), id", params)
+
+
+def _valid_or_refuse(res: Any, what: str, kind: str, n: int) -> pd.DataFrame:
+    """The validated rows, or a ValueError naming every rejection reason: a batch with any bad row is
+    refused whole so nothing already stored is touched by it."""
+    if res.counts:
+        raise ValueError(f"{what}: refused batch of {n} rows with invalid {kind} {res.counts}; nothing written")
+    return res.valid
