@@ -697,13 +697,19 @@ class Engine:
         except Exception as exc:
             self._error("outcomes", exc)
 
-    def _frames(self, ts: int) -> dict[str, pd.DataFrame]:
+    def _frames(self, ts: int) -> dict[str, Any]:
         """Provider caches cut at ``ts``: the engine thread may lag behind the source, and a decision
-        at ts must never see later bars (higher timeframes: build_one ignores unclosed rows)."""
-        out: dict[str, pd.DataFrame] = {}
+        at ts must never see later bars (higher timeframes: build_one ignores unclosed rows). The base
+        timeframe is a DataFrame (candle experts read it); higher ones stay the provider's arrays,
+        which build_one reads directly, so no DataFrame is built for them on the decision path."""
+        out: dict[str, Any] = {}
         for tf in self.builder.timeframes:
-            df = pd.DataFrame(self._provider.arrays(self.symbol, tf), copy=False)
-            if tf == self.timeframe and len(df) and int(df["ts"].iloc[-1]) > ts:
+            arrays = self._provider.arrays(self.symbol, tf)
+            if tf != self.timeframe:
+                out[tf] = arrays
+                continue
+            df = pd.DataFrame(arrays, copy=False)
+            if len(df) and int(df["ts"].iloc[-1]) > ts:
                 df = df[df["ts"] <= ts]
             out[tf] = df
         return out

@@ -109,7 +109,6 @@ class CcxtSource:
         trade_flush_s: float = 1.0,
         trade_flush_rows: int = 1000,
     ) -> None:
-        timeframe_ms(timeframe)
         self.exchange_id = exchange_id
         self.symbols = list(symbols)
         self.timeframe = timeframe
