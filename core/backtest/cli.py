@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import uuid
 import webbrowser
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.backtest import metrics as M
 from core.backtest import report as R
 from core.config import AppConfig, ModelsConfig, load_config, load_models
 from core.execution import kernel as K
@@ -34,31 +34,26 @@ CREATE TABLE IF NOT EXISTS backtest_runs (
 # ---------------------------------------------------------------- metrics (pure)
 
 
-def compute_metrics(equity: np.ndarray, close: np.ndarray, fills: pd.DataFrame, state: np.ndarray,
-                    initial_cash: float, bars_per_year: float, codes: np.ndarray | None = None,
-                    horizon: int = 5, *, decided: np.ndarray | None = None) -> dict[str, Any]:
-    """Headline figures. ``codes`` per bar (BUY 1 / SELL -1 / HOLD 0) with ``decided`` marking bars
-    where a decision was made; the hit rate scores BUY/SELL against the sign of the move over the
-    next ``horizon`` bars."""
-    eq = np.asarray(equity, dtype=np.float64)
-    rets = np.diff(np.r_[initial_cash, eq]) / np.r_[initial_cash, eq[:-1]]
-    sd = rets.std(ddof=1) if len(rets) > 1 else 0.0
-    peak = np.maximum.accumulate(np.r_[initial_cash, eq])
-    m: dict[str, Any] = {
-        "final_equity": float(eq[-1]),
-        "total_return": float(eq[-1] / initial_cash - 1.0),
-        "buy_and_hold_return": float(close[-1] / close[0] - 1.0),
-        "max_drawdown": float((np.r_[initial_cash, eq] / peak - 1.0).min()),
-        "sharpe": float(rets.mean() / sd * math.sqrt(bars_per_year)) if sd > 0 else 0.0,
-        "fills": int(len(fills)),
-        "fees": float(state[K.S_FEES]),
-        "turnover": float(state[K.S_TURNOVER]),
+def compute_metrics(candles: pd.DataFrame, equity: np.ndarray, position: np.ndarray, fills: pd.DataFrame,
+                    state: np.ndarray, initial_cash: float, timeframe: str, codes: np.ndarray | None = None,
+                    horizon: int = 5, *, decided: np.ndarray | None = None, fused: np.ndarray | None = None,
+                    dead_zone: float = 0.0) -> dict[str, Any]:
+    """The report's figures: every metric of core.backtest.metrics (one definition, hand-checked in
+    tests), the kernel's risk counters, and — for expert runs — the decision counts, the directional
+    hit rate of BUY/SELL over ``horizon`` bars, and the fused probabilities' Brier score and ECE
+    against the realised class (dead zone as for labels) on bars where a decision was made."""
+    from NN.training.datasets import make_labels
+
+    close = candles["close"].to_numpy(np.float64)
+    m: dict[str, Any] = M.summary(equity, candles["ts"].to_numpy(np.int64), position, fills, close,
+                                  initial_equity=initial_cash, timeframe=timeframe)
+    m.update({
         "realised_pnl": float(state[K.S_REALISED]),
         "stops": int(state[K.S_STOPS]),
         "kill_switch_trips": int(state[K.S_KILLS]),
         "rejected_orders": int(state[K.S_REJECTED]),
         "refused_decisions": int(state[K.S_REFUSED]),
-    }
+    })
     if codes is not None:
         c = np.asarray(codes)
         dm = np.ones(len(c), dtype=bool) if decided is None else np.asarray(decided, dtype=bool)
@@ -71,6 +66,10 @@ def compute_metrics(equity: np.ndarray, close: np.ndarray, fills: pd.DataFrame, 
         active = (c != 0) & np.isfinite(fwd)
         m["directional_hit_rate"] = (float((np.sign(fwd[active]) == c[active]).mean())
                                      if active.any() else None)
+        if fused is not None and dm.any():
+            y = np.where(dm, make_labels(close, horizon, dead_zone), -1)
+            m["fused_brier"] = M.brier(np.where(dm[:, None], fused, 1 / 3), y)
+            m["fused_ece"] = M.ece(np.where(dm[:, None], fused, 1 / 3), y)
     return m
 
 
@@ -232,9 +231,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  "min_confidence": thresholds.min_confidence},
                   "fees_bps": cfg.execution.taker_fee_bps, "slippage_bps": cfg.execution.slippage_bps,
                   "fill_at": cfg.execution.fill_at, "db": str(db)}
-        bpy = K.bars_per_year(timeframe)
         if args.signals:
-            rep = _run_signals(Path(args.signals), cfg, candles, run_id, spec_d, bpy)
+            rep = _run_signals(Path(args.signals), cfg, candles, run_id, spec_d)
         else:
             with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TimeElapsedColumn(), transient=True) as bar:
@@ -255,7 +253,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 bt = BE.Backtester(comps, spec, cfg.execution, cfg.risk, store=store,
                                    run_id=run_id, progress=progress, keep_decisions=False)
                 res = bt.run(candles)
-            rep = result_report(res, spec_d, bpy)
+            rep = result_report(res, spec_d)
         jp, hp = save_run(store, rep, reports_dir)
     finally:
         store.close()
@@ -267,10 +265,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def result_report(res: Any, spec_d: dict[str, Any], bpy: float) -> dict[str, Any]:
-    close = res.candles["close"].to_numpy(np.float64)
-    metrics = compute_metrics(res.equity, close, res.fills, res.state, res.spec.initial_cash, bpy,
-                              res.codes, res.spec.horizon, decided=res.decided)
+def result_report(res: Any, spec_d: dict[str, Any]) -> dict[str, Any]:
+    metrics = compute_metrics(res.candles, res.equity, res.position, res.fills, res.state,
+                              res.spec.initial_cash, spec_d["timeframe"], res.codes, res.spec.horizon,
+                              decided=res.decided, fused=res.fused, dead_zone=res.spec.dead_zone)
     metrics["elapsed_s"] = float(res.elapsed_s)
     w = {n: res.weights[:, i] for i, n in enumerate(res.names)}
     return report_dict(res.run_id, "experts", spec_d, res.candles, res.equity, res.fills, metrics,
@@ -279,16 +277,16 @@ def result_report(res: Any, spec_d: dict[str, Any], bpy: float) -> dict[str, Any
                        stats=res.stats)
 
 
-def _run_signals(path: Path, cfg: AppConfig, candles: pd.DataFrame, run_id: str, spec_d: dict[str, Any],
-                 bpy: float) -> dict[str, Any]:
+def _run_signals(path: Path, cfg: AppConfig, candles: pd.DataFrame, run_id: str,
+                 spec_d: dict[str, Any]) -> dict[str, Any]:
     from core.backtest.engine import fills_frame
 
     sig = load_signals(path, candles)
     a = {c: candles[c].to_numpy(np.float64) for c in ("ts", "open", "high", "low", "close")}
-    equity, _pos, fills, state = K.run(a["ts"], a["open"], a["high"], a["low"], a["close"], sig,
+    equity, pos, fills, state = K.run(a["ts"], a["open"], a["high"], a["low"], a["close"], sig,
                                        params=signals_params(cfg), initial_cash=cfg.execution.initial_cash)
     fdf = fills_frame(fills)
-    metrics = compute_metrics(equity, a["close"], fdf, state, cfg.execution.initial_cash, bpy)
+    metrics = compute_metrics(candles, equity, pos, fdf, state, cfg.execution.initial_cash, spec_d["timeframe"])
     spec_d = {**spec_d, "mode": "signals", "signals": str(path)}
     return report_dict(run_id, "signals", spec_d, candles, equity, fdf, metrics,
                        p_up=np.full(len(candles), np.nan), weights={}, experts={}, horizon=1, dead_zone=0.0)

@@ -89,7 +89,6 @@ def default_runner(wctx: Any) -> Runner:
 
         from core.backtest import cli as BC
         from core.backtest import engine as BE
-        from core.execution import kernel as K
         from core.types import SeriesKey
         from NN.training.checkpoints import CheckpointRegistry
 
@@ -118,7 +117,7 @@ def default_runner(wctx: Any) -> Runner:
                   "thresholds": {"buy": thr.buy, "sell": thr.sell, "min_confidence": thr.min_confidence},
                   "fees_bps": cfg.execution.taker_fee_bps, "slippage_bps": cfg.execution.slippage_bps,
                   "fill_at": cfg.execution.fill_at, "source": "dashboard"}
-        rep = BC.result_report(res, spec_d, K.bars_per_year(key.timeframe))
+        rep = BC.result_report(res, spec_d)
         jp, _hp = BC.save_run(store, rep, cfg.resolve(cfg.backtest.reports_dir))
         return jp
 
