@@ -373,9 +373,12 @@ class Engine:
         h = cfg.orchestrator.decision_horizon
         # no registry: promotions stay in models/<expert>/online; the orchestrator's registry poll
         # must not fight them (see orch.managed)
+        tc = cfg.training
         self.trainer = TrainingManager(self.store, self.models, self.builder, self.experts, key=key,
-                                       dead_zone=dz, models_dir=cfg.resolve(cfg.training.models_dir),
-                                       runs_dir=cfg.resolve(cfg.training.runs_dir))
+                                       dead_zone=dz, models_dir=cfg.resolve(tc.models_dir),
+                                       runs_dir=cfg.resolve(tc.runs_dir), threads=tc.trainer_threads,
+                                       nice=tc.trainer_nice, sched_idle=tc.trainer_idle,
+                                       reserve_cpus=tc.reserve_cpus)
         self.live_outcomes = LiveOutcomes(self.timeframe, dz, default_horizon=h)
         self.outcomes = OutcomeTracker(self.store, key, dz, default_horizon=h)
         # the manager seeds an empty buffer from the NEWEST stored candles: live that is the past, in
@@ -607,7 +610,7 @@ class Engine:
             else:
                 self._want_training.discard(name)
                 if self.trainer is not None:
-                    self.trainer.stop(name, timeout=2.0)
+                    self.trainer.stop(name, timeout=5.0, wait=False)  # never block decisions
         elif kind == "rollback":
             if self.trainer is not None:
                 self.trainer.rollback(arg)

@@ -32,6 +32,7 @@ from NN.training.online import (
     _TrainData,
     push_experience,
     split_release,
+    trainer_cpus,
     trainer_main,
 )
 
@@ -170,7 +171,7 @@ def test_trainer_process_trains_restarts_after_sigkill_and_stops(models, builder
     torch.manual_seed(0)
     live = {"cnn": build_expert("cnn", models.experts["cnn"], builder.spec)}
     mgr = TrainingManager(store, models, builder, live, key=KEY, dead_zone=DZ,
-                          models_dir=tmp_path / "models", runs_dir=tmp_path / "runs")
+                          models_dir=tmp_path / "models", runs_dir=tmp_path / "runs", reserve_cpus=1)
     try:
         with pytest.raises(KeyError, match="no trainable expert"):
             mgr.start("kronos")
@@ -178,6 +179,10 @@ def test_trainer_process_trains_restarts_after_sigkill_and_stops(models, builder
         st = mgr.status()["cnn"]
         assert st.running and st.pid is not None and st.restarts == 0
         first_pid = st.pid
+        # it yields to the decision path: SCHED_IDLE, and off the reserved CPU when there is a spare one
+        cpus = sorted(os.sched_getaffinity(0))
+        _wait(lambda: os.sched_getscheduler(first_pid) == os.SCHED_IDLE, 60, mgr)
+        assert os.sched_getaffinity(first_pid) == (set(cpus[1:]) if len(cpus) > 1 else set(cpus))
         # it trains on its replay history, publishes, and the checkpoint gets judged
         _wait(lambda: mgr.status()["cnn"].steps > 0 and mgr.status()["cnn"].last_verdict != "", 120, mgr)
         st = mgr.status()["cnn"]
@@ -185,6 +190,11 @@ def test_trainer_process_trains_restarts_after_sigkill_and_stops(models, builder
         # judged in the trainer process on its withheld window (60 seeded validation samples)
         assert np.isfinite(st.challenger_score) and np.isfinite(st.champion_score)
         assert list((tmp_path / "runs" / "online" / "cnn").glob("*/events.out.tfevents.*"))
+        # every published round is a point of the live loss curve
+        hist = st.history
+        assert len(hist) >= 1 and all(np.isfinite(p.loss) and p.steps > 0 for p in hist)
+        assert hist[-1].version.startswith("online-") and hist[-1].val_challenger == st.challenger_score
+        assert [p.ts_ms for p in hist] == sorted(p.ts_ms for p in hist)
 
         # live bars: their samples reach the trainer once matured and outside the validation window
         sent = sum(mgr.feed(live_rows.take(slice(i, i + 1)), position=0.0) for i in range(20))
@@ -204,18 +214,32 @@ def test_trainer_process_trains_restarts_after_sigkill_and_stops(models, builder
 
         _wait(lambda: mgr.status()["cnn"].restarts == 1, 30, mgr, keep_trading)
         assert "exited with code -9" in mgr.status()["cnn"].error
+        # the new process publishes too; the curve keeps the rounds from before the restart
         _wait(lambda: mgr.status()["cnn"].running and mgr.status()["cnn"].pid not in (None, first_pid)
-              and mgr.status()["cnn"].steps > 0, 120, mgr, keep_trading)
+              and len(mgr.status()["cnn"].history) > len(hist), 120, mgr, keep_trading)
         assert len(decisions) > 0
         second_pid = mgr.status()["cnn"].pid
+        assert mgr.status()["cnn"].history[: len(hist)] == hist
 
-        mgr.stop("cnn")
+        # the engine's stop does not wait for the process: here it is frozen (SIGSTOP) so it cannot
+        # obey "stop"; poll() escalates to SIGTERM after the timeout, then SIGKILL, and reaps it
+        os.kill(second_pid, signal.SIGSTOP)
+        mgr.stop("cnn", timeout=0.5, wait=False)
         st = mgr.status()["cnn"]
         assert not st.running and st.pid is None and st.restarts == 1
-        with pytest.raises(ProcessLookupError):
-            for _ in range(50):  # reaped by join(); the pid is gone
-                os.kill(second_pid, 0)
-                time.sleep(0.1)
+        assert os.waitpid(second_pid, os.WNOHANG) == (0, 0)  # not waited for: still there, frozen
+        _wait(lambda: not mgr._retiring, 30, mgr)
+        with pytest.raises(ChildProcessError):  # reaped: no such child any more
+            os.waitpid(second_pid, os.WNOHANG)
+
+        # a blocking stop (shutdown's) returns with the process gone
+        mgr.start("cnn")
+        third_pid = mgr.status()["cnn"].pid
+        assert third_pid not in (None, second_pid)
+        mgr.stop("cnn")
+        assert mgr.status()["cnn"].pid is None
+        with pytest.raises(ChildProcessError):
+            os.waitpid(third_pid, os.WNOHANG)
     finally:
         mgr.shutdown()
 
@@ -225,7 +249,7 @@ def test_trainer_reports_its_error_before_dying(models) -> None:
 
     cfg = models.experts["cnn"]
     spec = TrainerSpec(name="cnn", expert_cfg=cfg, features=models.features, base_timeframe="1m", dead_zone=DZ,
-                       online=cfg.online, checkpoint_dir="", run_dir=None, nice=0)
+                       online=cfg.online, checkpoint_dir="", run_dir=None, nice=0, sched_idle=False)
     inbox, outbox = queue.Queue(), queue.Queue()
     inbox.put(("bogus", None))
     with pytest.raises(ValueError, match="unknown message 'bogus'"):
@@ -234,3 +258,11 @@ def test_trainer_reports_its_error_before_dying(models) -> None:
     while not outbox.empty():
         msgs.append(outbox.get_nowait())
     assert msgs[0][0] == "status" and msgs[-1][0] == "error" and "unknown message 'bogus'" in msgs[-1][1]
+
+
+def test_trainer_cpus_keep_the_reserved_cpus_for_the_engine() -> None:
+    assert trainer_cpus(1, {0, 1}) == (1,)
+    assert trainer_cpus(2, {0, 1, 2, 3}) == (2, 3)
+    assert trainer_cpus(1, {5, 3, 4}) == (4, 5)  # the lowest-numbered available ones are reserved
+    assert trainer_cpus(0, {0, 1}) is None  # no reservation: no pinning
+    assert trainer_cpus(1, {0}) is None  # one CPU: pinning would leave trainers nothing

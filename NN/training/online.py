@@ -29,6 +29,7 @@ import queue
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,10 +56,24 @@ from NN.training.promotion import (
 log = logging.getLogger(__name__)
 
 MIN_VAL_SAMPLES = 30  # fewer matured validation samples than this: no verdict yet
+HISTORY_POINTS = 500  # training rounds kept per expert for the live loss curve (oldest dropped)
 _CTX = tmp.get_context("spawn")
 
 
 # ---------------------------------------------------------------- contracts
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingPoint:
+    """One published training round of an online trainer (a point of the live loss curve)."""
+
+    ts_ms: int  # wall clock when the engine received it
+    steps: int  # the trainer process's cumulative optimiser steps (restart at 0 with a new process)
+    loss: float  # mean training loss of the round
+    samples_per_s: float
+    val_challenger: float | None = None  # validation log loss of the round's checkpoint (None: window too short)
+    val_champion: float | None = None  # the live weights' on the same window
+    version: str = ""  # the round's checkpoint version (promoted or not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +91,7 @@ class TrainerStatus:
     pid: int | None = None
     promotions: int = 0
     last_verdict: str = ""
+    history: tuple[TrainingPoint, ...] = ()  # newest last, at most HISTORY_POINTS
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,8 @@ class TrainerSpec:
     max_steps_per_round: int = 200
     min_steps_per_round: int = 0  # > 0: at least this many replay mini-batches/chunks per round (saturates)
     nice: int = 10  # trainers run at a lower CPU priority: the decision path wins contended cores
+    sched_idle: bool = True  # Linux SCHED_IDLE: runs only on CPU time no normal-priority thread wants
+    cpus: tuple[int, ...] | None = None  # CPU affinity (None: any); see trainer_cpus
 
 
 # ---------------------------------------------------------------- engine-side sample buffer
@@ -347,12 +365,42 @@ def trainer_main(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
         raise
 
 
+def trainer_cpus(reserve: int, available: set[int] | None = None) -> tuple[int, ...] | None:
+    """Pure: the CPUs trainers may use when the ``reserve`` lowest-numbered ones are kept for the
+    engine (decisions, Dash); None (no pinning) when reserving would leave trainers no CPU."""
+    if available is None:
+        if not hasattr(os, "sched_getaffinity"):
+            return None
+        available = os.sched_getaffinity(0)
+    cpus = sorted(available)
+    if reserve <= 0 or len(cpus) <= reserve:
+        return None
+    return tuple(cpus[reserve:])
+
+
+def lower_priority(spec: TrainerSpec) -> None:
+    """Make this trainer process yield to the decision path: SCHED_IDLE where Linux allows it
+    (a woken decision thread preempts it at once, unlike a niced process that keeps a time share),
+    else ``nice``; and pin it to ``spec.cpus`` so the reserved CPUs stay free for the engine."""
+    if spec.cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, spec.cpus)
+        except OSError as exc:  # e.g. a container that hides those CPUs: run unpinned
+            log.warning("trainer %s: cannot pin to CPUs %s: %s", spec.name, spec.cpus, exc)
+    if spec.nice > 0 and hasattr(os, "nice"):
+        os.nice(spec.nice)
+    if spec.sched_idle and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as exc:
+            log.warning("trainer %s: SCHED_IDLE refused (%s); running niced", spec.name, exc)
+
+
 def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
     from core.features import FeatureBuilder
     from NN.experts.registry import build_expert
 
-    if spec.nice > 0 and hasattr(os, "nice"):
-        os.nice(spec.nice)
+    lower_priority(spec)
     torch.set_num_threads(max(1, spec.threads))
     builder = FeatureBuilder(spec.features, spec.base_timeframe)
     cfg = spec.expert_cfg.model_copy(update={"device": "cpu"}) if spec.expert_cfg.device == "auto" else spec.expert_cfg
@@ -430,7 +478,8 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
             writer.add_scalar("online/samples_per_s", samples_per_s, steps)
             writer.add_scalar("online/train_samples", len(data), steps)
         body = {"path": str(path), "version": version, "steps": steps, "trained_until": data.trained_until,
-                "n_val": int(len(val)), "champion_version": champion_version}
+                "n_val": int(len(val)), "champion_version": champion_version, "loss": loss,
+                "samples_per_s": samples_per_s}
         if len(val) >= MIN_VAL_SAMPLES:  # judged here, off the engine process: both on the same window
             d = data.d
             vb = FeatureBatch("", spec.base_timeframe, d["ts"][val], d["close"][val], d["windows"][val],
@@ -447,6 +496,18 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
 # ---------------------------------------------------------------- engine-side manager
 
 
+def _point(ts_ms: int, body: Mapping[str, Any]) -> TrainingPoint:
+    """The loss-curve point of a trainer's "published" message (validation scores when it judged)."""
+    def opt(k: str) -> float | None:
+        v = body.get(k)
+        return float(v) if v is not None and np.isfinite(v) else None
+
+    return TrainingPoint(ts_ms=ts_ms, steps=int(body["steps"]), loss=float(body.get("loss", float("nan"))),
+                         samples_per_s=float(body.get("samples_per_s", 0.0)),
+                         val_challenger=opt("challenger_logloss"), val_champion=opt("champion_logloss"),
+                         version=str(body.get("version", "")))
+
+
 @dataclass
 class _Trainer:
     spec: TrainerSpec
@@ -460,6 +521,40 @@ class _Trainer:
     restart_at: float | None = None
     started_at: float = 0.0
     status: TrainerStatus = field(default_factory=lambda: TrainerStatus(running=False))
+    # every published round since the manager first started this expert (survives restarts/toggles)
+    history: deque[TrainingPoint] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
+
+
+@dataclass
+class _Retiring:
+    """A trainer process told to stop that has not exited yet (``stop(wait=False)``)."""
+
+    trainer: _Trainer
+    proc: Any
+    inbox: Any
+    outbox: Any
+    deadline: float  # monotonic time after which it is terminated (then killed)
+    signalled: bool = False
+
+
+def _end_process(p: Any, inbox: Any, outbox: Any, timeout: float) -> None:
+    """Ask a trainer process to stop, wait ``timeout`` s, then terminate / kill; close its queues."""
+    if p.is_alive():
+        try:
+            inbox.put(("stop",))
+        except Exception:
+            pass
+        p.join(timeout)
+        if p.is_alive():
+            p.terminate()
+            p.join(2.0)
+        if p.is_alive():
+            p.kill()
+            p.join(2.0)
+    for q in (inbox, outbox):
+        if q is not None:
+            q.cancel_join_thread()  # never block interpreter exit on a dead reader
+            q.close()
 
 
 class TrainingManager:
@@ -473,7 +568,8 @@ class TrainingManager:
                  registry: Any | None = None, *, key: SeriesKey | None = None, dead_zone: float,
                  models_dir: str | Path = "models", runs_dir: str | Path = "runs",
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0, threads: int = 1,
-                 keep_history: int = 3, min_steps_per_round: int = 0, nice: int = 10) -> None:
+                 keep_history: int = 3, min_steps_per_round: int = 0, nice: int = 10,
+                 sched_idle: bool = True, reserve_cpus: int = 0) -> None:
         if not dead_zone >= 0:
             raise ValueError(f"dead_zone must be >= 0, got {dead_zone!r}")
         self.store = store
@@ -491,6 +587,8 @@ class TrainingManager:
         self.threads = int(threads)
         self.min_steps_per_round = int(min_steps_per_round)
         self.nice = int(nice)
+        self.sched_idle = bool(sched_idle)
+        self.cpus = trainer_cpus(int(reserve_cpus))
         self.bar_ms = timeframe_ms(self.spec.timeframes[0])
         trainable = {n: e for n, e in experts.items() if getattr(e, "input_kind", "features") == "features"}
         self._trainable = trainable
@@ -504,6 +602,7 @@ class TrainingManager:
         self._champion: dict[str, tuple[str, dict[str, Any]]] = {}
         self._history: dict[str, ChampionHistory] = {n: ChampionHistory(keep_history) for n in trainable}
         self._pending_swaps: list[Swap] = []
+        self._retiring: list[_Retiring] = []
         self._jobs: queue.Queue = queue.Queue()
         self._results: queue.Queue = queue.Queue()
         self._evaluator: threading.Thread | None = None
@@ -531,7 +630,8 @@ class TrainingManager:
                 base_timeframe=self.spec.timeframes[0], dead_zone=self.dead_zone, online=cfg.online,
                 checkpoint_dir=str((self.models_dir / name / "online").resolve()),
                 run_dir=str((self.runs_dir / "online" / name / stamp).resolve()), threads=self.threads,
-                min_steps_per_round=self.min_steps_per_round, nice=self.nice)
+                min_steps_per_round=self.min_steps_per_round, nice=self.nice, sched_idle=self.sched_idle,
+                cpus=self.cpus)
             t = self._trainers[name] = t or _Trainer(spec=spec)
             t.spec = spec
             t.wanted = True
@@ -557,14 +657,25 @@ class TrainingManager:
                            checkpoint_dir=str(Path(path).parent), run_dir=None)
         self._submit(spec, {"path": str(path), "version": version or Path(path).stem})
 
-    def stop(self, name: str, timeout: float = 5.0) -> None:
+    def stop(self, name: str, timeout: float = 5.0, wait: bool = True) -> None:
+        """Stop the trainer of ``name``: it finishes its round and exits, killed after ``timeout`` s.
+        ``wait=False`` (the engine thread) returns at once; ``poll`` reaps the process later and still
+        judges a checkpoint it published while stopping."""
         with self._lock:
             t = self._trainers.get(name)
             if t is None:
                 return
             t.wanted = False
             t.restart_at = None
-            self._halt(t, timeout)
+            if wait:
+                self._halt(t, timeout)
+            elif t.proc is not None:
+                try:
+                    t.inbox.put(("stop",))
+                except Exception:
+                    pass
+                self._retiring.append(_Retiring(t, t.proc, t.inbox, t.outbox, time.monotonic() + timeout))
+                t.proc = t.inbox = t.outbox = None
             t.status = replace(t.status, running=False, pid=None)
 
     def rollback(self, name: str) -> Swap:
@@ -585,12 +696,17 @@ class TrainingManager:
             for n in self._trainable:
                 t = self._trainers.get(n)
                 st = t.status if t is not None else TrainerStatus(running=False)
-                out[n] = replace(st, live_version=str(self.experts[n].version), **self._scores.get(n, {}))
+                out[n] = replace(st, live_version=str(self.experts[n].version),
+                                 history=tuple(t.history) if t is not None else (), **self._scores.get(n, {}))
             return out
 
     def shutdown(self, timeout: float = 5.0) -> None:
         for name in list(self._trainers):
             self.stop(name, timeout)
+        with self._lock:
+            retiring, self._retiring = self._retiring, []
+        for r in retiring:
+            _end_process(r.proc, r.inbox, r.outbox, max(0.0, r.deadline - time.monotonic()))
         self._closed = True
         if self._evaluator is not None:
             self._jobs.put(None)
@@ -697,26 +813,24 @@ class TrainingManager:
         self._release()
 
     def _halt(self, t: _Trainer, timeout: float) -> None:
-        p = t.proc
-        if p is None:
-            return
-        if p.is_alive():
-            try:
-                t.inbox.put(("stop",))
-            except Exception:
-                pass
-            p.join(timeout)
-            if p.is_alive():
-                p.terminate()
-                p.join(2.0)
-            if p.is_alive():
-                p.kill()
-                p.join(2.0)
-        for q in (t.inbox, t.outbox):
-            if q is not None:
-                q.cancel_join_thread()  # never block interpreter exit on a dead reader
-                q.close()
+        if t.proc is not None:
+            _end_process(t.proc, t.inbox, t.outbox, timeout)
         t.proc = t.inbox = t.outbox = None
+
+    def _reap(self, now: float) -> None:
+        """Trainers stopped without waiting: take what they still publish, close them once they
+        have exited, terminate those past their deadline. Called with ``_lock`` held."""
+        keep = []
+        for r in self._retiring:
+            self._drain(r.trainer, r.outbox, live=False)
+            if not r.proc.is_alive():
+                _end_process(r.proc, r.inbox, r.outbox, 0.0)  # closes its queues; joins at once
+                continue
+            if now >= r.deadline:  # overdue: SIGTERM, then SIGKILL two seconds later, never waiting here
+                (r.proc.kill if r.signalled else r.proc.terminate)()
+                r.signalled, r.deadline = True, now + 2.0
+            keep.append(r)
+        self._retiring = keep
 
     # ---------------------------------------------------------------- poll
 
@@ -729,8 +843,9 @@ class TrainingManager:
         if self._lock.acquire(blocking=False):
             try:
                 for t in self._trainers.values():
-                    self._drain_trainer(t)
+                    self._drain(t, t.outbox)
                     self._supervise(t, now)
+                self._reap(now)
                 swaps, self._pending_swaps = self._pending_swaps, []
             finally:
                 self._lock.release()
@@ -740,19 +855,25 @@ class TrainingManager:
                 self.apply(s)
         return swaps
 
-    def _drain_trainer(self, t: _Trainer) -> None:
-        if t.outbox is None:
+    def _drain(self, t: _Trainer, outbox: Any, live: bool = True) -> None:
+        """Handle what a trainer process sent. From a stopping process (``live=False``) only its
+        published checkpoints count: its status and errors no longer describe the trainer."""
+        if outbox is None:
             return
         while True:
             try:
-                kind, body = t.outbox.get_nowait()
+                kind, body = outbox.get_nowait()
             except (queue.Empty, OSError, EOFError, ValueError):
                 return
+            if not live and kind != "published":
+                continue
             if kind == "status":
                 t.status = replace(t.status, steps=int(body["steps"]), loss=float(body["loss"]),
                                    samples_per_s=float(body["samples_per_s"]), pid=int(body["pid"]))
             elif kind == "published":
-                t.status = replace(t.status, steps=int(body["steps"]), last_publish=int(time.time() * 1000))
+                now_ms = int(time.time() * 1000)
+                t.status = replace(t.status, steps=int(body["steps"]), last_publish=now_ms)
+                t.history.append(_point(now_ms, body))
                 self._judged(t.spec, body)
             elif kind == "error":
                 t.status = replace(t.status, error=str(body).strip().splitlines()[-1])
