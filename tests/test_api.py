@@ -204,6 +204,7 @@ def test_loopback_with_token_guards_control_only(engine, cfg) -> None:
     assert c.put("/api/thresholds", json={"buy": 0.6, "sell": 0.6}).status_code == 401
     assert c.patch("/api/experts/x", json={"enabled": True}).status_code == 401
     assert c.post("/api/stop_stream").status_code == 401
+    assert c.post("/api/experts/cnn/rollback").status_code == 401
     r = c.put("/api/thresholds", json={"buy": 0.6, "sell": 0.6}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200
     body = json.dumps([c.get(p).get_json() for p in ("/api/status", "/api/experts", "/api/thresholds")])
@@ -240,3 +241,35 @@ def test_trainer_json_reports_live_status_without_nan() -> None:
     assert t["loss"] is None  # NaN before the first step is sent as null, never as invalid JSON
     assert t["challenger_score"] == 0.71 and t["champion_score"] == 0.74
     assert trainer_json(None) is None
+
+
+def test_trainer_json_history_is_columnar_with_nulls() -> None:
+    # hand-written rounds: a NaN loss and a round without validation scores become JSON nulls
+    from NN.training.online import TrainerStatus, TrainingPoint
+    from web.api import trainer_json
+
+    pts = (TrainingPoint(1_000, 10, 0.91, 900.0, 0.95, 0.97, "online-a-1"),
+           TrainingPoint(2_000, 20, float("nan"), 950.0, None, None, "online-a-2"))
+    st = TrainerStatus(running=True, steps=20, history=pts)
+    assert trainer_json(st)["rounds"] == 2 and "history" not in trainer_json(st)
+    h = trainer_json(st, history=True)["history"]
+    assert h["ts"] == [1_000, 2_000] and h["steps"] == [10, 20] and h["loss"] == [0.91, None]
+    assert h["val_challenger"] == [0.95, None] and h["val_champion"] == [0.97, None]
+    assert h["version"] == ["online-a-1", "online-a-2"]
+    json.dumps(h, allow_nan=False)
+
+
+def test_expert_training_and_rollback_endpoints(client, engine) -> None:
+    # this engine runs with training off: the curve is empty and a rollback is refused with the reason
+    r = client.get("/api/experts/cnn/training")
+    assert r.status_code == 200
+    j = r.get_json()
+    assert j["name"] == "cnn" and j["training"] is False and j["swaps"] == []
+    t = j["trainer"]
+    assert t is None or (t["running"] is False and t["rounds"] == 0 and t["history"]["loss"] == [])
+    assert j["version"] == engine.snapshot().experts["cnn"].version and j["can_rollback"] is False
+    assert client.get("/api/experts/nope/training").status_code == 404
+    r = client.post("/api/experts/cnn/rollback")
+    assert r.status_code == 409 and "disabled" in r.get_json()["message"]
+    assert client.post("/api/experts/nope/rollback").status_code == 404
+    assert client.get("/api/experts").get_json()["experts"][0]["can_rollback"] is False

@@ -152,3 +152,30 @@ def test_browser_window_is_redrawn_after_slack(btc: pd.DataFrame) -> None:
     st = {**st, "n": live.MAX_BARS + live.BROWSER_SLACK}
     fig, st2 = live.chart_update(_snap(btc.iloc[1:1501]), None, "1m", [], st)
     assert isinstance(fig, dict) and st2["n"] == 1500
+
+
+def test_online_loss_figure_and_models_page_redraw_only_on_new_rounds() -> None:
+    # hand-written trainer rounds and one promotion (the trainer process itself is tested in
+    # test_online_training.py; here only the chart and when the Models page resends it)
+    from core.engine import SwapEvent
+    from NN.training.online import TrainerStatus, TrainingPoint
+    from web.pages import models as models_page
+
+    pts = tuple(TrainingPoint(1_700_000_000_000 + 30_000 * i, 20 * (i + 1), 1.1 - 0.1 * i, 800.0,
+                              0.9 - 0.01 * i, 0.92, f"online-x-{i + 1}") for i in range(3))
+    swap = SwapEvent(1_700_000_061_000, None, "cnn", "promote", "online-x-3", "untrained", 0.92, 0.88)
+    snap = replace(EngineSnapshot.empty("BTC/USDT", "1m"),
+                   trainers={"cnn": TrainerStatus(running=True, steps=60, history=pts)}, swaps=(swap,))
+    fig = models_page.online_figure(snap, "cnn")
+    names = [t.name for t in fig.data]
+    assert names == ["train loss", "val challenger", "val live", "swaps"]
+    assert list(fig.data[0].y) == pytest.approx([1.1, 1.0, 0.9]) and list(fig.data[0].x) == [p.ts_ms for p in pts]
+    assert list(fig.data[3].y) == [0.88] and "promote online-x-3" in fig.data[3].text[0]
+    json.dumps(fig.to_plotly_json(), cls=plotly.utils.PlotlyJSONEncoder)
+    # no rounds yet: an empty chart that says how to get one
+    empty = models_page.online_figure(EngineSnapshot.empty("BTC/USDT", "1m"), "cnn")
+    assert len(empty.data) == 0 and "switch training on" in empty.layout.annotations[0].text
+    # the page redraws only when a round or a swap is added
+    mark = models_page.online_mark(snap, "cnn")
+    assert mark == [3, 1] and models_page.online_mark(replace(snap, swaps=()), "cnn") == [3, 0]
+    assert models_page.online_mark(EngineSnapshot.empty(), "cnn") == [0, 0]

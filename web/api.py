@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_CANDLES = 5000
 DEFAULT_DEAD_ZONE = 0.002  # 2 x 10 bps taker fee, the labels' default (models.yml labels.dead_zone_bps)
-TRAINING_UNAVAILABLE = "Live training arrives with the Live-training issue; it cannot be switched on yet."
+TRAINING_UNAVAILABLE = "this engine has no online trainer (it cannot start training or roll back)"
 
 
 class ApiError(Exception):
@@ -266,19 +266,36 @@ def experts_json(snap: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> list[dict[s
             "gate_weight": _f(snap.gate_weights.get(name)), "recent_accuracy": acc.get(name),
             "latest": output_json(o) if o is not None else None,
             "trainer": trainer_json(getattr(snap, "trainers", {}).get(name)),
+            "can_rollback": bool(getattr(st, "can_rollback", False)),
         })
     return rows
 
 
-def trainer_json(t: Any) -> dict[str, Any] | None:
-    """Live status of an expert's online trainer (None when it never ran in this stream)."""
+def trainer_json(t: Any, history: bool = False) -> dict[str, Any] | None:
+    """Live status of an expert's online trainer (None when it never ran in this stream); with
+    ``history`` also every published round (the live loss curve), columnar, oldest first."""
     if t is None:
         return None
-    return {"running": bool(t.running), "steps": int(t.steps), "loss": _f(t.loss),
-            "samples_per_s": _f(t.samples_per_s), "last_publish": t.last_publish,
-            "live_version": t.live_version, "challenger_score": _f(t.challenger_score),
-            "champion_score": _f(t.champion_score), "promotions": int(t.promotions),
-            "restarts": int(t.restarts), "last_verdict": t.last_verdict, "error": t.error}
+    out = {"running": bool(t.running), "steps": int(t.steps), "loss": _f(t.loss),
+           "samples_per_s": _f(t.samples_per_s), "last_publish": t.last_publish,
+           "live_version": t.live_version, "challenger_score": _f(t.challenger_score),
+           "champion_score": _f(t.champion_score), "promotions": int(t.promotions),
+           "restarts": int(t.restarts), "last_verdict": t.last_verdict, "error": t.error,
+           "rounds": len(getattr(t, "history", ()))}
+    if history:
+        pts = getattr(t, "history", ())
+        out["history"] = {
+            "ts": [p.ts_ms for p in pts], "steps": [p.steps for p in pts], "loss": [_f(p.loss) for p in pts],
+            "samples_per_s": [_f(p.samples_per_s) for p in pts],
+            "val_challenger": [_f(p.val_challenger) for p in pts],
+            "val_champion": [_f(p.val_champion) for p in pts], "version": [p.version for p in pts]}
+    return out
+
+
+def swap_json(s: Any) -> dict[str, Any]:
+    return {"ts": int(s.ts_ms), "bar_ts": s.bar_ts, "expert": s.expert, "kind": s.kind, "version": s.version,
+            "previous": s.previous, "champion_score": _f(s.champion_score),
+            "challenger_score": _f(s.challenger_score)}
 
 
 def fill_json(f: Any) -> dict[str, Any]:
@@ -403,6 +420,30 @@ def build_blueprint(engine: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> Bluepr
         if body.enabled is not None:
             engine.set_expert_enabled(name, body.enabled)
         return jsonify(ok=True, name=name, enabled=body.enabled, training=body.training)
+
+    @bp.get("/experts/<name>/training")
+    def expert_training(name: str) -> Response:
+        snap = engine.snapshot()
+        if name not in snap.experts:
+            raise ApiError(404, f"unknown expert {name!r}; known: {', '.join(snap.experts)}", "not_found")
+        st = snap.experts[name]
+        return jsonify(name=name, training=bool(st.training), version=st.version,
+                       can_rollback=bool(getattr(st, "can_rollback", False)),
+                       trainer=trainer_json(getattr(snap, "trainers", {}).get(name), history=True),
+                       swaps=[swap_json(s) for s in getattr(snap, "swaps", ()) if s.expert == name])
+
+    @bp.post("/experts/<name>/rollback")
+    def rollback_expert(name: str) -> Response:
+        snap = engine.snapshot()
+        if name not in snap.experts:
+            raise ApiError(404, f"unknown expert {name!r}; known: {', '.join(snap.experts)}", "not_found")
+        if not hasattr(engine, "rollback"):
+            raise ApiError(409, TRAINING_UNAVAILABLE, "conflict")
+        try:  # no previous version, a candle expert, training off: the engine's reason
+            engine.rollback(name)
+        except ValueError as exc:
+            raise ApiError(409, str(exc), "conflict") from None
+        return jsonify(ok=True, name=name, replacing=snap.experts[name].version)
 
     @bp.get("/trades")
     def trades() -> Response:

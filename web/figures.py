@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -276,6 +277,48 @@ def loss_figure(metrics: pd.DataFrame, title: str = "") -> go.Figure:
         for name, g in metrics.groupby("name", sort=True):
             fig.add_trace(go.Scatter(x=g["step"].tolist(), y=_clean(g["value"]), mode="lines", name=str(name)))
     fig.update_layout(template="plotly_dark", height=240, title=title,
+                      margin={"l": 40, "r": 10, "t": 30 if title else 10, "b": 30})
+    return fig
+
+
+def online_loss_figure(history: Mapping[str, list] | None, swaps: Iterable[Mapping[str, Any]] = (),
+                       title: str = "live training") -> go.Figure:
+    """The online trainer's rounds over wall-clock time (``trainer_json(..., history=True)["history"]``):
+    training loss, and the validation log loss of each round's checkpoint against the live weights'
+    on the same window; promotions and rollbacks (``swap_json`` rows) as markers on the live line."""
+    fig = go.Figure()
+    h = history or {}
+    x = _x(np.asarray(h.get("ts", []), dtype=np.int64))
+    if x:
+        def col(k: str) -> list:
+            return _clean(np.array([np.nan if v is None else v for v in h.get(k, [])], dtype=float))
+
+        fig.add_trace(go.Scatter(x=x, y=col("loss"), mode="lines+markers", name="train loss",
+                                 customdata=h.get("steps"), hovertemplate="loss %{y:.4f}<br>step %{customdata}"))
+        fig.add_trace(go.Scatter(x=x, y=col("val_challenger"), mode="lines+markers", name="val challenger",
+                                 customdata=h.get("version"), hovertemplate="%{y:.4f}<br>%{customdata}"))
+        fig.add_trace(go.Scatter(x=x, y=col("val_champion"), mode="lines", name="val live",
+                                 line={"dash": "dot"}))
+        ev = [s for s in swaps if s.get("ts") is not None]
+        if ev:
+            champ = col("val_champion")
+
+            def y_of(s: Mapping[str, Any]) -> float | None:  # a rollback sits on the live line before it
+                if s["kind"] == "promote" and s.get("challenger_score") is not None:
+                    return s["challenger_score"]
+                i = int(np.searchsorted(x, int(s["ts"]), side="right")) - 1
+                return champ[i] if i >= 0 else None
+
+            fig.add_trace(go.Scatter(
+                x=[int(s["ts"]) for s in ev], y=[y_of(s) for s in ev],
+                mode="markers", name="swaps", text=[f"{s['kind']} {s['version']}" for s in ev],
+                hovertemplate="%{text}", marker={"symbol": "star", "size": 11, "color": "#f39c12"}))
+    else:
+        fig.add_annotation(text="switch training on: a point per published round", showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=0.5, font={"color": "#999"})
+    fig.update_layout(template="plotly_dark", height=240, title=title,
+                      xaxis={"type": "date", "visible": bool(x)},  # no made-up year-2000 axis when empty
+                      yaxis={"title": "log loss", "visible": bool(x)}, legend={"orientation": "h", "y": -0.25},
                       margin={"l": 40, "r": 10, "t": 30 if title else 10, "b": 30})
     return fig
 

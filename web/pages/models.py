@@ -1,6 +1,7 @@
 """Models page: per expert — enabled switch, live-training switch with the trainer's live status
-(steps, loss, samples/s, promotions, challenger vs champion score, restarts), version, last checkpoint,
-validation metrics, loss curves, and a TensorBoard link.
+(steps, loss, samples/s, promotions, challenger vs champion score, restarts), version, a rollback
+button, last checkpoint, validation metrics, offline loss curves, the live loss curve of its online
+trainer (refreshed only when a round was published), and a TensorBoard link.
 
 Checkpoints and training metrics are read from the store's tables when they exist (the checkpoint
 registry and trainers write them); a missing table just shows "none recorded yet".
@@ -111,8 +112,9 @@ def _kv_table(df: pd.DataFrame, limit: int = 5) -> Any:
     return dbc.Table.from_dataframe(d.astype(str), size="sm", striped=True, className="small mb-1")
 
 
-def expert_card(wctx: Any, e: dict[str, Any]) -> Any:
+def expert_card(wctx: Any, e: dict[str, Any], snap: Any = None) -> Any:
     name = e["name"]
+    snap = snap if snap is not None else wctx.engine.snapshot()
     ck = checkpoints_for(wctx.store, name)
     mt = metrics_for(wctx.store, name, wctx.cfg.resolve(wctx.cfg.training.runs_dir))
     last_ck = ck.iloc[0].to_dict() if len(ck) else None
@@ -131,7 +133,11 @@ def expert_card(wctx: Any, e: dict[str, Any]) -> Any:
         dbc.Col(html.Span(f"version {e['version']}", id={"type": "expert-version", "name": name},
                           className="small"), width=3),
         dbc.Col(html.Span(f"gate w {e['gate_weight']:.3f}" if e["gate_weight"] is not None else "gate w —",
-                          className="small"), width=2),
+                          className="small"), width=1),
+        dbc.Col(dbc.Button("roll back", id={"type": "expert-rollback", "name": name}, size="sm",
+                           color="warning", outline=True, disabled=not e.get("can_rollback"),
+                           title="put the previous live version back (exact weights)")
+                if e["trainable"] else None, width=1),
     ], className="align-items-center")
     body = dbc.Row([
         dbc.Col([
@@ -148,12 +154,29 @@ def expert_card(wctx: Any, e: dict[str, Any]) -> Any:
                      className="small mb-1"),
             _kv_table(ck),
         ], width=6),
-        dbc.Col(dcc.Graph(figure=figures.loss_figure(mt, "loss curves"), config={"displayModeBar": False})
-                if len(mt) else html.Div("no training metrics recorded yet", className="text-muted small"),
-                width=6),
+        dbc.Col([
+            dcc.Graph(figure=figures.loss_figure(mt, "offline loss curves"), config={"displayModeBar": False})
+            if len(mt) else html.Div("no offline training metrics recorded yet", className="text-muted small"),
+            dcc.Graph(id={"type": "online-loss", "name": name}, config={"displayModeBar": False},
+                      figure=online_figure(snap, name)) if e["trainable"] else None,
+        ], width=6),
     ])
     return dbc.Card([dbc.CardHeader(header), dbc.CardBody(body, className="p-2")], className="mb-2",
                     id=f"expert-card-{name}")
+
+
+def online_figure(snap: Any, name: str) -> Any:
+    """The live loss curve of ``name``'s online trainer, with the swaps applied to it."""
+    t = api.trainer_json(getattr(snap, "trainers", {}).get(name), history=True)
+    swaps = [api.swap_json(s) for s in getattr(snap, "swaps", ()) if s.expert == name]
+    return figures.online_loss_figure(t["history"] if t else None, swaps, f"{name}: live training")
+
+
+def online_mark(snap: Any, name: str) -> list[int]:
+    """What the live curve of ``name`` shows: (published rounds, swaps) - redraw only when it moves."""
+    t = getattr(snap, "trainers", {}).get(name)
+    return [len(getattr(t, "history", ())) if t is not None else 0,
+            sum(1 for s in getattr(snap, "swaps", ()) if s.expert == name)]
 
 
 def trainer_line(t: dict[str, Any] | None) -> str:
@@ -181,8 +204,10 @@ def layout(wctx: Any) -> Any:
         ]),
         html.Div(id="models-msg", className="small mb-2"),
         html.Div(id="models-train-msg", className="small mb-2"),
+        html.Div(id="models-rollback-msg", className="small mb-2"),
+        dcc.Store(id="online-marks", data={e["name"]: online_mark(snap, e["name"]) for e in experts}),
         dcc.Interval(id="models-interval", interval=wctx.cfg.dashboard.update_interval_ms),
-        html.Div([expert_card(wctx, e) for e in experts] or
+        html.Div([expert_card(wctx, e, snap) for e in experts] or
                  dbc.Alert("The engine has no experts configured (models.yml).", color="warning"),
                  id="models-list"),
     ])
@@ -193,13 +218,44 @@ def register(app: Dash, wctx: Any) -> None:
 
     @app.callback(Output({"type": "trainer-status", "name": ALL}, "children"),
                   Output({"type": "expert-version", "name": ALL}, "children"),
+                  Output({"type": "expert-rollback", "name": ALL}, "disabled"),
+                  Output({"type": "online-loss", "name": ALL}, "figure"),
+                  Output("online-marks", "data"),
                   Input("models-interval", "n_intervals"),
-                  State({"type": "trainer-status", "name": ALL}, "id"))
-    def _trainer_status(_n: int, ids: list[dict]) -> Any:
-        rows = {e["name"]: e for e in api.experts_json(engine.snapshot(), wctx.dead_zone)}
+                  State({"type": "trainer-status", "name": ALL}, "id"),
+                  State({"type": "expert-rollback", "name": ALL}, "id"),
+                  State({"type": "online-loss", "name": ALL}, "id"),
+                  State("online-marks", "data"))
+    def _trainer_status(_n: int, ids: list[dict], rb_ids: list[dict], fig_ids: list[dict],
+                        marks: dict | None) -> Any:
+        snap = engine.snapshot()
+        rows = {e["name"]: e for e in api.experts_json(snap, wctx.dead_zone)}
         names = [i["name"] for i in ids]
+        marks = dict(marks or {})
+        figs = []
+        for i in fig_ids:  # a figure goes over the wire only when a round or a swap was added
+            n = i["name"]
+            m = online_mark(snap, n)
+            figs.append(no_update if marks.get(n) == m else online_figure(snap, n))
+            marks[n] = m
         return ([trainer_line(rows.get(n, {}).get("trainer")) for n in names],
-                [f"version {rows[n]['version']}" if n in rows else "" for n in names])
+                [f"version {rows[n]['version']}" if n in rows else "" for n in names],
+                [not rows.get(i["name"], {}).get("can_rollback", False) for i in rb_ids],
+                figs, marks)
+
+    @app.callback(Output("models-rollback-msg", "children"),
+                  Input({"type": "expert-rollback", "name": ALL}, "n_clicks"), prevent_initial_call=True)
+    def _rollback(clicks: list[int | None]) -> Any:
+        trig = ctx.triggered_id
+        if not isinstance(trig, dict) or not any(clicks):
+            return no_update
+        name = trig["name"]
+        try:
+            engine.rollback(name)
+        except (ValueError, AttributeError) as exc:
+            return dbc.Alert(f"not rolled back: {exc}", color="warning", className="py-1")
+        return dbc.Alert(f"{name}: rolling back to the previous version before the next decision",
+                         color="info", className="py-1", id="rollback-ack")
 
     @app.callback(Output("models-msg", "children"),
                   Input({"type": "expert-enabled", "name": ALL}, "value"),
