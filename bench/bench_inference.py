@@ -11,7 +11,7 @@ decision path's p99 while one (cnn) / all three trainer processes train, measure
 bench/bench_training.py in its own process (so its trainers never share this loop), plus the
 samples/s of each trainer and the p99 ratio against that run's no-trainer baseline (target <= 2).
 
-    python bench/bench_inference.py [--candles 5000] [--threads 1] [--training-candles 400] [--no-training]
+    python bench/bench_inference.py [--candles 5000] [--threads 1] [--training-cycles 6] [--no-training]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main() -> int:
     ap.add_argument("--candles", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--train-steps", type=int, default=20)
-    ap.add_argument("--training-candles", type=int, default=400, help="timed decisions per trainer phase")
+    ap.add_argument("--training-cycles", type=int, default=6, help="bench_training.py blocks per phase")
     ap.add_argument("--no-training", action="store_true", help="skip the live-training latency phases")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -159,29 +159,31 @@ def main() -> int:
         "note": "medians/percentiles on a shared 2-core machine (other jobs running): treat as upper bounds",
     }
     if not args.no_training:
-        out.update(training_latency(args.training_candles))
+        out.update(training_latency(args.training_cycles))
     print(json.dumps(out))
     return 0
 
 
 TRAINING_KEYS = ("p99_ms_training_none", "p99_ms_training_one", "p99_ms_training_all", "p50_ms_training_none",
-                 "p50_ms_training_one", "p50_ms_training_all", "p99_ratio_all_vs_none", "target_p99_ratio",
-                 "trainer_samples_per_s", "trainer_steps", "spawn_to_first_step_s")
+                 "p50_ms_training_one", "p50_ms_training_all", "p99_ratio_one_vs_none", "p99_ratio_all_vs_none",
+                 "target_p99_ratio", "block_p99_ms_median", "trainer_samples_per_s", "trainer_steps",
+                 "spawn_to_first_step_s", "trainer_sched_idle", "trainer_cpus", "block")
 
 
-def training_latency(candles: int) -> dict:
+def training_latency(cycles: int) -> dict:
     """The decision p99 with 0 / 1 / all trainers running, from bench/bench_training.py (one JSON
     line on its stdout); its errors surface as this benchmark's error."""
-    cmd = [sys.executable, str(Path(__file__).with_name("bench_training.py")), "--candles", str(candles)]
+    cmd = [sys.executable, str(Path(__file__).with_name("bench_training.py")), "--cycles", str(cycles)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"bench_training.py failed ({r.returncode}):\n{r.stderr[-2000:]}")
     d = json.loads(r.stdout.strip().splitlines()[-1])
     out = {k: d[k] for k in TRAINING_KEYS if k in d}
-    out["training_candles_per_phase"] = candles
+    out["training_cycles"] = cycles
     out["training_note"] = ("p*_ms_training_*: bench_training.py's decision loop (build_one + 3 experts + an "
                             "online-Hedge gate, feed+poll of the TrainingManager timed apart) in a separate "
-                            "process; compare with p99_ms_training_none there, not with p99_ms here")
+                            "process, phases interleaved in blocks; compare with p99_ms_training_none there, "
+                            "not with p99_ms here")
     return out
 
 

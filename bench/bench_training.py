@@ -5,9 +5,17 @@ provider-like frames + CNN/Transformer/DQN predict() + gate fuse) on consecutive
 (../shared/data), with the TrainingManager's feed()+poll() done after each decision (as the engine
 does, timed separately as ``manager_overhead``). Trainers are real spawned processes (torch threads
 1 each) kept busy: ``--steps`` replay mini-batches per round every ``--cadence`` s on top of the fresh
-matured samples. Prints ONE JSON object (medians / percentiles).
+matured samples, at the priority the config gives them (training.trainer_idle / trainer_nice /
+reserve_cpus; ``--no-idle``, ``--reserve-cpus N`` to compare).
 
-    python bench/bench_training.py [--candles 400] [--steps 20] [--cadence 0.2]
+The machine's own drift (a shared VM: the same loop's p50 moves by 50% between minutes) would swamp
+the effect if the phases ran one after the other, so they are interleaved: after one cold block
+before any trainer exists, all three trainers are started, and ``--cycles`` times each phase runs a
+block of ``--block`` decisions with the other trainers paused (SIGSTOP; SIGCONT to resume) - "none"
+pauses all three, "one" lets the cnn run, "all" all three. Prints ONE JSON object: p50/p99 per phase
+over all its blocks, the ratios to "none", the median of the per-block p99s, samples/s per trainer.
+
+    python bench/bench_training.py [--block 150] [--cycles 6] [--steps 20] [--cadence 0.2]
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -37,6 +46,7 @@ from NN.training.datasets import default_dead_zone  # noqa: E402
 from NN.training.online import TrainingManager  # noqa: E402
 
 EXPERTS = ("cnn", "transformer", "dqn")
+PHASES = ("none", "one", "all")  # trainers running: none, cnn, all three
 KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
 
 
@@ -64,10 +74,15 @@ def q(x: list[float], p: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--candles", type=int, default=400, help="timed decisions per phase")
+    ap.add_argument("--block", type=int, default=150, help="timed decisions per block")
+    ap.add_argument("--cycles", type=int, default=6, help="blocks per phase (none, one, all interleaved)")
+    ap.add_argument("--settle", type=float, default=0.3, help="seconds after pausing/resuming trainers")
     ap.add_argument("--steps", type=int, default=20, help="replay mini-batches per trainer round")
     ap.add_argument("--cadence", type=float, default=0.2, help="seconds between trainer rounds")
     ap.add_argument("--start-timeout", type=float, default=180.0)
+    ap.add_argument("--no-idle", action="store_true", help="trainers only niced, not SCHED_IDLE")
+    ap.add_argument("--reserve-cpus", type=int, default=None,
+                    help="CPUs kept free of trainers (default: config training.reserve_cpus)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     app, models = load_config(), load_models()
@@ -80,7 +95,7 @@ def main() -> int:
     cache = app.data.cache_bars
     btc = load_btc()
     start = max(cache, builder.min_history) + 2500  # stored history: replay + validation seed
-    end = start + 3 * (args.candles + 20)
+    end = start + (3 * args.cycles + 1) * (args.block + 20)
     hist = btc.iloc[:end].reset_index(drop=True)
     higher = {tf: resample_candles(hist, tf) for tf in builder.timeframes[1:]}
     dz = default_dead_zone(app, models.labels)
@@ -93,14 +108,16 @@ def main() -> int:
     enabled = np.ones(len(EXPERTS), dtype=bool)
     tmp = Path(tempfile.mkdtemp(prefix="bench_training_"))
     mgr = TrainingManager(store, models, builder, experts, key=KEY, dead_zone=dz, models_dir=tmp / "models",
-                          runs_dir=tmp / "runs", min_steps_per_round=args.steps)
+                          runs_dir=tmp / "runs", min_steps_per_round=args.steps, threads=app.training.trainer_threads,
+                          nice=app.training.trainer_nice, sched_idle=app.training.trainer_idle and not args.no_idle,
+                          reserve_cpus=app.training.reserve_cpus if args.reserve_cpus is None else args.reserve_cpus)
     cursor = start
     sps: dict[str, list[float]] = {n: [] for n in EXPERTS}
 
-    def decide_span(n_timed: int) -> tuple[list[float], list[float]]:
+    def decide_span(n_timed: int, running: tuple[str, ...] | list[str]) -> tuple[list[float], list[float]]:
         nonlocal cursor
         lat, over = [], []
-        for k in range(n_timed + 20):  # the first 20 warm up (not recorded)
+        for k in range(n_timed + 20):  # the first 20 of a block are not recorded
             frames = frames_at(hist, higher, cursor, cache, base_tf)
             t0 = time.perf_counter()
             batch = builder.build_one(frames, symbol=KEY.symbol)
@@ -113,9 +130,10 @@ def main() -> int:
             if k >= 20:
                 lat.append((t1 - t0) * 1e3)
                 over.append((t2 - t1) * 1e3)
-            for n, st in mgr.status().items():
-                if st.running and st.samples_per_s > 0:
-                    sps[n].append(st.samples_per_s)
+            if k == n_timed + 19:  # a paused trainer's last figure is stale: sample running ones
+                for n in running:
+                    if mgr.status()[n].samples_per_s > 0:
+                        sps[n].append(mgr.status()[n].samples_per_s)
             cursor += 1
         return lat, over
 
@@ -128,38 +146,59 @@ def main() -> int:
             time.sleep(0.2)
         raise SystemExit(f"trainers {names} did not train within {args.start_timeout} s: {mgr.status()}")
 
-    out: dict = {"bench": "training", "candles_per_phase": args.candles, "device": "cpu", "threads": 1,
-                 "steps_per_round": args.steps, "cadence_s": args.cadence}
+    out: dict = {"bench": "training", "block": args.block, "cycles": args.cycles, "device": "cpu", "threads": 1,
+                 "steps_per_round": args.steps, "cadence_s": args.cadence, "trainer_sched_idle": mgr.sched_idle,
+                 "trainer_cpus": list(mgr.cpus) if mgr.cpus else None}
+    lat: dict[str, list[float]] = {c: [] for c in PHASES}
+    over: dict[str, list[float]] = {c: [] for c in PHASES}
+    blocks: dict[str, list[float]] = {c: [] for c in PHASES}  # p99 of each block
     try:
-        lat0, over0 = decide_span(args.candles)
-        mgr.start("cnn")
-        out["spawn_to_first_step_s"] = round(wait_training(["cnn"]), 1)
-        for v in sps.values():
-            v.clear()
-        lat1, over1 = decide_span(args.candles)
-        for n in EXPERTS[1:]:
+        cold, _ = decide_span(args.block, [])  # before any trainer process exists
+        t0 = time.monotonic()
+        for n in EXPERTS:
             mgr.start(n)
         wait_training(list(EXPERTS))
-        for v in sps.values():
-            v.clear()
-        lat_all, over_all = decide_span(args.candles)
+        out["spawn_to_first_step_s"] = round(time.monotonic() - t0, 1)
+        pids = {n: mgr.status()[n].pid for n in EXPERTS}
+        for c in range(args.cycles):
+            # interleaved short blocks, order rotated per cycle: the machine's drift hits every phase alike
+            for phase in PHASES[c % 3:] + PHASES[: c % 3]:
+                running = {"none": (), "one": ("cnn",), "all": EXPERTS}[phase]
+                for n, pid in pids.items():
+                    os.kill(pid, signal.SIGCONT if n in running else signal.SIGSTOP)
+                time.sleep(args.settle)
+                a, b = decide_span(args.block, running)
+                lat[phase] += a
+                over[phase] += b
+                blocks[phase].append(q(a, 99))
+        for pid in pids.values():
+            os.kill(pid, signal.SIGCONT)
         status = mgr.status()
     finally:
+        for pid in locals().get("pids", {}).values():
+            try:
+                os.kill(pid, signal.SIGCONT)  # a stopped process cannot take the stop message
+            except ProcessLookupError:
+                pass
         mgr.shutdown()
+    none, one, alls = lat["none"], lat["one"], lat["all"]
     out.update({
-        "p50_ms_training_none": q(lat0, 50), "p99_ms_training_none": q(lat0, 99),
-        "p50_ms_training_one": q(lat1, 50), "p99_ms_training_one": q(lat1, 99),
-        "p50_ms_training_all": q(lat_all, 50), "p99_ms_training_all": q(lat_all, 99),
-        "p99_ratio_all_vs_none": round(q(lat_all, 99) / q(lat0, 99), 2),
+        "p50_ms_training_none": q(none, 50), "p99_ms_training_none": q(none, 99),
+        "p50_ms_training_one": q(one, 50), "p99_ms_training_one": q(one, 99),
+        "p50_ms_training_all": q(alls, 50), "p99_ms_training_all": q(alls, 99),
+        "p99_ratio_one_vs_none": round(q(one, 99) / q(none, 99), 2),
+        "p99_ratio_all_vs_none": round(q(alls, 99) / q(none, 99), 2),
         "target_p99_ratio": 2.0,
-        "manager_overhead_p50_ms": {"none": q(over0, 50), "one": q(over1, 50), "all": q(over_all, 50)},
-        "manager_overhead_p99_ms": {"none": q(over0, 99), "one": q(over1, 99), "all": q(over_all, 99)},
+        "p99_ms_none_before_spawn": q(cold, 99),
+        "block_p99_ms_median": {c: q(v, 50) for c, v in blocks.items()},
+        "manager_overhead_p50_ms": {c: q(v, 50) for c, v in over.items()},
+        "manager_overhead_p99_ms": {c: q(v, 99) for c, v in over.items()},
         "trainer_samples_per_s": {n: round(float(np.median(v)), 1) if v else None for n, v in sps.items()},
         "trainer_steps": {n: st.steps for n, st in status.items()},
         "promotions": {n: st.promotions for n, st in status.items()},
         "cpu_count": os.cpu_count(),
-        "note": "decision = build_one + 3 experts predict + gate fuse; trainers 1 torch thread each; "
-                "shared 2-core machine: 3 trainers + the decision loop oversubscribe it",
+        "note": "decision = build_one + 3 experts predict + gate fuse, back to back; trainers 1 torch thread "
+                "each, kept busy; phases interleaved in blocks by pausing trainers (SIGSTOP/SIGCONT)",
     })
     print(json.dumps(out))
     return 0
