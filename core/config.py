@@ -186,6 +186,9 @@ class OnlineTrainingConfig(_Strict):
     replay_bars: int = Field(5000, ge=0)
     promote_margin: float = Field(0.002, ge=0)
     val_bars: int = Field(240, ge=10)  # newest matured samples withheld from training: champion/challenger window
+    # at least this many replayed mini-batches (DQN: chunks) per round, so a trainer keeps learning
+    # between bars (a 1m stream brings ~1 fresh sample per 30 s round)
+    replay_steps: int = Field(8, ge=0)
 
 
 class ExpertConfig(_Strict):

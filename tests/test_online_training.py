@@ -183,6 +183,10 @@ def test_trainer_process_trains_restarts_after_sigkill_and_stops(models, builder
         cpus = sorted(os.sched_getaffinity(0))
         _wait(lambda: os.sched_getscheduler(first_pid) == os.SCHED_IDLE, 60, mgr)
         assert os.sched_getaffinity(first_pid) == (set(cpus[1:]) if len(cpus) > 1 else set(cpus))
+        # Ctrl-C reaches the whole process group; the trainer leaves stopping to the manager
+        os.kill(first_pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert os.waitpid(first_pid, os.WNOHANG) == (0, 0) and mgr.status()["cnn"].restarts == 0
         # it trains on its replay history, publishes, and the checkpoint gets judged
         _wait(lambda: mgr.status()["cnn"].steps > 0 and mgr.status()["cnn"].last_verdict != "", 120, mgr)
         st = mgr.status()["cnn"]

@@ -7,12 +7,12 @@ Engine side (``TrainingManager``, called from the engine thread):
   poll()        non-blocking: drains status queues, restarts crashed trainers (back-off 1 s doubling,
                 capped), turns the trainers' verdicts into Swaps (promotions, rollbacks) to apply
                 between two decisions.
-Trainer side (``trainer_main``, a spawned process, niced): never opens the DuckDB file. It receives
+Trainer side (``trainer_main``, a spawned process, SCHED_IDLE): never opens the DuckDB file. It receives
 the live weights, candles for its replay history (it builds those features itself with the same
 FeatureBuilder) and matured samples. The newest ``val_bars`` matured samples are its validation
 window and are never trained on (nor anything within ``horizon`` bars before them). Every
-``cadence_s`` it trains on the fresh samples plus as many replayed ones (learning rate ``online.lr``,
-mini-batches of ``batch_size``; the DQN trains on chronological chunks and also learns from the
+``cadence_s`` it trains on the fresh samples plus as many replayed ones, at least ``replay_steps``
+mini-batches (learning rate ``online.lr``, mini-batches of ``batch_size``; the DQN trains on chronological chunks and also learns from the
 realised paper-trading positions), publishes a checkpoint atomically (Expert.save: temp file +
 os.replace), scores it and the live weights on the validation window (off the engine process) and
 reports path + scores; the manager applies the promotion rule (NN/training/promotion.py).
@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -358,6 +360,10 @@ def trainer_main(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
     """Entry point of a trainer process (spawned). Messages in: ("init", state_bytes),
     ("load", state_bytes), ("candles", DataFrame), ("samples", rows dict), ("stop",).
     Messages out: ("status", dict), ("published", dict), ("error", str)."""
+    if mp.parent_process() is not None:
+        # Ctrl-C in a terminal reaches the whole process group: the engine stops its trainers in
+        # order ("stop", then terminate), so a trainer must not die first and be "restarted"
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _trainer_loop(spec, inbox, outbox)
     except Exception:
@@ -630,7 +636,8 @@ class TrainingManager:
                 base_timeframe=self.spec.timeframes[0], dead_zone=self.dead_zone, online=cfg.online,
                 checkpoint_dir=str((self.models_dir / name / "online").resolve()),
                 run_dir=str((self.runs_dir / "online" / name / stamp).resolve()), threads=self.threads,
-                min_steps_per_round=self.min_steps_per_round, nice=self.nice, sched_idle=self.sched_idle,
+                min_steps_per_round=max(self.min_steps_per_round, cfg.online.replay_steps), nice=self.nice,
+                sched_idle=self.sched_idle,
                 cpus=self.cpus)
             t = self._trainers[name] = t or _Trainer(spec=spec)
             t.spec = spec
