@@ -11,7 +11,8 @@ Two variants share the metric code (``outcome_metrics``):
 
 * ``OutcomeTracker`` (engine process, owns the writer connection): one vectorised SQL statement
   as-of-joins pending predictions/decisions to stored candles and appends them to ``outcomes``;
-  rolling metrics per (expert, horizon) over the last ``window`` matured outcomes.
+  rolling metrics per (expert, horizon) over the last ``window`` matured outcomes. After its first
+  scan it reads only rows from a watermark on, so an update costs the same after a day or a year.
 * ``LiveOutcomes``: pure in-memory, fed with closed bars and Decisions (the live snapshot; no DB).
 
 The decisions table has no horizon column (core/audit.py): a decision's horizon is the smallest
@@ -127,31 +128,45 @@ def metrics_from_frame(df: pd.DataFrame, window: int) -> dict[tuple[str, int], R
     return out
 
 
+def _window_arrays(df: pd.DataFrame, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The columns outcome_metrics needs, for rows ``idx`` of an outcomes frame."""
+    return {"ts": df["ts"].to_numpy(np.int64)[idx],
+            "probs": df[["p_down", "p_flat", "p_up"]].to_numpy(np.float64)[idx],
+            "realised": df["realised_class"].to_numpy(np.int64)[idx],
+            "returns": df["realised_return"].to_numpy(np.float64)[idx],
+            "direction": trade_direction(df["action"].to_numpy()[idx]),
+            "driven": df["driven"].to_numpy(bool)[idx]}
+
+
 # ---------------------------------------------------------------- stored variant (DuckDB)
 
+# Every CTE is limited to ts >= $since (the tracker's watermark: all older rows have matured or never
+# can), so DuckDB prunes row groups by their ts zone maps and a steady-state update reads only the
+# newest rows instead of the whole audit trail.
 _PENDING_SQL = """
 WITH cs AS (
-    SELECT ts, close FROM candles WHERE exchange = $exchange AND symbol = $symbol AND timeframe = $tf
+    SELECT ts, close FROM candles
+    WHERE exchange = $exchange AND symbol = $symbol AND timeframe = $tf AND ts >= $since
 ), last AS (SELECT max(ts) AS last_ts FROM cs),
 dh AS (  -- a decision's horizon: the smallest horizon of the outputs behind it
     SELECT run_id, decision_id, min(horizon) AS horizon FROM predictions
-    WHERE symbol = $symbol GROUP BY run_id, decision_id
+    WHERE symbol = $symbol AND ts >= $since GROUP BY run_id, decision_id
 ),
 pending AS (
     SELECT p.run_id, p.decision_id, p.expert, p.symbol, p.ts, p.horizon, p.p_down, p.p_flat, p.p_up,
            p.weight, d.action
     FROM predictions p JOIN decisions d ON d.run_id = p.run_id AND d.id = p.decision_id
-    WHERE p.symbol = $symbol AND p.horizon >= 1
+    WHERE p.symbol = $symbol AND p.horizon >= 1 AND p.ts >= $since AND d.ts >= $since
     UNION ALL
     SELECT d.run_id, d.id, $moe, d.symbol, d.ts, coalesce(dh.horizon, $default_h), d.p_down,
            d.p_flat, d.p_up, 1.0, d.action
     FROM decisions d LEFT JOIN dh ON dh.run_id = d.run_id AND dh.decision_id = d.id
-    WHERE d.symbol = $symbol
+    WHERE d.symbol = $symbol AND d.ts >= $since
 ),
 todo AS (
     SELECT q.*, q.ts + q.horizon * $bar_ms AS target_ts FROM pending q, last
     WHERE q.ts + q.horizon * $bar_ms <= last.last_ts
-      AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.run_id = q.run_id
+      AND NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.ts >= $since AND o.run_id = q.run_id
                       AND o.decision_id = q.decision_id AND o.expert = q.expert)
 )
 SELECT t.run_id, t.decision_id, t.expert, t.symbol, t.ts, t.horizon, c1.ts AS exit_ts,
@@ -161,13 +176,28 @@ JOIN cs c0 ON c0.ts = t.ts
 ASOF JOIN cs c1 ON t.target_ts >= c1.ts
 """
 
+# rows of either audit table below a ts (all symbols): if this count changes between two updates, rows
+# were written below the watermark (e.g. an event-mode backtest's audit trail) and a full scan follows
+_BELOW_SQL = ("SELECT (SELECT count(*) FROM decisions WHERE ts < $t), "
+              "(SELECT count(*) FROM predictions WHERE ts < $t)")
+_NEWEST_SQL = """
+SELECT (SELECT max(ts) FROM candles WHERE exchange = $exchange AND symbol = $symbol AND timeframe = $tf
+        AND ts >= $since),
+       (SELECT max(horizon) FROM predictions WHERE symbol = $symbol AND ts >= $since)
+"""
+_FULL = -(2**62)  # "since" of a full scan
+
 
 class OutcomeTracker:
     """Matures stored predictions/decisions of one series and keeps rolling metrics.
 
-    Call ``update()`` from the engine process (it writes); it is cheap when nothing is due.
-    ``metrics()`` returns an immutable mapping swapped by reference (any thread may read it).
-    ``on_matured`` callbacks receive the frame of newly matured outcomes (e.g. a gate feed)."""
+    Call ``update()`` from the engine process (it writes); it is cheap when nothing is due and does not
+    grow with the audit trail: after the first (full) scan it reads only rows from a watermark on, the
+    oldest ts that may still mature. Rows written later with an older ts are noticed by a count check
+    and trigger one full scan. The newest ``window`` outcomes per (expert, horizon) are kept in memory
+    and merged with each update (seeded from the table). ``metrics()`` returns an immutable mapping
+    swapped by reference (any thread may read it). ``on_matured`` callbacks receive the frame of newly
+    matured outcomes (e.g. a gate feed)."""
 
     def __init__(self, store: Any, key: SeriesKey, dead_zone: float, *, window: int = 500,
                  default_horizon: int = 5) -> None:
@@ -182,7 +212,12 @@ class OutcomeTracker:
         self.default_horizon = int(default_horizon)
         self.bar_ms = timeframe_ms(key.timeframe)
         self._metrics: Mapping[tuple[str, int], RollingMetrics] = MappingProxyType({})
+        self._recent: dict[tuple[str, int], dict[str, np.ndarray]] = {}  # newest `window` per group
         self._listeners: list[Callable[[pd.DataFrame], None]] = []
+        self._since = _FULL  # watermark: every row older than this has matured or never can
+        self._below: tuple[int, int] | None = None  # audit rows below the watermark when it was set
+        self._max_h = self.default_horizon
+        self.full_scans = 0
         ensure_tables(store)
         store.execute(OUTCOMES_DDL)
         self.refresh_metrics()
@@ -190,19 +225,42 @@ class OutcomeTracker:
     def on_matured(self, fn: Callable[[pd.DataFrame], None]) -> None:
         self._listeners.append(fn)
 
-    def pending_due(self) -> pd.DataFrame:
+    def _params(self, since: int) -> dict[str, Any]:
+        return {"exchange": self.key.exchange, "symbol": self.key.symbol, "tf": self.key.timeframe,
+                "bar_ms": self.bar_ms, "default_h": self.default_horizon, "moe": MOE, "since": int(since)}
+
+    def _rows_below(self, ts: int) -> tuple[int, int]:
+        row = self.store.query_one(_BELOW_SQL, {"t": int(ts)})
+        return int(row[0]), int(row[1])
+
+    def pending_due(self, since: int | None = None) -> pd.DataFrame:
         """Predictions and decisions whose horizon has passed on stored candles, joined (as-of) to
-        their entry and exit closes; not yet written."""
-        params = {"exchange": self.key.exchange, "symbol": self.key.symbol, "tf": self.key.timeframe,
-                  "bar_ms": self.bar_ms, "default_h": self.default_horizon, "moe": MOE}
-        return self.store.query_df(_PENDING_SQL, params)
+        their entry and exit closes; not yet written. ``since``: only rows from that ts on (default:
+        all of them)."""
+        return self.store.query_df(_PENDING_SQL, self._params(_FULL if since is None else since))
 
     def update(self) -> int:
-        """Mature everything due, append it to ``outcomes``, refresh the rolling metrics; returns the
+        """Mature everything due, append it to ``outcomes``, update the rolling metrics; returns the
         number of outcomes written."""
-        df = self.pending_due()
-        if df.empty:
-            return 0
+        since = self._since
+        if since != _FULL and self._rows_below(since) != self._below:
+            since = _FULL  # something was written below the watermark: look at everything once
+        if since == _FULL:
+            self.full_scans += 1
+        df = self.pending_due(since)
+        n = 0
+        if not df.empty:
+            df = self._outcome_rows(df)
+            self.store.write_df("outcomes", df, mode="append")
+            self._merge(df)
+            n = len(df)
+        self._advance(since)
+        if n:
+            for fn in self._listeners:
+                fn(df)
+        return n
+
+    def _outcome_rows(self, df: pd.DataFrame) -> pd.DataFrame:
         bad = ~(np.isfinite(df["entry_close"]) & (df["entry_close"] > 0) & (df["exit_close"] > 0))
         if bad.any():  # a stored candle is broken: report it, never store a meaningless outcome
             raise ValueError(f"outcomes: {int(bad.sum())} predictions join candles with a non-positive "
@@ -216,19 +274,44 @@ class OutcomeTracker:
             driven[idx] = driven_mask(str(expert), df["action"].to_numpy()[idx], probs[idx],
                                       df["weight"].to_numpy()[idx])
         df["driven"] = driven
-        df = df[OUTCOME_COLUMNS]
-        self.store.write_df("outcomes", df, mode="append")
-        self.refresh_metrics()
-        for fn in self._listeners:
-            fn(df)
-        return len(df)
+        return df[OUTCOME_COLUMNS]
+
+    def _advance(self, since: int) -> None:
+        """Move the watermark to the oldest ts that may still mature: a row at ts matures once the
+        candle h bars later is stored, so everything before newest - max_h bars is done (or has no
+        entry candle and never will)."""
+        p = self._params(since)
+        newest, max_h = self.store.query_one(_NEWEST_SQL, {k: p[k] for k in ("exchange", "symbol", "tf", "since")})
+        if max_h is not None:
+            self._max_h = max(self._max_h, int(max_h))
+        if newest is None:
+            return
+        self._since = max(since, int(newest) - self._max_h * self.bar_ms + 1)
+        self._below = self._rows_below(self._since)
+
+    def _merge(self, df: pd.DataFrame) -> None:
+        """Fold newly matured outcomes into the newest-``window`` arrays; recompute changed groups."""
+        metrics = dict(self._metrics)
+        for (expert, horizon), idx in df.groupby(["expert", "horizon"], sort=False).indices.items():
+            k = (str(expert), int(horizon))
+            new = _window_arrays(df, idx)
+            old = self._recent.get(k)
+            if old is not None:
+                new = {c: np.concatenate([old[c], new[c]]) for c in new}
+            order = np.argsort(new["ts"], kind="stable")[-self.window:]
+            w = self._recent[k] = {c: v[order] for c, v in new.items()}
+            metrics[k] = outcome_metrics(k[0], k[1], w["probs"], w["realised"], w["returns"], w["direction"],
+                                         w["driven"], w["ts"])
+        self._metrics = MappingProxyType(metrics)
 
     def refresh_metrics(self) -> Mapping[tuple[str, int], RollingMetrics]:
-        """Recompute rolling metrics from the newest ``window`` outcomes of each (expert, horizon)."""
+        """Recompute rolling metrics from the newest ``window`` stored outcomes of each (expert,
+        horizon) (one window query; ``update`` keeps them current from then on)."""
         df = self.store.query_df(
             "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY expert, horizon ORDER BY ts DESC) "
-            "AS rn FROM outcomes WHERE symbol = ?) WHERE rn <= ?", [self.key.symbol, self.window])
-        self._metrics = MappingProxyType(metrics_from_frame(df, self.window))
+            "AS rn FROM outcomes WHERE symbol = ?) WHERE rn <= ? ORDER BY ts", [self.key.symbol, self.window])
+        self._recent, self._metrics = {}, MappingProxyType({})
+        self._merge(df)
         return self._metrics
 
     def metrics(self) -> Mapping[tuple[str, int], RollingMetrics]:
