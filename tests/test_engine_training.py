@@ -2,7 +2,7 @@
 a trainer process started through Engine.set_training trains the live CNN, its promotion is hot-swapped
 between two decisions and the predictions audit rows carry the new model_version from the next bar on;
 the engine keeps deciding while the trainer is SIGKILLed (restarted, status counts it); set_training
-starts/stops the process; a disabled engine / unknown expert / candle expert is refused."""
+(and PATCH /api/experts/<name>) starts/stops the process; a disabled engine / unknown expert / candle expert is refused."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from core.config import AppConfig, ModelsConfig, load_config, load_models
+from core.config import AppConfig, ModelsConfig, Secrets, load_config, load_models
 from core.data.files import load_file
 from core.data.store import MarketStore
 from core.types import SeriesKey
 from NN.training.checkpoints import CheckpointRegistry
+from web.app import create_app
 
 torch.set_num_threads(1)
 KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
@@ -112,22 +113,41 @@ def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_pat
         wait_for(lambda: alive(eng.snapshot().trainers["cnn"].pid) and eng.snapshot().trainers["cnn"].pid != pid,
                  30, "a new trainer process", eng)
 
-        # toggling: off stops the process, on starts a new one
+        # toggling through the REST API (PATCH /api/experts/<name>): off stops the process, on starts a
+        # new one, and GET /api/experts reports it
+        api = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets()).server.test_client()
+
+        def patch(name: str, on: bool) -> None:
+            r = api.patch(f"/api/experts/{name}", json={"training": on})
+            assert r.status_code == 200 and r.get_json()["training"] is on, r.get_json()
+
+        def api_trainer(name: str) -> dict:
+            return next(e for e in api.get("/api/experts").get_json()["experts"] if e["name"] == name)["trainer"]
+
         pid2 = eng.snapshot().trainers["cnn"].pid
-        eng.set_training("cnn", False)
+        assert api_trainer("cnn")["running"] is True
+        patch("cnn", False)
         wait_for(lambda: not eng.snapshot().experts["cnn"].training, 10, "training to stop", eng)
-        assert eng.snapshot().trainers["cnn"].pid is None
+        assert eng.snapshot().trainers["cnn"].pid is None and api_trainer("cnn")["running"] is False
         # the engine thread does not wait for the process: it exits after its round and is reaped
         wait_for(lambda: not alive(pid2), 15, "the stopped trainer process to exit", eng)
-        eng.set_training("cnn", True)
+        patch("cnn", True)
         wait_for(lambda: alive(eng.snapshot().trainers["cnn"].pid), 10, "training to start again", eng)
-        assert eng.snapshot().trainers["cnn"].pid != pid2
-        eng.set_training("cnn", False)
+        assert eng.snapshot().trainers["cnn"].pid != pid2 and api_trainer("cnn")["running"] is True
+        patch("dqn", True)  # a second expert's process, started and stopped the same way
+        wait_for(lambda: alive(eng.snapshot().trainers["dqn"].pid), 15, "the dqn trainer to start", eng)
+        pid_dqn = eng.snapshot().trainers["dqn"].pid
+        patch("dqn", False)
+        patch("cnn", False)
         wait_for(lambda: not eng.snapshot().experts["cnn"].training, 10, "training to stop", eng)
+        wait_for(lambda: not alive(pid_dqn), 15, "the dqn trainer process to exit", eng)
+        assert api.patch("/api/experts/nope", json={"training": True}).status_code == 404
 
-        # rollback puts the version the last promotion replaced back, between two decisions
+        # rollback (POST /api/experts/<name>/rollback) puts the version the last promotion replaced
+        # back, between two decisions
         promoted = [s for s in eng.snapshot().swaps if s.expert == "cnn" and s.kind == "promote"]
-        eng.rollback("cnn")
+        r = api.post("/api/experts/cnn/rollback")
+        assert r.status_code == 200 and r.get_json()["ok"] is True
         wait_for(lambda: eng.snapshot().swaps[-1].kind == "rollback", 10, "the rollback", eng)
         rb = eng.snapshot().swaps[-1]
         assert rb.version == promoted[-1].previous and rb.previous == promoted[-1].version

@@ -18,7 +18,7 @@ from core.features import FeatureBuilder
 from NN.experts.registry import build_expert
 from NN.training.datasets import build_dataset
 from NN.training.online import TrainingManager
-from NN.training.promotion import evaluate, judge
+from NN.training.promotion import Swap, evaluate, judge
 
 torch.set_num_threads(1)
 
@@ -167,5 +167,16 @@ def test_manager_promotes_only_the_better_and_rolls_back_exactly(trio, data, mod
         assert_same_state(now, original)
         with pytest.raises(ValueError, match="no previous version"):
             mgr.rollback("cnn")
+
+        # promoted files are pruned: the live one and the 3 a rollback may return to stay on disk
+        files = []
+        for i in range(6):
+            f = tmp_path / "models" / "cnn" / "online" / f"v{i}.pt"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            trained.save(f)
+            files.append(f)
+            mgr.apply(Swap(expert="cnn", version=f"v{i}", state=trained.state_dict(), kind="promote", path=str(f)))
+        assert [f.exists() for f in files] == [False, False, True, True, True, True]
+        assert live.version == "v5" and mgr.rollback("cnn").version == "v4"  # rollback needs no file
     finally:
         mgr.shutdown()

@@ -249,7 +249,11 @@ class DQNExpert(Expert):
             total += float(rew.sum())
         return total
 
-    def _push_nstep(self, s: np.ndarray, pos: np.ndarray, act: np.ndarray, rew: np.ndarray) -> None:
+    def push_transitions(self, s: np.ndarray, pos: np.ndarray, act: np.ndarray, rew: np.ndarray) -> None:
+        """Store the n-step transitions of one contiguous stretch: states ``s`` [m+1], position
+        indices ``pos`` [m+1] (held before each step), actions ``act`` [m] and raw rewards ``rew`` [m]
+        (log-return units; scaled here). Used by ``train_step`` and by online learning from realised
+        paper-trading positions."""
         p = self.params
         m = len(act)  # transitions t = 0..m-1; state index m is the last bar (bootstrap only)
         r = rew * p.reward_scale
@@ -264,7 +268,8 @@ class DQNExpert(Expert):
         g = p.gamma**steps
         self.buffer.push(s[:m], pos[:m], act, R, s[nxt], pos[nxt], g)
 
-    def _update(self) -> float:
+    def replay_update(self) -> float:
+        """One double-DQN update on a replayed mini-batch; returns its loss."""
         p = self.params
         s, ps, a, r, s2, p2, g = self.buffer.sample(self.rng, p.batch_size)
         self.net.train()
@@ -301,12 +306,12 @@ class DQNExpert(Expert):
             eps = self.epsilon()
             start = int(self.rng.integers(0, 3))  # random start position covers all state kinds
             pos, act, rew = self.rollout(s[seg], batch.close[seg], eps, start)
-            self._push_nstep(s[seg], pos, act, rew)
+            self.push_transitions(s[seg], pos, act, rew)
             rewards.append(float(rew.sum()))
             self.env_steps += len(act)
             if self.buffer.n >= self.params.warmup:
                 for _ in range(max(1, len(act) // self.params.update_every)):
-                    losses.append(self._update())
+                    losses.append(self.replay_update())
         return {
             "loss": float(np.mean(losses)) if losses else float("nan"),
             "reward": float(np.sum(rewards)),

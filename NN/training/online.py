@@ -295,7 +295,7 @@ def push_experience(dqn: Any, batch: FeatureBatch, position: np.ndarray, bar_ms:
     pushed = 0
     edges = np.flatnonzero(np.diff(np.concatenate([[0], valid.astype(np.int8), [0]])))
     for a, b in zip(edges[::2], edges[1::2], strict=True):  # transitions t = a..b-1 (bar j = t + 1)
-        dqn._push_nstep(s[a + 1 : b + 2], pidx[a : b + 1], act[a:b], rew[a:b])
+        dqn.push_transitions(s[a + 1 : b + 2], pidx[a : b + 1], act[a:b], rew[a:b])
         pushed += b - a
     return pushed
 
@@ -335,7 +335,7 @@ def _train_round(expert: Any, data: _TrainData, n_train: int, spec: TrainerSpec,
             sl = slice(max(0, int(new_exp[0]) - 2), n_all)  # bar j's transition needs bar j-1
             if push_experience(expert, batch_all.take(sl), d["position"][sl], timeframe_ms(spec.base_timeframe)):
                 if expert.buffer.n >= expert.params.warmup:
-                    losses.append(expert._update())
+                    losses.append(expert.replay_update())
                     steps += 1
             data.experience_until = int(d["ts"][-1])
     else:
@@ -608,6 +608,7 @@ class TrainingManager:
         self._champion: dict[str, tuple[str, dict[str, Any]]] = {}
         self._history: dict[str, ChampionHistory] = {n: ChampionHistory(keep_history) for n in trainable}
         self._pending_swaps: list[Swap] = []
+        self._promoted: dict[str, deque[Path]] = {}  # files of recent promotions, oldest first
         self._retiring: list[_Retiring] = []
         self._jobs: queue.Queue = queue.Queue()
         self._results: queue.Queue = queue.Queue()
@@ -998,7 +999,8 @@ class TrainingManager:
                 try:
                     if state is None:  # judged by its trainer: load the winner only (small file)
                         state = torch.load(path, map_location="cpu", weights_only=False)
-                    swaps.append(Swap(expert=name, version=version, state=state, kind="promote", verdict=verdict))
+                    swaps.append(Swap(expert=name, version=version, state=state, kind="promote", verdict=verdict,
+                                      path=str(path)))
                     continue
                 except Exception as exc:
                     self._scores[name]["last_verdict"] = f"cannot load {path.name}: {exc}"
@@ -1018,6 +1020,7 @@ class TrainingManager:
         sc = self._scores.setdefault(swap.expert, {})
         if swap.kind == "promote":
             sc["promotions"] = sc.get("promotions", 0) + 1
+            self._prune_promoted(swap)
         t = self._trainers.get(swap.expert)  # no lock: the decision thread never waits on UI commands
         if t is not None and t.inbox is not None:
             data = state_to_bytes(swap.state)
@@ -1032,6 +1035,17 @@ class TrainingManager:
             except Exception:
                 log.exception("registering promoted %s %s failed (weights stay live)", swap.expert, swap.version)
         log.info("%s %s -> %s", swap.kind, swap.expert, swap.version)
+
+    def _prune_promoted(self, swap: Swap) -> None:
+        """Keep the files of the newest ``keep_history`` + 1 promoted checkpoints per expert (the live
+        one and those a rollback may return to) and delete older ones: a trainer promoting every round
+        would otherwise fill the disk. Rollback restores from memory; the registry keeps its own copies."""
+        if swap.path is None:
+            return
+        kept = self._promoted.setdefault(swap.expert, deque())
+        kept.append(Path(swap.path))
+        while len(kept) > self._history[swap.expert].keep + 1:
+            kept.popleft().unlink(missing_ok=True)
 
     def has_history(self, name: str) -> bool:
         return len(self._history.get(name, ())) > 0

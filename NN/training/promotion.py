@@ -41,6 +41,7 @@ class Swap:
     state: dict[str, Any] = field(repr=False)
     kind: str  # "promote" | "rollback"
     verdict: Verdict | None = None
+    path: str | None = None  # the checkpoint file a promotion came from (None: a rollback)
 
     def apply(self, live: Any) -> dict[str, Any]:
         """Load the state into ``live`` (call on the decision thread, between decisions); returns an
