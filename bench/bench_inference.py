@@ -167,7 +167,8 @@ def main() -> int:
 TRAINING_KEYS = ("p99_ms_training_none", "p99_ms_training_one", "p99_ms_training_all", "p50_ms_training_none",
                  "p50_ms_training_one", "p50_ms_training_all", "p99_ratio_one_vs_none", "p99_ratio_all_vs_none",
                  "target_p99_ratio", "block_p99_ms_median", "trainer_samples_per_s", "trainer_steps",
-                 "spawn_to_first_step_s", "trainer_sched_idle", "trainer_cpus", "block")
+                 "spawn_to_first_step_s", "trainer_sched_idle", "trainer_cpus", "freeze_while_deciding",
+                 "block", "spaced")
 
 
 def training_latency(cycles: int) -> dict:
@@ -183,7 +184,8 @@ def training_latency(cycles: int) -> dict:
     out["training_note"] = ("p*_ms_training_*: bench_training.py's decision loop (build_one + 3 experts + an "
                             "online-Hedge gate, feed+poll of the TrainingManager timed apart) in a separate "
                             "process, phases interleaved in blocks; compare with p99_ms_training_none there, "
-                            "not with p99_ms here")
+                            "not with p99_ms here; top level: decisions back to back, spaced: with a pause "
+                            "between decisions")
     return out
 
 

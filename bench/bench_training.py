@@ -2,20 +2,23 @@
 
 Decisions are measured exactly like bench/bench_inference.py does (FeatureBuilder.build_one on
 provider-like frames + CNN/Transformer/DQN predict() + gate fuse) on consecutive real BTC/USDT 1m bars
-(../shared/data), with the TrainingManager's feed()+poll() done after each decision (as the engine
-does, timed separately as ``manager_overhead``). Trainers are real spawned processes (torch threads
-1 each) kept busy: ``--steps`` replay mini-batches per round every ``--cadence`` s on top of the fresh
-matured samples, at the priority the config gives them (training.trainer_idle / trainer_nice /
-reserve_cpus; ``--no-idle``, ``--reserve-cpus N`` to compare).
+(../shared/data), inside ``TrainingManager.deciding()`` as core/engine.py does (running trainers are
+frozen for the decision when config training.freeze_while_deciding is on; ``--no-freeze`` to compare;
+the two signals count in the latency), with the manager's feed()+poll() done after each decision (timed
+separately as ``manager_overhead``). Trainers are real spawned processes (torch threads 1 each) kept
+busy: ``--steps`` replay mini-batches per round every ``--cadence`` s on top of the fresh matured
+samples, at the priority the config gives them (training.trainer_idle / trainer_nice / reserve_cpus;
+``--no-idle``, ``--reserve-cpus N`` to compare).
 
 The machine's own drift (a shared VM: the same loop's p50 moves by 50% between minutes) would swamp
 the effect if the phases ran one after the other, so they are interleaved: after one cold block
 before any trainer exists, all three trainers are started, and ``--cycles`` times each phase runs a
-block of ``--block`` decisions with the other trainers paused (SIGSTOP; SIGCONT to resume) - "none"
-pauses all three, "one" lets the cnn run, "all" all three. Prints ONE JSON object: p50/p99 per phase
-over all its blocks, the ratios to "none", the median of the per-block p99s, samples/s per trainer.
+block of ``--block`` decisions with the other trainers held (``TrainingManager.hold``: SIGSTOP until
+released) - "none" holds all three, "one" lets the cnn run, "all" all three. Prints ONE JSON object:
+p50/p99 per phase over all its blocks, the ratios to "none", the median of the per-block p99s,
+samples/s per trainer.
 
-    python bench/bench_training.py [--block 150] [--cycles 6] [--steps 20] [--cadence 0.2]
+    python bench/bench_training.py [--block 150] [--cycles 6] [--steps 20] [--cadence 0.2] [--no-freeze]
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -36,10 +38,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.config import load_config, load_models  # noqa: E402
+from core.data.files import load_file  # noqa: E402
 from core.data.store import MarketStore  # noqa: E402
 from core.features import FeatureBuilder, resample_candles  # noqa: E402
 from core.paths import shared_data_dir  # noqa: E402
-from core.types import CANDLE_COLUMNS, SeriesKey, timeframe_ms  # noqa: E402
+from core.types import SeriesKey, timeframe_ms  # noqa: E402
 from NN.experts.registry import build_expert  # noqa: E402
 from NN.moe import MoEGate  # noqa: E402
 from NN.training.datasets import default_dead_zone  # noqa: E402
@@ -48,13 +51,6 @@ from NN.training.online import TrainingManager  # noqa: E402
 EXPERTS = ("cnn", "transformer", "dqn")
 PHASES = ("none", "one", "all")  # trainers running: none, cnn, all three
 KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
-
-
-def load_btc() -> pd.DataFrame:
-    df = pd.read_csv(shared_data_dir() / "binanceus" / "BTC_USDT-1m.csv")
-    t = pd.to_datetime(df.pop("timestamp"), utc=True)
-    df["ts"] = ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64")
-    return df[list(CANDLE_COLUMNS)]
 
 
 def frames_at(base: pd.DataFrame, higher: dict[str, pd.DataFrame], i: int, bars: int, base_tf: str
@@ -72,6 +68,22 @@ def q(x: list[float], p: float) -> float:
     return round(float(np.percentile(np.asarray(x), p)), 3) if x else float("nan")
 
 
+def phase_figures(lat: dict[str, list[float]], blocks: dict[str, list[float]],
+                  over: dict[str, list[float]]) -> dict:
+    """p50/p99 per phase, ratios to "none", the median block p99 and the manager's overhead."""
+    none, one, alls = lat["none"], lat["one"], lat["all"]
+    return {
+        "p50_ms_training_none": q(none, 50), "p99_ms_training_none": q(none, 99),
+        "p50_ms_training_one": q(one, 50), "p99_ms_training_one": q(one, 99),
+        "p50_ms_training_all": q(alls, 50), "p99_ms_training_all": q(alls, 99),
+        "p99_ratio_one_vs_none": round(q(one, 99) / q(none, 99), 2),
+        "p99_ratio_all_vs_none": round(q(alls, 99) / q(none, 99), 2),
+        "block_p99_ms_median": {c: q(v, 50) for c, v in blocks.items()},
+        "manager_overhead_p50_ms": {c: q(v, 50) for c, v in over.items()},
+        "manager_overhead_p99_ms": {c: q(v, 99) for c, v in over.items()},
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--block", type=int, default=150, help="timed decisions per block")
@@ -83,6 +95,10 @@ def main() -> int:
     ap.add_argument("--no-idle", action="store_true", help="trainers only niced, not SCHED_IDLE")
     ap.add_argument("--reserve-cpus", type=int, default=None,
                     help="CPUs kept free of trainers (default: config training.reserve_cpus)")
+    ap.add_argument("--gap-ms", type=float, default=20.0,
+                    help="pause between two decisions of the spaced regime (0: measure back to back only)")
+    ap.add_argument("--no-freeze", action="store_true",
+                    help="trainers keep running while a decision is computed (training.freeze_while_deciding off)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     app, models = load_config(), load_models()
@@ -93,9 +109,10 @@ def main() -> int:
     base_tf = app.data.base_timeframe
     builder = FeatureBuilder(models.features, base_tf)
     cache = app.data.cache_bars
-    btc = load_btc()
+    btc = load_file(shared_data_dir() / "binanceus" / "BTC_USDT-1m.csv")
+    gaps = [0.0] + ([args.gap_ms] if args.gap_ms > 0 else [])
     start = max(cache, builder.min_history) + 2500  # stored history: replay + validation seed
-    end = start + (3 * args.cycles + 1) * (args.block + 20)
+    end = start + (3 * args.cycles * len(gaps) + 1) * (args.block + 20)
     hist = btc.iloc[:end].reset_index(drop=True)
     higher = {tf: resample_candles(hist, tf) for tf in builder.timeframes[1:]}
     dz = default_dead_zone(app, models.labels)
@@ -110,27 +127,32 @@ def main() -> int:
     mgr = TrainingManager(store, models, builder, experts, key=KEY, dead_zone=dz, models_dir=tmp / "models",
                           runs_dir=tmp / "runs", min_steps_per_round=args.steps, threads=app.training.trainer_threads,
                           nice=app.training.trainer_nice, sched_idle=app.training.trainer_idle and not args.no_idle,
-                          reserve_cpus=app.training.reserve_cpus if args.reserve_cpus is None else args.reserve_cpus)
+                          reserve_cpus=app.training.reserve_cpus if args.reserve_cpus is None else args.reserve_cpus,
+                          freeze_while_deciding=app.training.freeze_while_deciding and not args.no_freeze)
     cursor = start
     sps: dict[str, list[float]] = {n: [] for n in EXPERTS}
 
-    def decide_span(n_timed: int, running: tuple[str, ...] | list[str]) -> tuple[list[float], list[float]]:
+    def decide_span(n_timed: int, running: tuple[str, ...] | list[str], gap_s: float
+                    ) -> tuple[list[float], list[float]]:
         nonlocal cursor
         lat, over = [], []
         for k in range(n_timed + 20):  # the first 20 of a block are not recorded
             frames = frames_at(hist, higher, cursor, cache, base_tf)
             t0 = time.perf_counter()
-            batch = builder.build_one(frames, symbol=KEY.symbol)
-            probs = np.stack([experts[n].predict(batch).probs for n in EXPERTS])[None]
-            gate.fuse(probs, batch.regime, enabled)
+            with mgr.deciding():  # as core/engine.py does: trainers frozen while it decides (config)
+                batch = builder.build_one(frames, symbol=KEY.symbol)
+                probs = np.stack([experts[n].predict(batch).probs for n in EXPERTS])[None]
+                gate.fuse(probs, batch.regime, enabled)
             t1 = time.perf_counter()
             mgr.feed(batch, position=0.0)
             mgr.poll(apply=True)
             t2 = time.perf_counter()
+            if gap_s > 0:  # the next bar closes later: trainers run meanwhile
+                time.sleep(gap_s)
             if k >= 20:
                 lat.append((t1 - t0) * 1e3)
                 over.append((t2 - t1) * 1e3)
-            if k == n_timed + 19:  # a paused trainer's last figure is stale: sample running ones
+            if k == n_timed + 19 and gap_s > 0:  # trainers run between spaced decisions: their real pace
                 for n in running:
                     if mgr.status()[n].samples_per_s > 0:
                         sps[n].append(mgr.status()[n].samples_per_s)
@@ -148,58 +170,51 @@ def main() -> int:
 
     out: dict = {"bench": "training", "block": args.block, "cycles": args.cycles, "device": "cpu", "threads": 1,
                  "steps_per_round": args.steps, "cadence_s": args.cadence, "trainer_sched_idle": mgr.sched_idle,
+                 "freeze_while_deciding": mgr.freeze_while_deciding,
                  "trainer_cpus": list(mgr.cpus) if mgr.cpus else None}
-    lat: dict[str, list[float]] = {c: [] for c in PHASES}
-    over: dict[str, list[float]] = {c: [] for c in PHASES}
-    blocks: dict[str, list[float]] = {c: [] for c in PHASES}  # p99 of each block
+    regimes: dict[float, dict] = {}
     try:
-        cold, _ = decide_span(args.block, [])  # before any trainer process exists
+        cold, _ = decide_span(args.block, [], 0.0)  # before any trainer process exists
         t0 = time.monotonic()
         for n in EXPERTS:
             mgr.start(n)
         wait_training(list(EXPERTS))
         out["spawn_to_first_step_s"] = round(time.monotonic() - t0, 1)
-        pids = {n: mgr.status()[n].pid for n in EXPERTS}
-        for c in range(args.cycles):
-            # interleaved short blocks, order rotated per cycle: the machine's drift hits every phase alike
-            for phase in PHASES[c % 3:] + PHASES[: c % 3]:
-                running = {"none": (), "one": ("cnn",), "all": EXPERTS}[phase]
-                for n, pid in pids.items():
-                    os.kill(pid, signal.SIGCONT if n in running else signal.SIGSTOP)
-                time.sleep(args.settle)
-                a, b = decide_span(args.block, running)
-                lat[phase] += a
-                over[phase] += b
-                blocks[phase].append(q(a, 99))
-        for pid in pids.values():
-            os.kill(pid, signal.SIGCONT)
+        for gap in gaps:
+            lat: dict[str, list[float]] = {c: [] for c in PHASES}
+            over: dict[str, list[float]] = {c: [] for c in PHASES}
+            blocks: dict[str, list[float]] = {c: [] for c in PHASES}  # p99 of each block
+            for c in range(args.cycles):
+                # interleaved short blocks, order rotated per cycle: the machine's drift hits every phase alike
+                for phase in PHASES[c % 3:] + PHASES[: c % 3]:
+                    running = {"none": (), "one": ("cnn",), "all": EXPERTS}[phase]
+                    for n in EXPERTS:
+                        mgr.hold(n, n not in running)
+                    time.sleep(args.settle)
+                    a, b = decide_span(args.block, running, gap / 1e3)
+                    lat[phase] += a
+                    over[phase] += b
+                    blocks[phase].append(q(a, 99))
+            regimes[gap] = phase_figures(lat, blocks, over)
+        for n in EXPERTS:
+            mgr.hold(n, False)
         status = mgr.status()
     finally:
-        for pid in locals().get("pids", {}).values():
-            try:
-                os.kill(pid, signal.SIGCONT)  # a stopped process cannot take the stop message
-            except ProcessLookupError:
-                pass
-        mgr.shutdown()
-    none, one, alls = lat["none"], lat["one"], lat["all"]
+        mgr.shutdown()  # releases held trainers first (a frozen process cannot take the stop message)
+    out.update(regimes[0.0])  # headline: decisions back to back (a fast replay), the harder case
     out.update({
-        "p50_ms_training_none": q(none, 50), "p99_ms_training_none": q(none, 99),
-        "p50_ms_training_one": q(one, 50), "p99_ms_training_one": q(one, 99),
-        "p50_ms_training_all": q(alls, 50), "p99_ms_training_all": q(alls, 99),
-        "p99_ratio_one_vs_none": round(q(one, 99) / q(none, 99), 2),
-        "p99_ratio_all_vs_none": round(q(alls, 99) / q(none, 99), 2),
         "target_p99_ratio": 2.0,
         "p99_ms_none_before_spawn": q(cold, 99),
-        "block_p99_ms_median": {c: q(v, 50) for c, v in blocks.items()},
-        "manager_overhead_p50_ms": {c: q(v, 50) for c, v in over.items()},
-        "manager_overhead_p99_ms": {c: q(v, 99) for c, v in over.items()},
         "trainer_samples_per_s": {n: round(float(np.median(v)), 1) if v else None for n, v in sps.items()},
         "trainer_steps": {n: st.steps for n, st in status.items()},
         "promotions": {n: st.promotions for n, st in status.items()},
         "cpu_count": os.cpu_count(),
-        "note": "decision = build_one + 3 experts predict + gate fuse, back to back; trainers 1 torch thread "
-                "each, kept busy; phases interleaved in blocks by pausing trainers (SIGSTOP/SIGCONT)",
+        "note": "decision = build_one + 3 experts predict + gate fuse; top-level figures: decisions back to back; "
+                "spaced: the same with a pause between decisions (trainers run in it; samples/s measured there); "
+                "trainers 1 torch thread each, kept busy; phases interleaved in blocks (held trainers: SIGSTOP)",
     })
+    if args.gap_ms > 0:
+        out["spaced"] = {"gap_ms": args.gap_ms, **regimes[args.gap_ms]}
     print(json.dumps(out))
     return 0
 

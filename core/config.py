@@ -153,6 +153,7 @@ class TrainingConfig(_Strict):
     trainer_idle: bool = True  # Linux SCHED_IDLE (else only niced by trainer_nice)
     trainer_nice: int = Field(10, ge=0, le=19)
     reserve_cpus: int = Field(0, ge=0)  # lowest-numbered CPUs kept free of trainers (0: no pinning)
+    freeze_while_deciding: bool = True  # SIGSTOP trainers for the milliseconds of each decision
 
 
 class AppConfig(_Strict):

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -378,7 +379,8 @@ class Engine:
                                        dead_zone=dz, models_dir=cfg.resolve(tc.models_dir),
                                        runs_dir=cfg.resolve(tc.runs_dir), threads=tc.trainer_threads,
                                        nice=tc.trainer_nice, sched_idle=tc.trainer_idle,
-                                       reserve_cpus=tc.reserve_cpus)
+                                       reserve_cpus=tc.reserve_cpus,
+                                       freeze_while_deciding=tc.freeze_while_deciding)
         self.live_outcomes = LiveOutcomes(self.timeframe, dz, default_horizon=h)
         self.outcomes = OutcomeTracker(self.store, key, dz, default_horizon=h)
         # the manager seeds an empty buffer from the NEWEST stored candles: live that is the past, in
@@ -638,12 +640,14 @@ class Engine:
     def _on_candle(self, ev: CandleEvent) -> None:
         if self._orch is None or ev.key.symbol != self.symbol:
             return  # a late event of a stream that was switched away from
-        frames = self._frames(ev.ts)
-        try:
-            d = self._orch.on_candle(ev, frames)
-        except Exception as exc:  # a decision failed: no trade this bar, the executor still books it
-            self._error("orchestrator", exc)
-            d = None
+        # trainer processes are frozen for the decision's few milliseconds (TrainingManager.deciding)
+        with self.trainer.deciding() if self.trainer is not None else nullcontext():
+            frames = self._frames(ev.ts)
+            try:
+                d = self._orch.on_candle(ev, frames)
+            except Exception as exc:  # a decision failed: no trade this bar, the executor still books it
+                self._error("orchestrator", exc)
+                d = None
         if d is not None:
             self._decisions.append(d)
         self._train_step(ev, d)

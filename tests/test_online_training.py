@@ -152,6 +152,19 @@ def test_dqn_learns_from_realised_positions(models, builder, candles) -> None:
     np.testing.assert_array_equal(dqn.buffer.s[:n], s[1:-1][keep])
 
 
+def _state_becomes(pid: int, states: str, timeout: float = 5.0) -> bool:
+    """Whether /proc says process ``pid`` is in one of ``states`` (R running, S sleeping, T stopped)
+    within ``timeout`` s (a signal takes effect asynchronously)."""
+    end = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in states:
+                return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.005)
+
+
 def _wait(cond, timeout: float, mgr: TrainingManager, feed=None) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -199,6 +212,18 @@ def test_trainer_process_trains_restarts_after_sigkill_and_stops(models, builder
         assert len(hist) >= 1 and all(np.isfinite(p.loss) and p.steps > 0 for p in hist)
         assert hist[-1].version.startswith("online-") and hist[-1].val_challenger == st.challenger_score
         assert [p.ts_ms for p in hist] == sorted(p.ts_ms for p in hist)
+
+        # the decision path freezes running trainers for its milliseconds and resumes them after;
+        # a held trainer stays frozen through decisions until released
+        with mgr.deciding():
+            assert _state_becomes(first_pid, "T")
+        assert _state_becomes(first_pid, "RS")
+        mgr.hold("cnn")
+        with mgr.deciding():
+            pass
+        assert _state_becomes(first_pid, "T") and not _state_becomes(first_pid, "RS", 0.3)
+        mgr.hold("cnn", False)
+        assert _state_becomes(first_pid, "RS")
 
         # live bars: their samples reach the trainer once matured and outside the validation window
         sent = sum(mgr.feed(live_rows.take(slice(i, i + 1)), position=0.0) for i in range(20))

@@ -32,7 +32,8 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from NN.training.promotion import (
 
 log = logging.getLogger(__name__)
 
+_CAN_FREEZE = hasattr(signal, "SIGSTOP")  # POSIX: trainers can be frozen while the engine decides
 MIN_VAL_SAMPLES = 30  # fewer matured validation samples than this: no verdict yet
 HISTORY_POINTS = 500  # training rounds kept per expert for the live loss curve (oldest dropped)
 _CTX = tmp.get_context("spawn")
@@ -423,7 +425,7 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
     steps, seq, samples_per_s, loss = 0, 0, 0.0, float("nan")
     next_round = 0.0
     ready = False
-    pid = os.getpid()
+    pid, parent = os.getpid(), os.getppid()
 
     def set_lr() -> None:  # online fine-tuning runs at its own (smaller) learning rate
         opt = getattr(expert, "opt", None)
@@ -436,6 +438,10 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
 
     status()
     while True:
+        if os.getppid() != parent:  # the engine died without stopping us: nobody reads our results
+            if writer is not None:
+                writer.close()
+            return
         wait = max(0.0, next_round - time.monotonic()) if ready and len(data) else 0.5
         for msg in _drain(inbox, min(wait, 0.5)):
             kind = msg[0]
@@ -526,6 +532,7 @@ class _Trainer:
     backoff: float = 1.0
     restart_at: float | None = None
     started_at: float = 0.0
+    held: bool = False  # hold(): kept frozen (SIGSTOP) until released
     status: TrainerStatus = field(default_factory=lambda: TrainerStatus(running=False))
     # every published round since the manager first started this expert (survives restarts/toggles)
     history: deque[TrainingPoint] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
@@ -575,7 +582,7 @@ class TrainingManager:
                  models_dir: str | Path = "models", runs_dir: str | Path = "runs",
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0, threads: int = 1,
                  keep_history: int = 3, min_steps_per_round: int = 0, nice: int = 10,
-                 sched_idle: bool = True, reserve_cpus: int = 0) -> None:
+                 sched_idle: bool = True, reserve_cpus: int = 0, freeze_while_deciding: bool = True) -> None:
         if not dead_zone >= 0:
             raise ValueError(f"dead_zone must be >= 0, got {dead_zone!r}")
         self.store = store
@@ -595,6 +602,7 @@ class TrainingManager:
         self.nice = int(nice)
         self.sched_idle = bool(sched_idle)
         self.cpus = trainer_cpus(int(reserve_cpus))
+        self.freeze_while_deciding = bool(freeze_while_deciding) and _CAN_FREEZE
         self.bar_ms = timeframe_ms(self.spec.timeframes[0])
         trainable = {n: e for n, e in experts.items() if getattr(e, "input_kind", "features") == "features"}
         self._trainable = trainable
@@ -678,6 +686,7 @@ class TrainingManager:
             if wait:
                 self._halt(t, timeout)
             elif t.proc is not None:
+                self._unhold(t)
                 try:
                     t.inbox.put(("stop",))
                 except Exception:
@@ -707,6 +716,60 @@ class TrainingManager:
                 out[n] = replace(st, live_version=str(self.experts[n].version),
                                  history=tuple(t.history) if t is not None else (), **self._scores.get(n, {}))
             return out
+
+    # ---------------------------------------------------------------- freezing (decision path)
+
+    @contextmanager
+    def deciding(self) -> Iterator[None]:
+        """Wrap one decision: running trainer processes are frozen (SIGSTOP) for its few milliseconds
+        and resumed (SIGCONT) after. SCHED_IDLE keeps a trainer off the decision's CPU, but on a small
+        machine a trainer on the other core still slows the decision through the shared caches and
+        memory (bench/bench_training.py: p99 up to 2.7x with one CNN trainer, about 1x frozen). Costs
+        two signals per trainer per decision; never waits for a lock (a busy UI command skips it)."""
+        frozen = self.freeze() if self.freeze_while_deciding else []
+        try:
+            yield
+        finally:
+            if frozen:
+                self.thaw(frozen)
+
+    def freeze(self) -> list[Any]:
+        """SIGSTOP every running, not held trainer process; returns them for ``thaw``."""
+        if not self._lock.acquire(blocking=False):
+            return []
+        try:
+            procs = [t.proc for t in self._trainers.values()
+                     if t.wanted and not t.held and t.proc is not None and t.proc.is_alive()]
+        finally:
+            self._lock.release()
+        return self._signal(procs, signal.SIGSTOP)
+
+    def thaw(self, procs: list[Any]) -> None:
+        self._signal(procs, signal.SIGCONT)
+
+    @staticmethod
+    def _signal(procs: list[Any], sig: int) -> list[Any]:
+        """Signal our own child processes; one that has exited is skipped (``exitcode`` reaps it, so its
+        pid can never have been reused by another process)."""
+        done = []
+        for p in procs:
+            if p.exitcode is None:
+                try:
+                    os.kill(p.pid, sig)
+                    done.append(p)
+                except ProcessLookupError:
+                    pass
+        return done
+
+    def hold(self, name: str, on: bool = True) -> None:
+        """Keep the trainer of ``name`` frozen (its process, samples and optimiser state stay) until
+        released with ``on=False``; ``deciding`` leaves held trainers alone. For measurements."""
+        with self._lock:
+            t = self._trainers.get(name)
+            if t is None or t.proc is None:
+                raise ValueError(f"hold {name}: no trainer process running")
+            t.held = bool(on)
+            self._signal([t.proc], signal.SIGSTOP if on else signal.SIGCONT)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         for name in list(self._trainers):
@@ -820,7 +883,13 @@ class TrainingManager:
         t.status = replace(t.status, running=True, pid=t.proc.pid, restarts=t.restarts)
         self._release()
 
+    def _unhold(self, t: _Trainer) -> None:
+        if t.held and t.proc is not None:
+            self._signal([t.proc], signal.SIGCONT)  # a frozen process cannot take the stop message
+        t.held = False
+
     def _halt(self, t: _Trainer, timeout: float) -> None:
+        self._unhold(t)
         if t.proc is not None:
             _end_process(t.proc, t.inbox, t.outbox, timeout)
         t.proc = t.inbox = t.outbox = None
