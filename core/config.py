@@ -154,6 +154,7 @@ class TrainingConfig(_Strict):
     trainer_nice: int = Field(10, ge=0, le=19)
     reserve_cpus: int = Field(0, ge=0)  # lowest-numbered CPUs kept free of trainers (0: no pinning)
     freeze_while_deciding: bool = True  # SIGSTOP trainers for the milliseconds of each decision
+    resume_online: bool = True  # live/paper: start from the online-trained weights a run left live
 
 
 class AppConfig(_Strict):

@@ -280,6 +280,7 @@ class Engine:
         self.registry = CheckpointRegistry(self.store, self.cfg.resolve(self.cfg.training.models_dir))
         self.experts: dict[str, Any] = {}
         self.trained: dict[str, bool] = {}
+        self._lineage: dict[str, tuple[str, Any]] = {}  # online training's base weights per expert
         for name, ecfg in self.models.enabled().items():
             try:
                 ex = build_expert(name, ecfg, self.builder.spec, self.registry.models_dir)
@@ -288,6 +289,8 @@ class Engine:
             except Exception as exc:
                 self._error(f"expert:{name}", exc)
                 self._expert_errors[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            self._resume_online(name, ex)
         if not self.experts:
             raise ValueError("no expert could be built; check models.yml")
         self.gate = MoEGate(list(self.experts), self.models.moe, len(self.builder.spec.regime_features))
@@ -295,6 +298,28 @@ class Engine:
             self.registry.load_into(self.gate)
         except ValueError as exc:  # trained for another expert set: online Hedge instead
             self._error("gate", exc)
+
+    def _resume_online(self, name: str, ex: Any) -> None:
+        """Live/paper trading with training allowed: an expert goes on from the online-trained weights
+        an earlier run left live (NN/training/online.resume_live) when they descend from its registered
+        best. Never in a replay: weights that learned from the replayed history would see its future."""
+        from NN.training.online import resume_live
+
+        self._lineage[name] = (str(ex.version), None)
+        tc = self.cfg.training
+        if (self.mode == "replay" or not self.training or not tc.resume_online
+                or getattr(ex, "input_kind", "features") != "features"):
+            return
+        try:
+            base = resume_live(ex, self.cfg.resolve(tc.models_dir))
+        except ValueError as exc:  # features or architecture changed since: the registered weights stay
+            self._error(f"resume:{name}", exc)
+            return
+        if base is not None:
+            self._lineage[name] = base
+            self._managed.add(name)  # the registry poll must not revert them; the manager judges
+            self.trained[name] = True
+            log.info("%s resumes its online-trained weights %s (base %s)", name, ex.version, base[0])
 
     def _build_pipeline(self) -> None:
         from core.data.provider import DataProvider
@@ -380,7 +405,7 @@ class Engine:
                                        runs_dir=cfg.resolve(tc.runs_dir), threads=tc.trainer_threads,
                                        nice=tc.trainer_nice, sched_idle=tc.trainer_idle,
                                        reserve_cpus=tc.reserve_cpus,
-                                       freeze_while_deciding=tc.freeze_while_deciding)
+                                       freeze_while_deciding=tc.freeze_while_deciding, lineage=self._lineage)
         self.live_outcomes = LiveOutcomes(self.timeframe, dz, default_horizon=h)
         self.outcomes = OutcomeTracker(self.store, key, dz, default_horizon=h)
         # the manager seeds an empty buffer from the NEWEST stored candles: live that is the past, in

@@ -243,3 +243,33 @@ def test_set_training_refused_when_disabled_unknown_or_untrainable(candles, tmp_
         eng3.rollback("cnn")
     assert eng3.snapshot().training_enabled and eng3.trainable() == ["cnn", "dqn"]
     store.close()
+
+
+def test_live_and_paper_engines_resume_online_weights_replays_never(candles, tmp_path):
+    from core.engine import Engine, ReplayConfig
+    from NN.experts.registry import build_expert
+    from NN.training.online import live_path
+
+    cfg, models = configs(tmp_path)
+    store = MarketStore(cfg.data.db_path)
+    store.upsert_candles(KEY, candles.iloc[:300])
+    # what an earlier run left live: online weights descending from the untrained start (no registry)
+    eng0 = Engine(cfg, models, store=store, replay=ReplayConfig(speed=None))
+    torch.manual_seed(123)
+    learned = build_expert("cnn", models.experts["cnn"], eng0.builder.spec).state_dict()
+    lp = live_path(tmp_path / "models", "cnn")
+    lp.parent.mkdir(parents=True)
+    torch.save({"version": "online-earlier-run", "base": "untrained", "state": learned}, lp)
+
+    paper = Engine(cfg, models, store=store)  # no replay: paper trading (nothing starts before start())
+    assert paper.mode == "paper" and paper.experts["cnn"].version == "online-earlier-run"
+    for k, v in learned["net"].items():
+        assert torch.equal(paper.experts["cnn"].state_dict()["net"][k], v)
+    assert paper.snapshot().experts["cnn"].trained and paper.experts["dqn"].version == "untrained"
+    # a replay must not start from weights that may have learned from the replayed history
+    assert Engine(cfg, models, store=store, replay=ReplayConfig(speed=None)).experts["cnn"].version == "untrained"
+    # nor does an engine that may not train, or one told not to resume
+    assert Engine(cfg, models, store=store, training=False).experts["cnn"].version == "untrained"
+    off = cfg.model_copy(update={"training": cfg.training.model_copy(update={"resume_online": False})})
+    assert Engine(off, models, store=store).experts["cnn"].version == "untrained"
+    store.close()

@@ -17,7 +17,7 @@ from core.data.files import load_file as load_candles
 from core.features import FeatureBuilder
 from NN.experts.registry import build_expert
 from NN.training.datasets import build_dataset
-from NN.training.online import TrainingManager
+from NN.training.online import TrainingManager, live_path, resume_live
 from NN.training.promotion import Swap, evaluate, judge
 
 torch.set_num_threads(1)
@@ -89,6 +89,44 @@ def assert_same_state(a, b, path: str = "state") -> None:
         assert a == b or (a != a and b != b), path
 
 
+def _wait_file(path: Path, exists: bool, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while path.exists() != exists:
+        assert time.monotonic() < end, f"{path} {'never appeared' if exists else 'was not removed'}"
+        time.sleep(0.02)
+
+
+def test_resume_live_only_descendants_of_the_loaded_weights(trio, models, data, tmp_path) -> None:
+    builder = data[0]
+    champion, trained, _ = trio
+    lp = live_path(tmp_path, "cnn")
+    lp.parent.mkdir(parents=True)
+    fresh = make_cnn(models, builder.spec)
+    fresh.version = "v-reg"
+    assert resume_live(fresh, tmp_path) is None  # nothing left live
+    torch.save({"version": "online-x", "base": "v-reg", "state": trained.state_dict()}, lp)
+    before = copy.deepcopy(fresh.state_dict())
+    base = resume_live(fresh, tmp_path)
+    assert base is not None and base[0] == "v-reg" and fresh.version == "online-x"
+    assert_same_state(base[1], before)  # what a rollback returns to
+    assert_same_state(fresh.state_dict()["net"], trained.state_dict()["net"])
+    # a newer offline checkpoint is live now: the online weights descend from another base
+    other = make_cnn(models, builder.spec)
+    other.version = "v-newer"
+    assert resume_live(other, tmp_path) is None and other.version == "v-newer"
+    # an incompatible file (another architecture) is refused by name and changes nothing
+    wide = models.experts["cnn"].model_copy(update={"params": {**models.experts["cnn"].params, "channels": 7}})
+    bad = build_expert("cnn", wide, builder.spec)
+    torch.save({"version": "online-y", "base": "v-reg", "state": bad.state_dict()}, lp)
+    victim = make_cnn(models, builder.spec)
+    victim.version = "v-reg"
+    keep = copy.deepcopy(victim.state_dict())
+    with pytest.raises(ValueError, match="cannot resume online weights"):
+        resume_live(victim, tmp_path)
+    assert victim.version == "v-reg"
+    assert_same_state(victim.state_dict()["net"], keep["net"])
+
+
 def val_part(data):
     _, _, batch, y, _ = data
     return batch.take(slice(len(batch) - VAL, len(batch))), y[-VAL:]
@@ -156,6 +194,13 @@ def test_manager_promotes_only_the_better_and_rolls_back_exactly(trio, data, mod
         assert live.version == "v-good" and mgr.status()["cnn"].promotions == 1
         for k, v in trained.state_dict()["net"].items():
             assert torch.equal(live.state_dict()["net"][k], v)
+        # the promoted weights are written for the next start (background thread), with their base
+        lp = live_path(tmp_path / "models", "cnn")
+        _wait_file(lp, True)
+        rec = torch.load(lp, weights_only=False)
+        assert rec["version"] == "v-good" and rec["base"] == "v-live"
+        assert_same_state(rec["state"]["net"], live.state_dict()["net"])
+        assert_same_state(rec["state"]["opt"], live.state_dict()["opt"])
 
         mgr.rollback("cnn")
         applied = mgr.poll(apply=True)
@@ -165,6 +210,7 @@ def test_manager_promotes_only_the_better_and_rolls_back_exactly(trio, data, mod
         for k, v in original["net"].items():
             assert torch.equal(now["net"][k], v), k
         assert_same_state(now, original)
+        _wait_file(lp, False)  # back at the base weights: nothing to resume
         with pytest.raises(ValueError, match="no previous version"):
             mgr.rollback("cnn")
 

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 _CAN_FREEZE = hasattr(signal, "SIGSTOP")  # POSIX: trainers can be frozen while the engine decides
 MIN_VAL_SAMPLES = 30  # fewer matured validation samples than this: no verdict yet
 HISTORY_POINTS = 500  # training rounds kept per expert for the live loss curve (oldest dropped)
+LIVE_FILE = "live.pt"  # models/<expert>/online/live.pt: the online-trained weights left live at exit
 _CTX = tmp.get_context("spawn")
 
 
@@ -505,6 +506,87 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
         status()
 
 
+# ---------------------------------------------------------------- live weights across restarts
+
+
+def live_path(models_dir: str | Path, name: str) -> Path:
+    return Path(models_dir) / name / "online" / LIVE_FILE
+
+
+def resume_live(expert: Any, models_dir: str | Path) -> tuple[str, dict[str, Any]] | None:
+    """Put the online-trained weights an earlier run left live (``live_path``) into ``expert`` when
+    they descend from the weights it holds now (the registered best it loaded, or "untrained"): a newer
+    offline checkpoint wins over them. Returns (version, exact state) of those base weights - where a
+    rollback goes - or None when nothing was resumed. An incompatible file (features or architecture
+    changed) raises ValueError and leaves the expert as it was."""
+    path = live_path(models_dir, expert.name)
+    if not path.exists():
+        return None
+    rec = torch.load(path, map_location="cpu", weights_only=False)
+    base_version = str(expert.version)
+    if rec.get("base") != base_version:
+        log.info("%s: %s descends from %s, not the live %s: not resumed", expert.name, path, rec.get("base"),
+                 base_version)
+        return None
+    base = copy.deepcopy(expert.state_dict())
+    try:
+        expert.load_state_dict(copy.deepcopy(rec["state"]))
+    except Exception as exc:
+        expert.load_state_dict(base)
+        expert.version = base_version
+        raise ValueError(f"{expert.name}: cannot resume online weights {path}: {exc}") from exc
+    expert.version = str(rec["version"])
+    return base_version, base
+
+
+class _LiveWriter:
+    """Writes the live weights of online-trained experts on a background thread (never on the
+    decision thread): the newest record per file wins; ``close`` drains it."""
+
+    def __init__(self) -> None:
+        self._q: queue.Queue = queue.Queue()
+        self._t: threading.Thread | None = None
+
+    def put(self, path: Path, record: dict[str, Any] | None) -> None:
+        """Save ``record`` atomically to ``path`` (None: delete the file)."""
+        self._q.put((path, record))
+        if self._t is None or not self._t.is_alive():
+            self._t = threading.Thread(target=self._run, name="live-weights-writer", daemon=True)
+            self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            items = [self._q.get()]
+            while True:
+                try:
+                    items.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            newest = {it[0]: it[1] for it in items if it is not None}  # later records replace earlier
+            self._write(newest)
+            if any(it is None for it in items):  # close(): everything queued before it is written
+                return
+
+    @staticmethod
+    def _write(newest: dict) -> None:
+        for path, record in newest.items():
+            try:
+                if record is None:
+                    path.unlink(missing_ok=True)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                torch.save(record, tmp)
+                os.replace(tmp, path)
+            except Exception:  # a full disk must not stop training or trading
+                log.exception("cannot write live weights %s", path)
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._t is not None and self._t.is_alive():
+            self._q.put(None)
+            self._t.join(timeout)
+
+
 # ---------------------------------------------------------------- engine-side manager
 
 
@@ -582,7 +664,8 @@ class TrainingManager:
                  models_dir: str | Path = "models", runs_dir: str | Path = "runs",
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0, threads: int = 1,
                  keep_history: int = 3, min_steps_per_round: int = 0, nice: int = 10,
-                 sched_idle: bool = True, reserve_cpus: int = 0, freeze_while_deciding: bool = True) -> None:
+                 sched_idle: bool = True, reserve_cpus: int = 0, freeze_while_deciding: bool = True,
+                 lineage: Mapping[str, tuple[str, dict[str, Any] | None]] | None = None) -> None:
         if not dead_zone >= 0:
             raise ValueError(f"dead_zone must be >= 0, got {dead_zone!r}")
         self.store = store
@@ -615,6 +698,15 @@ class TrainingManager:
         self._lock = threading.Lock()  # guards _trainers' fields touched by UI commands
         self._champion: dict[str, tuple[str, dict[str, Any]]] = {}
         self._history: dict[str, ChampionHistory] = {n: ChampionHistory(keep_history) for n in trainable}
+        # the version an expert's online lineage started from (its registered best, or "untrained"):
+        # live.pt records it so a restart resumes only weights that descend from what it loads
+        self._base: dict[str, str] = {}
+        for n, (version, state) in (lineage or {}).items():
+            if n in trainable:
+                self._base[n] = str(version)
+                if state is not None and str(experts[n].version) != str(version):
+                    self._history[n].push(str(version), state)  # a resumed run can roll back to its base
+        self._live_writer = _LiveWriter()
         self._pending_swaps: list[Swap] = []
         self._promoted: dict[str, deque[Path]] = {}  # files of recent promotions, oldest first
         self._retiring: list[_Retiring] = []
@@ -656,6 +748,7 @@ class TrainingManager:
             self._spawn(t)
 
     def _ensure_champion(self, name: str) -> None:
+        self._base.setdefault(name, str(self.experts[name].version))
         if name not in self._champion:
             live = self.experts[name]
             self._champion[name] = (str(live.version), copy.deepcopy(live.state_dict()))
@@ -779,6 +872,7 @@ class TrainingManager:
         for r in retiring:
             _end_process(r.proc, r.inbox, r.outbox, max(0.0, r.deadline - time.monotonic()))
         self._closed = True
+        self._live_writer.close()
         if self._evaluator is not None:
             self._jobs.put(None)
             self._evaluator.join(timeout)
@@ -1090,6 +1184,10 @@ class TrainingManager:
         if swap.kind == "promote":
             sc["promotions"] = sc.get("promotions", 0) + 1
             self._prune_promoted(swap)
+        base = self._base.setdefault(swap.expert, old_version)
+        # back at the base weights nothing needs resuming; else the next start resumes these
+        self._live_writer.put(live_path(self.models_dir, swap.expert), None if swap.version == base else
+                              {"version": swap.version, "base": base, "state": swap.state})
         t = self._trainers.get(swap.expert)  # no lock: the decision thread never waits on UI commands
         if t is not None and t.inbox is not None:
             data = state_to_bytes(swap.state)
