@@ -6,7 +6,9 @@ backtests see identical numbers):
 * untrained: online Hedge. w_e ∝ exp(-eta * mean log loss of expert e over its last ``hedge_window``
   matured outcomes) (``observe``); uniform before any outcome.
 * trained (``fit``): a small MLP maps [log p of every expert, standardised regime features] to one
-  logit per expert; weights = softmax over the enabled experts. It is trained on the VALIDATION
+  logit per expert; weights = softmax over the enabled experts. With ``cfg.adapt_trained`` the logits
+  also get the log of the Hedge weights above, so a trained gate keeps adapting to the matured
+  outcomes too (w ∝ w_mlp · w_hedge; no change while Hedge is uniform). It is trained on the VALIDATION
   split's expert outputs (experts' predictions on their own training data are over-confident, so a
   gate fit there would learn to trust whoever overfits most). The first part of that split fits the
   MLP, the chronologically last part early-stops it (epoch 0 = the uniform mixture, so the gate
@@ -78,6 +80,11 @@ class MoEGate:
             raise ValueError("gate: probabilities of an enabled expert contain NaN/inf")
         return p, r, m
 
+    @property
+    def adapts(self) -> bool:
+        """Whether the weights depend on the matured outcomes seen so far (walk bars in order)."""
+        return not self.trained or self.cfg.adapt_trained
+
     def hedge_weights(self) -> np.ndarray:
         """[E] weights from the recent matured log losses (uniform before any outcome)."""
         if self._hedge_cache is None:
@@ -102,6 +109,8 @@ class MoEGate:
         p, r, m = self._check(probs, regime, enabled)
         if self.trained:
             logits = self._mlp_logits(self._gate_inputs(np.where(m[None, :, None], p, 1 / 3), r))
+            if self.adapts:
+                logits = logits + np.log(np.clip(self.hedge_weights(), EPS, 1.0))[None]
         else:
             logits = np.log(np.clip(self.hedge_weights(), EPS, 1.0))[None].repeat(len(p), axis=0)
         return _masked_softmax(logits, np.broadcast_to(m, logits.shape))

@@ -235,6 +235,9 @@ class LabelsConfig(_Strict):
 class MoEConfig(_Strict):
     hedge_eta: float = Field(0.5, gt=0)
     hedge_window: int = Field(200, ge=1)
+    # a trained gate's MLP weights are also multiplied by the Hedge weights of the recent matured
+    # outcomes (renormalised): it keeps adapting online (uniform Hedge before any outcome = no change)
+    adapt_trained: bool = True
     hidden: int = Field(32, ge=1)
     calibrate: bool = True
     calibration: Literal["temperature", "vector"] = "vector"  # fused-probability calibrator

@@ -116,13 +116,13 @@ class GateRunner:
     def run_many(self, close: np.ndarray, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray,
                  progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``step`` over N bars (fast backtests): probs [N, E, 3], regime [N, R], enabled [N, E].
-        A trained gate's weights depend on the bar's inputs only (its online Hedge state is not used),
-        so it is fused in one batch per enabled-pattern; the Hedge gate is walked bar by bar because
-        each bar's weights depend on the outcomes matured before it."""
+        A gate whose weights depend on the outcomes matured before each bar (Hedge, or a trained gate
+        that adapts online: ``gate.adapts``) is walked bar by bar; a trained gate that does not adapt
+        depends on the bar's inputs only, so it is fused in one batch per enabled-pattern."""
         n, e = enabled.shape
         W = np.zeros((n, e))
         F = np.tile(UNIFORM, (n, 1))
-        if not getattr(self.gate, "trained", False):
+        if getattr(self.gate, "adapts", not getattr(self.gate, "trained", False)):
             for j in range(n):
                 W[j], F[j] = self.step(close[j], probs[j], regime[j], enabled[j])
                 if progress is not None and j % 4096 == 0:

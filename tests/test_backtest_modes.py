@@ -81,8 +81,10 @@ def test_both_modes_write_the_same_audit_trail(setup):
     assert n_pred == 3 * len(fast.decisions)
 
 
-def test_trained_gate_batched_in_fast_mode_matches_event_mode(setup, shared_data):
-    """A trained gate is fused in one batch in fast mode and per bar live: same decisions."""
+@pytest.mark.parametrize("adapt", [False, True])
+def test_trained_gate_batched_in_fast_mode_matches_event_mode(setup, shared_data, adapt):
+    """A trained gate is fused per bar live; in fast mode in one batch (adapt_trained off) or walked
+    bar by bar with its online Hedge factor (on): same decisions either way."""
     from core.backtest.engine import spec_from_config
     from core.config import load_config, load_models
     from NN.training.datasets import make_labels
@@ -95,8 +97,9 @@ def test_trained_gate_batched_in_fast_mode_matches_event_mode(setup, shared_data
     probs = np.stack([comps.experts[n].predict_many(batch).probs for n in comps.experts], axis=1)
     labels = make_labels(batch.close.astype(np.float64), 5, 0.002)
     ok = labels >= 0
+    comps.gate.cfg = models.moe.model_copy(update={"adapt_trained": adapt})
     comps.gate.fit(probs[ok], batch.regime[ok].astype(np.float64), labels[ok])
-    assert comps.gate.trained
+    assert comps.gate.trained and comps.gate.adapts is adapt
     spec = spec_from_config(cfg, models, exchange="binanceus", symbol="BTC/USDT", timeframe="1m",
                             thresholds=_fast.spec.thresholds, mode="fast")
     bt = Backtester(comps, spec, cfg.execution, cfg.risk)

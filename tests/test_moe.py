@@ -116,6 +116,29 @@ def test_trained_gate_no_worse_than_best_expert_out_of_sample(real) -> None:
     np.testing.assert_allclose(w.sum(axis=1), 1.0)
 
 
+def test_trained_gate_adapts_online_to_matured_outcomes(real) -> None:
+    P, R, y = real["probs"], real["regime"], real["y"]
+    cfg = MoEConfig(epochs=60, calibrate=False, hedge_window=100)
+    gate = MoEGate(NAMES, cfg, 2)
+    gate.fit(P[:3000], R[:3000], y[:3000])
+    frozen = MoEGate(NAMES, cfg.model_copy(update={"adapt_trained": False}), 2)
+    frozen.load_state_dict(gate.state_dict())
+    p, r = P[4000:4010], R[4000:4010]
+    w0, wf0 = gate.fuse(p, r)[0], frozen.fuse(p, r)[0]
+    np.testing.assert_allclose(w0, wf0, rtol=1e-12)  # no outcome yet: the MLP's weights
+    for t in range(3000, 3100):
+        gate.observe(P[t], int(y[t]))
+        frozen.observe(P[t], int(y[t]))
+    w1, fused = gate.fuse(p, r)
+    np.testing.assert_array_equal(frozen.fuse(p, r)[0], wf0)  # adapt_trained off: unchanged
+    # w ∝ w_mlp * w_hedge: the expert with the worst recent log loss loses weight, rows sum to 1
+    expected = w0 * gate.hedge_weights()[None]
+    np.testing.assert_allclose(w1, expected / expected.sum(axis=1, keepdims=True), rtol=1e-12)
+    worst = gate.hedge_weights().argmin()
+    assert (w1[:, worst] < w0[:, worst]).all() and gate.adapts and not frozen.adapts
+    np.testing.assert_allclose(fused, np.einsum("ne,nek->nk", w1, p), rtol=1e-12)
+
+
 def test_fused_is_weighted_sum_without_calibration(real) -> None:
     P, R, y = real["probs"], real["regime"], real["y"]
     gate = MoEGate(NAMES, MoEConfig(calibrate=False, epochs=30), 2)
