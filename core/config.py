@@ -187,6 +187,8 @@ class OnlineTrainingConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     replay_bars: int = Field(5000, ge=0)
     promote_margin: float = Field(0.002, ge=0)
+    # ... and by this many standard errors of the paired per-sample log-loss differences (0: off)
+    promote_z: float = Field(1.0, ge=0)
     val_bars: int = Field(240, ge=10)  # newest matured samples withheld from training: champion/challenger window
     # at least this many replayed mini-batches (DQN: chunks) per round, so a trainer keeps learning
     # between bars (a 1m stream brings ~1 fresh sample per 30 s round)

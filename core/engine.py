@@ -718,6 +718,7 @@ class Engine:
                                          v.challenger_logloss if v is not None else None))
             log.info("live %s of %s: %s -> %s", s.kind, s.expert, before.get(s.expert), s.version)
             before[s.expert] = s.version  # two swaps of one expert in one poll chain their versions
+            self.trained[s.expert] = s.version != "untrained"  # promoted weights are trained weights
         return True
 
     def _update_outcomes(self) -> None:

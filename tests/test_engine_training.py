@@ -46,7 +46,8 @@ def configs(tmp_path, training_enabled: bool = True) -> tuple[AppConfig, ModelsC
     for n, e in m.experts.items():
         # tiny rounds on a short validation window; margin 0: any lower validation log loss promotes
         online = e.online.model_copy(update={"cadence_s": 0.5, "replay_bars": 600, "val_bars": 60,
-                                             "batch_size": 32, "lr": 1e-3, "promote_margin": 0.0})
+                                             "batch_size": 32, "lr": 1e-3, "promote_margin": 0.0,
+                                             "promote_z": 0.0})
         experts[n] = e.model_copy(update={"enabled": n in ("cnn", "dqn"), "device": "cpu", "online": online})
     return cfg, m.model_copy(update={"features": feats, "experts": experts})
 
@@ -102,6 +103,7 @@ def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_pat
                  20, "decisions after the swap", eng)
         snap = eng.snapshot()
         assert snap.experts["cnn"].can_rollback and snap.trainers["cnn"].promotions >= 1
+        assert snap.experts["cnn"].trained  # promoted weights count as trained (the Models card says so)
 
         # SIGKILL the trainer: decisions keep flowing, the manager restarts it and counts the restart
         pid = snap.trainers["cnn"].pid
@@ -152,6 +154,7 @@ def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_pat
         rb = eng.snapshot().swaps[-1]
         assert rb.version == promoted[-1].previous and rb.previous == promoted[-1].version
         assert eng.snapshot().experts["cnn"].version == rb.version
+        assert eng.snapshot().experts["cnn"].trained == (rb.version != "untrained")
         n1 = len([d for d in eng.snapshot().recent_decisions if d.ts > rb.bar_ts])
         wait_for(lambda: len([d for d in eng.snapshot().recent_decisions if d.ts > rb.bar_ts]) >= n1 + 5,
                  20, "decisions after the rollback", eng)

@@ -18,7 +18,7 @@ from core.features import FeatureBuilder
 from NN.experts.registry import build_expert
 from NN.training.datasets import build_dataset
 from NN.training.online import TrainingManager, live_path, resume_live
-from NN.training.promotion import Swap, evaluate, judge
+from NN.training.promotion import Swap, evaluate, judge, sample_logloss
 
 torch.set_num_threads(1)
 
@@ -138,6 +138,11 @@ def test_judge_rule_edges() -> None:
     assert not judge(1.0, 0.995, 0.01, 100, 30).promote
     assert not judge(1.0, 0.5, 0.01, 10, 30).promote  # too few validation samples
     assert not judge(1.0, float("nan"), 0.01, 100, 30).promote
+    # the gain must also clear promote_z standard errors of the paired differences
+    assert not judge(1.0, 0.99, 0.0, 100, 30, gain_se=0.02, z=1.0).promote  # 0.01 < 1 x 0.02: noise
+    assert judge(1.0, 0.99, 0.0, 100, 30, gain_se=0.005, z=1.0).promote
+    assert judge(1.0, 0.99, 0.0, 100, 30, gain_se=0.02, z=0.0).promote  # z 0: the margin rule alone
+    assert not judge(1.0, 1.0, 0.0, 100, 30, gain_se=0.0, z=1.0).promote  # equal is no improvement
 
 
 def test_trained_challenger_wins_degraded_loses(trio, data) -> None:
@@ -150,6 +155,14 @@ def test_trained_challenger_wins_degraded_loses(trio, data) -> None:
     assert not bad.promote, bad.reason
     assert bad.challenger_logloss > bad.champion_logloss
     assert good.n == bad.n == VAL
+    # the paired test: per-sample differences on the same window, their standard error in the verdict
+    d = sample_logloss(champion, vb, vy) - sample_logloss(trained, vb, vy)
+    strict = evaluate(champion, trained, vb, vy, margin=0.002, z=1.0)
+    assert strict.gain_se == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)))
+    assert strict.champion_logloss - strict.challenger_logloss == pytest.approx(d.mean())
+    assert strict.promote == (d.mean() >= max(0.002, strict.gain_se)), strict.reason
+    # with an absurd z no gain clears the bar: judged noise, not promoted
+    assert not evaluate(champion, trained, vb, vy, margin=0.0, z=1e6).promote
 
 
 def _wait_swaps(mgr: TrainingManager, name: str, before: str, timeout: float = 30.0):

@@ -41,7 +41,8 @@ def served(shared_data, tmp_path_factory):
     experts = {}
     for n, e in models.experts.items():
         online = e.online.model_copy(update={"cadence_s": 0.5, "replay_bars": 600, "val_bars": 60,
-                                             "batch_size": 32, "lr": 1e-3, "promote_margin": 0.0})
+                                             "batch_size": 32, "lr": 1e-3, "promote_margin": 0.0,
+                                             "promote_z": 0.0})
         experts[n] = e.model_copy(update={"device": "cpu", "online": online})
     models = models.model_copy(update={"experts": experts})
     eng = build_engine(cfg, models, replay_path=shared_data.joinpath(*REPLAY_FILE), speed=300.0, training=True)

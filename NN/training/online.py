@@ -497,8 +497,10 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
             d = data.d
             vb = FeatureBatch("", spec.base_timeframe, d["ts"][val], d["close"][val], d["windows"][val],
                               d["flat"][val], d["regime"][val], builder.spec)
-            v = evaluate(champion, expert, vb, d["labels"][val], spec.online.promote_margin, MIN_VAL_SAMPLES)
-            body.update(champion_logloss=v.champion_logloss, challenger_logloss=v.challenger_logloss)
+            v = evaluate(champion, expert, vb, d["labels"][val], spec.online.promote_margin, MIN_VAL_SAMPLES,
+                         z=spec.online.promote_z)
+            body.update(champion_logloss=v.champion_logloss, challenger_logloss=v.challenger_logloss,
+                        gain_se=v.gain_se)
             if writer is not None:
                 writer.add_scalar("online/val_logloss_challenger", v.challenger_logloss, steps)
                 writer.add_scalar("online/val_logloss_champion", v.champion_logloss, steps)
@@ -1088,7 +1090,8 @@ class TrainingManager:
         margin = spec.online.promote_margin
         if "challenger_logloss" in body:
             verdict = judge(float(body["champion_logloss"]), float(body["challenger_logloss"]), margin,
-                            int(body["n_val"]), MIN_VAL_SAMPLES)
+                            int(body["n_val"]), MIN_VAL_SAMPLES, gain_se=float(body.get("gain_se", 0.0)),
+                            z=spec.online.promote_z)
         else:
             verdict = judge(float("nan"), float("nan"), margin, int(body["n_val"]), MIN_VAL_SAMPLES)
         self._results.put((spec.name, body["version"], Path(body["path"]), None, verdict,
@@ -1142,7 +1145,8 @@ class TrainingManager:
             chall = self._scratch_expert(spec.name, "challenger")
             state = torch.load(path, map_location="cpu", weights_only=False)
             chall.load_state_dict(state)
-            verdict = evaluate(champ, chall, batch, labels, spec.online.promote_margin, MIN_VAL_SAMPLES)
+            verdict = evaluate(champ, chall, batch, labels, spec.online.promote_margin, MIN_VAL_SAMPLES,
+                               z=spec.online.promote_z)
             self._results.put((spec.name, body["version"], path, state, verdict, champ_version))
         except Exception as exc:  # a broken checkpoint is reported, never applied
             self._results.put((spec.name, body["version"], path, None,

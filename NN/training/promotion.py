@@ -1,8 +1,11 @@
 """Champion / challenger: a freshly trained checkpoint replaces the live one only when it beats it.
 
 Both are scored (log loss) on the same recent validation window: matured samples the challenger did
-not train on (NN/training/online.py withholds them from the trainers). The challenger wins when
-    challenger_logloss <= champion_logloss - promote_margin, and strictly lower (models.yml experts.<n>.online)
+not train on (NN/training/online.py withholds them from the trainers). With gain = champion_logloss -
+challenger_logloss (the mean of the paired per-sample differences) and se its standard error, the
+challenger wins when
+    gain > 0, gain >= promote_margin and gain >= promote_z * se      (models.yml experts.<n>.online)
+so a window of a few hundred samples cannot promote noise: the same window is judged every round.
 The verdict is a ``Swap``: the engine applies it between two decisions (``Swap.apply`` on its own
 thread). ``ChampionHistory`` keeps the exact previous states so a rollback restores bit-identical
 weights.
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 
 from core.types import FeatureBatch
-from NN.calibration import log_loss
+from NN.calibration import EPS, log_loss
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,7 @@ class Verdict:
     margin: float
     n: int
     reason: str
+    gain_se: float = float("nan")  # standard error of the paired per-sample log-loss differences
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,15 @@ class Swap:
         return previous
 
 
+def sample_logloss(expert: Any, batch: FeatureBatch, labels: np.ndarray) -> np.ndarray:
+    """Per-sample log loss [N] of ``expert`` on labelled samples (eval mode, no gradient)."""
+    if len(batch) != len(labels):
+        raise ValueError(f"validation: {len(batch)} samples but {len(labels)} labels")
+    y = np.asarray(labels, dtype=np.int64)
+    p = expert.predict_many(batch).probs
+    return -np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))
+
+
 def validation_logloss(expert: Any, batch: FeatureBatch, labels: np.ndarray) -> float:
     """Mean log loss of ``expert`` on labelled samples (eval mode, no gradient)."""
     if len(batch) != len(labels):
@@ -60,30 +73,36 @@ def validation_logloss(expert: Any, batch: FeatureBatch, labels: np.ndarray) -> 
 
 
 def judge(champion_logloss: float, challenger_logloss: float, margin: float, n: int,
-          min_samples: int) -> Verdict:
-    """Pure promotion rule (module docstring)."""
+          min_samples: int, *, gain_se: float = 0.0, z: float = 0.0) -> Verdict:
+    """Pure promotion rule (module docstring); ``gain_se``: standard error of the gain."""
+    def verdict(ok: bool, reason: str) -> Verdict:
+        return Verdict(ok, champion_logloss, challenger_logloss, margin, n, reason, gain_se)
+
     if n < min_samples:
-        return Verdict(False, champion_logloss, challenger_logloss, margin, n,
-                       f"only {n} validation samples (< {min_samples})")
+        return verdict(False, f"only {n} validation samples (< {min_samples})")
     if not np.isfinite(challenger_logloss):
-        return Verdict(False, champion_logloss, challenger_logloss, margin, n, "challenger loss is not finite")
+        return verdict(False, "challenger loss is not finite")
     gain = champion_logloss - challenger_logloss
-    if gain > 0 and gain >= margin:  # an equal score is no improvement, even with margin 0
-        return Verdict(True, champion_logloss, challenger_logloss, margin, n,
-                       f"log loss {challenger_logloss:.4f} beats {champion_logloss:.4f} by {gain:.4f} >= {margin}")
-    return Verdict(False, champion_logloss, challenger_logloss, margin, n,
-                   f"log loss {challenger_logloss:.4f} vs champion {champion_logloss:.4f}: gain {gain:.4f} < {margin}")
+    need = max(margin, z * gain_se if np.isfinite(gain_se) else np.inf)
+    vs = f"log loss {challenger_logloss:.4f} vs champion {champion_logloss:.4f}: gain {gain:.4f}"
+    se = f" ± {gain_se:.4f}" if z > 0 else ""
+    if gain > 0 and gain >= need:  # an equal score is no improvement, even with margin 0
+        return verdict(True, f"{vs}{se} >= {need:.4f}")
+    return verdict(False, f"{vs}{se} < {need:.4f}" if gain < need else f"{vs}: no improvement")
 
 
 def evaluate(champion: Any, challenger: Any, batch: FeatureBatch, labels: np.ndarray, margin: float,
-             min_samples: int = 30) -> Verdict:
-    """Score both on the same window and judge. ``champion``/``challenger`` are expert objects NOT
-    used by the decision path (scratch copies), so this may run on any thread."""
+             min_samples: int = 30, z: float = 0.0) -> Verdict:
+    """Score both on the same window (paired per-sample differences) and judge. ``champion`` /
+    ``challenger`` are expert objects NOT used by the decision path (scratch copies), so this may run
+    on any thread."""
     n = len(labels)
     if n < min_samples:
         return judge(float("nan"), float("nan"), margin, n, min_samples)
-    return judge(validation_logloss(champion, batch, labels), validation_logloss(challenger, batch, labels),
-                 margin, n, min_samples)
+    a, b = sample_logloss(champion, batch, labels), sample_logloss(challenger, batch, labels)
+    d = a - b
+    se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    return judge(float(a.mean()), float(b.mean()), margin, n, min_samples, gain_se=se, z=z)
 
 
 class ChampionHistory:
