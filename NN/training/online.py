@@ -249,10 +249,14 @@ class _TrainData:
         return np.flatnonzero(self.d["ts"][:n_train] > self.trained_until)
 
 
-def _drain(inbox: Any, timeout: float) -> list[tuple]:
+def _drain(inbox: Any, timeout: float | None) -> list[Any]:
+    """Wait up to ``timeout`` s (None: for ever) for one item of a queue, then take what else is queued."""
     msgs = []
     try:
-        msgs.append(inbox.get(timeout=max(timeout, 0.0)) if timeout > 0 else inbox.get_nowait())
+        if timeout is None:
+            msgs.append(inbox.get())
+        else:
+            msgs.append(inbox.get(timeout=timeout) if timeout > 0 else inbox.get_nowait())
         while True:
             msgs.append(inbox.get_nowait())
     except queue.Empty:
@@ -558,12 +562,7 @@ class _LiveWriter:
 
     def _run(self) -> None:
         while True:
-            items = [self._q.get()]
-            while True:
-                try:
-                    items.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
+            items = _drain(self._q, None)
             newest = {it[0]: it[1] for it in items if it is not None}  # later records replace earlier
             self._write(newest)
             if any(it is None for it in items):  # close(): everything queued before it is written
@@ -1110,12 +1109,7 @@ class TrainingManager:
     def _next_jobs(self) -> list[tuple] | None:
         """Block for one job, then take whatever else is queued; per expert only the NEWEST
         checkpoint is judged (older ones are superseded: their files are removed). None = stop."""
-        jobs = [self._jobs.get()]
-        while True:
-            try:
-                jobs.append(self._jobs.get_nowait())
-            except queue.Empty:
-                break
+        jobs = _drain(self._jobs, None)
         if any(j is None for j in jobs):
             return None
         newest: dict[str, tuple] = {}
