@@ -817,9 +817,10 @@ class TrainingManager:
     def deciding(self) -> Iterator[None]:
         """Wrap one decision: running trainer processes are frozen (SIGSTOP) for its few milliseconds
         and resumed (SIGCONT) after. SCHED_IDLE keeps a trainer off the decision's CPU, but on a small
-        machine a trainer on the other core still slows the decision through the shared caches and
-        memory (bench/bench_training.py: p99 up to 2.7x with one CNN trainer, about 1x frozen). Costs
-        two signals per trainer per decision; never waits for a lock (a busy UI command skips it)."""
+        machine a trainer busy on the other core still slows the decision through what the cores share
+        (caches, memory bandwidth, clock): bench/bench_training.py measured back-to-back p99 ratios up
+        to 2.0-2.7 unfrozen, at most 1.6 frozen. Costs two signals per trainer per decision; never waits
+        for a lock (a busy UI command skips the freeze for that decision)."""
         frozen = self.freeze() if self.freeze_while_deciding else []
         try:
             yield
