@@ -35,10 +35,15 @@ def _check(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarra
 # ---------------------------------------------------------------- scores
 
 
+def sample_log_loss(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-sample negative log-likelihood [N] of the realised class (natural log)."""
+    p, y = _check(probs, labels)
+    return -np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))
+
+
 def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood of the realised class (natural log)."""
-    p, y = _check(probs, labels)
-    return float(-np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0)).mean())
+    return float(sample_log_loss(probs, labels).mean())
 
 
 def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:

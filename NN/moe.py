@@ -107,12 +107,11 @@ class MoEGate:
 
     def weights(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray | None = None) -> np.ndarray:
         p, r, m = self._check(probs, regime, enabled)
+        hedge = np.log(np.clip(self.hedge_weights(), EPS, 1.0))[None] if self.adapts else 0.0
         if self.trained:
-            logits = self._mlp_logits(self._gate_inputs(np.where(m[None, :, None], p, 1 / 3), r))
-            if self.adapts:
-                logits = logits + np.log(np.clip(self.hedge_weights(), EPS, 1.0))[None]
+            logits = self._mlp_logits(self._gate_inputs(np.where(m[None, :, None], p, 1 / 3), r)) + hedge
         else:
-            logits = np.log(np.clip(self.hedge_weights(), EPS, 1.0))[None].repeat(len(p), axis=0)
+            logits = np.repeat(hedge, len(p), axis=0)
         return _masked_softmax(logits, np.broadcast_to(m, logits.shape))
 
     def fuse(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray | None = None

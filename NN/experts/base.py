@@ -5,6 +5,7 @@ The orchestrator, backtester, trainers and evaluation only talk to experts throu
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -17,6 +18,15 @@ import torch
 from core.config import ExpertConfig
 from core.types import ExpertBatchOutput, ExpertOutput, FeatureBatch, FeatureSpec
 from NN.devices import pick_device
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file, then os.replace: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 class Expert(ABC):
@@ -85,14 +95,7 @@ class Expert(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def save(self, path: str | Path) -> None:
-        """Atomic write: a temporary file, then os.replace."""
-        import os
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        save_atomic(self.state_dict(), path)
 
     def load(self, path: str | Path) -> None:
         self.load_state_dict(torch.load(Path(path), map_location=self.device, weights_only=False))

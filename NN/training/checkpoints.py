@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ import torch
 
 from core.config import CheckpointPolicy
 from core.data.store import MarketStore
+from NN.experts.base import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +121,9 @@ class CheckpointRegistry:
         while version in existing:  # two registrations in the same microsecond
             version += "b"
         path = (self.models_dir / expert / f"{version}.pt").resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = dict(state)
         state["version"] = version
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # readers never see a half-written file
+        save_atomic(state, path)
         full_meta = {**meta, "metric_name": policy.metric, "mode": policy.mode}
         try:
             self.store.execute(

@@ -45,6 +45,7 @@ import torch.multiprocessing as tmp
 
 from core.config import ExpertConfig, FeaturesConfig, ModelsConfig, OnlineTrainingConfig
 from core.types import FeatureBatch, FeatureSpec, SeriesKey, timeframe_ms
+from NN.experts.base import save_atomic
 from NN.training.datasets import UNKNOWN, build_dataset, make_labels
 from NN.training.promotion import (
     ChampionHistory,
@@ -536,7 +537,7 @@ def resume_live(expert: Any, models_dir: str | Path) -> tuple[str, dict[str, Any
         return None
     base = copy.deepcopy(expert.state_dict())
     try:
-        expert.load_state_dict(copy.deepcopy(rec["state"]))
+        expert.load_state_dict(rec["state"])  # loaded just now: nothing else holds it
     except Exception as exc:
         expert.load_state_dict(base)
         expert.version = base_version
@@ -575,10 +576,7 @@ class _LiveWriter:
                 if record is None:
                     path.unlink(missing_ok=True)
                     continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                torch.save(record, tmp)
-                os.replace(tmp, path)
+                save_atomic(record, path)
             except Exception:  # a full disk must not stop training or trading
                 log.exception("cannot write live weights %s", path)
 
@@ -830,11 +828,10 @@ class TrainingManager:
 
     def freeze(self) -> list[Any]:
         """SIGSTOP every running, not held trainer process; returns them for ``thaw``."""
-        if not self._lock.acquire(blocking=False):
+        if not self._trainers or not self._lock.acquire(blocking=False):
             return []
-        try:
-            procs = [t.proc for t in self._trainers.values()
-                     if t.wanted and not t.held and t.proc is not None and t.proc.is_alive()]
+        try:  # _signal skips processes that have exited
+            procs = [t.proc for t in self._trainers.values() if t.wanted and not t.held and t.proc is not None]
         finally:
             self._lock.release()
         return self._signal(procs, signal.SIGSTOP)

@@ -112,22 +112,6 @@ def outcome_metrics(expert: str, horizon: int, probs: np.ndarray, realised: np.n
     )
 
 
-def metrics_from_frame(df: pd.DataFrame, window: int) -> dict[tuple[str, int], RollingMetrics]:
-    """Rolling metrics per (expert, horizon) over the newest ``window`` rows of an outcomes frame."""
-    out: dict[tuple[str, int], RollingMetrics] = {}
-    if df.empty:
-        return out
-    df = df.sort_values("ts", kind="stable")
-    for (expert, horizon), g in df.groupby(["expert", "horizon"], sort=True):
-        g = g.iloc[-window:]
-        probs = g[["p_down", "p_flat", "p_up"]].to_numpy(dtype=np.float64)
-        out[(str(expert), int(horizon))] = outcome_metrics(
-            str(expert), int(horizon), probs, g["realised_class"].to_numpy(np.int64),
-            g["realised_return"].to_numpy(np.float64), trade_direction(g["action"].to_numpy()),
-            g["driven"].to_numpy(bool), g["ts"].to_numpy(np.int64))
-    return out
-
-
 def _window_arrays(df: pd.DataFrame, idx: np.ndarray) -> dict[str, np.ndarray]:
     """The columns outcome_metrics needs, for rows ``idx`` of an outcomes frame."""
     return {"ts": df["ts"].to_numpy(np.int64)[idx],

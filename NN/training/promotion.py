@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from core.types import FeatureBatch
-from NN.calibration import EPS, log_loss
+from NN.calibration import sample_log_loss
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +60,7 @@ def sample_logloss(expert: Any, batch: FeatureBatch, labels: np.ndarray) -> np.n
     """Per-sample log loss [N] of ``expert`` on labelled samples (eval mode, no gradient)."""
     if len(batch) != len(labels):
         raise ValueError(f"validation: {len(batch)} samples but {len(labels)} labels")
-    y = np.asarray(labels, dtype=np.int64)
-    p = expert.predict_many(batch).probs
-    return -np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))
-
-
-def validation_logloss(expert: Any, batch: FeatureBatch, labels: np.ndarray) -> float:
-    """Mean log loss of ``expert`` on labelled samples (eval mode, no gradient)."""
-    if len(batch) != len(labels):
-        raise ValueError(f"validation: {len(batch)} samples but {len(labels)} labels")
-    return log_loss(expert.predict_many(batch).probs, np.asarray(labels, dtype=np.int64))
+    return sample_log_loss(expert.predict_many(batch).probs, np.asarray(labels, dtype=np.int64))
 
 
 def judge(champion_logloss: float, challenger_logloss: float, margin: float, n: int,
