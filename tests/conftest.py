@@ -32,6 +32,21 @@ def shared_data() -> Path:
     return d
 
 
+# crypto venues trade 24/7 on a plain UTC grid; stocks/ (session bars, vendor glitches on purpose) is
+# tested by the session-aware tests instead
+CRYPTO_DIRS = ("binanceus", "bitstamp_coinbase", "freqtrade")
+
+
+@pytest.fixture(scope="session")
+def crypto_candle_files(shared_data: Path) -> list[Path]:
+    """Every recorded crypto candle file of the shared data (trades files excluded)."""
+    files = sorted(p for d in CRYPTO_DIRS for p in (shared_data / d).glob("*.csv")
+                   if not p.name.endswith("-trades.csv"))
+    if not files:
+        pytest.fail(f"no crypto candle files under {shared_data}")
+    return files
+
+
 @pytest.fixture(scope="session")
 def kronos_fixture() -> Path:
     d = kronos_fixture_dir()

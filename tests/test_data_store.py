@@ -14,10 +14,6 @@ from core.data.store import Gap, MarketStore
 from core.types import CANDLE_COLUMNS, SeriesKey
 
 
-def candle_files(shared: Path) -> list[Path]:
-    return sorted(p for p in shared.glob("*/*.csv") if not p.name.endswith("-trades.csv"))
-
-
 @pytest.fixture
 def store(tmp_path: Path):
     s = MarketStore(tmp_path / "t.duckdb")
@@ -25,8 +21,9 @@ def store(tmp_path: Path):
     s.close()
 
 
-def test_import_every_file_then_reimport_changes_nothing(shared_data: Path, store: MarketStore) -> None:
-    files = candle_files(shared_data)
+def test_import_every_file_then_reimport_changes_nothing(crypto_candle_files: list[Path],
+                                                         store: MarketStore) -> None:
+    files = crypto_candle_files
     assert len(files) == 14
     expected: dict[SeriesKey, pd.DataFrame] = {}
     for f in files:
