@@ -1,25 +1,31 @@
 """Command line: data, train, evaluate, forecast, run (backtest), report.
 
-Each area registers its own sub-commands (``register(subparsers)`` in the modules of CLI_MODULES),
-so this file stays a thin dispatcher. Every command takes --config / --models.
+Each area registers its own sub-commands (``register(subparsers)`` in its cli module, see
+``register_commands``), so this file stays a thin dispatcher. Every command takes --config / --models.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
 from core.config import ConfigError
 
-# module -> provides register(subparsers); order = order in --help
-CLI_MODULES: list[str] = [
-    "core.data.cli",  # data import|download|list|export
-    "NN.training.cli",  # train | evaluate (experts, MoE gate)
-    "core.backtest.cli",  # run (backtest) | report ID
-    "NN.experts.kronos.cli",  # forecast (Kronos Monte-Carlo paths, summary, fan chart)
-]
+
+def register_commands(sub: argparse._SubParsersAction) -> None:
+    """Each area registers its own sub-commands (order = order in --help); the backtester gets its
+    experts from the composition root (compose.py), since core never imports NN."""
+    import compose
+    from core.backtest import cli as backtest_cli
+    from core.data import cli as data_cli
+    from NN.experts.kronos import cli as kronos_cli
+    from NN.training import cli as training_cli
+
+    data_cli.register(sub)  # data import|download|list|export
+    training_cli.register(sub)  # train | evaluate (experts, MoE gate)
+    backtest_cli.register(sub, compose.backtest_components)  # run (backtest) | report ID
+    kronos_cli.register(sub)  # forecast (Kronos Monte-Carlo paths, summary, fan chart)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", default=None, help="models.yml path (default: ./models.yml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in CLI_MODULES:
-        importlib.import_module(name).register(sub)
+    register_commands(sub)
     return parser
 
 

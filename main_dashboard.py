@@ -17,9 +17,12 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import AppConfig, ConfigError, ModelsConfig, Secrets, load_config, load_models
+
+if TYPE_CHECKING:
+    from core.engine import Engine
 
 log = logging.getLogger("main_dashboard")
 
@@ -73,18 +76,17 @@ def internet_reachable(host: str = "api.binance.us", port: int = 443, timeout: f
 
 def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = None,
                  replay_path: Path | None = None, replay_db: bool = False, speed: float | None = None,
-                 training: bool = True, db: str | None = None) -> Any:
-    """The Engine for live data, or a replay of the store (after importing ``replay_path``)."""
-    from core.engine import Engine, ReplayConfig  # the engine imports ``replay_path`` into its store
+                 training: bool = True, db: str | None = None) -> Engine:
+    """The Engine for live data, or a replay of the store (after importing ``replay_path``), built by
+    the composition root from the command line's choices."""
+    import compose
+    from core.engine import ReplayConfig
 
-    if symbol:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"symbols": [symbol]})})
-    if db:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"db_path": db})})
     replay = None
     if replay_path is not None or replay_db:
-        replay = ReplayConfig(path=replay_path, speed=speed or cfg.dashboard.replay_speed)
-    return Engine(cfg, models, replay=replay, training=training)
+        replay = ReplayConfig(speed=speed or cfg.dashboard.replay_speed)
+    return compose.build_engine(cfg, models, symbol=symbol, replay_path=replay_path, replay=replay,
+                                training=training, db=db)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     engine.start()
     server = None
     try:
-        app = create_app(engine, cfg, models_cfg=models, host=host, secrets=secrets)
+        import compose
+
+        app = create_app(engine, cfg, models_cfg=models, host=host, secrets=secrets,
+                         backtest_components=compose.backtest_components)
         server = make_server(host, port, app.server, threaded=True)
         stop = threading.Event()
 

@@ -1,4 +1,4 @@
-"""Probability calibration and the scores used to judge probabilistic forecasts.
+"""Probability calibration (the scores that judge forecasts live in core/scoring.py).
 
 Calibrators are fit on a held-out (validation) split by minimising log loss, never on the data the
 model was trained on, and never on the test split. Everything here works on (down, flat, up) class
@@ -13,77 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-EPS = 1e-12
-
-
-def _check(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(labels)
-    if p.ndim != 2:
-        raise ValueError(f"probs must be [N, K], got shape {p.shape}")
-    if y.shape != (p.shape[0],):
-        raise ValueError(f"labels must be [N]={p.shape[0]}, got shape {y.shape}")
-    if p.shape[0] == 0:
-        raise ValueError("no samples to score")
-    if not np.isfinite(p).all():
-        raise ValueError("probs contain NaN or inf")
-    if y.min() < 0 or y.max() >= p.shape[1]:
-        raise ValueError(f"labels must be within [0, {p.shape[1] - 1}] (drop unknown labels first)")
-    return p, y.astype(np.int64)
-
-
-# ---------------------------------------------------------------- scores
-
-
-def sample_log_loss(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-sample negative log-likelihood [N] of the realised class (natural log)."""
-    p, y = _check(probs, labels)
-    return -np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))
-
-
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-likelihood of the realised class (natural log)."""
-    return float(sample_log_loss(probs, labels).mean())
-
-
-def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Multi-class Brier score: mean squared distance to the one-hot outcome (0 best, 2 worst)."""
-    p, y = _check(probs, labels)
-    onehot = np.eye(p.shape[1])[y]
-    return float(((p - onehot) ** 2).sum(axis=1).mean())
-
-
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    p, y = _check(probs, labels)
-    return float((p.argmax(axis=1) == y).mean())
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label ECE: bins by the predicted class's probability, weighted |accuracy - confidence|."""
-    p, y = _check(probs, labels)
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # bin i holds conf in (edges[i], edges[i+1]]; conf is never 0 for a normalised distribution
-    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        m = idx == b
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
-
-
-def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """The evaluation scores in one dict."""
-    return {
-        "n": int(len(labels)),
-        "accuracy": accuracy(probs, labels),
-        "log_loss": log_loss(probs, labels),
-        "brier": brier_score(probs, labels),
-        "ece": expected_calibration_error(probs, labels),
-    }
-
+from core.scoring import EPS, check_probs
 
 # ---------------------------------------------------------------- calibrators
 
@@ -113,7 +43,7 @@ def require_classes(labels: np.ndarray, k: int = 3, min_count: int = 5, what: st
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """Temperature T > 0 minimising log loss of softmax(logits / T) (Guo et al. 2017)."""
-    _check(np.zeros_like(np.asarray(logits, dtype=np.float64)), labels)
+    check_probs(np.zeros_like(np.asarray(logits, dtype=np.float64)), labels)
     require_classes(labels, np.asarray(logits).shape[1], what="temperature fit")
     z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
@@ -141,7 +71,7 @@ class Calibrator:
     l2: float = 1e-3
 
     def fit(self, probs: np.ndarray, labels: np.ndarray) -> Calibrator:
-        p, y = _check(probs, labels)
+        p, y = check_probs(probs, labels)
         k = p.shape[1]
         require_classes(y, k, what=f"{self.kind} scaling fit")
         z = torch.as_tensor(np.log(np.clip(p, EPS, 1.0)))

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from core.config import MoEConfig
-from NN.calibration import EPS, Calibrator, log_loss, require_classes
+from core.scoring import EPS, log_loss
+from NN.calibration import Calibrator, require_classes
 
 
 def _masked_softmax(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:

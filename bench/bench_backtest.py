@@ -24,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.backtest.engine import Backtester, build_components, spec_from_config  # noqa: E402
+from compose import backtest_components
+from core.backtest.engine import Backtester, spec_from_config  # noqa: E402
 from core.config import load_config, load_models  # noqa: E402
 from core.data.files import load_file  # noqa: E402
 from core.execution import kernel as K  # noqa: E402
@@ -97,7 +98,7 @@ def bench_loop(candles, repeats: int = 5) -> dict[str, float]:
 def fitted_gate_state(comps, candles) -> dict:
     """A gate trained the way the trainer does it (MoEGate.fit on expert outputs with their labels),
     here on the first 20% of the file; fitting is NOT timed, the backtest then loads it."""
-    from NN.training.datasets import make_labels
+    from core.labels import make_labels
 
     part = candles.iloc[: len(candles) // 5]
     batch = comps.builder.build_many(part, symbol="BTC/USDT")
@@ -118,13 +119,13 @@ def bench_full(candles, repeats: int) -> dict[str, float]:
     models = load_models()
     spec = spec_from_config(cfg, models, exchange="binanceus", symbol="BTC/USDT", timeframe="1m",
                             thresholds=Thresholds(0.4, 0.4), mode="fast")
-    gate_state = fitted_gate_state(build_components(models, "1m", ["cnn", "transformer", "dqn"]), candles)
+    gate_state = fitted_gate_state(backtest_components(models, "1m", ["cnn", "transformer", "dqn"]), candles)
     out: dict[str, float] = {}
     for label, trained in (("full_backtest", False), ("full_backtest_trained_gate", True)):
         times, stages = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            comps = build_components(models, "1m", ["cnn", "transformer", "dqn"])
+            comps = backtest_components(models, "1m", ["cnn", "transformer", "dqn"])
             if trained:
                 comps.gate.load_state_dict(gate_state)
             res = Backtester(comps, spec, cfg.execution, cfg.risk, keep_decisions=False).run(candles)

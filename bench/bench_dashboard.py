@@ -149,7 +149,7 @@ def main() -> int:
     from web.app import create_app
 
     # the engine publishes SNAPSHOT_BARS (500) candles per timeframe; the benchmark's case is 1,500
-    core.engine.SNAPSHOT_BARS = max(core.engine.SNAPSHOT_BARS, 1500)
+    core.engine.engine.SNAPSHOT_BARS = max(core.engine.engine.SNAPSHOT_BARS, 1500)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config()
         cfg = cfg.model_copy(update={

@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.config import load_config, load_models  # noqa: E402
 from core.features import FeatureBuilder, resample_candles  # noqa: E402
+from core.labels import dead_zone, forward_returns, make_labels  # noqa: E402
 from core.paths import shared_data_dir  # noqa: E402
 from core.types import CANDLE_COLUMNS, timeframe_ms  # noqa: E402
 from NN.experts.registry import build_expert  # noqa: E402
 from NN.moe import MoEGate  # noqa: E402
-from NN.training.datasets import default_dead_zone, forward_returns, make_labels  # noqa: E402
 
 EXPERTS = ("cnn", "transformer", "dqn")
 
@@ -87,7 +87,7 @@ def main() -> int:
     experts = {n: build_expert(n, models.experts[n], builder.spec) for n in EXPERTS}
     # a fitted gate (the trained path): fit on expert outputs over the 2000 bars before the timed span
     fit = builder.build_many(hist.iloc[:start], rows=slice(start - 2000, start))
-    y = make_labels(fit.close, experts["cnn"].horizon, default_dead_zone(app, models.labels))
+    y = make_labels(fit.close, experts["cnn"].horizon, dead_zone(app.execution, models.labels))
     ok = np.flatnonzero(y >= 0)
     fit = fit.take(ok)
     gate = MoEGate(list(EXPERTS), models.moe, len(builder.spec.regime_features))
@@ -119,7 +119,7 @@ def main() -> int:
     # training throughput on real samples
     tb = builder.build_many(hist.iloc[: start], rows=slice(start - 1500, start))
     h = experts["cnn"].horizon
-    yl = make_labels(tb.close, h, default_dead_zone(app, models.labels))
+    yl = make_labels(tb.close, h, dead_zone(app.execution, models.labels))
     fr = np.nan_to_num(forward_returns(tb.close, h))
     yl = np.where(yl < 0, 1, yl)  # the last h bars: label unknown; irrelevant for throughput
     train_sps: dict[str, float] = {}

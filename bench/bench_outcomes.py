@@ -33,14 +33,14 @@ from core.data.files import load_file  # noqa: E402
 from core.data.store import MarketStore  # noqa: E402
 from core.features import FeatureBuilder  # noqa: E402
 from core.orchestrator import decide  # noqa: E402
+from core.outcomes import OutcomeTracker  # noqa: E402
 from core.paths import shared_data_dir  # noqa: E402
 from core.types import Decision, ExpertOutput, SeriesKey, Thresholds  # noqa: E402
 from NN.experts.registry import build_expert  # noqa: E402
-from NN.training.outcomes import OutcomeTracker  # noqa: E402
 
 KEY = SeriesKey("bench", "BTC/USDT", "1m")
 EXPERTS = ("cnn", "transformer", "dqn")
-STEP = 50  # bars between two updates (core/engine.OUTCOMES_EVERY)
+STEP = 50  # bars between two updates (core/engine/training.OUTCOMES_EVERY)
 THRESH = Thresholds(buy=0.4, sell=0.4)
 
 

@@ -2,7 +2,7 @@
 
 Decisions are measured exactly like bench/bench_inference.py does (FeatureBuilder.build_one on
 provider-like frames + CNN/Transformer/DQN predict() + gate fuse) on consecutive real BTC/USDT 1m bars
-(../shared/data), inside ``TrainingManager.deciding()`` as core/engine.py does (running trainers are
+(../shared/data), inside ``TrainingManager.deciding()`` as the engine does (core/engine/training.py) (running trainers are
 frozen for the decision when config training.freeze_while_deciding is on; ``--no-freeze`` to compare;
 the two signals count in the latency), with the manager's feed()+poll() done after each decision (timed
 separately as ``manager_overhead``). Trainers are real spawned processes (torch threads 1 each) kept
@@ -41,11 +41,11 @@ from core.config import load_config, load_models  # noqa: E402
 from core.data.files import load_file  # noqa: E402
 from core.data.store import MarketStore  # noqa: E402
 from core.features import FeatureBuilder, resample_candles  # noqa: E402
+from core.labels import dead_zone  # noqa: E402
 from core.paths import shared_data_dir  # noqa: E402
 from core.types import SeriesKey, timeframe_ms  # noqa: E402
 from NN.experts.registry import build_expert  # noqa: E402
 from NN.moe import MoEGate  # noqa: E402
-from NN.training.datasets import default_dead_zone  # noqa: E402
 from NN.training.online import TrainingManager  # noqa: E402
 
 EXPERTS = ("cnn", "transformer", "dqn")
@@ -115,7 +115,7 @@ def main() -> int:
     end = start + (3 * args.cycles * len(gaps) + 1) * (args.block + 20)
     hist = btc.iloc[:end].reset_index(drop=True)
     higher = {tf: resample_candles(hist, tf) for tf in builder.timeframes[1:]}
-    dz = default_dead_zone(app, models.labels)
+    dz = dead_zone(app.execution, models.labels)
 
     store = MarketStore(":memory:")
     store.upsert_candles(KEY, hist.iloc[:start])
@@ -139,7 +139,7 @@ def main() -> int:
         for k in range(n_timed + 20):  # the first 20 of a block are not recorded
             frames = frames_at(hist, higher, cursor, cache, base_tf)
             t0 = time.perf_counter()
-            with mgr.deciding():  # as core/engine.py does: trainers frozen while it decides (config)
+            with mgr.deciding():  # as the engine does (core/engine/training.py): trainers frozen while it decides (config)
                 batch = builder.build_one(frames, symbol=KEY.symbol)
                 probs = np.stack([experts[n].predict(batch).probs for n in EXPERTS])[None]
                 gate.fuse(probs, batch.regime, enabled)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from core.audit import AuditWriter
+from core.labels import realised_class
 from core.types import Action, CandleEvent, Decision, ExpertOutput, FeatureBatch, Thresholds, timeframe_ms
 
 log = logging.getLogger(__name__)
@@ -69,15 +70,6 @@ def target_position(code: int, current: float, long_size: float, allow_short: bo
     return float(current)
 
 
-def realised_class(log_return: float, dead_zone: float) -> int:
-    """0 down / 1 flat / 2 up for a matured forward log return (same rule as the training labels)."""
-    if log_return > dead_zone:
-        return 2
-    if log_return < -dead_zone:
-        return 0
-    return 1
-
-
 # ---------------------------------------------------------------- gate with matured-only updates
 
 
@@ -106,8 +98,13 @@ class GateRunner:
 
     def step(self, close: float, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
-        """probs [E, 3], regime [R], enabled bool [E] -> (weights [E], fused [3]) for this bar."""
+        """probs [E, 3], regime [R], enabled bool [E] -> (weights [E], fused [3]) for this bar, after
+        the outcome that matured at this bar has updated the gate."""
         self._observe(close, probs)
+        return self.fuse(probs, regime, enabled)
+
+    def fuse(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``step`` without the matured-outcome update (previews: nothing is learnt)."""
         if not enabled.any():
             return np.zeros(len(enabled)), UNIFORM.copy()
         w, fused = self.gate.fuse(probs[None], regime[None], enabled)
@@ -318,16 +315,18 @@ class Orchestrator:
         return self._finish(event.ts, float(batch.close[-1]), batch, outputs, latency, thresholds,
                             enabled_map, t0)
 
-    def _ask_experts(self, batch: FeatureBatch, base: pd.DataFrame, ts: int,
-                     enabled_map: Mapping[str, bool]) -> tuple[dict[str, ExpertOutput], dict[str, float]]:
+    def _ask_experts(self, batch: FeatureBatch, base: pd.DataFrame, ts: int, enabled_map: Mapping[str, bool],
+                     slow: bool = True) -> tuple[dict[str, ExpertOutput], dict[str, float]]:
+        """Every enabled expert's output for this bar; ``slow=False`` only reads the freshest finished
+        forecast of slow experts (no new request)."""
         outputs: dict[str, ExpertOutput] = {}
         latency: dict[str, float] = {}
         for name in self.names:
             if not enabled_map.get(name, True):
                 continue
             ex = self.experts[name]
-            if getattr(ex, "input_kind", "features") == "candles":
-                out = self._slow(name, ex, batch, base, ts)
+            if ex.input_kind == "candles":
+                out = self._slow(name, ex, batch, base, ts) if slow else self._slow_output(name)
                 if out is not None:
                     outputs[name] = out
                     latency[name] = out.latency_ms
@@ -342,6 +341,10 @@ class Orchestrator:
             except Exception as exc:  # skipped for this bar and reported; decisions go on
                 self._error(f"expert:{name}", exc)
         return outputs, latency
+
+    def _slow_output(self, name: str) -> ExpertOutput | None:
+        w = self._workers.get(name)
+        return w.latest() if w is not None else self._slow_latest.get(name)
 
     def _slow(self, name: str, ex: Any, batch: FeatureBatch, base: pd.DataFrame, ts: int
               ) -> ExpertOutput | None:
@@ -364,42 +367,57 @@ class Orchestrator:
                 self._error(f"expert:{name}", exc)
         return self._slow_latest.get(name)
 
-    def _finish(self, ts: int, close: float, batch: FeatureBatch, outputs: dict[str, ExpertOutput],
-                latency: dict[str, float], thresholds: Thresholds, enabled_map: Mapping[str, bool],
-                t0: float) -> Decision:
-        probs = np.tile(UNIFORM, (len(self.names), 1))
-        mask = np.zeros(len(self.names), dtype=bool)
-        conf = np.zeros(len(self.names))
-        er = np.zeros(len(self.names))
+    def preview(self, frames: Mapping[str, Any], ref: pd.DataFrame | None = None) -> Decision:
+        """The decision the experts would make at the newest bar of ``frames``, with nothing traded,
+        audited or learnt: the gate sees no outcome, the position stays, slow experts (Kronos) are
+        not asked again (their freshest finished forecast is used), the snapshot is unchanged."""
+        base = frames[self.timeframe]
+        if len(base) < self.builder.min_history:
+            raise RuntimeError(f"not enough history yet: {len(base)} of {self.builder.min_history} bars")
+        batch = self.builder.build_one(frames, ref, symbol=self.symbol)
+        ts = int(batch.ts[-1])
+        outputs, _latency = self._ask_experts(batch, base, ts, self._enabled, slow=False)
+        probs, mask, conf, er = self._stack(outputs)
+        w, fused = self.gate_runner.fuse(probs, np.asarray(batch.regime[-1], dtype=np.float64), mask)
+        return self._decision(f"preview:{ts}", ts, batch, outputs, w, fused, mask, conf, er, self._thresholds)
+
+    def _stack(self, outputs: Mapping[str, ExpertOutput]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Outputs by expert -> probs [E, 3] (uniform where missing), mask [E], confidence [E],
+        expected return [E], in ``self.names`` order."""
+        e = len(self.names)
+        probs, mask = np.tile(UNIFORM, (e, 1)), np.zeros(e, dtype=bool)
+        conf, er = np.zeros(e), np.zeros(e)
         for i, n in enumerate(self.names):
             o = outputs.get(n)
             if o is not None:
-                probs[i] = o.probs
-                mask[i] = True
-                conf[i] = o.confidence
-                er[i] = o.expected_return
-        w, fused = self.gate_runner.step(close, probs, np.asarray(batch.regime[-1], dtype=np.float64),
-                                         mask)
+                probs[i], mask[i], conf[i], er[i] = o.probs, True, o.confidence, o.expected_return
+        return probs, mask, conf, er
+
+    def _decision(self, did: str, ts: int, batch: FeatureBatch, outputs: Mapping[str, ExpertOutput],
+                  w: np.ndarray, fused: np.ndarray, mask: np.ndarray, conf: np.ndarray, er: np.ndarray,
+                  thresholds: Thresholds) -> Decision:
+        """The thresholds' verdict on the fused probabilities (pure apart from the sizer)."""
         confidence = float(w @ conf)
         code = int(decide_codes(fused[None], np.array([confidence]), thresholds)[0]) if mask.any() else HOLD
         size = self.sizer(batch) if self.sizer is not None else 1.0
-        target = target_position(code, self._position, size, self.allow_short)
-        self._position = target
         action = CODE_TO_ACTION[code]
-        decision = Decision(
-            id=f"{self.run_id}:{ts}",
-            ts=int(ts),
-            symbol=self.symbol,
-            action=action,
-            probs=(float(fused[0]), float(fused[1]), float(fused[2])),
-            expected_return=float(w @ er),
-            weights={n: float(w[i]) for i, n in enumerate(self.names) if mask[i]},
-            thresholds=thresholds,
-            target_position=target,
+        return Decision(
+            id=did, ts=int(ts), symbol=self.symbol, action=action,
+            probs=(float(fused[0]), float(fused[1]), float(fused[2])), expected_return=float(w @ er),
+            weights={n: float(w[i]) for i, n in enumerate(self.names) if mask[i]}, thresholds=thresholds,
+            target_position=target_position(code, self._position, size, self.allow_short),
             reason=explain(action, fused, confidence, thresholds, len(outputs)),
             outputs=tuple(outputs[n] for n in self.names if n in outputs),
         )
-        self.audit.add(decision, confidence)
+
+    def _finish(self, ts: int, close: float, batch: FeatureBatch, outputs: dict[str, ExpertOutput],
+                latency: dict[str, float], thresholds: Thresholds, enabled_map: Mapping[str, bool],
+                t0: float) -> Decision:
+        probs, mask, conf, er = self._stack(outputs)
+        w, fused = self.gate_runner.step(close, probs, np.asarray(batch.regime[-1], dtype=np.float64), mask)
+        decision = self._decision(f"{self.run_id}:{ts}", ts, batch, outputs, w, fused, mask, conf, er, thresholds)
+        self._position = decision.target_position
+        self.audit.add(decision, float(w @ conf))
         if self.executor is not None:
             self.executor.on_decision(decision)
         for fn in self._listeners:

@@ -1,4 +1,6 @@
-"""The contracts every part of MoE Trader speaks (see DESIGN.md). Dataclasses and constants only.
+"""The contracts every part of MoE Trader speaks (see DESIGN.md): dataclasses, constants and the
+Protocols that the composition root (compose.py) satisfies with objects from ``NN`` — ``core`` never
+imports ``NN``; it only knows these shapes.
 
 Candles travel as numpy arrays or DataFrames with the columns of ``CANDLE_COLUMNS``; ``ts`` is the
 candle's OPEN time in int64 milliseconds UTC.
@@ -6,11 +8,18 @@ candle's OPEN time in int64 milliseconds UTC.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CANDLE_COLUMNS: tuple[str, ...] = ("ts", "open", "high", "low", "close", "volume")
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
@@ -221,3 +230,149 @@ class FeatureBatch:
             regime=self.regime[idx],
             spec=self.spec,
         )
+
+
+# ---------------------------------------------------------------- checkpoints (registry rows)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """One registered checkpoint: weights file + its validation metric and metadata."""
+
+    expert: str
+    version: str
+    path: Path
+    metric: float
+    created_at: datetime
+    meta: dict[str, Any]
+
+
+# ---------------------------------------------------------------- live training (NN -> engine, web)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingPoint:
+    """One published training round of an online trainer (a point of the live loss curve)."""
+
+    ts_ms: int  # wall clock when the engine received it
+    steps: int  # the trainer process's cumulative optimiser steps (restart at 0 with a new process)
+    loss: float  # mean training loss of the round
+    samples_per_s: float
+    val_challenger: float | None = None  # validation log loss of the round's checkpoint (None: window too short)
+    val_champion: float | None = None  # the live weights' on the same window
+    version: str = ""  # the round's checkpoint version (promoted or not)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerStatus:
+    running: bool
+    steps: int = 0
+    loss: float = float("nan")
+    samples_per_s: float = 0.0
+    last_publish: int | None = None  # ms UTC of the last published checkpoint
+    live_version: str = ""
+    challenger_score: float | None = None  # validation log loss of the last judged challenger
+    champion_score: float | None = None
+    restarts: int = 0
+    error: str | None = None
+    pid: int | None = None
+    promotions: int = 0
+    last_verdict: str = ""
+    history: tuple[TrainingPoint, ...] = ()  # newest last, bounded
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The champion/challenger judgement behind a promotion (validation log losses, paired test)."""
+
+    promote: bool
+    champion_logloss: float
+    challenger_logloss: float
+    margin: float
+    n: int
+    reason: str
+    gain_se: float = float("nan")  # standard error of the paired per-sample log-loss differences
+
+
+@dataclass(frozen=True, slots=True)
+class Swap:
+    """Weights to put into the live expert ``expert`` between two decisions."""
+
+    expert: str
+    version: str
+    state: dict[str, Any] = field(repr=False)
+    kind: str  # "promote" | "rollback"
+    verdict: Verdict | None = None
+    path: str | None = None  # the checkpoint file a promotion came from (None: a rollback)
+
+
+# ---------------------------------------------------------------- protocols (implemented in NN/)
+
+
+class ExpertLike(Protocol):
+    """An expert as the orchestrator, backtester and engine use it (NN/experts/base.Expert)."""
+
+    name: str
+    version: str
+    horizon: int
+    input_kind: str  # "features" (FeatureBatch only) | "candles" (also the base candles: Kronos)
+
+    def predict(self, batch: FeatureBatch, candles: pd.DataFrame | None = None) -> ExpertOutput: ...
+    def predict_many(self, batch: FeatureBatch, candles: pd.DataFrame | None = None) -> ExpertBatchOutput: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Gate(Protocol):
+    """The mixture's gate (NN/moe.MoEGate): fuses [N, E, 3] expert probabilities into [N, 3]."""
+
+    name: str
+    version: str
+    trained: bool
+
+    @property
+    def adapts(self) -> bool: ...  # weights depend on matured outcomes (walk bar by bar)
+    def fuse(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]: ...
+    def observe(self, probs: np.ndarray, realised: int) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class CheckpointCatalog(Protocol):
+    """Read side of the checkpoint registry (NN/training/checkpoints.CheckpointRegistry)."""
+
+    models_dir: Path
+
+    def list(self, expert: str) -> list[CheckpointInfo]: ...
+    def best(self, expert: str) -> CheckpointInfo | None: ...
+    def latest_version(self, expert: str) -> str | None: ...
+    def load_into(self, target: ExpertLike | Gate, version: str | None = None) -> bool: ...
+
+
+class LiveTraining(Protocol):
+    """Online training of the live experts (NN/training/online.TrainingManager). ``feed``, ``poll`` and
+    ``deciding`` run on the engine thread between decisions; the rest may be called from any thread."""
+
+    def start(self, name: str) -> None: ...
+    def stop(self, name: str, timeout: float = 5.0, wait: bool = True) -> None: ...
+    def rollback(self, name: str) -> Swap: ...
+    def has_history(self, name: str) -> bool: ...
+    def status(self) -> Mapping[str, TrainerStatus]: ...
+    def deciding(self) -> AbstractContextManager[None]: ...
+    def feed(self, batch: FeatureBatch, position: float | np.ndarray | None = None) -> int: ...
+    def poll(self, apply: bool = False) -> list[Swap]: ...
+    def submit_checkpoint(self, name: str, path: str | Path, version: str | None = None) -> None: ...
+    def shutdown(self, timeout: float = 5.0) -> None: ...
+
+
+class Broker(Protocol):
+    """A ccxt-shaped exchange account (core/execution: PaperBroker, CcxtBroker)."""
+
+    def create_order(self, symbol: str, type: str, side: str, amount: float, price: float | None = None,
+                     params: dict[str, Any] | None = None) -> Order: ...
+    def cancel_order(self, id: str, symbol: str | None = None) -> Order: ...
+    def fetch_order(self, id: str, symbol: str | None = None) -> Order: ...
+    def fetch_open_orders(self, symbol: str | None = None) -> list[Order]: ...
+    def fetch_balance(self) -> dict[str, Any]: ...
+

@@ -86,7 +86,10 @@ def test_latest_and_generate_prediction(client, engine) -> None:
     assert set(d["weights"]) <= set(j["experts"]) | set(engine.snapshot().experts)
     r = client.get("/api/generate_prediction")
     assert r.status_code == 200
-    assert isinstance(r.get_json(), dict) and r.get_json()
+    p = r.get_json()
+    assert p["decision"]["id"] == f"preview:{p['decision']['ts']}"
+    assert p["decision"]["ts"] >= d["ts"] and set(p["decision"]["weights"]) <= set(p["experts"])
+    assert sum(p["decision"]["probs"].values()) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_thresholds_roundtrip_reaches_engine(client, engine) -> None:
@@ -232,7 +235,7 @@ def test_secrets_never_in_repr() -> None:
 
 
 def test_trainer_json_reports_live_status_without_nan() -> None:
-    from NN.training.online import TrainerStatus
+    from core.types import TrainerStatus
     from web.api import trainer_json
 
     t = trainer_json(TrainerStatus(running=True, steps=12, samples_per_s=850.5, live_version="online-1",
@@ -245,7 +248,7 @@ def test_trainer_json_reports_live_status_without_nan() -> None:
 
 def test_trainer_json_history_is_columnar_with_nulls() -> None:
     # hand-written rounds: a NaN loss and a round without validation scores become JSON nulls
-    from NN.training.online import TrainerStatus, TrainingPoint
+    from core.types import TrainerStatus, TrainingPoint
     from web.api import trainer_json
 
     pts = (TrainingPoint(1_000, 10, 0.91, 900.0, 0.95, 0.97, "online-a-1"),

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from compose import backtest_components
 from core.backtest import cli
 from core.data.files import load_file
 from core.data.store import MarketStore
@@ -37,7 +38,7 @@ def run_cli(argv: list[str]) -> int:
     p.add_argument("--config", default=None)
     p.add_argument("--models", default=None)
     sub = p.add_subparsers(dest="command", required=True)
-    cli.register(sub)
+    cli.register(sub, backtest_components)
     args = p.parse_args(argv)
     return args.func(args)
 
@@ -160,7 +161,7 @@ def test_kronos_forecasts_are_cached_and_reused(btc, tmp_path):
         from NN.experts.kronos.expert import KronosExpert  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"NN.experts.kronos.expert is missing ({exc}); cannot test the Kronos cache")
-    from core.backtest.engine import Backtester, build_components, spec_from_config
+    from core.backtest.engine import Backtester, spec_from_config
     from core.config import ExpertConfig, load_config, load_models
 
     cfg = load_config()
@@ -175,7 +176,7 @@ def test_kronos_forecasts_are_cached_and_reused(btc, tmp_path):
     store = MarketStore(tmp_path / "k.duckdb")
 
     def run(mode: str):
-        comps = build_components(models, "1m", ["cnn", "kronos"], store=store)
+        comps = backtest_components(models, "1m", ["cnn", "kronos"], store=store)
         spec = spec_from_config(cfg, models, exchange="binanceus", symbol="BTC/USDT", timeframe="1m",
                                 thresholds=cli.Thresholds(0.34, 0.34), mode=mode)
         res = Backtester(comps, spec, cfg.execution, cfg.risk, store=store).run(candles)

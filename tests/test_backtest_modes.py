@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from core.backtest.engine import Backtester, build_components, spec_from_config
+from compose import backtest_components
+from core.backtest.engine import Backtester, spec_from_config
 from core.config import load_config, load_models
 from core.data.files import load_file
 from core.data.store import MarketStore
@@ -29,7 +30,7 @@ def setup(shared_data):
     feats = models.features.model_copy(update={"timeframes": ["1m", "5m", "1h"], "window": 32,
                                                "norm_window": 200})
     candles = load_file(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[START:START + BARS]
-    comps = build_components(models, "1m", ["cnn", "transformer", "dqn"], features=feats)
+    comps = backtest_components(models, "1m", ["cnn", "transformer", "dqn"], features=feats)
     probe = spec_from_config(cfg, models, exchange="binanceus", symbol="BTC/USDT", timeframe="1m",
                              thresholds=Thresholds(), mode="fast")
     bt = Backtester(comps, probe, cfg.execution, cfg.risk)
@@ -87,7 +88,7 @@ def test_trained_gate_batched_in_fast_mode_matches_event_mode(setup, shared_data
     bar by bar with its online Hedge factor (on): same decisions either way."""
     from core.backtest.engine import spec_from_config
     from core.config import load_config, load_models
-    from NN.training.datasets import make_labels
+    from core.labels import make_labels
 
     _fast, _event, _store, comps = setup
     cfg, models = load_config(), load_models()

@@ -12,14 +12,8 @@ import pytest
 from core.config import AppConfig, FeaturesConfig, LabelsConfig, SplitConfig, load_config, load_models
 from core.data.files import load_file as load_candles
 from core.features import FeatureBuilder
-from NN.training.datasets import (
-    build_dataset,
-    chronological_split,
-    default_dead_zone,
-    forward_returns,
-    label_table,
-    make_labels,
-)
+from core.labels import dead_zone, forward_returns, make_labels
+from NN.training.datasets import build_dataset, chronological_split, label_table
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +28,10 @@ def hand_label(c0: float, c1: float, dz: float) -> int:
 
 def test_default_dead_zone_is_round_trip_fee() -> None:
     app = AppConfig.model_validate({"execution": {"taker_fee_bps": 7.5}})
-    assert default_dead_zone(app, LabelsConfig()) == pytest.approx(0.0015)
-    assert default_dead_zone(app, LabelsConfig(dead_zone_bps=3.0)) == pytest.approx(0.0003)
+    assert dead_zone(app.execution, LabelsConfig()) == pytest.approx(0.0015)
+    assert dead_zone(app.execution, LabelsConfig(dead_zone_bps=3.0)) == pytest.approx(0.0003)
     # the shipped config files
-    assert default_dead_zone(load_config(), load_models().labels) >= 0
+    assert dead_zone(load_config().execution, load_models().labels) >= 0
 
 
 def test_labels_by_hand_on_real_rows(btc: pd.DataFrame) -> None:

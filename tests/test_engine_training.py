@@ -79,12 +79,13 @@ def alive(pid: int | None) -> bool:
 
 
 def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_path):
-    from core.engine import Engine, ReplayConfig
+    import compose
+    from core.engine import ReplayConfig
 
     cfg, models = configs(tmp_path)
     store = MarketStore(cfg.data.db_path)
     store.upsert_candles(KEY, candles)
-    eng = Engine(cfg, models, store=store,
+    eng = compose.build_engine(cfg, models, store=store,
                  replay=ReplayConfig(speed=SPEED, start_ms=int(candles["ts"].iloc[HISTORY])))
     eng.set_training("cnn", True)  # before start: the trainer starts after the first decision
     assert eng.snapshot().experts["cnn"].trainable and not eng.snapshot().experts["cnn"].training
@@ -217,18 +218,19 @@ def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_pat
 def test_set_training_refused_when_disabled_unknown_or_untrainable(candles, tmp_path):
     from test_backtest import tiny_kronos_dir
 
-    from core.engine import Engine, ReplayConfig
+    import compose
+    from core.engine import ReplayConfig
 
     cfg, models = configs(tmp_path, training_enabled=False)
     store = MarketStore(cfg.data.db_path)
     store.upsert_candles(KEY, candles.iloc[:200])
-    eng = Engine(cfg, models, store=store, replay=ReplayConfig(speed=None))
+    eng = compose.build_engine(cfg, models, store=store, replay=ReplayConfig(speed=None))
     with pytest.raises(ValueError, match="disabled"):
         eng.set_training("cnn", True)
     assert not eng.snapshot().experts["cnn"].trainable
     # training allowed in config but the dashboard said --no-training
     cfg2, _ = configs(tmp_path, training_enabled=True)
-    eng2 = Engine(cfg2, models, store=store, replay=ReplayConfig(speed=None), training=False)
+    eng2 = compose.build_engine(cfg2, models, store=store, replay=ReplayConfig(speed=None), training=False)
     with pytest.raises(ValueError, match="disabled"):
         eng2.set_training("dqn", True)
     # allowed: an unknown expert and a candle expert (Kronos trains offline) are refused by name
@@ -236,7 +238,7 @@ def test_set_training_refused_when_disabled_unknown_or_untrainable(candles, tmp_
     experts["kronos"] = experts["kronos"].model_copy(update={
         "enabled": True, "device": "cpu",
         "params": {"model": str(tiny_kronos_dir(tmp_path)), "lookback": 32, "samples": 4, "calibrated": False}})
-    eng3 = Engine(cfg2, models.model_copy(update={"experts": experts}), store=store,
+    eng3 = compose.build_engine(cfg2, models.model_copy(update={"experts": experts}), store=store,
                   replay=ReplayConfig(speed=None))
     with pytest.raises(ValueError, match="unknown expert 'nope'"):
         eng3.set_training("nope", True)
@@ -249,7 +251,8 @@ def test_set_training_refused_when_disabled_unknown_or_untrainable(candles, tmp_
 
 
 def test_live_and_paper_engines_resume_online_weights_replays_never(candles, tmp_path):
-    from core.engine import Engine, ReplayConfig
+    import compose
+    from core.engine import ReplayConfig
     from NN.experts.registry import build_expert
     from NN.training.online import live_path
 
@@ -257,22 +260,22 @@ def test_live_and_paper_engines_resume_online_weights_replays_never(candles, tmp
     store = MarketStore(cfg.data.db_path)
     store.upsert_candles(KEY, candles.iloc[:300])
     # what an earlier run left live: online weights descending from the untrained start (no registry)
-    eng0 = Engine(cfg, models, store=store, replay=ReplayConfig(speed=None))
+    eng0 = compose.build_engine(cfg, models, store=store, replay=ReplayConfig(speed=None))
     torch.manual_seed(123)
     learned = build_expert("cnn", models.experts["cnn"], eng0.builder.spec).state_dict()
     lp = live_path(tmp_path / "models", "cnn")
     lp.parent.mkdir(parents=True)
     torch.save({"version": "online-earlier-run", "base": "untrained", "state": learned}, lp)
 
-    paper = Engine(cfg, models, store=store)  # no replay: paper trading (nothing starts before start())
+    paper = compose.build_engine(cfg, models, store=store)  # no replay: paper trading (nothing starts before start())
     assert paper.mode == "paper" and paper.experts["cnn"].version == "online-earlier-run"
     for k, v in learned["net"].items():
         assert torch.equal(paper.experts["cnn"].state_dict()["net"][k], v)
     assert paper.snapshot().experts["cnn"].trained and paper.experts["dqn"].version == "untrained"
     # a replay must not start from weights that may have learned from the replayed history
-    assert Engine(cfg, models, store=store, replay=ReplayConfig(speed=None)).experts["cnn"].version == "untrained"
+    assert compose.build_engine(cfg, models, store=store, replay=ReplayConfig(speed=None)).experts["cnn"].version == "untrained"
     # nor does an engine that may not train, or one told not to resume
-    assert Engine(cfg, models, store=store, training=False).experts["cnn"].version == "untrained"
+    assert compose.build_engine(cfg, models, store=store, training=False).experts["cnn"].version == "untrained"
     off = cfg.model_copy(update={"training": cfg.training.model_copy(update={"resume_online": False})})
-    assert Engine(off, models, store=store).experts["cnn"].version == "untrained"
+    assert compose.build_engine(off, models, store=store).experts["cnn"].version == "untrained"
     store.close()

@@ -14,10 +14,10 @@ import torch
 from core.config import ConfigError, ExpertConfig, load_models
 from core.data.files import load_file as load_candles
 from core.features import FeatureBuilder
+from core.labels import forward_returns, make_labels
 from core.types import ExpertOutput
 from NN.experts.dqn import DQNExpert
 from NN.experts.registry import build_expert
-from NN.training.datasets import forward_returns, make_labels
 
 torch.set_num_threads(1)  # small nets: one thread is faster, and the 2-core box is shared
 

@@ -13,16 +13,10 @@ import pytest
 import torch
 
 from core.config import MoEConfig
-from NN.calibration import (
-    Calibrator,
-    brier_score,
-    expected_calibration_error,
-    fit_temperature,
-    log_loss,
-    softmax,
-)
+from core.labels import make_labels
+from core.scoring import brier_score, expected_calibration_error, log_loss
+from NN.calibration import Calibrator, fit_temperature, softmax
 from NN.moe import MoEGate
-from NN.training.datasets import make_labels
 
 torch.set_num_threads(1)  # tiny fits: one thread is faster on the shared 2-core box
 

@@ -18,7 +18,8 @@ from core.data.files import load_file
 from core.data.provider import DataProvider
 from core.data.store import MarketStore
 from core.features import FeatureBuilder
-from core.orchestrator import BUY, HOLD, SELL, GateRunner, Orchestrator, decide, decide_codes, realised_class
+from core.labels import realised_class
+from core.orchestrator import BUY, HOLD, SELL, GateRunner, Orchestrator, decide, decide_codes
 from core.types import Action, SeriesKey, Thresholds
 from NN.experts.registry import build_expert
 from NN.moe import MoEGate
@@ -244,8 +245,10 @@ def test_checkpoint_hot_swap_between_decisions(candles, tmp_path):
 
 
 def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path):
+    import compose
     from core.config import load_config
-    from core.engine import Engine, EngineSnapshot, ReplayConfig
+    from core.engine import ReplayConfig
+    from core.snapshot import EngineSnapshot
 
     cfg = load_config()
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"db_path": str(tmp_path / "e.duckdb"),
@@ -261,7 +264,7 @@ def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path)
     cfg = cfg.model_copy(update={"orchestrator": cfg.orchestrator.model_copy(update={"kronos_every_bars": 2})})
     with MarketStore(cfg.data.db_path) as s:
         s.upsert_candles(KEY, candles.iloc[:150])
-    eng = Engine(cfg, models, replay=ReplayConfig(speed=None))
+    eng = compose.build_engine(cfg, models, replay=ReplayConfig(speed=None))
     assert isinstance(eng.snapshot(), EngineSnapshot) and eng.snapshot().decision is None
     eng.set_thresholds(Thresholds(buy=0.0, sell=1.0))  # before start: applied to the first decision
     eng.start()
@@ -288,7 +291,7 @@ def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path)
         eng.wait_idle(10)
         assert eng.snapshot().experts["dqn"].enabled is False
         pred = eng.generate_prediction()
-        assert pred["ts"] == int(candles["ts"].iloc[149]) and set(pred["weights"]) == {"cnn", "kronos"}
+        assert pred.ts == int(candles["ts"].iloc[149]) and set(pred.weights) == {"cnn", "kronos"}
         with pytest.raises(ValueError, match="unknown expert"):
             eng.set_expert_enabled("nope", True)
     finally:

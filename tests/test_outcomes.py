@@ -18,13 +18,13 @@ from core.config import load_models
 from core.data.files import load_file as load_candles
 from core.data.store import MarketStore
 from core.features import FeatureBuilder
+from core.labels import make_labels
 from core.orchestrator import decide
+from core.outcomes import MOE, LiveOutcomes, OutcomeTracker, gate_feed
+from core.scoring import scores
 from core.types import Decision, ExpertOutput, SeriesKey, Thresholds
-from NN.calibration import scores
 from NN.experts.registry import build_expert
 from NN.moe import MoEGate
-from NN.training.datasets import make_labels
-from NN.training.outcomes import MOE, LiveOutcomes, OutcomeTracker, gate_feed
 
 torch.set_num_threads(1)
 

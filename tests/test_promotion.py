@@ -15,10 +15,11 @@ import torch
 from core.config import load_models
 from core.data.files import load_file as load_candles
 from core.features import FeatureBuilder
+from core.types import Swap
 from NN.experts.registry import build_expert
 from NN.training.datasets import build_dataset
 from NN.training.online import TrainingManager, live_path, resume_live
-from NN.training.promotion import Swap, evaluate, judge, sample_logloss
+from NN.training.promotion import evaluate, judge, sample_logloss
 
 torch.set_num_threads(1)
 

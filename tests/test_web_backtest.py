@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from test_web_helpers import wait_for, web_config
 
+from compose import backtest_components
 from core.data.files import load_file
 from core.data.store import MarketStore
 from core.types import SeriesKey, Thresholds
@@ -23,7 +24,8 @@ def ctx(shared_data, tmp_path_factory):
     store = MarketStore(tmp / "bt.duckdb")
     df = load_file(shared_data / "binanceus" / "BTC_USDT-1m.csv")
     store.upsert_candles(SeriesKey(cfg.data.exchange, "BTC/USDT", "1m"), df)
-    yield WebContext(engine=None, cfg=cfg, models_cfg=models, store=store), df
+    yield WebContext(engine=None, cfg=cfg, models_cfg=models, store=store,
+                     backtest_components=backtest_components), df
     store.close()
 
 

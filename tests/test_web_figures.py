@@ -18,7 +18,7 @@ import pytest
 
 from core import indicators as ind
 from core.data.files import load_file
-from core.engine import EngineSnapshot, KronosSummary
+from core.snapshot import EngineSnapshot, KronosSummary
 from web import figures
 from web.pages import live
 
@@ -117,9 +117,11 @@ def test_timeframe_switch_redraws(btc: pd.DataFrame) -> None:
     assert "data" in fig and st2["tf"] == "1h" and st2["n"] == 25
 
 
-def test_recent_accuracy_scores_matured_calls_only(btc: pd.DataFrame) -> None:
-    """Expert outputs are hand-made (two opposite calls); the outcome comes from the real closes."""
-    from core.engine import ExpertState
+def test_experts_table_shows_the_engines_live_metrics(btc: pd.DataFrame) -> None:
+    """Expert outputs are hand-made (two opposite calls); the outcome comes from the real closes through
+    the engine's own LiveOutcomes, and the API/table show exactly its metrics (no second scoring)."""
+    from core.outcomes import LiveOutcomes
+    from core.snapshot import ExpertState, by_expert
     from core.types import Action, Decision, ExpertOutput, Thresholds
     from web import api
 
@@ -136,14 +138,26 @@ def test_recent_accuracy_scores_matured_calls_only(btc: pd.DataFrame) -> None:
         return ExpertOutput(name, "v", "BTC/USDT", ts, h, (1 - p_up - 0.1, 0.1, p_up), 0.0, 0.5, 1.0)
 
     right, wrong = (0.8, 0.1) if up else (0.1, 0.8)
-    d1 = Decision("d1", ts_i, "BTC/USDT", Action.HOLD, (0.3, 0.4, 0.3), 0.0, {}, Thresholds(), 0.0, "",
-                  (out("good", ts_i, right), out("bad", ts_i, wrong)))
-    d2 = Decision("d2", ts_last, "BTC/USDT", Action.HOLD, (0.3, 0.4, 0.3), 0.0, {}, Thresholds(), 0.0, "",
-                  (out("good", ts_last, wrong), out("bad", ts_last, right)))  # not matured: ignored
+    d1 = Decision("d1", ts_i, "BTC/USDT", Action.HOLD, (0.3, 0.4, 0.3), 0.0, {"good": 0.5, "bad": 0.5},
+                  Thresholds(), 0.0, "", (out("good", ts_i, right), out("bad", ts_i, wrong)))
+    d2 = Decision("d2", ts_last, "BTC/USDT", Action.HOLD, (0.3, 0.4, 0.3), 0.0, {"good": 0.5, "bad": 0.5},
+                  Thresholds(), 0.0, "", (out("good", ts_last, wrong), out("bad", ts_last, right)))
+    live_outcomes = LiveOutcomes("1m", dz, default_horizon=h)
+    for k, (t, c) in enumerate(zip(df["ts"].to_numpy(np.int64), close, strict=True)):
+        live_outcomes.on_close(int(t), float(c))
+        if k == i:
+            live_outcomes.add(d1)
+    live_outcomes.add(d2)  # its horizon has not passed: it must not count
     experts = {n: ExpertState(n, True, False, "v", False, "features") for n in ("good", "bad", "idle")}
-    snap = replace(_snap(df), recent_decisions=(d1, d2), experts=experts)
-    acc = api.recent_accuracy(snap, dz)
-    assert acc == {"good": 1.0, "bad": 0.0, "idle": None}
+    snap = replace(_snap(df), recent_decisions=(d1, d2), experts=experts,
+                   live_metrics=by_expert(live_outcomes.metrics()))
+    rows = {e["name"]: e for e in api.experts_json(snap)}
+    assert rows["good"]["live_metrics"]["n"] == 1 and rows["good"]["recent_accuracy"] == 1.0
+    assert rows["bad"]["live_metrics"]["n"] == 1 and rows["bad"]["recent_accuracy"] == 0.0
+    assert rows["idle"]["live_metrics"] is None and rows["idle"]["recent_accuracy"] is None
+    assert rows["good"]["live_metrics"]["log_loss"] == pytest.approx(-np.log(0.8))
+    table = str(live.experts_panel(snap))
+    assert "100% (1)" in table and "0% (1)" in table
 
 
 def test_browser_window_is_redrawn_after_slack(btc: pd.DataFrame) -> None:
@@ -157,8 +171,8 @@ def test_browser_window_is_redrawn_after_slack(btc: pd.DataFrame) -> None:
 def test_online_loss_figure_and_models_page_redraw_only_on_new_rounds() -> None:
     # hand-written trainer rounds and one promotion (the trainer process itself is tested in
     # test_online_training.py; here only the chart and when the Models page resends it)
-    from core.engine import SwapEvent
-    from NN.training.online import TrainerStatus, TrainingPoint
+    from core.snapshot import SwapEvent
+    from core.types import TrainerStatus, TrainingPoint
     from web.pages import models as models_page
 
     pts = tuple(TrainingPoint(1_700_000_000_000 + 30_000 * i, 20 * (i + 1), 1.1 - 0.1 * i, 800.0,

@@ -24,7 +24,6 @@ from core.types import TIMEFRAME_MS, Decision, ExpertOutput, Thresholds
 log = logging.getLogger(__name__)
 
 MAX_CANDLES = 5000
-DEFAULT_DEAD_ZONE = 0.002  # 2 x 10 bps taker fee, the labels' default (models.yml labels.dead_zone_bps)
 TRAINING_UNAVAILABLE = "this engine has no online trainer (it cannot start training or roll back)"
 
 
@@ -224,46 +223,28 @@ def status_json(snap: Any) -> dict[str, Any]:
     }
 
 
-def recent_accuracy(snap: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> dict[str, float | None]:
-    """Per expert: share of recent decisions whose argmax class (down/flat/up) matched the realised
-    class over the expert's horizon -- |log return| <= dead_zone counts as flat, as in the training
-    labels -- using only candles that have CLOSED since (matured outcomes, no look-ahead)."""
-    df = snap.candles.get(snap.timeframe) if snap.timeframe else None
-    out: dict[str, float | None] = {}
-    if df is None or df.empty or not snap.recent_decisions:
-        return {n: None for n in snap.experts}
-    ts = df["ts"].to_numpy(np.int64)
-    close = df["close"].to_numpy(float)
-    outs = [o for d in snap.recent_decisions for o in d.outputs]
-    if not outs:
-        return {n: None for n in snap.experts}
-    ots = np.fromiter((o.ts for o in outs), dtype=np.int64, count=len(outs))
-    i = np.searchsorted(ts, ots)  # one vectorised lookup for every output
-    j = i + np.fromiter((o.horizon for o in outs), dtype=np.int64, count=len(outs))
-    hits: dict[str, list[int]] = {}
-    for k, o in enumerate(outs):
-        a, b = int(i[k]), int(j[k])
-        if a >= len(ts) or ts[a] != o.ts or b >= len(ts):
-            continue  # not matured yet (or outside the cached window)
-        r = math.log(close[b] / close[a]) if close[a] > 0 and close[b] > 0 else 0.0
-        realised = 2 if r > dead_zone else (0 if r < -dead_zone else 1)
-        hits.setdefault(o.expert, []).append(int(int(np.argmax(o.probs)) == realised))
-    for n in set(snap.experts) | set(hits):
-        h = hits.get(n)
-        out[n] = float(np.mean(h)) if h else None
-    return out
+def metrics_json(m: Any) -> dict[str, Any] | None:
+    """The engine's rolling outcome metrics of one expert (core/outcomes.RollingMetrics): scores of
+    its last ``n`` matured calls by the label rule of core/labels.py. None before any call matured."""
+    if m is None:
+        return None
+    return {"n": int(m.n), "horizon": int(m.horizon), "accuracy": _f(m.accuracy), "log_loss": _f(m.log_loss),
+            "brier": _f(m.brier), "ece": _f(m.ece), "trades": int(m.trades), "trade_return": _f(m.trade_return),
+            "last_ts": int(m.last_ts)}
 
 
-def experts_json(snap: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> list[dict[str, Any]]:
-    acc = recent_accuracy(snap, dead_zone)
+def experts_json(snap: Any) -> list[dict[str, Any]]:
     rows = []
     for name, st in snap.experts.items():
         o = snap.expert_outputs.get(name)
+        live = snap.live_metrics.get(name)
         rows.append({
             "name": name, "enabled": st.enabled, "training": st.training, "version": st.version,
             "trained": st.trained, "input_kind": st.input_kind, "last_error": st.last_error,
             "trainable": bool(getattr(st, "trainable", False)) and bool(getattr(snap, "training_enabled", False)),
-            "gate_weight": _f(snap.gate_weights.get(name)), "recent_accuracy": acc.get(name),
+            "gate_weight": _f(snap.gate_weights.get(name)),
+            "recent_accuracy": _f(live.accuracy) if live is not None else None,
+            "live_metrics": metrics_json(live), "stored_metrics": metrics_json(snap.stored_metrics.get(name)),
             "latest": output_json(o) if o is not None else None,
             "trainer": trainer_json(getattr(snap, "trainers", {}).get(name)),
             "can_rollback": bool(getattr(st, "can_rollback", False)),
@@ -337,7 +318,7 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return v
 
 
-def build_blueprint(engine: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> Blueprint:
+def build_blueprint(engine: Any) -> Blueprint:
     bp = Blueprint("api", __name__, url_prefix="/api")
 
     @bp.get("/initial_data")
@@ -363,10 +344,10 @@ def build_blueprint(engine: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> Bluepr
     @bp.get("/generate_prediction")
     def generate_prediction() -> Response:
         try:
-            res = engine.generate_prediction()
+            d = engine.generate_prediction()
         except (RuntimeError, ValueError) as exc:  # e.g. not enough history yet
             raise ApiError(409, f"cannot generate a prediction now: {exc}", "conflict") from None
-        return jsonify(_jsonable(res))
+        return jsonify(decision=decision_json(d), experts={o.expert: output_json(o) for o in d.outputs})
 
     @bp.post("/start_stream")
     def start_stream() -> Response:
@@ -398,7 +379,7 @@ def build_blueprint(engine: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> Bluepr
 
     @bp.get("/experts")
     def experts() -> Response:
-        return jsonify(experts=experts_json(engine.snapshot(), dead_zone))
+        return jsonify(experts=experts_json(engine.snapshot()))
 
     @bp.patch("/experts/<name>")
     def patch_expert(name: str) -> Response:
@@ -483,8 +464,8 @@ def build_blueprint(engine: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> Bluepr
     return bp
 
 
-def install_api(server: Flask, engine: Any, dead_zone: float = DEFAULT_DEAD_ZONE) -> None:
-    server.register_blueprint(build_blueprint(engine, dead_zone))
+def install_api(server: Flask, engine: Any) -> None:
+    server.register_blueprint(build_blueprint(engine))
 
     @server.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:

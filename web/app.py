@@ -15,6 +15,7 @@ from typing import Any
 import dash_bootstrap_components as dbc
 from dash import Dash, Input, Output, dcc, html
 
+from core.backtest.engine import ComponentsFactory
 from core.config import AppConfig, ModelsConfig, Secrets
 from web import api, auth, figures
 from web.pages import backtest, live, models
@@ -31,7 +32,7 @@ class WebContext:
     cfg: AppConfig
     models_cfg: ModelsConfig | None = None
     store: Any | None = None  # MarketStore (checkpoint registry, training metrics, backtest runs)
-    dead_zone: float = api.DEFAULT_DEAD_ZONE  # |log return| counted as "flat" when scoring experts
+    backtest_components: ComponentsFactory | None = None  # experts for the Backtest page (compose.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -44,7 +45,8 @@ def _warm_up(engine: Any) -> None:
 
 
 def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsConfig | None = None,
-               store: Any | None = None, host: str | None = None, secrets: Secrets | None = None) -> Dash:
+               store: Any | None = None, host: str | None = None, secrets: Secrets | None = None,
+               backtest_components: ComponentsFactory | None = None) -> Dash:
     """Build the Dash app for ``engine`` (anything with the Engine interface of docs/INTERFACES.md).
 
     ``host`` is where it will be bound: off loopback it refuses to build without DASHBOARD_TOKEN."""
@@ -55,15 +57,14 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
     if store is None:
         store = getattr(engine, "store", None)
     models_cfg = models_cfg or getattr(engine, "models", None)
-    dz_bps = models_cfg.labels.dead_zone_bps if models_cfg is not None else None
-    dead_zone = (2.0 * cfg.execution.taker_fee_bps if dz_bps is None else dz_bps) / 1e4
-    ctx = WebContext(engine=engine, cfg=cfg, models_cfg=models_cfg, store=store, dead_zone=dead_zone)
+    ctx = WebContext(engine=engine, cfg=cfg, models_cfg=models_cfg, store=store,
+                     backtest_components=backtest_components)
 
     app = Dash(__name__, assets_folder=str(ASSETS), suppress_callback_exceptions=True,
                title="MoE Trader", update_title=None, serve_locally=True)
     auth.install_auth(app.server, auth.AuthPolicy(token=secrets.dashboard_token,
                                                   loopback=auth.is_loopback(host)))
-    api.install_api(app.server, engine, dead_zone)
+    api.install_api(app.server, engine)
 
     nav = dbc.NavbarSimple(
         brand="MoE Trader", color="dark", dark=True, fluid=True, className="mb-2",

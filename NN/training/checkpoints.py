@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 
 from core.config import CheckpointPolicy
 from core.data.store import MarketStore
+from core.types import CheckpointInfo
 from NN.experts.base import save_atomic
 
 log = logging.getLogger(__name__)
@@ -38,16 +38,6 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 )
 """
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointInfo:
-    expert: str
-    version: str
-    path: Path
-    metric: float
-    created_at: datetime
-    meta: dict[str, Any]
 
 
 class CheckpointRegistry:

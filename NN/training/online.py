@@ -44,13 +44,22 @@ import torch
 import torch.multiprocessing as tmp
 
 from core.config import ExpertConfig, FeaturesConfig, ModelsConfig, OnlineTrainingConfig
-from core.types import FeatureBatch, FeatureSpec, SeriesKey, timeframe_ms
+from core.labels import UNKNOWN, make_labels
+from core.types import (
+    FeatureBatch,
+    FeatureSpec,
+    SeriesKey,
+    Swap,
+    TrainerStatus,
+    TrainingPoint,
+    Verdict,
+    timeframe_ms,
+)
 from NN.experts.base import save_atomic
-from NN.training.datasets import UNKNOWN, build_dataset, make_labels
+from NN.training.datasets import build_dataset
 from NN.training.promotion import (
     ChampionHistory,
-    Swap,
-    Verdict,
+    apply_swap,
     evaluate,
     judge,
     state_from_bytes,
@@ -67,37 +76,6 @@ _CTX = tmp.get_context("spawn")
 
 
 # ---------------------------------------------------------------- contracts
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingPoint:
-    """One published training round of an online trainer (a point of the live loss curve)."""
-
-    ts_ms: int  # wall clock when the engine received it
-    steps: int  # the trainer process's cumulative optimiser steps (restart at 0 with a new process)
-    loss: float  # mean training loss of the round
-    samples_per_s: float
-    val_challenger: float | None = None  # validation log loss of the round's checkpoint (None: window too short)
-    val_champion: float | None = None  # the live weights' on the same window
-    version: str = ""  # the round's checkpoint version (promoted or not)
-
-
-@dataclass(frozen=True, slots=True)
-class TrainerStatus:
-    running: bool
-    steps: int = 0
-    loss: float = float("nan")
-    samples_per_s: float = 0.0
-    last_publish: int | None = None  # ms UTC of the last published checkpoint
-    live_version: str = ""
-    challenger_score: float | None = None  # validation log loss of the last judged challenger
-    champion_score: float | None = None
-    restarts: int = 0
-    error: str | None = None
-    pid: int | None = None
-    promotions: int = 0
-    last_verdict: str = ""
-    history: tuple[TrainingPoint, ...] = ()  # newest last, at most HISTORY_POINTS
 
 
 @dataclass(frozen=True)
@@ -1172,7 +1150,7 @@ class TrainingManager:
         state it replaced for ``rollback``."""
         live = self.experts[swap.expert]
         old_version = str(live.version)
-        previous = swap.apply(live)
+        previous = apply_swap(swap, live)
         if swap.kind == "promote":
             self._history[swap.expert].push(old_version, previous)
         self._champion[swap.expert] = (swap.version, copy.deepcopy(swap.state))

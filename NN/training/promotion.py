@@ -6,7 +6,7 @@ challenger_logloss (the mean of the paired per-sample differences) and se its st
 challenger wins when
     gain > 0, gain >= promote_margin and gain >= promote_z * se      (models.yml experts.<n>.online)
 so a window of a few hundred samples cannot promote noise: the same window is judged every round.
-The verdict is a ``Swap``: the engine applies it between two decisions (``Swap.apply`` on its own
+The verdict is a ``Swap``: the engine applies it between two decisions (``apply_swap`` on its own
 thread). ``ChampionHistory`` keeps the exact previous states so a rollback restores bit-identical
 weights.
 """
@@ -15,45 +15,22 @@ from __future__ import annotations
 
 import copy
 import io
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from core.types import FeatureBatch
-from NN.calibration import sample_log_loss
+from core.scoring import sample_log_loss
+from core.types import FeatureBatch, Swap, Verdict
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    promote: bool
-    champion_logloss: float
-    challenger_logloss: float
-    margin: float
-    n: int
-    reason: str
-    gain_se: float = float("nan")  # standard error of the paired per-sample log-loss differences
-
-
-@dataclass(frozen=True, slots=True)
-class Swap:
-    """Weights to put into the live expert ``expert`` between two decisions."""
-
-    expert: str
-    version: str
-    state: dict[str, Any] = field(repr=False)
-    kind: str  # "promote" | "rollback"
-    verdict: Verdict | None = None
-    path: str | None = None  # the checkpoint file a promotion came from (None: a rollback)
-
-    def apply(self, live: Any) -> dict[str, Any]:
-        """Load the state into ``live`` (call on the decision thread, between decisions); returns an
-        exact copy of the state it replaced (for rollback)."""
-        previous = copy.deepcopy(live.state_dict())
-        live.load_state_dict(copy.deepcopy(self.state))
-        live.version = self.version
-        return previous
+def apply_swap(swap: Swap, live: Any) -> dict[str, Any]:
+    """Load ``swap.state`` into ``live`` (call on the decision thread, between decisions); returns an
+    exact copy of the state it replaced (for rollback)."""
+    previous = copy.deepcopy(live.state_dict())
+    live.load_state_dict(copy.deepcopy(swap.state))
+    live.version = swap.version
+    return previous
 
 
 def sample_logloss(expert: Any, batch: FeatureBatch, labels: np.ndarray) -> np.ndarray:

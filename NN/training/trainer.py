@@ -24,14 +24,17 @@ import pandas as pd
 from core.config import AppConfig, ModelsConfig
 from core.data.store import MarketStore
 from core.features import FeatureBuilder
+from core.labels import dead_zone, forward_returns, make_labels
+from core.scoring import log_loss, scores
 from core.types import FeatureBatch, SeriesKey, timeframe_ms
-from NN.calibration import Calibrator, log_loss, scores, softmax
+from NN.assembly import load_experts, load_gate
+from NN.calibration import Calibrator, softmax
 from NN.experts.base import Expert
 from NN.experts.dqn import DQNExpert
 from NN.experts.registry import build_expert
 from NN.moe import MoEGate
 from NN.training.checkpoints import CheckpointRegistry
-from NN.training.datasets import chronological_split, default_dead_zone, forward_returns, make_labels
+from NN.training.datasets import chronological_split
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +71,6 @@ class Prepared:
         return self.batch.take(getattr(self, which))
 
 
-def dead_zone(models: ModelsConfig, app: AppConfig) -> float:
-    """Flat-class half width in log-return units: labels.dead_zone_bps, else the round-trip taker fee."""
-    return default_dead_zone(app, models.labels)
-
-
 def load_candles(store: MarketStore, key: SeriesKey, start_ms: int | None, end_ms: int | None) -> pd.DataFrame:
     df = store.candles(key, start_ms, end_ms)
     if df.empty:
@@ -99,7 +97,7 @@ def prepare(candles: pd.DataFrame, key: SeriesKey, models: ModelsConfig, app: Ap
         log.warning("split.gap_bars=%s < longest horizon %s: labels near a split boundary look into the next part",
                     models.split.gap_bars, max(horizons))
     tr, va, te = chronological_split(n, models.split)
-    return Prepared(key, batch, tr, va, te, dead_zone(models, app))
+    return Prepared(key, batch, tr, va, te, dead_zone(app.execution, models.labels))
 
 
 def _known(y: np.ndarray, r: np.ndarray, part: slice) -> np.ndarray:
@@ -360,7 +358,8 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                 results[name] = {"version": version, "val_logloss": res.val_logloss, "epochs_run": res.epochs_run,
                                  "best_epoch": res.best_epoch, **res.extra}
             if GATE_NAME in names:
-                experts = load_experts(registry, models, prep.batch.spec, include_candle_experts=False)
+                experts = load_experts(models, prep.batch.spec, registry, keep_untrained=False,
+                                       candle_experts=False).experts
                 if not experts:
                     raise ValueError("no trained experts to gate: train some experts first")
                 h = common_horizon(experts)
@@ -383,58 +382,23 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
     return results
 
 
-def load_experts(registry: CheckpointRegistry, models: ModelsConfig, spec, *, include_candle_experts: bool,
-                 names: list[str] | None = None) -> dict[str, Expert]:
-    """Enabled experts (or ``names``) that have a loadable checkpoint, best version loaded."""
-    out: dict[str, Expert] = {}
-    for name, cfg in models.experts.items():
-        if (names is not None and name not in names) or (names is None and not cfg.enabled):
-            continue
-        if name == "kronos" and not include_candle_experts:
-            continue
-        try:
-            expert = build_expert(name, cfg, spec, registry.models_dir)
-        except Exception as exc:  # e.g. a module another build does not ship
-            log.warning("%s: cannot build (%s); skipped", name, exc)
-            continue
-        if expert.input_kind == "candles" and not include_candle_experts:
-            continue
-        try:
-            if registry.load_into(expert):
-                out[name] = expert
-            else:
-                log.info("%s: no checkpoint; skipped", name)
-        except (ValueError, FileNotFoundError) as exc:
-            log.warning("%s: checkpoint not loadable (%s); skipped", name, exc)
-    return out
-
-
-def load_gate(registry: CheckpointRegistry, experts: list[str], models: ModelsConfig, regime_dim: int) -> MoEGate:
-    """The best registered gate when it was trained on exactly ``experts``; otherwise an untrained
-    (Hedge) gate over them."""
-    gate = MoEGate(experts, models.moe, regime_dim)
-    try:
-        registry.load_into(gate)
-    except ValueError as exc:
-        log.warning("gate checkpoint does not fit %s (%s); using the Hedge rule", experts, exc)
-        gate = MoEGate(experts, models.moe, regime_dim)
-    return gate
-
-
 def run_evaluation(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: AppConfig, *,
                    start_ms: int | None = None, end_ms: int | None = None, models_dir: Path,
                    names: list[str] | None = None) -> dict[str, Any]:
     registry = CheckpointRegistry(store, models_dir)
     candles = load_candles(store, key, start_ms, end_ms)
     prep = prepare(candles, key, models, app)
-    experts = load_experts(registry, models, prep.batch.spec, include_candle_experts=False, names=names)
+    experts = load_experts(models, prep.batch.spec, registry, names, keep_untrained=False,
+                           candle_experts=False).experts
     if not experts:
         raise ValueError("no trained experts found in the checkpoint registry: run `train` first")
     gate = None
     best_gate = registry.best(GATE_NAME)
     if best_gate is not None:
-        gate = load_gate(registry, best_gate.meta.get("experts", list(experts)), models,
-                         len(prep.batch.spec.regime_features))
+        gate, why = load_gate(models, best_gate.meta.get("experts", list(experts)),
+                              len(prep.batch.spec.regime_features), registry)
+        if why:
+            log.warning(why)
         if not gate.trained or any(n not in experts for n in gate.experts):
             log.warning("gate checkpoint not usable with the loaded experts; fused scores use the Hedge gate")
             gate = MoEGate(list(experts), models.moe, len(prep.batch.spec.regime_features))

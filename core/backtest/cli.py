@@ -16,8 +16,10 @@ import pandas as pd
 
 from core.backtest import metrics as M
 from core.backtest import report as R
+from core.backtest.engine import ComponentsFactory
 from core.config import AppConfig, ModelsConfig, load_config, load_models
 from core.execution import kernel as K
+from core.labels import UP, make_labels
 from core.types import SeriesKey, Thresholds, timeframe_ms
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,6 @@ def compute_metrics(candles: pd.DataFrame, equity: np.ndarray, position: np.ndar
     tests), the kernel's risk counters, and — for expert runs — the decision counts, the directional
     hit rate of BUY/SELL over ``horizon`` bars, and the fused probabilities' Brier score and ECE
     against the realised class (dead zone as for labels) on bars where a decision was made."""
-    from NN.training.datasets import make_labels
-
     close = candles["close"].to_numpy(np.float64)
     m: dict[str, Any] = M.summary(equity, candles["ts"].to_numpy(np.int64), position, fills, close,
                                   initial_equity=initial_cash, timeframe=timeframe)
@@ -75,11 +75,8 @@ def compute_metrics(candles: pd.DataFrame, equity: np.ndarray, position: np.ndar
 
 def realised_up(close: np.ndarray, horizon: int, dead_zone: float) -> np.ndarray:
     """1 where the move over the next ``horizon`` bars was 'up', 0 otherwise, -1 unknown (calibration)."""
-    out = np.full(len(close), -1.0)
-    if len(close) > horizon:
-        r = np.log(close[horizon:] / close[:-horizon])
-        out[:-horizon] = (r > dead_zone).astype(np.float64)
-    return out
+    y = make_labels(close, horizon, dead_zone)
+    return np.where(y < 0, -1.0, (y == UP).astype(np.float64))
 
 
 # ---------------------------------------------------------------- report assembly
@@ -243,11 +240,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                         tasks[stage] = bar.add_task(stage, total=total)
                     bar.update(tasks[stage], completed=done)
 
-                from NN.training.checkpoints import CheckpointRegistry
-
-                registry = CheckpointRegistry(store, cfg.resolve(cfg.training.models_dir))
                 names = None if args.experts is None else [x for a in args.experts for x in a.split(",") if x]
-                comps = BE.build_components(models, timeframe, names, registry=registry, store=store)
+                comps = args.components(models, timeframe, names, store=store,
+                                        models_dir=cfg.resolve(cfg.training.models_dir))
                 spec = BE.spec_from_config(cfg, models, exchange=exchange, symbol=args.symbol,
                                            timeframe=timeframe, thresholds=thresholds, mode=mode)
                 bt = BE.Backtester(comps, spec, cfg.execution, cfg.risk, store=store,
@@ -333,7 +328,8 @@ def _has_runs(store: Any) -> bool:
     return bool(r and r[0])
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction, components: ComponentsFactory) -> None:
+    """``components`` builds the experts of a run (the composition root's compose.backtest_components)."""
     p = sub.add_parser("run", help="backtest the experts (or a --signals CSV) over stored candles")
     p.add_argument("--symbol", required=True, help="ccxt symbol, e.g. BTC/USDT")
     p.add_argument("--timeframe", default=None, help="base timeframe (default: data.base_timeframe)")
@@ -352,7 +348,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", default=None, help="DuckDB file (default: data.db_path)")
     p.add_argument("--signals", default=None, help="CSV of (timestamp, target position) to backtest instead")
     p.add_argument("--reports-dir", default=None, help="default: backtest.reports_dir")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, components=components)
 
     q = sub.add_parser("report", help="reopen a backtest run: print its metrics, regenerate its HTML")
     q.add_argument("id", help="run id printed by `run`")

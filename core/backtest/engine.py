@@ -22,14 +22,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from core.audit import frames_from_arrays, write_frames
 from core.backtest.forecast_cache import ForecastCache
+from core.config import FeaturesConfig, ModelsConfig
+from core.data.store import MarketStore
 from core.execution import kernel as K
+from core.labels import dead_zone
 from core.orchestrator import (
     BUY,
     CODE_TO_ACTION,
@@ -128,61 +132,21 @@ def kernel_params(spec: BacktestSpec, execution: Any, risk: Any) -> np.ndarray:
 def spec_from_config(cfg: Any, models: Any, *, exchange: str, symbol: str, timeframe: str,
                      thresholds: Thresholds, mode: str) -> BacktestSpec:
     """Everything a run needs from config.yaml / models.yml in one frozen object."""
-    dz_bps = models.labels.dead_zone_bps
-    if dz_bps is None:  # the round trip must at least pay the taker fee twice to count as a move
-        dz_bps = 2.0 * cfg.execution.taker_fee_bps
     return BacktestSpec(
         exchange=exchange, symbol=symbol, timeframe=timeframe, thresholds=thresholds, mode=mode,
-        horizon=cfg.orchestrator.decision_horizon, dead_zone=dz_bps / 1e4,
+        horizon=cfg.orchestrator.decision_horizon, dead_zone=dead_zone(cfg.execution, models.labels),
         kronos_every=cfg.backtest.kronos_every_bars, initial_cash=cfg.execution.initial_cash,
         sizing=cfg.risk.sizing, fraction=cfg.risk.fraction,
         max_position_fraction=cfg.risk.max_position_fraction, allow_short=cfg.execution.allow_short,
         vol_window=cfg.risk.vol_window, bars_per_year=K.bars_per_year(timeframe))
 
 
-def build_components(models: Any, base_timeframe: str, names: list[str] | None, *,
-                     registry: Any | None = None, store: Any | None = None,
-                     features: Any | None = None) -> Components:
-    """Experts, gate and feature builder for a run. ``names`` None = every expert enabled in
-    models.yml that has a registered checkpoint (untrained ones are skipped with a warning); names
-    given explicitly run untrained when they have no checkpoint, and say so in ``info``."""
-    from core.features import FeatureBuilder
-    from NN.experts.registry import build_expert
-    from NN.moe import MoEGate
+class ComponentsFactory(Protocol):
+    """Builds a run's experts, gate and feature builder (compose.backtest_components)."""
 
-    builder = FeatureBuilder(features or models.features, base_timeframe)
-    explicit = names is not None
-    wanted = list(names) if explicit else list(models.enabled())
-    unknown = [n for n in wanted if n not in models.experts]
-    if unknown:
-        raise ValueError(f"unknown expert(s) {unknown}; models.yml has {sorted(models.experts)}")
-    experts: dict[str, Any] = {}
-    info: dict[str, dict[str, Any]] = {}
-    for name in wanted:
-        ex = build_expert(name, models.experts[name], builder.spec,
-                          getattr(registry, "models_dir", None))
-        trained = bool(registry is not None and registry.load_into(ex))
-        if not trained and not explicit:
-            log.warning("expert %s has no checkpoint: skipped (pass --experts %s to run it untrained)",
-                        name, name)
-            continue
-        experts[name] = ex
-        info[name] = {"version": str(ex.version), "trained": trained,
-                      "input_kind": getattr(ex, "input_kind", "features")}
-    if not experts:
-        raise ValueError("no expert to run: none has a checkpoint (train first: main_backtest.py train), "
-                         "or name them with --experts to run them untrained")
-    gate = MoEGate(list(experts), models.moe, len(builder.spec.regime_features))
-    gate_trained = False
-    if registry is not None:
-        try:
-            gate_trained = bool(registry.load_into(gate))
-        except ValueError as exc:  # a gate trained for another expert set: fall back to Hedge
-            log.warning("gate checkpoint not usable (%s): online Hedge gate instead", exc)
-    info["gate"] = {"version": str(gate.version), "trained": gate_trained, "input_kind": "gate"}
-    cache = ForecastCache(store) if store is not None and any(
-        getattr(e, "input_kind", "features") == "candles" for e in experts.values()) else None
-    return Components(experts=experts, gate=gate, builder=builder, info=info, cache=cache)
+    def __call__(self, models: ModelsConfig, base_timeframe: str, names: list[str] | None, *,
+                 store: MarketStore | None = None, models_dir: Path | None = None,
+                 features: FeaturesConfig | None = None) -> Components: ...
 
 
 def signal_of(code: int) -> float:

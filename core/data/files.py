@@ -16,12 +16,16 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from core.data.source_base import Emit, SourceStatus, now_ms
 from core.types import CANDLE_COLUMNS, TIMEFRAME_MS, SeriesKey, timeframe_ms
+
+if TYPE_CHECKING:
+    from core.data.store import MarketStore
 
 log = logging.getLogger(__name__)
 
@@ -227,3 +231,15 @@ class FileSource:
 
     def status(self) -> SourceStatus:
         return self._status
+
+
+def import_series_file(store: MarketStore, exchange: str, path: Path) -> tuple[str, str]:
+    """Import a candle file named like BTC_USDT-1m.csv into ``store`` (idempotent upsert); returns
+    its (symbol, timeframe). A clear ValueError when the file is missing or its name says neither."""
+    if not path.exists():
+        raise ValueError(f"replay file not found: {path}")
+    sym, tf = parse_series_name(path)
+    if sym is None or tf is None:
+        raise ValueError(f"cannot tell symbol and timeframe from {path.name!r} (expected e.g. BTC_USDT-1m.csv)")
+    store.upsert_candles(SeriesKey(exchange, sym, tf), load_file(path))
+    return sym, tf

@@ -90,11 +90,11 @@ def default_runner(wctx: Any) -> Runner:
         from core.backtest import cli as BC
         from core.backtest import engine as BE
         from core.types import SeriesKey
-        from NN.training.checkpoints import CheckpointRegistry
 
         cfg, models, store = wctx.cfg, wctx.models_cfg, wctx.store
-        if store is None or models is None:
-            raise RuntimeError("backtests need the engine's store and models.yml (start via main_dashboard.py)")
+        if store is None or models is None or wctx.backtest_components is None:
+            raise RuntimeError("backtests need the engine's store, models.yml and the composition root's "
+                               "experts (start via main_dashboard.py)")
         thr: Thresholds = spec["thresholds"]
         key = SeriesKey(cfg.data.exchange, spec["symbol"], spec["timeframe"])
         candles = store.candles(key, spec["start_ms"], spec["end_ms"])
@@ -106,8 +106,8 @@ def default_runner(wctx: Any) -> Runner:
         def on_progress(stage: str, done: int, total: int) -> None:
             progress(done / total if total else 0.0, f"{stage} {done}/{total}")
 
-        registry = CheckpointRegistry(store, cfg.resolve(cfg.training.models_dir))
-        comps = BE.build_components(models, key.timeframe, spec["experts"], registry=registry, store=store)
+        comps = wctx.backtest_components(models, key.timeframe, spec["experts"], store=store,
+                                         models_dir=cfg.resolve(cfg.training.models_dir))
         bspec = BE.spec_from_config(cfg, models, exchange=key.exchange, symbol=key.symbol,
                                     timeframe=key.timeframe, thresholds=thr, mode=mode)
         bt = BE.Backtester(comps, bspec, BE.kernel_params(bspec, cfg.execution, cfg.risk), store=store,

@@ -208,15 +208,20 @@ def stats_panel(snap: Any, now_ms: int) -> Any:
                     for n, v in items], className="g-2")
 
 
-def experts_panel(snap: Any, dead_zone: float = api.DEFAULT_DEAD_ZONE) -> Any:
+def experts_panel(snap: Any) -> Any:
+    """Latest outputs and gate weights; "acc (n)" = the engine's live accuracy over the n calls that
+    matured since the stream started (core/outcomes.LiveOutcomes), log loss beside it."""
     rows = []
-    for e in api.experts_json(snap, dead_zone):
+    for e in api.experts_json(snap):
+        m = e["live_metrics"]
         o = e["latest"]
         pr = o["probs"] if o else None
         rows.append([e["name"], "on" if e["enabled"] else "off",
                      _num(pr and pr["down"], "{:.2f}"), _num(pr and pr["flat"], "{:.2f}"),
                      _num(pr and pr["up"], "{:.2f}"), _num(o and o["confidence"], "{:.2f}"),
-                     _num(e["gate_weight"], "{:.3f}"), _pct(e["recent_accuracy"], 0), e["version"]])
+                     _num(e["gate_weight"], "{:.3f}"),
+                     f"{_pct(m['accuracy'], 0)} ({m['n']})" if m else "-", _num(m and m["log_loss"], "{:.3f}"),
+                     e["version"]])
     d = snap.decision
     dec = (html.Div([html.Span("Fused decision: ", className="text-muted"),
                      dbc.Badge(str(d.action), color={"BUY": "success", "SELL": "danger"}.get(str(d.action),
@@ -229,7 +234,7 @@ def experts_panel(snap: Any, dead_zone: float = api.DEFAULT_DEAD_ZONE) -> Any:
                                className="small")])
            if d else html.Div("No decision yet (waiting for enough history).", className="text-muted"))
     return html.Div([_table(["expert", "enabled", "P(down)", "P(flat)", "P(up)", "conf", "gate w",
-                             "recent acc", "version"], rows, "experts-table"), dec])
+                             "live acc (n)", "log loss", "version"], rows, "experts-table"), dec])
 
 
 def trading_panel(snap: Any) -> Any:
@@ -298,8 +303,7 @@ def system_panel(snap: Any, now_ms: int) -> Any:
     ])
 
 
-def panels_update(snap: Any, sigs: dict | None, now_ms: int | None = None,
-                  dead_zone: float = api.DEFAULT_DEAD_ZONE) -> tuple[list[Any], dict]:
+def panels_update(snap: Any, sigs: dict | None, now_ms: int | None = None) -> tuple[list[Any], dict]:
     """Each panel's content only when its signature changed (else no_update)."""
     now_ms = now_ms or int(time.time() * 1000)
     sigs = dict(sigs or {})
@@ -319,7 +323,7 @@ def panels_update(snap: Any, sigs: dict | None, now_ms: int | None = None,
         "thr": api.thresholds_json(snap.thresholds),
     }
     builders = {
-        "stats": lambda: stats_panel(snap, now_ms), "experts": lambda: experts_panel(snap, dead_zone),
+        "stats": lambda: stats_panel(snap, now_ms), "experts": lambda: experts_panel(snap),
         "trading": lambda: trading_panel(snap), "kill": lambda: kill_panel(snap),
         "system": lambda: system_panel(snap, now_ms),
         "thr": lambda: (f"engine thresholds: buy {snap.thresholds.buy:.2f} · sell {snap.thresholds.sell:.2f} "
@@ -433,7 +437,7 @@ def register(app: Dash, wctx: Any) -> None:
         # one request per tick for every panel and the equity curve (Dash's per-callback overhead is a
         # good part of the update time); both read the same snapshot reference
         snap = engine.snapshot()
-        out, sigs = panels_update(snap, sigs, dead_zone=wctx.dead_zone)
+        out, sigs = panels_update(snap, sigs)
         eq, eq_state = equity_update(snap, eq_state)
         return (*out, sigs, eq, eq_state)
 

@@ -194,7 +194,7 @@ def trainer_line(t: dict[str, Any] | None) -> str:
 
 def layout(wctx: Any) -> Any:
     snap = wctx.engine.snapshot()
-    experts = api.experts_json(snap, wctx.dead_zone)
+    experts = api.experts_json(snap)
     tb = wctx.cfg.dashboard.tensorboard_url
     return html.Div([
         dbc.Row([
@@ -229,7 +229,7 @@ def register(app: Dash, wctx: Any) -> None:
     def _trainer_status(_n: int, ids: list[dict], rb_ids: list[dict], fig_ids: list[dict],
                         marks: dict | None) -> Any:
         snap = engine.snapshot()
-        rows = {e["name"]: e for e in api.experts_json(snap, wctx.dead_zone)}
+        rows = {e["name"]: e for e in api.experts_json(snap)}
         names = [i["name"] for i in ids]
         marks = dict(marks or {})
         figs = []

@@ -117,6 +117,7 @@ class KronosExpert(Expert):
         ex = {k: np.full(n, np.nan) for k in ("q10", "q25", "q50", "q75", "q90", "p_up_raw", "path_std",
                                               "latency_ms")}
         ex["valid"] = np.zeros(n)
+        ex["samples"] = np.full(n, float(self.params.samples))  # paths behind each forecast (display)
         for i, t in enumerate(np.asarray(batch.ts, dtype=np.int64)):
             end = int(np.searchsorted(ts_all, t, side="right"))  # rows with ts <= t only
             ctx = candles.iloc[max(0, end - self.params.lookback): end]

@@ -3,8 +3,8 @@
 Every expert output (``predictions`` table, core/audit.py) and every decision carries a horizon h in
 bars. Once the candle opening h bars after the prediction's bar is STORED (the store holds closed
 candles only), the realised forward log return r = log(close[ts + h bars] / close[ts]) is known and
-the outcome matures: realised class by the training label rule (NN/training/datasets.py: up if
-r > dead_zone, down if r < -dead_zone, else flat). Nothing matures earlier, so no outcome is ever
+the outcome matures: realised class by the label rule (core/labels.py: up if r > dead_zone, down
+if r < -dead_zone, else flat). Nothing matures earlier, so no outcome is ever
 known before ts + h bars exist (no look-ahead).
 
 Two variants share the metric code (``outcome_metrics``):
@@ -37,8 +37,9 @@ import numpy as np
 import pandas as pd
 
 from core.audit import ensure_tables
+from core.labels import realised_class
+from core.scoring import scores
 from core.types import Decision, SeriesKey, timeframe_ms
-from NN.calibration import scores
 
 MOE = "moe"  # the fused decision's row name (the gate's name in the checkpoint registry)
 
@@ -72,12 +73,6 @@ class RollingMetrics:
     trade_return: float  # sum of direction * realised log return over those trades
     mean_trade_return: float  # NaN without trades
     last_ts: int  # ts of the newest matured prediction
-
-
-def realised_classes(r: np.ndarray, dead_zone: float) -> np.ndarray:
-    """Vectorised label rule of NN/training/datasets.make_labels applied to realised returns."""
-    r = np.asarray(r, dtype=np.float64)
-    return np.where(r > dead_zone, 2, np.where(r < -dead_zone, 0, 1)).astype(np.int64)
 
 
 def trade_direction(action: np.ndarray) -> np.ndarray:
@@ -251,7 +246,7 @@ class OutcomeTracker:
                              f"close (first ts {int(df.loc[bad, 'ts'].iloc[0])}) in {self.key}")
         r = np.log(df["exit_close"].to_numpy(np.float64) / df["entry_close"].to_numpy(np.float64))
         df["realised_return"] = r
-        df["realised_class"] = realised_classes(r, self.dead_zone).astype(np.int32)
+        df["realised_class"] = realised_class(np.asarray(r, dtype=np.float64), self.dead_zone).astype(np.int32)
         probs = df[["p_down", "p_flat", "p_up"]].to_numpy(np.float64)
         driven = np.zeros(len(df), dtype=bool)
         for expert, idx in df.groupby("expert").indices.items():
@@ -385,7 +380,7 @@ class LiveOutcomes:
 
     def _mature(self, entry: float, exit_close: float, rows: list[tuple]) -> list[MaturedOutcome]:
         r = float(np.log(exit_close / entry))
-        y = int(realised_classes(np.array([r]), self.dead_zone)[0])
+        y = realised_class(float(r), self.dead_zone)
         out = []
         for expert, ts, h, probs, weight, action, did, inputs in rows:
             d = float(trade_direction(np.array([action]))[0])

@@ -1,0 +1,144 @@
+"""The composition root: the one place where ``core`` meets ``NN``.
+
+``core`` (data, features, decisions, execution, backtests, the engine) declares what it needs as the
+Protocols of core/types.py and never imports ``NN``; ``web`` reads engine snapshots and never imports
+``NN`` either (import-linter contracts in pyproject.toml, run by ``make test``). This module builds the
+NN objects (experts with their best checkpoints, the gate, the checkpoint registry, the live-training
+manager) and hands them to the engine and the backtester. Both mains use it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.backtest.engine import Components
+from core.config import AppConfig, FeaturesConfig, ModelsConfig
+from core.data.files import import_series_file
+from core.data.store import MarketStore
+from core.engine import Engine, EngineParts, ReplayConfig
+from core.features import FeatureBuilder
+from core.types import SeriesKey
+
+if TYPE_CHECKING:
+    from NN.training.checkpoints import CheckpointRegistry
+    from NN.training.online import TrainingManager
+
+log = logging.getLogger(__name__)
+
+
+def registry(store: MarketStore, models_dir: Path) -> CheckpointRegistry:
+    from NN.training.checkpoints import CheckpointRegistry
+
+    return CheckpointRegistry(store, models_dir)
+
+
+def engine_parts(cfg: AppConfig, models: ModelsConfig, store: MarketStore, timeframe: str, *, mode: str,
+                 training: bool) -> EngineParts:
+    """Every enabled expert with its best checkpoint (untrained ones run, flagged untrained; one that
+    cannot be built is reported and left out), the gate, and the live-training factory. Live/paper
+    engines with training allowed resume online-trained weights (``training.resume_online``) that
+    descend from the registered best; never a replay: weights that learned from the replayed history
+    would see its future."""
+    from NN.assembly import load_experts, load_gate
+    from NN.training.online import resume_live
+
+    models_dir = cfg.resolve(cfg.training.models_dir)
+    builder = FeatureBuilder(models.features, timeframe)
+    reg = registry(store, models_dir)
+    loaded = load_experts(models, builder.spec, reg, keep_untrained=True)
+    if not loaded.experts:
+        raise ValueError("no expert could be built; check models.yml"
+                         + "".join(f"\n  {n}: {e}" for n, e in loaded.errors.items()))
+    problems = [(f"expert:{n}", e) for n, e in loaded.errors.items()]
+    lineage: dict[str, tuple[str, dict | None]] = {}
+    resumed: set[str] = set()
+    resume = mode != "replay" and training and cfg.training.resume_online
+    for name, ex in loaded.experts.items():
+        lineage[name] = (str(ex.version), None)
+        if not resume or ex.input_kind != "features":
+            continue
+        try:
+            base = resume_live(ex, models_dir)
+        except ValueError as exc:  # features or architecture changed since: the registered weights stay
+            problems.append((f"resume:{name}", f"{type(exc).__name__}: {exc}"))
+            continue
+        if base is not None:
+            lineage[name] = base
+            resumed.add(name)  # the registry poll must not revert them; the manager judges
+            loaded.trained[name] = True
+            log.info("%s resumes its online-trained weights %s (base %s)", name, ex.version, base[0])
+    gate, why = load_gate(models, list(loaded.experts), len(builder.spec.regime_features), reg)
+    if why:
+        problems.append(("gate", why))
+
+    def make_training(key: SeriesKey, dead_zone: float) -> TrainingManager:
+        from NN.training.online import TrainingManager
+
+        tc = cfg.training
+        return TrainingManager(store, models, builder, loaded.experts, key=key, dead_zone=dead_zone,
+                               models_dir=models_dir, runs_dir=cfg.resolve(tc.runs_dir), threads=tc.trainer_threads,
+                               nice=tc.trainer_nice, sched_idle=tc.trainer_idle, reserve_cpus=tc.reserve_cpus,
+                               freeze_while_deciding=tc.freeze_while_deciding, lineage=lineage)
+
+    return EngineParts(builder=builder, experts=dict(loaded.experts), trained=loaded.trained, gate=gate,
+                       registry=reg, make_training=make_training, unavailable=loaded.errors, resumed=resumed,
+                       problems=problems)
+
+
+def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = None,
+                 replay_path: Path | None = None, replay: ReplayConfig | None = None, training: bool = True,
+                 db: str | Path | None = None, store: MarketStore | None = None) -> Engine:
+    """The Engine for live data, or a replay of the store (after importing ``replay_path``, whose name
+    gives symbol and timeframe). ``store`` given: the caller owns it; otherwise the engine opens
+    ``db`` (default config data.db_path) and closes it on stop."""
+    if replay_path is not None and replay is None:
+        replay = ReplayConfig(speed=cfg.dashboard.replay_speed)
+    owns = store is None
+    if store is None:
+        store = MarketStore(Path(db) if db else cfg.resolve(cfg.data.db_path))
+    try:
+        sym, tf = symbol or cfg.data.symbols[0], cfg.data.base_timeframe
+        if replay_path is not None:
+            sym, tf = import_series_file(store, cfg.data.exchange, Path(replay_path))
+        mode = "replay" if replay is not None else ("live" if cfg.execution.live else "paper")
+        on = bool(training) and cfg.training.enabled
+        parts = engine_parts(cfg, models, store, tf, mode=mode, training=on)
+        return Engine(cfg, models, parts, store=store, symbol=sym, timeframe=tf, replay=replay, training=on,
+                      owns_store=owns)
+    except BaseException:
+        if owns:
+            store.close()
+        raise
+
+
+def backtest_components(models: ModelsConfig, base_timeframe: str, names: list[str] | None, *,
+                        store: MarketStore | None = None, models_dir: Path | None = None,
+                        features: FeaturesConfig | None = None) -> Components:
+    """Experts, gate and feature builder for a backtest. ``names`` None = every expert enabled in
+    models.yml that has a registered checkpoint (untrained ones are skipped with a warning); names
+    given explicitly run untrained when they have no checkpoint, and say so in ``info``. Without
+    ``store`` and ``models_dir`` nothing is loaded (every expert untrained)."""
+    from core.backtest.forecast_cache import ForecastCache
+    from NN.assembly import load_experts, load_gate
+
+    builder = FeatureBuilder(features or models.features, base_timeframe)
+    reg = registry(store, models_dir) if store is not None and models_dir is not None else None
+    loaded = load_experts(models, builder.spec, reg, names, keep_untrained=names is not None)
+    if loaded.errors:
+        raise ValueError("cannot build expert(s): " + "; ".join(f"{n}: {e}" for n, e in loaded.errors.items()))
+    for name in loaded.skipped:
+        log.warning("expert %s has no checkpoint: skipped (pass --experts %s to run it untrained)", name, name)
+    if not loaded.experts:
+        raise ValueError("no expert to run: none has a checkpoint (train first: main_backtest.py train), "
+                         "or name them with --experts to run them untrained")
+    gate, why = load_gate(models, list(loaded.experts), len(builder.spec.regime_features), reg)
+    if why:
+        log.warning(why)
+    info = {n: {"version": str(e.version), "trained": loaded.trained[n], "input_kind": e.input_kind}
+            for n, e in loaded.experts.items()}
+    info["gate"] = {"version": str(gate.version), "trained": bool(gate.trained), "input_kind": "gate"}
+    cache = ForecastCache(store) if store is not None and any(
+        e.input_kind == "candles" for e in loaded.experts.values()) else None
+    return Components(experts=dict(loaded.experts), gate=gate, builder=builder, info=info, cache=cache)
