@@ -30,8 +30,12 @@ def test_default_dead_zone_is_round_trip_fee() -> None:
     app = AppConfig.model_validate({"execution": {"taker_fee_bps": 7.5}})
     assert dead_zone(app.execution, LabelsConfig()) == pytest.approx(0.0015)
     assert dead_zone(app.execution, LabelsConfig(dead_zone_bps=3.0)) == pytest.approx(0.0003)
-    # the shipped config files
-    assert dead_zone(load_config().execution, load_models().labels) >= 0
+    # the shipped files leave labels.dead_zone_bps unset: the round trip of config.yaml's taker fee
+    cfg, labels = load_config(), load_models().labels
+    assert labels.dead_zone_bps is None
+    assert dead_zone(cfg.execution, labels) == pytest.approx(2 * cfg.execution.taker_fee_bps / 1e4)
+    with pytest.raises(ValueError, match="dead_zone_bps must be >= 0"):
+        dead_zone(cfg.execution, LabelsConfig.model_construct(dead_zone_bps=-1.0))
 
 
 def test_labels_by_hand_on_real_rows(btc: pd.DataFrame) -> None:

@@ -185,11 +185,12 @@ def test_bad_input_errors(builder: FeatureBuilder, btc: pd.DataFrame) -> None:
 def test_kernel_matches_public_indicators(builder: FeatureBuilder, btc: pd.DataFrame) -> None:
     """The compiled per-bar kernel computes the same numbers as core.indicators / core.pivots."""
     from core import indicators as ind
-    from core.features import ATR_CLIP, _as_ohlcv, _tf_matrix
+    from core.feature_kernels import ATR_CLIP, tf_matrix
+    from core.features import _as_ohlcv
     from core.pivots import market_structure, support_resistance
 
     x = _as_ohlcv(btc, "btc")
-    mat = _tf_matrix(x, builder.levels, builder.norm_window)
+    mat = tf_matrix(x, builder.levels, builder.norm_window)
     names = builder.spec.bar_features
     col = {n: mat[:, names.index(n)] for n in names}
     h, lo, c, v = x.h, x.lo, x.c, x.v

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_web_helpers import replay_engine, wait_for
 
+from compose import backtest_components
 from core.config import Secrets
 from web.app import create_app
 
@@ -37,7 +38,8 @@ def served(shared_data, tmp_path_factory):
     from werkzeug.serving import make_server
 
     eng, cfg, models = replay_engine(shared_data, tmp_path_factory.mktemp("browser"), speed=600.0)
-    app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets())
+    app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets(),
+                     backtest_components=backtest_components)
     srv = make_server("127.0.0.1", 0, app.server, threaded=True)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
@@ -109,9 +111,28 @@ def test_toggling_expert_changes_next_gate_weights(served, page, output_dir) -> 
     wait_for(lambda: eng.snapshot().experts[name].enabled is True, 15, f"{name} enabled again")
 
 
-def test_backtest_page_screenshot(served, page, output_dir) -> None:
-    _, url = served
+def test_backtest_page_runs_a_backtest_and_plots_its_report(served, page, output_dir) -> None:
+    """The whole page through the browser: the form is prefilled from the store (the replayed file's
+    first/last day, the engine's experts), Run starts a real backtest on the engine's store, its
+    report appears in the stored-reports list, and ticking it plots its equity curve."""
+    eng, url = served
     page.goto(url + "/backtest")
     page.wait_for_selector("#bt-run", timeout=20_000)
-    time.sleep(1.0)
+    dom = page.evaluate("() => { const r = [...document.querySelectorAll('[id^=bt-range]')]; "
+                        "return r.map(e => e.outerHTML.slice(0, 400)).join(' | '); }")
+    values = page.evaluate("() => [...document.querySelectorAll('[id^=bt-range], [id^=bt-range] input')]"
+                           ".filter(e => e.tagName === 'INPUT').map(e => e.value)")
+    assert any("2023" in v and ("03-01" in v or "03/01" in v or "Mar 1" in v) for v in values), (values, dom)
+    boxes = page.locator("#bt-experts input[type=checkbox]")
+    assert boxes.count() == len(eng.snapshot().experts) >= 1
+    page.click("#bt-run")
+    wait_for(lambda: "finished" in page.inner_text("#bt-job-msg") or "failed" in page.inner_text("#bt-job-msg"),
+             240, "the backtest job to end")
+    assert "finished" in page.inner_text("#bt-job-msg"), page.inner_text("#bt-job-msg")
+    option = page.locator("#bt-compare input[type=checkbox]").first
+    option.wait_for(timeout=20_000)
+    option.check()
+    page.wait_for_function("() => { const g = document.querySelector('#bt-compare-graph .js-plotly-plot'); "
+                           "return g && g.data && g.data.length > 0 && g.data[0].x.length > 100; }",
+                           timeout=20_000)
     page.screenshot(path=str(output_dir / "dashboard_backtest.png"), full_page=True)
