@@ -49,7 +49,6 @@ class DataConfig(_Strict):
     db_path: str = "data/moe.duckdb"
     exchange: str = "binanceus"
     symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT"], min_length=1)
-    reference_symbol: str | None = None
     base_timeframe: str = "1m"
     timeframes: list[str] = Field(default_factory=lambda: ["1m", "5m", "1h", "1d"], min_length=1)
     cache_bars: int = Field(1500, ge=10, le=1_000_000)
@@ -79,11 +78,6 @@ class DataConfig(_Strict):
             _check_symbol(s)
         return v
 
-    @field_validator("reference_symbol")
-    @classmethod
-    def _ref(cls, v: str | None) -> str | None:
-        return None if v is None else _check_symbol(v)
-
     @model_validator(mode="after")
     def _base_first(self) -> DataConfig:
         base = TIMEFRAME_MS[self.base_timeframe]
@@ -108,7 +102,6 @@ class ExecutionConfig(_Strict):
     broker: Literal["paper", "ccxt"] = "paper"
     sandbox: bool = True
     initial_cash: float = Field(10_000.0, gt=0)
-    quote_currency: str = "USDT"
     maker_fee_bps: float = Field(10.0, ge=0, le=1000)
     taker_fee_bps: float = Field(10.0, ge=0, le=1000)
     slippage_bps: float = Field(2.0, ge=0, le=1000)
@@ -275,11 +268,20 @@ class ModelsConfig(_Strict):
 # ---------------------------------------------------------------- loading
 
 
+# keys earlier versions read and this one does not: a file that still has one gets told so plainly
+NO_LONGER_USED: dict[str, str] = {
+    "data.reference_symbol": "no feature read it; the reference-return features stay zero",
+    "execution.quote_currency": "the quote currency is the symbol's own (BTC/USDT -> USDT)",
+}
+
+
 def _format_error(source: str, err: ValidationError, raw: Any) -> str:
     """One line: file, key path, bad value, what is allowed."""
     e = err.errors()[0]
     loc = [str(p) for p in e["loc"]]
     path = ".".join(loc) or "(root)"
+    if e["type"] == "extra_forbidden" and path in NO_LONGER_USED:
+        return f"{source}: '{path}' is no longer used ({NO_LONGER_USED[path]}); remove it"
     if e["type"] == "extra_forbidden":
         allowed = _allowed_keys(err, loc)
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""

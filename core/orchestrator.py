@@ -220,7 +220,7 @@ class Orchestrator:
                  slow_async: bool = True, slow_cache: Any | None = None,
                  sizer: Callable[[FeatureBatch], float] | None = None, allow_short: bool = False,
                  registry: Any | None = None, swap_every: int = 50, run_id: str = "live",
-                 audit_flush_every: int = 500, ref_symbol: str | None = None,
+                 audit_flush_every: int = 500,
                  enabled: Mapping[str, bool] | None = None, keep_errors: int = 50) -> None:
         self.experts = dict(experts)
         self.names = list(self.experts)
@@ -241,7 +241,6 @@ class Orchestrator:
         self.registry = registry
         self.swap_every = max(1, int(swap_every))
         self.run_id = run_id
-        self.ref_symbol = ref_symbol
         self.audit = AuditWriter(store, run_id, flush_every=audit_flush_every)
         self._enabled = {n: True for n in self.names}
         if enabled:
@@ -254,7 +253,6 @@ class Orchestrator:
         self._count = 0
         self._snap = OrchestratorSnapshot(None, {}, {}, {}, thresholds, dict(self._enabled),
                                           self._versions(), ())
-        self._listeners: list[Callable[[Decision], None]] = []
         self._seen_versions: dict[str, str] = {}
         # experts whose weights another authority swaps (the engine's TrainingManager promotions):
         # the registry poll leaves them alone so it cannot revert a promotion
@@ -284,9 +282,6 @@ class Orchestrator:
     def enabled(self) -> dict[str, bool]:
         """The current switches (the snapshot holds those of the last decision)."""
         return dict(self._enabled)
-
-    def add_listener(self, fn: Callable[[Decision], None]) -> None:
-        self._listeners.append(fn)
 
     def snapshot(self) -> OrchestratorSnapshot:
         return self._snap
@@ -420,8 +415,6 @@ class Orchestrator:
         self.audit.add(decision, float(w @ conf))
         if self.executor is not None:
             self.executor.on_decision(decision)
-        for fn in self._listeners:
-            fn(decision)
         latency["total"] = (time.perf_counter() - t0) * 1000.0
         self._snap = OrchestratorSnapshot(
             decision=decision,

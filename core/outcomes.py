@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -175,8 +175,7 @@ class OutcomeTracker:
     oldest ts that may still mature. Rows written later with an older ts are noticed by a count check
     and trigger one full scan. The newest ``window`` outcomes per (expert, horizon) are kept in memory
     and merged with each update (seeded from the table). ``metrics()`` returns an immutable mapping
-    swapped by reference (any thread may read it). ``on_matured`` callbacks receive the frame of newly
-    matured outcomes (e.g. a gate feed)."""
+    swapped by reference (any thread may read it)."""
 
     def __init__(self, store: Any, key: SeriesKey, dead_zone: float, *, window: int = 500,
                  default_horizon: int = 5) -> None:
@@ -192,7 +191,6 @@ class OutcomeTracker:
         self.bar_ms = timeframe_ms(key.timeframe)
         self._metrics: Mapping[tuple[str, int], RollingMetrics] = MappingProxyType({})
         self._recent: dict[tuple[str, int], dict[str, np.ndarray]] = {}  # newest `window` per group
-        self._listeners: list[Callable[[pd.DataFrame], None]] = []
         self._since = _FULL  # watermark: every row older than this has matured or never can
         self._below: tuple[int, int] | None = None  # audit rows below the watermark when it was set
         self._max_h = self.default_horizon
@@ -200,9 +198,6 @@ class OutcomeTracker:
         ensure_tables(store)
         store.execute(OUTCOMES_DDL)
         self.refresh_metrics()
-
-    def on_matured(self, fn: Callable[[pd.DataFrame], None]) -> None:
-        self._listeners.append(fn)
 
     def _params(self, since: int) -> dict[str, Any]:
         return {"exchange": self.key.exchange, "symbol": self.key.symbol, "tf": self.key.timeframe,
@@ -234,9 +229,6 @@ class OutcomeTracker:
             self._merge(df)
             n = len(df)
         self._advance(since)
-        if n:
-            for fn in self._listeners:
-                fn(df)
         return n
 
     def _outcome_rows(self, df: pd.DataFrame) -> pd.DataFrame:
@@ -343,11 +335,7 @@ class LiveOutcomes:
         self._pending: dict[int, deque[tuple[int, float, list[tuple]]]] = {}
         self._done: dict[tuple[str, int], deque[MaturedOutcome]] = {}
         self._metrics: Mapping[tuple[str, int], RollingMetrics] = MappingProxyType({})
-        self._listeners: list[Callable[[list[MaturedOutcome]], None]] = []
         self._lock = threading.Lock()
-
-    def on_matured(self, fn: Callable[[list[MaturedOutcome]], None]) -> None:
-        self._listeners.append(fn)
 
     def on_close(self, ts: int, close: float) -> list[MaturedOutcome]:
         """A closed bar: matures every pending prediction whose exit bar is at or before ``ts``
@@ -374,8 +362,6 @@ class LiveOutcomes:
                 for m in matured:
                     self._done.setdefault((m.expert, m.horizon), deque(maxlen=self.window)).append(m)
                 self._metrics = MappingProxyType(self._compute())
-        for fn in self._listeners:
-            fn(matured)
         return matured
 
     def _mature(self, entry: float, exit_close: float, rows: list[tuple]) -> list[MaturedOutcome]:
@@ -420,24 +406,3 @@ class LiveOutcomes:
 
     def metrics(self) -> Mapping[tuple[str, int], RollingMetrics]:
         return self._metrics
-
-    def pending(self) -> int:
-        with self._lock:
-            return sum(len(q) for q in self._pending.values())
-
-
-def gate_feed(gate: Any, experts: list[str]) -> Callable[[list[MaturedOutcome]], None]:
-    """A LiveOutcomes listener calling ``gate.observe(probs [E, 3], realised)`` once per matured
-    decision (its "moe" row, at the decision's horizon) whose every gate expert had an output.
-    NOTE: core/orchestrator.GateRunner already feeds its own gate with matured outcomes; attach this
-    only to a gate nothing else feeds (no double counting)."""
-
-    def feed(matured: list[MaturedOutcome]) -> None:
-        for m in matured:
-            if m.expert != MOE:
-                continue
-            given = dict(m.inputs)
-            if all(n in given for n in experts):
-                gate.observe(np.array([given[n] for n in experts], dtype=np.float64), m.realised_class)
-
-    return feed

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_web_helpers import replay_engine, wait_for  # tests/ is on sys.path (pytest rootdir conftest)
+from helpers import replay_engine, wait_for  # tests/ is on sys.path (pytest rootdir conftest)
 
 from core.config import Secrets
 from web.app import create_app

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import tiny_kronos_dir
 
 from compose import backtest_components
 from core.backtest import cli
@@ -137,23 +138,6 @@ def test_cli_without_checkpoints_refuses_implicit_untrained(btc, tmp_path):
 
 
 # ---------------------------------------------------------------- Kronos forecast cache
-
-
-def tiny_kronos_dir(root: Path) -> Path:
-    """A freshly seeded, tiny Kronos bundle (tokenizer/ + model/), the fixture's layer sizes."""
-    from NN.experts.kronos.config import PredictorConfig, TokenizerConfig
-    from NN.experts.kronos.hub import save_pretrained
-    from NN.experts.kronos.model import KronosModel
-    from NN.experts.kronos.tokenizer import KronosTokenizer
-
-    torch.manual_seed(0)
-    tok = KronosTokenizer(TokenizerConfig(d_model=16, n_heads=2, ff_dim=32, n_enc_layers=1, n_dec_layers=1,
-                                          s1_bits=4, s2_bits=4))
-    model = KronosModel(PredictorConfig(s1_bits=4, s2_bits=4, n_layers=1, d_model=16, n_heads=2, ff_dim=32))
-    d = root / "kronos-tiny"
-    save_pretrained(tok, d / "tokenizer")
-    save_pretrained(model, d / "model")
-    return d
 
 
 def test_kronos_forecasts_are_cached_and_reused(btc, tmp_path):

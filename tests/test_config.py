@@ -39,6 +39,15 @@ def test_misspelt_key_names_path_and_allowed(tmp_path: Path) -> None:
     assert "data.exchnage" in msg and "unknown key" in msg and "exchange" in msg
 
 
+@pytest.mark.parametrize("text, key", [("data:\n  reference_symbol: BTC/USDT\n", "data.reference_symbol"),
+                                       ("execution:\n  quote_currency: USDT\n", "execution.quote_currency")])
+def test_removed_keys_say_no_longer_used(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, text))
+    msg = str(exc.value)
+    assert "\n" not in msg and f"'{key}' is no longer used" in msg and "remove it" in msg
+
+
 def test_bad_value_names_value_and_rule(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(_write(tmp_path, "risk:\n  stop_loss_pct: -0.5\n"))

@@ -13,6 +13,7 @@ import time
 import pandas as pd
 import pytest
 import torch
+from helpers import tiny_kronos_dir
 
 from core.config import AppConfig, ModelsConfig, Secrets, load_config, load_models
 from core.data.files import load_file
@@ -216,8 +217,6 @@ def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_pat
 
 
 def test_set_training_refused_when_disabled_unknown_or_untrainable(candles, tmp_path):
-    from test_backtest import tiny_kronos_dir
-
     import compose
     from core.engine import ReplayConfig
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import tiny_kronos_dir
 
 from core.config import ModelsConfig, load_models
 from core.data.files import load_file
@@ -253,8 +254,6 @@ def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path)
     cfg = load_config()
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"db_path": str(tmp_path / "e.duckdb"),
                                                                      "timeframes": ["1m", "5m"]})})
-    from test_backtest import tiny_kronos_dir
-
     models = small_models()
     experts = {n: e.model_copy(update={"enabled": n in ("cnn", "dqn")}) for n, e in models.experts.items()}
     experts["kronos"] = experts["kronos"].model_copy(update={  # a freshly seeded tiny Kronos on its worker

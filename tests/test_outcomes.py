@@ -20,11 +20,10 @@ from core.data.store import MarketStore
 from core.features import FeatureBuilder
 from core.labels import make_labels
 from core.orchestrator import decide
-from core.outcomes import MOE, LiveOutcomes, OutcomeTracker, gate_feed
+from core.outcomes import MOE, LiveOutcomes, OutcomeTracker
 from core.scoring import scores
 from core.types import Decision, ExpertOutput, SeriesKey, Thresholds
 from NN.experts.registry import build_expert
-from NN.moe import MoEGate
 
 torch.set_num_threads(1)
 
@@ -220,27 +219,6 @@ def test_gap_matures_as_of_the_last_close(world) -> None:
             live.add(by_ts[int(t)])
     m = next(m for m in got if m.expert == "cnn" and m.ts == int(ts[j - 5]))
     assert m.realised_return == pytest.approx(np.log(close[j - 1] / close[j - 5]))
-
-
-def test_gate_learns_from_matured_outcomes_only(world) -> None:
-    candles, first, decisions = world
-    gate = MoEGate(list(H), load_models().moe, regime_dim=4)
-    live = LiveOutcomes("1m", DZ)
-    live.on_matured(gate_feed(gate, list(H)))
-    by_ts = {d.ts: d for d in decisions}
-    for t, c in zip(candles["ts"].iloc[:first + 3], candles["close"].iloc[:first + 3], strict=True):
-        live.on_close(int(t), float(c))
-        if int(t) in by_ts:
-            live.add(by_ts[int(t)])
-    # 3 decisions so far, none has reached its 3-bar horizon: the gate has seen nothing
-    np.testing.assert_array_equal(gate.hedge_weights(), np.full(2, 0.5))
-    for t, c in zip(candles["ts"].iloc[first + 3:], candles["close"].iloc[first + 3:], strict=True):
-        live.on_close(int(t), float(c))
-        if int(t) in by_ts:
-            live.add(by_ts[int(t)])
-    w = gate.hedge_weights()
-    assert len(gate._losses) == min(N_BARS - 3 - first, gate.cfg.hedge_window)
-    assert not np.allclose(w, 0.5) and w.sum() == pytest.approx(1.0)
 
 
 def test_bad_inputs_are_refused() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from test_web_helpers import wait_for, web_config
+from helpers import wait_for, web_config
 
 from compose import backtest_components
 from core.data.files import load_file

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from test_web_helpers import replay_engine, wait_for
+from helpers import CHROMIUM, CHROMIUM_ARGS, replay_engine, wait_for
 
 from compose import backtest_components
 from core.config import Secrets
 from web.app import create_app
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync"]
 
 pytestmark = [
     pytest.mark.browser,
@@ -53,7 +48,7 @@ def page(served):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         pg = browser.new_page(viewport={"width": 1600, "height": 1150})
         yield pg
         browser.close()

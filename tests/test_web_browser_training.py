@@ -14,8 +14,7 @@ import threading
 import time
 
 import pytest
-from test_web_browser import ARGS, CHROMIUM
-from test_web_helpers import REPLAY_FILE, wait_for, web_config
+from helpers import CHROMIUM, CHROMIUM_ARGS, REPLAY_FILE, wait_for, web_config
 
 from core.config import Secrets
 from web.app import create_app
@@ -65,7 +64,7 @@ def test_training_switch_shows_falling_loss_version_advance_and_rollback(served,
     before = eng.snapshot().experts["cnn"].version
     assert not before.startswith("online-")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1400})
             page.goto(url + "/models")

@@ -11,6 +11,10 @@ from typing import Any
 from core.config import AppConfig, ModelsConfig, load_config, load_models
 
 REPLAY_FILE = ("binanceus", "BTC_USDT-1m.csv")
+CHROMIUM = Path("/usr/bin/chromium")
+# headless Chromium on a machine without a network: no background traffic, no sandbox (root in CI)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
 
 
 def web_config(tmp: Path) -> tuple[AppConfig, ModelsConfig]:
@@ -52,3 +56,22 @@ def replay_engine(shared_data: Path, tmp: Path, speed: float = 600.0, min_bars: 
         eng.stop()
         raise
     return eng, cfg, models
+
+
+def tiny_kronos_dir(root: Path) -> Path:
+    """A freshly seeded, tiny Kronos bundle (tokenizer/ + model/), the fixture's layer sizes."""
+    import torch
+
+    from NN.experts.kronos.config import PredictorConfig, TokenizerConfig
+    from NN.experts.kronos.hub import save_pretrained
+    from NN.experts.kronos.model import KronosModel
+    from NN.experts.kronos.tokenizer import KronosTokenizer
+
+    torch.manual_seed(0)
+    tok = KronosTokenizer(TokenizerConfig(d_model=16, n_heads=2, ff_dim=32, n_enc_layers=1, n_dec_layers=1,
+                                          s1_bits=4, s2_bits=4))
+    model = KronosModel(PredictorConfig(s1_bits=4, s2_bits=4, n_layers=1, d_model=16, n_heads=2, ff_dim=32))
+    d = root / "kronos-tiny"
+    save_pretrained(tok, d / "tokenizer")
+    save_pretrained(model, d / "model")
+    return d
