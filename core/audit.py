@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from core.types import Decision
+
+if TYPE_CHECKING:
+    from core.data.store import MarketStore
 
 DECISIONS_DDL = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -44,12 +47,7 @@ PREDICTION_COLUMNS = ["run_id", "decision_id", "ts", "symbol", "expert", "model_
 MEMORY_ROWS = 200_000  # decisions a store-less writer keeps (backtests fit; a live run stays bounded)
 
 
-class _Store(Protocol):
-    def execute(self, sql: str, params: list | tuple | None = None) -> None: ...
-    def write_df(self, table: str, df: pd.DataFrame, mode: str = "append") -> int: ...
-
-
-def ensure_tables(store: _Store) -> None:
+def ensure_tables(store: MarketStore) -> None:
     store.execute(DECISIONS_DDL)
     store.execute(PREDICTIONS_DDL)
 
@@ -77,7 +75,7 @@ class AuditWriter:
     ``store`` None keeps the rows in memory only (``frames()`` still works), used by backtests
     without a database. Thread-safe: the engine thread adds, anyone may flush."""
 
-    def __init__(self, store: _Store | None, run_id: str, flush_every: int = 500) -> None:
+    def __init__(self, store: MarketStore | None, run_id: str, flush_every: int = 500) -> None:
         self.store = store
         self.run_id = run_id
         self.flush_every = max(1, int(flush_every))
@@ -135,7 +133,7 @@ class AuditWriter:
         return n
 
 
-def write_frames(store: _Store, decisions: pd.DataFrame, predictions: pd.DataFrame) -> int:
+def write_frames(store: MarketStore, decisions: pd.DataFrame, predictions: pd.DataFrame) -> int:
     """Bulk-write already-shaped audit frames (the fast backtest builds them vectorised)."""
     ensure_tables(store)
     n = 0

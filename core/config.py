@@ -309,8 +309,8 @@ def _allowed_keys(err: ValidationError, loc: list[str]) -> list[str]:
                 continue
             return []
         ann = f.annotation
-        args = getattr(ann, "__args__", ())
-        cls = args[-1] if getattr(ann, "__origin__", None) is dict else ann
+        args: tuple[Any, ...] = getattr(ann, "__args__", ())
+        cls = args[-1] if getattr(ann, "__origin__", None) is dict and args else ann
     if cls is None or not hasattr(cls, "model_fields"):
         return []
     return [f.alias or k for k, f in cls.model_fields.items()]

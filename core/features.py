@@ -263,7 +263,8 @@ class FeatureBuilder:
 
     # ------------------------------------------------------------------ one sample (live)
     def build_one(
-        self, frames: dict[str, pd.DataFrame], ref: pd.DataFrame | None = None, *, symbol: str = ""
+        self, frames: Mapping[str, pd.DataFrame | Mapping[str, np.ndarray]], ref: pd.DataFrame | None = None, *,
+        symbol: str = ""
     ) -> FeatureBatch:
         """The sample at the last bar of frames[base] from the provider's caches (closed bars only).
         Higher-timeframe rows not closed by the close of that bar are ignored defensively."""

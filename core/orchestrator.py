@@ -20,14 +20,32 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from core.audit import AuditWriter
 from core.labels import realised_class
-from core.types import Action, CandleEvent, Decision, ExpertOutput, FeatureBatch, Thresholds, timeframe_ms
+from core.types import (
+    Action,
+    CandleEvent,
+    CheckpointCatalog,
+    CheckpointInfo,
+    Decision,
+    ExpertLike,
+    ExpertOutput,
+    FeatureBatch,
+    Gate,
+    Thresholds,
+    timeframe_ms,
+)
+
+if TYPE_CHECKING:
+    from core.backtest.forecast_cache import ForecastCache
+    from core.data.store import MarketStore
+    from core.execution.executor import Executor
+    from core.features import FeatureBuilder
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +89,6 @@ def target_position(code: int, current: float, long_size: float, allow_short: bo
 
 
 # ---------------------------------------------------------------- gate with matured-only updates
-
-
-class Gate(Protocol):
-    def fuse(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray | None = None
-             ) -> tuple[np.ndarray, np.ndarray]: ...
-    def observe(self, probs: np.ndarray, realised: int) -> None: ...
 
 
 class GateRunner:
@@ -143,7 +155,7 @@ class KronosWorker:
     """Runs one slow expert on its own daemon thread; ``submit`` drops the request when the worker is
     still busy (the next cadence tick brings fresher data anyway), ``latest`` is the freshest result."""
 
-    def __init__(self, expert: Any, on_error: Callable[[str, BaseException], None]) -> None:
+    def __init__(self, expert: ExpertLike, on_error: Callable[[str, BaseException], None]) -> None:
         self.expert = expert
         self._on_error = on_error
         self._req: tuple[FeatureBatch, pd.DataFrame] | None = None
@@ -214,12 +226,13 @@ class OrchestratorSnapshot:
 class Orchestrator:
     """See the module docstring. ``on_candle`` must be called from one thread (the engine's)."""
 
-    def __init__(self, experts: dict[str, Any], gate: Gate, builder: Any, thresholds: Thresholds,
-                 store: Any | None, executor: Any | None, symbol: str, timeframe: str, *,
+    def __init__(self, experts: Mapping[str, ExpertLike], gate: Gate, builder: FeatureBuilder,
+                 thresholds: Thresholds, store: MarketStore | None, executor: Executor | None, symbol: str,
+                 timeframe: str, *,
                  horizon: int = 5, dead_zone: float = 0.002, slow_every_bars: int = 5,
-                 slow_async: bool = True, slow_cache: Any | None = None,
+                 slow_async: bool = True, slow_cache: ForecastCache | None = None,
                  sizer: Callable[[FeatureBatch], float] | None = None, allow_short: bool = False,
-                 registry: Any | None = None, swap_every: int = 50, run_id: str = "live",
+                 registry: CheckpointCatalog | None = None, swap_every: int = 50, run_id: str = "live",
                  audit_flush_every: int = 500,
                  enabled: Mapping[str, bool] | None = None, keep_errors: int = 50) -> None:
         self.experts = dict(experts)
@@ -259,7 +272,7 @@ class Orchestrator:
         self.managed: set[str] = set()
         # a managed expert's newly registered best checkpoint goes here (name, CheckpointInfo) instead
         # of being loaded: the authority judges it (TrainingManager.submit_checkpoint)
-        self.checkpoint_sink: Callable[[str, Any], None] | None = None
+        self.checkpoint_sink: Callable[[str, CheckpointInfo], None] | None = None
         self.last_batch: FeatureBatch | None = None  # the features of the last decision (training feed)
 
     # ---- commands (any thread; read at the start of the next decision)
@@ -341,7 +354,7 @@ class Orchestrator:
         w = self._workers.get(name)
         return w.latest() if w is not None else self._slow_latest.get(name)
 
-    def _slow(self, name: str, ex: Any, batch: FeatureBatch, base: pd.DataFrame, ts: int
+    def _slow(self, name: str, ex: ExpertLike, batch: FeatureBatch, base: pd.DataFrame, ts: int
               ) -> ExpertOutput | None:
         due = (ts // self.tf_ms) % self.slow_every == 0
         if self.slow_async:
@@ -433,23 +446,25 @@ class Orchestrator:
     def _maybe_swap(self) -> None:
         """Cheap poll: only when an expert's latest registered version changed do we ask for the
         best one, and load it when it differs from what is running (between two decisions)."""
-        targets = dict(self.experts)
-        gname = getattr(self.gate, "name", None)
-        if gname and gname not in targets and hasattr(self.gate, "load_state_dict"):
-            targets[gname] = self.gate  # a newly trained gate is swapped the same way
+        reg = self.registry
+        if reg is None:
+            return
+        targets: dict[str, ExpertLike | Gate] = dict(self.experts)
+        if self.gate.name not in targets:
+            targets[self.gate.name] = self.gate  # a newly trained gate is swapped the same way
         for name, ex in targets.items():
             try:
-                latest = self.registry.latest_version(name)
+                latest = reg.latest_version(name)
                 if latest is None or latest == self._seen_versions.get(name):
                     continue
                 self._seen_versions[name] = latest
-                best = self.registry.best(name)
+                best = reg.best(name)
                 if name in self.managed:  # its weights are swapped by another authority
                     if best is not None and best.version != ex.version and self.checkpoint_sink is not None:
                         self.checkpoint_sink(name, best)
                     continue
                 if best is not None and best.version != ex.version:
-                    if self.registry.load_into(ex, best.version):
+                    if reg.load_into(ex, best.version):
                         log.info("swapped %s weights to %s", name, best.version)
             except Exception as exc:  # a broken checkpoint keeps the old weights
                 self._error(f"checkpoint:{name}", exc)

@@ -61,7 +61,7 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
                      backtest_components=backtest_components)
 
     app = Dash(__name__, assets_folder=str(ASSETS), suppress_callback_exceptions=True,
-               title="MoE Trader", update_title=None, serve_locally=True)
+               title="MoE Trader", update_title="", serve_locally=True)
     auth.install_auth(app.server, auth.AuthPolicy(token=secrets.dashboard_token,
                                                   loopback=auth.is_loopback(host)))
     api.install_api(app.server, engine)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from html import escape
 
 from flask import Flask, Response, jsonify, redirect, request
+from flask.typing import ResponseReturnValue
 
 COOKIE = "moe_dashboard_session"
 LOGIN_PATH = "/login"
@@ -107,7 +108,7 @@ def install_auth(server: Flask, policy: AuthPolicy) -> None:
     """Register the before-request guard and the login page on the Flask server."""
 
     @server.before_request
-    def _guard() -> Response | None:
+    def _guard() -> ResponseReturnValue | None:
         if not _needs_auth(policy) or _authorised(policy):
             return None
         if request.path.startswith("/api/") or request.path.startswith("/_dash"):
@@ -119,7 +120,7 @@ def install_auth(server: Flask, policy: AuthPolicy) -> None:
         return redirect(f"{LOGIN_PATH}?next={request.path}")
 
     @server.route(LOGIN_PATH, methods=["GET", "POST"])
-    def _login() -> Response | str:
+    def _login() -> ResponseReturnValue:
         nxt = request.values.get("next", "/")
         if not nxt.startswith("/") or nxt.startswith("//"):
             nxt = "/"  # no open redirects

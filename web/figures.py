@@ -199,9 +199,9 @@ def candle_figure(candles: pd.DataFrame, overlays: Iterable[str] = (), fan: Fan 
         _band(fx, i_lo, "forecast p25-p75", "rgba(255,193,7,0.30)", True),
         _line(fx, fan.median if fan else [], "forecast median", "#ffc107", dash="dash", width=2),
     ]
-    has_dec = decisions is not None and len(decisions) > 0
-    bx, by = marker_points(decisions[decisions["action"] == "BUY"] if has_dec else None, df)
-    sx, sy = marker_points(decisions[decisions["action"] == "SELL"] if has_dec else None, df)
+    dec = decisions if decisions is not None and len(decisions) > 0 else None
+    bx, by = marker_points(dec[dec["action"] == "BUY"] if dec is not None else None, df)
+    sx, sy = marker_points(dec[dec["action"] == "SELL"] if dec is not None else None, df)
     fxs, fys = marker_points(fills, df)
     for (mx, my), name, sym, size, color in (((bx, by), "BUY", "triangle-up", 11, "#00e676"),
                                              ((sx, sy), "SELL", "triangle-down", 11, "#ff1744"),

@@ -363,8 +363,8 @@ class DataProvider:
                 r.extend(closed["ts"].to_numpy(dtype=np.int64), closed[list(CANDLE_COLUMNS[1:])].to_numpy())
                 if not last_complete:
                     row = hi.iloc[-1]
-                    self._buckets[(symbol, htf)] = _Bucket(int(row["ts"]), *(float(row[k]) for k in
-                                                          CANDLE_COLUMNS[1:]), complete_start=True)
+                    o, h, lo, c, v = (float(row[k]) for k in CANDLE_COLUMNS[1:])
+                    self._buckets[(symbol, htf)] = _Bucket(int(row["ts"]), o, h, lo, c, v, complete_start=True)
         return len(base)
 
     # ------------------------------------------------------------ sources

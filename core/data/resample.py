@@ -7,6 +7,8 @@ with numpy (``reduceat`` over bucket boundaries); input must be ts-ascending wit
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 import pandas as pd
 
@@ -14,6 +16,10 @@ from core.data.validate import check_columns, grid_offset
 from core.types import CANDLE_COLUMNS, timeframe_ms
 
 
+@overload
+def bucket_start(ts: int, timeframe: str) -> int: ...
+@overload
+def bucket_start(ts: np.ndarray, timeframe: str) -> np.ndarray: ...
 def bucket_start(ts: np.ndarray | int, timeframe: str) -> np.ndarray | int:
     """Open time of the ``timeframe`` bucket holding ``ts``."""
     tf = timeframe_ms(timeframe)

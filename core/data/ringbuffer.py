@@ -29,7 +29,7 @@ class CandleRing:
     def last_ts(self) -> int | None:
         return int(self._ts[self._head - 1]) if self._n else None
 
-    def last_row(self) -> tuple[int, ...] | None:
+    def last_row(self) -> tuple[float, ...] | None:
         if not self._n:
             return None
         i = self._head - 1

@@ -83,11 +83,17 @@ _REGISTRY: dict[str, _Shared] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
+def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> int:
+    """The single number a count(*) query returns."""
+    row = con.execute(sql, params or []).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _open(path: str, read_only: bool) -> _Shared:
     if path == ":memory:":
-        shared = _Shared(duckdb.connect(":memory:"), False)
-        shared.users = 1
-        return shared
+        mem = _Shared(duckdb.connect(":memory:"), False)
+        mem.users = 1
+        return mem
     with _REGISTRY_LOCK:
         shared = _REGISTRY.get(path)
         if shared is not None and shared.read_only and not read_only:
@@ -191,9 +197,8 @@ class MarketStore:
         with self.transaction() as con:
             con.register(view, df)
             try:
-                exists = con.execute(
-                    "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-                ).fetchone()[0]
+                exists = _count(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                                [table])
                 if not exists:
                     if mode == "upsert":
                         raise ValueError(f"write_df upsert: table {table} does not exist (create it with a key)")
@@ -255,10 +260,8 @@ class MarketStore:
             with self.transaction() as con:
                 con.register(view, data)
                 try:
-                    existing = con.execute(
-                        "SELECT count(*) FROM candles WHERE exchange = ? AND symbol = ? AND timeframe = ? "
-                        "AND ts BETWEEN ? AND ?", params + [lo, hi]
-                    ).fetchone()[0]
+                    existing = _count(con, "SELECT count(*) FROM candles WHERE exchange = ? AND symbol = ? "
+                                      "AND timeframe = ? AND ts BETWEEN ? AND ?", params + [lo, hi])
                     if existing == 0:
                         # fresh range: a plain insert (no conflict handling needed)
                         con.execute(
@@ -326,7 +329,7 @@ class MarketStore:
             params + [lo, hi],
         )
         try:
-            n = con.execute("SELECT count(*) FROM _changed").fetchone()[0]
+            n = _count(con, "SELECT count(*) FROM _changed")
             if n:
                 con.execute(
                     "DELETE FROM candles WHERE exchange = ? AND symbol = ? AND timeframe = ? AND ts BETWEEN ? AND ? "

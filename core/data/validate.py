@@ -93,7 +93,7 @@ def rule_codes(ts: np.ndarray, ts_bad: np.ndarray, vals: np.ndarray, timeframe: 
         return code
     o, h, lo, c, v = (vals[:, i] for i in range(5))
 
-    def mark(mask: np.ndarray, reason: str) -> None:
+    def mark(mask: np.ndarray | np.bool_, reason: str) -> None:
         code[(code == 0) & mask] = REASONS.index(reason) + 1
 
     mark(ts_bad | ~np.isfinite(vals).all(axis=1), "missing_value")

@@ -43,10 +43,17 @@ class EngineCommands:
     _executor: Executor | None
     _provider: DataProvider | None
 
-    def _publish(self) -> None: ...
-    def _restart(self, symbol: str) -> None: ...
-    def _frames(self, ts: int) -> dict[str, Any]: ...
-    def trainable(self) -> list[str]: ...
+    def _publish(self) -> None:
+        raise NotImplementedError
+
+    def _restart(self, symbol: str) -> None:
+        raise NotImplementedError
+
+    def _frames(self, ts: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def trainable(self) -> list[str]:
+        raise NotImplementedError
 
     def command_table(self) -> dict[str, Handler]:
         return {

@@ -161,8 +161,10 @@ class Engine(EngineCommands):
                             sizer=self._sizer(prov, executor))
         # tagged with their provider: after a stream restart, candles still queued from the old one
         # (same symbol included) must not reach the new pipeline
-        prov.subscribe(lambda ev, p=prov: self._q.put(("candle", (p, ev))), symbols=[self.symbol],
-                       timeframes=[self.timeframe])
+        def enqueue(ev: CandleEvent, p: DataProvider = prov) -> None:
+            self._q.put(("candle", (p, ev)))
+
+        prov.subscribe(enqueue, symbols=[self.symbol], timeframes=[self.timeframe])
         key = SeriesKey(self.exchange, self.symbol, self.timeframe)
         if self.replay is not None:
             from core.data.replay import ReplaySource

@@ -30,7 +30,7 @@ from core.execution.broker import client_order_id
 from core.execution.ledger import Ledger
 from core.execution.paper import PaperBroker
 from core.execution.risk import RiskManager
-from core.types import CandleEvent, Decision, Fill, Order
+from core.types import Broker, CandleEvent, Decision, Fill, Order
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ExecutionSnapshot:
 
 class Executor:
     def __init__(self, execution: Any, risk: Any, symbol: str, timeframe: str, *, ledger: Ledger | None = None,
-                 broker: Any | None = None) -> None:
+                 broker: Broker | None = None) -> None:
         self.symbol = symbol
         self.timeframe = timeframe
         self.params = K.params_from_config(execution, risk)
@@ -203,6 +203,7 @@ class Executor:
 
     def _submit(self, qty: float, cid: str, reason: str, orders: list, fills: list, reasons: list) -> None:
         side = "buy" if qty > 0 else "sell"
+        assert self.live_broker is not None  # _submit runs only with a live broker
         order = self.live_broker.create_order(self.symbol, "market", side, abs(float(qty)), None,
                                               {"clientOrderId": cid})
         orders.append(order)

@@ -507,7 +507,7 @@ def run(ts, o, h, low, c, signal, vol=None, *, params: np.ndarray, initial_cash:
         vol = np.full(np.shape(c), np.nan)
     arrs = check_bars(ts, o, h, low, c, signal, vol)
     st = new_state(initial_cash) if state is None else state
-    equity, position, fills = simulate(*arrs, params, st)
+    equity, position, fills = simulate(*arrs, params, st)  # type: ignore[call-arg]  # numba dispatcher stub
     return equity, position, fills, st
 
 

@@ -96,7 +96,7 @@ class PaperBroker:
             if order.type == "market":
                 self._fill(order, o, taker=True)
             else:
-                lim = float(order.price)
+                lim = float(order.price or 0.0)  # limit orders always carry a price (_check)
                 if order.side == "buy" and low <= lim:
                     self._fill(order, min(o, lim), taker=False)
                 elif order.side == "sell" and h >= lim:
@@ -134,7 +134,7 @@ class PaperBroker:
             raise OrderError(f"limit order needs a positive price, got {price!r}")
 
     def _estimate(self, type: str, side: str, price: float | None) -> float:
-        if type == "limit":
+        if type == "limit" and price is not None:
             return float(price)
         last = float(self.state[K.S_LAST_PRICE])
         return K.fill_price(last, 1.0 if side == "buy" else -1.0, self.params[K.P_SLIP]) if last > 0 else 0.0

@@ -13,15 +13,22 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
 from dash import Dash, Input, Output, Patch, State, dcc, html, no_update
 
+from core.snapshot import EngineError, EngineSnapshot
 from core.types import TIMEFRAME_MS, Thresholds
 from web import api, figures
+
+if TYPE_CHECKING:
+    from web.app import WebContext
+
+Component = Any  # a Dash component or no_update: Dash ships no types, so this is the boundary
 
 TIMEFRAMES = ("1m", "5m", "1h", "1d")
 OVERLAY_OPTIONS = [
@@ -42,7 +49,7 @@ TRACE_TOGGLE = {"vwap": "vwap", "bb_upper": "bollinger", "bb_lower": "bollinger"
 # ---------------------------------------------------------------- pure helpers (benchmarked)
 
 
-def display_candles(snap: Any, tf: str) -> pd.DataFrame:
+def display_candles(snap: EngineSnapshot, tf: str) -> pd.DataFrame:
     df = snap.candles.get(tf)
     if df is None:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in ("ts", "open", "high", "low", "close",
@@ -50,7 +57,7 @@ def display_candles(snap: Any, tf: str) -> pd.DataFrame:
     return df.iloc[-MAX_BARS:]
 
 
-def decision_markers(snap: Any) -> pd.DataFrame:
+def decision_markers(snap: EngineSnapshot) -> pd.DataFrame:
     """BUY/SELL decisions placed at the close of the bar they were made on."""
     rows = [(d.ts, str(d.action)) for d in snap.recent_decisions if str(d.action) in ("BUY", "SELL")]
     base = snap.candles.get(snap.timeframe)
@@ -62,12 +69,12 @@ def decision_markers(snap: Any) -> pd.DataFrame:
     return d.dropna(subset=["price"])
 
 
-def fill_markers(snap: Any) -> pd.DataFrame:
+def fill_markers(snap: EngineSnapshot) -> pd.DataFrame:
     return pd.DataFrame({"ts": [f.ts for f in snap.trades], "price": [f.price for f in snap.trades],
                          "side": [f.side for f in snap.trades]})
 
 
-def fan_for(snap: Any, tf: str) -> figures.Fan | None:
+def fan_for(snap: EngineSnapshot, tf: str) -> figures.Fan | None:
     k = snap.kronos
     base = snap.candles.get(snap.timeframe)
     if k is None or tf != snap.timeframe or base is None or base.empty or not len(k.median):
@@ -96,14 +103,15 @@ def user_zoomed(relayout: dict | None) -> bool:
     return "xaxis.range[0]" in relayout or "xaxis.range" in relayout
 
 
-def chart_update(snap: Any, symbol: str | None, tf: str, overlays: list[str], state: dict | None,
+def chart_update(snap: EngineSnapshot, symbol: str | None, tf: str, overlays: list[str], state: dict | None,
                  force: bool = False, zoomed: bool = False) -> tuple[Any, dict]:
     """The chart's 1 s update: a full figure when needed, else a Patch. Returns (figure|Patch, state).
     ``zoomed``: the user set their own x range, so the view no longer follows new candles."""
     df = display_candles(snap, tf)
     last_ts = int(df["ts"].iloc[-1]) if len(df) else None
     fan = fan_for(snap, tf)
-    fan_key = None if fan is None else [snap.kronos.ts, snap.kronos.finished_ms]
+    k = snap.kronos
+    fan_key = None if fan is None or k is None else [k.ts, k.finished_ms]
     dec = decision_markers(snap)
     fills = fill_markers(snap)
     marks_key = [len(dec), int(dec["ts"].iloc[-1]) if len(dec) else None,
@@ -111,12 +119,14 @@ def chart_update(snap: Any, symbol: str | None, tf: str, overlays: list[str], st
     piv = figures.pivot_levels(df) if "pivots" in overlays else {}
     new_state = {"symbol": snap.symbol, "tf": tf, "last_ts": last_ts, "n": len(df), "fan": fan_key,
                  "marks": marks_key, "pivots": _sig(piv), "overlays": sorted(overlays)}
-    full = (force or state is None or state.get("symbol") != snap.symbol or state.get("tf") != tf
-            or state.get("last_ts") is None or last_ts is None)
+    prev: dict = state or {}
+    full = (force or not prev or prev.get("symbol") != snap.symbol or prev.get("tf") != tf
+            or prev.get("last_ts") is None or last_ts is None)
+    n_new = 0
     if not full:
-        n_new = int((df["ts"] > state["last_ts"]).sum())
-        full = (n_new > FULL_REDRAW_NEW_BARS or (n_new == 0 and last_ts < state["last_ts"])
-                or state.get("n", 0) + n_new > MAX_BARS + BROWSER_SLACK)
+        n_new = int((df["ts"] > prev["last_ts"]).sum())
+        full = (n_new > FULL_REDRAW_NEW_BARS or (n_new == 0 and last_ts is not None and last_ts < prev["last_ts"])
+                or prev.get("n", 0) + n_new > MAX_BARS + BROWSER_SLACK)
     if full:
         fig = figures.candle_figure(df, overlays, fan, dec, fills,
                                     title=f"{snap.symbol} {tf}", uirevision=f"{snap.symbol}-{tf}")
@@ -128,16 +138,16 @@ def chart_update(snap: Any, symbol: str | None, tf: str, overlays: list[str], st
         for trace, cols in payload.items():
             for col, vals in cols.items():
                 p["data"][figures.TRACE[trace]][col].extend(vals)
-        new_state["n"] = state["n"] + n_new  # bars in the browser
+        new_state["n"] = prev["n"] + n_new  # bars in the browser
         changed = True
-    if (n_new or fan_key != state.get("fan")) and not zoomed:
+    if (n_new or fan_key != prev.get("fan")) and not zoomed:
         rng = figures.view_range(df["ts"].to_numpy(np.int64), fan)
         if rng:
             p["layout"]["xaxis"]["range"] = rng  # follow the stream unless the user zoomed (uirevision)
-    if fan_key != state.get("fan"):
+    if fan_key != prev.get("fan"):
         _set_fan(p, fan)
         changed = True
-    if marks_key != state.get("marks"):
+    if marks_key != prev.get("marks"):
         bx, by = figures.marker_points(dec[dec["action"] == "BUY"], df)
         sx, sy = figures.marker_points(dec[dec["action"] == "SELL"], df)
         fx, fy = figures.marker_points(fills, df)
@@ -145,10 +155,10 @@ def chart_update(snap: Any, symbol: str | None, tf: str, overlays: list[str], st
             p["data"][figures.TRACE[name]]["x"] = x
             p["data"][figures.TRACE[name]]["y"] = y
         changed = True
-    if sorted(overlays) != state.get("overlays"):
+    if sorted(overlays) != prev.get("overlays"):
         _visibility_patch(p, overlays)
         changed = True
-    if new_state["pivots"] != state.get("pivots") or sorted(overlays) != state.get("overlays"):
+    if new_state["pivots"] != prev.get("pivots") or sorted(overlays) != prev.get("overlays"):
         p["layout"]["shapes"] = figures.pivot_shapes(piv)
         changed = True
     return (p if changed else no_update), new_state
@@ -183,13 +193,13 @@ def _table(header: list[str], rows: list[list[Any]], tid: str) -> dbc.Table:
                      id=tid, size="sm", striped=True, className="mb-1 small")
 
 
-def stats_panel(snap: Any, now_ms: int) -> Any:
+def stats_panel(snap: EngineSnapshot, now_ms: int) -> Component:
     k = api.kronos_json(snap.kronos, now_ms)
     d = snap.decision
     last = api.last_candle_ts(snap)
     tf_ms = TIMEFRAME_MS.get(snap.timeframe, 0)
-    lag = [s.get("lag_ms") for s in (api.source_json(v) for v in snap.sources.values())]
-    lag = [x for x in lag if isinstance(x, int | float)]
+    lag = [float(x) for x in (api.source_json(v).get("lag_ms") for v in snap.sources.values())
+           if isinstance(x, int | float)]
     if snap.mode == "replay":
         # wall clock vs. replayed time means nothing: show where the replay is and the feed's lag
         fresh = f"replay at {_ts(last)}" + (f" · lag {lag[0] / 1000:.1f}s" if lag else "")
@@ -208,7 +218,7 @@ def stats_panel(snap: Any, now_ms: int) -> Any:
                     for n, v in items], className="g-2")
 
 
-def experts_panel(snap: Any) -> Any:
+def experts_panel(snap: EngineSnapshot) -> Component:
     """Latest outputs and gate weights; "acc (n)" = the engine's live accuracy over the n calls that
     matured since the stream started (core/outcomes.LiveOutcomes), log loss beside it."""
     rows = []
@@ -237,7 +247,7 @@ def experts_panel(snap: Any) -> Any:
                              "live acc (n)", "log loss", "version"], rows, "experts-table"), dec])
 
 
-def trading_panel(snap: Any) -> Any:
+def trading_panel(snap: EngineSnapshot) -> Component:
     pos = [[p.symbol, _num(p.amount, "{:.6f}"), _num(p.avg_price), _num(p.realised_pnl), _num(p.unrealised_pnl)]
            for p in snap.positions]
     orders = [[o.side, o.type, _num(o.amount, "{:.6f}"), _num(o.price), o.status, _ts(o.ts)]
@@ -260,7 +270,7 @@ def trading_panel(snap: Any) -> Any:
     ])
 
 
-def kill_panel(snap: Any) -> Any:
+def kill_panel(snap: EngineSnapshot) -> Component:
     k = snap.kill_switch
     if k.active:
         return dbc.Alert([html.B("Kill switch ACTIVE: "), f"{k.reason} since {_ts(k.since_ms)}"],
@@ -268,7 +278,7 @@ def kill_panel(snap: Any) -> Any:
     return dbc.Alert("Kill switch off: trading allowed", color="success", className="py-1 mb-1", id="kill-badge")
 
 
-def distinct_errors(errors: Any) -> list[tuple[str, str, int, int]]:
+def distinct_errors(errors: Sequence[EngineError]) -> list[tuple[str, str, int, int]]:
     """(where, message, count, last ts) per distinct error, most recent first: a failing expert
     repeats the same error every bar, which would otherwise flood the panel."""
     seen: dict[tuple[str, str], list[int]] = {}
@@ -281,7 +291,7 @@ def distinct_errors(errors: Any) -> list[tuple[str, str, int, int]]:
     return sorted(rows, key=lambda r: r[3], reverse=True)
 
 
-def system_panel(snap: Any, now_ms: int) -> Any:
+def system_panel(snap: EngineSnapshot, now_ms: int) -> Component:
     rows = []
     for name, s in snap.sources.items():
         j = api.source_json(s)
@@ -303,7 +313,7 @@ def system_panel(snap: Any, now_ms: int) -> Any:
     ])
 
 
-def panels_update(snap: Any, sigs: dict | None, now_ms: int | None = None) -> tuple[list[Any], dict]:
+def panels_update(snap: EngineSnapshot, sigs: dict | None, now_ms: int | None = None) -> tuple[list[Any], dict]:
     """Each panel's content only when its signature changed (else no_update)."""
     now_ms = now_ms or int(time.time() * 1000)
     sigs = dict(sigs or {})
@@ -339,7 +349,7 @@ def panels_update(snap: Any, sigs: dict | None, now_ms: int | None = None) -> tu
     return out, sigs
 
 
-def equity_update(snap: Any, state: dict | None) -> tuple[Any, dict]:
+def equity_update(snap: EngineSnapshot, state: dict | None) -> tuple[Any, dict]:
     eq = snap.equity
     n = 0 if eq is None else len(eq)
     last = int(eq["ts"].iloc[-1]) if n else None
@@ -366,13 +376,13 @@ def _card(title: str, body: Any, **kw: Any) -> dbc.Card:
                     className="mb-2", **kw)
 
 
-def layout(wctx: Any) -> Any:
+def layout(wctx: WebContext) -> Component:
     snap = wctx.engine.snapshot()
     symbols = list(dict.fromkeys([*wctx.cfg.data.symbols, snap.symbol] if snap.symbol else wctx.cfg.data.symbols))
     t = snap.thresholds
     tf0 = snap.timeframe if snap.timeframe in TIMEFRAMES else TIMEFRAMES[0]
 
-    def thr_input(tid: str, label: str, value: float) -> Any:
+    def thr_input(tid: str, label: str, value: float) -> Component:
         return dbc.InputGroup([dbc.InputGroupText(label), dbc.Input(
             id=tid, type="number", min=0, max=1, step=0.01, value=value, debounce=True)], size="sm",
             className="mb-1")
@@ -416,7 +426,7 @@ def layout(wctx: Any) -> Any:
 # ---------------------------------------------------------------- callbacks
 
 
-def register(app: Dash, wctx: Any) -> None:
+def register(app: Dash, wctx: WebContext) -> None:
     engine = wctx.engine
 
     @app.callback(Output("live-chart", "figure"), Output("live-state", "data"),
@@ -424,7 +434,7 @@ def register(app: Dash, wctx: Any) -> None:
                   Input("live-overlays", "value"), State("live-state", "data"),
                   State("live-chart", "relayoutData"))
     def _chart(_n: int | None, tf: str, overlays: list[str] | None, state: dict | None,
-               relayout: dict | None) -> Any:
+               relayout: dict | None) -> Component:
         snap = engine.snapshot()
         return chart_update(snap, None, tf, overlays or [], state, zoomed=user_zoomed(relayout))
 
@@ -433,7 +443,7 @@ def register(app: Dash, wctx: Any) -> None:
                   Output("live-system", "children"), Output("thr-current", "children"),
                   Output("live-sigs", "data"), Output("live-equity", "figure"), Output("live-eq-state", "data"),
                   Input("live-tick", "n_intervals"), State("live-sigs", "data"), State("live-eq-state", "data"))
-    def _panels(_n: int | None, sigs: dict | None, eq_state: dict | None) -> Any:
+    def _panels(_n: int | None, sigs: dict | None, eq_state: dict | None) -> Component:
         # one request per tick for every panel and the equity curve (Dash's per-callback overhead is a
         # good part of the update time); both read the same snapshot reference
         snap = engine.snapshot()
@@ -444,25 +454,25 @@ def register(app: Dash, wctx: Any) -> None:
     @app.callback(Output("thr-msg", "children"),
                   Input("thr-buy", "value"), Input("thr-sell", "value"), Input("thr-minconf", "value"),
                   prevent_initial_call=True)
-    def _thresholds(buy: float | None, sell: float | None, minc: float | None) -> Any:
+    def _thresholds(buy: float | None, sell: float | None, minc: float | None) -> Component:
+        if buy is None or sell is None or minc is None:
+            return html.Span("not applied: every threshold needs a number in [0, 1]", className="text-danger")
         try:
             t = Thresholds(buy=float(buy), sell=float(sell), min_confidence=float(minc))
         except (TypeError, ValueError) as exc:
-            return html.Span(f"not applied: {exc}" if buy is not None and sell is not None and minc is not None
-                             else "not applied: every threshold needs a number in [0, 1]",
-                             className="text-danger")
+            return html.Span(f"not applied: {exc}", className="text-danger")
         engine.set_thresholds(t)
         return html.Span(f"sent: buy {t.buy:.2f} · sell {t.sell:.2f} · min conf {t.min_confidence:.2f}",
                          className="text-success")
 
     @app.callback(Output("kill-msg", "children"), Input("kill-reset", "n_clicks"), prevent_initial_call=True)
-    def _reset(_n: int | None) -> Any:
+    def _reset(_n: int | None) -> Component:
         engine.reset_kill_switch()
         return "reset sent"
 
     @app.callback(Output("live-symbol", "className"), Input("live-symbol", "value"),
                   prevent_initial_call=True)
-    def _symbol(symbol: str) -> Any:
+    def _symbol(symbol: str) -> Component:
         snap = engine.snapshot()
         if symbol and symbol != snap.symbol:
             engine.start_stream(symbol, snap.timeframe or wctx.cfg.data.base_timeframe)

@@ -109,8 +109,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     key = SeriesKey(args.exchange or app.data.exchange, symbol, timeframe)
     model_spec = args.model
     if model_spec is None:
-        k = load_models(args.models).experts.get("kronos")
-        model_spec = str(k.params.get("model", "nano")) if k else "nano"
+        kcfg = load_models(args.models).experts.get("kronos")
+        model_spec = str(kcfg.params.get("model", "nano")) if kcfg else "nano"
     for name, v, lo in (("--lookback", args.lookback, 2), ("--horizon", args.horizon, 1), ("--samples", args.samples, 1)):
         if v < lo:
             print(f"forecast: {name} must be >= {lo}, got {v}", file=sys.stderr)
@@ -148,7 +148,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         print(f"forecast: model {model_spec!r} has no stored calibration (train_kronos writes calibration.json); "
               "run without --calibrated", file=sys.stderr)
         return 2
-    if args.calibrated and bundle.calibration.horizon < args.horizon:
+    if args.calibrated and bundle.calibration is not None and bundle.calibration.horizon < args.horizon:
         print(f"forecast: the calibration covers {bundle.calibration.horizon} bars; use --horizon <= that",
               file=sys.stderr)
         return 2
@@ -179,6 +179,6 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     title = f"Kronos {symbol} {timeframe}: {args.samples} paths, {args.horizon} bars" + (" (calibrated)" if cal else "")
     write_png(fc, bands, files["png"], title)
     write_html(fc, bands, files["html"], title)
-    for k, v in files.items():
-        print(f"wrote {k}: {v}")
+    for k, path in files.items():
+        print(f"wrote {k}: {path}")
     return 0

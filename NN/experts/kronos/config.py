@@ -83,8 +83,8 @@ class PredictorConfig:
 
 
 # Released architectures (ARCHITECTURE.md) plus our CPU-sized "nano".
-_TOK = dict(d_in=6, d_model=256, n_heads=4, ff_dim=512, n_enc_layers=4, n_dec_layers=4,
-            s1_bits=10, s2_bits=10, beta=0.05, gamma0=1.0, gamma=1.1, zeta=0.05)
+_TOK: dict[str, Any] = dict(d_in=6, d_model=256, n_heads=4, ff_dim=512, n_enc_layers=4, n_dec_layers=4,
+                            s1_bits=10, s2_bits=10, beta=0.05, gamma0=1.0, gamma=1.1, zeta=0.05)
 TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
     "Kronos-Tokenizer-base": TokenizerConfig(**_TOK, group_size=4),
     "Kronos-Tokenizer-2k": TokenizerConfig(**_TOK, group_size=5),

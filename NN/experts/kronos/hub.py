@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -63,7 +63,7 @@ def resolve_files(path_or_id: str | Path) -> dict[str, Path]:
     return out
 
 
-def _load(cls: type[M], cfg_cls: type, path_or_id: str | Path, device: torch.device | str) -> M:
+def _load(cls: type[M], cfg_cls: Any, path_or_id: str | Path, device: torch.device | str) -> M:
     files = resolve_files(path_or_id)
     cfg = cfg_cls.from_dict(json.loads(files["config.json"].read_text()))
     net = cls(cfg)
@@ -91,7 +91,7 @@ def save_pretrained(net: nn.Module, directory: str | Path) -> Path:
     """Write config.json + model.safetensors (atomically per file)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    cfg = net.config.to_dict()  # type: ignore[union-attr]
+    cfg = net.config.to_dict()  # type: ignore[union-attr,operator]  # the Kronos modules' own config
     tmp = d / "config.json.tmp"
     tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     os.replace(tmp, d / "config.json")

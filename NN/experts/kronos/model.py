@@ -16,6 +16,7 @@ from .modules import (
     RMSNorm,
     TransformerBlock,
     apply_rotary,
+    blocks,
     new_cache,
     two_part_attention,
 )
@@ -48,6 +49,12 @@ class TemporalEmbedding(nn.Module):
 
     SIZES = (("minute_embed", 60), ("hour_embed", 24), ("weekday_embed", 7), ("day_embed", 32),
              ("month_embed", 13))
+
+    minute_embed: nn.Embedding
+    hour_embed: nn.Embedding
+    weekday_embed: nn.Embedding
+    day_embed: nn.Embedding
+    month_embed: nn.Embedding
 
     def __init__(self, d_model: int, learn: bool) -> None:
         super().__init__()
@@ -119,7 +126,7 @@ class KronosModel(nn.Module):
     # ---- full-window passes (training, oracle)
     def hidden(self, s1: torch.Tensor, s2: torch.Tensor, stamp: torch.Tensor) -> torch.Tensor:
         x = self._inputs(s1, s2, stamp)
-        for layer in self.transformer:
+        for layer in blocks(self.transformer):
             x = layer(x)
         return self.norm(x)
 
@@ -146,7 +153,7 @@ class KronosModel(nn.Module):
         """Run the context (batch 1) once; return its hidden states and caches shared by n_paths."""
         x = self._inputs(s1, s2, stamp)
         caches = []
-        for layer in self.transformer:
+        for layer in blocks(self.transformer):
             x, k, v = layer.forward_prefix(x)
             caches.append(new_cache(k, v, n_paths, capacity))
         h = self.norm(x)
@@ -159,7 +166,7 @@ class KronosModel(nn.Module):
         """Feed one new bar per path ([N, 1] ids, [N, 1, 5] stamps); returns h [N, 1, d] and appends
         the dependency layer's keys/values for it."""
         x = self._inputs(s1, s2, stamp)
-        for layer, cache in zip(self.transformer, caches, strict=True):
+        for layer, cache in zip(blocks(self.transformer), caches, strict=True):
             x = layer.forward_cached(x, cache)
         h = self.norm(x)
         ca = self.dep_layer.cross_attn

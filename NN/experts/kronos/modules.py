@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ class Rotary(nn.Module):
     def __init__(self, head_dim: int) -> None:
         super().__init__()
         inv = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", inv)
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,8 +87,7 @@ def two_part_attention(q: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
     scale = 1.0 / math.sqrt(hd)
     qh = q.permute(1, 0, 2, 3).reshape(h, n * t, hd)
     sp = torch.bmm(qh, pk[0].transpose(1, 2))  # [H, N*T, P]
-    has_new = nk is not None and nk.shape[2] > 0
-    if not has_new:
+    if nk is None or nv is None or nk.shape[2] == 0:
         probs = torch.softmax(sp.mul_(scale), dim=-1)
         return torch.bmm(probs, pv[0]).view(h, n, t, hd).permute(1, 0, 2, 3)
     sn = torch.matmul(q, nk.transpose(-1, -2)).mul_(scale)  # [N, H, T, S]
@@ -164,6 +165,7 @@ class SelfAttention(AttentionProjections):
         b, t, _ = x.shape
         if cache.w_qkv is None:
             self.prepare(cache)
+        assert cache.w_qkv is not None and cache.cos is not None and cache.sin is not None
         qkv = F.linear(x, cache.w_qkv, cache.b_qkv).view(b, t, 3, self.n_heads, self.head_dim)
         qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, N, H, T, hd]
         cos, sin = cache.cos[cache.n:cache.n + t], cache.sin[cache.n:cache.n + t]
@@ -229,3 +231,8 @@ def new_cache(k: torch.Tensor, v: torch.Tensor, n_paths: int, capacity: int) -> 
     _, h, _, hd = k.shape
     buf = k.new_empty((n_paths, h, capacity, hd))
     return LayerCache(pk=k, pv=v, nk=buf, nv=torch.empty_like(buf), n=0)
+
+
+def blocks(layers: nn.ModuleList) -> list[TransformerBlock]:
+    """A ModuleList of TransformerBlocks with their type (iterating one types its items as Module)."""
+    return [cast(TransformerBlock, m) for m in layers]

@@ -59,10 +59,10 @@ def _nucleus_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
         before = np.cumsum(srt, axis=-1) - srt  # mass ranked strictly before each token
         n_keep = np.maximum((before <= top_p).sum(axis=-1), 1)
         return torch.from_numpy(srt[np.arange(srt.shape[0]), n_keep - 1][:, None].copy())
-    srt = torch.sort(probs, dim=-1, descending=True).values
-    before = srt.cumsum(dim=-1) - srt
-    n_keep = (before <= top_p).sum(dim=-1).clamp(min=1)
-    return srt.gather(-1, (n_keep - 1)[:, None])
+    tsrt = torch.sort(probs, dim=-1, descending=True).values
+    tbefore = tsrt.cumsum(dim=-1) - tsrt
+    t_keep = (tbefore <= top_p).sum(dim=-1).clamp(min=1)
+    return tsrt.gather(-1, (t_keep - 1)[:, None])
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

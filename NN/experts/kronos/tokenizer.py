@@ -6,12 +6,13 @@ decode new bars against cached keys/values of a fixed prefix."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from .config import TokenizerConfig
-from .modules import LayerCache, TransformerBlock, new_cache
+from .modules import LayerCache, TransformerBlock, blocks, new_cache
 
 
 class _BSQBuffers(nn.Module):
@@ -35,7 +36,7 @@ class KronosTokenizer(nn.Module):
         super().__init__()
         self.config = cfg
         self.codebook_dim = cfg.s1_bits + cfg.s2_bits
-        blk = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, ff_dim=cfg.ff_dim,
+        blk: dict[str, Any] = dict(d_model=cfg.d_model, n_heads=cfg.n_heads, ff_dim=cfg.ff_dim,
                    ffn_dropout_p=cfg.ffn_dropout_p, attn_dropout_p=cfg.attn_dropout_p,
                    resid_dropout_p=cfg.resid_dropout_p)
         self.embed = nn.Linear(cfg.d_in, cfg.d_model)
@@ -51,7 +52,7 @@ class KronosTokenizer(nn.Module):
     def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-norm code vectors before binarisation, [B, T, s1+s2]."""
         z = self.embed(x)
-        for layer in self.encoder:
+        for layer in blocks(self.encoder):
             z = layer(z)
         return nn.functional.normalize(self.quant_embed(z), dim=-1)
 
@@ -80,7 +81,7 @@ class KronosTokenizer(nn.Module):
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         z = self.post_quant_embed(codes)
-        for layer in self.decoder:
+        for layer in blocks(self.decoder):
             z = layer(z)
         return self.head(z)
 
@@ -93,7 +94,7 @@ class KronosTokenizer(nn.Module):
         """Decoder caches for a prefix of batch 1, shared by ``n_paths`` paths."""
         z = self.post_quant_embed(self.ids_to_codes(s1, s2))
         caches = []
-        for layer in self.decoder:
+        for layer in blocks(self.decoder):
             z, k, v = layer.forward_prefix(z)
             caches.append(new_cache(k, v, n_paths, capacity))
         return caches
@@ -101,6 +102,6 @@ class KronosTokenizer(nn.Module):
     def decode_cached(self, s1: torch.Tensor, s2: torch.Tensor, caches: list[LayerCache]) -> torch.Tensor:
         """Decode new bars [N, T] that follow the cached prefix (only the new positions are computed)."""
         z = self.post_quant_embed(self.ids_to_codes(s1, s2))
-        for layer, cache in zip(self.decoder, caches, strict=True):
+        for layer, cache in zip(blocks(self.decoder), caches, strict=True):
             z = layer.forward_cached(z, cache)
         return self.head(z)
