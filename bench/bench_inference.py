@@ -4,14 +4,17 @@ Latency: for each of ``--candles`` consecutive real BTC/USDT 1m bars (../shared/
 cache (provider-like frames: the last ``cache_bars`` closed bars of every timeframe, prepared outside
 the timer as the DataProvider keeps them): FeatureBuilder.build_one + CNN/Transformer/DQN predict()
 + gate fuse. Prints ONE JSON object: p50_ms / p99_ms of that total, per-stage medians, and training
-throughput (samples/s) per expert with the slowest as the headline. CPU, torch threads = 1.
+throughput (samples/s) per expert with the slowest as the headline. torch threads = 1; the experts run
+on ``--device`` (default cpu, the figures in the README; cuda for bench/gpu_check.sh), the gate is numpy.
 
 With live training (skip: ``--no-training``): p99_ms_training_one / p99_ms_training_all are the same
 decision path's p99 while one (cnn) / all three trainer processes train, measured by
 bench/bench_training.py in its own process (so its trainers never share this loop), plus the
 samples/s of each trainer and the p99 ratio against that run's no-trainer baseline (target <= 2).
+That phase always runs on the CPU, whatever ``--device`` says.
 
-    python bench/bench_inference.py [--candles 5000] [--threads 1] [--training-cycles 6] [--no-training]
+    python bench/bench_inference.py [--candles 5000] [--threads 1] [--device cpu] [--training-cycles 6]
+                                    [--no-training]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from core.features import FeatureBuilder, resample_candles  # noqa: E402
 from core.labels import dead_zone, forward_returns, make_labels  # noqa: E402
 from core.paths import shared_data_dir  # noqa: E402
 from core.types import CANDLE_COLUMNS, timeframe_ms  # noqa: E402
+from NN.devices import pick_device  # noqa: E402
 from NN.experts.registry import build_expert  # noqa: E402
 from NN.moe import MoEGate  # noqa: E402
 
@@ -70,11 +74,14 @@ def main() -> int:
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--training-cycles", type=int, default=6, help="bench_training.py blocks per phase")
     ap.add_argument("--no-training", action="store_true", help="skip the live-training latency phases")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps", "auto"),
+                    help="where the experts run (default cpu, whatever the machine has)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = pick_device(args.device)  # fails at once, with the reason, when cuda/mps is missing
     app, models = load_config(), load_models()
     for n in EXPERTS:
-        models.experts[n] = models.experts[n].model_copy(update={"device": "cpu"})
+        models.experts[n] = models.experts[n].model_copy(update={"device": device.type})
     builder = FeatureBuilder(models.features, app.data.base_timeframe)
     btc = load_btc()
     cache = app.data.cache_bars
@@ -145,7 +152,7 @@ def main() -> int:
         "bench": "inference",
         "candles": args.candles,
         "threads": args.threads,
-        "device": "cpu",
+        "device": device.type,
         "p50_ms": round(pct(stages["total"], 50), 3),
         "p99_ms": round(pct(stages["total"], 99), 3),
         "target_p99_ms": 10.0,
@@ -158,6 +165,8 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "note": "medians/percentiles on a shared 2-core machine (other jobs running): treat as upper bounds",
     }
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
     if not args.no_training:
         out.update(training_latency(args.training_cycles))
     print(json.dumps(out))

@@ -78,6 +78,8 @@ def main() -> int:
     res: dict[str, object] = {"device": str(device), "threads": torch.get_num_threads(),
                               "load_avg_1m_start": round(os.getloadavg()[0], 2),
                               "context": args.context, "horizon": args.horizon, "paths": args.paths}
+    if device.type == "cuda":
+        res["gpu"] = torch.cuda.get_device_name(device)
     cfg = SampleConfig(samples=args.paths, temperature=1.0, top_p=0.9, seed=0, max_context=512)
     greedy = SampleConfig(samples=1, top_k=1, max_context=512)
     greedy_ok = True

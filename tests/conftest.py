@@ -17,7 +17,15 @@ OUTPUT_DIR = Path(__file__).resolve().parent.parent / "test-output"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_net = pytest.mark.skip(reason="needs the internet: set MOE_NETWORK_TESTS=1")
     skip_slow = pytest.mark.skip(reason="long run: set MOE_SLOW_TESTS=1")
+    skip_gpu = None
+    if any(item.get_closest_marker("gpu") for item in items):  # import torch only for GPU tests
+        import torch
+
+        if not torch.cuda.is_available():
+            skip_gpu = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False")
     for item in items:
+        if skip_gpu is not None and item.get_closest_marker("gpu"):
+            item.add_marker(skip_gpu)
         if "network" in item.keywords and os.environ.get("MOE_NETWORK_TESTS") != "1":
             item.add_marker(skip_net)
         if "slow" in item.keywords and os.environ.get("MOE_SLOW_TESTS") != "1":

@@ -34,6 +34,7 @@ from torch import nn
 from core.config import ExpertConfig, validate_params
 from core.types import ExpertBatchOutput, FeatureBatch, FeatureSpec, timeframe_ms
 from NN.calibration import Calibrator, softmax
+from NN.devices import to_device
 from NN.experts.base import Expert, confidence_from_probs
 from NN.experts.supervised import check_batch, load_weights_state, spec_dims, weights_state
 
@@ -154,11 +155,10 @@ class DQNExpert(Expert):
         return np.concatenate(parts, axis=1)
 
     def _q(self, net: nn.Module, s: np.ndarray, pos_idx: np.ndarray) -> torch.Tensor:
-        x = torch.as_tensor(s, dtype=torch.float32, device=self.device)
-        onehot = torch.nn.functional.one_hot(
-            torch.as_tensor(np.array(pos_idx, dtype=np.int64), device=self.device), 3
-        ).float()
-        return net(torch.cat([x, onehot], dim=1))
+        x = to_device(s, self.device, np.float32)  # pinned, non-blocking on cuda (NN/devices.py)
+        # np.array copies: pos_idx may be a read-only broadcast view
+        pos = to_device(np.array(pos_idx, dtype=np.int64), self.device)
+        return net(torch.cat([x, torch.nn.functional.one_hot(pos, 3).float()], dim=1))
 
     def q_values(self, s: np.ndarray, pos_idx: np.ndarray | int) -> np.ndarray:
         """Q [N, 3] of the online network (no gradient)."""
@@ -273,12 +273,12 @@ class DQNExpert(Expert):
         p = self.params
         s, ps, a, r, s2, p2, g = self.buffer.sample(self.rng, p.batch_size)
         self.net.train()
-        q = self._q(self.net, s, ps).gather(1, torch.as_tensor(a, device=self.device)[:, None])[:, 0]
+        q = self._q(self.net, s, ps).gather(1, to_device(a, self.device)[:, None])[:, 0]
         with torch.no_grad():
             # double DQN: the online net picks a', the target net values it
             a2 = self._q(self.net, s2, p2).argmax(dim=1, keepdim=True)
             q2 = self._q(self.target, s2, p2).gather(1, a2)[:, 0]
-            tgt = torch.as_tensor(r, device=self.device) + torch.as_tensor(g, device=self.device) * q2
+            tgt = to_device(r, self.device) + to_device(g, self.device) * q2
         loss = nn.functional.smooth_l1_loss(q, tgt)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -17,6 +17,7 @@ from torch import nn
 from core.config import ExpertConfig, validate_params
 from core.types import ExpertBatchOutput, FeatureBatch, FeatureSpec
 from NN.calibration import Calibrator, softmax
+from NN.devices import to_device
 from NN.experts.base import Expert, confidence_from_probs
 
 
@@ -131,9 +132,9 @@ class SupervisedExpert(Expert):
     # ---------------------------------------------------------------- inference
 
     def _inputs(self, batch: FeatureBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        w = torch.as_tensor(np.ascontiguousarray(batch.windows), dtype=torch.float32, device=self.device)
-        f = torch.as_tensor(np.ascontiguousarray(batch.flat), dtype=torch.float32, device=self.device)
-        return w, f
+        # pinned, non-blocking host->device copies on cuda; zero-copy as before on cpu
+        w = to_device(batch.windows, self.device, np.float32)
+        return w, to_device(batch.flat, self.device, np.float32)
 
     def logits_many(self, batch: FeatureBatch) -> np.ndarray:
         """Raw logits [N, 3] before calibration (used to fit it)."""
@@ -177,7 +178,7 @@ class SupervisedExpert(Expert):
             raise ValueError(f"{self.name}: labels must be 0/1/2 and returns finite (drop unknown ones)")
         self.net.train()
         w, f = self._inputs(batch)
-        yt = torch.as_tensor(y, dtype=torch.long, device=self.device)
+        yt = to_device(y, self.device, np.int64)
         logits = self.net(w, f)
         loss = nn.functional.cross_entropy(logits, yt)
         self.opt.zero_grad(set_to_none=True)
