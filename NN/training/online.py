@@ -192,7 +192,6 @@ class _TrainData:
         self.cap = max(1, int(cap))
         self.d: dict[str, np.ndarray] | None = None
         self.trained_until = np.iinfo(np.int64).min  # newest ts already trained on
-        self.experience_until = np.iinfo(np.int64).min
 
     def __len__(self) -> int:
         return 0 if self.d is None else len(self.d["ts"])
@@ -255,91 +254,20 @@ def _writer(run_dir: str | None) -> Any:
         return None
 
 
-def push_experience(dqn: Any, batch: FeatureBatch, position: np.ndarray, bar_ms: int) -> int:
-    """Feed a DQN its own paper-trading experience. ``position[j]`` is the realised position (sign
-    -1/0/+1) held after the decision at bar j, so the transition of bar j goes from position[j-1] to
-    position[j] and earns position[j] * log(close[j+1] / close[j]) minus the fee on the change: it
-    needs bars j-1, j and j+1 (contiguous, positions known). The DQN's actions are sell->short, hold,
-    buy->long, so a move to flat from a non-flat position has no action: such bars are skipped.
-    Returns the number of transitions pushed."""
-    from NN.experts.dqn import POSITIONS
-
-    pos = np.asarray(position, dtype=np.float64)
-    n = len(pos)
-    if n < 3:
-        return 0
-    ok = np.isfinite(pos)
-    s = dqn.states(batch)
-    pidx = np.where(ok, np.sign(np.nan_to_num(pos)) + 1, 1).astype(np.int64)
-    ret = np.diff(np.log(np.asarray(batch.close, np.float64)))[1:]  # bar j = 1..n-2
-    before, after = pidx[:-2], pidx[1:-1]
-    act = np.where(after == before, 1, np.where(after == 2, 2, np.where(after == 0, 0, -1)))
-    step = np.diff(np.asarray(batch.ts, np.int64)) == bar_ms
-    valid = ok[:-2] & ok[1:-1] & step[:-1] & step[1:] & (act >= 0)
-    fee = dqn.params.fee_bps / 1e4
-    rew = POSITIONS[after] * ret - fee * np.abs(POSITIONS[after] - POSITIONS[before])
-    pushed = 0
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], valid.astype(np.int8), [0]])))
-    for a, b in zip(edges[::2], edges[1::2], strict=True):  # transitions t = a..b-1 (bar j = t + 1)
-        dqn.push_transitions(s[a + 1 : b + 2], pidx[a : b + 1], act[a:b], rew[a:b])
-        pushed += b - a
-    return pushed
-
-
 def _train_round(expert: Any, data: _TrainData, n_train: int, spec: TrainerSpec, fspec: FeatureSpec,
                  rng: np.random.Generator) -> tuple[int, int, list[float]]:
     """One cadence round over the trainable prefix (validation rows excluded); returns (steps,
-    samples, losses)."""
+    samples, losses). How the expert learns from it is its own ``train_online``."""
     assert data.d is not None
     d = {k: v[:n_train] for k, v in data.d.items()}
     fresh = data.fresh(n_train)
-    n_all = n_train
-    batch_all = FeatureBatch("", spec.base_timeframe, d["ts"], d["close"], d["windows"], d["flat"],
-                             d["regime"], fspec)
-    steps, samples, losses = 0, 0, []
-    bs = spec.online.batch_size
-    if getattr(expert, "kind", "") == "dqn":
-        # chronological chunks: the fresh stretch (from one bar before it) and one replayed chunk
-        chunk = max(2, int(expert.params.chunk))
-        spans = []
-        if len(fresh):
-            a = max(0, int(fresh[0]) - 1)
-            spans += [slice(s, min(s + chunk, n_all)) for s in range(a, n_all - 1, chunk)]
-        for _ in range(max(1, spec.min_steps_per_round) if n_all > chunk else 0):
-            s0 = int(rng.integers(0, n_all - chunk))
-            spans.append(slice(s0, s0 + chunk))
-        for sl in spans[: spec.max_steps_per_round]:
-            if sl.stop - sl.start < 2:
-                continue
-            m = expert.train_step(batch_all.take(sl), d["labels"][sl], d["fwd"][sl])
-            steps += 1
-            samples += sl.stop - sl.start
-            if np.isfinite(m.get("loss", np.nan)):
-                losses.append(float(m["loss"]))
-        new_exp = np.flatnonzero((d["ts"] > data.experience_until) & np.isfinite(d["position"]))
-        if len(new_exp) >= 1:
-            sl = slice(max(0, int(new_exp[0]) - 2), n_all)  # bar j's transition needs bar j-1
-            if push_experience(expert, batch_all.take(sl), d["position"][sl], timeframe_ms(spec.base_timeframe)):
-                if expert.buffer.n >= expert.params.warmup:
-                    losses.append(expert.replay_update())
-                    steps += 1
-            data.experience_until = int(d["ts"][-1])
-    else:
-        old = np.setdiff1d(np.arange(n_all), fresh, assume_unique=True)
-        want = max(len(fresh), bs, spec.min_steps_per_round * bs - len(fresh))
-        replay = rng.choice(old, size=min(len(old), want), replace=False) if len(old) else old
-        idx = np.concatenate([fresh, replay])
-        rng.shuffle(idx)
-        for s in range(0, len(idx), bs):
-            if steps >= spec.max_steps_per_round:
-                break
-            b = np.sort(idx[s : s + bs])
-            m = expert.train_step(batch_all.take(b), d["labels"][b], d["fwd"][b])
-            steps += 1
-            samples += len(b)
-            losses.append(float(m["loss"]))
+    batch = FeatureBatch("", spec.base_timeframe, d["ts"], d["close"], d["windows"], d["flat"], d["regime"],
+                         fspec)
+    r = expert.train_online(batch, d["labels"], d["fwd"], d["position"], fresh, rng,
+                            batch_size=spec.online.batch_size, min_steps=spec.min_steps_per_round,
+                            max_steps=spec.max_steps_per_round)
     data.trained_until = int(d["ts"][-1])
-    return steps, samples, losses
+    return r.steps, r.samples, list(r.losses)
 
 
 def trainer_main(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
