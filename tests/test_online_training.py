@@ -28,12 +28,11 @@ from NN.training.online import (
     FeedBuffer,
     TrainerSpec,
     TrainingManager,
-    _train_round,
-    _TrainData,
     split_release,
     trainer_cpus,
     trainer_main,
 )
+from NN.training.online.worker import _train_round, _TrainData
 
 torch.set_num_threads(1)
 
