@@ -11,10 +11,11 @@ Messages out (outbox): ("status", dict), ("published", dict), ("error", str).
 It builds its replay samples from the candles with the same FeatureBuilder and keeps the matured
 samples it is sent. The newest ``val_bars`` are its validation window, never trained on (nor anything
 within ``horizon`` bars before them). Every ``cadence_s`` it runs one round of the expert's own
-``train_online`` on the fresh samples plus replayed ones (learning rate ``online.lr``), publishes a
-checkpoint atomically (Expert.save: temp file + os.replace), scores it and the live weights on the
-validation window and reports path + scores; the engine applies the promotion rule
-(NN/training/promotion.py). TensorBoard scalars go to runs/online/<expert>/<timestamp>.
+``train_online`` on the fresh samples plus replayed ones (at least ``replay_steps`` replayed
+mini-batches or DQN chunks; learning rate ``online.lr``), publishes a checkpoint atomically
+(Expert.save: temp file + os.replace), scores it and the live weights on the validation window and
+reports path + scores; the engine side (judge.py) applies the promotion rule (NN/training/promotion.py).
+TensorBoard scalars go to runs/online/<expert>/<timestamp>.
 """
 
 from __future__ import annotations
