@@ -141,7 +141,7 @@ class TrainingConfig(_Strict):
     enabled: bool = True
     runs_dir: str = "runs"
     models_dir: str = "models"
-    # live trainer processes (NN/training/online.py) yield to the decision path:
+    # live trainer processes (NN/training/online/) yield to the decision path:
     trainer_threads: int = Field(1, ge=1)  # torch threads per trainer process
     trainer_idle: bool = True  # Linux SCHED_IDLE (else only niced by trainer_nice)
     trainer_nice: int = Field(10, ge=0, le=19)

@@ -28,13 +28,11 @@ from NN.training.online import (
     FeedBuffer,
     TrainerSpec,
     TrainingManager,
-    _train_round,
-    _TrainData,
-    push_experience,
     split_release,
     trainer_cpus,
     trainer_main,
 )
+from NN.training.online.worker import _train_round, _TrainData
 
 torch.set_num_threads(1)
 
@@ -137,7 +135,7 @@ def test_dqn_learns_from_realised_positions(models, builder, candles) -> None:
     # a spot position path (long or flat) from a past-only rule on the real closes
     past = np.concatenate([[0.0], np.diff(np.log(rows.close))])
     position = (past > 0).astype(np.float64)
-    n = push_experience(dqn, rows, position, 60_000)
+    n = dqn.push_experience(rows, position, 60_000)
     pidx = (np.sign(position) + 1).astype(int)
     before, after = pidx[:-2], pidx[1:-1]  # bar j: held after bar j-1's decision -> after bar j's
     keep = ~((before == 2) & (after == 1))  # long -> flat has no DQN action: skipped

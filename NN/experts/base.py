@@ -1,6 +1,8 @@
 """The one interface every expert implements (CNN, Transformer, DQN, Kronos).
 
 The orchestrator, backtester, trainers and evaluation only talk to experts through this class.
+``train_online`` is one round of live training, run inside a trainer process
+(NN/training/online/worker.py) on that process's own copy of the expert.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,16 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class OnlineRound:
+    """What one ``Expert.train_online`` round did: optimisation steps, samples they used, and their
+    losses (the mean is the round's loss)."""
+
+    steps: int
+    samples: int
+    losses: tuple[float, ...]
 
 
 class Expert(ABC):
@@ -85,6 +98,17 @@ class Expert(ABC):
 
         labels: int64 [N] in {0: down, 1: flat, 2: up} at this expert's horizon;
         fwd_returns: float64 [N] the matching forward log returns (DQN rewards use them)."""
+
+    def train_online(self, batch: FeatureBatch, labels: np.ndarray, fwd_returns: np.ndarray,
+                     position: np.ndarray, fresh: np.ndarray, rng: np.random.Generator, *, batch_size: int,
+                     min_steps: int, max_steps: int) -> OnlineRound:
+        """One live-training round over ``batch``: the trainable samples, ts-ascending, labels matured
+        (the validation window is not in it). ``fresh`` indexes the samples not trained on before (the
+        others may be replayed); ``position`` is the realised position held after each bar's decision
+        (NaN: unknown); ``rng`` is the trainer's and decides what is replayed. At least ``min_steps``
+        replayed mini-batches or chunks (0: none forced), at most ``max_steps`` steps; ``batch_size``
+        is the online mini-batch size. Experts that only train offline keep this default."""
+        raise NotImplementedError(f"{self.name}: {type(self).__name__} does not train online")
 
     # ---- state
     @abstractmethod

@@ -19,6 +19,9 @@ bias supplies it (a single temperature could not).
 bars: it rolls an epsilon-greedy episode over it (a gap in ts ends the episode), stores the n-step
 transitions in the replay buffer and runs replay updates (one per ``update_every`` steps). labels and
 fwd_returns only feed the class-conditional mean returns behind ``expected_return``.
+
+Live training (``train_online``, inside a trainer process): chronological chunks of the fresh bars and
+replayed ones, then the realised paper-trading positions as transitions (``push_experience``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from core.config import ExpertConfig, validate_params
 from core.types import ExpertBatchOutput, FeatureBatch, FeatureSpec, timeframe_ms
 from NN.calibration import Calibrator, softmax
 from NN.devices import to_device
-from NN.experts.base import Expert, confidence_from_probs
+from NN.experts.base import Expert, OnlineRound, confidence_from_probs
 from NN.experts.supervised import check_batch, load_weights_state, spec_dims, weights_state
 
 POSITIONS = np.array([-1.0, 0.0, 1.0])  # index 0 short, 1 flat, 2 long
@@ -142,6 +145,8 @@ class DQNExpert(Expert):
         self.class_ret_sum = np.zeros(3)
         self.class_count = np.zeros(3)
         self.bar_ms = timeframe_ms(spec.timeframes[0])
+        # online: newest bar whose realised position went into the replay buffer (never saved, like it)
+        self.experience_until = int(np.iinfo(np.int64).min)
 
     # ---------------------------------------------------------------- state vectors
 
@@ -318,6 +323,72 @@ class DQNExpert(Expert):
             "epsilon": self.epsilon(),
             "buffer": float(self.buffer.n),
         }
+
+    # ---------------------------------------------------------------- live training
+
+    def push_experience(self, batch: FeatureBatch, position: np.ndarray, bar_ms: int) -> int:
+        """Learn from this DQN's own paper-trading experience. ``position[j]`` is the realised position
+        (sign -1/0/+1) held after the decision at bar j, so the transition of bar j goes from
+        position[j-1] to position[j] and earns position[j] * log(close[j+1] / close[j]) minus the fee on
+        the change: it needs bars j-1, j and j+1 (contiguous, positions known). The actions are
+        sell->short, hold, buy->long, so a move to flat from a non-flat position has no action: such
+        bars are skipped. Returns the number of transitions pushed."""
+        pos = np.asarray(position, dtype=np.float64)
+        n = len(pos)
+        if n < 3:
+            return 0
+        ok = np.isfinite(pos)
+        s = self.states(batch)
+        pidx = np.where(ok, np.sign(np.nan_to_num(pos)) + 1, 1).astype(np.int64)
+        ret = np.diff(np.log(np.asarray(batch.close, np.float64)))[1:]  # bar j = 1..n-2
+        before, after = pidx[:-2], pidx[1:-1]
+        act = np.where(after == before, 1, np.where(after == 2, 2, np.where(after == 0, 0, -1)))
+        step = np.diff(np.asarray(batch.ts, np.int64)) == bar_ms
+        valid = ok[:-2] & ok[1:-1] & step[:-1] & step[1:] & (act >= 0)
+        fee = self.params.fee_bps / 1e4
+        rew = POSITIONS[after] * ret - fee * np.abs(POSITIONS[after] - POSITIONS[before])
+        pushed = 0
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], valid.astype(np.int8), [0]])))
+        for a, b in zip(edges[::2], edges[1::2], strict=True):  # transitions t = a..b-1 (bar j = t + 1)
+            self.push_transitions(s[a + 1 : b + 2], pidx[a : b + 1], act[a:b], rew[a:b])
+            pushed += b - a
+        return pushed
+
+    def train_online(self, batch: FeatureBatch, labels: np.ndarray, fwd_returns: np.ndarray,
+                     position: np.ndarray, fresh: np.ndarray, rng: np.random.Generator, *, batch_size: int,
+                     min_steps: int, max_steps: int) -> OnlineRound:
+        """Chronological chunks of ``params.chunk`` bars (``train_step``): the fresh stretch, from one
+        bar before it, and ``max(1, min_steps)`` replayed chunks drawn with ``rng``, at most
+        ``max_steps``; then the realised positions not learnt from yet go into the replay buffer, with
+        one replay update once it is warm. ``batch_size`` is the classifiers' (replay mini-batches are
+        ``params.batch_size``)."""
+        n_all = len(batch)
+        chunk = max(2, int(self.params.chunk))
+        spans = []
+        if len(fresh):
+            a = max(0, int(fresh[0]) - 1)
+            spans += [slice(s, min(s + chunk, n_all)) for s in range(a, n_all - 1, chunk)]
+        for _ in range(max(1, min_steps) if n_all > chunk else 0):
+            s0 = int(rng.integers(0, n_all - chunk))
+            spans.append(slice(s0, s0 + chunk))
+        steps, samples, losses = 0, 0, []
+        for sl in spans[:max_steps]:
+            if sl.stop - sl.start < 2:
+                continue
+            m = self.train_step(batch.take(sl), labels[sl], fwd_returns[sl])
+            steps += 1
+            samples += sl.stop - sl.start
+            if np.isfinite(m.get("loss", np.nan)):
+                losses.append(float(m["loss"]))
+        new_exp = np.flatnonzero((batch.ts > self.experience_until) & np.isfinite(position))
+        if len(new_exp) >= 1:
+            sl = slice(max(0, int(new_exp[0]) - 2), n_all)  # bar j's transition needs bar j-1
+            if self.push_experience(batch.take(sl), position[sl], self.bar_ms):
+                if self.buffer.n >= self.params.warmup:
+                    losses.append(self.replay_update())
+                    steps += 1
+            self.experience_until = int(batch.ts[-1])
+        return OnlineRound(steps, samples, tuple(losses))
 
     # ---------------------------------------------------------------- state
 

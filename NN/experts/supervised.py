@@ -18,7 +18,7 @@ from core.config import ExpertConfig, validate_params
 from core.types import ExpertBatchOutput, FeatureBatch, FeatureSpec
 from NN.calibration import Calibrator, softmax
 from NN.devices import to_device
-from NN.experts.base import Expert, confidence_from_probs
+from NN.experts.base import Expert, OnlineRound, confidence_from_probs
 
 
 class SupervisedParams(BaseModel):
@@ -189,6 +189,28 @@ class SupervisedExpert(Expert):
         np.add.at(self.class_count, y, 1)
         acc = float((logits.argmax(1) == yt).float().mean())
         return {"loss": float(loss.detach()), "acc": acc, "grad_norm": float(gn)}
+
+    def train_online(self, batch: FeatureBatch, labels: np.ndarray, fwd_returns: np.ndarray,
+                     position: np.ndarray, fresh: np.ndarray, rng: np.random.Generator, *, batch_size: int,
+                     min_steps: int, max_steps: int) -> OnlineRound:
+        """Shuffled mini-batches of ``batch_size``: every fresh sample plus as many replayed older ones
+        (at least one mini-batch's worth, and enough for ``min_steps`` mini-batches); ``position`` is
+        not used (a classifier learns from labels only)."""
+        old = np.setdiff1d(np.arange(len(batch)), fresh, assume_unique=True)
+        want = max(len(fresh), batch_size, min_steps * batch_size - len(fresh))
+        replay = rng.choice(old, size=min(len(old), want), replace=False) if len(old) else old
+        idx = np.concatenate([fresh, replay])
+        rng.shuffle(idx)
+        steps, samples, losses = 0, 0, []
+        for s in range(0, len(idx), batch_size):
+            if steps >= max_steps:
+                break
+            b = np.sort(idx[s : s + batch_size])
+            m = self.train_step(batch.take(b), labels[b], fwd_returns[b])
+            steps += 1
+            samples += len(b)
+            losses.append(float(m["loss"]))
+        return OnlineRound(steps, samples, tuple(losses))
 
     # ---------------------------------------------------------------- state
 

@@ -1,7 +1,7 @@
 """Champion / challenger: a freshly trained checkpoint replaces the live one only when it beats it.
 
 Both are scored (log loss) on the same recent validation window: matured samples the challenger did
-not train on (NN/training/online.py withholds them from the trainers). With gain = champion_logloss -
+not train on (NN/training/online/ withholds them from the trainers). With gain = champion_logloss -
 challenger_logloss (the mean of the paired per-sample differences) and se its standard error, the
 challenger wins when
     gain > 0, gain >= promote_margin and gain >= promote_z * se      (models.yml experts.<n>.online)
@@ -22,6 +22,8 @@ import torch
 
 from core.scoring import sample_log_loss
 from core.types import FeatureBatch, Swap, Verdict
+
+MIN_VAL_SAMPLES = 30  # fewer matured validation samples than this: no verdict yet
 
 
 def apply_swap(swap: Swap, live: Any) -> dict[str, Any]:
@@ -60,7 +62,7 @@ def judge(champion_logloss: float, challenger_logloss: float, margin: float, n: 
 
 
 def evaluate(champion: Any, challenger: Any, batch: FeatureBatch, labels: np.ndarray, margin: float,
-             min_samples: int = 30, z: float = 0.0) -> Verdict:
+             min_samples: int = MIN_VAL_SAMPLES, z: float = 0.0) -> Verdict:
     """Score both on the same window (paired per-sample differences) and judge. ``champion`` /
     ``challenger`` are expert objects NOT used by the decision path (scratch copies), so this may run
     on any thread."""
