@@ -20,6 +20,7 @@ import torch
 from core.config import ModelsConfig, load_config, load_models
 from core.data.files import load_file
 from core.features import FeatureBuilder
+from core.labels import dead_zone, forward_returns, make_labels
 from core.types import ExpertBatchOutput, FeatureBatch
 from NN.devices import pick_device, to_device
 from NN.experts.base import Expert
@@ -33,7 +34,6 @@ from NN.experts.kronos.sampler import KronosSampler, SampleConfig, filter_logits
 from NN.experts.kronos.tokenizer import KronosTokenizer
 from NN.experts.registry import build_expert
 from NN.moe import MoEGate
-from NN.training.datasets import default_dead_zone, forward_returns, make_labels
 
 pytestmark = pytest.mark.gpu
 
@@ -99,7 +99,7 @@ def labelled(models: ModelsConfig, batch: FeatureBatch) -> tuple[np.ndarray, np.
     """Labels and forward returns at the experts' horizon (all three use the same one in models.yml)."""
     h = models.experts["cnn"].horizon
     assert all(models.experts[n].horizon == h for n in EXPERTS)
-    y = make_labels(batch.close, h, default_dead_zone(load_config(), models.labels))
+    y = make_labels(batch.close, h, dead_zone(load_config().execution, models.labels))
     return y, forward_returns(batch.close, h)
 
 

@@ -20,10 +20,10 @@ from core.config import load_models
 from core.data.files import load_file as load_candles
 from core.data.store import MarketStore
 from core.features import FeatureBuilder
+from core.labels import make_labels
 from core.types import SeriesKey
 from NN.experts.dqn import POSITIONS
 from NN.experts.registry import build_expert
-from NN.training.datasets import make_labels
 from NN.training.online import (
     FeedBuffer,
     TrainerSpec,
