@@ -17,6 +17,8 @@ from core.scoring import EPS, check_probs
 
 # ---------------------------------------------------------------- calibrators
 
+CalibrationKind = Literal["temperature", "vector"]
+
 
 def _fit_lbfgs(params: list[torch.Tensor], loss_fn, max_iter: int = 200) -> None:
     opt = torch.optim.LBFGS(params, lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
@@ -64,7 +66,7 @@ class Calibrator:
     Unfitted it is the identity.
     """
 
-    kind: Literal["temperature", "vector"] = "vector"
+    kind: CalibrationKind = "vector"
     a: np.ndarray = field(default_factory=lambda: np.ones(3))
     b: np.ndarray = field(default_factory=lambda: np.zeros(3))
     fitted: bool = False

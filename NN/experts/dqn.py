@@ -36,7 +36,7 @@ from torch import nn
 
 from core.config import ExpertConfig, validate_params
 from core.types import ExpertBatchOutput, FeatureBatch, FeatureSpec, timeframe_ms
-from NN.calibration import Calibrator, softmax
+from NN.calibration import CalibrationKind, Calibrator, softmax
 from NN.devices import to_device
 from NN.experts.base import Expert, OnlineRound, confidence_from_probs
 from NN.experts.supervised import check_batch, load_weights_state, spec_dims, weights_state
@@ -121,7 +121,7 @@ def next_position(pos_idx: np.ndarray | int, action: np.ndarray | int) -> np.nda
 
 class DQNExpert(Expert):
     kind = "dqn"
-    calibration_kind = "vector"
+    calibration_kind: CalibrationKind = "vector"
     ARCH_KEYS = ("hidden", "state_bars")
 
     def __init__(self, name: str, cfg: ExpertConfig, spec: FeatureSpec) -> None:

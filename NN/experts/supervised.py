@@ -16,7 +16,7 @@ from torch import nn
 
 from core.config import ExpertConfig, validate_params
 from core.types import ExpertBatchOutput, FeatureBatch, FeatureSpec
-from NN.calibration import Calibrator, softmax
+from NN.calibration import CalibrationKind, Calibrator, softmax
 from NN.devices import to_device
 from NN.experts.base import Expert, OnlineRound, confidence_from_probs
 
@@ -107,7 +107,7 @@ class SupervisedExpert(Expert):
     Params: type[SupervisedParams] = SupervisedParams
     kind: str = "supervised"
     #: temperature scaling: a network trained with cross-entropy already learns the class priors
-    calibration_kind: str = "temperature"
+    calibration_kind: CalibrationKind = "temperature"
     #: params that change the network's shape: a checkpoint must match them to load
     ARCH_KEYS: tuple[str, ...] = ()
 

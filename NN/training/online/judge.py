@@ -120,7 +120,7 @@ class Judge:
     def collect(self, champion: Mapping[str, tuple[str, dict[str, Any]]]) -> list[Swap]:
         """The verdicts so far as promotion Swaps (engine thread). A win counts only against the
         champion it was judged against (``champion``: name -> (live version, state))."""
-        swaps = []
+        swaps: list[Swap] = []
         while True:
             try:
                 name, version, path, state, verdict, champ_version = self._results.get_nowait()

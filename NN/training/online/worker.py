@@ -271,6 +271,7 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
                 "samples_per_s": samples_per_s}
         if len(val) >= MIN_VAL_SAMPLES:  # judged here, off the engine process: both on the same window
             d = data.d
+            assert d is not None  # a validation window implies rows
             vb = FeatureBatch("", spec.base_timeframe, d["ts"][val], d["close"][val], d["windows"][val],
                               d["flat"][val], d["regime"][val], builder.spec)
             v = evaluate(champion, expert, vb, d["labels"][val], spec.online.promote_margin, MIN_VAL_SAMPLES,
