@@ -78,8 +78,7 @@ def validation_metrics(info: CheckpointInfo | None) -> dict[str, Any]:
     '*_ts' bounds)."""
     if info is None:
         return {}
-    meta = info.meta if isinstance(info.meta, dict) else {}
-    return {"metric": info.metric, **{k: v for k, v in meta.items()
+    return {"metric": info.metric, **{k: v for k, v in info.meta.items()
                                       if str(k).startswith("val") and not str(k).endswith("_ts")}}
 
 
