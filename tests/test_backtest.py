@@ -15,9 +15,10 @@ from helpers import tiny_kronos_dir
 
 from compose import backtest_components
 from core.backtest import cli
+from core.backtest.signals import load_signals
 from core.data.files import load_file
 from core.data.store import MarketStore
-from core.types import SeriesKey
+from core.types import SeriesKey, Thresholds
 
 torch.set_num_threads(1)
 KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
@@ -86,10 +87,10 @@ def test_signals_csv_bad_rows_are_named(btc, tmp_path):
     sig = tmp_path / "bad.csv"
     sig.write_text("timestamp,target\n2023-03-01T00:03:30Z,0.5\n")
     with pytest.raises(ValueError, match="row 2: timestamp .* is not a bar"):
-        cli.load_signals(sig, bars)
+        load_signals(sig, bars)
     sig.write_text("ts,position\n1677628980000,2.0\n")
     with pytest.raises(ValueError, match=r"row 2: target .* \[-1, 1\]"):
-        cli.load_signals(sig, bars)
+        load_signals(sig, bars)
 
 
 # ---------------------------------------------------------------- experts through the CLI
@@ -162,7 +163,7 @@ def test_kronos_forecasts_are_cached_and_reused(btc, tmp_path):
     def run(mode: str):
         comps = backtest_components(models, "1m", ["cnn", "kronos"], store=store)
         spec = spec_from_config(cfg, models, exchange="binanceus", symbol="BTC/USDT", timeframe="1m",
-                                thresholds=cli.Thresholds(0.34, 0.34), mode=mode)
+                                thresholds=Thresholds(0.34, 0.34), mode=mode)
         res = Backtester(comps, spec, cfg.execution, cfg.risk, store=store).run(candles)
         return res, comps.cache
 

@@ -23,14 +23,21 @@ torch.set_num_threads(1)
 START, BARS = 14_000, 600  # 2023-03-10 17:20 UTC onwards: a volatile stretch, so trades happen
 
 
+def components():
+    """Freshly seeded CNN, Transformer and DQN with a fresh gate on smaller features (each test that
+    changes them builds its own: the module's fixture stays as it was made)."""
+    models = load_models()
+    feats = models.features.model_copy(update={"timeframes": ["1m", "5m", "1h"], "window": 32,
+                                               "norm_window": 200})
+    return backtest_components(models, "1m", ["cnn", "transformer", "dqn"], features=feats)
+
+
 @pytest.fixture(scope="module")
 def setup(shared_data):
     cfg = load_config()
     models = load_models()
-    feats = models.features.model_copy(update={"timeframes": ["1m", "5m", "1h"], "window": 32,
-                                               "norm_window": 200})
     candles = load_file(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[START:START + BARS]
-    comps = backtest_components(models, "1m", ["cnn", "transformer", "dqn"], features=feats)
+    comps = components()
     probe = spec_from_config(cfg, models, exchange="binanceus", symbol="BTC/USDT", timeframe="1m",
                              thresholds=Thresholds(), mode="fast")
     bt = Backtester(comps, probe, cfg.execution, cfg.risk)
@@ -85,12 +92,13 @@ def test_both_modes_write_the_same_audit_trail(setup):
 @pytest.mark.parametrize("adapt", [False, True])
 def test_trained_gate_batched_in_fast_mode_matches_event_mode(setup, shared_data, adapt):
     """A trained gate is fused per bar live; in fast mode in one batch (adapt_trained off) or walked
-    bar by bar with its online Hedge factor (on): same decisions either way."""
-    from core.backtest.engine import spec_from_config
-    from core.config import load_config, load_models
+    bar by bar with its online Hedge factor (on): same decisions either way. The gate is fitted on
+    components of this test's own, so neither the fixture nor the other parametrisation sees it."""
     from core.labels import make_labels
 
-    _fast, _event, _store, comps = setup
+    _fast, _event, _store, shared = setup
+    comps = components()
+    assert not comps.gate.trained and list(comps.experts) == list(shared.experts)
     cfg, models = load_config(), load_models()
     # fit on the experts' outputs over the 900 bars BEFORE the test slice (no overlap with it)
     fit_bars = load_file(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[START - 900:START]

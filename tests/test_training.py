@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -46,7 +47,8 @@ def test_registry_keeps_best_n_prunes_and_rolls_back(tmp_path: Path) -> None:
     for seed, m in enumerate(metrics):
         ex = build_expert("cnn", cfg.model_copy(update={"params": {**cfg.params, "seed": seed}}), spec)
         saved.append(weights(ex))
-        versions.append(reg.register("cnn", ex.state_dict(), m, policy, {"seed": seed}))
+        curve = pd.DataFrame({"step": [0, 1], "name": "val_logloss", "value": [m + 0.1, m]})
+        versions.append(reg.register("cnn", ex.state_dict(), m, policy, {"seed": seed}, metrics=curve))
     kept = reg.list("cnn")
     assert sorted(i.metric for i in kept) == [0.6, 0.7, 0.8]
     assert {i.version for i in kept} == {versions[1], versions[2], versions[3]}
@@ -56,6 +58,19 @@ def test_registry_keeps_best_n_prunes_and_rolls_back(tmp_path: Path) -> None:
     assert len(rows) == 3 and set(rows.columns) >= {"expert", "version", "path", "metric", "created_at", "meta"}
     assert reg.best("cnn").version == versions[3] and reg.best("cnn").meta["seed"] == 3
     assert reg.latest_version("cnn") == versions[3]
+    # training curves are pruned with their checkpoints; metrics() is the newest surviving run's
+    kept_curves = store.query_df("SELECT DISTINCT version FROM training_metrics WHERE expert = 'cnn'")
+    assert set(kept_curves.version) == {versions[1], versions[2], versions[3]}
+    curve = reg.metrics("cnn")
+    assert list(curve.columns) == ["step", "name", "value"]
+    assert curve.step.tolist() == [0, 1] and curve.value.tolist() == pytest.approx([0.7, 0.6])
+    assert reg.metrics("dqn").empty
+    with pytest.raises(ValueError, match=r"lack columns \['value'\]"):
+        reg.register("cnn", {}, 0.5, policy, {}, metrics=pd.DataFrame({"step": [0], "name": ["x"]}))
+    with pytest.raises(ValueError, match="'x' appears twice at step 0"):
+        reg.register("cnn", {}, 0.5, policy, {},
+                     metrics=pd.DataFrame({"step": [0, 0], "name": ["x", "x"], "value": [1.0, 2.0]}))
+    assert len(reg.list("cnn")) == 3  # a refused registration leaves no row behind
 
     fresh = build_expert("cnn", cfg.model_copy(update={"params": {**cfg.params, "seed": 99}}), spec)
     assert reg.load_into(fresh) and fresh.version == versions[3]
@@ -118,6 +133,53 @@ def test_train_registers_checkpoints_and_logs(trained: dict) -> None:
     assert list((trained["tmp"] / "runs").rglob("events.out.tfevents.*")), "no TensorBoard logs"
 
 
+def _text(component: object) -> str:
+    """All the text a Dash component tree shows."""
+    children = getattr(component, "children", component)
+    if isinstance(children, str | int | float):
+        return str(children)
+    if isinstance(children, list | tuple):
+        return " ".join(_text(c) for c in children)
+    return "" if children is None or children is component else _text(children)
+
+
+def test_train_records_training_curves_and_the_models_page_shows_them(trained: dict) -> None:
+    """Each trained expert's registration carries its per-epoch curves (the TensorBoard epoch scalars);
+    the Models page reads checkpoints and curves through the registry, TensorBoard only for a
+    checkpoint that recorded none (the gate), and says "none recorded yet" without checkpoints."""
+    from web.pages import models as page
+
+    runs = trained["tmp"] / "runs"
+    with MarketStore(trained["db"], read_only=True) as store:
+        reg = CheckpointRegistry(store, trained["tmp"] / "models")
+        for name in ("cnn", "transformer", "dqn"):
+            (info,) = reg.list(name)
+            curve = reg.metrics(name)
+            epochs = info.meta["epochs_run"]
+            assert sorted(set(curve.name)) == ["epoch_train_loss", "val_logloss"]
+            val = curve[curve.name == "val_logloss"]
+            assert val.step.tolist() == list(range(epochs)) and np.isfinite(curve.value).all()
+            assert val.value.iloc[info.meta["best_epoch"] - 1] == pytest.approx(info.metric, rel=1e-12)
+            tb = page.tensorboard_scalars(runs, name)
+            tb_val = tb[tb.name == "val_logloss"].sort_values("step")
+            np.testing.assert_allclose(tb_val.value, val.value, rtol=1e-6)  # float32 in TensorBoard
+            pd.testing.assert_frame_equal(page.metrics_for(reg, name, runs), curve)
+            assert [i.version for i in page.checkpoints_for(reg, name)] == [info.version]
+            block = _text(page.checkpoint_block(reg, name))
+            assert f"last checkpoint: {info.version}" in block and "★" in block and "none recorded" not in block
+        n = store.query_one("SELECT count(*) FROM training_metrics WHERE expert = 'moe'")[0]
+        assert n == 0 and reg.list("moe")
+        gate = page.metrics_for(reg, "moe", runs)  # no curves recorded: its TensorBoard scalars
+        assert "holdout_gate_logloss" in set(gate.name)
+        assert "offline loss curves" in str(page.loss_block(reg, "cnn", runs).figure.layout.title.text)
+    with MarketStore(":memory:") as empty:
+        for registry in (CheckpointRegistry(empty, trained["tmp"] / "none"), None):
+            assert page.checkpoints_for(registry, "cnn") == [] and page.metrics_for(registry, "cnn").empty
+            block = _text(page.checkpoint_block(registry, "cnn"))
+            assert "last checkpoint: none" in block and "none recorded yet" in block
+            assert "none recorded yet" in _text(page.loss_block(registry, "cnn", trained["tmp"] / "no-runs"))
+
+
 def test_evaluate_report_and_fused_no_worse_than_best_expert(trained: dict) -> None:
     rep = trained["report"]
     assert set(rep["experts"]) == {"cnn", "transformer", "dqn"}
@@ -150,6 +212,9 @@ def test_second_train_starts_from_the_best_checkpoint(trained: dict) -> None:
     with MarketStore(trained["db"], read_only=True) as store:
         rows = CheckpointRegistry(store, trained["tmp"] / "models").list("cnn")
     assert len(rows) == 2 and rows[-1].meta["resumed_from"] == first
+    with MarketStore(trained["db"], read_only=True) as store:  # the curves shown are the newest run's
+        curve = CheckpointRegistry(store, trained["tmp"] / "models").metrics("cnn")
+    assert curve[curve.name == "val_logloss"].step.tolist() == [0]  # --epochs 1
 
 
 def test_training_draws_only_from_the_train_part(shared_data: Path) -> None:

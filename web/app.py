@@ -17,6 +17,7 @@ from dash import Dash, Input, Output, dcc, html
 
 from core.backtest.engine import ComponentsFactory
 from core.config import AppConfig, ModelsConfig, Secrets
+from core.types import CheckpointCatalog
 from web import api, auth, figures
 from web.pages import backtest, live, models
 
@@ -31,8 +32,9 @@ class WebContext:
     engine: Any
     cfg: AppConfig
     models_cfg: ModelsConfig | None = None
-    store: Any | None = None  # MarketStore (checkpoint registry, training metrics, backtest runs)
+    store: Any | None = None  # MarketStore (backtests: candles in, reports and backtest_runs out)
     backtest_components: ComponentsFactory | None = None  # experts for the Backtest page (compose.py)
+    registry: CheckpointCatalog | None = None  # checkpoints and training curves (Models page)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,7 +60,7 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
         store = getattr(engine, "store", None)
     models_cfg = models_cfg or getattr(engine, "models", None)
     ctx = WebContext(engine=engine, cfg=cfg, models_cfg=models_cfg, store=store,
-                     backtest_components=backtest_components)
+                     backtest_components=backtest_components, registry=getattr(engine, "registry", None))
 
     app = Dash(__name__, assets_folder=str(ASSETS), suppress_callback_exceptions=True,
                title="MoE Trader", update_title="", serve_locally=True)

@@ -1,6 +1,7 @@
 """Checkpoint registry: weights on disk (models_dir/<expert>/<version>.pt, written atomically), one
-metadata row per checkpoint in the DuckDB table ``checkpoints``; keeps the best N per expert by the
-validation metric and prunes the rest from disk and table.
+metadata row per checkpoint in the DuckDB table ``checkpoints`` and the training curves that produced
+it (step, name, value rows) in ``training_metrics``; keeps the best N per expert by the validation
+metric and prunes the rest from disk and both tables.
 
 Works for anything with ``state_dict`` / ``load_state_dict`` and a ``version`` attribute (experts and
 the MoE gate, registered under the name "moe").
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from core.config import CheckpointPolicy
@@ -37,6 +39,18 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     PRIMARY KEY (expert, version)
 )
 """
+METRICS_TABLE = "training_metrics"
+_METRICS_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {METRICS_TABLE} (
+    expert VARCHAR NOT NULL,
+    version VARCHAR NOT NULL,
+    step BIGINT NOT NULL,
+    name VARCHAR NOT NULL,
+    value DOUBLE,
+    PRIMARY KEY (expert, version, step, name)
+)
+"""
+METRIC_COLUMNS = ["step", "name", "value"]
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -46,11 +60,12 @@ class CheckpointRegistry:
         self.models_dir = Path(models_dir)
         if not store.read_only:
             store.execute(_SCHEMA)
+            store.execute(_METRICS_SCHEMA)
 
     # ---------------------------------------------------------------- queries
 
     def _rows(self, expert: str) -> list[CheckpointInfo]:
-        if not self._table_exists():
+        if not self._table_exists(TABLE):
             return []
         df = self.store.query_df(
             f"SELECT expert, version, path, metric, created_at, meta FROM {TABLE} WHERE expert = ? "
@@ -69,9 +84,9 @@ class CheckpointRegistry:
             for r in df.itertuples(index=False)
         ]
 
-    def _table_exists(self) -> bool:
+    def _table_exists(self, table: str) -> bool:
         row = self.store.query_one(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
         )
         return bool(row and row[0])
 
@@ -90,6 +105,21 @@ class CheckpointRegistry:
         rows = self._rows(expert)
         return rows[-1].version if rows else None
 
+    def metrics(self, expert: str) -> pd.DataFrame:
+        """Training curves (columns step, name, value; by name, then step) of ``expert``'s newest
+        surviving checkpoint that has any: online promotions record none, so their offline ancestor's
+        curves are what the Models page shows. Empty when none were recorded (older checkpoints)."""
+        if not (self._table_exists(TABLE) and self._table_exists(METRICS_TABLE)):
+            return pd.DataFrame(columns=METRIC_COLUMNS)
+        return self.store.query_df(
+            f"""SELECT step, name, value FROM {METRICS_TABLE} WHERE expert = ? AND version = (
+                    SELECT c.version FROM {TABLE} c WHERE c.expert = ? AND EXISTS (
+                        SELECT 1 FROM {METRICS_TABLE} m WHERE m.expert = c.expert AND m.version = c.version)
+                    ORDER BY c.created_at DESC, c.version DESC LIMIT 1)
+                ORDER BY name, step""",
+            [expert, expert],
+        )
+
     def get(self, expert: str, version: str) -> CheckpointInfo:
         for r in self._rows(expert):
             if r.version == version:
@@ -98,13 +128,16 @@ class CheckpointRegistry:
 
     # ---------------------------------------------------------------- writes
 
-    def register(self, expert: str, state: dict, metric: float, policy: CheckpointPolicy, meta: dict) -> str:
-        """Write ``state`` atomically, record it, prune to the best ``policy.keep_best``; returns the
-        new version (which may itself be pruned at once if it is not among the best)."""
+    def register(self, expert: str, state: dict, metric: float, policy: CheckpointPolicy, meta: dict,
+                 metrics: pd.DataFrame | None = None) -> str:
+        """Write ``state`` atomically, record it with its training ``metrics`` (columns step, name,
+        value: one batched insert), prune to the best ``policy.keep_best``; returns the new version
+        (which may itself be pruned at once if it is not among the best)."""
         if not _NAME.match(expert):
             raise ValueError(f"bad expert name {expert!r} (letters, digits, _ . - only)")
         if not np.isfinite(metric):
             raise ValueError(f"checkpoint metric for {expert} must be finite, got {metric!r}")
+        curves = _metric_rows(expert, metrics)
         created = datetime.now(UTC).replace(tzinfo=None)
         existing = {r.version for r in self._rows(expert)}
         version = created.strftime("%Y%m%dT%H%M%S%f")
@@ -116,10 +149,13 @@ class CheckpointRegistry:
         save_atomic(state, path)
         full_meta = {**meta, "metric_name": policy.metric, "mode": policy.mode}
         try:
-            self.store.execute(
-                f"INSERT INTO {TABLE} (expert, version, path, metric, created_at, meta) VALUES (?, ?, ?, ?, ?, ?)",
-                [expert, version, str(path), float(metric), created, json.dumps(full_meta, default=str)],
-            )
+            with self.store.transaction():  # the checkpoint row and its curves, or neither
+                self.store.execute(
+                    f"INSERT INTO {TABLE} (expert, version, path, metric, created_at, meta) VALUES (?, ?, ?, ?, ?, ?)",
+                    [expert, version, str(path), float(metric), created, json.dumps(full_meta, default=str)],
+                )
+                if curves is not None:
+                    self.store.write_df(METRICS_TABLE, curves.assign(version=version))
         except Exception:
             path.unlink(missing_ok=True)  # no orphan file without its row
             raise
@@ -131,8 +167,12 @@ class CheckpointRegistry:
         rows = self._rows(expert)
         ranked = _ranked(rows, policy.mode)
         removed = []
+        metrics = self._table_exists(METRICS_TABLE)
         for info in ranked[policy.keep_best :]:
             self.store.execute(f"DELETE FROM {TABLE} WHERE expert = ? AND version = ?", [expert, info.version])
+            if metrics:
+                self.store.execute(f"DELETE FROM {METRICS_TABLE} WHERE expert = ? AND version = ?",
+                                   [expert, info.version])
             info.path.unlink(missing_ok=True)
             removed.append(info.version)
         if removed:
@@ -154,6 +194,22 @@ class CheckpointRegistry:
         expert_obj.load_state_dict(state)
         expert_obj.version = info.version
         return True
+
+
+def _metric_rows(expert: str, metrics: pd.DataFrame | None) -> pd.DataFrame | None:
+    """``metrics`` checked and shaped as ``training_metrics`` rows (version added at insert)."""
+    if metrics is None or metrics.empty:
+        return None
+    missing = [c for c in METRIC_COLUMNS if c not in metrics.columns]
+    if missing:
+        raise ValueError(f"training metrics of {expert} lack columns {missing} (need {METRIC_COLUMNS})")
+    rows = pd.DataFrame({"expert": expert, "step": metrics["step"].astype(np.int64),
+                         "name": metrics["name"].astype(str), "value": metrics["value"].astype(np.float64)})
+    dup = rows.duplicated(["step", "name"])
+    if dup.any():
+        r = rows[dup].iloc[0]
+        raise ValueError(f"training metrics of {expert}: {r['name']!r} appears twice at step {r['step']}")
+    return rows
 
 
 def _ranked(rows: list[CheckpointInfo], mode: str) -> list[CheckpointInfo]:

@@ -150,6 +150,7 @@ class TrainResult:
     epochs_run: int
     best_epoch: int
     extra: dict[str, float]
+    curves: pd.DataFrame  # per epoch (step = epoch, from 0): epoch_train_loss, val_logloss
 
 
 def _val_logloss(expert: Any, prep: Prepared, y: np.ndarray, r: np.ndarray) -> tuple[float, Calibrator]:
@@ -182,6 +183,7 @@ def train_expert(expert: Expert, prep: Prepared, epochs: int, *, patience: int =
     best: tuple[float, int, Any, Any] = (float("inf"), -1, None, None)
     step = 0
     epochs_run = 0
+    curves: list[tuple[int, str, float]] = []  # what TensorBoard gets per epoch, for the registry too
     advance = task(f"train {expert.name}", epochs * len(units)) if task else None
     for ep in range(epochs):
         epochs_run = ep + 1
@@ -203,10 +205,11 @@ def train_expert(expert: Expert, prep: Prepared, epochs: int, *, patience: int =
             if advance:
                 advance(1)
         vl, cal = _val_logloss(expert, prep, y, r)
+        epoch = [("val_logloss", vl)] + ([("epoch_train_loss", float(np.mean(losses)))] if losses else [])
+        curves += [(ep, k, v) for k, v in epoch]
         if writer is not None:
-            writer.add_scalar(f"{expert.name}/val_logloss", vl, ep)
-            if losses:
-                writer.add_scalar(f"{expert.name}/epoch_train_loss", float(np.mean(losses)), ep)
+            for k, v in epoch:
+                writer.add_scalar(f"{expert.name}/{k}", v, ep)
         if advance:
             advance(0, info=f"epoch {ep + 1} val_logloss {vl:.4f}")
         log.info("%s epoch %d: train loss %.4f, val log loss %.4f (calibration a=%s b=%s)", expert.name, ep + 1,
@@ -224,7 +227,8 @@ def train_expert(expert: Expert, prep: Prepared, epochs: int, *, patience: int =
     extra: dict[str, Any] = {"calibration": best[3].state_dict()}
     if is_dqn:
         extra["val_greedy_reward"] = expert.policy_reward(prep.part("val"))
-    return TrainResult(expert.name, None, best[0], epochs_run, best[1] + 1, extra)
+    return TrainResult(expert.name, None, best[0], epochs_run, best[1] + 1, extra,
+                       pd.DataFrame(curves, columns=["step", "name", "value"]))
 
 
 # ---------------------------------------------------------------- gate
@@ -354,6 +358,7 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                     name, expert.state_dict(), res.val_logloss, cfg.checkpoints,
                     {**meta_base, "horizon": cfg.horizon, "resumed_from": resumed_from, "epochs_run": res.epochs_run,
                      "best_epoch": res.best_epoch, **res.extra},
+                    metrics=res.curves,
                 )
                 results[name] = {"version": version, "val_logloss": res.val_logloss, "epochs_run": res.epochs_run,
                                  "best_epoch": res.best_epoch, **res.extra}

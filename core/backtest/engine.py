@@ -30,7 +30,7 @@ import pandas as pd
 
 from core.audit import frames_from_arrays, write_frames
 from core.backtest.forecast_cache import ForecastCache
-from core.config import FeaturesConfig, ModelsConfig
+from core.config import AppConfig, ExecutionConfig, FeaturesConfig, ModelsConfig, RiskConfig
 from core.data.store import MarketStore
 from core.execution import kernel as K
 from core.labels import dead_zone
@@ -121,7 +121,7 @@ class BacktestResult:
 # ---------------------------------------------------------------- shared helpers
 
 
-def kernel_params(spec: BacktestSpec, execution: Any, risk: Any) -> np.ndarray:
+def kernel_params(spec: BacktestSpec, execution: ExecutionConfig, risk: RiskConfig) -> np.ndarray:
     """Kernel params from the (already overridden) config sections; the spec must agree with them."""
     params = K.params_from_config(execution, risk)
     if bool(params[K.P_ALLOW_SHORT]) != spec.allow_short:
@@ -129,7 +129,7 @@ def kernel_params(spec: BacktestSpec, execution: Any, risk: Any) -> np.ndarray:
     return params
 
 
-def spec_from_config(cfg: Any, models: Any, *, exchange: str, symbol: str, timeframe: str,
+def spec_from_config(cfg: AppConfig, models: ModelsConfig, *, exchange: str, symbol: str, timeframe: str,
                      thresholds: Thresholds, mode: str) -> BacktestSpec:
     """Everything a run needs from config.yaml / models.yml in one frozen object."""
     return BacktestSpec(
@@ -215,20 +215,16 @@ def align_start(candles: pd.DataFrame, timeframes: tuple[str, ...] | list[str]) 
 
 
 class Backtester:
-    def __init__(self, comps: Components, spec: BacktestSpec, execution: Any, risk: Any = None, *,
+    def __init__(self, comps: Components, spec: BacktestSpec, execution: ExecutionConfig, risk: RiskConfig, *,
                  store: Any | None = None, run_id: str | None = None,
                  progress: Progress | None = None, keep_decisions: bool = True) -> None:
         self.c = comps
         self.keep_decisions = keep_decisions  # Decision objects in the result (the audit rows are always written)
         self.spec = spec
-        if isinstance(execution, np.ndarray) and risk is None:
-            # older call form Backtester(comps, spec, kernel_params(...)): fast mode only, since the
-            # event mode's Executor is built from the config sections
-            self.execution = self.risk = None
-            self.params = execution
-        else:
-            self.execution, self.risk = execution, risk  # config sections, overrides already applied
-            self.params = kernel_params(spec, execution, risk)
+        # the config sections (overrides already applied): fast mode's kernel params and event mode's
+        # Executor are both built from them
+        self.execution, self.risk = execution, risk
+        self.params = kernel_params(spec, execution, risk)
         self.store = store  # audit rows + forecast cache; None = memory only
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.progress = progress or (lambda stage, done, total: None)
@@ -396,9 +392,6 @@ class Backtester:
             slow_async=False, slow_cache=self.c.cache, sizer=lambda _b: nominal_size(spec),
             allow_short=spec.allow_short, run_id=self.run_id, audit_flush_every=10_000)
         from core.execution.executor import Executor
-
-        if self.execution is None:
-            raise ValueError("event mode needs the config sections: Backtester(comps, spec, cfg.execution, cfg.risk)")
 
         # the live executor (paper: kernel step per bar), no ledger: a backtest books nothing for real
         executor = Executor(self.execution, self.risk, spec.symbol, spec.timeframe)

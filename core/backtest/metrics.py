@@ -20,7 +20,10 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from core.execution import kernel as K
+from core.labels import make_labels
 from core.types import timeframe_ms
 
 YEAR_MS = 365 * 86_400_000
@@ -281,3 +284,40 @@ def summary(equity: Any, ts: Any, position: Any, fills: Any, close: Any,
     }
     out.update(trade_stats(pnl))
     return out
+
+
+def compute_metrics(candles: pd.DataFrame, equity: np.ndarray, position: np.ndarray, fills: pd.DataFrame,
+                    state: np.ndarray, initial_cash: float, timeframe: str, codes: np.ndarray | None = None,
+                    horizon: int = 5, *, decided: np.ndarray | None = None, fused: np.ndarray | None = None,
+                    dead_zone: float = 0.0) -> dict[str, Any]:
+    """A backtest report's figures: every metric of ``summary`` (one definition, hand-checked in
+    tests), the kernel's risk counters, and — for expert runs — the decision counts, the directional
+    hit rate of BUY/SELL over ``horizon`` bars, and the fused probabilities' Brier score and ECE
+    against the realised class (dead zone as for labels) on bars where a decision was made."""
+    close = candles["close"].to_numpy(np.float64)
+    m: dict[str, Any] = summary(equity, candles["ts"].to_numpy(np.int64), position, fills, close,
+                                initial_equity=initial_cash, timeframe=timeframe)
+    m.update({
+        "realised_pnl": float(state[K.S_REALISED]),
+        "stops": int(state[K.S_STOPS]),
+        "kill_switch_trips": int(state[K.S_KILLS]),
+        "rejected_orders": int(state[K.S_REJECTED]),
+        "refused_decisions": int(state[K.S_REFUSED]),
+    })
+    if codes is not None:
+        c = np.asarray(codes)
+        dm = np.ones(len(c), dtype=bool) if decided is None else np.asarray(decided, dtype=bool)
+        m["decisions"] = int(dm.sum())
+        m["buy_decisions"] = int((dm & (c == 1)).sum())
+        m["sell_decisions"] = int((dm & (c == -1)).sum())
+        m["hold_decisions"] = int((dm & (c == 0)).sum())
+        fwd = np.full(len(close), np.nan)
+        fwd[:-horizon] = np.log(close[horizon:] / close[:-horizon])
+        active = (c != 0) & np.isfinite(fwd)
+        m["directional_hit_rate"] = (float((np.sign(fwd[active]) == c[active]).mean())
+                                     if active.any() else None)
+        if fused is not None and dm.any():
+            y = np.where(dm, make_labels(close, horizon, dead_zone), -1)
+            m["fused_brier"] = brier(np.where(dm[:, None], fused, 1 / 3), y)
+            m["fused_ece"] = ece(np.where(dm[:, None], fused, 1 / 3), y)
+    return m

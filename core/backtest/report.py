@@ -1,22 +1,199 @@
-"""Backtest reports: one JSON file (metrics + the series behind them) and one self-contained HTML page
-(plotly inlined: equity and drawdown, price with trade markers, calibration, gate weights over time).
+"""Backtest reports: the typed ``Report`` of a run, its JSON file (metrics + the series behind them),
+its self-contained HTML page (plotly inlined: equity and drawdown, price with trade markers,
+calibration, gate weights over time) and its row in the DuckDB table ``backtest_runs``.
 
-The JSON alone is enough to regenerate the HTML (``main_backtest.py report ID``).
+The JSON alone is enough to regenerate the HTML (``main_backtest.py report ID``); the Backtest page
+lists and compares the JSON files.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from core.backtest.metrics import compute_metrics
+from core.labels import UP, make_labels
+from core.types import Thresholds
+
+if TYPE_CHECKING:
+    from core.backtest.engine import BacktestResult
+    from core.data.store import MarketStore
+
 REPORT_VERSION = 1
+
+RUNS_DDL = """
+CREATE TABLE IF NOT EXISTS backtest_runs (
+    run_id VARCHAR PRIMARY KEY, created_at TIMESTAMP, kind VARCHAR, mode VARCHAR, exchange VARCHAR,
+    symbol VARCHAR, timeframe VARCHAR, start_ts BIGINT, end_ts BIGINT, bars BIGINT, experts VARCHAR,
+    thresholds VARCHAR, fees_bps DOUBLE, slippage_bps DOUBLE, metrics VARCHAR, json_path VARCHAR,
+    html_path VARCHAR
+)"""
+
+
+# ---------------------------------------------------------------- the typed report
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """What was run: the report's ``spec`` object (mode "signals" for an external signal file)."""
+
+    exchange: str
+    symbol: str
+    timeframe: str
+    mode: str  # "fast" | "event" | "signals"
+    thresholds: Thresholds
+    fees_bps: float
+    slippage_bps: float
+    fill_at: str
+    db: str | None = None  # the store the candles came from
+    source: str | None = None  # who asked ("dashboard"); None from the CLI
+    signals: str | None = None  # the signals CSV of a "signals" run
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.thresholds
+        d: dict[str, Any] = {
+            "exchange": self.exchange, "symbol": self.symbol, "timeframe": self.timeframe, "mode": self.mode,
+            "thresholds": {"buy": t.buy, "sell": t.sell, "min_confidence": t.min_confidence},
+            "fees_bps": self.fees_bps, "slippage_bps": self.slippage_bps, "fill_at": self.fill_at}
+        d.update({k: v for k, v in (("db", self.db), ("source", self.source), ("signals", self.signals))
+                  if v is not None})
+        return d
+
+
+@dataclass(frozen=True)
+class ReportSeries:
+    """Per-bar series of a run (all of length ``bars``); NaN p_up where no decision was made."""
+
+    ts: np.ndarray  # int64 ms, candle open times
+    close: np.ndarray
+    equity: np.ndarray
+    p_up: np.ndarray  # fused P(up)
+    realised_up: np.ndarray  # 1 up, 0 not up, -1 unknown (calibration)
+    weights: dict[str, np.ndarray]  # gate weight per expert
+
+
+@dataclass(frozen=True)
+class Report:
+    """One backtest run: what ``run_backtest`` returns and what the JSON file holds (``to_dict``)."""
+
+    run_id: str
+    kind: str  # "experts" | "signals"
+    spec: ReportSpec
+    metrics: dict[str, Any]  # figure name -> number (None where undefined)
+    experts: dict[str, dict[str, Any]]  # name -> {version, trained, input_kind}
+    horizon: int
+    bars: int
+    start: str  # ISO minutes, UTC
+    end: str
+    created_at: str
+    fills: pd.DataFrame  # ts, side, amount, price, fee, reason
+    series: ReportSeries
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)  # stage timings of a fast run
+    json_path: Path | None = None  # set once saved
+    html_path: Path | None = None
+
+    @property
+    def untrained(self) -> list[str]:
+        """Experts that ran without a registered checkpoint (the gate aside)."""
+        return [n for n, i in self.experts.items() if not i.get("trained") and n != "gate"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (before ``_clean``): the format the HTML, the web and ``report ID`` read."""
+        s = self.series
+        return {
+            "run_id": self.run_id, "kind": self.kind, "spec": self.spec.to_dict(), "metrics": self.metrics,
+            "experts": self.experts, "horizon": self.horizon, "bars": self.bars, "start": self.start,
+            "end": self.end, "created_at": self.created_at, "errors": [list(e) for e in self.errors],
+            "stats": self.stats, "fills": self.fills.to_dict(orient="records"),
+            "series": {"ts": s.ts, "close": s.close, "equity": s.equity, "p_up": s.p_up,
+                       "realised_up": s.realised_up, "weights": s.weights},
+        }
+
+
+def realised_up(close: np.ndarray, horizon: int, dead_zone: float) -> np.ndarray:
+    """1 where the move over the next ``horizon`` bars was 'up', 0 otherwise, -1 unknown (calibration)."""
+    y = make_labels(close, horizon, dead_zone)
+    return np.where(y < 0, -1.0, (y == UP).astype(np.float64))
+
+
+def build_report(run_id: str, kind: str, spec: ReportSpec, candles: pd.DataFrame, equity: np.ndarray,
+                 fills: pd.DataFrame, metrics: dict[str, Any], *, p_up: np.ndarray,
+                 weights: dict[str, np.ndarray], experts: dict[str, dict[str, Any]], horizon: int,
+                 dead_zone: float, errors: list[tuple[int, str, str]] | None = None,
+                 stats: dict[str, Any] | None = None) -> Report:
+    close = candles["close"].to_numpy(np.float64)
+    ts = candles["ts"].to_numpy(np.int64)
+    return Report(
+        run_id=run_id, kind=kind, spec=spec, metrics=metrics, experts=experts, horizon=horizon,
+        bars=int(len(candles)), start=iso_minutes(int(ts[0])), end=iso_minutes(int(ts[-1])),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"), fills=fills,
+        series=ReportSeries(ts=ts, close=close, equity=equity, p_up=p_up,
+                            realised_up=realised_up(close, horizon, dead_zone), weights=weights),
+        errors=list(errors or []), stats=stats or {})
+
+
+def result_report(res: BacktestResult, spec: ReportSpec) -> Report:
+    """The report of an experts run (either mode) from the backtester's result."""
+    metrics = compute_metrics(res.candles, res.equity, res.position, res.fills, res.state,
+                              res.spec.initial_cash, spec.timeframe, res.codes, res.spec.horizon,
+                              decided=res.decided, fused=res.fused, dead_zone=res.spec.dead_zone)
+    metrics["elapsed_s"] = float(res.elapsed_s)
+    w = {n: res.weights[:, i] for i, n in enumerate(res.names)}
+    return build_report(res.run_id, "experts", spec, res.candles, res.equity, res.fills, metrics,
+                        p_up=np.where(res.decided, res.fused[:, 2], np.nan), weights=w, experts=res.info,
+                        horizon=res.spec.horizon, dead_zone=res.spec.dead_zone, errors=res.errors,
+                        stats=res.stats)
+
+
+def iso_minutes(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="minutes")
+
+
+# ---------------------------------------------------------------- saving and finding runs
+
+
+def save_report(store: MarketStore, report: Report, reports_dir: Path) -> Report:
+    """Write ``backtest_<id>.json`` and ``.html`` to ``reports_dir`` and upsert the run's
+    ``backtest_runs`` row; returns the report with its paths."""
+    doc = report.to_dict()
+    jp = write_json(doc, reports_dir / f"backtest_{report.run_id}.json")
+    hp = write_html(doc, reports_dir / f"backtest_{report.run_id}.html")
+    s = report.spec
+    store.execute(RUNS_DDL)
+    row = pd.DataFrame([{
+        "run_id": report.run_id, "created_at": datetime.now(UTC).replace(tzinfo=None), "kind": report.kind,
+        "mode": s.mode, "exchange": s.exchange, "symbol": s.symbol, "timeframe": s.timeframe,
+        "start_ts": int(report.series.ts[0]), "end_ts": int(report.series.ts[-1]), "bars": report.bars,
+        "experts": json.dumps(report.experts), "thresholds": json.dumps(doc["spec"]["thresholds"]),
+        "fees_bps": s.fees_bps, "slippage_bps": s.slippage_bps, "metrics": json.dumps(_clean(report.metrics)),
+        "json_path": str(jp), "html_path": str(hp)}])
+    store.write_df("backtest_runs", row, mode="upsert")
+    return replace(report, json_path=jp, html_path=hp)
+
+
+def report_path(run_id: str, reports_dir: Path, store: MarketStore | None) -> Path:
+    """Where run ``run_id``'s JSON is: in ``reports_dir``, else where its ``backtest_runs`` row says
+    (it may have been written to another directory); the ``reports_dir`` path when neither knows."""
+    jp = reports_dir / f"backtest_{run_id}.json"
+    if jp.exists() or store is None:
+        return jp
+    has_runs = store.query_one("SELECT count(*) FROM information_schema.tables WHERE table_name = 'backtest_runs'")
+    row = store.query_one("SELECT json_path FROM backtest_runs WHERE run_id = ?", [run_id]) \
+        if has_runs and has_runs[0] else None
+    return Path(row[0]) if row else jp
+
+
+# ---------------------------------------------------------------- JSON and HTML files
 
 
 def _clean(v: Any) -> Any:
@@ -115,7 +292,7 @@ def build_html(report: dict[str, Any]) -> str:
     figs.append(f4)
 
     m = report.get("metrics", {})
-    rows = "".join(f"<tr><td>{k}</td><td>{_fmt(v)}</td></tr>" for k, v in m.items())
+    rows = "".join(f"<tr><td>{k}</td><td>{fmt_value(v)}</td></tr>" for k, v in m.items())
     experts = "".join(
         f"<tr><td>{n}</td><td>{info.get('version')}</td><td>{'trained' if info.get('trained') else 'untrained'}"
         f"</td></tr>" for n, info in report.get("experts", {}).items())
@@ -132,7 +309,7 @@ def build_html(report: dict[str, Any]) -> str:
             f"<style>{style}</style></head><body>{head}{''.join(parts)}</body></html>")
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)

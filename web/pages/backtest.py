@@ -1,8 +1,9 @@
-"""Backtest page: pick a range, experts and thresholds; run in a background thread with progress;
-list, view and compare stored reports (JSON reports in ``backtest.reports_dir``).
+"""Backtest page: pick a range, experts, thresholds and the mode (fast | event); run in a background
+thread with progress; list, view and compare stored reports (JSON reports in ``backtest.reports_dir``).
 
-The run itself is the orchestrator engineer's backtester (core/backtest), called through its Python
-API; this page only schedules it on a thread and reads the reports it writes.
+The run itself is ``core.backtest.runner.run_backtest``, the same call as ``main_backtest.py run``, in
+fast or event mode (the page's choice, ``backtest.mode`` by default); this page only schedules it on a
+thread and reads the reports it writes.
 """
 
 from __future__ import annotations
@@ -20,17 +21,19 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
+from core.backtest.runner import MODES, RunRequest, run_backtest
 from core.types import Thresholds
 from web import figures
 
 log = logging.getLogger(__name__)
-Runner = Callable[..., Any]  # runner(spec: dict, progress: Callable[[float, str], None]) -> report path
+# runner(request, progress(fraction, message)) -> the saved report's JSON path
+Runner = Callable[[RunRequest, Callable[[float, str], None]], Path | None]
 
 
 @dataclass
 class BacktestJob:
     id: str
-    spec: dict[str, Any]
+    request: RunRequest
     progress: float = 0.0
     message: str = "queued"
     done: bool = False
@@ -52,11 +55,11 @@ class BacktestJobs:
         with self._lock:
             return next((j for j in self.jobs.values() if not j.done), None)
 
-    def submit(self, spec: dict[str, Any]) -> BacktestJob:
+    def submit(self, request: RunRequest) -> BacktestJob:
         with self._lock:
             if any(not j.done for j in self.jobs.values()):
                 raise RuntimeError("a backtest is already running; wait for it to finish")
-            job = BacktestJob(id=f"bt{len(self.jobs) + 1}-{int(time.time())}", spec=spec)
+            job = BacktestJob(id=f"bt{len(self.jobs) + 1}-{int(time.time())}", request=request)
             self.jobs[job.id] = job
         threading.Thread(target=self._run, args=(job,), name=f"backtest-{job.id}", daemon=True).start()
         return job
@@ -67,7 +70,7 @@ class BacktestJobs:
 
         job.message = "running"
         try:
-            out = self._runner(job.spec, progress)
+            out = self._runner(job.request, progress)
             job.report = str(out) if out is not None else None
             job.progress = 1.0
             job.message = "finished"
@@ -80,46 +83,21 @@ class BacktestJobs:
 
 
 def default_runner(wctx: Any) -> Runner:
-    """Runs the backtester (core/backtest) on the engine's store for the page's spec and saves the
-    report (JSON + HTML + backtest_runs row) exactly as ``main_backtest.py run`` does."""
+    """Runs ``core.backtest.runner.run_backtest`` (the one ``main_backtest.py run`` uses) on the
+    engine's store for the page's request: same report (JSON + HTML + backtest_runs row), either mode."""
 
-    def run(spec: dict[str, Any], progress: Callable[[float, str], None]) -> Any:
-        import uuid
-        from datetime import UTC, datetime
-
-        from core.backtest import cli as BC
-        from core.backtest import engine as BE
-        from core.types import SeriesKey
-
+    def run(request: RunRequest, progress: Callable[[float, str], None]) -> Path | None:
         cfg, models, store = wctx.cfg, wctx.models_cfg, wctx.store
         if store is None or models is None or wctx.backtest_components is None:
             raise RuntimeError("backtests need the engine's store, models.yml and the composition root's "
                                "experts (start via main_dashboard.py)")
-        thr: Thresholds = spec["thresholds"]
-        key = SeriesKey(cfg.data.exchange, spec["symbol"], spec["timeframe"])
-        candles = store.candles(key, spec["start_ms"], spec["end_ms"])
-        if len(candles) == 0:
-            raise ValueError(f"no candles for {key.exchange} {key.symbol} {key.timeframe} in that range")
-        run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        mode = cfg.backtest.mode
 
         def on_progress(stage: str, done: int, total: int) -> None:
             progress(done / total if total else 0.0, f"{stage} {done}/{total}")
 
-        comps = wctx.backtest_components(models, key.timeframe, spec["experts"], store=store,
-                                         models_dir=cfg.resolve(cfg.training.models_dir))
-        bspec = BE.spec_from_config(cfg, models, exchange=key.exchange, symbol=key.symbol,
-                                    timeframe=key.timeframe, thresholds=thr, mode=mode)
-        bt = BE.Backtester(comps, bspec, BE.kernel_params(bspec, cfg.execution, cfg.risk), store=store,
-                           run_id=run_id, progress=on_progress)
-        res = bt.run(candles)
-        spec_d = {"exchange": key.exchange, "symbol": key.symbol, "timeframe": key.timeframe, "mode": mode,
-                  "thresholds": {"buy": thr.buy, "sell": thr.sell, "min_confidence": thr.min_confidence},
-                  "fees_bps": cfg.execution.taker_fee_bps, "slippage_bps": cfg.execution.slippage_bps,
-                  "fill_at": cfg.execution.fill_at, "source": "dashboard"}
-        rep = BC.result_report(res, spec_d)
-        jp, _hp = BC.save_run(store, rep, cfg.resolve(cfg.backtest.reports_dir))
-        return jp
+        report = run_backtest(request, cfg=cfg, models=models, store=store, components=wctx.backtest_components,
+                              reports_dir=_reports_dir(wctx), progress=on_progress)
+        return report.json_path
 
     return run
 
@@ -172,12 +150,15 @@ def layout(wctx: Any) -> Any:
             dbc.Col([dbc.Label("Range (UTC dates)"),
                      dcc.DatePickerRange(id="bt-range", start_date=start, end_date=end)], width=4),
             dbc.Col([dbc.Label("Experts"), dbc.Checklist(id="bt-experts", options=experts, value=chosen,
-                                                         inline=True)], width=4),
+                                                         inline=True)], width=3),
             dbc.Col([dbc.Label("Thresholds buy / sell / min conf"), dbc.InputGroup([
                 dbc.Input(id="bt-buy", type="number", min=0, max=1, step=0.01, value=t.buy),
                 dbc.Input(id="bt-sell", type="number", min=0, max=1, step=0.01, value=t.sell),
                 dbc.Input(id="bt-minconf", type="number", min=0, max=1, step=0.01, value=t.min_confidence),
-            ], size="sm")], width=4),
+            ], size="sm")], width=3),
+            # fast: batched experts + compiled loop; event: the live orchestrator bar by bar (~50 bars/s)
+            dbc.Col([dbc.Label("Mode"), dbc.RadioItems(id="bt-mode", options=list(MODES), inline=True,
+                                                       value=wctx.cfg.backtest.mode)], width=2),
         ]),
         dbc.Button("Run backtest", id="bt-run", color="primary", size="sm", className="mt-2"),
         html.Div(id="bt-submit-msg", className="small mt-1"),
@@ -217,9 +198,9 @@ def register(app: Dash, wctx: Any) -> None:
     @app.callback(Output("bt-submit-msg", "children"), Input("bt-run", "n_clicks"),
                   State("bt-range", "start_date"), State("bt-range", "end_date"), State("bt-experts", "value"),
                   State("bt-buy", "value"), State("bt-sell", "value"), State("bt-minconf", "value"),
-                  prevent_initial_call=True)
+                  State("bt-mode", "value"), prevent_initial_call=True)
     def _submit(_n: int, start: str | None, end: str | None, experts: list[str], buy: Any, sell: Any,
-                minc: Any) -> Any:
+                minc: Any, mode: str | None) -> Any:
         try:
             thr = Thresholds(buy=float(buy), sell=float(sell), min_confidence=float(minc))
         except (TypeError, ValueError) as exc:
@@ -228,13 +209,15 @@ def register(app: Dash, wctx: Any) -> None:
             return html.Span("not started: pick at least one expert", className="text-danger")
         if not start or not end or pd.Timestamp(start) >= pd.Timestamp(end):
             return html.Span("not started: pick a range with start before end", className="text-danger")
+        if mode not in MODES:
+            return html.Span(f"not started: pick a mode ({' or '.join(MODES)})", className="text-danger")
         snap = wctx.engine.snapshot()
-        spec = {"symbol": snap.symbol, "timeframe": snap.timeframe,
-                "start_ms": int(pd.Timestamp(start, tz="UTC").value // 1_000_000),
-                "end_ms": int(pd.Timestamp(end, tz="UTC").value // 1_000_000),
-                "experts": list(experts), "thresholds": thr}
+        request = RunRequest(symbol=snap.symbol, timeframe=snap.timeframe,
+                             start_ms=int(pd.Timestamp(start, tz="UTC").value // 1_000_000),
+                             end_ms=int(pd.Timestamp(end, tz="UTC").value // 1_000_000),
+                             experts=tuple(experts), thresholds=thr, mode=mode, source="dashboard")
         try:
-            job = jobs.submit(spec)
+            job = jobs.submit(request)
         except RuntimeError as exc:
             return html.Span(str(exc), className="text-warning")
         return f"started {job.id}"

@@ -1,10 +1,13 @@
 """Models page: per expert — enabled switch, live-training switch with the trainer's live status
 (steps, loss, samples/s, promotions, challenger vs champion score, restarts), version, a rollback
-button, last checkpoint, validation metrics, offline loss curves, the live loss curve of its online
-trainer (refreshed only when a round was published), and a TensorBoard link.
+button, its registered checkpoints (version, metric, created, validation metrics), offline loss curves,
+the live loss curve of its online trainer (refreshed only when a round was published), and a
+TensorBoard link.
 
-Checkpoints and training metrics are read from the store's tables when they exist (the checkpoint
-registry and trainers write them); a missing table just shows "none recorded yet".
+Checkpoints and their training curves come from the engine's checkpoint registry through its read API
+(``CheckpointCatalog`` of core/types.py: ``list``, ``best``, ``metrics``); curves of checkpoints that
+recorded none (registered before the registry kept them) fall back to the TensorBoard scalars of
+``training.runs_dir``. An expert without either shows "none recorded yet".
 """
 
 from __future__ import annotations
@@ -17,43 +20,33 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
+from core.types import CheckpointCatalog, CheckpointInfo
 from web import api, figures
 
 TRAINING_OFF = "Live training is off for this engine (started with --no-training or training.enabled: false)"
 TRAINING_CANDLES = "Candle experts (Kronos) train offline: main_backtest.py train --experts kronos"
-CHECKPOINT_TABLES = ("checkpoints", "checkpoint_registry")
-METRIC_TABLES = ("training_metrics",)
+NONE_YET = "none recorded yet"
+METRIC_COLUMNS = ["step", "name", "value"]
 
 
-def _tables(store: Any) -> set[str]:
-    if store is None:
-        return set()
-    try:
-        df = store.query_df("SELECT table_name FROM information_schema.tables")
-    except Exception:  # noqa: BLE001 - a store that cannot answer just means "no history to show"
-        return set()
-    return set(df["table_name"].astype(str))
+def checkpoints_for(registry: CheckpointCatalog | None, expert: str) -> list[CheckpointInfo]:
+    """Registered checkpoints of ``expert``, newest first (none without a registry)."""
+    return [] if registry is None else list(reversed(registry.list(expert)))
 
 
-def checkpoints_for(store: Any, expert: str) -> pd.DataFrame:
-    """Registered checkpoints of ``expert``, newest first (empty if none / no registry table)."""
-    tables = _tables(store)
-    for t in CHECKPOINT_TABLES:
-        if t in tables:
-            cols = store.query_df(f"SELECT * FROM {t} LIMIT 0").columns
-            order = next((c for c in ("created_ms", "created_at", "ts", "ts_ms", "version") if c in cols), None)
-            sql = f"SELECT * FROM {t} WHERE expert = ?" + (f" ORDER BY {order} DESC" if order else "")
-            df = store.query_df(sql, [expert])
-            return df.drop(columns=[c for c in df.columns if df[c].dtype == object
-                                    and df[c].map(lambda v: isinstance(v, bytes | bytearray)).any()])
-    return pd.DataFrame()
+def checkpoint_table(infos: list[CheckpointInfo], best: str | None) -> pd.DataFrame:
+    """One row per checkpoint: version, validation metric, creation time (UTC), the best one starred."""
+    return pd.DataFrame([{"version": i.version, "metric": f"{i.metric:.5g}",
+                          "created": i.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                          "best": "★" if i.version == best else ""} for i in infos],
+                        columns=["version", "metric", "created", "best"])
 
 
 def tensorboard_scalars(runs_dir: Path, expert: str) -> pd.DataFrame:
     """Scalars tagged '<expert>/<metric>' from the TensorBoard runs the trainers write (the offline
     trainer logs train/val losses there). Columns step, name, value; newest run last."""
     if not runs_dir.is_dir():
-        return pd.DataFrame(columns=["step", "name", "value"])
+        return pd.DataFrame(columns=METRIC_COLUMNS)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     frames = []
@@ -68,57 +61,59 @@ def tensorboard_scalars(runs_dir: Path, expert: str) -> pd.DataFrame:
                 ev = acc.Scalars(tag)
                 frames.append(pd.DataFrame({"step": [e.step for e in ev], "name": tag.split("/", 1)[1],
                                             "value": [e.value for e in ev]}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["step", "name", "value"])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
 
 
-def metrics_for(store: Any, expert: str, runs_dir: Path | None = None) -> pd.DataFrame:
-    """Training metrics (step, name, value) of ``expert`` for loss curves: the store's
-    training_metrics table when present, else the TensorBoard runs (empty if neither)."""
-    tables = _tables(store)
-    for t in METRIC_TABLES:
-        if t in tables:
-            cols = set(store.query_df(f"SELECT * FROM {t} LIMIT 0").columns)
-            name_col = next((c for c in ("name", "metric", "key") if c in cols), None)
-            step_col = next((c for c in ("step", "epoch", "ts_ms", "ts") if c in cols), None)
-            if {"expert", "value"} <= cols and name_col and step_col:
-                return store.query_df(
-                    f"SELECT {step_col} AS step, {name_col} AS name, value FROM {t} "
-                    f"WHERE expert = ? ORDER BY {step_col}", [expert])
-    if runs_dir is not None:
-        return tensorboard_scalars(runs_dir, expert)
-    return pd.DataFrame(columns=["step", "name", "value"])
+def metrics_for(registry: CheckpointCatalog | None, expert: str, runs_dir: Path | None = None) -> pd.DataFrame:
+    """Offline training curves (step, name, value) of ``expert``: what the registry recorded for its
+    newest checkpoint, else the TensorBoard runs (older checkpoints), else empty."""
+    mt = registry.metrics(expert) if registry is not None else pd.DataFrame(columns=METRIC_COLUMNS)
+    if len(mt) or runs_dir is None:
+        return mt
+    return tensorboard_scalars(runs_dir, expert)
 
 
-def validation_metrics(row: dict[str, Any] | None) -> dict[str, Any]:
-    """The registry's policy metric plus any 'val*' entries of the checkpoint's meta JSON."""
-    if not row:
+def validation_metrics(info: CheckpointInfo | None) -> dict[str, Any]:
+    """The registry's policy metric plus any 'val*' entries of the checkpoint's meta (not the split's
+    '*_ts' bounds)."""
+    if info is None:
         return {}
-    out = {"metric": row.get("metric")} if "metric" in row else {}
-    meta = row.get("meta")
-    if isinstance(meta, str):
-        try:
-            meta = json.loads(meta)
-        except ValueError:
-            meta = {}
-    if isinstance(meta, dict):
-        out.update({k: v for k, v in meta.items() if str(k).startswith("val") and not str(k).endswith("_ts")})
-    return out
+    return {"metric": info.metric, **{k: v for k, v in info.meta.items()
+                                      if str(k).startswith("val") and not str(k).endswith("_ts")}}
 
 
-def _kv_table(df: pd.DataFrame, limit: int = 5) -> Any:
-    if df.empty:
-        return html.Div("none recorded yet", className="text-muted small")
-    d = df.drop(columns=[c for c in ("meta", "path") if c in df.columns]).head(limit)
-    return dbc.Table.from_dataframe(d.astype(str), size="sm", striped=True, className="small mb-1")
+def checkpoint_block(registry: CheckpointCatalog | None, expert: str) -> list[Any]:
+    """Last checkpoint, its validation metrics and the table of registered checkpoints."""
+    infos = checkpoints_for(registry, expert)
+    last = infos[0] if infos else None
+    val = validation_metrics(last)
+    best = registry.best(expert) if registry is not None and infos else None
+    table = checkpoint_table(infos, best.version if best else None)
+    return [
+        html.Div("last checkpoint: " + (last.version if last else "none"), className="small"),
+        html.Div("validation metrics: " + (", ".join(f"{k}={_short(v)}" for k, v in val.items()) or "—"),
+                 className="small mb-1"),
+        dbc.Table.from_dataframe(table.head(5), size="sm", striped=True, className="small mb-1") if len(table)
+        else html.Div(f"checkpoints: {NONE_YET}", className="text-muted small"),
+    ]
+
+
+def loss_block(registry: CheckpointCatalog | None, expert: str, runs_dir: Path | None) -> Any:
+    """The offline loss curves of ``expert``, or a line saying there are none yet."""
+    mt = metrics_for(registry, expert, runs_dir)
+    if not len(mt):
+        return html.Div(f"offline training metrics: {NONE_YET}", className="text-muted small")
+    return dcc.Graph(figure=figures.loss_figure(mt, "offline loss curves"), config={"displayModeBar": False})
+
+
+def _short(v: Any) -> str:
+    return f"{v:.5g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, dict | list) else str(v)
 
 
 def expert_card(wctx: Any, e: dict[str, Any], snap: Any = None) -> Any:
     name = e["name"]
     snap = snap if snap is not None else wctx.engine.snapshot()
-    ck = checkpoints_for(wctx.store, name)
-    mt = metrics_for(wctx.store, name, wctx.cfg.resolve(wctx.cfg.training.runs_dir))
-    last_ck = ck.iloc[0].to_dict() if len(ck) else None
-    val = validation_metrics(last_ck)
+    registry = wctx.registry
     o = e["latest"]
     header = dbc.Row([
         dbc.Col(html.H5(name, className="mb-0"), width=3),
@@ -148,15 +143,10 @@ def expert_card(wctx: Any, e: dict[str, Any], snap: Any = None) -> Any:
                      className="small"),
             html.Div(trainer_line(e.get("trainer")), id={"type": "trainer-status", "name": name},
                      className="small"),
-            html.Div("last checkpoint: " + (str(last_ck.get("version", "?")) if last_ck else "none"),
-                     className="small"),
-            html.Div("validation metrics: " + (", ".join(f"{k}={v}" for k, v in val.items()) or "—"),
-                     className="small mb-1"),
-            _kv_table(ck),
+            *checkpoint_block(registry, name),
         ], width=6),
         dbc.Col([
-            dcc.Graph(figure=figures.loss_figure(mt, "offline loss curves"), config={"displayModeBar": False})
-            if len(mt) else html.Div("no offline training metrics recorded yet", className="text-muted small"),
+            loss_block(registry, name, wctx.cfg.resolve(wctx.cfg.training.runs_dir)),
             dcc.Graph(id={"type": "online-loss", "name": name}, config={"displayModeBar": False},
                       figure=online_figure(snap, name)) if e["trainable"] else None,
         ], width=6),
