@@ -9,6 +9,7 @@ the MoE gate, registered under the name "moe").
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import re
@@ -162,7 +163,7 @@ class CheckpointRegistry:
         self.prune(expert, policy)
         return version
 
-    def prune(self, expert: str, policy: CheckpointPolicy) -> list[str]:
+    def prune(self, expert: str, policy: CheckpointPolicy) -> builtins.list[str]:  # `list` is a method here
         """Delete all but the best ``keep_best`` checkpoints (rows and files); returns removed versions."""
         rows = self._rows(expert)
         ranked = _ranked(rows, policy.mode)

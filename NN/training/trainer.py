@@ -32,6 +32,7 @@ from NN.calibration import Calibrator, softmax
 from NN.experts.base import Expert
 from NN.experts.dqn import DQNExpert
 from NN.experts.registry import build_expert
+from NN.experts.supervised import SupervisedExpert
 from NN.moe import MoEGate
 from NN.training.checkpoints import CheckpointRegistry
 from NN.training.datasets import chronological_split
@@ -123,7 +124,10 @@ def _progress(enabled: bool) -> Iterator[Callable[..., Any]]:
             tid = prog.add_task(desc, total=total, info="")
 
             def advance(n: int = 1, info: str | None = None) -> None:
-                prog.update(tid, advance=n, **({"info": info} if info is not None else {}))
+                if info is None:
+                    prog.update(tid, advance=n)
+                else:
+                    prog.update(tid, advance=n, info=info)
 
             return advance
 
@@ -161,7 +165,7 @@ def _val_logloss(expert: Any, prep: Prepared, y: np.ndarray, r: np.ndarray) -> t
     return log_loss(cal.transform(p), y[idx]), cal
 
 
-def train_expert(expert: Expert, prep: Prepared, epochs: int, *, patience: int = 3, seed: int = 0,
+def train_expert(expert: SupervisedExpert | DQNExpert, prep: Prepared, epochs: int, *, patience: int = 3, seed: int = 0,
                  writer: Any = None, task: Callable[..., Any] | None = None,
                  max_steps_per_epoch: int | None = None) -> TrainResult:
     """Train one features expert in place; leaves it at its best-validation epoch with the fitted
@@ -172,7 +176,9 @@ def train_expert(expert: Expert, prep: Prepared, epochs: int, *, patience: int =
     train_idx = _known(y, r, prep.train)
     if len(train_idx) < 100:
         raise ValueError(f"{expert.name}: only {len(train_idx)} labelled training samples")
-    if is_dqn:
+    units: list[np.ndarray | None]
+    bs = 0
+    if isinstance(expert, DQNExpert):
         c = expert.params.chunk
         units = [np.arange(s, min(s + c, prep.train.stop)) for s in range(prep.train.start, prep.train.stop, c)]
     else:
@@ -225,7 +231,7 @@ def train_expert(expert: Expert, prep: Prepared, epochs: int, *, patience: int =
     expert.version = version
     expert.set_calibrator(best[3])
     extra: dict[str, Any] = {"calibration": best[3].state_dict()}
-    if is_dqn:
+    if isinstance(expert, DQNExpert):
         extra["val_greedy_reward"] = expert.policy_reward(prep.part("val"))
     return TrainResult(expert.name, None, best[0], epochs_run, best[1] + 1, extra,
                        pd.DataFrame(curves, columns=["step", "name", "value"]))
@@ -345,6 +351,9 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
             for name in feature_names:
                 cfg = models.experts[name]
                 expert = build_expert(name, cfg, prep.batch.spec)
+                if not isinstance(expert, SupervisedExpert | DQNExpert):
+                    raise ValueError(f"{name}: {type(expert).__name__} is not a features expert this trainer trains "
+                                     "(CNN, Transformer and DQN are; Kronos: --experts kronos)")
                 resumed_from = None
                 try:
                     if registry.load_into(expert):  # continue from the best checkpoint

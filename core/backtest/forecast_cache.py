@@ -98,7 +98,7 @@ class ForecastCache:
 
     def _store(self, expert: Any, symbol: str, out: ExpertBatchOutput) -> None:
         n = len(out.ts)
-        extras = [None] * n
+        extras: list[str | None] = [None] * n
         if out.extras:
             extras = [json.dumps({k: np.asarray(v[i]).tolist() for k, v in out.extras.items()})
                       for i in range(n)]
