@@ -131,7 +131,7 @@ class GateRunner:
         n, e = enabled.shape
         W = np.zeros((n, e))
         F = np.tile(UNIFORM, (n, 1))
-        if getattr(self.gate, "adapts", not getattr(self.gate, "trained", False)):
+        if self.gate.adapts:
             for j in range(n):
                 W[j], F[j] = self.step(close[j], probs[j], regime[j], enabled[j])
                 if progress is not None and j % 4096 == 0:
@@ -470,7 +470,7 @@ class Orchestrator:
                 self._error(f"checkpoint:{name}", exc)
 
     def _versions(self) -> Mapping[str, str]:
-        return MappingProxyType({n: str(getattr(e, "version", "?")) for n, e in self.experts.items()})
+        return MappingProxyType({n: str(e.version) for n, e in self.experts.items()})
 
     def _error(self, where: str, exc: BaseException) -> None:
         msg = f"{type(exc).__name__}: {exc}"

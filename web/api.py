@@ -19,7 +19,10 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from werkzeug.exceptions import HTTPException
 
-from core.types import TIMEFRAME_MS, Decision, ExpertOutput, Thresholds
+from core.data.source_base import SourceStatus
+from core.outcomes import RollingMetrics
+from core.snapshot import EngineSnapshot, KronosSummary, SwapEvent
+from core.types import TIMEFRAME_MS, Decision, ExpertOutput, Fill, Order, Position, Thresholds, TrainerStatus
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +162,7 @@ def decision_json(d: Decision | None) -> dict[str, Any] | None:
     }
 
 
-def kronos_json(k: Any, now_ms: int) -> dict[str, Any] | None:
+def kronos_json(k: KronosSummary | None, now_ms: int) -> dict[str, Any] | None:
     if k is None:
         return None
     return {
@@ -173,7 +176,7 @@ def kronos_json(k: Any, now_ms: int) -> dict[str, Any] | None:
     }
 
 
-def band_width(k: Any) -> float | None:
+def band_width(k: KronosSummary | None) -> float | None:
     """Relative width of the widest band at the horizon's end: (hi - lo) / median."""
     if k is None or not len(k.median):
         return None
@@ -185,7 +188,7 @@ def band_width(k: Any) -> float | None:
     return _f((hi[-1] - lo[-1]) / m) if m else None
 
 
-def latest_prediction_json(snap: Any) -> dict[str, Any]:
+def latest_prediction_json(snap: EngineSnapshot) -> dict[str, Any]:
     return {
         "symbol": snap.symbol, "timeframe": snap.timeframe,
         "decision": decision_json(snap.decision),
@@ -195,7 +198,7 @@ def latest_prediction_json(snap: Any) -> dict[str, Any]:
     }
 
 
-def source_json(s: Any) -> dict[str, Any]:
+def source_json(s: SourceStatus) -> dict[str, Any]:
     if isinstance(s, Mapping):
         return _jsonable(s)
     fields = getattr(s, "__dataclass_fields__", None)
@@ -204,12 +207,12 @@ def source_json(s: Any) -> dict[str, Any]:
     return {"status": str(s)}
 
 
-def last_candle_ts(snap: Any) -> int | None:
+def last_candle_ts(snap: EngineSnapshot) -> int | None:
     df = snap.candles.get(snap.timeframe) if snap.timeframe else None
     return int(df["ts"].iloc[-1]) if df is not None and len(df) else None
 
 
-def status_json(snap: Any) -> dict[str, Any]:
+def status_json(snap: EngineSnapshot) -> dict[str, Any]:
     last = last_candle_ts(snap)
     return {
         "ts_ms": int(snap.ts_ms), "mode": snap.mode, "running": snap.running, "streaming": snap.streaming,
@@ -223,7 +226,7 @@ def status_json(snap: Any) -> dict[str, Any]:
     }
 
 
-def metrics_json(m: Any) -> dict[str, Any] | None:
+def metrics_json(m: RollingMetrics | None) -> dict[str, Any] | None:
     """The engine's rolling outcome metrics of one expert (core/outcomes.RollingMetrics): scores of
     its last ``n`` matured calls by the label rule of core/labels.py. None before any call matured."""
     if m is None:
@@ -233,7 +236,7 @@ def metrics_json(m: Any) -> dict[str, Any] | None:
             "last_ts": int(m.last_ts)}
 
 
-def experts_json(snap: Any) -> list[dict[str, Any]]:
+def experts_json(snap: EngineSnapshot) -> list[dict[str, Any]]:
     rows = []
     for name, st in snap.experts.items():
         o = snap.expert_outputs.get(name)
@@ -241,30 +244,30 @@ def experts_json(snap: Any) -> list[dict[str, Any]]:
         rows.append({
             "name": name, "enabled": st.enabled, "training": st.training, "version": st.version,
             "trained": st.trained, "input_kind": st.input_kind, "last_error": st.last_error,
-            "trainable": bool(getattr(st, "trainable", False)) and bool(getattr(snap, "training_enabled", False)),
+            "trainable": st.trainable and snap.training_enabled,
             "gate_weight": _f(snap.gate_weights.get(name)),
             "recent_accuracy": _f(live.accuracy) if live is not None else None,
             "live_metrics": metrics_json(live), "stored_metrics": metrics_json(snap.stored_metrics.get(name)),
             "latest": output_json(o) if o is not None else None,
-            "trainer": trainer_json(getattr(snap, "trainers", {}).get(name)),
-            "can_rollback": bool(getattr(st, "can_rollback", False)),
+            "trainer": trainer_json(snap.trainers.get(name)),
+            "can_rollback": st.can_rollback,
         })
     return rows
 
 
-def trainer_json(t: Any, history: bool = False) -> dict[str, Any] | None:
+def trainer_json(t: TrainerStatus | None, history: bool = False) -> dict[str, Any] | None:
     """Live status of an expert's online trainer (None when it never ran in this stream); with
     ``history`` also every published round (the live loss curve), columnar, oldest first."""
     if t is None:
         return None
-    out = {"running": bool(t.running), "steps": int(t.steps), "loss": _f(t.loss),
+    out: dict[str, Any] = {"running": bool(t.running), "steps": int(t.steps), "loss": _f(t.loss),
            "samples_per_s": _f(t.samples_per_s), "last_publish": t.last_publish,
            "live_version": t.live_version, "challenger_score": _f(t.challenger_score),
            "champion_score": _f(t.champion_score), "promotions": int(t.promotions),
            "restarts": int(t.restarts), "last_verdict": t.last_verdict, "error": t.error,
-           "rounds": len(getattr(t, "history", ()))}
+           "rounds": len(t.history)}
     if history:
-        pts = getattr(t, "history", ())
+        pts = t.history
         out["history"] = {
             "ts": [p.ts_ms for p in pts], "steps": [p.steps for p in pts], "loss": [_f(p.loss) for p in pts],
             "samples_per_s": [_f(p.samples_per_s) for p in pts],
@@ -273,23 +276,23 @@ def trainer_json(t: Any, history: bool = False) -> dict[str, Any] | None:
     return out
 
 
-def swap_json(s: Any) -> dict[str, Any]:
+def swap_json(s: SwapEvent) -> dict[str, Any]:
     return {"ts": int(s.ts_ms), "bar_ts": s.bar_ts, "expert": s.expert, "kind": s.kind, "version": s.version,
             "previous": s.previous, "champion_score": _f(s.champion_score),
             "challenger_score": _f(s.challenger_score)}
 
 
-def fill_json(f: Any) -> dict[str, Any]:
+def fill_json(f: Fill) -> dict[str, Any]:
     return {"id": f.id, "order_id": f.order_id, "symbol": f.symbol, "side": f.side,
             "amount": _f(f.amount), "price": _f(f.price), "fee": _f(f.fee), "ts": int(f.ts)}
 
 
-def order_json(o: Any) -> dict[str, Any]:
+def order_json(o: Order) -> dict[str, Any]:
     return {"id": o.id, "symbol": o.symbol, "side": o.side, "type": o.type, "amount": _f(o.amount),
             "price": _f(o.price), "status": o.status, "filled": _f(o.filled), "ts": int(o.ts)}
 
 
-def position_json(p: Any) -> dict[str, Any]:
+def position_json(p: Position) -> dict[str, Any]:
     return {"symbol": p.symbol, "amount": _f(p.amount), "avg_price": _f(p.avg_price),
             "realised_pnl": _f(p.realised_pnl), "unrealised_pnl": _f(p.unrealised_pnl)}
 

@@ -256,14 +256,14 @@ class Backtester:
         er = np.zeros((m, E))
         mask = np.zeros((m, E), dtype=bool)
         extras: list[dict[str, np.ndarray]] = [{} for _ in range(E)]
-        versions = [str(getattr(self.c.experts[nm], "version", "?")) for nm in names]
-        horizons = [int(getattr(self.c.experts[nm], "horizon", spec.horizon)) for nm in names]
+        versions = [str(self.c.experts[nm].version) for nm in names]
+        horizons = [int(self.c.experts[nm].horizon) for nm in names]
         errors: list[tuple[int, str, str]] = []
         t_inf = time.perf_counter()
         for e, nm in enumerate(names):
             ex = self.c.experts[nm]
             try:
-                if getattr(ex, "input_kind", "features") == "candles":
+                if ex.input_kind == "candles":
                     self._fast_slow(e, ex, sub, candles, probs, conf, er, mask, extras)
                     continue
                 for s in range(0, m, CHUNK):

@@ -67,7 +67,7 @@ class Executor:
         self.live_broker = broker
         self.paper = PaperBroker(self.params, self.state, symbol, maker_fee_bps=execution.maker_fee_bps)
         self.mode = "paper" if broker is None else getattr(broker, "mode", "ccxt")
-        self._vol_window = int(getattr(risk, "vol_window", 60))
+        self._vol_window = int(risk.vol_window)
         self._bpy = K.bars_per_year(timeframe)
         self._vol_sizing = risk.sizing == "volatility_target"
         self._closes: deque[float] = deque(maxlen=self._vol_window + 1)

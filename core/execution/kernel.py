@@ -178,7 +178,7 @@ def params_from_config(execution, risk) -> np.ndarray:
         taker_fee_bps=execution.taker_fee_bps,
         slippage_bps=execution.slippage_bps,
         fill_at=execution.fill_at,
-        allow_short=getattr(execution, "allow_short", False),
+        allow_short=execution.allow_short,
         sizing=risk.sizing,
         fraction=risk.fraction,
         target_vol_annual=risk.target_vol_annual,
@@ -187,8 +187,8 @@ def params_from_config(execution, risk) -> np.ndarray:
         take_profit_pct=risk.take_profit_pct,
         max_daily_loss_pct=risk.max_daily_loss_pct,
         cooldown_bars=risk.cooldown_bars,
-        kill_switch_reset=getattr(risk, "kill_switch_reset", "manual"),
-        min_trade_fraction=getattr(execution, "min_trade_fraction", 0.01),
+        kill_switch_reset=risk.kill_switch_reset,
+        min_trade_fraction=execution.min_trade_fraction,
     )
 
 

@@ -73,7 +73,7 @@ class TrainingManager:
         self.cpus = trainer_cpus(int(reserve_cpus))
         self.freeze_while_deciding = bool(freeze_while_deciding) and CAN_FREEZE
         self.bar_ms = timeframe_ms(self.spec.timeframes[0])
-        trainable = {n: e for n, e in experts.items() if getattr(e, "input_kind", "features") == "features"}
+        trainable = {n: e for n, e in experts.items() if e.input_kind == "features"}
         self._trainable = trainable
         max_h = max((e.horizon for e in trainable.values()), default=1)
         val = max((models_cfg.experts[n].online.val_bars for n in trainable if n in models_cfg.experts),
