@@ -8,6 +8,7 @@ environment through ``Secrets`` and are never printed (their repr is masked).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,9 +37,19 @@ def _check_timeframe(v: str) -> str:
     return v
 
 
+_TICKER = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
+
+
+def is_ticker(symbol: str) -> bool:
+    """A stock ticker (AMZN, BRK.B) rather than a ccxt pair (BTC/USDT)."""
+    return bool(_TICKER.match(symbol))
+
+
 def _check_symbol(v: str) -> str:
+    if is_ticker(v):
+        return v
     if "/" not in v or v.startswith("/") or v.endswith("/"):
-        raise ValueError("must be a ccxt symbol like BTC/USDT")
+        raise ValueError("must be a ccxt symbol like BTC/USDT or a stock ticker like AMZN")
     return v
 
 
@@ -99,7 +110,7 @@ class OrchestratorConfig(_Strict):
 
 class ExecutionConfig(_Strict):
     live: bool = False
-    broker: Literal["paper", "ccxt"] = "paper"
+    broker: Literal["paper", "ccxt", "alpaca"] = "paper"  # alpaca: Alpaca's paper account unless live
     sandbox: bool = True
     initial_cash: float = Field(10_000.0, gt=0)
     maker_fee_bps: float = Field(10.0, ge=0, le=1000)
@@ -150,14 +161,47 @@ class TrainingConfig(_Strict):
     resume_online: bool = True  # live/paper: start from the online-trained weights a run left live
 
 
+class MarketConfig(_Strict):
+    """Where one symbol trades and which of its hours count (markets.<SYMBOL>)."""
+
+    exchange: str | None = None  # venue id; default: alpaca for a ticker, data.exchange for a pair
+    session: Literal["rth", "extended", "24x7"] | None = None  # default: rth for stocks, 24x7 for crypto
+
+
+class AlpacaConfig(_Strict):
+    """Alpaca market data and trading (keys only from APCA_API_KEY_ID / APCA_API_SECRET_KEY)."""
+
+    feed: Literal["iex", "sip"] = "iex"  # stock data feed: iex (free plan) | sip (all US exchanges, paid)
+    data_url: str = "https://data.alpaca.markets"  # REST market data
+    stream_url: str = "wss://stream.data.alpaca.markets"  # websocket market data
+    paper_url: str = "https://paper-api.alpaca.markets"  # paper-trading account
+    live_url: str = "https://api.alpaca.markets"  # real money (execution.live + --live + keys)
+    page_limit: int = Field(10_000, ge=1, le=10_000)  # bars per REST page (Alpaca's maximum)
+    requests_per_min: int = Field(200, ge=1)  # REST rate limit (free plan: 200/min)
+    trades_1s: bool = False  # also stream trades and build 1s candles from them
+
+
 class AppConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
+    markets: dict[str, MarketConfig] = Field(default_factory=dict)
+    alpaca: AlpacaConfig = Field(default_factory=AlpacaConfig)
     orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     risk: RiskConfig = Field(default_factory=RiskConfig)
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @field_validator("markets")
+    @classmethod
+    def _market_symbols(cls, v: dict[str, MarketConfig]) -> dict[str, MarketConfig]:
+        for sym in v:
+            _check_symbol(sym)
+        return v
+
+    def symbol_choices(self) -> list[str]:
+        """Every symbol the dashboard offers: data.symbols, then the symbols of ``markets``."""
+        return list(dict.fromkeys([*self.data.symbols, *self.markets]))
 
     def resolve(self, relative: str) -> Path:
         """A path from the config, relative to the project root unless absolute."""
@@ -373,6 +417,8 @@ class Secrets:
     exchange_secret: str | None = field(default=None, repr=False)
     exchange_password: str | None = field(default=None, repr=False)
     dashboard_token: str | None = field(default=None, repr=False)
+    alpaca_key_id: str | None = field(default=None, repr=False)
+    alpaca_secret_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Secrets:
@@ -382,7 +428,13 @@ class Secrets:
             exchange_secret=e.get("MOE_EXCHANGE_SECRET") or None,
             exchange_password=e.get("MOE_EXCHANGE_PASSWORD") or None,
             dashboard_token=e.get("DASHBOARD_TOKEN") or None,
+            alpaca_key_id=e.get("APCA_API_KEY_ID") or None,
+            alpaca_secret_key=e.get("APCA_API_SECRET_KEY") or None,
         )
+
+    @property
+    def has_alpaca_keys(self) -> bool:
+        return bool(self.alpaca_key_id and self.alpaca_secret_key)
 
     @property
     def has_exchange_keys(self) -> bool:

@@ -11,9 +11,11 @@ import pandas as pd
 
 from core.config import load_config
 from core.data.ccxt_source import CcxtSource, ExchangeUnavailableError, unavailable_message
-from core.data.files import load_file, load_trades, parse_series_name, to_ms
+from core.data.clean import clean_candles
+from core.data.files import load_file, load_trades, parse_series_exchange, parse_series_name, to_ms
 from core.data.store import MarketStore
 from core.data.validate import validate_candles, validate_trades
+from core.market import Calendar, market_for
 from core.types import SeriesKey, timeframe_ms
 
 
@@ -86,8 +88,16 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"data import: cannot tell the {'symbol' if symbol is None else 'timeframe'} from the name "
               f"{path.name}; pass --symbol/--timeframe", file=sys.stderr)
         return 2
-    exchange = args.exchange or default_ex
+    try:
+        market = market_for(load_config(getattr(args, "config", None)), symbol,
+                            args.exchange or parse_series_exchange(path))
+    except ValueError as exc:
+        print(f"data import: {exc}", file=sys.stderr)
+        return 2
+    # a stock goes to its venue (alpaca); a pair to --exchange or data.exchange, as before
+    exchange = market.exchange if market.is_stock else (args.exchange or default_ex)
     mapping = dict(m.split("=", 1) for m in args.map) if args.map else None
+    filtered = ""
     with MarketStore(db) as store:
         if timeframe == "trades":
             raw = load_trades(path, mapping)
@@ -96,10 +106,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         else:
             timeframe_ms(timeframe)
             raw = load_file(path, mapping)
-            res = validate_candles(raw, timeframe, source=str(path.name))
-            stored = store.upsert_candles(SeriesKey(exchange, symbol, timeframe), res.valid, validate=False)
+            cleaned = clean_candles(raw, timeframe, market.calendar, source=str(path.name))
+            res = cleaned.validation
+            stored = store.upsert_candles(SeriesKey(exchange, symbol, timeframe), cleaned.candles, validate=False)
+            if cleaned.session.filtered:
+                filtered = f", {cleaned.filtered_text()}"
     print(f"{path.name}: {exchange} {symbol} {timeframe}: read {len(raw)} rows, stored {stored} "
-          f"(new or changed), rejected {res.n_rejected}")
+          f"(new or changed), rejected {res.n_rejected}{filtered}")
     for reason, n in sorted(res.counts.items()):
         print(f"  rejected {reason}: {n}")
     if args.rejects and res.n_rejected:
@@ -162,8 +175,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not db.exists():
         print(f"data list: no database at {db}", file=sys.stderr)
         return 1
+    cfg = load_config(getattr(args, "config", None))
+
+    def calendar(key: SeriesKey) -> Calendar:  # stocks: nights, weekends and holidays are no gaps
+        return market_for(cfg, key.symbol, key.exchange).calendar
+
     with MarketStore(db) as store:
-        cov = store.coverage()
+        cov = store.coverage(calendar)
         table = Table(title=f"candles in {db}")
         for c in ("exchange", "symbol", "timeframe", "rows", "first", "last", "gaps", "missing bars"):
             table.add_column(c, justify="right" if c in ("rows", "gaps", "missing bars") else "left")
@@ -173,7 +191,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         Console(width=140).print(table)
         if args.gaps:
             for key in store.series():
-                for g in store.gaps(key):
+                try:
+                    cal: Calendar | None = calendar(key)
+                except ValueError:
+                    cal = None
+                for g in store.gaps(key, cal):
                     print(f"gap {key.exchange} {key.symbol} {key.timeframe}: {_iso(g.start_ms)} .. "
                           f"{_iso(g.end_ms)} ({g.missing_bars} missing)")
     return 0

@@ -26,6 +26,7 @@ from core.types import CANDLE_COLUMNS, TIMEFRAME_MS, SeriesKey, timeframe_ms
 
 if TYPE_CHECKING:
     from core.data.store import MarketStore
+    from core.market.calendar import Calendar
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +70,45 @@ def to_ms(values: pd.Series | np.ndarray) -> np.ndarray:
     return dt.dt.as_unit("ms").astype("int64").to_numpy()
 
 
-def parse_series_name(path: str | Path) -> tuple[str | None, str | None]:
-    """Symbol and timeframe from names like ``BTC_USDT-1m.csv`` or ``XRP_ETH-trades.csv`` (timeframe
-    'trades'); (None, None) parts when the name does not say."""
+# quote currencies that end Binance's concatenated symbols (BTCUSDT-1m-2023-03.csv): such a name is no ticker
+_BINANCE_QUOTES = ("USDT", "BUSD", "USDC", "FDUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "USD", "TRY")
+_TICKER_NAME = re.compile(r"^([A-Z][A-Z0-9.]{0,9})-([0-9]+[smhdwM])(?:-([a-z][a-z0-9]*))?(?:[-_.]|$)")
+
+
+def _stem(path: str | Path) -> str:
     stem = Path(path).name
     for suf in (".gz", ".csv", ".json", ".parquet", ".feather", ".arrow", ".txt"):
         if stem.endswith(suf):
             stem = stem[: -len(suf)]
+    return stem
+
+
+def _ticker_name(stem: str) -> re.Match[str] | None:
+    m = _TICKER_NAME.match(stem)
+    if m is None or (len(m.group(1)) >= 6 and m.group(1).endswith(_BINANCE_QUOTES)):
+        return None
+    return m
+
+
+def parse_series_exchange(path: str | Path) -> str | None:
+    """The venue a stock file's name carries after its timeframe (``AMZN-1m-alpaca-2025-...csv`` -> alpaca);
+    None when the name does not say."""
+    m = _ticker_name(_stem(path))
+    return m.group(3) if m is not None and m.group(3) else None
+
+
+def parse_series_name(path: str | Path) -> tuple[str | None, str | None]:
+    """Symbol and timeframe from names like ``BTC_USDT-1m.csv``, ``XRP_ETH-trades.csv`` (timeframe
+    'trades') or stock files ``AMZN-1m-alpaca-2025-01-13_2025-01-17.csv`` / ``UPRO-1m-2020-...csv`` (a ticker,
+    then the timeframe); (None, None) parts when the name does not say."""
+    stem = _stem(path)
     m = re.match(r"^([A-Za-z0-9]+)[_/-]([A-Za-z0-9]+)(?:[_:][A-Za-z0-9]+)?-([0-9]+[smhdwM]|trades)(?:-|$)", stem)
     if m:
         tf = m.group(3)
         return f"{m.group(1).upper()}/{m.group(2).upper()}", tf if tf in TIMEFRAME_MS or tf == "trades" else None
+    t = _ticker_name(stem)
+    if t is not None and t.group(2) in TIMEFRAME_MS:
+        return t.group(1), t.group(2)
     m = re.match(r"^[A-Za-z0-9]+-([0-9]+[smhdwM])-", stem)  # Binance: BTCUSDT-1m-2023-03.csv
     if m and m.group(1) in TIMEFRAME_MS:
         return None, m.group(1)
@@ -233,13 +262,26 @@ class FileSource:
         return self._status
 
 
-def import_series_file(store: MarketStore, exchange: str, path: Path) -> tuple[str, str]:
+def import_series_file(store: MarketStore, exchange: str, path: Path,
+                       calendar: Calendar | None = None) -> tuple[str, str]:
     """Import a candle file named like BTC_USDT-1m.csv into ``store`` (idempotent upsert); returns
-    its (symbol, timeframe). A clear ValueError when the file is missing or its name says neither."""
+    its (symbol, timeframe). A clear ValueError when the file is missing or its name says neither.
+    With a session ``calendar`` (stocks) the file is cleaned first (core/data/clean.py): rejected rows
+    (Saturday bars, out-of-order bars, ...) are logged with their reasons and left out, bars outside
+    the configured session are filtered; a 24x7 file must be clean as a whole (as before)."""
     if not path.exists():
         raise ValueError(f"replay file not found: {path}")
     sym, tf = parse_series_name(path)
     if sym is None or tf is None:
         raise ValueError(f"cannot tell symbol and timeframe from {path.name!r} (expected e.g. BTC_USDT-1m.csv)")
-    store.upsert_candles(SeriesKey(exchange, sym, tf), load_file(path))
+    if calendar is None or calendar.always_open:
+        store.upsert_candles(SeriesKey(exchange, sym, tf), load_file(path))
+        return sym, tf
+    from core.data.clean import clean_candles
+
+    cleaned = clean_candles(load_file(path), tf, calendar, source=path.name)
+    if cleaned.candles.empty:
+        raise ValueError(f"{path.name}: no {calendar.mode} bars of {sym} left ({cleaned.summary()})")
+    n = store.upsert_candles(SeriesKey(exchange, sym, tf), cleaned.candles, validate=False)
+    log.info("%s: %s %s %s: stored %d, %s", path.name, exchange, sym, tf, n, cleaned.summary())
     return sym, tf

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.validate import validate_candles, validate_trades
+from core.market.calendar import Calendar
 from core.types import CANDLE_COLUMNS, TIMEFRAME_MS, SeriesKey, timeframe_ms
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,20 @@ CREATE TABLE IF NOT EXISTS trades (
 _SMALL_BATCH = 64  # up to this many rows, upserts skip DataFrame registration (live candles)
 _EPOCH_FLOOR_MS = -(10**15)  # widening stops once the window reaches back this far
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def session_gaps(ts: np.ndarray, timeframe: str, calendar: Calendar) -> list[Gap]:
+    """Gaps of ascending bar times counted in the calendar's session bars (pure: tests, store)."""
+    if len(ts) < 2:
+        return []
+    idx = calendar.bar_index(ts, timeframe)
+    jump = np.flatnonzero(np.diff(idx) > 1)
+    out = []
+    for j in jump:
+        missing = int(idx[j + 1] - idx[j] - 1)
+        start = int(calendar.next_bars(int(ts[j]), 1, timeframe)[0])
+        out.append(Gap(start, int(ts[j + 1]), missing))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,8 +416,15 @@ class MarketStore:
         )
         return [SeriesKey(r.exchange, r.symbol, r.timeframe) for r in rows.itertuples(index=False)]
 
-    def gaps(self, key: SeriesKey) -> list[Gap]:
+    def gaps(self, key: SeriesKey, calendar: Calendar | None = None) -> list[Gap]:
+        """Missing bars of one series. With a session ``calendar`` (stocks) nights, weekends, holidays and
+        early closes are not gaps: a gap is a session bar the calendar expects and the store lacks
+        (counted in session bars; end = the next stored bar)."""
         tf = timeframe_ms(key.timeframe)
+        if calendar is not None and not calendar.always_open:
+            ts = self.query_df("SELECT ts FROM candles WHERE exchange = ? AND symbol = ? AND timeframe = ? "
+                               "ORDER BY ts", [key.exchange, key.symbol, key.timeframe])["ts"].to_numpy(np.int64)
+            return session_gaps(ts, key.timeframe, calendar)
         df = self.query_df(
             """
             SELECT prev + ? AS start_ms, ts AS end_ms, (ts - prev) // ? - 1 AS missing
@@ -414,8 +436,24 @@ class MarketStore:
         )
         return [Gap(int(r.start_ms), int(r.end_ms), int(r.missing)) for r in df.itertuples(index=False)]
 
-    def coverage(self) -> pd.DataFrame:
-        """One row per series: exchange, symbol, timeframe, rows, first, last (ts ms), gaps, missing_bars."""
+    def coverage(self, calendars: Callable[[SeriesKey], Calendar | None] | None = None) -> pd.DataFrame:
+        """One row per series: exchange, symbol, timeframe, rows, first, last (ts ms), gaps, missing_bars.
+        ``calendars`` gives a series' market calendar: session series count gaps in session bars."""
+        df = self._coverage()
+        if calendars is None:
+            return df
+        for i, r in enumerate(df.itertuples(index=False)):
+            key = SeriesKey(r.exchange, r.symbol, r.timeframe)
+            try:
+                cal = calendars(key)
+            except ValueError:
+                continue  # a series the config cannot place: the plain count stands
+            if cal is not None and not cal.always_open:
+                g = self.gaps(key, cal)
+                df.loc[i, "gaps"], df.loc[i, "missing_bars"] = len(g), sum(x.missing_bars for x in g)
+        return df
+
+    def _coverage(self) -> pd.DataFrame:
         tfs = pd.DataFrame({"timeframe": list(TIMEFRAME_MS), "tf_ms": list(TIMEFRAME_MS.values())})
         view = f"_tfs_{threading.get_ident()}"
         with self.lock:

@@ -9,8 +9,13 @@ the FIRST rule it breaks as its ``reason``; the caller stores only ``valid``. Ru
 - ``high_below_body``    high < max(open, close)
 - ``low_above_body``     low > min(open, close)
 - ``negative_volume``    volume < 0
-- ``off_grid``           ts not a multiple of the timeframe (1w: not a Monday 00:00 UTC)
+- ``off_grid``           ts not a multiple of the timeframe (1w: not a Monday 00:00 UTC); with a session
+                         calendar the session grid (open + k*tf, daily = the open) is accepted too
 - ``future``             ts > now + max_future_ms
+- ``outside_session``    (markets with a calendar) the bar is on a date without a session: a Saturday, a
+                         holiday, an ad-hoc closure. Bars of a trading day outside the configured
+                         session (pre-/post-market under rth) are not errors: core/market/sessions.py
+                         filters them
 - ``duplicate_ts``       same ts as an earlier row of the batch (the first one is kept)
 - ``out_of_order``       ts below an earlier row's ts, or below ``last_ts`` (the newest stored/cached
                          candle); ts == last_ts is allowed: it updates that candle
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.market.calendar import Calendar
 from core.types import CANDLE_COLUMNS, timeframe_ms
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,7 @@ REASONS: tuple[str, ...] = (
     "negative_volume",
     "off_grid",
     "future",
+    "outside_session",
     "duplicate_ts",
     "out_of_order",
 )
@@ -83,9 +90,11 @@ def _ts_array(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rule_codes(ts: np.ndarray, ts_bad: np.ndarray, vals: np.ndarray, timeframe: str, now_ms: int,
-               last_ts: int | None = None, max_future_ms: int = 5_000) -> np.ndarray:
+               last_ts: int | None = None, max_future_ms: int = 5_000,
+               calendar: Calendar | None = None) -> np.ndarray:
     """Per-row reason code (0 = valid, else 1 + index into REASONS) for ts[N] and vals[N, 5]
-    (open, high, low, close, volume). Pure numpy: the hot path of live ingestion and bulk imports."""
+    (open, high, low, close, volume). Pure numpy: the hot path of live ingestion and bulk imports.
+    ``calendar`` (a market with sessions) adds the ``outside_session`` rule; None / 24x7 skips it."""
     n = len(ts)
     tf_ms = timeframe_ms(timeframe)
     code = np.zeros(n, dtype=np.int8)
@@ -103,8 +112,13 @@ def rule_codes(ts: np.ndarray, ts_bad: np.ndarray, vals: np.ndarray, timeframe: 
         mark(h < np.maximum(o, c), "high_below_body")
         mark(lo > np.minimum(o, c), "low_above_body")
         mark(v < 0, "negative_volume")
-    mark((ts - grid_offset(timeframe)) % tf_ms != 0, "off_grid")
+    if calendar is not None and not calendar.always_open:
+        mark(~calendar.on_grid(ts, timeframe), "off_grid")
+    else:
+        mark((ts - grid_offset(timeframe)) % tf_ms != 0, "off_grid")
     mark(ts > now_ms + max_future_ms, "future")
+    if calendar is not None and not calendar.always_open:
+        mark(~calendar.trading_day(ts), "outside_session")
     # Order rules only among rows that passed the others: a rejected row must not push its ts on
     # the valid ones (a candle stamped in the future would otherwise make the next one "out of order").
     cand = (code == 0) & ~ts_bad
@@ -153,14 +167,16 @@ def validate_candles(
     *,
     max_future_ms: int = 5_000,
     source: str = "",
+    calendar: Calendar | None = None,
 ) -> ValidationResult:
     """Split ``df`` into valid and rejected rows (see the module doc for the rules).
 
     ``now_ms`` defaults to the wall clock; ``last_ts`` is the newest candle already stored/cached for
-    this series (rows before it are out of order). ``source`` only labels the log lines."""
+    this series (rows before it are out of order). ``source`` only labels the log lines. ``calendar``:
+    the market's sessions (stocks), for the ``outside_session`` rule."""
     ts, ts_bad, vals = candle_arrays(df)
     now = int(time.time() * 1000) if now_ms is None else int(now_ms)
-    code = rule_codes(ts, ts_bad, vals, timeframe, now, last_ts, max_future_ms)
+    code = rule_codes(ts, ts_bad, vals, timeframe, now, last_ts, max_future_ms, calendar)
     ok = code == 0
     out = pd.DataFrame({"ts": ts, "open": vals[:, 0], "high": vals[:, 1], "low": vals[:, 2],
                         "close": vals[:, 3], "volume": vals[:, 4]}, copy=False)
