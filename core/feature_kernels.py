@@ -229,7 +229,7 @@ def _std_of_returns(lc: np.ndarray, i: int, window: int) -> float:  # pragma: no
 
 @numba.njit(cache=True)
 def _extras_kernel(
-    ts: np.ndarray,
+    days: np.ndarray,
     h: np.ndarray,
     lo: np.ndarray,
     c: np.ndarray,
@@ -257,7 +257,7 @@ def _extras_kernel(
                 atr = tr_sum / ATR_WINDOW
         else:
             atr = (atr * (ATR_WINDOW - 1) + tr) / ATR_WINDOW
-        d = ts[i] // DAY_MS  # the VWAP session resets at 00:00 UTC
+        d = days[i]  # the VWAP session resets with the trading day (24x7: 00:00 UTC)
         tp = (h[i] + lo[i] + c[i]) / 3.0
         if d != day:
             day = d
@@ -285,14 +285,17 @@ def _extras_kernel(
         regime[r, 3] = np.log(rv / rv_long) if rv > 0 and rv_long > 0 else 0.0
 
 
-def base_extras(x: Ohlcv, norm_window: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def base_extras(x: Ohlcv, norm_window: int, start: int = 0, day: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Flat extras [M - start, 1 + len(RETURN_HORIZONS)] and regime [M - start, 4] of the base bars
-    from `start` on (live: only the last bar)."""
+    from `start` on (live: only the last bar). ``day``: the trading day of each bar (VWAP resets when it
+    changes); None = the UTC day."""
     rows = len(x) - start
     flat = np.zeros((rows, 1 + len(RETURN_HORIZONS)))
     regime = np.zeros((rows, 4))
     if rows > 0:
-        _extras_kernel(x.ts, x.h, x.lo, x.c, x.v, np.log(x.c), norm_window, start, flat, regime)
+        day = x.ts // DAY_MS if day is None else np.asarray(day, dtype=np.int64)
+        _extras_kernel(day, x.h, x.lo, x.c, x.v, np.log(x.c), norm_window, start, flat, regime)
     return flat, regime
 
 

@@ -35,6 +35,7 @@ import pandas as pd
 
 from core.config import FeaturesConfig
 from core.data.validate import grid_offset
+from core.market.calendar import Calendar
 from core.feature_kernels import (
     N_PRICE,
     REF_HORIZONS,
@@ -114,26 +115,34 @@ def _as_ohlcv(df: pd.DataFrame | Mapping[str, np.ndarray], what: str) -> Ohlcv:
     return Ohlcv(ts, vals[0], vals[1], vals[2], vals[3], vals[4])
 
 
-def resample_candles(candles: pd.DataFrame, timeframe: str) -> pd.DataFrame:
-    """Buckets of `timeframe` on the data layer's UTC grid (first open, max high, min low, last
-    close, summed volume). The trailing bucket is returned even if not complete: callers decide
-    which buckets have closed (FeatureBuilder uses open + tf <= now)."""
+def resample_candles(candles: pd.DataFrame, timeframe: str, calendar: Calendar | None = None) -> pd.DataFrame:
+    """Buckets of `timeframe` on the data layer's UTC grid, or within sessions with a session calendar
+    (first open, max high, min low, last close, summed volume). The trailing bucket is returned even
+    if not complete: callers decide which buckets have closed (FeatureBuilder uses bucket end <= now)."""
     x = _as_ohlcv(candles, "resample input")
-    r = _resample(x, timeframe_ms(timeframe), grid_offset(timeframe))
+    r, _ = _resample(x, timeframe, calendar)
     return pd.DataFrame({"ts": r.ts, "open": r.o, "high": r.h, "low": r.lo, "close": r.c, "volume": r.v})
 
 
-def _resample(x: Ohlcv, tf_ms: int, offset: int = 0, drop_partial_first: bool = False) -> Ohlcv:
+def _resample(x: Ohlcv, timeframe: str, calendar: Calendar | None = None,
+              drop_partial_first: bool = False) -> tuple[Ohlcv, np.ndarray]:
+    """(bars, their end times): the data layer's grid (weekly bars start on Monday), or session
+    buckets (core/market: start = open + k*tf, end = min(start + tf, close))."""
     if len(x) == 0:
-        return x
-    bucket = x.ts - (x.ts - offset) % tf_ms  # the data layer's grid (weekly bars start on Monday)
+        return x, x.ts.copy()
+    if calendar is None or calendar.always_open:
+        tf_ms = timeframe_ms(timeframe)
+        bucket = x.ts - (x.ts - grid_offset(timeframe)) % tf_ms
+        end = bucket + tf_ms
+    else:
+        bucket, end = calendar.buckets(x.ts, timeframe)
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
     if drop_partial_first and bucket[0] < x.ts[0]:
         # the data begins inside this bucket: its open/high/low are unknown, so it is no bar at all
         # (the DataProvider does not publish such a bucket either)
         starts = starts[1:]
         if starts.size == 0:
-            return x.head(0)
+            return x.head(0), x.ts[:0].copy()
         x = Ohlcv(
             x.ts[starts[0] :],
             x.o[starts[0] :],
@@ -143,6 +152,7 @@ def _resample(x: Ohlcv, tf_ms: int, offset: int = 0, drop_partial_first: bool = 
             x.v[starts[0] :],
         )
         bucket = bucket[starts[0] :]
+        end = end[starts[0] :]
         starts = starts - starts[0]
     ends = np.r_[starts[1:], len(x)] - 1
     return Ohlcv(
@@ -152,7 +162,7 @@ def _resample(x: Ohlcv, tf_ms: int, offset: int = 0, drop_partial_first: bool = 
         np.minimum.reduceat(x.lo, starts),
         x.c[ends],
         np.add.reduceat(x.v, starts),
-    )
+    ), end[starts]
 
 
 def _ref_features(ref: pd.DataFrame | None, ts: np.ndarray, base_ms: int) -> np.ndarray:
@@ -184,9 +194,13 @@ def _ref_features(ref: pd.DataFrame | None, ts: np.ndarray, base_ms: int) -> np.
 class FeatureBuilder:
     """Turns candles into FeatureBatches (see the module docstring for the layout)."""
 
-    def __init__(self, cfg: FeaturesConfig, base_timeframe: str) -> None:
+    def __init__(self, cfg: FeaturesConfig, base_timeframe: str, calendar: Calendar | None = None) -> None:
         self.cfg = cfg
         self.base_timeframe = base_timeframe
+        # stocks: higher timeframes within sessions, the session VWAP resets at each session; None/24x7:
+        # the UTC grid and the UTC day (crypto, unchanged). Counts (windows, warm-up, returns over k bars)
+        # are in bars of the series, i.e. session bars for a session-filtered series.
+        self.calendar = calendar if calendar is not None and not calendar.always_open else None
         self.base_ms = timeframe_ms(base_timeframe)
         # the base first, then every configured timeframe longer than it (shorter ones cannot be
         # built from the base and are dropped: e.g. 1m for a 5m-only market)
@@ -239,13 +253,16 @@ class FeatureBuilder:
         now = ts + self.base_ms  # close time of each sample's bar
         logc = np.zeros(n)
         for ti, tf_ms in enumerate(self.tf_ms):
-            series = x if ti == 0 else _resample(x, tf_ms, grid_offset(self.timeframes[ti]), True)
+            if ti == 0:
+                series, end = x, x.ts + tf_ms
+            else:
+                series, end = _resample(x, self.timeframes[ti], self.calendar, True)
             mat = tf_matrix(series, self.levels, self.norm_window, strength=self.strength)
             if ti == 0:  # 100*log(close_t), exactly as the kernel computed it
                 logc = mat[lo:, 3].copy()
-            last = np.searchsorted(series.ts + tf_ms, now, side="right") - 1  # last closed bar
+            last = np.searchsorted(end, now, side="right") - 1  # last closed bar
             gather_windows(mat, last, logc, windows[:, ti])
-        extras, regime = base_extras(x, self.norm_window, start=lo)
+        extras, regime = base_extras(x, self.norm_window, start=lo, day=self._days(x.ts))
         flat = np.concatenate(
             [windows[:, :, -1, :].reshape(n, tcount * f), extras, _ref_features(ref, ts, self.base_ms)],
             axis=1,
@@ -283,13 +300,14 @@ class FeatureBuilder:
         for ti, (tf, tf_ms) in enumerate(zip(self.timeframes, self.tf_ms, strict=True)):
             series = base if ti == 0 else _as_ohlcv(frames[tf], f"{tf} frame")
             if ti:
-                series = series.head(int(np.searchsorted(series.ts + tf_ms, now, side="right")))
+                ends = series.ts + tf_ms if self.calendar is None else self.calendar.buckets(series.ts, tf)[1]
+                series = series.head(int(np.searchsorted(ends, now, side="right")))
             mat = tf_matrix(series, self.levels, self.norm_window, tail=win, strength=self.strength)
             if ti == 0:
                 logc = float(mat[-1, 3])
             mat[:, :N_PRICE] -= logc
             windows[0, ti, win - mat.shape[0] :] = mat
-        extras, regime = base_extras(base, self.norm_window, start=len(base) - 1)
+        extras, regime = base_extras(base, self.norm_window, start=len(base) - 1, day=self._days(base.ts))
         flat = np.concatenate(
             [windows[:, :, -1, :].reshape(1, -1), extras, _ref_features(ref, base.ts[-1:], self.base_ms)],
             axis=1,
@@ -304,6 +322,10 @@ class FeatureBuilder:
             regime=regime.astype(np.float32),
             spec=self.spec,
         )
+
+    def _days(self, ts: np.ndarray) -> np.ndarray | None:
+        """Trading day of each bar (session VWAP); None = the UTC day (24x7)."""
+        return None if self.calendar is None else self.calendar.day_ids(ts)
 
     def _check_grid(self, x: Ohlcv) -> None:
         off = (x.ts - grid_offset(self.base_timeframe)) % self.base_ms

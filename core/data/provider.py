@@ -23,11 +23,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from core.data.resample import bucket_start, check_ratio, resample
+from core.data.resample import bucket_bounds, bucket_start, check_ratio, resample
 from core.data.ringbuffer import CandleRing
 from core.data.source_base import Source, SourceStatus
 from core.data.store import MarketStore
 from core.data.validate import REASONS, candle_arrays, log_rejections, rule_codes, validate_trades
+from core.market.calendar import Calendar
 from core.types import CANDLE_COLUMNS, CandleEvent, SeriesKey, timeframe_ms
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class _Bucket:
 class DataProvider:
     def __init__(self, store: MarketStore | None, base_timeframe: str, timeframes: list[str],
                  cache_bars: int = 1500, exchange: str = "binanceus", *, max_future_ms: int = 5_000,
-                 max_warm_bars: int = 100_000) -> None:
+                 max_warm_bars: int = 100_000, calendar: Calendar | None = None) -> None:
         timeframe_ms(base_timeframe)
         tfs = list(dict.fromkeys([base_timeframe, *timeframes]))
         for tf in tfs:
@@ -86,6 +87,11 @@ class DataProvider:
         self.exchange = exchange
         self.max_future_ms = max_future_ms
         self.max_warm_bars = max_warm_bars
+        # a market with sessions (stocks): bars on no trading day are rejected (outside_session), bars
+        # outside the configured session are filtered (counted in filtered_rows), higher timeframes are
+        # built within sessions. None / 24x7: the code path of crypto, unchanged.
+        self.calendar = calendar if calendar is not None and not calendar.always_open else None
+        self.filtered_rows = 0
         self._base_ms = timeframe_ms(base_timeframe)
         self._lock = threading.RLock()  # data: rings, partials, buckets
         self._ingest_lock = threading.RLock()  # serialises ingest so events keep their order
@@ -193,11 +199,17 @@ class DataProvider:
             # closed: ts == last re-delivers the newest candle; in progress: must be after it
             floor = last if closed or last is None else last + tf_ms
             now = int(time.time() * 1000) if now_ms_ is None else int(now_ms_)
-            code = rule_codes(ts, ts_bad, vals, key.timeframe, now, floor, self.max_future_ms)
+            code = rule_codes(ts, ts_bad, vals, key.timeframe, now, floor, self.max_future_ms, self.calendar)
             if code.any():
                 self._count_rejected(key, df, code, source)
                 ok = code == 0
                 ts, vals = ts[ok], vals[ok]
+            if self.calendar is not None and len(ts):
+                keep = self.calendar.contains(ts, tf_ms)  # extended-hours bars of an rth market
+                if not keep.all():
+                    with self._lock:
+                        self.filtered_rows += int((~keep).sum())
+                    ts, vals = ts[keep], vals[keep]
             if len(ts) == 0:
                 return []
             if closed:
@@ -259,7 +271,7 @@ class DataProvider:
         pre: list[CandleEvent] = []
         post: list[CandleEvent] = []
         for htf in self.higher:
-            b = int(bucket_start(t, htf))
+            b, end = self._bucket(t, htf)
             bk = (key.symbol, htf)
             cur = self._buckets.get(bk)
             if cur is not None and cur.ts != b:
@@ -272,12 +284,20 @@ class DataProvider:
                                                    complete_start=(t == b or (prev is not None and prev < b)))
             else:
                 cur.add(h, lo, c, v)
-            if t + self._base_ms == b + timeframe_ms(htf):
+            if t + self._base_ms >= end:
                 self._buckets.pop(bk, None)
                 ev = self._close_bucket(key, htf, cur)
                 if ev is not None:
                     post.append(ev)
         return pre, post
+
+    def _bucket(self, t: int, htf: str) -> tuple[int, int]:
+        """(open, end) of the ``htf`` bucket holding base bar ``t`` (scalar fast path for 24x7)."""
+        if self.calendar is None:
+            b = int(bucket_start(t, htf))
+            return b, b + timeframe_ms(htf)
+        start, end = self.calendar.buckets(np.array([t], dtype=np.int64), htf)
+        return int(start[0]), int(end[0])
 
     def _close_bucket(self, key: SeriesKey, htf: str, b: _Bucket) -> CandleEvent | None:
         if not b.complete_start:
@@ -301,7 +321,7 @@ class DataProvider:
             self._partial[(key.symbol, key.timeframe)] = ev
             if key.timeframe == self.base_timeframe:
                 for htf in self.higher:
-                    b = int(bucket_start(t, htf))
+                    b = self._bucket(t, htf)[0]
                     cur = self._buckets.get((key.symbol, htf))
                     if cur is not None and cur.ts == b:
                         hev = CandleEvent(SeriesKey(key.exchange, key.symbol, htf), b, cur.open,
@@ -341,6 +361,9 @@ class DataProvider:
         ratio = max(timeframe_ms(t) // self._base_ms for t in self.timeframes)
         want = min(self.cache_bars * ratio, max(self.max_warm_bars, self.cache_bars))
         base = self.store.last_candles(key, want)
+        if self.calendar is not None and len(base):  # stored under another session setting
+            base = base[self.calendar.contains(base["ts"].to_numpy(np.int64), self._base_ms)]
+            base = base.reset_index(drop=True)
         if base.empty:
             return 0
         whole_series = len(base) < want  # nothing older exists: the first bucket is complete as is
@@ -350,13 +373,14 @@ class DataProvider:
             ring.extend(tail["ts"].to_numpy(dtype=np.int64), tail[list(CANDLE_COLUMNS[1:])].to_numpy())
             last_ts = int(base["ts"].iat[-1])
             for htf in self.higher:
-                hi = resample(base, tf, htf, closed_only=False)
+                hi = resample(base, tf, htf, closed_only=False, calendar=self.calendar)
                 if hi.empty:
                     continue
                 first_ts = int(base["ts"].iat[0])
                 if not whole_series and first_ts != int(hi["ts"].iat[0]):
                     hi = hi.iloc[1:]  # loaded from mid-bucket: that bucket's open is unknown
-                last_complete = last_ts + self._base_ms == int(hi["ts"].iat[-1]) + timeframe_ms(htf) \
+                last_complete = last_ts + self._base_ms >= int(bucket_bounds(
+                    hi["ts"].to_numpy(dtype=np.int64)[-1:], htf, self.calendar)[1][0]) \
                     if not hi.empty else True
                 closed = hi if last_complete else hi.iloc[:-1]
                 r = self._ring(symbol, htf)
