@@ -262,6 +262,9 @@ class FeaturesConfig(_Strict):
 class LabelsConfig(_Strict):
     horizons: list[int] = Field(default_factory=lambda: [1, 5, 15, 60], min_length=1)
     dead_zone_bps: float | None = None  # None -> the round-trip taker fee from config.yaml
+    # markets with sessions (stocks): may a label's horizon span the overnight gap? false: "5 bars ahead"
+    # of 15:57 has no label (24x7 markets have no sessions to span)
+    cross_sessions: bool = False
 
     @field_validator("horizons")
     @classmethod

@@ -35,7 +35,6 @@ import pandas as pd
 
 from core.config import FeaturesConfig
 from core.data.validate import grid_offset
-from core.market.calendar import Calendar
 from core.feature_kernels import (
     N_PRICE,
     REF_HORIZONS,
@@ -47,6 +46,7 @@ from core.feature_kernels import (
     gather_windows,
     tf_matrix,
 )
+from core.market.calendar import Calendar
 from core.types import CANDLE_COLUMNS, FeatureBatch, FeatureSpec, timeframe_ms
 
 _CANDLE_INDEX = pd.Index(CANDLE_COLUMNS)

@@ -16,6 +16,8 @@ from typing import overload
 import numpy as np
 
 from core.config import ExecutionConfig, LabelsConfig
+from core.market.calendar import Calendar
+from core.types import timeframe_ms
 
 DOWN, FLAT, UP, UNKNOWN = 0, 1, 2, -1
 
@@ -81,4 +83,26 @@ def make_labels(close: np.ndarray, horizon: int, dead_zone: float) -> np.ndarray
     known = np.isfinite(r)
     out[known] = realised_class(r[known], dead_zone)
     return out
+
+
+def horizon_ok(ts: np.ndarray, horizon: int, timeframe: str, calendar: Calendar | None = None,
+               cross_sessions: bool = False) -> np.ndarray:
+    """bool [N]: the bar ``horizon`` rows later exists, is exactly ``horizon`` bars later (no gap in the
+    data) and -- on a market with sessions, unless ``cross_sessions`` (models.yml labels.cross_sessions)
+    -- lies in the same session: "5 bars ahead" of 15:57 is not tomorrow's 09:31. Bars are counted in
+    session bars, so 15:59 -> next 09:30 is 1 bar, not a 17.5-hour gap. 24x7: h timeframes later."""
+    h = check_horizon(horizon)
+    t = np.asarray(ts, dtype=np.int64)
+    ok = np.zeros(t.shape[0], dtype=bool)
+    if t.shape[0] <= h:
+        return ok
+    if calendar is None or calendar.always_open:
+        ok[:-h] = (t[h:] - t[:-h]) == h * timeframe_ms(timeframe)
+        return ok
+    idx = calendar.bar_index(t, timeframe)
+    ok[:-h] = (idx[h:] - idx[:-h]) == h
+    if not cross_sessions:
+        day = calendar.day_ids(t)
+        ok[:-h] &= day[h:] == day[:-h]
+    return ok
 

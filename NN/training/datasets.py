@@ -11,7 +11,7 @@ import pandas as pd
 
 from core.config import SplitConfig
 from core.features import FeatureBuilder
-from core.labels import UNKNOWN, check_close, check_horizon, forward_returns, make_labels
+from core.labels import UNKNOWN, check_close, check_horizon, forward_returns, horizon_ok, make_labels
 from core.types import FeatureBatch
 
 
@@ -48,11 +48,13 @@ def build_dataset(
     dead_zone: float,
     ref: pd.DataFrame | None = None,
     symbol: str = "",
+    cross_sessions: bool = False,
 ) -> tuple[FeatureBatch, np.ndarray, np.ndarray]:
     """Aligned (FeatureBatch, labels int64 [N], forward log returns float64 [N]) for one horizon from
     stored base-timeframe candles. Drops samples without full history (the first min_history-1
     bars), without a label (the last `horizon` bars) and whose horizon spans a gap in the data
-    (h bars later must be exactly h timeframes later)."""
+    (h bars later must be exactly h timeframes later; with the builder's session calendar h SESSION bars
+    later, in the same session unless ``cross_sessions``: core.labels.horizon_ok)."""
     h = check_horizon(horizon)
     if "close" not in candles.columns or "ts" not in candles.columns:
         raise ValueError("build_dataset: candles need ts and close columns (and the rest of CANDLE_COLUMNS)")
@@ -63,9 +65,7 @@ def build_dataset(
     ts = np.asarray(candles["ts"], dtype=np.int64)
     labels = make_labels(close, h, dead_zone)[first:]
     fwd = forward_returns(close, h)[first:]
-    contiguous = np.zeros(len(close), dtype=bool)
-    if len(close) > h:
-        contiguous[:-h] = (ts[h:] - ts[:-h]) == h * builder.base_ms
+    contiguous = horizon_ok(ts, h, builder.base_timeframe, builder.calendar, cross_sessions)
     keep = (labels != UNKNOWN) & contiguous[first:]
     idx = np.flatnonzero(keep)
     return batch.take(idx), labels[idx], fwd[idx]

@@ -24,9 +24,10 @@ import pandas as pd
 from core.config import AppConfig, ModelsConfig
 from core.data.store import MarketStore
 from core.features import FeatureBuilder
-from core.labels import dead_zone, forward_returns, make_labels
+from core.labels import dead_zone, forward_returns, horizon_ok, make_labels
+from core.market import Calendar, market_for
 from core.scoring import log_loss, scores
-from core.types import FeatureBatch, SeriesKey, timeframe_ms
+from core.types import FeatureBatch, SeriesKey
 from NN.assembly import load_experts, load_gate
 from NN.calibration import Calibrator, softmax
 from NN.experts.base import Expert
@@ -55,15 +56,15 @@ class Prepared:
     val: slice
     test: slice
     dead_zone: float  # log-return dead zone of the flat class
+    calendar: Calendar | None = None  # the market's sessions (stocks); None = 24x7
+    cross_sessions: bool = False  # models.yml labels.cross_sessions
 
     def labels(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels, forward log returns) at ``horizon``; -1 / NaN where the future is unknown,
         including where the h bars ahead span a gap in the stored series."""
         y = make_labels(self.batch.close, horizon, self.dead_zone)
         r = forward_returns(self.batch.close, horizon)
-        ts = self.batch.ts
-        span_ok = np.zeros(len(ts), dtype=bool)
-        span_ok[:-horizon] = (ts[horizon:] - ts[:-horizon]) == horizon * timeframe_ms(self.key.timeframe)
+        span_ok = horizon_ok(self.batch.ts, horizon, self.key.timeframe, self.calendar, self.cross_sessions)
         y[~span_ok] = -1
         r[~span_ok] = np.nan
         return y, r
@@ -84,7 +85,8 @@ def load_candles(store: MarketStore, key: SeriesKey, start_ms: int | None, end_m
 
 def prepare(candles: pd.DataFrame, key: SeriesKey, models: ModelsConfig, app: AppConfig,
             ref: pd.DataFrame | None = None) -> Prepared:
-    builder = FeatureBuilder(models.features, key.timeframe)
+    calendar = market_for(app, key.symbol, key.exchange).calendar
+    builder = FeatureBuilder(models.features, key.timeframe, calendar=calendar)
     # samples before min_history - 1 lack a full history: never built, never used
     batch = builder.build_many(candles, ref, symbol=key.symbol, rows=slice(builder.min_history - 1, None))
     n = len(batch)
@@ -98,7 +100,8 @@ def prepare(candles: pd.DataFrame, key: SeriesKey, models: ModelsConfig, app: Ap
         log.warning("split.gap_bars=%s < longest horizon %s: labels near a split boundary look into the next part",
                     models.split.gap_bars, max(horizons))
     tr, va, te = chronological_split(n, models.split)
-    return Prepared(key, batch, tr, va, te, dead_zone(app.execution, models.labels))
+    return Prepared(key, batch, tr, va, te, dead_zone(app.execution, models.labels), calendar,
+                    models.labels.cross_sessions)
 
 
 def _known(y: np.ndarray, r: np.ndarray, part: slice) -> np.ndarray:

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from core.config import ModelsConfig
-from core.labels import UNKNOWN, make_labels
+from core.labels import UNKNOWN, horizon_ok, make_labels
+from core.market.calendar import Calendar
 from core.types import FeatureBatch, FeatureSpec, SeriesKey
 
 if TYPE_CHECKING:
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
 class FeedBuffer:
     """Recent fed feature rows (ring with amortised compaction; views never escape)."""
 
-    def __init__(self, spec: FeatureSpec, bar_ms: int, capacity: int) -> None:
+    def __init__(self, spec: FeatureSpec, bar_ms: int, capacity: int, calendar: Calendar | None = None) -> None:
         self.spec, self.bar_ms, self.cap = spec, int(bar_ms), int(capacity)
+        self.calendar = calendar  # session bars (stocks); None = 24x7
         T, L, F = len(spec.timeframes), spec.window, len(spec.bar_features)
         n = 2 * self.cap
         self.ts = np.zeros(n, np.int64)
@@ -78,8 +80,7 @@ class FeedBuffer:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
         close, ts = self.close[:n], self.ts[:n]
         y = make_labels(close, h, dead_zone)
-        ok = y != UNKNOWN
-        ok[: n - h] &= (ts[h:] - ts[:-h]) == h * self.bar_ms
+        ok = (y != UNKNOWN) & horizon_ok(ts, h, self.spec.timeframes[0], self.calendar)
         idx = np.flatnonzero(ok)
         fwd = np.log(close[idx + h] / close[idx])
         return idx, y[idx], fwd
@@ -118,7 +119,7 @@ class Feeder:
                  key: SeriesKey | None, dead_zone: float, bar_ms: int, capacity: int) -> None:
         self.builder, self.models_cfg, self.store, self.key = builder, models_cfg, store, key
         self.dead_zone, self.bar_ms = float(dead_zone), int(bar_ms)
-        self.buffer = FeedBuffer(builder.spec, bar_ms, capacity)
+        self.buffer = FeedBuffer(builder.spec, bar_ms, capacity, getattr(builder, "calendar", None))
         self.lock = threading.Lock()
 
     def append(self, batch: FeatureBatch, position: np.ndarray) -> None:

@@ -119,7 +119,7 @@ class TrainingManager:
                 run_dir=str((self.runs_dir / "online" / name / stamp).resolve()), threads=self.threads,
                 min_steps_per_round=max(self.min_steps_per_round, cfg.online.replay_steps), nice=self.nice,
                 sched_idle=self.sched_idle,
-                cpus=self.cpus)
+                cpus=self.cpus, calendar=getattr(self.builder, "calendar", None))
             t = self._procs.trainers[name] = t or TrainerSlot(spec=spec)
             t.spec = spec
             t.wanted = True

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from core.config import ExpertConfig, FeaturesConfig, OnlineTrainingConfig
+from core.market.calendar import Calendar
 from core.types import FeatureBatch, FeatureSpec, timeframe_ms
 from NN.experts.base import Expert
 from NN.training.datasets import build_dataset
@@ -62,6 +63,7 @@ class TrainerSpec:
     nice: int = 10  # trainers run at a lower CPU priority: the decision path wins contended cores
     sched_idle: bool = True  # Linux SCHED_IDLE: runs only on CPU time no normal-priority thread wants
     cpus: tuple[int, ...] | None = None  # CPU affinity (None: any); see trainer_cpus
+    calendar: Calendar | None = None  # the stream's sessions (stocks): features within sessions
 
 
 class _TrainData:
@@ -185,7 +187,7 @@ def _trainer_loop(spec: TrainerSpec, inbox: Any, outbox: Any) -> None:
 
     lower_priority(spec)
     torch.set_num_threads(max(1, spec.threads))
-    builder = FeatureBuilder(spec.features, spec.base_timeframe)
+    builder = FeatureBuilder(spec.features, spec.base_timeframe, calendar=spec.calendar)
     cfg = spec.expert_cfg
     if cfg.device == "auto":
         cfg = cfg.model_copy(update={"device": "cpu"})
