@@ -19,6 +19,7 @@ from core.data.files import import_series_file
 from core.data.store import MarketStore
 from core.engine import Engine, EngineParts, ReplayConfig
 from core.features import FeatureBuilder
+from core.market import Calendar
 from core.types import SeriesKey
 
 if TYPE_CHECKING:
@@ -115,15 +116,16 @@ def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = N
 
 def backtest_components(models: ModelsConfig, base_timeframe: str, names: list[str] | None, *,
                         store: MarketStore | None = None, models_dir: Path | None = None,
-                        features: FeaturesConfig | None = None) -> Components:
+                        features: FeaturesConfig | None = None, calendar: Calendar | None = None) -> Components:
     """Experts, gate and feature builder for a backtest. ``names`` None = every expert enabled in
     models.yml that has a registered checkpoint (untrained ones are skipped with a warning); names
     given explicitly run untrained when they have no checkpoint, and say so in ``info``. Without
-    ``store`` and ``models_dir`` nothing is loaded (every expert untrained)."""
+    ``store`` and ``models_dir`` nothing is loaded (every expert untrained). ``calendar``: the market's
+    sessions (stocks: features within sessions, Kronos' future bars follow the calendar)."""
     from core.backtest.forecast_cache import ForecastCache
     from NN.assembly import load_experts, load_gate
 
-    builder = FeatureBuilder(features or models.features, base_timeframe)
+    builder = FeatureBuilder(features or models.features, base_timeframe, calendar=calendar)
     reg = registry(store, models_dir) if store is not None and models_dir is not None else None
     loaded = load_experts(models, builder.spec, reg, names, keep_untrained=names is not None)
     if loaded.errors:

@@ -119,6 +119,7 @@ class ExecutionConfig(_Strict):
     fill_at: Literal["next_open", "last_price"] = "next_open"
     allow_short: bool = False  # spot is long-only; True lets signals go to -1 (margin/futures)
     min_trade_fraction: float = Field(0.01, ge=0, le=1)  # skip rebalances smaller than this of equity
+    flat_at_session_end: bool = False  # markets with sessions (stocks): hold nothing over the overnight gap
 
 
 class RiskConfig(_Strict):

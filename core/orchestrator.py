@@ -237,6 +237,8 @@ class Orchestrator:
                  enabled: Mapping[str, bool] | None = None, keep_errors: int = 50) -> None:
         self.experts = dict(experts)
         self.names = list(self.experts)
+        for ex in self.experts.values():
+            ex.calendar = builder.calendar  # this market's sessions (future bars of forecasts)
         self.gate = gate
         self.gate_runner = GateRunner(gate, horizon, dead_zone)
         self.builder = builder

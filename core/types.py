@@ -21,6 +21,8 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
+    from core.market.calendar import Calendar
+
 CANDLE_COLUMNS: tuple[str, ...] = ("ts", "open", "high", "low", "close", "volume")
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 PROB_CLASSES: tuple[str, ...] = ("down", "flat", "up")
@@ -316,6 +318,7 @@ class ExpertLike(Protocol):
     version: str
     horizon: int
     input_kind: str  # "features" (FeatureBatch only) | "candles" (also the base candles: Kronos)
+    calendar: Calendar | None  # the market's sessions, set by the runner (Kronos stamps future bars); None = 24x7
 
     def predict(self, batch: FeatureBatch, candles: pd.DataFrame | None = None) -> ExpertOutput: ...
     def predict_many(self, batch: FeatureBatch, candles: pd.DataFrame | None = None) -> ExpertBatchOutput: ...

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from core.config import ExpertConfig
+from core.market.calendar import Calendar
 from core.types import ExpertBatchOutput, ExpertOutput, FeatureBatch, FeatureSpec
 from NN.devices import pick_device
 
@@ -62,6 +63,9 @@ class Expert(ABC):
     #: candles (Kronos), passed as ``candles`` = DataFrame[CANDLE_COLUMNS] holding at least every bar
     #: up to the last ts of the batch (bars after a sample's ts must never be used for that sample).
     input_kind: str = "features"
+    #: the market's sessions (stocks), set by whoever runs the expert on a market (Orchestrator,
+    #: Backtester): candle experts stamp their forecasts' future bars with it. None = 24x7.
+    calendar: Calendar | None = None
 
     @abstractmethod
     def predict_many(

@@ -34,6 +34,7 @@ from core.config import AppConfig, ExecutionConfig, FeaturesConfig, ModelsConfig
 from core.data.store import MarketStore
 from core.execution import kernel as K
 from core.labels import dead_zone
+from core.market import Calendar, market_for, session_candles, session_flat
 from core.orchestrator import (
     BUY,
     CODE_TO_ACTION,
@@ -77,7 +78,9 @@ class BacktestSpec:
     max_position_fraction: float = 1.0
     allow_short: bool = False
     vol_window: int = 60
-    bars_per_year: float = 525_600.0
+    bars_per_year: float = 525_600.0  # the venue's: 1m crypto 525,600; 1m NYSE RTH ~ 97,750 (session bars)
+    calendar: Calendar | None = None  # the market's sessions (stocks); None = 24x7
+    flat_at_session_end: bool = False  # execution.flat_at_session_end (session markets only)
 
     def __post_init__(self) -> None:
         if self.mode not in ("fast", "event"):
@@ -132,13 +135,17 @@ def kernel_params(spec: BacktestSpec, execution: ExecutionConfig, risk: RiskConf
 def spec_from_config(cfg: AppConfig, models: ModelsConfig, *, exchange: str, symbol: str, timeframe: str,
                      thresholds: Thresholds, mode: str) -> BacktestSpec:
     """Everything a run needs from config.yaml / models.yml in one frozen object."""
+    cal = market_for(cfg, symbol, exchange).calendar
+    session = None if cal.always_open else cal
     return BacktestSpec(
         exchange=exchange, symbol=symbol, timeframe=timeframe, thresholds=thresholds, mode=mode,
         horizon=cfg.orchestrator.decision_horizon, dead_zone=dead_zone(cfg.execution, models.labels),
         kronos_every=cfg.backtest.kronos_every_bars, initial_cash=cfg.execution.initial_cash,
         sizing=cfg.risk.sizing, fraction=cfg.risk.fraction,
         max_position_fraction=cfg.risk.max_position_fraction, allow_short=cfg.execution.allow_short,
-        vol_window=cfg.risk.vol_window, bars_per_year=K.bars_per_year(timeframe))
+        vol_window=cfg.risk.vol_window,
+        bars_per_year=K.bars_per_year(timeframe) if session is None else session.bars_per_year(timeframe),
+        calendar=session, flat_at_session_end=cfg.execution.flat_at_session_end)
 
 
 class ComponentsFactory(Protocol):
@@ -146,7 +153,7 @@ class ComponentsFactory(Protocol):
 
     def __call__(self, models: ModelsConfig, base_timeframe: str, names: list[str] | None, *,
                  store: MarketStore | None = None, models_dir: Path | None = None,
-                 features: FeaturesConfig | None = None) -> Components: ...
+                 features: FeaturesConfig | None = None, calendar: Calendar | None = None) -> Components: ...
 
 
 def signal_of(code: int) -> float:
@@ -196,15 +203,21 @@ def check_candles(candles: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     return df
 
 
-def align_start(candles: pd.DataFrame, timeframes: tuple[str, ...] | list[str]) -> pd.DataFrame:
+def align_start(candles: pd.DataFrame, timeframes: tuple[str, ...] | list[str],
+                calendar: Calendar | None = None) -> pd.DataFrame:
     """Drop leading bars before the first bucket boundary of the longest feature timeframe. A live
     DataProvider never publishes a higher-timeframe bar whose first base bars it did not see (its open
     would be wrong), while resampling history would include it: starting on a boundary makes both
-    modes (and live) see the same higher-timeframe bars."""
+    modes (and live) see the same higher-timeframe bars. Sessions: the first bar that opens a bucket of
+    the longest timeframe (a session open for 1d)."""
     longest = max(timeframe_ms(tf) for tf in timeframes)
     ts = candles["ts"].to_numpy(np.int64)
-    start = -(-int(ts[0]) // longest) * longest  # first boundary at or after the first bar
-    k = int(np.searchsorted(ts, start))
+    if calendar is not None and not calendar.always_open:
+        first = calendar.buckets(ts, max(timeframes, key=timeframe_ms))[0] == ts
+        k = int(np.argmax(first)) if first.any() else len(ts)
+    else:
+        start = -(-int(ts[0]) // longest) * longest  # first boundary at or after the first bar
+        k = int(np.searchsorted(ts, start))
     if k >= len(ts):
         raise ValueError(f"backtest range is shorter than one {max(timeframes, key=timeframe_ms)} bucket "
                          "after aligning to it; widen --from/--to or drop that feature timeframe")
@@ -229,11 +242,17 @@ class Backtester:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.progress = progress or (lambda stage, done, total: None)
         self.names = list(comps.experts)
+        for ex in comps.experts.values():
+            ex.calendar = comps.builder.calendar  # this market's sessions (future bars of forecasts)
         self._gate0 = copy.deepcopy(comps.gate.state_dict())  # both modes start from this
+        self._flat = session_flat(spec.calendar, spec.timeframe, execution.fill_at, spec.flat_at_session_end)
 
     def run(self, candles: pd.DataFrame, mode: str | None = None) -> BacktestResult:
         mode = mode or self.spec.mode
-        candles = align_start(check_candles(candles, self.spec.timeframe), self.c.builder.timeframes)
+        candles = check_candles(candles, self.spec.timeframe)
+        if self.spec.calendar is not None:  # a session market: only its session's bars trade
+            candles = session_candles(candles, self.spec.calendar, self.spec.timeframe)
+        candles = align_start(candles, self.c.builder.timeframes, self.spec.calendar)
         self.c.gate.load_state_dict(copy.deepcopy(self._gate0))
         t0 = time.perf_counter()
         res = self._fast(candles) if mode == "fast" else self._event(candles)
@@ -333,6 +352,8 @@ class Backtester:
         full_codes[rows] = codes
         signal = np.full(n, np.nan)
         signal[rows] = np.where(codes == BUY, 1.0, np.where(codes == SELL, -1.0, np.nan))
+        if self._flat is not None:  # execution.flat_at_session_end: also on warm-up bars, as the executor does
+            signal[self._flat.mask(candles["ts"].to_numpy(np.int64))] = 0.0
         arr = {c: candles[c].to_numpy(np.float64) for c in CANDLE_COLUMNS}
         equity, position, fills, state = K.run(arr["ts"], arr["open"], arr["high"], arr["low"], arr["close"],
                                                signal, vol_series(arr["close"], spec), params=self.params,
@@ -385,7 +406,7 @@ class Backtester:
         builder = self.c.builder
         # the cache holds the whole replay so build_one sees the history build_many sees
         provider = DataProvider(None, spec.timeframe, list(builder.timeframes), cache_bars=max(n + 1, 10),
-                                exchange=spec.exchange)
+                                exchange=spec.exchange, calendar=spec.calendar)
         orch = Orchestrator(
             self.c.experts, self.c.gate, builder, spec.thresholds, self.store, None, spec.symbol,
             spec.timeframe, horizon=spec.horizon, dead_zone=spec.dead_zone, slow_every_bars=spec.kronos_every,
@@ -394,7 +415,8 @@ class Backtester:
         from core.execution.executor import Executor
 
         # the live executor (paper: kernel step per bar), no ledger: a backtest books nothing for real
-        executor = Executor(self.execution, self.risk, spec.symbol, spec.timeframe)
+        executor = Executor(self.execution, self.risk, spec.symbol, spec.timeframe, session_flat=self._flat,
+                            bars_per_year=spec.bars_per_year)
         if not np.array_equal(executor.params, self.params, equal_nan=True):
             raise RuntimeError("event backtest: the executor's params differ from the fast mode's")
         equity = np.full(n, np.nan)

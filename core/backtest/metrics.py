@@ -46,6 +46,10 @@ def _equity(equity: Any) -> np.ndarray:
     return e
 
 
+def _ppy_from_ts(ts: Any) -> float:
+    return periods_per_year(ts)
+
+
 def periods_per_year(ts: Any) -> float:
     """Bars per year from the median spacing of bar timestamps (ms)."""
     t = _f64(ts, "ts")
@@ -248,16 +252,20 @@ def ece(probs: Any, y: Any, n_bins: int = 10) -> float:
 
 
 def summary(equity: Any, ts: Any, position: Any, fills: Any, close: Any,
-            initial_equity: float | None = None, timeframe: str | None = None) -> dict[str, float]:
+            initial_equity: float | None = None, timeframe: str | None = None,
+            periods_per_year: float | None = None) -> dict[str, float]:
     """All backtest metrics in one flat dict. ``fills``: a DataFrame (or mapping) with columns side
     ('buy'/'sell' or +1/-1), amount, price, fee. With ``initial_equity`` the curve starts from it one
     bar before ts[0] (the cash before the first bar). ``timeframe`` (ccxt string) fixes the bars per
-    year; without it they come from the median bar spacing of ``ts``."""
+    year; without it they come from the median bar spacing of ``ts``. ``periods_per_year`` overrides
+    both: a market with sessions annualises by its session bars (1m NYSE RTH ~ 97,750, not 525,600);
+    durations in ms then count session time."""
     e = _equity(equity)
     t = _f64(ts, "ts")
     if t.size != e.size:
         raise ValueError(f"ts has {t.size} values, equity {e.size}")
-    ppy = YEAR_MS / timeframe_ms(timeframe) if timeframe else periods_per_year(t)
+    ppy = periods_per_year if periods_per_year is not None else (
+        YEAR_MS / timeframe_ms(timeframe) if timeframe else _ppy_from_ts(t))
     if initial_equity is not None:
         e = np.concatenate(([float(initial_equity)], e))
         t = np.concatenate(([t[0] - YEAR_MS / ppy], t))
@@ -289,14 +297,15 @@ def summary(equity: Any, ts: Any, position: Any, fills: Any, close: Any,
 def compute_metrics(candles: pd.DataFrame, equity: np.ndarray, position: np.ndarray, fills: pd.DataFrame,
                     state: np.ndarray, initial_cash: float, timeframe: str, codes: np.ndarray | None = None,
                     horizon: int = 5, *, decided: np.ndarray | None = None, fused: np.ndarray | None = None,
-                    dead_zone: float = 0.0) -> dict[str, Any]:
+                    dead_zone: float = 0.0, periods_per_year: float | None = None) -> dict[str, Any]:
     """A backtest report's figures: every metric of ``summary`` (one definition, hand-checked in
     tests), the kernel's risk counters, and — for expert runs — the decision counts, the directional
     hit rate of BUY/SELL over ``horizon`` bars, and the fused probabilities' Brier score and ECE
     against the realised class (dead zone as for labels) on bars where a decision was made."""
     close = candles["close"].to_numpy(np.float64)
     m: dict[str, Any] = summary(equity, candles["ts"].to_numpy(np.int64), position, fills, close,
-                                initial_equity=initial_cash, timeframe=timeframe)
+                                initial_equity=initial_cash, timeframe=timeframe,
+                                periods_per_year=periods_per_year)
     m.update({
         "realised_pnl": float(state[K.S_REALISED]),
         "stops": int(state[K.S_STOPS]),

@@ -146,7 +146,8 @@ def result_report(res: BacktestResult, spec: ReportSpec) -> Report:
     """The report of an experts run (either mode) from the backtester's result."""
     metrics = compute_metrics(res.candles, res.equity, res.position, res.fills, res.state,
                               res.spec.initial_cash, spec.timeframe, res.codes, res.spec.horizon,
-                              decided=res.decided, fused=res.fused, dead_zone=res.spec.dead_zone)
+                              decided=res.decided, fused=res.fused, dead_zone=res.spec.dead_zone,
+                              periods_per_year=res.spec.bars_per_year if res.spec.calendar is not None else None)
     metrics["elapsed_s"] = float(res.elapsed_s)
     w = {n: res.weights[:, i] for i, n in enumerate(res.names)}
     return build_report(res.run_id, "experts", spec, res.candles, res.equity, res.fills, metrics,

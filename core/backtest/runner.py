@@ -17,8 +17,9 @@ from pathlib import Path
 from core.backtest.engine import Backtester, ComponentsFactory, Progress, spec_from_config
 from core.backtest.report import Report, ReportSpec, result_report, save_report
 from core.backtest.signals import run_signals
-from core.config import AppConfig, ModelsConfig
+from core.config import AppConfig, ModelsConfig, is_ticker
 from core.data.store import MarketStore
+from core.market import market_for
 from core.types import SeriesKey, Thresholds, timeframe_ms
 
 MODES = ("fast", "event")
@@ -96,8 +97,9 @@ def run_backtest(request: RunRequest, *, cfg: AppConfig, models: ModelsConfig, s
     Raises NoCandlesError when the store has no candles for the series in range, ValueError for
     experts that cannot run (components' messages), pydantic's ValidationError for bad cost overrides."""
     cfg = with_costs(cfg, request.fees_bps, request.slippage_bps)
-    key = SeriesKey(request.exchange or cfg.data.exchange, request.symbol,
-                    request.timeframe or cfg.data.base_timeframe)
+    venue = request.exchange or (market_for(cfg, request.symbol).exchange if is_ticker(request.symbol)
+                                 else cfg.data.exchange)  # a stock's default venue is its market's (alpaca)
+    key = SeriesKey(venue, request.symbol, request.timeframe or cfg.data.base_timeframe)
     timeframe_ms(key.timeframe)
     mode = request.mode or cfg.backtest.mode
     thresholds = request.thresholds or default_thresholds(cfg)
@@ -115,10 +117,10 @@ def run_backtest(request: RunRequest, *, cfg: AppConfig, models: ModelsConfig, s
         report = run_signals(Path(request.signals), cfg, candles, run_id, spec)
     else:
         names = None if request.experts is None else list(request.experts)
-        comps = components(models, key.timeframe, names, store=store,
-                           models_dir=cfg.resolve(cfg.training.models_dir))
         bspec = spec_from_config(cfg, models, exchange=key.exchange, symbol=key.symbol, timeframe=key.timeframe,
                                  thresholds=thresholds, mode=mode)
+        comps = components(models, key.timeframe, names, store=store,
+                           models_dir=cfg.resolve(cfg.training.models_dir), calendar=bspec.calendar)
         res = Backtester(comps, bspec, cfg.execution, cfg.risk, store=store, run_id=run_id, progress=progress,
                          keep_decisions=False).run(candles)
         report = result_report(res, spec)

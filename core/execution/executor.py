@@ -20,6 +20,7 @@ import logging
 import math
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,8 @@ class ExecutionSnapshot:
 
 class Executor:
     def __init__(self, execution: Any, risk: Any, symbol: str, timeframe: str, *, ledger: Ledger | None = None,
-                 broker: Broker | None = None) -> None:
+                 broker: Broker | None = None, session_flat: Callable[[int], bool] | None = None,
+                 bars_per_year: float | None = None) -> None:
         self.symbol = symbol
         self.timeframe = timeframe
         self.params = K.params_from_config(execution, risk)
@@ -68,7 +70,9 @@ class Executor:
         self.paper = PaperBroker(self.params, self.state, symbol, maker_fee_bps=execution.maker_fee_bps)
         self.mode = "paper" if broker is None else getattr(broker, "mode", "ccxt")
         self._vol_window = int(risk.vol_window)
-        self._bpy = K.bars_per_year(timeframe)
+        # the venue's bars per year (session bars for stocks) for volatility sizing; None = 24x7
+        self._bpy = K.bars_per_year(timeframe) if bars_per_year is None else float(bars_per_year)
+        self._session_flat = session_flat  # execution.flat_at_session_end (core.market.SessionFlat)
         self._vol_sizing = risk.sizing == "volatility_target"
         self._closes: deque[float] = deque(maxlen=self._vol_window + 1)
         self._last_ts: int | None = ledger.last_ts if ledger is not None else None
@@ -115,6 +119,8 @@ class Executor:
             log.debug("bar %s already booked: skipped", bar.ts)
             return []
         signal = math.nan if decision is None else K.signal_for(decision.action)
+        if self._session_flat is not None and self._session_flat(int(bar.ts)):
+            signal = 0.0  # flat into the session's close: nothing is held over the night
         self._closes.append(float(bar.close))
         vol = self._vol()
         cid = client_order_id(decision.id) if decision is not None else None

@@ -12,7 +12,14 @@ from core.market.calendar import (
     session_table,
 )
 from core.market.model import STOCK_VENUES, Market, calendar_for, market_for
-from core.market.sessions import SessionSplit, align_daily, filter_session
+from core.market.sessions import (
+    SessionFlat,
+    SessionSplit,
+    align_daily,
+    filter_session,
+    session_candles,
+    session_flat,
+)
 
 __all__ = [
     "DAY_MS",
@@ -22,6 +29,7 @@ __all__ = [
     "Calendar",
     "Market",
     "SessionCalendar",
+    "SessionFlat",
     "SessionSplit",
     "align_daily",
     "calendar_for",
@@ -29,5 +37,7 @@ __all__ = [
     "fmt_local",
     "make_calendar",
     "market_for",
+    "session_candles",
+    "session_flat",
     "session_table",
 ]

@@ -302,6 +302,12 @@ class SessionCalendar:
         nxt = np.searchsorted(t.opens, x, side="right")
         return np.where(inside, cum[si] + within, cum[np.minimum(nxt, len(cum) - 1)] - 1)
 
+    def bars_to_close(self, ts: np.ndarray, timeframe: str) -> np.ndarray:
+        """Session bars left after each bar before its session closes (0 = the session's last bar)."""
+        x = np.asarray(ts, dtype=np.int64)
+        s = np.maximum(self._session(x), 0)
+        return self._cumulative(timeframe)[s + 1] - 1 - self.bar_index(x, timeframe)
+
     def next_bars(self, ts: int, n: int, timeframe: str) -> np.ndarray:
         """Open times of the n session bars after the bar opening at ``ts`` (a ts outside every session:
         the n bars from the next open). The bar after 15:59 is the next session's 09:30."""

@@ -74,3 +74,33 @@ def filter_session(df: pd.DataFrame, cal: Calendar, timeframe: str) -> SessionSp
         pre = int(((x + tf <= reg_open) & ~crosses).sum())
         post = int(((x >= reg_close) & ~crosses).sum())
     return SessionSplit(df.loc[keep].reset_index(drop=True), int(drop.sum()), pre, post, straddle)
+
+
+@dataclass(frozen=True)
+class SessionFlat:
+    """``execution.flat_at_session_end``: the bars whose decision is replaced by "go flat", so no position
+    is held over the overnight gap. With fills at the next open the flattening order is placed at the
+    close of the second-to-last bar (it fills at the open of the last one, still in the session) and the
+    last bar opens nothing (it would fill at tomorrow's open); with fills at the last price, the last bar
+    of the session flattens at its close. The same mask for both backtest modes and the live executor."""
+
+    calendar: SessionCalendar
+    timeframe: str
+    next_open: bool = True  # execution.fill_at == "next_open"
+
+    def mask(self, ts: np.ndarray) -> np.ndarray:
+        return self.calendar.bars_to_close(ts, self.timeframe) <= (1 if self.next_open else 0)
+
+    def __call__(self, ts: int) -> bool:
+        return bool(self.mask(np.array([ts], dtype=np.int64))[0])
+
+
+def session_flat(calendar: Calendar | None, timeframe: str, fill_at: str, enabled: bool) -> SessionFlat | None:
+    if not enabled or calendar is None or not isinstance(calendar, SessionCalendar):
+        return None
+    return SessionFlat(calendar, timeframe, fill_at == "next_open")
+
+
+def session_candles(df: pd.DataFrame, calendar: Calendar, timeframe: str) -> pd.DataFrame:
+    """Only the bars of the configured session (a store filled under a wider session setting)."""
+    return filter_session(df, calendar, timeframe).kept

@@ -124,7 +124,9 @@ class KronosExpert(Expert):
             if len(ctx) < MIN_BARS:
                 continue
             t0 = time.perf_counter()
-            fc = sampler.forecast(ctx, self.horizon, cfg)
+            fut = None if self.calendar is None or self.calendar.always_open else \
+                self.calendar.next_bars(int(ctx["ts"].iat[-1]), self.horizon, batch.timeframe)
+            fc = sampler.forecast(ctx, self.horizon, cfg, future=fut)
             r = path_log_returns(fc.closes[None], fc.last_close)[0]  # [N, H]
             rh = r[:, -1]
             if cal is None:

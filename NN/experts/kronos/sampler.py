@@ -227,9 +227,11 @@ class KronosSampler:
 
     # ------------------------------------------------------------------ price units
     def forecast(self, candles: pd.DataFrame, horizon: int, cfg: SampleConfig, *, step_ms: int | None = None,
-                 use_oracle: bool = False) -> Forecast:
+                 use_oracle: bool = False, future: np.ndarray | None = None) -> Forecast:
         """Forecast ``horizon`` bars after the last row of ``candles`` (column ``ts`` in ms plus OHLCV,
-        optional amount); every row is context, so pass exactly the lookback you want."""
+        optional amount); every row is context, so pass exactly the lookback you want. ``future``: the open
+        times of the next ``horizon`` bars when they do not follow at a fixed step (a market's calendar:
+        the bar after 15:59 is the next session's 09:30); their time stamps are the model's inputs too."""
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         if "ts" not in candles.columns:
@@ -241,7 +243,12 @@ class KronosSampler:
             raise ValueError("candle timestamps must be strictly increasing")
         raw = candle_features(candles)
         scaler = Scaler.fit(raw)
-        fut = future_ts(int(ts[-1]), step_ms or infer_step_ms(ts), horizon)
+        if future is not None:
+            fut = np.asarray(future, dtype=np.int64)
+            if fut.shape != (horizon,) or fut[0] <= ts[-1] or np.any(np.diff(fut) <= 0):
+                raise ValueError(f"future: {horizon} increasing bar times after the context's last bar expected")
+        else:
+            fut = future_ts(int(ts[-1]), step_ms or infer_step_ms(ts), horizon)
         t0 = time.perf_counter()
         fn = self.oracle if use_oracle else self.sample
         z = fn(scaler.transform(raw), time_stamps(ts), time_stamps(fut), cfg)
