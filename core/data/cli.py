@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.config import load_config
+from core.config import AppConfig, Secrets, load_config
+from core.data.alpaca_source import AlpacaSource
 from core.data.ccxt_source import CcxtSource, ExchangeUnavailableError, unavailable_message
 from core.data.clean import clean_candles
 from core.data.files import load_file, load_trades, parse_series_exchange, parse_series_name, to_ms
 from core.data.store import MarketStore
-from core.data.validate import validate_candles, validate_trades
-from core.market import Calendar, market_for
+from core.data.validate import validate_trades
+from core.market import Calendar, Market, market_for
 from core.types import SeriesKey, timeframe_ms
 
 
@@ -122,18 +123,48 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def source_for(cfg: AppConfig, market: Market, timeframe: str, *, websocket: bool,
+               secrets: Secrets | None = None) -> CcxtSource | AlpacaSource:
+    """The market-data source of a market: Alpaca (stocks and Alpaca crypto) or a ccxt exchange."""
+    d = cfg.data
+    if market.exchange == "alpaca":
+        a, sec = cfg.alpaca, secrets or Secrets.from_env()
+        return AlpacaSource([market.symbol], timeframe, feed=a.feed, data_url=a.data_url, stream_url=a.stream_url,
+                            key_id=sec.alpaca_key_id, secret_key=sec.alpaca_secret_key, websocket=websocket,
+                            poll_interval_s=d.poll_interval_s, reconnect_initial_s=d.reconnect_initial_s,
+                            reconnect_max_s=d.reconnect_max_s, backfill_bars=d.backfill_bars,
+                            page_limit=a.page_limit, requests_per_min=a.requests_per_min,
+                            calendar=market.calendar, trades=a.trades_1s)
+    return CcxtSource(market.exchange, [market.symbol], timeframe, websocket=websocket,
+                      poll_interval_s=d.poll_interval_s, reconnect_initial_s=d.reconnect_initial_s,
+                      reconnect_max_s=d.reconnect_max_s, backfill_bars=d.backfill_bars)
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     db, default_ex = _db_path(args)
-    exchange = args.exchange or default_ex
+    cfg = load_config(getattr(args, "config", None))
+    try:
+        market = market_for(cfg, args.symbol, args.exchange)
+    except ValueError as exc:
+        print(f"data download: {exc}", file=sys.stderr)
+        return 2
+    exchange = market.exchange if market.is_stock else (args.exchange or default_ex)
+    if not market.is_stock and exchange != market.exchange:
+        market = market_for(cfg, args.symbol, exchange)
     since, until = _time_arg(args.since), _time_arg(args.until)
     key = SeriesKey(exchange, args.symbol, args.timeframe)
     tf = timeframe_ms(args.timeframe)
-    src = CcxtSource(exchange, [args.symbol], args.timeframe, websocket=False)
+    try:
+        src = source_for(cfg, market, args.timeframe, websocket=False)
+    except ValueError as exc:
+        print(f"data download: {exc}", file=sys.stderr)
+        return 2
     assert since is not None
-    total_bars = max(1, ((until or src._clock()) - since) // tf)
-    counts = {"stored": 0, "rejected": 0, "read": 0}
+    end = until or int(pd.Timestamp.now(tz="UTC").value // 1_000_000)
+    total_bars = max(1, (end - since) // tf)
+    counts = {"stored": 0, "rejected": 0, "read": 0, "filtered": 0}
     with MarketStore(db) as store, Progress(
         TextColumn(f"{exchange} {args.symbol} {args.timeframe}"), BarColumn(),
         TextColumn("{task.completed}/{task.total} bars"), TimeRemainingColumn()
@@ -141,29 +172,34 @@ def cmd_download(args: argparse.Namespace) -> int:
         task = progress.add_task("download", total=total_bars)
 
         def on_batch(df: pd.DataFrame) -> None:
-            res = validate_candles(df, args.timeframe, source=exchange)
+            cleaned = clean_candles(df, args.timeframe, market.calendar, source=exchange)
             counts["read"] += len(df)
-            counts["rejected"] += res.n_rejected
-            counts["stored"] += store.upsert_candles(key, res.valid, validate=False)
+            counts["rejected"] += cleaned.validation.n_rejected
+            counts["filtered"] += cleaned.session.filtered
+            counts["stored"] += store.upsert_candles(key, cleaned.candles, validate=False)
             progress.update(task, completed=min(total_bars, (int(df["ts"].iat[-1]) + tf - since) // tf))
 
         async def go() -> None:
             try:
                 await src.fetch_range(args.symbol, since, until, on_batch)
             finally:
-                await src.exchange.close()
+                if isinstance(src, AlpacaSource):
+                    await src.close()
+                else:
+                    await src.exchange.close()
 
         try:
             asyncio.run(go())
         except ExchangeUnavailableError as exc:
             print(f"data download: {exc}", file=sys.stderr)
             return 3
-        except Exception as exc:  # ccxt errors: say what and suggest another exchange when relevant
+        except Exception as exc:  # ccxt/Alpaca errors: say what and suggest another exchange when relevant
             msg = unavailable_message(exchange, exc) or f"{type(exc).__name__}: {exc}"
             print(f"data download: {msg}", file=sys.stderr)
             return 3
+    extra = f", filtered {counts['filtered']} outside the {market.session} session" if counts["filtered"] else ""
     print(f"downloaded {counts['read']} candles, stored {counts['stored']} (new or changed), "
-          f"rejected {counts['rejected']}")
+          f"rejected {counts['rejected']}{extra}")
     return 0
 
 
