@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 from core.backtest.engine import Components
 from core.config import AppConfig, FeaturesConfig, ModelsConfig
-from core.data.files import import_series_file
+from core.data.files import import_series_file, parse_series_exchange, parse_series_name
 from core.data.store import MarketStore
 from core.engine import Engine, EngineParts, ReplayConfig
 from core.features import FeatureBuilder
-from core.market import Calendar
+from core.market import Calendar, market_for
 from core.types import SeriesKey
 
 if TYPE_CHECKING:
@@ -102,7 +102,13 @@ def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = N
     try:
         sym, tf = symbol or cfg.data.symbols[0], cfg.data.base_timeframe
         if replay_path is not None:
-            sym, tf = import_series_file(store, cfg.data.exchange, Path(replay_path))
+            path = Path(replay_path)
+            name_sym = parse_series_name(path)[0]
+            market = market_for(cfg, name_sym or sym, parse_series_exchange(path)) if name_sym else None
+            if market is not None and market.is_stock:  # a stock file: its venue, cleaned to its session
+                sym, tf = import_series_file(store, market.exchange, path, market.calendar)
+            else:
+                sym, tf = import_series_file(store, cfg.data.exchange, path)
         mode = "replay" if replay is not None else ("live" if cfg.execution.live else "paper")
         on = bool(training) and cfg.training.enabled
         parts = engine_parts(cfg, models, store, tf, mode=mode, training=on)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.source_base import SourceStatus
+from core.market.calendar import Calendar
 from core.outcomes import RollingMetrics
 from core.types import Decision, ExpertOutput, Fill, Order, Position, Thresholds, TrainerStatus, timeframe_ms
 
@@ -91,6 +92,36 @@ class EngineError:
 
 
 @dataclass(frozen=True, slots=True)
+class MarketStatus:
+    """Where the active symbol trades and whether its market is open at the snapshot's clock (live: the
+    wall clock; replay: the close of the newest replayed bar)."""
+
+    exchange: str = ""
+    kind: str = "crypto"  # "crypto" | "stock"
+    session: str = "24x7"  # "rth" | "extended" | "24x7"
+    calendar: str = "24x7"  # "XNYS" | "24x7"
+    tz: str = "UTC"
+    is_open: bool = True
+    clock_ms: int | None = None
+    session_open_ms: int | None = None  # the session in progress (None while closed / 24x7)
+    session_close_ms: int | None = None
+    next_open_ms: int | None = None  # while closed
+
+
+def market_status(exchange: str, kind: str, cal: Calendar | None, clock_ms: int | None) -> MarketStatus:
+    """The MarketStatus of a market at ``clock_ms`` (pure)."""
+    if cal is None or cal.always_open:
+        return MarketStatus(exchange=exchange, kind=kind, clock_ms=clock_ms)
+    if clock_ms is None:
+        return MarketStatus(exchange, kind, cal.mode, cal.name, cal.tz, False)
+    cur = cal.session_at(clock_ms)
+    if cur is not None:
+        return MarketStatus(exchange, kind, cal.mode, cal.name, cal.tz, True, clock_ms, cur[0], cur[1])
+    return MarketStatus(exchange, kind, cal.mode, cal.name, cal.tz, False, clock_ms,
+                        next_open_ms=cal.next_open(clock_ms))
+
+
+@dataclass(frozen=True, slots=True)
 class EngineSnapshot:
     """Everything the UI/API reads, frozen at one instant. Never mutate the DataFrames/arrays inside
     (they are private copies, but shared between readers of the same snapshot)."""
@@ -126,6 +157,7 @@ class EngineSnapshot:
     swaps: tuple[SwapEvent, ...] = ()  # newest last, bounded
     live_metrics: Mapping[str, RollingMetrics] = field(default_factory=lambda: _EMPTY)
     stored_metrics: Mapping[str, RollingMetrics] = field(default_factory=lambda: _EMPTY)
+    market: MarketStatus = field(default_factory=MarketStatus)  # venue, session, open / next open
 
     @staticmethod
     def empty(symbol: str = "", timeframe: str = "", mode: str = "paper",
@@ -199,6 +231,8 @@ class SnapshotParts:
     live_metrics: Mapping[tuple[str, int], RollingMetrics]
     stored_metrics: Mapping[tuple[str, int], RollingMetrics]
     keep_errors: int = 100
+    market: MarketStatus = field(default_factory=MarketStatus)
+    calendar: Calendar | None = None  # the stream's sessions: forecast bars follow it
 
 
 def build_snapshot(p: SnapshotParts) -> EngineSnapshot:
@@ -227,13 +261,15 @@ def build_snapshot(p: SnapshotParts) -> EngineSnapshot:
         timeframe=p.timeframe, candles=MappingProxyType(dict(p.candles)), decision=p.decision,
         recent_decisions=tuple(p.decisions), expert_outputs=MappingProxyType(dict(p.outputs)),
         gate_weights=MappingProxyType(dict(p.weights)), thresholds=p.thresholds,
-        kronos=kronos_summary(p.outputs, p.experts, p.candles.get(p.timeframe), p.timeframe, p.ts_ms),
+        kronos=kronos_summary(p.outputs, p.experts, p.candles.get(p.timeframe), p.timeframe, p.ts_ms,
+                              p.calendar),
         positions=positions, open_orders=orders, trades=tuple(p.trades), equity=equity_frame(p.equity),
         kill_switch=kill, sources=MappingProxyType(dict(p.sources)),
         inference_latency_ms=MappingProxyType(dict(p.latency_ms)), errors=tuple(errors[-p.keep_errors:]),
         experts=MappingProxyType(experts), versions=MappingProxyType(versions),
         training_enabled=p.training_enabled, trainers=MappingProxyType(dict(p.trainers)),
-        swaps=tuple(p.swaps), live_metrics=by_expert(p.live_metrics), stored_metrics=by_expert(p.stored_metrics))
+        swaps=tuple(p.swaps), live_metrics=by_expert(p.live_metrics), stored_metrics=by_expert(p.stored_metrics),
+        market=p.market)
 
 
 def equity_frame(rows: Sequence[tuple[int, float, float]]) -> pd.DataFrame:
@@ -245,9 +281,11 @@ def equity_frame(rows: Sequence[tuple[int, float, float]]) -> pd.DataFrame:
 
 
 def kronos_summary(outputs: Mapping[str, ExpertOutput], experts: Mapping[str, ExpertInfo],
-                   base: pd.DataFrame | None, timeframe: str, now_ms: int) -> KronosSummary | None:
+                   base: pd.DataFrame | None, timeframe: str, now_ms: int,
+                   calendar: Calendar | None = None) -> KronosSummary | None:
     """From the freshest candle-expert (Kronos) output: its extras hold log-return quantiles AT the
-    horizon (no per-step paths are kept), so each band runs from the known close to its quantile."""
+    horizon (no per-step paths are kept), so each band runs from the known close to its quantile. The
+    horizon bar follows the market's calendar (a stock's 5 bars after 15:58 end at the next 09:33)."""
     o = next((x for n, x in outputs.items() if n in experts and experts[n].input_kind == "candles"), None)
     if o is None or not o.extras.get("valid", 0) or base is None or not len(base):
         return None
@@ -257,7 +295,9 @@ def kronos_summary(outputs: Mapping[str, ExpertOutput], experts: Mapping[str, Ex
         return None
     close = float(base["close"].iloc[idx])
     # two points per band: the known close the forecast starts from, and the quantile at the horizon
-    fut = np.array([o.ts, o.ts + o.horizon * timeframe_ms(timeframe)], dtype=np.int64)
+    end = o.ts + o.horizon * timeframe_ms(timeframe) if calendar is None or calendar.always_open else \
+        int(calendar.next_bars(o.ts, o.horizon, timeframe)[-1])
+    fut = np.array([o.ts, end], dtype=np.int64)
     bands = {k: np.array([close, close * math.exp(float(o.extras[k]))])
              for k in BANDS if k in o.extras and o.extras[k] == o.extras[k]}
     return KronosSummary(ts=o.ts, model_version=o.model_version, horizon=o.horizon,

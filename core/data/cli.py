@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.config import AppConfig, Secrets, load_config
+from core.config import load_config
 from core.data.alpaca_source import AlpacaSource
-from core.data.ccxt_source import CcxtSource, ExchangeUnavailableError, unavailable_message
+from core.data.ccxt_source import ExchangeUnavailableError, unavailable_message
 from core.data.clean import clean_candles
 from core.data.files import load_file, load_trades, parse_series_exchange, parse_series_name, to_ms
+from core.data.sources import source_for
 from core.data.store import MarketStore
 from core.data.validate import validate_trades
-from core.market import Calendar, Market, market_for
+from core.market import Calendar, market_for
 from core.types import SeriesKey, timeframe_ms
 
 
@@ -121,23 +122,6 @@ def cmd_import(args: argparse.Namespace) -> int:
         res.rejected.to_csv(args.rejects, index=False)
         print(f"  rejected rows written to {args.rejects}")
     return 0
-
-
-def source_for(cfg: AppConfig, market: Market, timeframe: str, *, websocket: bool,
-               secrets: Secrets | None = None) -> CcxtSource | AlpacaSource:
-    """The market-data source of a market: Alpaca (stocks and Alpaca crypto) or a ccxt exchange."""
-    d = cfg.data
-    if market.exchange == "alpaca":
-        a, sec = cfg.alpaca, secrets or Secrets.from_env()
-        return AlpacaSource([market.symbol], timeframe, feed=a.feed, data_url=a.data_url, stream_url=a.stream_url,
-                            key_id=sec.alpaca_key_id, secret_key=sec.alpaca_secret_key, websocket=websocket,
-                            poll_interval_s=d.poll_interval_s, reconnect_initial_s=d.reconnect_initial_s,
-                            reconnect_max_s=d.reconnect_max_s, backfill_bars=d.backfill_bars,
-                            page_limit=a.page_limit, requests_per_min=a.requests_per_min,
-                            calendar=market.calendar, trades=a.trades_1s)
-    return CcxtSource(market.exchange, [market.symbol], timeframe, websocket=websocket,
-                      poll_interval_s=d.poll_interval_s, reconnect_initial_s=d.reconnect_initial_s,
-                      reconnect_max_s=d.reconnect_max_s, backfill_bars=d.backfill_bars)
 
 
 def cmd_download(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 Candles of all keys are merged by ts (ties: the order of ``keys``) and emitted one timestamp at a time,
 closed. ``speed`` None = as fast as possible; N = N x real time (a 1m candle every 60/N s), paced on the
-monotonic clock against the replay's start so sleeps do not accumulate drift.
+monotonic clock against the replay's start so sleeps do not accumulate drift. With a session calendar
+(stocks) the pace counts session time only: nights, weekends and holidays take no time.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import pandas as pd
 
 from core.data.source_base import Emit, SourceStatus, now_ms
 from core.data.store import MarketStore
+from core.market.calendar import Calendar
 from core.types import CANDLE_COLUMNS, SeriesKey, timeframe_ms
 
 
 class ReplaySource:
     def __init__(self, store: MarketStore, keys: list[SeriesKey], start_ms: int | None = None,
                  end_ms: int | None = None, speed: float | None = None, *,
-                 monotonic: Callable[[], float] | None = None) -> None:
+                 monotonic: Callable[[], float] | None = None, calendar: Calendar | None = None) -> None:
         if not keys:
             raise ValueError("ReplaySource needs at least one series key")
         if speed is not None and not speed > 0:
@@ -36,6 +38,7 @@ class ReplaySource:
         self.end_ms = end_ms
         self.speed = speed
         self._monotonic = monotonic or time.monotonic
+        self.calendar = calendar if calendar is not None and not calendar.always_open else None
         self.name = "replay"
         self.persist = False  # its candles come from the store: the provider need not write them back
         self._status = SourceStatus(self.name)
@@ -70,12 +73,17 @@ class ReplaySource:
         self._status = SourceStatus(self.name, connected=True)
         t0_wall = self._monotonic()
         t0_ts = int(ts[0]) if len(ts) else 0
+        clock = ts
+        if self.calendar is not None and len(ts):  # session time: bar index x the timeframe
+            tf = self.keys[0].timeframe
+            clock = t0_ts + (self.calendar.bar_index(ts, tf) - self.calendar.bar_index(ts[:1], tf)[0]) \
+                * timeframe_ms(tf)
         try:
             for j in range(len(ts)):
                 if stop.is_set():
                     break
                 if self.speed is not None:
-                    due = t0_wall + (int(ts[j]) - t0_ts) / 1000.0 / self.speed
+                    due = t0_wall + (int(clock[j]) - t0_ts) / 1000.0 / self.speed
                     wait = due - self._monotonic()
                     if wait > 0:
                         await asyncio.sleep(wait)

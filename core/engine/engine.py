@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.config import AppConfig, ModelsConfig
+from core.config import AppConfig, ModelsConfig, is_ticker
 from core.data.provider import DataProvider
 from core.data.store import MarketStore
 from core.engine.commands import EngineCommands
@@ -39,16 +39,29 @@ from core.execution.executor import Executor
 from core.execution.ledger import Ledger
 from core.features import FeatureBuilder
 from core.labels import dead_zone
+from core.market import Market, market_for, session_flat
 from core.orchestrator import Orchestrator
 from core.snapshot import (
     EngineError,
     EngineSnapshot,
     ExecutionView,
     ExpertInfo,
+    MarketStatus,
     SnapshotParts,
     build_snapshot,
+    market_status,
 )
-from core.types import CandleEvent, CheckpointCatalog, Decision, ExpertLike, Fill, Gate, SeriesKey, Thresholds
+from core.types import (
+    CandleEvent,
+    CheckpointCatalog,
+    Decision,
+    ExpertLike,
+    Fill,
+    Gate,
+    SeriesKey,
+    Thresholds,
+    timeframe_ms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +112,7 @@ class Engine(EngineCommands):
         self._owns_store = owns_store
         self.exchange = cfg.data.exchange
         self.symbol = symbol
+        self.market: Market = market_for(cfg, symbol, None if is_ticker(symbol) else cfg.data.exchange)
         self.timeframe = timeframe
         self.builder = parts.builder
         self.experts = parts.experts
@@ -144,13 +158,21 @@ class Engine(EngineCommands):
         tfs = list(dict.fromkeys([*cfg.data.timeframes, *self.builder.timeframes]))
         # the features need their whole warm-up in the cache (EMAs, normalisation windows)
         cache = max(cfg.data.cache_bars, self.builder.min_history + 1, SNAPSHOT_BARS)
+        # the stream's market: its venue and sessions (stocks: NYSE; crypto: 24x7, calendar None)
+        self.market = market_for(cfg, self.symbol, None if is_ticker(self.symbol) else cfg.data.exchange)
+        self.exchange = self.market.exchange
+        cal = None if self.market.always_open else self.market.calendar
+        self.builder.calendar = cal  # features, labels and forecasts of this stream count session bars
         prov = DataProvider(self.store, self.timeframe, tfs, cache_bars=cache, exchange=self.exchange,
-                            max_future_ms=cfg.data.max_future_ms)
+                            max_future_ms=cfg.data.max_future_ms, calendar=cal)
         # replays start from a fresh paper account each time; paper/live trading persists its ledger
         ledger = None if self.mode == "replay" else Ledger(self.store, account=f"{self.mode}:{self.symbol}",
                                                            initial_cash=cfg.execution.initial_cash,
                                                            symbol=self.symbol)
-        executor = Executor(cfg.execution, cfg.risk, self.symbol, self.timeframe, ledger=ledger)
+        executor = Executor(cfg.execution, cfg.risk, self.symbol, self.timeframe, ledger=ledger,
+                            session_flat=session_flat(cal, self.timeframe, cfg.execution.fill_at,
+                                                      cfg.execution.flat_at_session_end),
+                            bars_per_year=self._bars_per_year())
         if self._orch is not None:
             self._orch.close()
         orch = Orchestrator(self.experts, self.gate, self.builder, self._thresholds, self.store, executor,
@@ -173,16 +195,12 @@ class Engine(EngineCommands):
                 raise ValueError(f"nothing to replay: the store has no {self.exchange} {self.symbol} "
                                  f"{self.timeframe} candles")
             prov.add_source(ReplaySource(self.store, [key], self.replay.start_ms, self.replay.end_ms,
-                                         self.replay.speed))
+                                         self.replay.speed, calendar=cal))
         else:
-            from core.data.ccxt_source import CcxtSource
+            from core.data.sources import source_for
 
-            d = cfg.data
             prov.warm(self.symbol)
-            prov.add_source(CcxtSource(self.exchange, [self.symbol], self.timeframe, websocket=d.websocket,
-                                       poll_interval_s=d.poll_interval_s,
-                                       reconnect_initial_s=d.reconnect_initial_s,
-                                       reconnect_max_s=d.reconnect_max_s, backfill_bars=d.backfill_bars))
+            prov.add_source(source_for(cfg, self.market, self.timeframe, websocket=cfg.data.websocket))
         self._provider, self._orch, self._executor = prov, orch, executor
         self.hook.attach(orch, key, self.timeframe, self.dead_zone)
         self._decisions.clear()
@@ -200,10 +218,16 @@ class Engine(EngineCommands):
                 c = prov.arrays(self.symbol, self.timeframe, risk.vol_window + 1)["close"]
                 if len(c) > risk.vol_window:
                     vol = float(K.realised_vol(np.asarray(c, dtype=np.float64), risk.vol_window,
-                                               K.bars_per_year(self.timeframe))[-1])
+                                               self._bars_per_year())[-1])
             return float(executor.risk.size(1.0, vol))
 
         return size
+
+    def _bars_per_year(self) -> float:
+        """The venue's bars per year: session bars for stocks, 365 days of bars for crypto."""
+        if self.market.always_open:
+            return K.bars_per_year(self.timeframe)
+        return self.market.calendar.bars_per_year(self.timeframe)
 
     def _restart(self, symbol: str) -> None:
         if self._provider is not None:
@@ -330,6 +354,19 @@ class Engine(EngineCommands):
             out[tf] = df
         return out
 
+    def _market_status(self, prov: DataProvider | None) -> MarketStatus:
+        """Open / closed at the engine's clock: the wall clock live, the newest replayed bar's close in a
+        replay (so a replay passes through its own nights)."""
+        clock: int | None = int(time.time() * 1000)
+        if self.replay is not None:
+            last = prov.arrays(self.symbol, self.timeframe, 1)["ts"] if prov is not None else np.empty(0)
+            clock = int(last[-1]) + timeframe_ms(self.timeframe) if len(last) else None
+        return market_status(self.exchange, self.market.kind, self.market.calendar, clock)
+
+    def market_closed(self) -> bool:
+        """The market of the stream is closed now (the engine then makes no decision: no bar arrives)."""
+        return not self._snap.market.is_open
+
     # ---- errors and the snapshot
     def _error(self, where: str, exc: BaseException | str) -> None:
         msg = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
@@ -369,7 +406,7 @@ class Engine(EngineCommands):
             trades=tuple(self._trades), equity=tuple(self._equity), execution=execution,
             sources=prov.status() if prov is not None else {}, training_enabled=self.training,
             trainers=trainers, swaps=tuple(self.hook.swaps), live_metrics=live, stored_metrics=stored,
-            keep_errors=KEEP_ERRORS))
+            keep_errors=KEEP_ERRORS, market=self._market_status(prov), calendar=self.builder.calendar))
         with self._lock:
             self._snap = snap
 
