@@ -164,11 +164,14 @@ def view_range(ts: np.ndarray, fan: Fan | None) -> list[int] | None:
 
 def candle_figure(candles: pd.DataFrame, overlays: Iterable[str] = (), fan: Fan | None = None,
                   decisions: pd.DataFrame | None = None, fills: pd.DataFrame | None = None,
-                  title: str = "", uirevision: str = "chart") -> dict:
+                  title: str = "", uirevision: str = "chart", rangebreaks: list[dict] | None = None,
+                  extra_shapes: list[dict] | None = None) -> dict:
     """The Live page's main chart: candles + volume, overlays, forecast fan, decision/fill markers.
 
     Built as a plain figure dict (no graph_objects validation: ~20x faster for 1,500 candles).
-    ``decisions``: columns ts, price, action (BUY/SELL); ``fills``: columns ts, price, side."""
+    ``decisions``: columns ts, price, action (BUY/SELL); ``fills``: columns ts, price, side.
+    ``rangebreaks`` hide the time between sessions (stocks); ``extra_shapes`` (session open/close lines,
+    extended-hours shading) are drawn under the pivot lines."""
     on = set(overlays)
     df = candles
     x = _x(df["ts"].to_numpy())
@@ -213,6 +216,8 @@ def candle_figure(candles: pd.DataFrame, overlays: Iterable[str] = (), fan: Fan 
     rng = view_range(df["ts"].to_numpy(np.int64), fan)
     if rng:
         xaxis["range"] = rng
+    if rangebreaks:
+        xaxis["rangebreaks"] = rangebreaks
     layout = {
         "template": PLOTLY_DARK, "uirevision": uirevision, "hovermode": "x unified",
         "margin": {"l": 50, "r": 20, "t": 30, "b": 30}, "height": 560,
@@ -221,7 +226,7 @@ def candle_figure(candles: pd.DataFrame, overlays: Iterable[str] = (), fan: Fan 
                   "title": {"text": "price"}},
         "yaxis2": {"domain": [0.0, 0.2], "title": {"text": "volume"}},
         "legend": {"orientation": "h", "y": 1.07, "x": 0, "title": {"text": title}},
-        "shapes": pivot_shapes(pivot_levels(df)) if "pivots" in on else [],
+        "shapes": list(extra_shapes or []) + (pivot_shapes(pivot_levels(df)) if "pivots" in on else []),
     }
     return {"data": data, "layout": layout}
 

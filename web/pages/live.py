@@ -23,7 +23,7 @@ from dash import Dash, Input, Output, Patch, State, dcc, html, no_update
 
 from core.snapshot import EngineError, EngineSnapshot
 from core.types import TIMEFRAME_MS, Thresholds
-from web import api, figures
+from web import api, figures, sessions
 
 if TYPE_CHECKING:
     from web.app import WebContext
@@ -50,11 +50,15 @@ TRACE_TOGGLE = {"vwap": "vwap", "bb_upper": "bollinger", "bb_lower": "bollinger"
 
 
 def display_candles(snap: EngineSnapshot, tf: str) -> pd.DataFrame:
+    """The chart's candles; a stock's in exchange-local time (web/sessions.py), crypto's in UTC."""
     df = snap.candles.get(tf)
     if df is None:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in ("ts", "open", "high", "low", "close",
                                                                      "volume")})
-    return df.iloc[-MAX_BARS:]
+    df = df.iloc[-MAX_BARS:]
+    if sessions.calendar_of(snap.market) is not None and len(df):
+        df = df.assign(ts=sessions.to_local(df["ts"].to_numpy(np.int64), snap.market))
+    return df
 
 
 def decision_markers(snap: EngineSnapshot) -> pd.DataFrame:
@@ -66,12 +70,13 @@ def decision_markers(snap: EngineSnapshot) -> pd.DataFrame:
     d = pd.DataFrame(rows, columns=["ts", "action"])
     closes = base.set_index("ts")["close"]
     d["price"] = d["ts"].map(closes)
-    return d.dropna(subset=["price"])
+    d = d.dropna(subset=["price"])
+    return d.assign(ts=sessions.to_local(d["ts"].to_numpy(np.int64), snap.market))
 
 
 def fill_markers(snap: EngineSnapshot) -> pd.DataFrame:
-    return pd.DataFrame({"ts": [f.ts for f in snap.trades], "price": [f.price for f in snap.trades],
-                         "side": [f.side for f in snap.trades]})
+    return pd.DataFrame({"ts": sessions.to_local([f.ts for f in snap.trades], snap.market),
+                         "price": [f.price for f in snap.trades], "side": [f.side for f in snap.trades]})
 
 
 def fan_for(snap: EngineSnapshot, tf: str) -> figures.Fan | None:
@@ -82,7 +87,19 @@ def fan_for(snap: EngineSnapshot, tf: str) -> figures.Fan | None:
     ts = base["ts"].to_numpy(np.int64)
     i = int(np.searchsorted(ts, k.ts))
     anchor = float(base["close"].iloc[i]) if i < len(ts) and ts[i] == k.ts else float(base["close"].iloc[-1])
-    return figures.forecast_fan(int(k.ts), anchor, k.future_ts, k.median, k.bands)
+    loc = sessions.to_local(np.r_[k.ts, np.asarray(k.future_ts, dtype=np.int64)], snap.market)
+    return figures.forecast_fan(int(loc[0]), anchor, loc[1:], k.median, k.bands)
+
+
+def session_view(snap: EngineSnapshot, tf: str, fan: figures.Fan | None) -> sessions.SessionLayout | None:
+    """Rangebreaks and session marks over the chart's bars and the forecast after them (stocks)."""
+    raw = snap.candles.get(tf)
+    if raw is None or raw.empty or sessions.calendar_of(snap.market) is None:
+        return None
+    ts = raw["ts"].to_numpy(np.int64)[-MAX_BARS:]
+    k = snap.kronos
+    end = int(max(ts[-1], int(k.future_ts[-1]) if fan is not None and k is not None and len(k.future_ts) else 0))
+    return sessions.session_layout(snap.market, int(ts[0]), end + TIMEFRAME_MS.get(tf, 60_000))
 
 
 def _sig(obj: Any) -> str:
@@ -117,19 +134,24 @@ def chart_update(snap: EngineSnapshot, symbol: str | None, tf: str, overlays: li
     marks_key = [len(dec), int(dec["ts"].iloc[-1]) if len(dec) else None,
                  len(snap.trades), snap.trades[-1].id if snap.trades else None]
     piv = figures.pivot_levels(df) if "pivots" in overlays else {}
+    sv = session_view(snap, tf, fan)
     new_state = {"symbol": snap.symbol, "tf": tf, "last_ts": last_ts, "n": len(df), "fan": fan_key,
-                 "marks": marks_key, "pivots": _sig(piv), "overlays": sorted(overlays)}
+                 "marks": marks_key, "pivots": _sig(piv), "overlays": sorted(overlays),
+                 "sessions": sv.key if sv else None}
     prev: dict = state or {}
     full = (force or not prev or prev.get("symbol") != snap.symbol or prev.get("tf") != tf
-            or prev.get("last_ts") is None or last_ts is None)
+            or prev.get("last_ts") is None or last_ts is None or prev.get("sessions") != new_state["sessions"])
     n_new = 0
     if not full:
         n_new = int((df["ts"] > prev["last_ts"]).sum())
         full = (n_new > FULL_REDRAW_NEW_BARS or (n_new == 0 and last_ts is not None and last_ts < prev["last_ts"])
                 or prev.get("n", 0) + n_new > MAX_BARS + BROWSER_SLACK)
     if full:
-        fig = figures.candle_figure(df, overlays, fan, dec, fills,
-                                    title=f"{snap.symbol} {tf}", uirevision=f"{snap.symbol}-{tf}")
+        title = f"{snap.symbol} {tf}" + (f" · {snap.market.calendar} {snap.market.session} "
+                                         f"({snap.market.tz})" if sv else "")
+        fig = figures.candle_figure(df, overlays, fan, dec, fills, title=title, uirevision=f"{snap.symbol}-{tf}",
+                                    rangebreaks=sv.rangebreaks if sv else None,
+                                    extra_shapes=sv.shapes if sv else None)
         return fig, new_state
     p = Patch()
     changed = False
@@ -159,7 +181,7 @@ def chart_update(snap: EngineSnapshot, symbol: str | None, tf: str, overlays: li
         _visibility_patch(p, overlays)
         changed = True
     if new_state["pivots"] != prev.get("pivots") or sorted(overlays) != prev.get("overlays"):
-        p["layout"]["shapes"] = figures.pivot_shapes(piv)
+        p["layout"]["shapes"] = (sv.shapes if sv else []) + figures.pivot_shapes(piv)
         changed = True
     return (p if changed else no_update), new_state
 
@@ -214,6 +236,8 @@ def stats_panel(snap: EngineSnapshot, now_ms: int) -> Component:
         ("Forecast age", f"{k['age_s']:.0f}s" if k and k["age_s"] is not None else "—"),
         ("Data freshness", fresh),
     ]
+    if sessions.calendar_of(snap.market) is not None:  # stocks: open / closed, next open
+        items.append(("Market", sessions.market_text(snap.market)))
     return dbc.Row([dbc.Col([html.Div(n, className="text-muted small"), html.Div(v, className="fw-bold")])
                     for n, v in items], className="g-2")
 
@@ -378,7 +402,9 @@ def _card(title: str, body: Any, **kw: Any) -> dbc.Card:
 
 def layout(wctx: WebContext) -> Component:
     snap = wctx.engine.snapshot()
-    symbols = list(dict.fromkeys([*wctx.cfg.data.symbols, snap.symbol] if snap.symbol else wctx.cfg.data.symbols))
+    # crypto and stock symbols from config (data.symbols, then markets)
+    choices = wctx.cfg.symbol_choices()
+    symbols = list(dict.fromkeys([*choices, snap.symbol] if snap.symbol else choices))
     t = snap.thresholds
     tf0 = snap.timeframe if snap.timeframe in TIMEFRAMES else TIMEFRAMES[0]
 
