@@ -106,7 +106,11 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     symbol = args.symbol or app.data.symbols[0]
     timeframe = args.timeframe or app.data.base_timeframe
     step_ms = timeframe_ms(timeframe)
-    key = SeriesKey(args.exchange or app.data.exchange, symbol, timeframe)
+    from core.config import is_ticker
+    from core.market import market_for
+
+    market = market_for(app, symbol, args.exchange or (None if is_ticker(symbol) else app.data.exchange))
+    key = SeriesKey(market.exchange, symbol, timeframe)
     model_spec = args.model
     if model_spec is None:
         kcfg = load_models(args.models).experts.get("kronos")
@@ -134,7 +138,9 @@ def cmd_forecast(args: argparse.Namespace) -> int:
             return 2
         ctx = ctx.reset_index(drop=True)
         last_ts = int(ctx["ts"].iloc[-1])
-        session = store.candles(key, (last_ts // DAY_MS) * DAY_MS, int(ctx["ts"].iloc[0]))
+        day0 = (last_ts // DAY_MS) * DAY_MS if market.always_open else (
+            market.calendar.session_at(last_ts) or (last_ts, 0))[0]  # the trading session's start
+        session = store.candles(key, day0, int(ctx["ts"].iloc[0]))
     finally:
         store.close()
     try:
@@ -155,7 +161,9 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     try:
         cfg = SampleConfig(samples=args.samples, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            seed=args.seed, max_context=bundle.max_context)
-        fc = bundle.sampler().forecast(ctx, args.horizon, cfg, step_ms=step_ms)
+        # future bars follow the market's calendar (stocks: the bar after 15:59 is the next session's 09:30)
+        fut = None if market.always_open else market.calendar.next_bars(last_ts, args.horizon, timeframe)
+        fc = bundle.sampler().forecast(ctx, args.horizon, cfg, step_ms=step_ms, future=fut)
     except ValueError as exc:
         print(f"forecast: {exc}", file=sys.stderr)
         return 2

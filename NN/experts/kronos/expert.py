@@ -27,7 +27,7 @@ from .calibration import Calibration, path_log_returns
 from .config import PredictorConfig, TokenizerConfig
 from .model import KronosModel
 from .normalize import CLIP, EPS, candle_features, time_stamps
-from .sampler import SampleConfig
+from .sampler import Forecast, KronosSampler, SampleConfig
 from .tokenizer import KronosTokenizer
 
 MIN_BARS = 16  # fewer context bars than this give no forecast (neutral output, extras valid = 0)
@@ -101,6 +101,15 @@ class KronosExpert(Expert):
                             seed=p.seed, max_context=self.bundle.max_context)
 
     # ---- inference
+    def forecast(self, ctx: pd.DataFrame, timeframe: str, sampler: KronosSampler | None = None,
+                 cfg: SampleConfig | None = None) -> Forecast:
+        """Sample ``horizon`` bars after the context's last bar; their time stamps (model inputs and the
+        forecast's ``future_ts``) follow ``self.calendar``: a stock's bar after 15:59 is the next 09:30."""
+        fut = None if self.calendar is None or self.calendar.always_open else \
+            self.calendar.next_bars(int(ctx["ts"].iat[-1]), self.horizon, timeframe)
+        return (sampler or self.bundle.sampler()).forecast(ctx, self.horizon, cfg or self._sample_config(),
+                                                          future=fut)
+
     def predict_many(self, batch: FeatureBatch, candles: pd.DataFrame | None = None) -> ExpertBatchOutput:
         if candles is None or len(candles) == 0:
             raise ValueError(f"{self.name}: KronosExpert needs the raw candles (input_kind 'candles')")
@@ -124,9 +133,7 @@ class KronosExpert(Expert):
             if len(ctx) < MIN_BARS:
                 continue
             t0 = time.perf_counter()
-            fut = None if self.calendar is None or self.calendar.always_open else \
-                self.calendar.next_bars(int(ctx["ts"].iat[-1]), self.horizon, batch.timeframe)
-            fc = sampler.forecast(ctx, self.horizon, cfg, future=fut)
+            fc = self.forecast(ctx, batch.timeframe, sampler, cfg)
             r = path_log_returns(fc.closes[None], fc.last_close)[0]  # [N, H]
             rh = r[:, -1]
             if cal is None:
