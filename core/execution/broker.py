@@ -1,6 +1,6 @@
 """Brokers with one ccxt-shaped interface (create_order / cancel_order / fetch_order / fetch_open_orders),
-so the paper and the exchange account are interchangeable: PaperBroker (paper.py) and CcxtBroker
-(ccxt_broker.py), plus the deterministic clientOrderId every order carries."""
+so the paper and the exchange account are interchangeable: PaperBroker (paper.py), CcxtBroker
+(ccxt_broker.py) and AlpacaBroker (alpaca_broker.py: stocks, Alpaca's paper account unless live), plus the deterministic clientOrderId every order carries."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ def client_order_id(decision_id: str, leg: str = "0") -> str:
     return f"moe-{digest[:28]}"
 
 
+from core.execution.alpaca_broker import AlpacaBroker, alpaca_mode  # noqa: E402
 from core.execution.ccxt_broker import BrokerError, CcxtBroker, LiveTradingRefused, check_live_allowed  # noqa: E402
 from core.execution.paper import OrderError, PaperBroker  # noqa: E402
 
-__all__ = ["BrokerError", "CcxtBroker", "LiveTradingRefused", "OrderError", "PaperBroker",
-           "check_live_allowed", "client_order_id"]
+__all__ = ["AlpacaBroker", "BrokerError", "CcxtBroker", "LiveTradingRefused", "OrderError", "PaperBroker",
+           "alpaca_mode", "check_live_allowed", "client_order_id"]

@@ -1,0 +1,163 @@
+"""AlpacaBroker: stock (and crypto) orders on an Alpaca account through alpaca-py's ``TradingClient``, behind
+the same ccxt-shaped ``Broker`` interface as ``CcxtBroker`` (core/types.py).
+
+Safety, the same three switches as ccxt: real money needs config ``execution.live: true``, the ``--live``
+flag AND keys in the environment; otherwise orders go to Alpaca's PAPER account
+(``TradingClient(paper=True)``, paper keys in the same APCA_API_KEY_ID / APCA_API_SECRET_KEY). The
+refusal names every missing condition. Keys go to the client only; never logged, printed or stored.
+
+Idempotency: every order carries the deterministic client order id (core/execution/broker.client_order_id);
+before each submission, and after a timeout or server error, the order is looked up by it
+(``GET /v2/orders:by_client_order_id``), so a retried or replayed decision never doubles an order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import pandas as pd
+
+from core.config import Secrets
+from core.execution.ccxt_broker import BrokerError, LiveTradingRefused
+from core.types import Order
+
+log = logging.getLogger(__name__)
+
+_KEY_VARS = "APCA_API_KEY_ID, APCA_API_SECRET_KEY"
+_STATUS = {"new": "open", "accepted": "open", "pending_new": "open", "partially_filled": "open",
+           "accepted_for_bidding": "open", "pending_replace": "open", "held": "open", "calculated": "open",
+           "done_for_day": "open", "filled": "closed", "canceled": "canceled", "pending_cancel": "open",
+           "expired": "canceled", "replaced": "canceled", "stopped": "open", "suspended": "open",
+           "rejected": "rejected"}
+
+
+def alpaca_mode(execution: Any, live_flag: bool, secrets: Secrets) -> str:
+    """'live' or 'paper', or LiveTradingRefused naming each missing condition."""
+    if execution.live or live_flag:
+        missing = []
+        if not execution.live:
+            missing.append("config execution.live is not true")
+        if not live_flag:
+            missing.append("the --live flag was not given")
+        if not secrets.has_alpaca_keys:
+            missing.append(f"Alpaca keys are not in the environment ({_KEY_VARS})")
+        if missing:
+            raise LiveTradingRefused("live trading refused: " + "; ".join(missing))
+        return "live"
+    if not secrets.has_alpaca_keys:
+        raise LiveTradingRefused(f"Alpaca paper trading refused: paper keys are not in the environment ({_KEY_VARS})")
+    return "paper"
+
+
+def _f(v: Any, default: float = 0.0) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return default
+    return x if math.isfinite(x) else default
+
+
+def to_order(o: dict[str, Any]) -> Order:
+    """An Alpaca order (JSON) -> the ccxt-shaped Order."""
+    ts = o.get("submitted_at") or o.get("created_at")
+    price = o.get("filled_avg_price") or o.get("limit_price")
+    return Order(id=str(o.get("id")), clientOrderId=str(o.get("client_order_id") or ""),
+                 symbol=str(o.get("symbol") or ""), side=str(o.get("side") or ""),
+                 type=str(o.get("order_type") or o.get("type") or ""), amount=_f(o.get("qty")),
+                 price=None if price in (None, "") else _f(price), status=_STATUS.get(str(o.get("status")), "open"),
+                 filled=_f(o.get("filled_qty")), fee=_f(o.get("commission")),
+                 ts=int(pd.Timestamp(ts).value // 1_000_000) if ts else 0, reason=str(o.get("status") or ""))
+
+
+class AlpacaBroker:
+    def __init__(self, execution: Any, *, live_flag: bool = False, secrets: Secrets | None = None,
+                 paper_url: str | None = None, live_url: str | None = None, client: Any | None = None,
+                 retries: int = 3, retry_delay_s: float = 1.0) -> None:
+        secrets = secrets if secrets is not None else Secrets.from_env()
+        self.mode = alpaca_mode(execution, live_flag, secrets)
+        if client is None:
+            from alpaca.trading.client import TradingClient
+
+            paper = self.mode == "paper"
+            client = TradingClient(secrets.alpaca_key_id, secrets.alpaca_secret_key, paper=paper, raw_data=True,
+                                   url_override=paper_url if paper else live_url)
+        self.client: Any = client  # raw_data=True: JSON dicts, mapped by to_order
+        self.retries = max(1, int(retries))
+        self.retry_delay_s = float(retry_delay_s)
+        self.submissions = 0  # POST /v2/orders sent (tests prove retries do not double orders)
+
+    # ------------------------------------------------------------ lookups
+    def _by_client_id(self, cid: str) -> Order | None:
+        from alpaca.common.exceptions import APIError
+
+        try:
+            return to_order(self.client.get_order_by_client_id(cid))
+        except APIError as exc:
+            if getattr(exc, "status_code", None) == 404:
+                return None
+            raise
+
+    # ------------------------------------------------------------ ccxt-shaped API
+    def create_order(self, symbol: str, type: str, side: str, amount: float, price: float | None = None,
+                     params: dict[str, Any] | None = None) -> Order:
+        from alpaca.common.exceptions import APIError
+        from alpaca.trading.enums import OrderSide, TimeInForce
+        from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
+
+        cid = (params or {}).get("clientOrderId")
+        if not cid:
+            raise ValueError("create_order needs params['clientOrderId'] (deterministic from the decision id)")
+        if side not in ("buy", "sell") or type not in ("market", "limit"):
+            raise ValueError(f"order side/type {side!r}/{type!r}: expected buy|sell and market|limit")
+        if not (math.isfinite(amount) and amount > 0):
+            raise ValueError(f"order amount {amount!r}: expected a positive number")
+        if type == "limit" and not (price is not None and price > 0):
+            raise ValueError("a limit order needs a positive price")
+        tif = TimeInForce.GTC if "/" in symbol else TimeInForce.DAY  # crypto: gtc; stocks: day
+        common = {"symbol": symbol, "qty": amount, "side": OrderSide(side), "time_in_force": tif,
+                  "client_order_id": cid}
+        req = MarketOrderRequest(**common) if type == "market" else LimitOrderRequest(**common, limit_price=price)
+        last: Exception | None = None
+        for attempt in range(self.retries):
+            if attempt:
+                time.sleep(self.retry_delay_s * 2 ** (attempt - 1))
+            try:
+                known = self._by_client_id(cid)  # look first, every attempt: the request may have arrived
+                if known is not None:
+                    return known
+                self.submissions += 1
+                return to_order(self.client.submit_order(req))
+            except APIError as exc:
+                code = getattr(exc, "status_code", None)
+                if code is not None and code < 500 and code != 429:
+                    raise BrokerError(f"alpaca refused the order ({code}): {str(exc)[:200]}") from None
+                last = exc
+            except (OSError, TimeoutError) as exc:  # requests' ConnectionError/Timeout are OSErrors
+                last = exc
+            log.warning("alpaca create_order %s: %s; looking it up before any retry", cid, last.__class__.__name__)
+        raise BrokerError(f"alpaca order {cid} not confirmed after {self.retries} attempts "
+                          f"({last.__class__.__name__})")
+
+    def cancel_order(self, id: str, symbol: str | None = None) -> Order:
+        self.client.cancel_order_by_id(id)
+        return self.fetch_order(id, symbol)
+
+    def fetch_order(self, id: str, symbol: str | None = None) -> Order:
+        return to_order(self.client.get_order_by_id(id))
+
+    def fetch_open_orders(self, symbol: str | None = None) -> list[Order]:
+        from alpaca.trading.enums import QueryOrderStatus
+        from alpaca.trading.requests import GetOrdersRequest
+
+        req = GetOrdersRequest(status=QueryOrderStatus.OPEN, symbols=[symbol] if symbol else None)
+        return [to_order(o) for o in self.client.get_orders(filter=req)]
+
+    def fetch_balance(self) -> dict[str, Any]:
+        """ccxt-shaped: {"USD": {"free": cash, "total": equity}, "info": <the account>}."""
+        a = self.client.get_account()
+        cur = str(a.get("currency") or "USD")
+        return {cur: {"free": _f(a.get("cash")), "total": _f(a.get("equity")),
+                      "buying_power": _f(a.get("buying_power"))}, "info": a}
