@@ -223,7 +223,16 @@ def status_json(snap: EngineSnapshot) -> dict[str, Any]:
                         "since_ms": snap.kill_switch.since_ms},
         "errors": [{"ts_ms": e.ts_ms, "where": e.where, "message": e.message} for e in snap.errors[-20:]],
         "versions": dict(snap.versions),
+        "market": market_json(snap),
     }
+
+
+def market_json(snap: EngineSnapshot) -> dict[str, Any]:
+    """The active symbol's venue and session; open / next open at the engine's clock."""
+    m = snap.market
+    return {"exchange": m.exchange, "kind": m.kind, "session": m.session, "calendar": m.calendar, "tz": m.tz,
+            "is_open": m.is_open, "clock_ms": m.clock_ms, "session_open_ms": m.session_open_ms,
+            "session_close_ms": m.session_close_ms, "next_open_ms": m.next_open_ms}
 
 
 def metrics_json(m: RollingMetrics | None) -> dict[str, Any] | None:
