@@ -110,9 +110,9 @@ class Engine(EngineCommands):
         self.mode = "replay" if replay is not None else ("live" if cfg.execution.live else "paper")
         self.store = store
         self._owns_store = owns_store
-        self.exchange = cfg.data.exchange
         self.symbol = symbol
         self.market: Market = market_for(cfg, symbol, None if is_ticker(symbol) else cfg.data.exchange)
+        self.exchange = self.market.exchange  # a stock's venue (alpaca), else data.exchange
         self.timeframe = timeframe
         self.builder = parts.builder
         self.experts = parts.experts

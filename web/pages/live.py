@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from dash import Dash, Input, Output, Patch, State, dcc, html, no_update
 
+from core.market import fmt_local
 from core.snapshot import EngineError, EngineSnapshot
 from core.types import TIMEFRAME_MS, Thresholds
 from web import api, figures, sessions
@@ -224,7 +225,9 @@ def stats_panel(snap: EngineSnapshot, now_ms: int) -> Component:
            if isinstance(x, int | float)]
     if snap.mode == "replay":
         # wall clock vs. replayed time means nothing: show where the replay is and the feed's lag
-        fresh = f"replay at {_ts(last)}" + (f" · lag {lag[0] / 1000:.1f}s" if lag else "")
+        cal = sessions.calendar_of(snap.market)  # a stock's replay clock in its exchange's time
+        when = _ts(last) if cal is None or last is None else fmt_local(last, cal, "%Y-%m-%d %H:%M %Z")
+        fresh = f"replay at {when}" + (f" · lag {lag[0] / 1000:.1f}s" if lag else "")
     else:
         fresh = (f"lag {lag[0] / 1000:.1f}s" if lag else
                  (f"{(now_ms - last - tf_ms) / 1000:.0f}s old" if last is not None else "—"))
