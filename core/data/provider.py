@@ -28,7 +28,7 @@ from core.data.ringbuffer import CandleRing
 from core.data.source_base import Source, SourceStatus
 from core.data.store import MarketStore
 from core.data.validate import REASONS, candle_arrays, log_rejections, rule_codes, validate_trades
-from core.market.calendar import Calendar
+from core.market.calendar import Calendar, SessionCalendar
 from core.types import CANDLE_COLUMNS, CandleEvent, SeriesKey, timeframe_ms
 
 log = logging.getLogger(__name__)
@@ -296,6 +296,8 @@ class DataProvider:
         if self.calendar is None:
             b = int(bucket_start(t, htf))
             return b, b + timeframe_ms(htf)
+        if isinstance(self.calendar, SessionCalendar):
+            return self.calendar.bucket_of(t, htf)
         start, end = self.calendar.buckets(np.array([t], dtype=np.int64), htf)
         return int(start[0]), int(end[0])
 

@@ -178,6 +178,7 @@ class SessionCalendar:
         self.mode = mode
         self.tz = EXCHANGES[code][0] if code in EXCHANGES else "UTC"
         self._cum: dict[str, np.ndarray] = {}
+        self._cur = (0, 0)  # the last session bucket_of looked up: live bars fall in it (no search)
 
     def __repr__(self) -> str:
         return f"SessionCalendar({self.name!r}, {self.mode!r})"
@@ -287,6 +288,20 @@ class SessionCalendar:
             return o, c
         start = o + (x - o) // tf * tf
         return start, np.minimum(start + tf, c)
+
+    def bucket_of(self, ts: int, timeframe: str) -> tuple[int, int]:
+        """``buckets`` for one bar, without numpy arrays: the live path (DataProvider) per closed bar."""
+        o, c = self._cur
+        if not o <= ts < c:
+            s = int(self._session(np.array([ts], dtype=np.int64))[0])
+            if s < 0:
+                self.buckets(np.array([ts], dtype=np.int64), timeframe)  # raises, naming the bar
+            o, c = self._cur = int(self.table.opens[s]), int(self.table.closes[s])
+        tf = self._tf(timeframe)
+        if tf >= DAY_MS:
+            return o, c
+        start = o + (ts - o) // tf * tf
+        return start, min(start + tf, c)
 
     def bar_index(self, ts: np.ndarray, timeframe: str) -> np.ndarray:
         """Running count of session bars: consecutive session bars differ by exactly 1 across nights,
