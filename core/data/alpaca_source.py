@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.files import candles_from_trades
-from core.data.source_base import Emit, SourceStatus, now_ms
+from core.data.source_base import Emit, SourceStatus, emit_new_closed, now_ms
 from core.market.calendar import Calendar
 from core.types import CANDLE_COLUMNS, SeriesKey, timeframe_ms
 
@@ -189,16 +189,9 @@ class AlpacaSource:
                               "APCA_API_SECRET_KEY in the environment (crypto data needs none)")
 
     def _emit_closed(self, emit: Emit, symbol: str, df: pd.DataFrame) -> None:
-        if df.empty:
+        newest = emit_new_closed(emit, self.key(symbol), df, self._last_closed.get(symbol))
+        if newest is None:
             return
-        last = self._last_closed.get(symbol)
-        if last is not None:
-            df = df[df["ts"] > last]  # REST pages overlap what the stream already delivered
-            if df.empty:
-                return
-        df = df.sort_values("ts", kind="stable").drop_duplicates("ts", keep="last").reset_index(drop=True)
-        emit(self.key(symbol), df, True)
-        newest = int(df["ts"].iat[-1])
         self._last_closed[symbol] = newest
         self._set(last_message_ms=now_ms(), lag_ms=max(0, self._clock() - (newest + self.tf_ms)))
 

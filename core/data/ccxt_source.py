@@ -22,7 +22,7 @@ import ccxt
 import numpy as np
 import pandas as pd
 
-from core.data.source_base import Emit, SourceStatus, now_ms
+from core.data.source_base import Emit, SourceStatus, emit_new_closed, now_ms
 from core.types import CANDLE_COLUMNS, SeriesKey, timeframe_ms
 
 log = logging.getLogger(__name__)
@@ -152,15 +152,9 @@ class CcxtSource:
         self._status = replace(self._status, **kw)
 
     def _emit_closed(self, emit: Emit, symbol: str, df: pd.DataFrame) -> None:
-        if df.empty:
+        newest = emit_new_closed(emit, self.key(symbol), df, self._last_closed.get(symbol))
+        if newest is None:
             return
-        last = self._last_closed.get(symbol)
-        if last is not None:
-            df = df[df["ts"] > last]  # REST pages overlap what the stream already delivered
-            if df.empty:
-                return
-        emit(self.key(symbol), df.reset_index(drop=True), True)
-        newest = int(df["ts"].iat[-1])
         self._last_closed[symbol] = newest
         self._set(last_message_ms=now_ms(), lag_ms=max(0, self._clock() - (newest + self.tf_ms)))
 

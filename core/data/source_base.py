@@ -40,3 +40,21 @@ class Source(Protocol):
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def emit_new_closed(emit: Emit, key: SeriesKey, df: pd.DataFrame, last: int | None) -> int | None:
+    """Emit the closed candles of ``df`` newer than ``last`` (REST pages overlap what a stream already
+    delivered), ts ascending and unique; returns the newest ts emitted, None when nothing was new."""
+    if df.empty:
+        return None
+    if last is not None:
+        df = df[df["ts"] > last]
+        if df.empty:
+            return None
+    ts = df["ts"].to_numpy()
+    if len(ts) > 1 and not (ts[1:] > ts[:-1]).all():
+        df = df.sort_values("ts", kind="stable").drop_duplicates("ts", keep="last")
+    df = df.reset_index(drop=True)
+    emit(key, df, True)
+    return int(df["ts"].iat[-1])
+

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from core.config import Secrets
-from core.execution.ccxt_broker import BrokerError, LiveTradingRefused
+from core.execution.ccxt_broker import BrokerError, LiveTradingRefused, require_live_switches
 from core.types import Order
 
 log = logging.getLogger(__name__)
@@ -37,15 +37,7 @@ _STATUS = {"new": "open", "accepted": "open", "pending_new": "open", "partially_
 def alpaca_mode(execution: Any, live_flag: bool, secrets: Secrets) -> str:
     """'live' or 'paper', or LiveTradingRefused naming each missing condition."""
     if execution.live or live_flag:
-        missing = []
-        if not execution.live:
-            missing.append("config execution.live is not true")
-        if not live_flag:
-            missing.append("the --live flag was not given")
-        if not secrets.has_alpaca_keys:
-            missing.append(f"Alpaca keys are not in the environment ({_KEY_VARS})")
-        if missing:
-            raise LiveTradingRefused("live trading refused: " + "; ".join(missing))
+        require_live_switches(execution, live_flag, secrets.has_alpaca_keys, f"Alpaca keys ({_KEY_VARS})")
         return "live"
     if not secrets.has_alpaca_keys:
         raise LiveTradingRefused(f"Alpaca paper trading refused: paper keys are not in the environment ({_KEY_VARS})")

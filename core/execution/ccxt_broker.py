@@ -36,18 +36,24 @@ class BrokerError(RuntimeError):
 _KEY_VARS = "MOE_EXCHANGE_API_KEY, MOE_EXCHANGE_SECRET"
 
 
+def require_live_switches(execution: Any, live_flag: bool, has_keys: bool, what_keys: str) -> None:
+    """Real money needs ALL three switches (config execution.live, the --live flag, keys in the
+    environment): LiveTradingRefused naming each missing one (every broker: ccxt, Alpaca)."""
+    missing = []
+    if not execution.live:
+        missing.append("config execution.live is not true")
+    if not live_flag:
+        missing.append("the --live flag was not given")
+    if not has_keys:
+        missing.append(f"{what_keys} are not in the environment")
+    if missing:
+        raise LiveTradingRefused("live trading refused: " + "; ".join(missing))
+
+
 def check_live_allowed(execution: Any, live_flag: bool, secrets: Secrets) -> str:
     """'live' or 'sandbox', or LiveTradingRefused naming each missing condition."""
     if execution.live or live_flag:
-        missing = []
-        if not execution.live:
-            missing.append("config execution.live is not true")
-        if not live_flag:
-            missing.append("the --live flag was not given")
-        if not secrets.has_exchange_keys:
-            missing.append(f"exchange keys are not in the environment ({_KEY_VARS})")
-        if missing:
-            raise LiveTradingRefused("live trading refused: " + "; ".join(missing))
+        require_live_switches(execution, live_flag, secrets.has_exchange_keys, f"exchange keys ({_KEY_VARS})")
         return "live"
     if not execution.sandbox:
         raise LiveTradingRefused(
