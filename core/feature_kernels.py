@@ -68,6 +68,23 @@ class Ohlcv:
 
 
 @numba.njit(cache=True)
+def _wilder_atr(h: np.ndarray, lo: np.ndarray, c: np.ndarray, i: int, tr_sum: float,
+                atr: float) -> tuple[float, float]:  # pragma: no cover - compiled
+    # one step of Wilder's ATR at bar i, seeded with the mean of the first ATR_WINDOW true ranges;
+    # returns the updated (sum of the first true ranges, atr) - NaN until the seed is complete
+    tr = h[i] - lo[i]
+    if i > 0:
+        tr = max(tr, abs(h[i] - c[i - 1]), abs(lo[i] - c[i - 1]))
+    if i < ATR_WINDOW:
+        tr_sum += tr
+        if i == ATR_WINDOW - 1:
+            atr = tr_sum / ATR_WINDOW
+    else:
+        atr = (atr * (ATR_WINDOW - 1) + tr) / ATR_WINDOW
+    return tr_sum, atr
+
+
+@numba.njit(cache=True)
 def _tf_kernel(
     o: np.ndarray,
     h: np.ndarray,
@@ -104,16 +121,7 @@ def _tf_kernel(
         vsum += v[i]
         if i >= norm_window:
             vsum -= v[i - norm_window]
-        # Wilder ATR seeded with the mean of the first ATR_WINDOW true ranges
-        tr = h[i] - lo[i]
-        if i > 0:
-            tr = max(tr, abs(h[i] - c[i - 1]), abs(lo[i] - c[i - 1]))
-        if i < ATR_WINDOW:
-            tr_sum += tr
-            if i == ATR_WINDOW - 1:
-                atr = tr_sum / ATR_WINDOW
-        else:
-            atr = (atr * (ATR_WINDOW - 1) + tr) / ATR_WINDOW
+        tr_sum, atr = _wilder_atr(h, lo, c, i, tr_sum, atr)
         ok_atr = atr > 0  # False while NaN
         if i > 0:
             ema_f = a_f * c[i] + (1.0 - a_f) * ema_f
@@ -248,15 +256,7 @@ def _extras_kernel(
     spv = 0.0
     sv = 0.0
     for i in range(c.shape[0]):
-        tr = h[i] - lo[i]
-        if i > 0:
-            tr = max(tr, abs(h[i] - c[i - 1]), abs(lo[i] - c[i - 1]))
-        if i < ATR_WINDOW:
-            tr_sum += tr
-            if i == ATR_WINDOW - 1:
-                atr = tr_sum / ATR_WINDOW
-        else:
-            atr = (atr * (ATR_WINDOW - 1) + tr) / ATR_WINDOW
+        tr_sum, atr = _wilder_atr(h, lo, c, i, tr_sum, atr)
         d = days[i]  # the VWAP session resets with the trading day (24x7: 00:00 UTC)
         tp = (h[i] + lo[i] + c[i]) / 3.0
         if d != day:
