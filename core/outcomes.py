@@ -38,6 +38,7 @@ import pandas as pd
 
 from core.audit import ensure_tables
 from core.labels import realised_class
+from core.market.calendar import Calendar
 from core.scoring import scores
 from core.types import Decision, SeriesKey, timeframe_ms
 
@@ -321,10 +322,13 @@ class LiveOutcomes:
     then ``add(decision)``. Thread-safe; ``metrics()`` is cheap (recomputed on maturity only)."""
 
     def __init__(self, timeframe: str, dead_zone: float, *, window: int = 500,
-                 default_horizon: int = 5, keep_closes: int = 4096) -> None:
+                 default_horizon: int = 5, keep_closes: int = 4096, calendar: Calendar | None = None) -> None:
         if not dead_zone >= 0:
             raise ValueError(f"dead_zone must be >= 0, got {dead_zone!r}")
         self.bar_ms = timeframe_ms(timeframe)
+        self.timeframe = timeframe
+        # a market with sessions: the exit bar is h SESSION bars later (15:58 + 5 -> next 09:32)
+        self.calendar = calendar if calendar is not None and not calendar.always_open else None
         self.dead_zone = float(dead_zone)
         self.window = int(window)
         self.default_horizon = int(default_horizon)
@@ -392,7 +396,9 @@ class LiveOutcomes:
             rows_by_h.setdefault(moe_h, []).append(
                 (MOE, ts, moe_h, tuple(decision.probs), 1.0, str(decision.action), decision.id, inputs))
             for h, rows in rows_by_h.items():
-                self._pending.setdefault(h, deque()).append((ts + h * self.bar_ms, entry, rows))
+                exit_ts = ts + h * self.bar_ms if self.calendar is None else \
+                    int(self.calendar.next_bars(ts, h, self.timeframe)[-1])
+                self._pending.setdefault(h, deque()).append((exit_ts, entry, rows))
 
     def _compute(self) -> dict[tuple[str, int], RollingMetrics]:
         out = {}

@@ -187,3 +187,29 @@ def test_market_model_and_stock_file_names() -> None:
     assert parse_series_name(name) == ("AMZN", "1m") and parse_series_exchange(name) == "alpaca"
     assert parse_series_name("UPRO-1m-2020-01-02_2020-11-30.csv") == ("UPRO", "1m")
     assert parse_series_name("BTCUSDT-1m-2023-03.csv") == (None, "1m")  # Binance's names stay as they were
+
+
+def test_live_outcomes_mature_h_session_bars_later(shared_data: Path) -> None:
+    """A decision at 15:58 ET with horizon 5 is scored 5 session bars later (15:59, 09:30 .. 09:33): at the
+    next session's 09:33, not at 16:03 (no such bar) nor at the first bar after the night."""
+    from core.outcomes import LiveOutcomes
+    from core.types import Action, Decision, ExpertOutput, Thresholds
+
+    rth = clean_candles(_stock(shared_data, "AMZN-1m-alpaca-2025-01-13_2025-01-17.csv"), "1m", RTH).candles
+    hm = _et(rth["ts"]).dt.strftime("%m-%d %H:%M").tolist()
+    i = hm.index("01-13 15:58")
+    lo = LiveOutcomes("1m", 0.0, calendar=RTH)
+    ts = rth["ts"].to_numpy(np.int64)
+    close = rth["close"].to_numpy()
+    out = ExpertOutput("cnn", "v", "AMZN", int(ts[i]), 5, (0.2, 0.3, 0.5), 0.0, 0.5, 1.0)
+    lo.on_close(int(ts[i]), float(close[i]))
+    lo.add(Decision("d", int(ts[i]), "AMZN", Action.HOLD, (0.2, 0.3, 0.5), 0.0, {"cnn": 1.0}, Thresholds(), 0.0,
+                    "", (out,)))
+    matured_at = None
+    for j in range(i + 1, i + 10):
+        if lo.on_close(int(ts[j]), float(close[j])):
+            matured_at = hm[j]
+            break
+    assert matured_at == "01-14 09:33"
+    m = lo.metrics()[("cnn", 5)]
+    assert m.n == 1
