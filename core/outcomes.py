@@ -156,6 +156,27 @@ JOIN cs c0 ON c0.ts = t.ts
 ASOF JOIN cs c1 ON t.target_ts >= c1.ts
 """
 
+# a market with sessions (stocks): stored bars are session bars, so the exit is the stored bar h ROWS
+# after the entry (15:58 + 5 bars -> the next session's 09:33), not h bar lengths of clock time
+_PENDING_SESSIONS_SQL = _PENDING_SQL.split("todo AS (")[0].replace(
+    "SELECT ts, close FROM candles",
+    "SELECT ts, close, row_number() OVER (ORDER BY ts) AS rn FROM candles") + """todo AS (
+    SELECT q.* FROM pending q
+    WHERE NOT EXISTS (SELECT 1 FROM outcomes o WHERE o.ts >= $since AND o.run_id = q.run_id
+                      AND o.decision_id = q.decision_id AND o.expert = q.expert)
+)
+SELECT t.run_id, t.decision_id, t.expert, t.symbol, t.ts, t.horizon, c1.ts AS exit_ts,
+       c0.close AS entry_close, c1.close AS exit_close, t.p_down, t.p_flat, t.p_up, t.weight, t.action
+FROM todo t
+JOIN cs c0 ON c0.ts = t.ts
+JOIN cs c1 ON c1.rn = c0.rn + t.horizon
+"""
+# the session watermark: the stored bar max_h rows before the newest one
+_ROWS_BACK_SQL = """
+SELECT ts FROM candles WHERE exchange = $exchange AND symbol = $symbol AND timeframe = $tf AND ts >= $since
+ORDER BY ts DESC LIMIT 1 OFFSET $back
+"""
+
 # rows of either audit table below a ts (all symbols): if this count changes between two updates, rows
 # were written below the watermark (e.g. an event-mode backtest's audit trail) and a full scan follows
 _BELOW_SQL = ("SELECT (SELECT count(*) FROM decisions WHERE ts < $t), "
@@ -179,7 +200,7 @@ class OutcomeTracker:
     swapped by reference (any thread may read it)."""
 
     def __init__(self, store: Any, key: SeriesKey, dead_zone: float, *, window: int = 500,
-                 default_horizon: int = 5) -> None:
+                 default_horizon: int = 5, sessions: bool = False) -> None:
         if not dead_zone >= 0:
             raise ValueError(f"dead_zone must be >= 0, got {dead_zone!r}")
         if window < 1:
@@ -190,6 +211,8 @@ class OutcomeTracker:
         self.window = int(window)
         self.default_horizon = int(default_horizon)
         self.bar_ms = timeframe_ms(key.timeframe)
+        # True for a market with sessions: horizons count stored session bars (see _PENDING_SESSIONS_SQL)
+        self.sessions = bool(sessions)
         self._metrics: Mapping[tuple[str, int], RollingMetrics] = MappingProxyType({})
         self._recent: dict[tuple[str, int], dict[str, np.ndarray]] = {}  # newest `window` per group
         self._since = _FULL  # watermark: every row older than this has matured or never can
@@ -201,8 +224,9 @@ class OutcomeTracker:
         self.refresh_metrics()
 
     def _params(self, since: int) -> dict[str, Any]:
-        return {"exchange": self.key.exchange, "symbol": self.key.symbol, "tf": self.key.timeframe,
-                "bar_ms": self.bar_ms, "default_h": self.default_horizon, "moe": MOE, "since": int(since)}
+        p = {"exchange": self.key.exchange, "symbol": self.key.symbol, "tf": self.key.timeframe,
+             "default_h": self.default_horizon, "moe": MOE, "since": int(since)}
+        return p if self.sessions else {**p, "bar_ms": self.bar_ms}
 
     def _rows_below(self, ts: int) -> tuple[int, int]:
         row = self.store.query_one(_BELOW_SQL, {"t": int(ts)})
@@ -212,7 +236,8 @@ class OutcomeTracker:
         """Predictions and decisions whose horizon has passed on stored candles, joined (as-of) to
         their entry and exit closes; not yet written. ``since``: only rows from that ts on (default:
         all of them)."""
-        return self.store.query_df(_PENDING_SQL, self._params(_FULL if since is None else since))
+        sql = _PENDING_SESSIONS_SQL if self.sessions else _PENDING_SQL
+        return self.store.query_df(sql, self._params(_FULL if since is None else since))
 
     def update(self) -> int:
         """Mature everything due, append it to ``outcomes``, update the rolling metrics; returns the
@@ -258,7 +283,14 @@ class OutcomeTracker:
             self._max_h = max(self._max_h, int(max_h))
         if newest is None:
             return
-        self._since = max(since, int(newest) - self._max_h * self.bar_ms + 1)
+        if self.sessions:
+            row = self.store.query_one(_ROWS_BACK_SQL, {**{k: p[k] for k in ("exchange", "symbol", "tf", "since")},
+                                                        "back": self._max_h})
+            if row is None:  # fewer than max_h stored bars since the watermark: nothing to move
+                return
+            self._since = max(since, int(row[0]) + 1)
+        else:
+            self._since = max(since, int(newest) - self._max_h * self.bar_ms + 1)
         self._below = self._rows_below(self._since)
 
     def _merge(self, df: pd.DataFrame) -> None:
@@ -327,7 +359,7 @@ class LiveOutcomes:
             raise ValueError(f"dead_zone must be >= 0, got {dead_zone!r}")
         self.bar_ms = timeframe_ms(timeframe)
         self.timeframe = timeframe
-        # a market with sessions: the exit bar is h SESSION bars later (15:58 + 5 -> next 09:32)
+        # a market with sessions: the exit bar is h SESSION bars later (15:58 + 5 -> the next 09:33)
         self.calendar = calendar if calendar is not None and not calendar.always_open else None
         self.dead_zone = float(dead_zone)
         self.window = int(window)

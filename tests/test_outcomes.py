@@ -229,3 +229,54 @@ def test_bad_inputs_are_refused() -> None:
         LiveOutcomes("1m", 0.0).on_close(0, 0.0)
     with pytest.raises(ValueError, match="timeframe"):
         LiveOutcomes("7m", 0.0)
+
+
+def test_stored_outcomes_count_session_bars_for_stocks(shared_data: Path) -> None:
+    """Real AMZN RTH minutes: a 5-bar call made at 15:58 ET matures at the next session's 09:33 ET (5
+    stored session bars later, not 5 clock minutes), only once that bar is stored, and agrees with the
+    in-memory LiveOutcomes on the same calendar. The calls themselves are hand-written (HOLD, flat
+    probabilities); the closes are the real ones."""
+    from core.data.clean import clean_candles
+    from core.market import SessionCalendar
+
+    cal = SessionCalendar("XNYS", "rth")
+    raw = load_candles(shared_data / "stocks" / "AMZN-1m-alpaca-2025-01-13_2025-01-17.csv")
+    bars = clean_candles(raw, "1m", cal).candles.reset_index(drop=True)
+    key = SeriesKey("alpaca", "AMZN", "1m")
+    et = pd.to_datetime(bars["ts"], unit="ms", utc=True).dt.tz_convert("America/New_York")
+    day1 = et.dt.date == et.dt.date.iloc[0]
+    i = int(np.flatnonzero(day1 & (et.dt.strftime("%H:%M") == "15:58"))[0])
+    ts = bars["ts"].to_numpy(np.int64)
+    close = bars["close"].to_numpy(np.float64)
+    calls = [i - 20, i]  # one that matures inside the session, one across the night
+    decisions = [Decision(id=f"s:{int(ts[k])}", ts=int(ts[k]), symbol="AMZN", action=decide((0.3, 0.4, 0.3), THRESH),
+                          probs=(0.3, 0.4, 0.3), expected_return=0.0, weights={"cnn": 1.0}, thresholds=THRESH,
+                          target_position=0.0, reason="",
+                          outputs=(ExpertOutput("cnn", "v0", "AMZN", int(ts[k]), 5, (0.3, 0.4, 0.3), 0.0, 0.5, 0.1),))
+                 for k in calls]
+    store = MarketStore(":memory:")
+    audit = AuditWriter(store, "s")
+    for d in decisions:
+        audit.add(d)
+    audit.flush()
+    tracker = OutcomeTracker(store, key, DZ, sessions=True)
+    store.upsert_candles(key, bars.iloc[:i + 3])  # 15:58, 15:59, then the next session's 09:30
+    tracker.update()
+    got = tracker.outcomes("cnn").set_index("ts")
+    assert list(got.index) == [int(ts[i - 20])]  # the night call has not matured on the first day's bars
+    assert got.loc[int(ts[i - 20]), "exit_ts"] == ts[i - 15]
+    store.upsert_candles(key, bars.iloc[i + 3:i + 6])  # 09:31, 09:32, 09:33
+    tracker.update()
+    got = tracker.outcomes("cnn").set_index("ts")
+    row = got.loc[int(ts[i])]
+    assert et.iloc[i + 5].strftime("%H:%M") == "09:33" and et.iloc[i + 5].date() > et.iloc[i].date()
+    assert row["exit_ts"] == ts[i + 5] and row["realised_return"] == pytest.approx(np.log(close[i + 5] / close[i]))
+    # the in-memory tracker on the same calendar agrees
+    live = LiveOutcomes("1m", DZ, calendar=cal)
+    matured = []
+    for k in range(i + 6):
+        matured += live.on_close(int(ts[k]), float(close[k]))
+        if k in calls:
+            live.add(decisions[calls.index(k)])
+    m = next(x for x in matured if x.expert == "cnn" and x.ts == int(ts[i]))
+    assert m.realised_return == pytest.approx(row["realised_return"])

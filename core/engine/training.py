@@ -77,7 +77,8 @@ class TrainingHook:
             self.manager = self.factory(key, dead_zone)
         self.live_outcomes = LiveOutcomes(timeframe, dead_zone, default_horizon=self.default_horizon,
                                           calendar=orch.builder.calendar)
-        self.outcomes = OutcomeTracker(self.store, key, dead_zone, default_horizon=self.default_horizon)
+        self.outcomes = OutcomeTracker(self.store, key, dead_zone, default_horizon=self.default_horizon,
+                                       sessions=orch.builder.calendar is not None)
         # the manager seeds an empty buffer from the NEWEST stored candles: live that is the past, in
         # a replay it is the replay's future, so a replay's trainers wait for its first decision
         self.fed = not self.replay
