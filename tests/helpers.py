@@ -75,3 +75,16 @@ def tiny_kronos_dir(root: Path) -> Path:
     save_pretrained(tok, d / "tokenizer")
     save_pretrained(model, d / "model")
     return d
+
+
+def api_client(engine: Any, cfg: AppConfig) -> Any:
+    """A Flask test client of the dashboard on ``engine`` (loopback, no token: add auth here when needed)."""
+    from core.config import Secrets
+    from web.app import create_app
+
+    return create_app(engine, cfg, host="127.0.0.1", secrets=Secrets()).server.test_client()
+
+
+def api_call(client: Any, method: str, path: str, body: Any = None) -> Any:
+    """One API request through ``client`` (credentials, when the dashboard needs them, go here)."""
+    return client.open(path, method=method, json=body)

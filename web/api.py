@@ -477,7 +477,10 @@ def build_blueprint(engine: Any) -> Blueprint:
 
 
 def install_api(server: Flask, engine: Any) -> None:
+    from web.annotations_api import build_annotations_blueprint  # its module imports this one
+
     server.register_blueprint(build_blueprint(engine))
+    server.register_blueprint(build_annotations_blueprint(engine))
 
     @server.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:
