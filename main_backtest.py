@@ -17,6 +17,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     """Each area registers its own sub-commands (order = order in --help); the backtester gets its
     experts from the composition root (compose.py), since core never imports NN."""
     import compose
+    from core.annotations import cli as annotations_cli
     from core.backtest import cli as backtest_cli
     from core.data import cli as data_cli
     from NN.experts.kronos import cli as kronos_cli
@@ -26,6 +27,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     training_cli.register(sub)  # train | evaluate (experts, MoE gate)
     backtest_cli.register(sub, compose.backtest_components)  # run (backtest) | report ID
     kronos_cli.register(sub)  # forecast (Kronos Monte-Carlo paths, summary, fan chart)
+    annotations_cli.register(sub, compose.backtest_components)  # annotations list|add|...|evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,11 @@ CREATE TABLE IF NOT EXISTS annotations (
     direction VARCHAR NOT NULL, spans VARCHAR NOT NULL, notes VARCHAR NOT NULL, tags VARCHAR NOT NULL,
     author VARCHAR NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, deleted BOOLEAN NOT NULL,
     PRIMARY KEY (id, version)
-)
+);
+CREATE TABLE IF NOT EXISTS annotation_sets (
+    name VARCHAR NOT NULL, id VARCHAR NOT NULL, version INTEGER NOT NULL, created_ms BIGINT NOT NULL,
+    PRIMARY KEY (name, id)
+);
 """
 _COLS = ("id", "version", "current", "exchange", "symbol", "timeframe", "entry_ts", "exit_ts", "entry_price",
          "exit_price", "direction", "spans", "notes", "tags", "author", "created_ms", "updated_ms", "deleted")
@@ -196,6 +200,32 @@ class AnnotationStore:
         fields = {k: getattr(a, k) for k in ("entry_ts", "exit_ts", "entry_price", "exit_price", "direction",
                                              "spans", "notes", "tags", "author", "deleted")}
         return self.update(a.id, **fields)
+
+    def freeze(self, name: str, annotations: builtins.list[Annotation]) -> int:
+        """A named set of these annotations AT THEIR CURRENT VERSIONS (a fixed validation set: later edits
+        do not change it). Refuses an existing name or an empty set."""
+        if not name or not annotations:
+            raise AnnotationError("a frozen set needs a name and at least one annotation")
+        if self.store.query_one("SELECT count(*) FROM annotation_sets WHERE name = ?", [name]) != (0,):
+            raise AnnotationError(f"annotation set {name!r} already exists")
+        now = _now_ms()
+        with self.store.transaction() as con:
+            for a in annotations:
+                con.execute("INSERT INTO annotation_sets VALUES (?, ?, ?, ?)", [name, a.id, a.version, now])
+        return len(annotations)
+
+    def load_set(self, name: str) -> builtins.list[Annotation]:
+        df = self.store.query_df(
+            "SELECT a.* FROM annotation_sets s JOIN annotations a ON a.id = s.id AND a.version = s.version "
+            "WHERE s.name = ? ORDER BY a.entry_ts, a.id", [name])
+        if df.empty:
+            have = self.store.query_df("SELECT DISTINCT name FROM annotation_sets ORDER BY name")["name"].tolist()
+            raise AnnotationError(f"no annotation set {name!r} (sets: {', '.join(have) or 'none'})")
+        return [_from_record(r) for r in df.to_dict("records")]
+
+    def sets(self) -> dict[str, int]:
+        df = self.store.query_df("SELECT name, count(*) AS n FROM annotation_sets GROUP BY name ORDER BY name")
+        return dict(zip(df["name"], df["n"].astype(int), strict=True))
 
     # ---------------------------------------------------------------- internals
     def _current(self, ann_id: str) -> Annotation | None:
