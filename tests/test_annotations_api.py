@@ -50,7 +50,7 @@ def test_create_patch_case_delete(running) -> None:
 
 
 @pytest.mark.parametrize("change,status,words", [
-    ({"entry_ts": ms("2022-01-01T00:00Z"), "exit_ts": ms("2022-01-01T00:05Z")}, 422, "no stored"),
+    ({"entry_ts": ms("2022-01-01T00:00Z"), "exit_ts": ms("2022-01-01T00:05Z")}, 422, "outside the stored data"),
     ({"timeframe": "7x"}, 422, "timeframe"),
     ({"direction": "up"}, 422, "direction"),
     ({"entry_price": 1.0}, 422, "outside its candle's range"),

@@ -40,10 +40,12 @@ def replay(annotations: Sequence[Annotation], *, cfg: AppConfig, models: ModelsC
                        models_dir=models_dir or cfg.resolve(cfg.training.models_dir), calendar=spec.calendar)
     bar = timeframe_ms(key.timeframe)
     warm = int(comps.builder.min_history) + k
-    lo = min(a.entry_ts for a in annotations) - warm * bar
+    longest = max(timeframe_ms(tf) for tf in comps.builder.timeframes)  # the backtester starts on its boundary
+    lo = (min(a.entry_ts for a in annotations) - warm * bar) // longest * longest
     hi = max(a.exit_ts for a in annotations) + (k + 1) * bar
     candles = store.candles(key, lo, hi)
     res = Backtester(comps, spec, cfg.execution, cfg.risk, store=None, keep_decisions=False).run(candles)
+    candles = res.candles  # aligned to the longest feature timeframe (as every backtest)
     codes = np.where(res.decided, res.codes, 0).astype(np.int8)
     ev = evaluate(annotations, candles["ts"].to_numpy(np.int64), candles["close"].to_numpy(np.float64), codes,
                   candles=candles, k=k)

@@ -73,18 +73,22 @@ def period_candles(store: MarketStore, a: Annotation | SeriesKey, start_ms: int,
     return store.candles(key, start_ms, end_ms + timeframe_ms(key.timeframe))
 
 
-def check(store: MarketStore, a: Annotation, calendar: Calendar | None = None) -> pd.DataFrame:
-    """The stored candles of the annotated period, or AnnotationError naming what is wrong."""
-    key, bar = key_of(a), timeframe_ms(a.timeframe)
+def _inside(store: MarketStore, key: SeriesKey, start: int, end: int) -> None:
     first_last = store.query_one("SELECT min(ts), max(ts) FROM candles WHERE exchange = ? AND symbol = ? "
                                  "AND timeframe = ?", [key.exchange, key.symbol, key.timeframe])
     if first_last is None or first_last[0] is None:
-        raise AnnotationError(f"no stored {a.timeframe} candles for {a.exchange} {a.symbol}")
+        raise AnnotationError(f"no stored {key.timeframe} candles for {key.exchange} {key.symbol}")
     first, last = int(first_last[0]), int(first_last[1])
-    if a.entry_ts < first or a.exit_ts > last:
+    if start < first or end > last:
         raise AnnotationError(
-            f"annotation [{_iso(a.entry_ts)}, {_iso(a.exit_ts)}] lies outside the stored data "
-            f"[{_iso(first)}, {_iso(last)}] of {a.symbol} {a.timeframe}")
+            f"annotation [{_iso(start)}, {_iso(end)}] lies outside the stored data "
+            f"[{_iso(first)}, {_iso(last)}] of {key.symbol} {key.timeframe}")
+
+
+def check(store: MarketStore, a: Annotation, calendar: Calendar | None = None) -> pd.DataFrame:
+    """The stored candles of the annotated period, or AnnotationError naming what is wrong."""
+    key, bar = key_of(a), timeframe_ms(a.timeframe)
+    _inside(store, key, a.entry_ts, a.exit_ts)
     df = period_candles(store, key, a.entry_ts, a.exit_ts)
     ts = df["ts"].to_numpy(np.int64)
     for what, t in (("entry", a.entry_ts), ("exit", a.exit_ts)):
@@ -116,6 +120,7 @@ def snap(store: MarketStore, key: SeriesKey, entry_ms: int, exit_ms: int, *, ent
     closes unless typed in, the direction from the two prices unless chosen, default label spans."""
     bar = timeframe_ms(key.timeframe)
     e0, e1 = sorted((int(entry_ms) - int(entry_ms) % bar, int(exit_ms) - int(exit_ms) % bar))
+    _inside(store, key, e0, e1)
     df = period_candles(store, key, e0, e1)
     if df.empty or int(df["ts"].iloc[0]) != e0 or int(df["ts"].iloc[-1]) != e1:
         raise AnnotationError(f"no stored {key.timeframe} candle of {key.symbol} at "
