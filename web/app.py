@@ -19,10 +19,11 @@ from core.backtest.engine import ComponentsFactory
 from core.config import AppConfig, ModelsConfig, Secrets
 from core.types import CheckpointCatalog
 from web import api, auth, figures
-from web.pages import backtest, live, models
+from web.pages import annotate, backtest, live, models
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-PAGES = {"/": ("Live", live), "/models": ("Models", models), "/backtest": ("Backtest", backtest)}
+PAGES = {"/": ("Live", live), "/models": ("Models", models), "/backtest": ("Backtest", backtest),
+         "/annotate": ("Annotate", annotate)}
 
 
 @dataclass

@@ -171,6 +171,16 @@ class AnnotationStore:
         self._replace(old, new)
         return new
 
+    def restore(self, ann_id: str) -> Annotation:
+        """Undo a soft delete: a new version, not deleted (re-checked against the stored candles)."""
+        old = self._current(ann_id)
+        if old is None or not old.deleted:
+            raise KeyError(f"no deleted annotation {ann_id!r}")
+        new = replace(old, version=old.version + 1, deleted=False, updated_ms=max(_now_ms(), old.updated_ms + 1))
+        check(self.store, new, self.calendar)
+        self._replace(old, new)
+        return new
+
     def get(self, ann_id: str) -> Annotation:
         a = self._current(ann_id)
         if a is None or a.deleted:
