@@ -329,10 +329,11 @@ def register(app: Dash, wctx: Any) -> None:
         fig["layout"]["dragmode"] = "pan"
         others = _other_frames(wctx.store, key, candles, s, e)
         small = annotation_shapes(shown, editable=False)
-        minis = [mini_figure(others[tf], tf, small, [s, e]) if tf in others else
-                 {"data": [], "layout": {"template": figures.PLOTLY_DARK, "height": 200,
-                                         "title": {"text": f"{tf}: not stored", "font": {"size": 12}}}}
-                 for tf in TIMEFRAMES if tf != key.timeframe][: len(MINI)]
+        minis = []
+        for tf in [t for t in TIMEFRAMES if t != key.timeframe][: len(MINI)]:
+            minis.append(mini_figure(others[tf], tf, small, [s, e]) if tf in others else
+                         {"data": [], "layout": {"template": figures.PLOTLY_DARK, "height": 200,
+                                                 "title": {"text": f"{tf}: not stored", "font": {"size": 12}}}})
         minis += [no_update] * (len(MINI) - len(minis))
         return (fig, *minis, [a.id for a in shown], _table_children(rows), opts,
                 f"{len(candles)} candles, {len(shown)} annotation(s) in range")
