@@ -88,3 +88,26 @@ def api_client(engine: Any, cfg: AppConfig) -> Any:
 def api_call(client: Any, method: str, path: str, body: Any = None) -> Any:
     """One API request through ``client`` (credentials, when the dashboard needs them, go here)."""
     return client.open(path, method=method, json=body)
+
+
+def serve_dashboard(engine: Any, cfg: AppConfig, models: ModelsConfig) -> tuple[Any, str]:
+    """The dashboard of ``engine`` served from a background thread on 127.0.0.1 (port 0): (server, base url).
+    Stop it with ``server.shutdown()``."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from compose import backtest_components
+    from core.config import Secrets
+    from web.app import create_app
+
+    app = create_app(engine, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets(),
+                     backtest_components=backtest_components)
+    srv = make_server("127.0.0.1", 0, app.server, threaded=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_port}"
+
+
+def open_page(page: Any, base_url: str, path: str) -> None:
+    """Open a dashboard page in a Playwright page (the login step goes here when a token is set)."""
+    page.goto(base_url + path)

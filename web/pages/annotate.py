@@ -62,7 +62,8 @@ def annotation_shapes(anns: list[Annotation], editable: bool = True) -> list[dic
         bar = TIMEFRAME_MS[a.timeframe]
         out.append({"type": "rect", "xref": "x", "yref": "paper", "x0": a.entry_ts, "x1": a.exit_ts + bar // 2,
                     "y0": 0.25, "y1": 1.0, "fillcolor": COLORS[a.direction], "name": a.id,
-                    "line": {"color": EDGE[a.direction], "width": 1}, "layer": "below", "editable": editable})
+                    "line": {"color": EDGE[a.direction], "width": 1}, "layer": "above" if editable else "below",
+                    "editable": editable})
     return out
 
 
@@ -320,6 +321,17 @@ def register(app: Dash, wctx: Any) -> None:
         if candles.empty:
             return (no_update, *minis, [], [], [], f"no {key.timeframe} candles stored between {start} and {end}")
         shown, rows, opts = listing(key, s, e)
+        small = annotation_shapes(shown, editable=False)
+        if ctx.triggered_id == "ann-version":  # an edit: redraw only the spans, keep the user's zoom
+            spans = Patch()
+            spans["layout"]["shapes"] = annotation_shapes(shown)
+            spans["layout"]["annotations"] = annotation_arrows(shown)
+            patches = []
+            for _ in MINI:
+                mp = Patch()
+                mp["layout"]["shapes"] = [dict(x, y0=0, y1=1) for x in small]
+                patches.append(mp)
+            return (spans, *patches, [a.id for a in shown], _table_children(rows), opts, no_update)
         fig = figures.candle_figure(candles, overlays=("sma21",), title=f"{key.symbol} {key.timeframe}",
                                     uirevision=f"ann:{series}:{start}:{end}",
                                     extra_shapes=annotation_shapes(shown))
@@ -328,7 +340,6 @@ def register(app: Dash, wctx: Any) -> None:
         fig["layout"]["hovermode"] = "x"
         fig["layout"]["dragmode"] = "pan"
         others = _other_frames(wctx.store, key, candles, s, e)
-        small = annotation_shapes(shown, editable=False)
         minis = []
         for tf in [t for t in TIMEFRAMES if t != key.timeframe][: len(MINI)]:
             minis.append(mini_figure(others[tf], tf, small, [s, e]) if tf in others else
