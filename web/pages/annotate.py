@@ -135,6 +135,22 @@ def timeline_figure(ts: np.ndarray, codes: np.ndarray, x_range: list[int] | None
     return fig
 
 
+def mini_range(lo: int, hi: int, tf: str) -> list[int]:
+    """The main chart's x range, widened around its middle to at least MINI_MIN_BARS bars of ``tf``."""
+    width = max(hi - lo, MINI_MIN_BARS * TIMEFRAME_MS[tf])
+    mid = (lo + hi) // 2
+    return [mid - width // 2, mid + width // 2]
+
+
+def relayout_range(r: dict[str, Any]) -> list[int] | None:
+    """The new x range of a zoom / pan relayout event (either key style plotly sends), else None."""
+    if "xaxis.range[0]" in r and "xaxis.range[1]" in r:
+        return [to_ms(r["xaxis.range[0]"]), to_ms(r["xaxis.range[1]"])]
+    if isinstance(r.get("xaxis.range"), list | tuple) and len(r["xaxis.range"]) == 2:
+        return [to_ms(r["xaxis.range"][0]), to_ms(r["xaxis.range"][1])]
+    return None
+
+
 _SHAPE_KEY = re.compile(r"^shapes\[(\d+)\]\.(x0|x1)$")
 
 
@@ -267,7 +283,7 @@ def layout(wctx: Any) -> Any:
         dbc.Row([dbc.Col([dbc.Label("Selected"), dcc.Dropdown(id="ann-selected", options=[], value=None)], width=4)]),
         table,
         dcc.Store(id="ann-pending"), dcc.Store(id="ann-undo-stack", data=[]), dcc.Store(id="ann-ids", data=[]),
-        dcc.Store(id="ann-version", data=0),
+        dcc.Store(id="ann-version", data=0), dcc.Store(id="ann-mini-tfs", data=[]),
     ])
 
 
@@ -308,18 +324,20 @@ def register(app: Dash, wctx: Any) -> None:
     @app.callback(
         Output("ann-chart", "figure"), *[Output(m, "figure") for m in MINI],
         Output("ann-ids", "data"), Output("ann-table", "children"), Output("ann-selected", "options"),
-        Output("ann-msg", "children"),
+        Output("ann-msg", "children"), Output("ann-mini-tfs", "data"),
         Input("ann-series", "value"), Input("ann-range", "start_date"), Input("ann-range", "end_date"),
         Input("ann-version", "data"))
     def _load(series: str | None, start: str | None, end: str | None, _v: int) -> tuple:
         key = _key(series)
         minis: list[Any] = [no_update] * len(MINI)
         if key is None or not start or not end or wctx.store is None:
-            return (no_update, *minis, [], [], [], "no stored candles: import some (main_backtest.py data import)")
+            return (no_update, *minis, [], [], [], "no stored candles: import some (main_backtest.py data import)",
+                    no_update)
         s, e = _window(start, end)
         candles = wctx.store.candles(key, s, e)
         if candles.empty:
-            return (no_update, *minis, [], [], [], f"no {key.timeframe} candles stored between {start} and {end}")
+            return (no_update, *minis, [], [], [], f"no {key.timeframe} candles stored between {start} and {end}",
+                    no_update)
         shown, rows, opts = listing(key, s, e)
         small = annotation_shapes(shown, editable=False)
         if ctx.triggered_id == "ann-version":  # an edit: redraw only the spans, keep the user's zoom
@@ -331,7 +349,7 @@ def register(app: Dash, wctx: Any) -> None:
                 mp = Patch()
                 mp["layout"]["shapes"] = [dict(x, y0=0, y1=1) for x in small]
                 patches.append(mp)
-            return (spans, *patches, [a.id for a in shown], _table_children(rows), opts, no_update)
+            return (spans, *patches, [a.id for a in shown], _table_children(rows), opts, no_update, no_update)
         fig = figures.candle_figure(candles, overlays=("sma21",), title=f"{key.symbol} {key.timeframe}",
                                     uirevision=f"ann:{series}:{start}:{end}",
                                     extra_shapes=annotation_shapes(shown))
@@ -341,13 +359,14 @@ def register(app: Dash, wctx: Any) -> None:
         fig["layout"]["dragmode"] = "pan"
         others = _other_frames(wctx.store, key, candles, s, e)
         minis = []
-        for tf in [t for t in TIMEFRAMES if t != key.timeframe][: len(MINI)]:
-            minis.append(mini_figure(others[tf], tf, small, [s, e]) if tf in others else
+        mini_tfs = [t for t in TIMEFRAMES if t != key.timeframe][: len(MINI)]
+        for tf in mini_tfs:
+            minis.append(mini_figure(others[tf], tf, small, mini_range(s, e, tf)) if tf in others else
                          {"data": [], "layout": {"template": figures.PLOTLY_DARK, "height": 200,
                                                  "title": {"text": f"{tf}: not stored", "font": {"size": 12}}}})
         minis += [no_update] * (len(MINI) - len(minis))
         return (fig, *minis, [a.id for a in shown], _table_children(rows), opts,
-                f"{len(candles)} candles, {len(shown)} annotation(s) in range")
+                f"{len(candles)} candles, {len(shown)} annotation(s) in range", mini_tfs)
 
     @app.callback(
         Output("ann-pending", "data"), Output("ann-undo-stack", "data"), Output("ann-version", "data"),
@@ -456,30 +475,28 @@ def register(app: Dash, wctx: Any) -> None:
         return annotation_shapes(anns)
 
     # the smaller charts follow the main chart's zoom / pan and show its hover cursor
-    for m in MINI:
-        @app.callback(Output(m, "figure", allow_duplicate=True),
+    for slot in MINI:
+        @app.callback(Output(slot, "figure", allow_duplicate=True),
                       Input("ann-chart", "relayoutData"), Input("ann-chart", "hoverData"),
-                      prevent_initial_call=True)
-        def _sync(relayout: Any, hover: Any) -> Any:
+                      State("ann-mini-tfs", "data"), prevent_initial_call=True)
+        def _sync(relayout: Any, hover: Any, tfs: list[str] | None, _k: int = MINI.index(slot)) -> Any:
+            tf = (tfs or [])[_k] if _k < len(tfs or []) else ""
+            if tf not in TIMEFRAME_MS:
+                return no_update
             p = Patch()
             if ctx.triggered[0]["prop_id"].endswith("hoverData"):
                 pt = (hover or {}).get("points", [{}])[0]
                 if "x" not in pt:
                     return no_update
                 t = to_ms(pt["x"])
-                p["layout"]["xaxis"]["spikemode"] = "across"
-                p["layout"]["meta"] = {"cursor": t}
                 p["layout"]["annotations"] = [{"x": t, "xref": "x", "yref": "paper", "y": 1, "text": "",
                                                "showarrow": True, "ax": 0, "ay": -10, "arrowcolor": "#ffc107"}]
                 return p
-            r = relayout or {}
-            if "xaxis.range[0]" in r and "xaxis.range[1]" in r:
-                p["layout"]["xaxis"]["range"] = [to_ms(r["xaxis.range[0]"]), to_ms(r["xaxis.range[1]"])]
-                return p
-            if r.get("xaxis.autorange"):
-                p["layout"]["xaxis"]["autorange"] = True
-                return p
-            return no_update
+            rng = relayout_range(relayout or {})
+            if rng is None:
+                return no_update
+            p["layout"]["xaxis"]["range"] = mini_range(rng[0], rng[1], tf)
+            return p
 
     @app.callback(Output("ann-timeline", "figure"), Output("ann-timeline", "style"), Output("ann-metrics", "children"),
                   Input("ann-replay", "n_clicks"), State("ann-series", "value"), State("ann-range", "start_date"),
