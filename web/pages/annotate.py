@@ -1,7 +1,7 @@
 """Annotate page: mark trades on stored candles, list them with their outcomes, replay a model against them.
 
 * Pick a stored series and a day range (date picker = jump to date; Previous / Next day buttons, keys
-  ArrowLeft / ArrowRight). The main chart (candles + volume, the Live page's figure code) is in the
+  ArrowLeft / ArrowRight; a link /annotate?from=2023-03-14&to=2023-03-20 opens on those days). The main chart (candles + volume, the Live page's figure code) is in the
   chosen timeframe; smaller charts show the other timeframes of the same period; zooming or panning
   the main chart moves them too, and the hover cursor is drawn on all of them.
 * Click 1 on a candle sets the entry (its close), click 2 the exit (its close, or the typed exit price);
@@ -284,6 +284,7 @@ def layout(wctx: Any) -> Any:
         table,
         dcc.Store(id="ann-pending"), dcc.Store(id="ann-undo-stack", data=[]), dcc.Store(id="ann-ids", data=[]),
         dcc.Store(id="ann-version", data=0), dcc.Store(id="ann-mini-tfs", data=[]),
+        dcc.Location(id="ann-url", refresh=False),
     ])
 
 
@@ -311,6 +312,19 @@ def register(app: Dash, wctx: Any) -> None:
         rows = table_rows(_with_outcomes(ann_store(), shown))
         opts = [{"label": f"{r['entry']} {r['dir']} {r['pnl_pct']}%", "value": r["id"]} for r in rows]
         return shown, rows, opts
+
+    @app.callback(
+        Output("ann-range", "start_date", allow_duplicate=True), Output("ann-range", "end_date", allow_duplicate=True),
+        Input("ann-url", "search"), State("ann-url", "pathname"), prevent_initial_call="initial_duplicate")
+    def _deep_link(search: str | None, path: str | None) -> tuple[Any, Any]:
+        """/annotate?from=YYYY-MM-DD&to=YYYY-MM-DD opens on those days."""
+        from urllib.parse import parse_qs
+
+        q = parse_qs((search or "").lstrip("?"))
+        if path != "/annotate" or "from" not in q:
+            return no_update, no_update
+        start = q["from"][0]
+        return start, q.get("to", [start])[0]
 
     @app.callback(
         Output("ann-range", "start_date"), Output("ann-range", "end_date"),
