@@ -60,25 +60,63 @@ def annotation_shapes(anns: list[Annotation], editable: bool = True) -> list[dic
     out = []
     for a in anns:
         bar = TIMEFRAME_MS[a.timeframe]
-        out.append({"type": "rect", "xref": "x", "yref": "paper", "x0": a.entry_ts, "x1": a.exit_ts + bar // 2,
-                    "y0": 0.25, "y1": 1.0, "fillcolor": COLORS[a.direction], "name": a.id,
-                    "line": {"color": EDGE[a.direction], "width": 1}, "layer": "above" if editable else "below",
-                    "editable": editable})
+        shape = {"type": "rect", "xref": "x", "yref": "paper", "x0": a.entry_ts, "x1": a.exit_ts + bar // 2,
+                 "y0": 0.25 if editable else 0, "y1": 1.0, "fillcolor": COLORS[a.direction],
+                 "line": {"color": EDGE[a.direction], "width": 1}, "layer": "above" if editable else "below"}
+        if editable:  # the main chart: drag / resize to edit
+            shape.update(name=a.id, editable=True)
+        out.append(shape)
     return out
 
 
-def annotation_arrows(anns: list[Annotation]) -> list[dict]:
-    """Entry and exit arrows at the trade's prices."""
-    out = []
-    for a in anns:
-        up = a.direction != "short"
-        out += [{"x": a.entry_ts, "y": a.entry_price, "xref": "x", "yref": "y", "text": "▲" if up else "▼",
-                 "showarrow": True, "arrowhead": 2, "ax": 0, "ay": 28 if up else -28, "arrowcolor": EDGE[a.direction],
-                 "font": {"color": EDGE[a.direction], "size": 10}},
-                {"x": a.exit_ts, "y": a.exit_price, "xref": "x", "yref": "y", "text": "✕", "showarrow": True,
-                 "arrowhead": 2, "ax": 0, "ay": -28 if up else 28, "arrowcolor": EDGE[a.direction],
-                 "font": {"color": EDGE[a.direction], "size": 10}}]
-    return out
+def marker_traces(anns: list[Annotation]) -> list[dict]:
+    """Entry (triangles) and exit (crosses) markers at the trade's prices: two scatter traces (cheap to
+    draw for hundreds of trades, unlike one layout annotation per arrow)."""
+    def side(ts: list[int], px: list[float], name: str, symbols: list[str]) -> dict:
+        return {"type": "scatter", "mode": "markers", "name": name, "x": np.asarray(ts, dtype=np.int64),
+                "y": np.asarray(px, dtype=np.float64), "text": [a.id for a in anns], "hoverinfo": "text+y",
+                "marker": {"symbol": symbols, "size": 11, "color": [EDGE[a.direction] for a in anns],
+                           "line": {"width": 1, "color": "#000"}}}
+    return [side([a.entry_ts for a in anns], [a.entry_price for a in anns], "entries",
+                 ["triangle-down" if a.direction == "short" else "triangle-up" for a in anns]),
+            side([a.exit_ts for a in anns], [a.exit_price for a in anns], "exits", ["x"] * len(anns))]
+
+
+def _short(a: np.ndarray) -> np.ndarray:
+    """Rounded to 7 significant digits (of the largest value): short numbers on the wire."""
+    a = np.asarray(a, dtype=np.float64)
+    top = np.nanmax(np.abs(a)) if np.isfinite(a).any() else 0.0
+    return a if top == 0 else np.round(a, max(0, 6 - int(np.floor(np.log10(top)))))
+
+
+def lean(fig: dict) -> dict:
+    """The page's figure for the wire: hidden overlays emptied, long series as numpy arrays (serialised by
+    orjson in one pass instead of plotly's per-value walk over Python lists), volume and overlay lines
+    rounded, and a regular time axis sent as x0 + dx where the trace type allows it."""
+    for tr in fig["data"]:
+        if tr.get("visible") is False:
+            tr.update(x=[], y=[])
+            continue
+        x = tr.get("x")
+        if not (isinstance(x, list) and len(x) > 100):
+            continue
+        xs = np.asarray(x, dtype=np.int64)
+        for k in ("open", "high", "low", "close"):
+            if k in tr:
+                tr[k] = np.asarray(tr[k], dtype=np.float64)
+        if "y" in tr:
+            tr["y"] = _short(np.asarray(tr["y"], dtype=np.float64))  # None -> NaN -> null
+        steps = np.diff(xs)
+        if tr.get("type") in ("bar", "scatter") and len(steps) and (steps == steps[0]).all():
+            del tr["x"]
+            tr.update(x0=int(xs[0]), dx=int(steps[0]))
+        else:
+            tr["x"] = xs
+    return fig
+
+
+N_BASE_TRACES = len(figures.candle_figure(pd.DataFrame({c: pd.Series(dtype="float64") for c in
+                                                        ("ts", "open", "high", "low", "close", "volume")}))["data"])
 
 
 def pending_shape(ts: int | None) -> list[dict]:
@@ -106,17 +144,17 @@ def table_rows(items: list[tuple[Annotation, Outcome | None]]) -> list[dict[str,
 
 
 def mini_figure(candles: pd.DataFrame, tf: str, shapes: list[dict], x_range: list[int] | None) -> dict:
-    x = candles["ts"].astype("int64").tolist()
-    fig: dict[str, Any] = {"data": [{"type": "candlestick", "x": x, "open": candles["open"].tolist(),
-                     "high": candles["high"].tolist(), "low": candles["low"].tolist(),
-                     "close": candles["close"].tolist(), "name": tf,
+    x = candles["ts"].to_numpy(np.int64)
+    fig: dict[str, Any] = {"data": [{"type": "candlestick", "x": x, "open": candles["open"].to_numpy(np.float64),
+                     "high": candles["high"].to_numpy(np.float64), "low": candles["low"].to_numpy(np.float64),
+                     "close": candles["close"].to_numpy(np.float64), "name": tf,
                      "increasing": {"line": {"color": "#26a69a"}}, "decreasing": {"line": {"color": "#ef5350"}}}],
            "layout": {"template": figures.PLOTLY_DARK, "height": 200, "margin": {"l": 45, "r": 10, "t": 24, "b": 20},
                       "title": {"text": tf, "font": {"size": 12}, "x": 0.01}, "showlegend": False,
                       "hovermode": "x", "uirevision": tf,
                       "xaxis": {"type": "date", "rangeslider": {"visible": False}, "showspikes": True,
                                 "spikemode": "across", "spikethickness": 1},
-                      "yaxis": {"fixedrange": False}, "shapes": [dict(s, y0=0, y1=1, editable=False) for s in shapes]}}
+                      "yaxis": {"fixedrange": False}, "shapes": shapes}}
     if x_range:
         fig["layout"]["xaxis"]["range"] = x_range
     return fig
@@ -203,13 +241,20 @@ def _in_window(anns: list[Annotation], s: int, e: int) -> list[Annotation]:
     return [a for a in anns if a.exit_ts >= s and a.entry_ts < e]
 
 
-def _with_outcomes(ann: AnnotationStore, anns: list[Annotation]) -> list[tuple[Annotation, Outcome | None]]:
+def _with_outcomes(store: Any, anns: list[Annotation], candles: pd.DataFrame | None = None
+                   ) -> list[tuple[Annotation, Outcome | None]]:
+    """Outcomes from the already loaded ``candles`` where they cover the trade (one store read per trade
+    otherwise); the store checked each trade when it was saved, so nothing is re-validated here."""
+    ts = candles["ts"].to_numpy(np.int64) if candles is not None and len(candles) else np.zeros(0, np.int64)
     out: list[tuple[Annotation, Outcome | None]] = []
     for a in anns:
-        try:
-            out.append((a, outcome(a, check(ann.store, a))))
-        except AnnotationError:
-            out.append((a, None))
+        if len(ts) and ts[0] <= a.entry_ts and a.exit_ts <= ts[-1]:
+            i0, i1 = np.searchsorted(ts, [a.entry_ts, a.exit_ts])
+            period = candles.iloc[int(i0) : int(i1) + 1] if candles is not None else None
+        else:
+            period = store.candles(SeriesKey(a.exchange, a.symbol, a.timeframe), a.entry_ts,
+                                   a.exit_ts + TIMEFRAME_MS[a.timeframe])
+        out.append((a, outcome(a, period) if period is not None and len(period) else None))
     return out
 
 
@@ -270,7 +315,7 @@ def layout(wctx: Any) -> Any:
         dbc.Col(dcc.Dropdown(id="ann-model", options=["fused", *models], value="fused", clearable=False), width=2),
         dbc.Col(dbc.Button("Replay", id="ann-replay", size="sm", color="primary"), width=1),
     ], className="g-2 mt-1")
-    table = html.Table(id="ann-table", className="table table-sm table-dark small")
+    table = html.Div(id="ann-table")
     return html.Div([
         html.H4("Annotate"), controls, details,
         html.Div(id="ann-msg", className="small mt-1"),
@@ -288,13 +333,23 @@ def layout(wctx: Any) -> Any:
     ])
 
 
-def _table_children(rows: list[dict[str, Any]]) -> list[Any]:
-    cols = ["id", "v", "dir", "entry", "entry_price", "exit", "exit_price", "pnl_pct", "holding", "mfe_pct",
-            "mae_pct", "tags", "notes"]
-    head = html.Thead(html.Tr([html.Th(c) for c in cols]))
-    body = html.Tbody([html.Tr([html.Td("" if r[c] is None else str(r[c])) for c in cols],
-                               **{"data-id": r["id"]}) for r in rows])
-    return [head, body]
+TABLE_COLUMNS = ("id", "v", "dir", "entry", "entry_price", "exit", "exit_price", "pnl_pct", "holding", "mfe_pct",
+                 "mae_pct", "tags", "notes")
+
+
+def _cell(v: Any) -> str:
+    return "" if v is None else str(v).replace("|", "/").replace("\n", " ")
+
+
+def _table_children(rows: list[dict[str, Any]]) -> Any:
+    """The annotations table as one Markdown component (hundreds of rows as thousands of Dash components
+    would cost seconds to serialise and render)."""
+    if not rows:
+        return html.Div("no annotations in this range yet: click a candle for the entry, another for the exit",
+                        className="text-muted small")
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r[c]) for c in TABLE_COLUMNS) + " |" for r in rows]
+    return dcc.Markdown("\n".join(lines), className="ann-table small")
 
 
 # ---------------------------------------------------------------- callbacks
@@ -306,10 +361,11 @@ def register(app: Dash, wctx: Any) -> None:
             raise AnnotationError("this dashboard has no store: annotations need one")
         return AnnotationStore(wctx.store)
 
-    def listing(key: SeriesKey, s: int, e: int) -> tuple[list[Annotation], list[dict], list[dict]]:
+    def listing(key: SeriesKey, s: int, e: int, candles: pd.DataFrame | None = None
+                ) -> tuple[list[Annotation], list[dict], list[dict]]:
         anns = [a for a in ann_store().list(key.symbol, key.timeframe) if a.exchange == key.exchange]
         shown = _in_window(anns, s, e)
-        rows = table_rows(_with_outcomes(ann_store(), shown))
+        rows = table_rows(_with_outcomes(wctx.store, shown, candles))
         opts = [{"label": f"{r['entry']} {r['dir']} {r['pnl_pct']}%", "value": r["id"]} for r in rows]
         return shown, rows, opts
 
@@ -352,23 +408,25 @@ def register(app: Dash, wctx: Any) -> None:
         if candles.empty:
             return (no_update, *minis, [], [], [], f"no {key.timeframe} candles stored between {start} and {end}",
                     no_update)
-        shown, rows, opts = listing(key, s, e)
+        shown, rows, opts = listing(key, s, e, candles)
         small = annotation_shapes(shown, editable=False)
         if ctx.triggered_id == "ann-version":  # an edit: redraw only the spans, keep the user's zoom
             spans = Patch()
             spans["layout"]["shapes"] = annotation_shapes(shown)
-            spans["layout"]["annotations"] = annotation_arrows(shown)
+            for k, tr in enumerate(marker_traces(shown)):
+                spans["data"][N_BASE_TRACES + k] = tr
             patches = []
             for _ in MINI:
                 mp = Patch()
-                mp["layout"]["shapes"] = [dict(x, y0=0, y1=1) for x in small]
+                mp["layout"]["shapes"] = small
                 patches.append(mp)
             return (spans, *patches, [a.id for a in shown], _table_children(rows), opts, no_update, no_update)
         fig = figures.candle_figure(candles, overlays=("sma21",), title=f"{key.symbol} {key.timeframe}",
                                     uirevision=f"ann:{series}:{start}:{end}",
                                     extra_shapes=annotation_shapes(shown))
+        fig["data"] += marker_traces(shown)
+        fig = lean(fig)
         fig["layout"]["xaxis"]["range"] = [s, e]
-        fig["layout"]["annotations"] = annotation_arrows(shown)
         fig["layout"]["hovermode"] = "x"
         fig["layout"]["dragmode"] = "pan"
         others = _other_frames(wctx.store, key, candles, s, e)
