@@ -39,7 +39,8 @@ DAYS = ("2023-03-14", "2023-03-20")
 N_ANN = 500
 MIN = 60_000
 DRAWN = ("() => { const g = document.querySelector('#ann-chart .js-plotly-plot'); return !!(g && g.data && g.data[0]"
-         " && g.data[0].x.length >= 10000 && g.layout.shapes && g.layout.shapes.length >= 500); }")
+         " && (g.data[0].x || g.data[0].y).length >= 10000"
+         " && g.data.slice(-3).reduce((n, t) => n + (t.x ? t.x.length : 0), 0) >= 6 * 500); }")  # 500 spans
 
 
 def ms(day: str) -> int:

@@ -38,6 +38,10 @@ from web import figures
 TIMEFRAMES = ("1m", "5m", "1h", "1d")
 COLORS = {"long": "rgba(38,166,154,0.18)", "short": "rgba(239,83,80,0.18)", "none": "rgba(158,158,158,0.18)"}
 EDGE = {"long": "#26a69a", "short": "#ef5350", "none": "#9e9e9e"}
+MAX_DRAWN_CANDLES = 3000  # beyond this the main chart draws a close line and a volume area (SVG candles and
+# bars cost seconds per 10,000 in the browser); clicks still snap to the stored candles
+MAX_EDITABLE_SPANS = 60  # more spans in view are drawn static (each draggable span costs the browser ~10 ms);
+# narrow the day range to drag them
 MINI_MIN_BARS = 30  # a smaller chart always shows at least this many of its bars
 MAX_UNDO = 50
 MINI = ("ann-mini-0", "ann-mini-1", "ann-mini-2")  # slots for the other three timeframes
@@ -89,6 +93,25 @@ def _short(a: np.ndarray) -> np.ndarray:
     return a if top == 0 else np.round(a, max(0, 6 - int(np.floor(np.log10(top)))))
 
 
+def span_traces(anns: list[Annotation], y0: float, y1: float) -> list[dict]:
+    """Static spans as three filled scatter traces (long, short, no-trade): one SVG path each, where
+    hundreds of layout shapes would cost the browser seconds."""
+    out = []
+    for d in ("long", "short", "none"):
+        xs: list[int | None] = []
+        ys: list[float | None] = []
+        for a in anns:
+            if a.direction != d:
+                continue
+            x1 = a.exit_ts + TIMEFRAME_MS[a.timeframe] // 2
+            xs += [a.entry_ts, a.entry_ts, x1, x1, a.entry_ts, None]
+            ys += [y0, y1, y1, y0, y0, None]
+        out.append({"type": "scatter", "mode": "lines", "x": xs, "y": ys, "fill": "toself", "fillcolor": COLORS[d],
+                    "line": {"width": 1, "color": EDGE[d]}, "hoverinfo": "skip", "showlegend": False,
+                    "name": f"{d} spans", "connectgaps": False})
+    return out
+
+
 def lean(fig: dict) -> dict:
     """The page's figure for the wire: hidden overlays emptied, long series as numpy arrays (serialised by
     orjson in one pass instead of plotly's per-value walk over Python lists), volume and overlay lines
@@ -98,6 +121,16 @@ def lean(fig: dict) -> dict:
             tr.update(x=[], y=[])
             continue
         x = tr.get("x")
+        if isinstance(x, list) and len(x) > MAX_DRAWN_CANDLES:
+            if tr.get("type") == "candlestick":
+                close = tr["close"]
+                for k in ("open", "high", "low", "close", "increasing", "decreasing"):
+                    tr.pop(k, None)
+                tr.update(type="scatter", mode="lines", y=close, line={"color": "#90caf9", "width": 1})
+            elif tr.get("type") == "bar":
+                tr.update(type="scatter", mode="lines", fill="tozeroy", line={"shape": "hv", "width": 0},
+                          fillcolor="rgba(120,144,156,0.5)")
+                tr.pop("marker", None)
         if not (isinstance(x, list) and len(x) > 100):
             continue
         xs = np.asarray(x, dtype=np.int64)
@@ -143,18 +176,19 @@ def table_rows(items: list[tuple[Annotation, Outcome | None]]) -> list[dict[str,
     return rows
 
 
-def mini_figure(candles: pd.DataFrame, tf: str, shapes: list[dict], x_range: list[int] | None) -> dict:
+def mini_figure(candles: pd.DataFrame, tf: str, spans: list[dict], x_range: list[int] | None) -> dict:
     x = candles["ts"].to_numpy(np.int64)
     fig: dict[str, Any] = {"data": [{"type": "candlestick", "x": x, "open": candles["open"].to_numpy(np.float64),
                      "high": candles["high"].to_numpy(np.float64), "low": candles["low"].to_numpy(np.float64),
                      "close": candles["close"].to_numpy(np.float64), "name": tf,
-                     "increasing": {"line": {"color": "#26a69a"}}, "decreasing": {"line": {"color": "#ef5350"}}}],
+                     "increasing": {"line": {"color": "#26a69a"}}, "decreasing": {"line": {"color": "#ef5350"}}},
+                    *spans],
            "layout": {"template": figures.PLOTLY_DARK, "height": 200, "margin": {"l": 45, "r": 10, "t": 24, "b": 20},
                       "title": {"text": tf, "font": {"size": 12}, "x": 0.01}, "showlegend": False,
                       "hovermode": "x", "uirevision": tf,
                       "xaxis": {"type": "date", "rangeslider": {"visible": False}, "showspikes": True,
                                 "spikemode": "across", "spikethickness": 1},
-                      "yaxis": {"fixedrange": False}, "shapes": shapes}}
+                      "yaxis": {"fixedrange": False}}}
     if x_range:
         fig["layout"]["xaxis"]["range"] = x_range
     return fig
@@ -409,23 +443,31 @@ def register(app: Dash, wctx: Any) -> None:
             return (no_update, *minis, [], [], [], f"no {key.timeframe} candles stored between {start} and {end}",
                     no_update)
         shown, rows, opts = listing(key, s, e, candles)
-        small = annotation_shapes(shown, editable=False)
+        editable = len(shown) <= MAX_EDITABLE_SPANS
+        y0, y1 = float(candles["low"].min()), float(candles["high"].max())
+        main_spans = span_traces([] if editable else shown, y0, y1)
         if ctx.triggered_id == "ann-version":  # an edit: redraw only the spans, keep the user's zoom
             spans = Patch()
-            spans["layout"]["shapes"] = annotation_shapes(shown)
-            for k, tr in enumerate(marker_traces(shown)):
+            spans["layout"]["shapes"] = annotation_shapes(shown) if editable else []
+            for k, tr in enumerate(marker_traces(shown) + main_spans):
                 spans["data"][N_BASE_TRACES + k] = tr
-            patches = []
-            for _ in MINI:
+            patches: list[Any] = []
+            others = _other_frames(wctx.store, key, candles, s, e)
+            for tf in [t for t in TIMEFRAMES if t != key.timeframe][: len(MINI)]:
+                o = others.get(tf)
+                if o is None:
+                    patches.append(no_update)
+                    continue
                 mp = Patch()
-                mp["layout"]["shapes"] = small
+                for k, tr in enumerate(span_traces(shown, float(o["low"].min()), float(o["high"].max()))):
+                    mp["data"][1 + k] = tr
                 patches.append(mp)
             return (spans, *patches, [a.id for a in shown], _table_children(rows), opts, no_update, no_update)
         fig = figures.candle_figure(candles, overlays=("sma21",), title=f"{key.symbol} {key.timeframe}",
                                     uirevision=f"ann:{series}:{start}:{end}",
-                                    extra_shapes=annotation_shapes(shown))
-        fig["data"] += marker_traces(shown)
+                                    extra_shapes=annotation_shapes(shown) if editable else [])
         fig = lean(fig)
+        fig["data"] += marker_traces(shown) + main_spans
         fig["layout"]["xaxis"]["range"] = [s, e]
         fig["layout"]["hovermode"] = "x"
         fig["layout"]["dragmode"] = "pan"
@@ -433,7 +475,9 @@ def register(app: Dash, wctx: Any) -> None:
         minis = []
         mini_tfs = [t for t in TIMEFRAMES if t != key.timeframe][: len(MINI)]
         for tf in mini_tfs:
-            minis.append(mini_figure(others[tf], tf, small, mini_range(s, e, tf)) if tf in others else
+            o = others.get(tf)
+            spans_tf = span_traces(shown, float(o["low"].min()), float(o["high"].max())) if o is not None else []
+            minis.append(mini_figure(others[tf], tf, spans_tf, mini_range(s, e, tf)) if tf in others else
                          {"data": [], "layout": {"template": figures.PLOTLY_DARK, "height": 200,
                                                  "title": {"text": f"{tf}: not stored", "font": {"size": 12}}}})
         minis += [no_update] * (len(MINI) - len(minis))
