@@ -43,6 +43,7 @@ from core.orchestrator import (
     GateRunner,
     Orchestrator,
     decide_codes,
+    decision_weights,
     explain,
 )
 from core.types import (
@@ -305,8 +306,11 @@ class Backtester:
         # gate, bar by bar (matured-only online updates), then the pure decision rule
         t_gate = time.perf_counter()
         runner = GateRunner(self.c.gate, spec.horizon, spec.dead_zone)
+        ood = np.stack([np.asarray(extras[e].get("ood", np.full(m, np.nan)), dtype=np.float64)
+                        for e in range(E)], axis=1)
         W, F = runner.run_many(sub.close.astype(np.float64), probs, np.asarray(sub.regime, dtype=np.float64),
-                               mask, lambda j, total: self.progress("gate", j, total))
+                               mask, lambda j, total: self.progress("gate", j, total), ood=ood)
+        clim_w = runner.climatology_weights
         confidence = np.einsum("ne,ne->n", W, conf)
         codes = decide_codes(F, confidence, spec.thresholds)
         codes[~mask.any(axis=1)] = HOLD
@@ -326,7 +330,7 @@ class Backtester:
             write_frames(self.store, *frames_from_arrays(
                 self.run_id, spec.symbol, names, sub.ts, actions, F, W, confidence, exp_ret,
                 (t.buy, t.sell, t.min_confidence), target, reasons, probs, conf, er, mask, versions, horizons,
-                extras))
+                extras, clim_w))
         decisions: list[Decision] = []
         if self.keep_decisions:
             sym = spec.symbol
@@ -341,7 +345,7 @@ class Backtester:
                 decisions.append(Decision(
                     id=f"{self.run_id}:{ts}", ts=ts, symbol=sym, action=CODE_TO_ACTION[int(codes[j])],
                     probs=(float(F[j, 0]), float(F[j, 1]), float(F[j, 2])), expected_return=float(exp_ret[j]),
-                    weights={n: float(W[j, e]) for e, n in enumerate(names) if mask[j, e]},
+                    weights=decision_weights(names, W[j], mask[j], float(clim_w[j]) if len(clim_w) else 0.0),
                     thresholds=spec.thresholds, target_position=float(target[j]), reason=reasons[j],
                     outputs=outs))
         stats["decisions_s"] = time.perf_counter() - t_dec
