@@ -102,8 +102,12 @@ class FusionStep:
     """What the robust layer did on one bar (the dashboard and audit read it)."""
 
     member_weights: np.ndarray  # [M] final mixture weights over (experts..., gate, recal, climatology)
-    climatology: np.ndarray  # [3] the base rate used
+    members: np.ndarray  # [M, 3] the members' probabilities
     fused: np.ndarray  # [3] final probabilities
+
+    @property
+    def climatology(self) -> np.ndarray:
+        return self.members[-1]
 
 
 class RobustFusion:
@@ -160,7 +164,7 @@ class RobustFusion:
         """This bar's fused output without learning anything (previews)."""
         P, avail = self._members(probs, mask, gate_fused)
         wa, q = self._mix(self._w[self._j % self.h], P, avail)
-        return FusionStep(wa, P[self.E + 2].copy(), q)
+        return FusionStep(wa, P, q)
 
     def step(self, realised: int | None, probs: np.ndarray, mask: np.ndarray, gate_fused: np.ndarray
              ) -> FusionStep:
@@ -170,7 +174,7 @@ class RobustFusion:
         wa, q = self._mix(self._w[self._j % self.h], P, avail)
         self._pending.append((P, avail, np.asarray(gate_fused, dtype=np.float64).copy()))
         self._j += 1
-        return FusionStep(wa, P[self.E + 2].copy(), q)
+        return FusionStep(wa, P, q)
 
     def expert_weights(self, member_w: np.ndarray, gate_w: np.ndarray) -> tuple[np.ndarray, float]:
         """Effective weight of each expert (its own member weight + its share of the gate members)
