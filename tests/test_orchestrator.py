@@ -287,6 +287,20 @@ def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path)
         assert len(snap.positions) == 1 and snap.positions[0].amount > 0
         assert len(snap.equity) == 150 and "drawdown" in snap.equity
         assert set(snap.inference_latency_ms) >= {"cnn", "dqn", "total"}
+        # the Live page's threshold preview counts what `decide` does over the cached decisions
+        from core.audit import decision_confidence
+        from web.api import experts_json
+        from web.pages.live import live_threshold_preview
+        prev = live_threshold_preview(snap)
+        assert prev is not None and prev["n_bars"] == n_dec
+        for i, b in enumerate(prev["buy"][::6]):
+            for j, sl in enumerate(prev["sell"][::6]):
+                t = Thresholds(buy=b, sell=sl, min_confidence=snap.thresholds.min_confidence)
+                acts = [decide(d.probs, t, decision_confidence(d)) for d in snap.recent_decisions]
+                assert prev["n_buy"][6 * i][6 * j] == sum(a is Action.BUY for a in acts)
+                assert prev["n_sell"][6 * i][6 * j] == sum(a is Action.SELL for a in acts)
+        rows = {r["name"]: r for r in experts_json(snap)}
+        assert rows["cnn"]["ood"] is None  # untrained: no training statistics, no OOD score
         eng.set_expert_enabled("dqn", False)
         eng.wait_idle(10)
         assert eng.snapshot().experts["dqn"].enabled is False

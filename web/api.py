@@ -255,6 +255,7 @@ def experts_json(snap: EngineSnapshot) -> list[dict[str, Any]]:
             "trained": st.trained, "input_kind": st.input_kind, "last_error": st.last_error,
             "trainable": st.trainable and snap.training_enabled,
             "gate_weight": _f(snap.gate_weights.get(name)),
+            "ood": _f(o.extras.get("ood")) if o is not None else None,
             "recent_accuracy": _f(live.accuracy) if live is not None else None,
             "live_metrics": metrics_json(live), "stored_metrics": metrics_json(snap.stored_metrics.get(name)),
             "latest": output_json(o) if o is not None else None,
@@ -391,7 +392,8 @@ def build_blueprint(engine: Any) -> Blueprint:
 
     @bp.get("/experts")
     def experts() -> Response:
-        return jsonify(experts=experts_json(engine.snapshot()))
+        snap = engine.snapshot()
+        return jsonify(experts=experts_json(snap), climatology_weight=_f(snap.gate_weights.get("climatology")))
 
     @bp.patch("/experts/<name>")
     def patch_expert(name: str) -> Response:

@@ -9,12 +9,15 @@ decision, not in the hit rate). Nothing is re-predicted, so a slider preview is 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from core.audit import decision_confidence
 from core.orchestrator import BUY, SELL, decide_codes
-from core.types import Thresholds
+from core.types import Decision, Thresholds
 
 DEFAULT_GRID = np.round(np.arange(0.34, 0.801, 0.02), 2)
 
@@ -80,3 +83,28 @@ def threshold_preview(fused: np.ndarray, confidence: np.ndarray, fwd_return: np.
             bh[i, j], sh[i, j] = (isb & up).sum(), (iss & down).sum()
             mat[i, j] = ((isb | iss) & known).sum()
     return ThresholdPreview(bg, sg, nb, ns, bh, sh, mat, len(f))
+
+
+def preview_json(p: ThresholdPreview) -> dict[str, Any]:
+    """The preview as plain lists (report JSON, the web figure); hit_rate None where undefined."""
+    hr = p.hit_rate
+    return {"buy": p.buy.tolist(), "sell": p.sell.tolist(), "n_buy": p.n_buy.tolist(), "n_sell": p.n_sell.tolist(),
+            "matured": p.matured.tolist(),
+            "hit_rate": [[None if not np.isfinite(v) else float(v) for v in row] for row in hr],
+            "n_bars": p.n_bars}
+
+
+def preview_from_decisions(decisions: Sequence[Decision], close_by_ts: Mapping[int, float], horizon: int,
+                           step_ms: int, min_confidence: float, buy_grid: np.ndarray | None = None,
+                           sell_grid: np.ndarray | None = None) -> ThresholdPreview:
+    """The preview over cached live decisions (their fused probs and gate confidence): the forward
+    return of each is read from the close ``horizon`` bars (``step_ms`` apart) later, NaN until then."""
+    n = len(decisions)
+    fused = np.array([d.probs for d in decisions], dtype=np.float64).reshape(n, 3)
+    conf = np.array([decision_confidence(d) for d in decisions], dtype=np.float64)
+    fwd = np.full(n, np.nan)
+    for i, d in enumerate(decisions):
+        c0, c1 = close_by_ts.get(int(d.ts)), close_by_ts.get(int(d.ts) + horizon * step_ms)
+        if c0 and c1:
+            fwd[i] = np.log(c1 / c0)
+    return threshold_preview(fused, conf, fwd, buy_grid, sell_grid, min_confidence)
