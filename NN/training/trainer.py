@@ -412,8 +412,11 @@ def run_evaluation(store: MarketStore, key: SeriesKey, models: ModelsConfig, app
     registry = CheckpointRegistry(store, models_dir)
     candles = load_candles(store, key, start_ms, end_ms)
     prep = prepare(candles, key, models, app)
-    experts = load_experts(models, prep.batch.spec, registry, names, keep_untrained=False,
-                           candle_experts=False).experts
+    loaded = load_experts(models, prep.batch.spec, registry, names, keep_untrained=False, candle_experts=False)
+    experts = loaded.experts
+    if not experts and loaded.errors:  # checkpoints exist but do not fit this series' features
+        name, err = next(iter(loaded.errors.items()))
+        raise ValueError(f"no checkpoint fits {key.symbol} {key.timeframe}: {name}: {err.split(': ', 1)[-1]}")
     if not experts:
         raise ValueError("no trained experts found in the checkpoint registry: run `train` first")
     gate = None
