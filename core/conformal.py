@@ -16,7 +16,9 @@ late; each is scored with the factor that was in force when its forecast was mad
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -81,3 +83,56 @@ def conformal_bands(median: np.ndarray, lower: np.ndarray, upper: np.ndarray, re
         used[i] = aci.factor()
         lo[i], hi[i] = aci.band(median[i], lower[i], upper[i], used[i])
     return lo, hi, cov
+
+
+BAND_KEYS = ("q10", "q25", "q75", "q90")  # scaled around q50; q10/q90 define the nominal 80% band
+
+
+def scale_bands(extras: dict[str, Any], s: float, coverage: float) -> dict[str, Any]:
+    """A candle expert's extras with its quantile bands (log returns at its horizon) widened/narrowed by
+    ``s`` around q50; the raw ones are kept as ``<q>_raw``, the factor as ``aci_factor``."""
+    out = dict(extras)
+    m = float(extras["q50"])
+    for k in BAND_KEYS:
+        if k in extras:
+            v = float(extras[k])
+            out[f"{k}_raw"] = v
+            out[k] = m + s * (v - m)
+    out["aci_factor"] = float(s)
+    out["aci_coverage"] = float(coverage)
+    return out
+
+
+class BandTracker:
+    """ACI over one forecaster's successive band forecasts (Kronos: log-return quantiles q10/q50/q90
+    ``horizon`` bars ahead). ``adjust`` is called with each new forecast and the closed bars known at
+    that moment: forecasts whose horizon has passed in those bars are scored first, then the new one
+    gets the current factor. The live orchestrator and the fast backtest both go through it (same
+    forecasts, same bars: same bands)."""
+
+    def __init__(self, horizon: int, coverage: float = 0.8, gamma: float = 0.02, window: int = 500) -> None:
+        self.h = int(horizon)
+        self.aci = AdaptiveConformal(coverage, gamma, window)
+        self.coverage = float(coverage)
+        self._pending: deque[tuple[int, float, float, float, float]] = deque()  # ts, q10, q50, q90, s
+
+    def _mature(self, ts: np.ndarray, close: np.ndarray) -> None:
+        while self._pending:
+            t, lo, m, hi, s = self._pending[0]
+            i = int(np.searchsorted(ts, t))
+            if i < len(ts) and ts[i] == t and i + self.h >= len(ts):
+                return  # not matured yet (forecasts are in time order: neither are the later ones)
+            self._pending.popleft()
+            if i < len(ts) and ts[i] == t:
+                self.aci.observe(m, lo, hi, math.log(float(close[i + self.h]) / float(close[i])), s)
+
+    def adjust(self, fts: int, extras: dict[str, Any], ts: np.ndarray, close: np.ndarray) -> dict[str, Any]:
+        """extras of the forecast made at bar ``fts`` -> extras with ACI-scaled bands (unchanged when the
+        forecast has no finite q10/q50/q90)."""
+        self._mature(ts, close)
+        q = [float(extras.get(k, np.nan)) for k in ("q10", "q50", "q90")]
+        if not all(np.isfinite(q)):
+            return dict(extras)
+        s = self.aci.factor()
+        self._pending.append((int(fts), q[0], q[1], q[2], s))
+        return scale_bands(extras, s, self.coverage)

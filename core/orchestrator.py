@@ -12,6 +12,7 @@ live on their own worker thread (the freshest finished forecast is used), in bac
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -27,6 +28,7 @@ import pandas as pd
 
 from core.audit import AuditWriter
 from core.config import RobustConfig
+from core.conformal import BandTracker
 from core.fusion import FusionStep, RobustFusion, ood_discount
 from core.labels import realised_class
 from core.types import (
@@ -334,6 +336,8 @@ class Orchestrator:
         self._errors: deque[tuple[int, str, str]] = deque(maxlen=keep_errors)
         self._slow_latest: dict[str, ExpertOutput] = {}
         self._workers: dict[str, KronosWorker] = {}
+        self._band_trackers: dict[str, BandTracker] = {}  # ACI of each candle expert's bands
+        self._bands_out: dict[str, tuple[ExpertOutput, ExpertOutput]] = {}  # (raw, adjusted) last forecast
         self._position = 0.0  # target fraction currently held (HOLD keeps it)
         self._count = 0
         self._snap = OrchestratorSnapshot(None, {}, {}, {}, thresholds, dict(self._enabled),
@@ -408,6 +412,7 @@ class Orchestrator:
             if ex.input_kind == "candles":
                 out = self._slow(name, ex, batch, base, ts) if slow else self._slow_output(name)
                 if out is not None:
+                    out = self._conformal(name, out, base)
                     outputs[name] = out
                     latency[name] = out.latency_ms
                 continue
@@ -421,6 +426,20 @@ class Orchestrator:
             except Exception as exc:  # skipped for this bar and reported; decisions go on
                 self._error(f"expert:{name}", exc)
         return outputs, latency
+
+    def _conformal(self, name: str, out: ExpertOutput, base: pd.DataFrame) -> ExpertOutput:
+        """A candle expert's forecast with its bands through adaptive conformal inference
+        (core/conformal.BandTracker), once per new forecast; later bars reuse the adjusted one."""
+        seen = self._bands_out.get(name)
+        if seen is not None and seen[0] is out:
+            return seen[1]
+        tracker = self._band_trackers.get(name)
+        if tracker is None:
+            tracker = self._band_trackers[name] = BandTracker(out.horizon)
+        adj = dataclasses.replace(out, extras=tracker.adjust(
+            out.ts, out.extras, base["ts"].to_numpy(np.int64), base["close"].to_numpy(np.float64)))
+        self._bands_out[name] = (out, adj)
+        return adj
 
     def _slow_output(self, name: str) -> ExpertOutput | None:
         w = self._workers.get(name)

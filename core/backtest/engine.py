@@ -31,6 +31,7 @@ import pandas as pd
 from core.audit import frames_from_arrays, write_frames
 from core.backtest.forecast_cache import ForecastCache
 from core.config import AppConfig, ExecutionConfig, FeaturesConfig, ModelsConfig, RiskConfig
+from core.conformal import BandTracker
 from core.data.store import MarketStore
 from core.execution import kernel as K
 from core.labels import dead_zone
@@ -391,7 +392,8 @@ class Backtester:
         conf[have, e] = out.confidence[last[have]]
         er[have, e] = out.expected_return[last[have]]
         mask[:, e] = have
-        for k, v in out.extras.items():
+        ex_out = _conformal_extras(out.extras, due, sub, ex.horizon)
+        for k, v in ex_out.items():
             arr = np.asarray(v)
             full = np.zeros((len(sub), *arr.shape[1:]), dtype=arr.dtype)
             full[have] = arr[last[have]]
@@ -515,3 +517,21 @@ def _item(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
     return v
+
+
+def _conformal_extras(extras: dict[str, np.ndarray], due: np.ndarray, sub: FeatureBatch, horizon: int
+                      ) -> dict[str, np.ndarray]:
+    """The candle expert's forecasts (made at rows ``due``) with ACI-scaled bands, walked through the
+    same BandTracker as the orchestrator, with the bars known at each forecast (fast == event)."""
+    if "q50" not in extras or not len(due):
+        return extras
+    tracker = BandTracker(horizon)
+    ts = np.asarray(sub.ts, dtype=np.int64)
+    close = np.asarray(sub.close, dtype=np.float64)
+    rows = [tracker.adjust(int(ts[j]), {k: _item(v[i]) for k, v in extras.items()}, ts[: j + 1], close[: j + 1])
+            for i, j in enumerate(due)]
+    out = dict(extras)
+    for k in set().union(*rows):
+        if k not in extras or k.startswith(("q1", "q2", "q7", "q9", "aci_")):
+            out[k] = np.array([r.get(k, np.nan) for r in rows], dtype=np.float64)
+    return out

@@ -45,6 +45,19 @@ class ThresholdPreview:
         return self.n_buy + self.n_sell
 
 
+def grid_for(fused: np.ndarray, n: int = 24) -> np.ndarray:
+    """Thresholds worth previewing for these probabilities: from the median of min(P(up), P(down)) to
+    just above the 99.5% quantile of max(P(up), P(down)), ``n`` steps (DEFAULT_GRID without data). A
+    fixed 0.34-0.80 grid shows nothing for a market whose fused output never leaves the base rate."""
+    f = np.asarray(fused, dtype=np.float64)
+    if f.ndim != 2 or len(f) == 0 or not np.isfinite(f).all():
+        return DEFAULT_GRID
+    side = f[:, [0, 2]]
+    lo = np.floor(float(np.median(side.min(axis=1))) * 100) / 100
+    hi = np.ceil(float(np.quantile(side.max(axis=1), 0.995)) * 100) / 100 + 0.01
+    return np.round(np.linspace(lo, max(hi, lo + 0.05), n), 3)
+
+
 def forward_log_returns(close: np.ndarray, horizon: int) -> np.ndarray:
     """[N] log(close[i + h] / close[i]); NaN where bar i + h is not there yet."""
     c = np.asarray(close, dtype=np.float64)
@@ -61,7 +74,7 @@ def threshold_preview(fused: np.ndarray, confidence: np.ndarray, fwd_return: np.
                       buy_grid: np.ndarray | None = None, sell_grid: np.ndarray | None = None,
                       min_confidence: float = 0.0) -> ThresholdPreview:
     """fused [N, 3] (down, flat, up), confidence [N], fwd_return [N] (NaN = not matured) -> the preview
-    over buy_grid x sell_grid at ``min_confidence``."""
+    over buy_grid x sell_grid (default: ``grid_for(fused)``) at ``min_confidence``."""
     f = np.asarray(fused, dtype=np.float64)
     c = np.asarray(confidence, dtype=np.float64)
     r = np.asarray(fwd_return, dtype=np.float64)
@@ -69,8 +82,8 @@ def threshold_preview(fused: np.ndarray, confidence: np.ndarray, fwd_return: np.
         raise ValueError(f"threshold preview: fused must be [N, 3], got {f.shape}")
     if c.shape != (len(f),) or r.shape != (len(f),):
         raise ValueError(f"threshold preview: confidence {c.shape} and returns {r.shape} must be [{len(f)}]")
-    bg = DEFAULT_GRID if buy_grid is None else np.asarray(buy_grid, dtype=np.float64)
-    sg = DEFAULT_GRID if sell_grid is None else np.asarray(sell_grid, dtype=np.float64)
+    bg = grid_for(f) if buy_grid is None else np.asarray(buy_grid, dtype=np.float64)
+    sg = grid_for(f) if sell_grid is None else np.asarray(sell_grid, dtype=np.float64)
     shape = (len(bg), len(sg))
     nb, ns, bh, sh, mat = (np.zeros(shape, dtype=np.int64) for _ in range(5))
     known = np.isfinite(r)
