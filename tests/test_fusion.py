@@ -21,7 +21,7 @@ import torch
 import yaml
 
 import main_backtest
-from core.backtest.thresholds import forward_log_returns, threshold_preview
+from core.backtest.thresholds import forward_log_returns, preview_json, threshold_preview
 from core.config import load_config, load_models
 from core.conformal import conformal_bands
 from core.data.files import load_file
@@ -33,6 +33,7 @@ from core.types import SeriesKey, Thresholds
 from NN.assembly import load_experts, load_gate
 from NN.training.checkpoints import CheckpointRegistry
 from NN.training.trainer import load_candles, prepare, run_evaluation
+from web.figures import threshold_heatmap
 
 torch.set_num_threads(1)
 
@@ -209,6 +210,15 @@ def test_threshold_preview_counts_equal_a_direct_count(trained: dict[str, Any]) 
             assert prev.buy_hits[i, j] + prev.sell_hits[i, j] == hits and prev.matured[i, j] == matured
     with pytest.raises(ValueError, match="fused must be"):
         threshold_preview(F[:, :2], conf, fwd)
+    # the default grid follows the data (the base rate keeps fused P(up) far below 0.6 here) and the
+    # heatmap draws exactly the preview's numbers
+    auto = threshold_preview(F, conf, fwd)
+    assert auto.buy[0] <= np.median(np.minimum(F[:, 0], F[:, 2])) + 0.01 and auto.decisions.max() > 0
+    fig = threshold_heatmap(preview_json(auto), 0.6, 0.6)
+    hm = fig.data[0]
+    assert hm.type == "heatmap" and np.asarray(hm.z).shape == auto.n_buy.shape
+    np.testing.assert_allclose(np.asarray(hm.z, dtype=float), auto.hit_rate, equal_nan=True)
+    assert hm.text[0][0] == f"{auto.n_buy[0, 0]}/{auto.n_sell[0, 0]}"
 
 
 def test_evaluate_markets_cli_reports_each_market(trained: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
