@@ -137,5 +137,5 @@ def test_backtest_page_runs_a_backtest_and_plots_its_report(served, page, output
     # the report's threshold preview heatmap (core/backtest/thresholds.py), its counts in the cells
     page.wait_for_function("() => { const g = document.querySelector('#bt-threshold-graph .js-plotly-plot'); "
                            "return g && g.data && g.data.length > 0 && g.data[0].type === 'heatmap' "
-                           "&& g.data[0].y.length === 24; }", timeout=20_000)
+                           "&& g.data[0].y.length === 12; }", timeout=20_000)
     page.screenshot(path=str(output_dir / "dashboard_backtest.png"), full_page=True)

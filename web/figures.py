@@ -356,7 +356,8 @@ def threshold_heatmap(preview: Mapping[str, Any] | None, buy: float | None = Non
     text = [[f"{b}/{s}" for b, s in zip(rb, rs, strict=True)] for rb, rs in zip(nb.tolist(), ns.tolist(), strict=True)]
     fig.add_trace(go.Heatmap(
         x=preview["sell"], y=preview["buy"], z=hr, zmin=0.3, zmax=0.7, colorscale="RdYlGn",
-        colorbar={"title": "hit rate"}, text=text, texttemplate="%{text}", textfont={"size": 7},
+        colorbar={"title": "hit rate"}, text=text, textfont={"size": 8},
+        texttemplate="%{text}" if len(nb) <= 12 else None,  # counts readable in the cells up to 12 x 12
         customdata=np.dstack([nb, ns]),
         hovertemplate="buy %{y:.2f} sell %{x:.2f}<br>BUY %{customdata[0]} SELL %{customdata[1]}"
                       "<br>hit rate %{z:.2f}<extra></extra>"))

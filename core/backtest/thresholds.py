@@ -45,7 +45,7 @@ class ThresholdPreview:
         return self.n_buy + self.n_sell
 
 
-def grid_for(fused: np.ndarray, n: int = 24) -> np.ndarray:
+def grid_for(fused: np.ndarray, n: int = 12) -> np.ndarray:
     """Thresholds worth previewing for these probabilities: from the median of min(P(up), P(down)) to
     just above the 99.5% quantile of max(P(up), P(down)), ``n`` steps (DEFAULT_GRID without data). A
     fixed 0.34-0.80 grid shows nothing for a market whose fused output never leaves the base rate."""
