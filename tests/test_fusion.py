@@ -72,9 +72,19 @@ def trained(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
             "models": load_models(models_yml), "app": load_config()}
 
 
+_WALKS: dict[tuple[str, bool, str], dict[str, Any]] = {}
+
+
 def _walk(trained: dict[str, Any], key: SeriesKey, whole: bool = False) -> dict[str, Any]:
     """The experts, gate and robust layer walked over ``key``'s 4 days (``whole``: its whole file),
-    bar by bar as live."""
+    bar by bar as live (computed once per module run; read-only for the tests)."""
+    k = (key.symbol, whole, str(trained["tmp"]))
+    if k not in _WALKS:
+        _WALKS[k] = _walk_once(trained, key, whole)
+    return _WALKS[k]
+
+
+def _walk_once(trained: dict[str, Any], key: SeriesKey, whole: bool) -> dict[str, Any]:
     models, app = trained["models"], trained["app"]
     with MarketStore(trained["db"], read_only=True) as store:
         reg = CheckpointRegistry(store, trained["tmp"] / "models")
@@ -245,3 +255,39 @@ def test_rolling_climatology_counts_the_window() -> None:
     for y in (0, 0, 2, 2, 2, 1):
         c.observe(y)
     assert c.n == 4 and c.probs().tolist() == pytest.approx([1 / 7, 2 / 7, 4 / 7])
+
+
+@pytest.mark.parametrize("adapt", [True, False])
+def test_run_many_equals_bar_by_bar_steps(trained: dict[str, Any], adapt: bool) -> None:
+    """The fast backtest's batched walk and the live per-bar step give the same weights and fused
+    output, with the robust layer and OOD discounts on some bars, for an adapting and a fixed gate."""
+    w = _walk(trained, USD)
+    prep, probs = w["prep"], w["probs"][:1500]
+    b = prep.batch.take(slice(0, 1500))
+    models = trained["models"]
+    models = models.model_copy(update={"moe": models.moe.model_copy(update={"adapt_trained": adapt})})
+    ood = w["ood"][:1500].copy()
+    ood[::7, 0] = 8.0  # every 7th bar the first expert is far out of its training distribution
+    E = probs.shape[1]
+    enabled = np.ones((len(b), E), dtype=bool)
+    enabled[200:260, 1] = False  # an expert switched off for a while
+
+    def runner() -> GateRunner:
+        with MarketStore(trained["db"], read_only=True) as store:
+            gate, why = load_gate(models, list(w["experts"]), len(b.spec.regime_features),
+                                  CheckpointRegistry(store, trained["tmp"] / "models"))
+        assert why is None and gate.adapts == adapt
+        return GateRunner(gate, 5, prep.dead_zone)
+
+    r1, r2 = runner(), runner()
+    W1, F1 = r1.run_many(b.close.astype(np.float64), probs, b.regime.astype(np.float64), enabled, ood=ood)
+    W2, F2 = np.zeros_like(W1), np.zeros_like(F1)
+    cw = np.zeros(len(b))
+    for j in range(len(b)):
+        W2[j], F2[j] = r2.step(float(b.close[j]), probs[j], b.regime[j].astype(np.float64), enabled[j], ood[j])
+        cw[j] = r2.climatology_weight
+    np.testing.assert_allclose(W1, W2, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(F1, F2, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(r1.climatology_weights, cw, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(W1.sum(axis=1) + cw, 1.0, atol=1e-9)
+    assert (W1[200:260, 1] == 0).all()
