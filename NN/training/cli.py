@@ -215,7 +215,8 @@ def _evaluate_markets(args: argparse.Namespace, app: Any, models: Any, store: An
                       f"{r['best_expert']} {r['best_expert_log_loss']:.4f}", f"{r['fused_ece']:.4f}",
                       f"{r['climatology_weight']:.2f}", f"{r['fused_minus_climatology']:+.4f}")
     console = Console()
-    console.print(table)
+    if ok:
+        console.print(table)
     for line in lines:
         console.print(line)
     console.print(f"report: {out}")

@@ -415,8 +415,8 @@ def run_evaluation(store: MarketStore, key: SeriesKey, models: ModelsConfig, app
     loaded = load_experts(models, prep.batch.spec, registry, names, keep_untrained=False, candle_experts=False)
     experts = loaded.experts
     if not experts and loaded.errors:  # checkpoints exist but do not fit this series' features
-        name, err = next(iter(loaded.errors.items()))
-        raise ValueError(f"no checkpoint fits {key.symbol} {key.timeframe}: {name}: {err.split(': ', 1)[-1]}")
+        err = next(iter(loaded.errors.values()))  # "Type: <expert>: why"
+        raise ValueError(f"no checkpoint fits {key.symbol} {key.timeframe}: {err.split(': ', 1)[-1]}")
     if not experts:
         raise ValueError("no trained experts found in the checkpoint registry: run `train` first")
     gate = None
