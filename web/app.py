@@ -19,6 +19,7 @@ from core.backtest.engine import ComponentsFactory
 from core.config import AppConfig, ModelsConfig, Secrets
 from core.types import CheckpointCatalog
 from web import api, auth, figures
+from web.control_audit import ControlAudit
 from web.pages import backtest, live, models
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -56,6 +57,7 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
     host = host or cfg.dashboard.host
     secrets = secrets or Secrets.from_env()
     auth.check_bind(host, secrets.dashboard_token)
+    token = secrets.dashboard_token or auth.new_token()  # a credential always (printed by main_dashboard)
     if store is None:
         store = getattr(engine, "store", None)
     models_cfg = models_cfg or getattr(engine, "models", None)
@@ -64,14 +66,23 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
 
     app = Dash(__name__, assets_folder=str(ASSETS), suppress_callback_exceptions=True,
                title="MoE Trader", update_title="", serve_locally=True)
-    auth.install_auth(app.server, auth.AuthPolicy(token=secrets.dashboard_token,
-                                                  loopback=auth.is_loopback(host)))
-    api.install_api(app.server, engine)
+    dcfg = cfg.dashboard
+    policy = auth.AuthPolicy(token=token, allowed_hosts=auth.host_allow_list(host, dcfg.allowed_hosts),
+                             sessions=auth.SessionStore(dcfg.session_hours * 3600),
+                             limiter=auth.LoginLimiter(dcfg.login_attempts_per_min),
+                             generated=secrets.dashboard_token is None)
+    auth.install_auth(app.server, policy)
+    ctx.extra["control_audit"] = control = ControlAudit(store)
+    api.install_api(app.server, engine, dcfg.threshold_floor, control)
 
     nav = dbc.NavbarSimple(
         brand="MoE Trader", color="dark", dark=True, fluid=True, className="mb-2",
-        children=[dbc.NavItem(dbc.NavLink(title, href=path, id=f"nav-{mod.__name__.rsplit('.', 1)[-1]}"))
-                  for path, (title, mod) in PAGES.items()],
+        children=[*(dbc.NavItem(dbc.NavLink(title, href=path, id=f"nav-{mod.__name__.rsplit('.', 1)[-1]}"))
+                    for path, (title, mod) in PAGES.items()),
+                  # a plain form POST: the server drops the session and clears the cookie
+                  dbc.NavItem(html.Form(html.Button("Log out", id="logout", type="submit",
+                                                    className="btn btn-sm btn-outline-light ms-3 mt-1"),
+                                        action=auth.LOGOUT_PATH, method="post"))],
     )
     app.layout = html.Div([dcc.Location(id="url"), nav, dbc.Container(id="page", fluid=True)])
 
@@ -84,6 +95,7 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
 
     for _, mod in PAGES.values():
         mod.register(app, ctx)
+    policy.csp = auth.default_csp(app.csp_hashes())  # Dash's inline bootstrap script, by hash
     _warm_up(engine)
     app.server.config["moe_ctx"] = ctx
     return app
