@@ -126,9 +126,13 @@ def serve(app: Any) -> tuple[Any, str]:
     return srv, f"http://127.0.0.1:{srv.server_port}"
 
 
-def browser_context(browser: Any, app: Any, base_url: str, **kwargs: Any) -> Any:
-    """A Playwright browser context already logged in (a fresh session cookie for ``base_url``)."""
-    ctx = browser.new_context(**kwargs)
+def browser_context(browser: Any, app: Any, base_url: str, *, bypass_csp: bool = True, **kwargs: Any) -> Any:
+    """A Playwright browser context already logged in (a fresh session cookie for ``base_url``).
+
+    ``bypass_csp``: the UI tests read the page with JavaScript strings (``wait_for_function``), which the
+    dashboard's CSP (no 'unsafe-eval') rightly blocks; tests/test_security_attacks.py opens the pages
+    with the CSP enforced."""
+    ctx = browser.new_context(bypass_csp=bypass_csp, **kwargs)
     sid, _ = auth_policy(app).sessions.new()
     from web.auth import COOKIE
 
