@@ -8,6 +8,7 @@ from the URL, which keeps several apps in one process (tests) independent of Das
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,61 @@ def _warm_up(engine: Any) -> None:
     df = snap.candles.get(snap.timeframe) if snap.timeframe else None
     if df is not None and len(df):
         figures.indicator_columns(df.iloc[-50:])
+
+
+DASH_CALLBACK = "/_dash-update-component"
+
+
+def callback_problem(body: Any, known_outputs: Any) -> str | None:
+    """Why a Dash callback request is malformed (the browser's own requests never are), or None."""
+    if not isinstance(body, dict):
+        return "callback body must be a JSON object"
+    if not isinstance(body.get("output"), str) or body["output"] not in known_outputs:
+        return "unknown callback output"
+    for key in ("inputs", "state", "changedPropIds"):
+        if key in body and not isinstance(body[key], list):
+            return f"callback {key} must be a list"
+    if not isinstance(body.get("inputs"), list):
+        return "callback inputs missing"
+    for item in [*body["inputs"], *body.get("state", [])]:
+        entries = item if isinstance(item, list) else [item]  # pattern-matching ids send lists
+        if not all(isinstance(e, dict) and "id" in e and isinstance(e.get("property"), str) for e in entries):
+            return "callback inputs/state must be {id, property, value} objects"
+    return None
+
+
+def _guard_callbacks(app: Dash) -> None:
+    """Malformed callback requests answer 422 before Dash sees them; an exception a callback raises on
+    client-sent values answers 422 too (logged with its traceback), never a 500."""
+    from flask import g, jsonify, request
+
+    log = logging.getLogger("web.callbacks")
+
+    @app.server.before_request
+    def _shape() -> Any:
+        if request.path != DASH_CALLBACK or request.method != "POST" or not getattr(g, "moe_who", None) \
+                or g.moe_who == "anonymous":
+            return None  # unauthenticated requests were answered by the auth guard
+        try:
+            body = api.loads_strict(request.get_data(cache=True))
+        except api.ApiError as exc:
+            return jsonify(error="bad_request", message=exc.message), exc.status
+        problem = callback_problem(body, app.callback_map)
+        if problem:
+            return jsonify(error="unprocessable", message=problem), 422
+        return None
+
+    endpoint = next(r.endpoint for r in app.server.url_map.iter_rules() if r.rule.endswith(DASH_CALLBACK))
+    view = app.server.view_functions[endpoint]
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+            log.warning("a callback rejected client-sent values: %s: %s", type(exc).__name__, exc, exc_info=True)
+            return jsonify(error="unprocessable", message=f"callback input rejected ({type(exc).__name__})"), 422
+
+    app.server.view_functions[endpoint] = guarded
 
 
 def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsConfig | None = None,
@@ -95,6 +151,7 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
 
     for _, mod in PAGES.values():
         mod.register(app, ctx)
+    _guard_callbacks(app)
     policy.csp = auth.default_csp(app.csp_hashes())  # Dash's inline bootstrap script, by hash
     _warm_up(engine)
     app.server.config["moe_ctx"] = ctx
