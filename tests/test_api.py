@@ -368,3 +368,33 @@ def test_expert_training_and_rollback_endpoints(client, engine) -> None:
     assert r.status_code == 409 and "disabled" in r.get_json()["message"]
     assert client.post("/api/experts/nope/rollback", json={}).status_code == 404
     assert client.get("/api/experts").get_json()["experts"][0]["can_rollback"] is False
+
+
+def _thr_callback(c, buy: float, sell: float, force: bool) -> str:
+    body = {"output": "thr-msg.children", "outputs": {"id": "thr-msg", "property": "children"},
+            "inputs": [{"id": "thr-buy", "property": "value", "value": buy},
+                       {"id": "thr-sell", "property": "value", "value": sell},
+                       {"id": "thr-minconf", "property": "value", "value": 0.0}],
+            "state": [{"id": "thr-force", "property": "value", "value": force}],
+            "changedPropIds": ["thr-buy.value"]}
+    r = c.post("/_dash-update-component", json=body)
+    assert r.status_code == 200, r.get_data(as_text=True)[:300]
+    return json.dumps(r.get_json()["response"]["thr-msg"]["children"])
+
+
+def test_ui_threshold_sanity_and_audit_through_the_dash_callback(engine, cfg) -> None:
+    app = create_app(engine, cfg, host="127.0.0.1", secrets=Secrets())
+    c = ui_client(app)  # a logged-in browser: session cookie + own Origin
+    before = engine.snapshot().thresholds
+    assert "not applied" in _thr_callback(c, 0.2, 0.9, False)
+    assert engine.snapshot().thresholds == before
+    assert "sent: buy 0.45" in _thr_callback(c, 0.45, 0.7, True)
+    wait_for(lambda: engine.snapshot().thresholds.buy == pytest.approx(0.45), 20, "forced UI thresholds")
+    last = app.server.config["moe_ctx"].extra["control_audit"].recent[-1]
+    assert last.who.startswith("session:") and last.detail["forced"] is True and last.detail["via"] == "ui"
+    assert "sent: buy 0.60" in _thr_callback(c, 0.6, 0.6, False)
+    # the same callback from another origin, or from the right origin without the cookie: refused
+    c.environ_base["HTTP_ORIGIN"] = "http://evil.example"
+    with pytest.raises(AssertionError):
+        _thr_callback(c, 0.9, 0.9, False)
+    wait_for(lambda: engine.snapshot().thresholds.buy == pytest.approx(0.6), 20, "thresholds back to 0.6")
