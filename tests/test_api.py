@@ -297,7 +297,8 @@ def test_absurd_bodies_are_422_not_500(client, engine, body: str) -> None:
 
 
 def test_start_stream_unknown_symbol_keeps_the_stream(client, engine) -> None:
-    wait_for(lambda: engine.snapshot().streaming, 20, "streaming")
+    # after test_stream_stop_and_start the source reconnects a moment after the engine's restart
+    wait_for(lambda: client.get("/api/status").get_json()["streaming"], 20, "the source streaming")
     r = client.post("/api/start_stream", json={"symbol": "NOPE/USDT", "timeframe": "1m"})
     assert r.status_code == 422 and "NOPE/USDT" in r.get_json()["message"]
     assert "BTC/USDT" in r.get_json()["message"]  # names what is stored
@@ -398,3 +399,25 @@ def test_ui_threshold_sanity_and_audit_through_the_dash_callback(engine, cfg) ->
     with pytest.raises(AssertionError):
         _thr_callback(c, 0.9, 0.9, False)
     wait_for(lambda: engine.snapshot().thresholds.buy == pytest.approx(0.6), 20, "thresholds back to 0.6")
+
+
+@pytest.mark.parametrize("raw,want", [
+    ("/models", "/models"), ("/backtest?x=1", "/backtest?x=1"), ("//evil.example", "/"), ("/\\evil.example", "/"),
+    ("/\t/evil.example", "/"), ("https:evil.example", "/"), ("https://evil.example/", "/"), ("", "/"), (None, "/"),
+    ("javascript:alert(1)", "/"), ("/ok\n", "/"),
+])
+def test_safe_next(raw, want: str) -> None:
+    from web.auth import safe_next
+
+    assert safe_next(raw) == want
+
+
+@pytest.mark.parametrize("header,name", [("127.0.0.1:8050", "127.0.0.1"), ("[::1]:8050", "::1"), ("[::1]", "::1"),
+                                         ("LOCALHOST", "localhost"), ("evil.example:80", "evil.example")])
+def test_host_name_and_allow_list(header: str, name: str) -> None:
+    from web.auth import host_allow_list, host_name
+
+    assert host_name(header) == name
+    allowed = host_allow_list("127.0.0.1", ["Dash.Example"])
+    assert {"127.0.0.1", "localhost", "::1", "dash.example"} <= allowed and "evil.example" not in allowed
+    assert "0.0.0.0" not in host_allow_list("0.0.0.0")

@@ -271,10 +271,17 @@ def last_candle_ts(snap: EngineSnapshot) -> int | None:
     return int(df["ts"].iloc[-1]) if df is not None and len(df) else None
 
 
+def streaming_now(snap: EngineSnapshot) -> bool:
+    """The engine wants a stream AND a source delivers it: a stream whose sources all dropped (a failed
+    symbol, a replay that reached its end) is not reported as streaming."""
+    up = [bool(getattr(s, "connected", True)) for s in snap.sources.values()]
+    return bool(snap.streaming) and (not up or any(up))
+
+
 def status_json(snap: EngineSnapshot) -> dict[str, Any]:
     last = last_candle_ts(snap)
     return {
-        "ts_ms": int(snap.ts_ms), "mode": snap.mode, "running": snap.running, "streaming": snap.streaming,
+        "ts_ms": int(snap.ts_ms), "mode": snap.mode, "running": snap.running, "streaming": streaming_now(snap),
         "symbol": snap.symbol, "timeframe": snap.timeframe, "last_candle_ts": last,
         "sources": {n: source_json(s) for n, s in snap.sources.items()},
         "inference_latency_ms": {k: _f(v) for k, v in snap.inference_latency_ms.items()},

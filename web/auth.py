@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import secrets
+import socket
 import threading
 import time
 from collections import deque
@@ -83,6 +84,12 @@ def host_allow_list(bind_host: str, extra: Iterable[str] = ()) -> frozenset[str]
     names = {"localhost", "127.0.0.1", "::1", *(h.lower().strip("[]") for h in extra)}
     if bind_host not in ("0.0.0.0", "::", ""):
         names.add(bind_host.lower().strip("[]"))
+    else:  # every interface: this machine's own name and addresses (a rebinding name still is not one)
+        try:
+            me = socket.gethostname()
+            names.update({me.lower(), *socket.gethostbyname_ex(me)[2]})
+        except OSError:
+            pass
     return frozenset(names)
 
 
