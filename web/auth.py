@@ -40,7 +40,7 @@ HEALTH_PATH = "/api/health"
 MIN_TOKEN_LEN = 16
 API_BODY_LIMIT = 64 * 1024  # the API's bodies are a few hundred bytes
 UI_BODY_LIMIT = 4 * 1024 * 1024  # Dash callbacks send component state (figures) back
-_OPEN_PATHS = frozenset({LOGIN_PATH, "/_favicon.ico", "/favicon.ico"})
+_OPEN_PATHS = frozenset({LOGIN_PATH, LOGOUT_PATH, "/_favicon.ico", "/favicon.ico"})  # logout: even expired
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -166,6 +166,8 @@ class LoginLimiter:
             q = self._fails.get(client)
             while q and q[0] <= now - 60:
                 q.popleft()
+            if q is not None and not q:
+                del self._fails[client]  # forget clients without recent failures
             if q is None or len(q) < self.per_min:
                 return 0
             return max(1, int(q[0] + 60 - now) + 1)
