@@ -224,6 +224,37 @@ def test_framing_refused_and_pages_work_under_the_csp(site, output_dir) -> None:
         evil.shutdown()
 
 
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium")
+def test_first_minute_login_url_then_logout(site, output_dir) -> None:
+    """What a new user does: open the printed URL, land on the Live page without the token in the address
+    bar, log out with the navbar button, and be asked for the token again."""
+    from playwright.sync_api import sync_playwright
+
+    eng, app, url, _ = site
+    token = auth_policy(app).token
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})  # no cookie, the real CSP
+        page = ctx.new_page()
+        page.goto(url + "/")
+        assert "/login" in page.url  # not logged in yet
+        page.goto(f"{url}/?token={token}")
+        page.wait_for_selector("#live-chart .js-plotly-plot .main-svg", timeout=60_000)
+        assert token not in page.url and page.url.rstrip("/") == url
+        (cookie,) = [c for c in ctx.cookies() if c["name"] == COOKIE]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and token not in cookie["value"]
+        page.click("#logout")
+        page.wait_for_url("**/login*", timeout=20_000)
+        assert not [c for c in ctx.cookies() if c["name"] == COOKIE]
+        page.goto(url + "/models")
+        assert "/login" in page.url
+        page.fill("#token", token)
+        page.click("#login")
+        page.wait_for_url("**/models", timeout=20_000)
+        page.wait_for_selector("#nav-models", timeout=20_000)
+        browser.close()
+
+
 def test_security_headers_on_every_kind_of_answer(site) -> None:
     eng, app, url, _ = site
     s = http_session(app, url)
