@@ -251,6 +251,7 @@ class FeaturesConfig(_Strict):
     norm_window: int = Field(500, ge=10)
     pivot_levels: int = Field(3, ge=1, le=5)
     pivot_strength: int = Field(2, ge=1, le=20)  # bars each side of a level-1 swing point
+    orderbook: bool = False  # add the order-book block (needs recorded books: main_backtest.py book record)
 
     @field_validator("timeframes")
     @classmethod
