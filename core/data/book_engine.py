@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from core.config import OrderbookConfig
 from core.data.book_buckets import BucketSnapshot, Consolidator, VenueBook, check_quotes
 from core.data.book_feeds import BookTrade, VenueFeed
 from core.data.book_replay import RawMessage
@@ -24,6 +25,7 @@ from core.data.book_source import make_feed, native_id
 # inverse (coin-margined) markets: quote value of one contract, by venue and base coin
 CONTRACT_SIZES: dict[tuple[str, str], float] = {("binancecoinm", "BTC"): 100.0, ("binancecoinm", "ETH"): 10.0}
 
+STALE_MS = 10_000  # a venue without a message for this long is not consolidated (its book may be dead)
 SUMMARY_COLUMNS = ("ts", "symbol", "mid", "best_bid", "best_ask", "spread", "imb_1", "imb_5", "imb_all",
                    "ma_1s", "ma_5s", "ma_15s", "ma_60s", "depth_bid_10bps", "depth_ask_10bps",
                    "depth_bid_50bps", "depth_ask_50bps", "wall_bid_bps", "wall_ask_bps")
@@ -89,10 +91,13 @@ class BookEngine:
         self.lock = threading.Lock()
         self.messages = 0
 
-    def venue_books(self) -> list[VenueBook]:
+    def venue_books(self, now_ms: int | None = None) -> list[VenueBook]:
+        """Synced books; a venue silent for more than ``STALE_MS`` (stream gone quiet) is left out."""
         out = []
         for v in self.venues:
             sync = self.feeds[v.venue].syncs[v.symbol]
+            if now_ms is not None and now_ms - sync.stats.last_recv_ms > STALE_MS:
+                continue
             if sync.synced:
                 out.append(VenueBook(v.venue, v.symbol, sync.book, v.contract_size))
         return out
@@ -126,7 +131,7 @@ class BookEngine:
             self.next_s = s + 1
             return
         while self.next_s <= s:
-            snap = self.consolidator.snapshot(self.next_s * 1000, self.venue_books())
+            snap = self.consolidator.snapshot(self.next_s * 1000, self.venue_books(self.next_s * 1000))
             self.next_s += 1
             if snap is None:
                 continue
@@ -150,3 +155,36 @@ class BookEngine:
     def snapshot_history(self) -> list[BucketSnapshot]:
         with self.lock:
             return list(self.history)
+
+
+def venue_symbol(venue: str, symbol: str) -> VenueSymbol:
+    """The configured coin's market on a venue: spot as given, USD-M ``BASE/QUOTE:QUOTE``, COIN-M
+    ``BASE/USD:BASE``; Coinbase and Gemini list BTC against USD."""
+    base, _, quote = symbol.partition("/")
+    quote = quote.split(":")[0]
+    if venue == "binanceusdm":
+        return VenueSymbol(venue, f"{base}/{quote}:{quote}")
+    if venue == "binancecoinm":
+        return VenueSymbol(venue, f"{base}/USD:{base}")
+    if venue in ("coinbase", "gemini") and quote in ("USDT", "USDC"):
+        return VenueSymbol(venue, f"{base}/USD")
+    return VenueSymbol(venue, f"{base}/{quote}")
+
+
+def bucket_size_for(symbol: str, sizes: dict[str, float], default_bps: float, mid: float | None = None) -> float:
+    base = symbol.split("/")[0]
+    if base in sizes:
+        return float(sizes[base])
+    if mid is None:
+        raise ValueError(f"orderbook.bucket_size has no entry for {base}; add one (e.g. {base}: 1)")
+    return mid * default_bps / 1e4
+
+
+def engine_from_config(ob: OrderbookConfig, venues: list[str] | None = None, symbol: str | None = None,
+                       sink: Callable[[BucketSnapshot], None] | None = None) -> BookEngine:
+    """A BookEngine from ``config.orderbook``."""
+    sym = symbol or ob.symbol
+    vs = [venue_symbol(v, sym) for v in (venues or ob.venues)]
+    size = bucket_size_for(sym, ob.bucket_size, ob.default_bucket_bps, None)
+    return BookEngine(sym, vs, Consolidator(size, ob.n_buckets, ob.wall_multiple), usd_equivalent=ob.usd_equivalent,
+                      history_s=ob.history_s, sink=sink)

@@ -108,3 +108,16 @@ def play(messages: Iterable[RawMessage], sink: Callable[[RawMessage], None], spe
         sink(m)
         n += 1
     return n
+
+
+def capture_venues(path: Path) -> list[tuple[str, str]]:
+    """(venue, ccxt symbol) of every book in a capture, without reading the messages."""
+    out: list[tuple[str, str]] = []
+    for f in capture_files(path):
+        if f.suffix == ".parquet":
+            t = pq.read_table(f, columns=["venue", "symbol"]).group_by(["venue", "symbol"]).aggregate([])
+            keys = list(zip(t.column("venue").to_pylist(), t.column("symbol").to_pylist(), strict=True))
+        else:
+            keys = [text_capture_key(f)]
+        out += [k for k in keys if k not in out]
+    return out

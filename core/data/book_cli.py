@@ -1,0 +1,195 @@
+"""``main_backtest.py book record|replay|stats``: raw captures to Parquet, replay at N x, summaries."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.config import OrderbookConfig, load_config
+from core.data.book_buckets import BucketSnapshot
+from core.data.book_buckets import Consolidator
+from core.data.book_engine import BookEngine, VenueSymbol, bucket_size_for, summary_row, venue_symbol
+from core.data.book_replay import RawMessage, capture_files, capture_venues, play, read_capture
+from core.data.book_source import WsBookSource, make_feed, native_id, public_endpoint
+
+_SCHEMA = pa.schema([("recv_ns", pa.int64()), ("venue", pa.string()), ("symbol", pa.string()),
+                     ("kind", pa.string()), ("payload", pa.string())])
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("book", help="order books: record raw captures, replay them, summarise them")
+    sub = p.add_subparsers(dest="book_command", required=True)
+    rec = sub.add_parser("record", help="record the venues' raw book streams to Parquet")
+    rec.add_argument("--exchanges", default=None, help="comma list, e.g. binance,coinbase,kraken (default: orderbook.venues)")
+    rec.add_argument("--symbol", default=None, help="e.g. BTC/USDT (default: orderbook.symbol)")
+    rec.add_argument("--minutes", type=float, default=10.0)
+    rec.add_argument("--out", default=None, help="folder (default: orderbook.record_dir)")
+    rec.set_defaults(func=cmd_record)
+    rep = sub.add_parser("replay", help="replay a capture through sync + consolidation (optionally into the store)")
+    rep.add_argument("path", help="capture file or folder (*.gz text captures or *.parquet)")
+    rep.add_argument("--speed", type=float, default=0.0, help="N x real time (0 = as fast as possible)")
+    rep.add_argument("--db", default=None, help="also write book_buckets/book_summary to this DuckDB file")
+    rep.set_defaults(func=cmd_replay)
+    st = sub.add_parser("stats", help="messages, resyncs, gaps, spread and imbalance summaries of a capture")
+    st.add_argument("path")
+    st.set_defaults(func=cmd_stats)
+
+
+def _ob(args: argparse.Namespace) -> OrderbookConfig:
+    return load_config(args.config).orderbook
+
+
+class ParquetRecorder:
+    """Raw frames to one Parquet file per venue, written in row groups (never row by row)."""
+
+    def __init__(self, out: Path, venue: str, symbol: str, rows_per_group: int = 5000) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.path = out / f"{venue}_{symbol.replace('/', '-').replace(':', '_')}_{stamp}.parquet"
+        self.symbol = symbol
+        self.writer = pq.ParquetWriter(self.path, _SCHEMA)
+        self.rows: list[RawMessage] = []
+        self.n = 0
+        self.per_group = rows_per_group
+
+    def __call__(self, m: RawMessage) -> None:
+        self.rows.append(RawMessage(m.recv_ns, m.venue, self.symbol, m.kind, m.payload))
+        if len(self.rows) >= self.per_group:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        cols = list(zip(*[(r.recv_ns, r.venue, r.symbol, r.kind, r.payload) for r in self.rows], strict=True))
+        self.writer.write_table(pa.Table.from_arrays([pa.array(c) for c in cols], schema=_SCHEMA))
+        self.n += len(self.rows)
+        self.rows.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    ob = _ob(args)
+    venues = args.exchanges.split(",") if args.exchanges else ob.venues
+    symbol = args.symbol or ob.symbol
+    out = Path(args.out) if args.out else load_config(args.config).resolve(ob.record_dir)
+    try:
+        targets = [venue_symbol(v.strip(), symbol) for v in venues]
+        for t in targets:
+            native_id(t.venue, t.symbol)
+    except ValueError as exc:
+        print(f"book record: {exc}", file=sys.stderr)
+        return 2
+    recorders = [ParquetRecorder(out, t.venue, t.symbol) for t in targets]
+    sources = []
+    for t, rec in zip(targets, recorders, strict=True):
+        n = native_id(t.venue, t.symbol)
+        sources.append(WsBookSource(make_feed(t.venue, {n: t.symbol}), public_endpoint(t.venue, [n]), recorder=rec))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(s.run(stop)) for s in sources]
+        await asyncio.sleep(args.minutes * 60)
+        stop.set()
+        await asyncio.wait(tasks, timeout=10)
+
+    try:
+        asyncio.run(run())
+    finally:
+        for r in recorders:
+            r.close()
+    for s, r in zip(sources, recorders, strict=True):
+        print(json.dumps({"venue": s.feed.venue, "file": str(r.path), "messages": r.n, **s.status()}))
+    return 0
+
+
+def replay_into(engine: BookEngine, path: Path, speed: float = 0.0) -> int:
+    """Play a capture into a BookEngine (only the engine's venues); returns messages played."""
+    venues = [v.venue for v in engine.venues]
+    n = play(read_capture(path, venues), engine.on_message, speed=speed)
+    if engine.history:
+        engine.advance(engine.history[-1].ts_ms + 1000)
+    return n
+
+
+def _engine_for_capture(path: Path, ob: OrderbookConfig, sink=None) -> BookEngine:  # type: ignore[no-untyped-def]
+    """Consolidate every book of the capture (its venues and symbols) with the configured buckets."""
+    keys = capture_venues(path)
+    spot = next((s for _, s in keys if ":" not in s), keys[0][1].split(":")[0])
+    size = bucket_size_for(spot, ob.bucket_size, ob.default_bucket_bps, None)
+    return BookEngine(spot, [VenueSymbol(v, s) for v, s in keys], Consolidator(size, ob.n_buckets, ob.wall_multiple),
+                      usd_equivalent=ob.usd_equivalent, history_s=max(ob.history_s, 86_400), sink=sink)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    ob = _ob(args)
+    path = Path(args.path)
+    try:
+        capture_files(path)
+    except FileNotFoundError as exc:
+        print(f"book replay: {exc}", file=sys.stderr)
+        return 2
+    writer = None
+    store = None
+    if args.db:
+        from core.data.book_store import BookWriter
+        from core.data.store import MarketStore
+
+        store = MarketStore(args.db)
+    eng = _engine_for_capture(path, ob)
+    if store is not None:
+        from core.data.book_store import BookWriter
+
+        writer = BookWriter(store, eng.symbol, ob.batch_seconds, ob.retention_days)
+        eng.sink = writer
+    t0 = time.perf_counter()
+    n = replay_into(eng, path, args.speed)
+    if writer is not None:
+        writer.flush()
+    if store is not None:
+        store.close()
+    print(json.dumps({"messages": n, "seconds": len(eng.history), "wall_s": round(time.perf_counter() - t0, 2),
+                      "venues": eng.status()}))
+    return 0
+
+
+def stats_of(snaps: list[BucketSnapshot], eng: BookEngine, n: int) -> dict:
+    rows = [summary_row(s, eng.symbol) for s in snaps]
+
+    def q(name: str) -> dict:
+        v = np.array([r[name] for r in rows], dtype=float)
+        v = v[np.isfinite(v)]
+        if not len(v):
+            return {}
+        return {"mean": round(float(v.mean()), 6), "p05": round(float(np.quantile(v, 0.05)), 6),
+                "median": round(float(np.median(v)), 6), "p95": round(float(np.quantile(v, 0.95)), 6)}
+
+    return {"symbol": eng.symbol, "messages": n, "seconds": len(snaps),
+            "venues": [{k: d[k] for k in ("venue", "symbol", "messages", "applied", "dropped_stale", "resyncs",
+                                          "gaps", "synced")} for d in eng.status()],
+            "spread": q("spread"), "imbalance_all": q("imb_all"), "imbalance_1": q("imb_1"), "ma_60s": q("ma_60s")}
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    ob = _ob(args)
+    path = Path(args.path)
+    try:
+        capture_files(path)
+        snaps: list[BucketSnapshot] = []
+        eng = _engine_for_capture(path, ob, sink=snaps.append)
+        n = replay_into(eng, path)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"book stats: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(stats_of(snaps, eng, n), indent=1))
+    return 0
