@@ -3,6 +3,7 @@
     python main_dashboard.py                                   # live data from config data.exchange
     python main_dashboard.py --replay ../shared/data/binanceus/BTC_USDT-1m.csv --speed 60
     python main_dashboard.py --replay-db --speed 600           # replay what the store holds
+    python main_dashboard.py --replay-db --book ../shared/data/orderbook/binance-2024-08-08/raw  # + order books
 
 Prints the URL and one line containing "Dashboard ready"; Ctrl-C stops the engine (sources closed,
 ledger flushed) and the server.
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="port (default: dashboard.port, 8050)")
     p.add_argument("--no-training", action="store_true", help="never start live training")
     p.add_argument("--db", default=None, help="DuckDB file (default: data.db_path)")
+    p.add_argument("--book", metavar="PATH", default=None,
+                   help="order book page: replay this raw book capture (folder or file; book record writes them)")
+    p.add_argument("--book-speed", type=float, default=1.0, help="book replay speed, N x real time (default 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -132,13 +136,23 @@ def main(argv: list[str] | None = None) -> int:
         src = f"imported {replay_path} into the store; " if replay_path else ""
         print(f"{src}replaying {engine.symbol} {engine.timeframe} at "
               f"{args.speed or cfg.dashboard.replay_speed:g}x", flush=True)
+    book, book_stop = None, None
+    if args.book:
+        from core.data.book_engine import engine_for_capture, start_replay
+
+        try:
+            book = engine_for_capture(Path(args.book), cfg.orderbook)
+        except (OSError, ValueError) as exc:
+            print(f"error: --book {args.book}: {exc}", file=sys.stderr)
+            return 2
+        _, book_stop = start_replay(book, Path(args.book), args.book_speed)
     engine.start()
     server = None
     try:
         import compose
 
         app = create_app(engine, cfg, models_cfg=models, host=host, secrets=secrets,
-                         backtest_components=compose.backtest_components)
+                         backtest_components=compose.backtest_components, book=book)
         server = make_server(host, port, app.server, threaded=True)
         stop = threading.Event()
 
@@ -155,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         print("stopping: closing sources, flushing the ledger ...", flush=True)
         engine.stop()
+        if book_stop is not None:
+            book_stop.set()
         if server is not None:
             server.server_close()
         print("stopped", flush=True)

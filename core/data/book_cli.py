@@ -15,9 +15,8 @@ import pyarrow.parquet as pq
 
 from core.config import OrderbookConfig, load_config
 from core.data.book_buckets import BucketSnapshot
-from core.data.book_buckets import Consolidator
-from core.data.book_engine import BookEngine, VenueSymbol, bucket_size_for, summary_row, venue_symbol
-from core.data.book_replay import RawMessage, capture_files, capture_venues, play, read_capture
+from core.data.book_engine import BookEngine, engine_for_capture, replay_into, summary_row, venue_symbol
+from core.data.book_replay import RawMessage, capture_files
 from core.data.book_source import WsBookSource, make_feed, native_id, public_endpoint
 
 _SCHEMA = pa.schema([("recv_ns", pa.int64()), ("venue", pa.string()), ("symbol", pa.string()),
@@ -113,24 +112,6 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
-def replay_into(engine: BookEngine, path: Path, speed: float = 0.0) -> int:
-    """Play a capture into a BookEngine (only the engine's venues); returns messages played."""
-    venues = [v.venue for v in engine.venues]
-    n = play(read_capture(path, venues), engine.on_message, speed=speed)
-    if engine.history:
-        engine.advance(engine.history[-1].ts_ms + 1000)
-    return n
-
-
-def _engine_for_capture(path: Path, ob: OrderbookConfig, sink=None) -> BookEngine:  # type: ignore[no-untyped-def]
-    """Consolidate every book of the capture (its venues and symbols) with the configured buckets."""
-    keys = capture_venues(path)
-    spot = next((s for _, s in keys if ":" not in s), keys[0][1].split(":")[0])
-    size = bucket_size_for(spot, ob.bucket_size, ob.default_bucket_bps, None)
-    return BookEngine(spot, [VenueSymbol(v, s) for v, s in keys], Consolidator(size, ob.n_buckets, ob.wall_multiple),
-                      usd_equivalent=ob.usd_equivalent, history_s=max(ob.history_s, 86_400), sink=sink)
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
     ob = _ob(args)
     path = Path(args.path)
@@ -146,7 +127,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from core.data.store import MarketStore
 
         store = MarketStore(args.db)
-    eng = _engine_for_capture(path, ob)
+    eng = engine_for_capture(path, ob)
     if store is not None:
         from core.data.book_store import BookWriter
 
@@ -186,7 +167,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     try:
         capture_files(path)
         snaps: list[BucketSnapshot] = []
-        eng = _engine_for_capture(path, ob, sink=snaps.append)
+        eng = engine_for_capture(path, ob, sink=snaps.append)
         n = replay_into(eng, path)
     except (FileNotFoundError, ValueError) as exc:
         print(f"book stats: {exc}", file=sys.stderr)

@@ -9,9 +9,11 @@ store (``book_buckets`` long rows, ``book_summary`` one row per second for the f
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +21,7 @@ import pandas as pd
 from core.config import OrderbookConfig
 from core.data.book_buckets import BucketSnapshot, Consolidator, VenueBook, check_quotes
 from core.data.book_feeds import BookTrade, VenueFeed
-from core.data.book_replay import RawMessage
+from core.data.book_replay import RawMessage, capture_venues, play, read_capture
 from core.data.book_source import make_feed, native_id
 
 # inverse (coin-margined) markets: quote value of one contract, by venue and base coin
@@ -188,3 +190,33 @@ def engine_from_config(ob: OrderbookConfig, venues: list[str] | None = None, sym
     size = bucket_size_for(sym, ob.bucket_size, ob.default_bucket_bps, None)
     return BookEngine(sym, vs, Consolidator(size, ob.n_buckets, ob.wall_multiple), usd_equivalent=ob.usd_equivalent,
                       history_s=ob.history_s, sink=sink)
+
+
+def engine_for_capture(path: Path, ob: OrderbookConfig,
+                       sink: Callable[[BucketSnapshot], None] | None = None) -> BookEngine:
+    """Consolidate every book of a capture (its venues and symbols) with the configured buckets."""
+    keys = capture_venues(path)
+    spot = next((s for _, s in keys if ":" not in s), keys[0][1].split(":")[0])
+    size = bucket_size_for(spot, ob.bucket_size, ob.default_bucket_bps, None)
+    return BookEngine(spot, [VenueSymbol(v, s) for v, s in keys], Consolidator(size, ob.n_buckets, ob.wall_multiple),
+                      usd_equivalent=ob.usd_equivalent, history_s=ob.history_s, sink=sink)
+
+
+def replay_into(engine: BookEngine, path: Path, speed: float = 0.0, stop: threading.Event | None = None) -> int:
+    """Play a capture into a BookEngine (only its venues) at ``speed`` x (0: as fast as possible)."""
+    venues = [v.venue for v in engine.venues]
+    msgs = read_capture(path, venues)
+    if stop is not None:
+        msgs = (m for m in msgs if not stop.is_set())
+    n = play(msgs, engine.on_message, speed=speed, sleep=(stop.wait if stop is not None else time.sleep))
+    if engine.history:
+        engine.advance(engine.history[-1].ts_ms + 1000)
+    return n
+
+
+def start_replay(engine: BookEngine, path: Path, speed: float) -> tuple[threading.Thread, threading.Event]:
+    """Replay a capture into ``engine`` on a daemon thread (the dashboard's book source); set the event to stop."""
+    stop = threading.Event()
+    th = threading.Thread(target=replay_into, args=(engine, path, speed, stop), name="book-replay", daemon=True)
+    th.start()
+    return th, stop

@@ -20,8 +20,16 @@ from dataclasses import dataclass, field
 import aiohttp
 import websockets
 
-from core.data.book_feeds import (BinanceFeed, BitstampFeed, BybitFeed, CoinbaseFeed, GeminiFeed, KrakenFeed,
-                                  OkxFeed, VenueFeed)
+from core.data.book_feeds import (
+    BinanceFeed,
+    BitstampFeed,
+    BybitFeed,
+    CoinbaseFeed,
+    GeminiFeed,
+    KrakenFeed,
+    OkxFeed,
+    VenueFeed,
+)
 from core.data.book_replay import RawMessage
 
 log = logging.getLogger(__name__)
