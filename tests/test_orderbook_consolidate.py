@@ -117,6 +117,12 @@ def test_replay_snapshots_written_in_batches(shared_data: Path, tmp_path: Path) 
     ven = per[~per["is_all"]].set_index("ts")
     np.testing.assert_allclose(allv["b"], ven.loc[allv.index, "b"], rtol=1e-9)
     np.testing.assert_allclose(allv["a"], ven.loc[allv.index, "a"], rtol=1e-9)
+    for vb in eng.venue_books():  # the price window each book keeps for consolidation == its full book cut
+        assert vb.book.window is not None
+        lo, hi = vb.book.window
+        assert vb.book.win_bids == {p: q for p, q in vb.book.bids.items() if lo <= p < hi}
+        assert vb.book.win_asks == {p: q for p, q in vb.book.asks.items() if lo <= p < hi}
+        assert vb.book.win_bids and vb.book.win_asks
     status = {d["venue"]: d for d in eng.status()}
     assert all(d["synced"] and d["resync_count"] == 0 for d in status.values())
     assert len(eng.trades) > 100

@@ -16,7 +16,8 @@ class L2Book:
     """Price-level book of one symbol on one venue. ``strings`` keeps the exchange's decimal strings
     (price -> (price_str, amount_str)) for venues whose checksum is computed over them."""
 
-    __slots__ = ("bids", "asks", "_bb", "_ba", "strings_bid", "strings_ask", "keep_strings")
+    __slots__ = ("bids", "asks", "_bb", "_ba", "strings_bid", "strings_ask", "keep_strings", "window",
+                 "win_bids", "win_asks")
 
     def __init__(self, keep_strings: bool = False) -> None:
         self.bids: dict[float, float] = {}
@@ -26,15 +27,31 @@ class L2Book:
         self.keep_strings = keep_strings
         self.strings_bid: dict[float, tuple[str, str]] = {}
         self.strings_ask: dict[float, tuple[str, str]] = {}
+        # price window [lo, hi) whose levels are also kept in win_bids/win_asks (set by consolidation so a
+        # snapshot reads a few hundred levels, not the thousands a deep book holds); None = not kept
+        self.window: tuple[float, float] | None = None
+        self.win_bids: dict[float, float] = {}
+        self.win_asks: dict[float, float] = {}
 
     def clear(self) -> None:
         self.bids.clear()
         self.asks.clear()
         self.strings_bid.clear()
         self.strings_ask.clear()
+        self.win_bids.clear()
+        self.win_asks.clear()
         self._bb = self._ba = None
 
+    def set_window(self, lo: float, hi: float) -> None:
+        """Keep the levels in [lo, hi) in win_bids/win_asks from now on (one O(levels) rebuild)."""
+        self.window = (lo, hi)
+        self.win_bids = {p: q for p, q in self.bids.items() if lo <= p < hi}
+        self.win_asks = {p: q for p, q in self.asks.items() if lo <= p < hi}
+
     def set_bid(self, price: float, amount: float) -> None:
+        if self.window is not None:
+            self.apply_str([(price, amount)], [])
+            return
         if amount > 0.0:
             self.bids[price] = amount
             if self._bb is not None and price > self._bb:
@@ -43,6 +60,9 @@ class L2Book:
             self._bb = None
 
     def set_ask(self, price: float, amount: float) -> None:
+        if self.window is not None:
+            self.apply_str([], [(price, amount)])
+            return
         if amount > 0.0:
             self.asks[price] = amount
             if self._ba is not None and price < self._ba:
@@ -52,6 +72,9 @@ class L2Book:
 
     def apply_str(self, bids: list, asks: list) -> None:
         """Apply [[price_str, amount_str, ...], ...] levels (amount 0 deletes); the hot path of diffs."""
+        if self.window is not None:
+            self._apply_windowed(bids, asks)
+            return
         bd, ad = self.bids, self.asks
         bb, ba = self._bb, self._ba
         keep = self.keep_strings
@@ -81,6 +104,51 @@ class L2Book:
             else:
                 if ad.pop(p, None) is not None and p == ba:
                     ba = None
+                if keep:
+                    self.strings_ask.pop(p, None)
+        self._bb, self._ba = bb, ba
+
+    def _apply_windowed(self, bids: list, asks: list) -> None:
+        """apply_str that also maintains the window dicts (a second loop so the plain path stays lean)."""
+        assert self.window is not None
+        lo, hi = self.window
+        bd, ad, wb, wa = self.bids, self.asks, self.win_bids, self.win_asks
+        bb, ba = self._bb, self._ba
+        keep = self.keep_strings
+        for lvl in bids:
+            p = float(lvl[0])
+            q = float(lvl[1])
+            if q > 0.0:
+                bd[p] = q
+                if lo <= p < hi:
+                    wb[p] = q
+                if bb is not None and p > bb:
+                    bb = p
+                if keep:
+                    self.strings_bid[p] = (lvl[0], lvl[1])
+            else:
+                if bd.pop(p, None) is not None:
+                    wb.pop(p, None)
+                    if p == bb:
+                        bb = None
+                if keep:
+                    self.strings_bid.pop(p, None)
+        for lvl in asks:
+            p = float(lvl[0])
+            q = float(lvl[1])
+            if q > 0.0:
+                ad[p] = q
+                if lo <= p < hi:
+                    wa[p] = q
+                if ba is not None and p < ba:
+                    ba = p
+                if keep:
+                    self.strings_ask[p] = (lvl[0], lvl[1])
+            else:
+                if ad.pop(p, None) is not None:
+                    wa.pop(p, None)
+                    if p == ba:
+                        ba = None
                 if keep:
                     self.strings_ask.pop(p, None)
         self._bb, self._ba = bb, ba
@@ -122,10 +190,12 @@ class L2Book:
             for p in heapq.nsmallest(len(self.bids) - depth, self.bids):
                 del self.bids[p]
                 self.strings_bid.pop(p, None)
+                self.win_bids.pop(p, None)
         if len(self.asks) > depth:
             for p in heapq.nlargest(len(self.asks) - depth, self.asks):
                 del self.asks[p]
                 self.strings_ask.pop(p, None)
+                self.win_asks.pop(p, None)
 
 
 @dataclass(slots=True)

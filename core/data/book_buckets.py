@@ -6,7 +6,7 @@ Buckets are ``bucket_size`` wide (bucket k holds prices in ``[k*size, (k+1)*size
 side of the bucket of the consolidated mid. Per bucket: bid and ask volume per venue and total, and
 imbalance ``(bid - ask) / (bid + ask)``. Also per snapshot: best bid/ask per venue and consolidated,
 cross-venue spread, imbalance inside ±x bps, and "walls": single levels at least ``wall_multiple`` times the
-median level size of their venue within the window. ``ImbalanceMA`` keeps time-window means (1/5/15/60 s)
+median level size of their venue within the window (the largest ``MAX_WALLS`` per venue and side). ``ImbalanceMA`` keeps time-window means (1/5/15/60 s)
 of the consolidated imbalance using only samples up to now.
 """
 
@@ -20,6 +20,8 @@ import numpy as np
 from core.data.book import L2Book
 
 USD_LIKE = frozenset({"USD", "USDT", "USDC"})
+MAX_WALLS = 5  # walls reported per venue and side (the largest)
+WINDOW_MARGIN = 20  # buckets of slack in each book's maintained price window before it is re-centred
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +156,10 @@ class Consolidator:
         ask = np.zeros((len(books), nb))
         walls: list[Wall] = []
         for i, vb in enumerate(books):
-            for side, levels, out in (("bid", vb.book.bids, bid), ("ask", vb.book.asks, ask)):
+            w = vb.book.window
+            if w is None or lo < w[0] or hi > w[1]:  # (re)centre the book's window with a margin
+                vb.book.set_window(lo - WINDOW_MARGIN * size, hi + WINDOW_MARGIN * size)
+            for side, levels, out in (("bid", vb.book.win_bids, bid), ("ask", vb.book.win_asks, ask)):
                 if not levels:
                     continue
                 p, q = _side_arrays(levels)
@@ -165,8 +170,10 @@ class Consolidator:
                 idx = np.floor(p / size).astype(np.int64) - lo_k
                 out[i] = np.bincount(idx, weights=q, minlength=nb)[:nb]
                 if len(q) >= 3:
-                    med = float(np.median(q))
-                    for j in np.flatnonzero(q >= self.wall_multiple * med):
+                    big = np.flatnonzero(q >= self.wall_multiple * float(np.median(q)))
+                    if len(big) > MAX_WALLS:  # the largest few per venue and side
+                        big = big[np.argpartition(q[big], -MAX_WALLS)[-MAX_WALLS:]]
+                    for j in big:
                         walls.append(Wall(vb.venue, side, float(p[j]), float(q[j]),
                                           abs(float(p[j]) - mid) / mid * 1e4))
         snap = BucketSnapshot(ts_ms, tuple(vb.venue for vb in books), size, prices, bid, ask, best_bid, best_ask,

@@ -89,6 +89,7 @@ class BookEngine:
         self.history: deque[BucketSnapshot] = deque(maxlen=history_s)
         self.trades: deque[tuple[int, float, float, str, str]] = deque(maxlen=50_000)  # ts, price, amount, side, venue
         self.sink = sink
+        self._contract = {v.venue: v.contract_size for v in venues}
         self.next_s: int | None = None
         self.lock = threading.Lock()
         self.messages = 0
@@ -120,10 +121,10 @@ class BookEngine:
                 self._take_trades(feed, recv_ms)
 
     def _take_trades(self, feed: VenueFeed, recv_ms: int) -> None:
-        v = next(x for x in self.venues if x.venue == feed.venue)
+        cs = self._contract[feed.venue]
         while feed.trades:
             t: BookTrade = feed.trades.popleft()
-            amount = t.amount * v.contract_size / t.price if v.contract_size else t.amount
+            amount = t.amount * cs / t.price if cs else t.amount
             self.trades.append((recv_ms, t.price, amount, t.side, feed.venue))
 
     def advance(self, now_ms: int) -> None:
