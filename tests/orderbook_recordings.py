@@ -9,8 +9,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.data.book_feeds import (BinanceFeed, BitstampFeed, BybitFeed, CoinbaseFeed, GeminiFeed, KrakenFeed,
-                                  OkxFeed, VenueFeed)
+from core.data.book_feeds import (
+    BinanceFeed,
+    BitstampFeed,
+    BybitFeed,
+    CoinbaseFeed,
+    GeminiFeed,
+    KrakenFeed,
+    OkxFeed,
+    VenueFeed,
+)
 
 
 @dataclass

@@ -61,8 +61,7 @@ class BinanceFeed(VenueFeed):
 
     def on_ws(self, payload: str | bytes, recv_ms: int) -> str | None:
         self.frames += 1
-        head = payload[:48]
-        if (b"@bookTicker" if isinstance(head, bytes) else "@bookTicker") in head:
+        if (b"@bookTicker" in payload[:48]) if isinstance(payload, bytes) else ("@bookTicker" in payload[:48]):
             return None  # best bid/ask ticks: the book already has them (not parsed: most frames are these)
         msg = orjson.loads(payload)
         data = msg.get("data", msg)

@@ -93,7 +93,7 @@ def read_capture(path: Path, venues: Iterable[str] | None = None) -> Iterator[Ra
 
 
 def play(messages: Iterable[RawMessage], sink: Callable[[RawMessage], None], speed: float = 0.0,
-         sleep: Callable[[float], None] = time.sleep) -> int:
+         sleep: Callable[[float], object] = time.sleep) -> int:
     """Feed messages to ``sink`` keeping their spacing divided by ``speed`` (0 = as fast as possible)."""
     n = 0
     t0_rec: int | None = None
