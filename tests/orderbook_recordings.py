@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,3 +111,53 @@ def snapshot_symbol(rec: Recording, url: str) -> str | None:
 
 def book_conns(rec: Recording) -> list[Conn]:
     return [c for c in rec.conns.values() if book_natives(rec, c)]
+
+
+def snapshot_paths(rec: Recording) -> dict[str, str]:
+    """Native id -> path (with query) of its recorded REST snapshot."""
+    from urllib.parse import urlsplit
+
+    out = {}
+    for _, u, _ in rec.http:
+        n = snapshot_symbol(rec, u)
+        if n:
+            sp = urlsplit(u)
+            out[n] = sp.path + ("?" + sp.query if sp.query else "")
+    return out
+
+
+@asynccontextmanager
+async def serve_recording(rec: Recording, conn: Conn) -> AsyncIterator[tuple[str, str]]:
+    """A local websocket server answering every connection with the recorded frames (then closing),
+    and a local HTTP server answering the recorded REST snapshots. Yields (ws_url, http_base)."""
+    import websockets
+    from aiohttp import web
+
+    frames = [f for _, f in conn.frames]
+    paths = snapshot_paths(rec)
+    bodies = {paths[snapshot_symbol(rec, u)]: body for _, u, body in rec.http if snapshot_symbol(rec, u)}
+
+    async def handler(ws: websockets.ServerConnection) -> None:
+        for f in frames:
+            await ws.send(f)
+        await ws.close()
+
+    async def rest(request: web.Request) -> web.Response:
+        body = bodies.get(request.path_qs)
+        if body is None:
+            return web.Response(status=404)
+        return web.Response(text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", rest)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with websockets.serve(handler, "127.0.0.1", 0, close_timeout=1) as server:
+            port = list(server.sockets)[0].getsockname()[1]
+            yield f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{http_port}"
+    finally:
+        await runner.cleanup()

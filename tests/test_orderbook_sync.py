@@ -9,19 +9,16 @@ import asyncio
 import copy
 import csv
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import orjson
 import pytest
-import websockets
-from aiohttp import web
 
 from core.data.book_binance import BinanceSync
 from core.data.book_feeds import BinanceFeed, KrakenFeed, OkxFeed
 from core.data.book_replay import RawMessage, read_capture
 from core.data.book_source import Endpoint, WsBookSource
 from core.data.book_stream import StreamSync
-from tests.orderbook_recordings import book_conns, book_feed, load_recording, snapshot_symbol
+from tests.orderbook_recordings import book_conns, book_feed, load_recording, serve_recording, snapshot_paths
 
 VENUES = {  # venue -> (native id, ccxt symbol, reference file stem)
     "binance": ("BTCUSDT", "BTC/USDT", "binance_spot_BTCUSDT"),
@@ -76,39 +73,12 @@ def test_rebuild_equals_reference_every_second(book_dir: Path, venue: str) -> No
 # ---- recordings replayed from local servers through the live source ----------------------------
 
 async def _serve_and_run(rec, conn) -> WsBookSource:  # type: ignore[no-untyped-def]
-    frames = [f for _, f in conn.frames]
-
-    async def handler(ws: websockets.ServerConnection) -> None:
-        for f in frames:
-            await ws.send(f)
-        await ws.close()
-
-    snapshots = {urlsplit(u).path + "?" + urlsplit(u).query if urlsplit(u).query else urlsplit(u).path: body
-                 for _, u, body in rec.http if snapshot_symbol(rec, u)}
-
-    async def rest(request: web.Request) -> web.Response:
-        key = request.path_qs
-        if key not in snapshots:
-            return web.Response(status=404)
-        return web.Response(text=snapshots[key], content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", rest)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    paths = {snapshot_symbol(rec, u): (urlsplit(u).path + ("?" + urlsplit(u).query if urlsplit(u).query else ""))
-             for _, u, _ in rec.http if snapshot_symbol(rec, u)}
+    paths = snapshot_paths(rec)
     feed = book_feed(rec, conn)
-    async with websockets.serve(handler, "127.0.0.1", 0, close_timeout=1) as server:
-        port = server.sockets[0].getsockname()[1]
-        ep = Endpoint(f"ws://127.0.0.1:{port}", list(conn.sends), f"http://127.0.0.1:{http_port}",
-                      lambda n: paths[n])
+    async with serve_recording(rec, conn) as (ws_url, http_base):
+        ep = Endpoint(ws_url, list(conn.sends), http_base, lambda n: paths[n])
         src = WsBookSource(feed, ep, reconnect=False)
         await asyncio.wait_for(src.run(), 60)
-    await runner.cleanup()
     return src
 
 

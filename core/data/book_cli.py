@@ -10,17 +10,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from core.config import OrderbookConfig, load_config
 from core.data.book_buckets import BucketSnapshot
 from core.data.book_engine import BookEngine, engine_for_capture, replay_into, summary_row, venue_symbol
-from core.data.book_replay import RawMessage, capture_files
+from core.data.book_recorder import ParquetRecorder
+from core.data.book_replay import capture_files
 from core.data.book_source import WsBookSource, make_feed, native_id, public_endpoint
-
-_SCHEMA = pa.schema([("recv_ns", pa.int64()), ("venue", pa.string()), ("symbol", pa.string()),
-                     ("kind", pa.string()), ("payload", pa.string())])
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,37 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _ob(args: argparse.Namespace) -> OrderbookConfig:
     return load_config(args.config).orderbook
-
-
-class ParquetRecorder:
-    """Raw frames to one Parquet file per venue, written in row groups (never row by row)."""
-
-    def __init__(self, out: Path, venue: str, symbol: str, rows_per_group: int = 5000) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        self.path = out / f"{venue}_{symbol.replace('/', '-').replace(':', '_')}_{stamp}.parquet"
-        self.symbol = symbol
-        self.writer = pq.ParquetWriter(self.path, _SCHEMA)
-        self.rows: list[RawMessage] = []
-        self.n = 0
-        self.per_group = rows_per_group
-
-    def __call__(self, m: RawMessage) -> None:
-        self.rows.append(RawMessage(m.recv_ns, m.venue, self.symbol, m.kind, m.payload))
-        if len(self.rows) >= self.per_group:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.rows:
-            return
-        cols = list(zip(*[(r.recv_ns, r.venue, r.symbol, r.kind, r.payload) for r in self.rows], strict=True))
-        self.writer.write_table(pa.Table.from_arrays([pa.array(c) for c in cols], schema=_SCHEMA))
-        self.n += len(self.rows)
-        self.rows.clear()
-
-    def close(self) -> None:
-        self.flush()
-        self.writer.close()
 
 
 def cmd_record(args: argparse.Namespace) -> int:

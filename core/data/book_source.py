@@ -118,11 +118,13 @@ class WsBookSource:
 
     def __init__(self, feed: VenueFeed, endpoint: Endpoint,
                  on_change: Callable[[str, str], None] | None = None,
-                 recorder: Callable[[RawMessage], None] | None = None, reconnect: bool = True) -> None:
+                 recorder: Callable[[RawMessage], None] | None = None, reconnect: bool = True,
+                 deliver: Callable[[RawMessage], None] | None = None) -> None:
         self.feed = feed
         self.endpoint = endpoint
         self.on_change = on_change
         self.recorder = recorder
+        self.deliver = deliver  # e.g. BookEngine.on_message (which feeds this same feed); None: the feed directly
         self.reconnect = reconnect
         self.connected = False
         self.connects = 0
@@ -154,10 +156,14 @@ class WsBookSource:
                 fetching = asyncio.create_task(self._snapshots(http, list(self.feed.syncs)))
             async for frame in ws:
                 now_ns = time.time_ns()
+                text = frame if isinstance(frame, str) else frame.decode()
                 if self.recorder is not None:
-                    self.recorder(RawMessage(now_ns, self.feed.venue, "", "ws",
-                                             frame if isinstance(frame, str) else frame.decode()))
-                sym = self.feed.on_ws(frame, now_ns // 1_000_000)
+                    self.recorder(RawMessage(now_ns, self.feed.venue, "", "ws", text))
+                if self.deliver is not None:
+                    self.deliver(RawMessage(now_ns, self.feed.venue, "", "ws", text))
+                    sym = None
+                else:
+                    sym = self.feed.on_ws(frame, now_ns // 1_000_000)
                 if sym is not None and self.on_change is not None:
                     self.on_change(self.feed.venue, sym)
                 lost = [s for s, sy in self.feed.syncs.items() if sy.needs_snapshot]
@@ -184,7 +190,10 @@ class WsBookSource:
             now_ns = time.time_ns()
             if self.recorder is not None:
                 self.recorder(RawMessage(now_ns, self.feed.venue, sym, "http", body))
-            self.feed.on_http(body, now_ns // 1_000_000, sym)
+            if self.deliver is not None:
+                self.deliver(RawMessage(now_ns, self.feed.venue, sym, "http", body))
+            else:
+                self.feed.on_http(body, now_ns // 1_000_000, sym)
             self.snapshots += 1
 
     def status(self) -> dict:

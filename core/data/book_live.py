@@ -1,0 +1,64 @@
+"""Live consolidated books: one websocket source per venue feeding a BookEngine on its own asyncio
+thread, recording the raw frames to Parquet (on by default, so live runs accumulate replayable history)
+and the 1 s snapshots to the store in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from core.data.book_engine import BookEngine
+from core.data.book_recorder import ParquetRecorder
+from core.data.book_replay import RawMessage
+from core.data.book_source import Endpoint, WsBookSource, public_endpoint
+
+
+class LiveBooks:
+    """``endpoints``: venue -> Endpoint (default: the exchanges' public streams; tests use local servers)."""
+
+    def __init__(self, engine: BookEngine, record_dir: Path | None = None,
+                 endpoints: dict[str, Endpoint] | None = None, reconnect: bool = True) -> None:
+        self.engine = engine
+        self.recorders: dict[str, ParquetRecorder] = {}
+        self.sources: list[WsBookSource] = []
+        for v in engine.venues:
+            feed = engine.feeds[v.venue]
+            natives = list(feed.native)
+            ep = (endpoints or {}).get(v.venue) or public_endpoint(v.venue, natives)
+            rec = ParquetRecorder(record_dir, v.venue, v.symbol) if record_dir is not None else None
+            if rec is not None:
+                self.recorders[v.venue] = rec
+            self.sources.append(WsBookSource(feed, ep, recorder=rec, reconnect=reconnect,
+                                             deliver=self._deliver))
+        self._lock = threading.Lock()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+
+    def _deliver(self, m: RawMessage) -> None:
+        with self._lock:
+            self.engine.on_message(m)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="book-sources", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        try:
+            self._loop.run_until_complete(asyncio.gather(*(s.run(self._stop) for s in self.sources)))
+        finally:
+            self._loop.close()
+            for r in self.recorders.values():
+                r.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def status(self) -> list[dict]:
+        return [s.status() for s in self.sources]
