@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-training", action="store_true", help="never start live training")
     p.add_argument("--db", default=None, help="DuckDB file (default: data.db_path)")
     p.add_argument("--book", metavar="PATH", default=None,
-                   help="order book page: replay this raw book capture (folder or file; book record writes them)")
+                   help="order book page: 'live' (orderbook.venues' public streams, recorded to orderbook.record_dir "
+                        "and stored) or a raw book capture to replay (folder or file)")
     p.add_argument("--book-speed", type=float, default=1.0, help="book replay speed, N x real time (default 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -136,8 +137,22 @@ def main(argv: list[str] | None = None) -> int:
         src = f"imported {replay_path} into the store; " if replay_path else ""
         print(f"{src}replaying {engine.symbol} {engine.timeframe} at "
               f"{args.speed or cfg.dashboard.replay_speed:g}x", flush=True)
-    book, book_stop = None, None
-    if args.book:
+    book, book_stop, live_books = None, None, None
+    if args.book == "live":  # the configured venues' public streams, recorded and stored
+        from core.data.book_engine import engine_from_config
+        from core.data.book_live import LiveBooks
+        from core.data.book_store import BookWriter
+
+        writer = BookWriter(engine.store, cfg.orderbook.symbol, cfg.orderbook.batch_seconds,
+                            cfg.orderbook.retention_days) if getattr(engine, "store", None) is not None else None
+        try:
+            book = engine_from_config(cfg.orderbook, sink=writer)
+        except ValueError as exc:
+            print(f"error: orderbook: {exc}", file=sys.stderr)
+            return 2
+        live_books = LiveBooks(book, record_dir=cfg.resolve(cfg.orderbook.record_dir))
+        live_books.start()
+    elif args.book:
         from core.data.book_engine import engine_for_capture, start_replay
 
         try:
@@ -171,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         engine.stop()
         if book_stop is not None:
             book_stop.set()
+        if live_books is not None:
+            live_books.stop()
         if server is not None:
             server.server_close()
         print("stopped", flush=True)

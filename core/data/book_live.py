@@ -45,12 +45,14 @@ class LiveBooks:
         self.thread.start()
 
     def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._stop = asyncio.Event()
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            await asyncio.gather(*(s.run(self._stop) for s in self.sources))
+
         try:
-            self._loop.run_until_complete(asyncio.gather(*(s.run(self._stop) for s in self.sources)))
+            asyncio.run(main())
         finally:
-            self._loop.close()
             for r in self.recorders.values():
                 r.close()
 
