@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --book {args.book}: {exc}", file=sys.stderr)
             return 2
         _, book_stop = start_replay(book, Path(args.book), args.book_speed)
+    if book is not None and engine.builder.orderbook:  # live decisions read the books of this process
+        engine.builder.book_rows = book.summary_rows
     engine.start()
     server = None
     try:

@@ -28,12 +28,12 @@ Prices and returns are in log-percent (100 * log ratio) so networks see O(1) num
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from core.book_features import BOOK_FEATURES, book_features
+from core.book_features import BOOK_FEATURES, MAX_AGE_MS, book_features
 from core.config import FeaturesConfig
 from core.data.validate import grid_offset
 from core.feature_kernels import (
@@ -217,6 +217,9 @@ class FeatureBuilder:
         flat += ("session_vwap_dist",) + tuple(f"ret_{k}" for k in RETURN_HORIZONS)
         flat += tuple(f"ref_ret_{k}" for k in REF_HORIZONS) + ("ref_present",)
         self.orderbook = bool(getattr(cfg, "orderbook", False))
+        # where build_* find order-book rows when not given ``book=``: (symbol, start_ms, end_ms) -> summary rows
+        # (the composition root points it at the store's book_summary, or at a live BookEngine)
+        self.book_rows: Callable[[str, int, int], pd.DataFrame | None] | None = None
         if self.orderbook:  # optional block from recorded books (core/book_features.py)
             flat += BOOK_FEATURES
         self.spec = FeatureSpec(
@@ -271,6 +274,8 @@ class FeatureBuilder:
         extras, regime = base_extras(x, self.norm_window, start=lo, day=self._days(x.ts))
         parts = [windows[:, :, -1, :].reshape(n, tcount * f), extras, _ref_features(ref, ts, self.base_ms)]
         if self.orderbook:
+            if book is None and self.book_rows is not None and n:
+                book = self.book_rows(symbol, int(ts[0]) + self.base_ms - MAX_AGE_MS, int(ts[-1]) + self.base_ms)
             parts.append(book_features(book, ts + self.base_ms))
         flat = np.concatenate(parts, axis=1).astype(np.float32)
         return FeatureBatch(
@@ -316,6 +321,8 @@ class FeatureBuilder:
         extras, regime = base_extras(base, self.norm_window, start=len(base) - 1, day=self._days(base.ts))
         parts = [windows[:, :, -1, :].reshape(1, -1), extras, _ref_features(ref, base.ts[-1:], self.base_ms)]
         if self.orderbook:
+            if book is None and self.book_rows is not None:
+                book = self.book_rows(symbol, now - MAX_AGE_MS, now)
             parts.append(book_features(book, base.ts[-1:] + self.base_ms))
         flat = np.concatenate(parts, axis=1).astype(np.float32)
         return FeatureBatch(

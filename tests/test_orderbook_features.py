@@ -90,3 +90,23 @@ def test_stale_or_disordered_book_rows(recorded) -> None:
     assert f[0, -1] == 1.0 and f[1, -1] == 0.0  # older than 5 s: not present
     with pytest.raises(ValueError, match="strictly increasing"):
         book_features(summary.iloc[::-1], np.array([last]))
+
+
+def test_book_rows_hook_gives_the_same_features(recorded) -> None:
+    """How train/backtest (store) and live (BookEngine) supply the rows: through builder.book_rows."""
+    candles, summary = recorded
+    fb = FeatureBuilder(FeaturesConfig(window=16, timeframes=["1s"], norm_window=20, orderbook=True), "1s")
+    want = fb.build_many(candles, book=summary, symbol="BTC/USDT")
+    calls = []
+
+    def rows(symbol: str, a: int, b: int) -> pd.DataFrame:
+        calls.append((symbol, a, b))
+        return summary[(summary.ts >= a) & (summary.ts <= b)]
+
+    fb.book_rows = rows
+    got = fb.build_many(candles, symbol="BTC/USDT")
+    np.testing.assert_array_equal(got.flat, want.flat)
+    one = fb.build_one({"1s": candles.iloc[:201]}, symbol="BTC/USDT")
+    np.testing.assert_allclose(one.flat[0], want.flat[200], atol=1e-6, rtol=0)
+    close = int(candles.ts.iloc[200]) + 1000
+    assert calls[-1] == ("BTC/USDT", close - 5000, close)  # only rows up to the bar's close are asked for

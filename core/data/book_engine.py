@@ -155,6 +155,15 @@ class BookEngine:
             out.append(d)
         return out
 
+    def summary_rows(self, symbol: str, start_ms: int, end_ms: int) -> pd.DataFrame | None:
+        """``book_summary`` rows of the in-memory history in [start_ms, end_ms] (FeatureBuilder.book_rows for
+        live decisions: the store only gets them in batches). None for another symbol."""
+        if symbol != self.symbol:
+            return None
+        with self.lock:
+            snaps = [s for s in list(self.history)[-120:] if start_ms <= s.ts_ms <= end_ms]
+        return pd.DataFrame([summary_row(s, self.symbol) for s in snaps], columns=list(SUMMARY_COLUMNS))
+
     def snapshot_history(self) -> list[BucketSnapshot]:
         with self.lock:
             return list(self.history)
