@@ -108,6 +108,43 @@ class L2Book:
                     self.strings_ask.pop(p, None)
         self._bb, self._ba = bb, ba
 
+    def apply_pairs(self, bids: list, asks: list) -> None:
+        """apply_str for [[price_str, amount_str]] pairs without kept strings (Binance diffs: the hot path)."""
+        if self.keep_strings:
+            self.apply_str(bids, asks)
+            return
+        bd, ad = self.bids, self.asks
+        bb, ba = self._bb, self._ba
+        lo, hi = self.window if self.window is not None else (float("inf"), float("-inf"))
+        wb, wa = self.win_bids, self.win_asks
+        for ps, qs in bids:
+            p = float(ps)
+            q = float(qs)
+            if q > 0.0:
+                bd[p] = q
+                if lo <= p < hi:
+                    wb[p] = q
+                if bb is not None and p > bb:
+                    bb = p
+            elif bd.pop(p, None) is not None:
+                wb.pop(p, None)
+                if p == bb:
+                    bb = None
+        for ps, qs in asks:
+            p = float(ps)
+            q = float(qs)
+            if q > 0.0:
+                ad[p] = q
+                if lo <= p < hi:
+                    wa[p] = q
+                if ba is not None and p < ba:
+                    ba = p
+            elif ad.pop(p, None) is not None:
+                wa.pop(p, None)
+                if p == ba:
+                    ba = None
+        self._bb, self._ba = bb, ba
+
     def _apply_windowed(self, bids: list, asks: list) -> None:
         """apply_str that also maintains the window dicts (a second loop so the plain path stays lean)."""
         assert self.window is not None

@@ -71,7 +71,7 @@ class BinanceSync(BookSync):
             self.resync("gap")
             self.pending.append(d)
             return False
-        self.book.apply_str(d["b"], d["a"])
+        self.book.apply_pairs(d["b"], d["a"])
         self.last_u = u
         st.applied += 1
         st.sequence_ok += 1
