@@ -39,6 +39,8 @@ def test_live_books_record_then_replay_same_book(shared_data: Path, tmp_path: Pa
     sync = eng.feeds["binance"].syncs["NKN/USDT"]
     assert sync.synced and sync.stats.resync_count == 0 and sync.stats.applied > 100
     assert live.status()[0]["connects"] == 1
+    st = eng.status()[0]
+    assert st["source"] == "disconnected" and st["messages"] > 100  # the local server closed after the recording
     files = list(out.glob("*.parquet"))
     assert len(files) == 1
     table = pq.read_table(files[0])

@@ -36,9 +36,10 @@ def test_heatmap_full_then_one_column_patches(raw: Path) -> None:
     assert len(snaps) > 100
     venues = sorted(v.venue for v in eng.venues)
     fig, state = heatmap_update(snaps[:-3], list(eng.trades), venues, None)
-    assert isinstance(fig, go.Figure) and state is not None
-    z = fig.data[0].z
-    assert len(z) == len(snaps) - 3 and fig.data[0].type == "heatmap"
+    assert isinstance(fig, dict) and state is not None
+    go.Figure(fig)  # a valid plotly figure
+    z = fig["data"][0]["z"]
+    assert len(z) == len(snaps) - 3 and fig["data"][0]["type"] == "heatmap"
     # each column sums the selected venues' bid + ask volume of its buckets
     last = snaps[-4]
     assert sum(v for v in z[-1] if v) == pytest.approx(float(last.bid.sum() + last.ask.sum()), rel=1e-3)
@@ -50,8 +51,8 @@ def test_heatmap_full_then_one_column_patches(raw: Path) -> None:
         assert len(z_ops) == 1 and z_ops[0]["operation"] == "Append"
         assert len(json.dumps(p.to_plotly_json())) < 10_000
     only_spot, st2 = heatmap_update(snaps, list(eng.trades), ["binance"], state)
-    assert isinstance(only_spot, go.Figure)  # a venue switch re-renders
-    assert sum(v for v in only_spot.data[0].z[-1] if v) == pytest.approx(float(snaps[-1].bid[1].sum()
+    assert isinstance(only_spot, dict)  # a venue switch re-renders
+    assert sum(v for v in only_spot["data"][0]["z"][-1] if v) == pytest.approx(float(snaps[-1].bid[1].sum()
                                                                               + snaps[-1].ask[1].sum()), rel=1e-3)
     stacked = ladder_figure(snaps[-1], venues, "stacked")
     assert stacked.layout.barmode == "relative" and len(stacked.data) == 6
@@ -83,14 +84,15 @@ def test_orderbook_page_heatmap_appends_without_reload(shared_data: Path, raw: P
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
             page = browser.new_page(viewport={"width": 1600, "height": 1100})
             page.goto(f"http://127.0.0.1:{srv.server_port}/orderbook")
-            page.wait_for_function(f"({n_cols})() >= 3", timeout=30_000)
+            page.wait_for_function(f"({n_cols})() >= 3", timeout=60_000)
             assert page.locator("#ob-heatmap .heatmaplayer, #ob-heatmap g.hm").count() >= 1
             page.evaluate("() => { window.__noReload = 7; }")
             first = page.evaluate(n_cols)
-            page.wait_for_function(f"({n_cols})() > {first}", timeout=20_000)
+            page.wait_for_function(f"({n_cols})() > {first}", timeout=30_000)
             assert page.evaluate("() => window.__noReload") == 7
             page.wait_for_selector("#ob-status-table", timeout=10_000)
-            assert "binancecoinm" in page.inner_text("#ob-status-table")
+            status = page.inner_text("#ob-status-table")
+            assert "binancecoinm" in status and "replay" in status
             time.sleep(1.0)
             page.screenshot(path=str(output_dir / "dashboard_orderbook.png"), full_page=True)
             browser.close()

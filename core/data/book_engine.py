@@ -93,6 +93,9 @@ class BookEngine:
         self.next_s: int | None = None
         self.lock = threading.Lock()
         self.messages = 0
+        # how the books arrive: "replay", or "live" with per-venue connection state set by the sources
+        self.source_kind = "replay"
+        self.connected: dict[str, bool] = {}
 
     def venue_books(self, now_ms: int | None = None) -> list[VenueBook]:
         """Synced books; a venue silent for more than ``STALE_MS`` (stream gone quiet) is left out."""
@@ -151,7 +154,9 @@ class BookEngine:
         for v in self.venues:
             st = self.feeds[v.venue].syncs[v.symbol]
             d = st.stats.as_dict()
-            d.update(venue=v.venue, symbol=v.symbol, synced=st.synced)
+            d.update(venue=v.venue, symbol=v.symbol, synced=st.synced,
+                     source=("connected" if self.connected.get(v.venue) else "disconnected")
+                     if self.source_kind == "live" else self.source_kind)
             out.append(d)
         return out
 

@@ -20,6 +20,7 @@ class LiveBooks:
     def __init__(self, engine: BookEngine, record_dir: Path | None = None,
                  endpoints: dict[str, Endpoint] | None = None, reconnect: bool = True) -> None:
         self.engine = engine
+        engine.source_kind = "live"
         self.recorders: dict[str, ParquetRecorder] = {}
         self.sources: list[WsBookSource] = []
         for v in engine.venues:
@@ -40,6 +41,9 @@ class LiveBooks:
         with self._lock:
             self.engine.on_message(m)
 
+    def _watch(self) -> None:
+        self.engine.connected = {s.feed.venue: s.connected for s in self.sources}
+
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name="book-sources", daemon=True)
         self.thread.start()
@@ -48,13 +52,23 @@ class LiveBooks:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            await asyncio.gather(*(s.run(self._stop) for s in self.sources))
+            watcher = asyncio.create_task(self._watch_loop())
+            try:
+                await asyncio.gather(*(s.run(self._stop) for s in self.sources))
+            finally:
+                watcher.cancel()
+                self._watch()
 
         try:
             asyncio.run(main())
         finally:
             for r in self.recorders.values():
                 r.close()
+
+    async def _watch_loop(self) -> None:
+        while True:  # connection state for the page's status table, twice a second
+            self._watch()
+            await asyncio.sleep(0.5)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._loop is not None and self._stop is not None and not self._loop.is_closed():

@@ -43,8 +43,9 @@ def _ts(ms: int) -> str:
     return np.datetime_as_string(np.datetime64(int(ms), "ms"), unit="s").replace("T", " ")
 
 
-def heatmap_figure(snaps: list[BucketSnapshot], trades: list[tuple], venues: list[str] | None) -> tuple[go.Figure, dict]:
-    """The full heatmap of ``snaps`` and the state the Patch updates continue from."""
+def heatmap_figure(snaps: list[BucketSnapshot], trades: list[tuple], venues: list[str] | None) -> tuple[dict, dict]:
+    """The full heatmap of ``snaps`` (a plain figure dict: plotly's object validation would cost seconds on
+    15 minutes of columns) and the state the Patch updates continue from."""
     size = snaps[-1].bucket_size
     lo = min(float(s.prices[0]) for s in snaps) - GRID_MARGIN * size
     hi = max(float(s.prices[-1]) for s in snaps) + GRID_MARGIN * size
@@ -54,17 +55,22 @@ def heatmap_figure(snaps: list[BucketSnapshot], trades: list[tuple], venues: lis
     x = [_ts(s.ts_ms) for s in snaps]
     t0 = snaps[0].ts_ms
     tr = [t for t in trades if t[0] >= t0 and (venues is None or t[4] in venues)][-MAX_DOTS:]
-    fig = go.Figure([
-        go.Heatmap(x=x, y=ys, z=cols, transpose=True, colorscale="Viridis", colorbar={"title": "size"},
-                   hoverongaps=False, name="resting"),
-        go.Scatter(x=[_ts(t[0]) for t in tr], y=[t[1] for t in tr], mode="markers", name="trades",
-                   marker={"size": [float(min(4 + 6 * np.sqrt(t[2]), 24)) for t in tr],
-                           "color": ["#2ca02c" if t[3] == "buy" else "#d62728" for t in tr], "opacity": 0.7}),
-        go.Scatter(x=x, y=[round(s.mid, 4) for s in snaps], mode="lines", name="mid",
-                   line={"color": "white", "width": 1}),
-    ])
-    fig.update_layout(template="plotly_dark", height=520, margin={"l": 60, "r": 10, "t": 30, "b": 30},
-                      uirevision="heatmap", title="Consolidated liquidity", legend={"orientation": "h"})
+    fig = {
+        "data": [
+            {"type": "heatmap", "x": x, "y": ys, "z": cols, "transpose": True, "colorscale": "Viridis",
+             "colorbar": {"title": {"text": "size"}}, "hoverongaps": False, "name": "resting"},
+            {"type": "scatter", "x": [_ts(t[0]) for t in tr], "y": [t[1] for t in tr], "mode": "markers",
+             "name": "trades", "marker": {"size": [float(min(4 + 6 * np.sqrt(t[2]), 24)) for t in tr],
+                                          "color": ["#2ca02c" if t[3] == "buy" else "#d62728" for t in tr],
+                                          "opacity": 0.7}},
+            {"type": "scatter", "x": x, "y": [round(s.mid, 4) for s in snaps], "mode": "lines", "name": "mid",
+             "line": {"color": "white", "width": 1}},
+        ],
+        "layout": {"paper_bgcolor": "#111", "plot_bgcolor": "#111", "font": {"color": "#ddd"},
+                   "xaxis": {"gridcolor": "#333"}, "yaxis": {"gridcolor": "#333"},
+                   "height": 520, "margin": {"l": 60, "r": 10, "t": 30, "b": 30}, "uirevision": "heatmap",
+                   "title": {"text": "Consolidated liquidity"}, "legend": {"orientation": "h"}},
+    }
     state = {"last_ts": snaps[-1].ts_ms, "lo": lo, "ny": ny, "size": size, "venues": venues,
              "trade_ts": tr[-1][0] if tr else t0, "n_trades": len(trades)}
     return fig, state
@@ -72,7 +78,7 @@ def heatmap_figure(snaps: list[BucketSnapshot], trades: list[tuple], venues: lis
 
 def heatmap_update(snaps: list[BucketSnapshot], trades: list[tuple], venues: list[str] | None,
                    state: dict | None) -> tuple[Any, dict | None]:
-    """The heatmap's 1 s update: Patch appending the new columns/trades/mid, or a full figure."""
+    """The heatmap's 1 s update: Patch appending the new columns/trades/mid, or a full figure (dict)."""
     if not snaps:
         return no_update, state
     if state is None or state.get("venues") != venues or state.get("size") != snaps[-1].bucket_size:
@@ -125,12 +131,13 @@ def imbalance_figure(snap: BucketSnapshot) -> go.Figure:
 
 
 def status_table(status: list[dict], snap: BucketSnapshot | None) -> dbc.Table:
-    head = html.Thead(html.Tr([html.Th(h) for h in ("venue", "synced", "messages", "resyncs", "gaps",
+    head = html.Thead(html.Tr([html.Th(h) for h in ("venue", "source", "synced", "messages", "resyncs", "gaps",
                                                     "lag ms", "best bid", "best ask")]))
     rows = []
     for d in status:
         v = d["venue"]
-        rows.append(html.Tr([html.Td(v), html.Td("yes" if d["synced"] else "NO"), html.Td(d["messages"]),
+        rows.append(html.Tr([html.Td(v), html.Td(d.get("source", "")), html.Td("yes" if d["synced"] else "NO"),
+                             html.Td(d["messages"]),
                              html.Td(d["resync_count"]), html.Td(d["gaps"]), html.Td(d["lag_ms"]),
                              html.Td(f"{snap.best_bid[v]:,.2f}" if snap and v in snap.best_bid else "–"),
                              html.Td(f"{snap.best_ask[v]:,.2f}" if snap and v in snap.best_ask else "–")]))
