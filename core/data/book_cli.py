@@ -78,33 +78,37 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from core.data.book_store import BookWriter
+    from core.data.store import MarketStore
+
     ob = _ob(args)
     path = Path(args.path)
     try:
         capture_files(path)
-    except FileNotFoundError as exc:
+        eng = engine_for_capture(path, ob)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"book replay: {exc}", file=sys.stderr)
         return 2
-    writer = None
     store = None
     if args.db:
-        from core.data.book_store import BookWriter
-        from core.data.store import MarketStore
-
-        store = MarketStore(args.db)
-    eng = engine_for_capture(path, ob)
-    if store is not None:
-        from core.data.book_store import BookWriter
-
-        writer = BookWriter(store, eng.symbol, ob.batch_seconds, ob.retention_days)
-        eng.sink = writer
+        try:
+            store = MarketStore(args.db)
+        except duckdb.Error as exc:  # e.g. the dashboard holds the file
+            print(f"book replay: cannot open {args.db} for writing ({str(exc).splitlines()[0]}); "
+                  "stop the dashboard or use another --db", file=sys.stderr)
+            return 2
+        eng.sink = BookWriter(store, eng.symbol, ob.batch_seconds, ob.retention_days)
     t0 = time.perf_counter()
-    n = replay_into(eng, path, args.speed)
-    if writer is not None:
-        writer.flush()
-    if store is not None:
-        store.close()
-    print(json.dumps({"messages": n, "seconds": len(eng.history), "wall_s": round(time.perf_counter() - t0, 2),
+    try:
+        n = replay_into(eng, path, args.speed)
+        if isinstance(eng.sink, BookWriter):
+            eng.sink.flush()
+    finally:
+        if store is not None:
+            store.close()
+    print(json.dumps({"messages": n, "seconds": eng.seconds, "wall_s": round(time.perf_counter() - t0, 2),
                       "venues": eng.status()}))
     return 0
 

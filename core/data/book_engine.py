@@ -93,6 +93,7 @@ class BookEngine:
         self.next_s: int | None = None
         self.lock = threading.Lock()
         self.messages = 0
+        self.seconds = 0  # snapshots made (history keeps only the last history_s)
         # how the books arrive: "replay", or "live" with per-venue connection state set by the sources
         self.source_kind = "replay"
         self.connected: dict[str, bool] = {}
@@ -141,6 +142,7 @@ class BookEngine:
             self.next_s += 1
             if snap is None:
                 continue
+            self.seconds += 1
             with self.lock:
                 self.history.append(snap)
             if self.sink is not None:
