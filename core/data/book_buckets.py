@@ -21,7 +21,7 @@ from core.data.book import L2Book
 
 USD_LIKE = frozenset({"USD", "USDT", "USDC"})
 MAX_WALLS = 5  # walls reported per venue and side (the largest)
-WINDOW_MARGIN = 20  # buckets of slack in each book's maintained price window before it is re-centred
+WINDOW_MARGIN = 5  # buckets of slack in each book's maintained price window before it is re-centred
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +170,8 @@ class Consolidator:
                 idx = np.floor(p / size).astype(np.int64) - lo_k
                 out[i] = np.bincount(idx, weights=q, minlength=nb)[:nb]
                 if len(q) >= 3:
-                    big = np.flatnonzero(q >= self.wall_multiple * float(np.median(q)))
+                    k = len(q) // 2  # (upper) median by partition: np.median's overhead is most of its cost here
+                    big = np.flatnonzero(q >= self.wall_multiple * float(np.partition(q, k)[k]))
                     if len(big) > MAX_WALLS:  # the largest few per venue and side
                         big = big[np.argpartition(q[big], -MAX_WALLS)[-MAX_WALLS:]]
                     for j in big:
