@@ -218,3 +218,30 @@ def test_okx_bad_checksum_counts_one_resync(shared_data: Path) -> None:
     others = [s for n, s in feed.syncs.items() if n != "BTC-USDT"]
     assert all(s.synced and s.stats.resync_count == 0 for s in others)
     _ = copy  # noqa: F841
+
+
+def test_unreadable_frame_resyncs_then_a_fresh_subscription_recovers(shared_data: Path) -> None:
+    """A truncated frame (hand-made fault) in the Kraken recording served locally: counted, every synced
+    book of the connection resynced (never left possibly wrong), no crash; the source leaves to
+    re-subscribe, and the next connection's snapshots sync every book again."""
+    rec = load_recording(shared_data / "orderbook" / "ws-recordings" / "KRAKEN.jsonl.gz")
+    conn = book_conns(rec)[0]
+    clean = list(conn.frames)
+    k = len(clean) // 2
+    conn.frames.insert(k, (clean[k][0], clean[k][1][:25]))
+    src = asyncio.run(_serve_and_run(rec, conn))
+    assert src.bad_frames == 1 and src.status()["bad_frames"] == 1
+    assert src.feed.frames == k + 1  # it stopped reading right there to re-subscribe
+    assert all(s.stats.resyncs == {"bad_frame": 1} and not s.synced and not s.book.bids
+               for s in src.feed.syncs.values())
+    conn.frames = clean
+
+    async def again() -> None:
+        async with serve_recording(rec, conn) as (ws_url, _):
+            src.endpoint = Endpoint(ws_url, list(conn.sends))
+            await asyncio.wait_for(src.run(), 60)
+
+    asyncio.run(again())
+    assert src.connects == 2
+    for sync in src.feed.syncs.values():
+        assert sync.synced and sync.stats.resyncs == {"bad_frame": 1} and sync.stats.checksums_ok > 0

@@ -129,6 +129,7 @@ class WsBookSource:
         self.connected = False
         self.connects = 0
         self.snapshots = 0
+        self.bad_frames = 0
         self.by_native = {s: n for n, s in feed.native.items()}
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -151,6 +152,7 @@ class WsBookSource:
             for msg in self.endpoint.subscribe:
                 await ws.send(msg)
             rest = self.feed.venue in REST_SNAPSHOT_VENUES
+            resyncs_at_start = self._resyncs()
             fetching: asyncio.Task | None = None
             if rest:  # the stream is open and buffering: now the snapshots (Binance's order of things)
                 fetching = asyncio.create_task(self._snapshots(http, list(self.feed.syncs)))
@@ -159,18 +161,22 @@ class WsBookSource:
                 text = frame if isinstance(frame, str) else frame.decode()
                 if self.recorder is not None:
                     self.recorder(RawMessage(now_ns, self.feed.venue, "", "ws", text))
-                if self.deliver is not None:
-                    self.deliver(RawMessage(now_ns, self.feed.venue, "", "ws", text))
+                try:
+                    if self.deliver is not None:
+                        self.deliver(RawMessage(now_ns, self.feed.venue, "", "ws", text))
+                        sym = None
+                    else:
+                        sym = self.feed.on_ws(frame, now_ns // 1_000_000)
+                except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+                    self._bad_frame(text, exc)
                     sym = None
-                else:
-                    sym = self.feed.on_ws(frame, now_ns // 1_000_000)
                 if sym is not None and self.on_change is not None:
                     self.on_change(self.feed.venue, sym)
                 lost = [s for s, sy in self.feed.syncs.items() if sy.needs_snapshot]
                 if rest and lost and (fetching is None or fetching.done()):
                     fetching = asyncio.create_task(self._snapshots(http, lost))
-                elif not rest and any(self.feed.syncs[s].stats.resync_count for s in lost):
-                    return  # re-subscribe on a fresh connection for a fresh snapshot
+                elif not rest and self._resyncs() > resyncs_at_start:
+                    return  # a book was lost on this connection: re-subscribe on a fresh one for a fresh snapshot
                 if stop.is_set():
                     return
             if fetching is not None:
@@ -178,6 +184,20 @@ class WsBookSource:
             lost = [s for s, sy in self.feed.syncs.items() if sy.needs_snapshot]
             if rest and lost:  # the stream ended while a snapshot was being fetched
                 await self._snapshots(http, lost)
+
+    def _resyncs(self) -> int:
+        return sum(sy.stats.resync_count for sy in self.feed.syncs.values())
+
+    def _bad_frame(self, text: str, exc: Exception) -> None:
+        """A frame that cannot be read may have carried an update of any book of the feed: each synced book
+        is resynced (counted as ``bad_frame``) rather than left possibly wrong; the stream goes on."""
+        self.bad_frames += 1
+        if self.bad_frames <= 3 or self.bad_frames % 1000 == 0:
+            log.warning("%s book stream: unreadable frame #%d (%s: %s): %.80s", self.feed.venue, self.bad_frames,
+                        type(exc).__name__, exc, text)
+        for sync in self.feed.syncs.values():
+            if sync.synced:
+                sync.resync("bad_frame")
 
     async def _snapshots(self, http: aiohttp.ClientSession, symbols: list[str]) -> None:
         assert self.endpoint.snapshot_path is not None
@@ -202,4 +222,5 @@ class WsBookSource:
         return {"venue": self.feed.venue, "connected": self.connected, "connects": self.connects,
                 "synced": all(s.synced for s in syncs),
                 "resyncs": sum(s.stats.resync_count for s in syncs), "gaps": sum(s.stats.gaps for s in syncs),
+                "bad_frames": self.bad_frames,
                 "lag_ms": max((s.stats.lag_ms for s in syncs), default=0)}
