@@ -169,18 +169,17 @@ def test_kraken_bad_checksum_one_resync_then_correct_book(shared_data: Path) -> 
     conn = book_conns(rec)[0]
     pair = "XMR/USD"
     frames = [f for _, f in conn.frames]
+    updates = [i for i, f in enumerate(frames) if f.endswith(f'"{pair}"]') and '"c":' in f]
+    k = updates[len(updates) // 3]
     clean = book_feed(rec, conn)
     assert isinstance(clean, KrakenFeed)
-    states: list[str] = []
-    updates = []
+    states: dict[int, str] = {}
     for i, f in enumerate(frames):
         clean.on_ws(f, 0)
         sync = clean.syncs[pair]
         assert isinstance(sync, StreamSync)
-        states.append(_kraken_snapshot_frame(sync, 0, pair, 1000) if sync.synced else "")
-        if f.endswith(f'"{pair}"]') and '"c":' in f:
-            updates.append(i)
-    k = updates[len(updates) // 3]
+        if i == k + 5:  # what a fresh subscription would answer at that moment
+            states[i] = _kraken_snapshot_frame(sync, 0, pair, 1000)
     bad = orjson.loads(frames[k])
     for part in bad[1:-2]:
         if "c" in part:
