@@ -10,6 +10,7 @@ a full figure only on the first render, a venue change, or when the mid leaves t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import dash_bootstrap_components as dbc
@@ -43,7 +44,7 @@ def _ts(ms: int) -> str:
     return np.datetime_as_string(np.datetime64(int(ms), "ms"), unit="s").replace("T", " ")
 
 
-def heatmap_figure(snaps: list[BucketSnapshot], trades: list[tuple], venues: list[str] | None) -> tuple[dict, dict]:
+def heatmap_figure(snaps: list[BucketSnapshot], trades: Sequence[tuple], venues: list[str] | None) -> tuple[dict, dict]:
     """The full heatmap of ``snaps`` (a plain figure dict: plotly's object validation would cost seconds on
     15 minutes of columns) and the state the Patch updates continue from."""
     size = snaps[-1].bucket_size
@@ -76,7 +77,7 @@ def heatmap_figure(snaps: list[BucketSnapshot], trades: list[tuple], venues: lis
     return fig, state
 
 
-def heatmap_update(snaps: list[BucketSnapshot], trades: list[tuple], venues: list[str] | None,
+def heatmap_update(snaps: list[BucketSnapshot], trades: Sequence[tuple], venues: list[str] | None,
                    state: dict | None) -> tuple[Any, dict | None]:
     """The heatmap's 1 s update: Patch appending the new columns/trades/mid, or a full figure (dict)."""
     if not snaps:
@@ -96,7 +97,7 @@ def heatmap_update(snaps: list[BucketSnapshot], trades: list[tuple], venues: lis
         p["data"][0]["z"].append(column(s, lo, size, ny, venues))
         p["data"][2]["x"].append(x)
         p["data"][2]["y"].append(round(s.mid, 4))
-    tr = [t for t in trades if t[0] > state["trade_ts"] and (venues is None or t[4] in venues)][-200:]
+    tr = _trades_after(trades, state["trade_ts"], venues)[-200:]
     for t in tr:
         p["data"][1]["x"].append(_ts(t[0]))
         p["data"][1]["y"].append(t[1])
@@ -104,6 +105,18 @@ def heatmap_update(snaps: list[BucketSnapshot], trades: list[tuple], venues: lis
         p["data"][1]["marker"]["color"].append("#2ca02c" if t[3] == "buy" else "#d62728")
     state = {**state, "last_ts": new[-1].ts_ms, "trade_ts": tr[-1][0] if tr else state["trade_ts"]}
     return p, state
+
+
+def _trades_after(trades: Sequence[tuple], ts: int, venues: list[str] | None) -> list[tuple]:
+    """Trades newer than ``ts`` (the list is in receive order: walk back from the end, not through it all)."""
+    out = []
+    for t in reversed(trades):
+        if t[0] <= ts:
+            break
+        if venues is None or t[4] in venues:
+            out.append(t)
+    out.reverse()
+    return out
 
 
 def ladder_figure(snap: BucketSnapshot, venues: list[str] | None, mode: str) -> go.Figure:
