@@ -5,14 +5,13 @@ column without a reload."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
 from dash import Patch
-from helpers import CHROMIUM, CHROMIUM_ARGS, replay_engine, wait_for
+from helpers import CHROMIUM, CHROMIUM_ARGS, logged_in_page, replay_engine, serve, wait_for
 
 from core.config import load_config
 from core.data.book_engine import engine_for_capture, replay_into, start_replay
@@ -64,7 +63,6 @@ def test_heatmap_full_then_one_column_patches(raw: Path) -> None:
 def test_orderbook_page_heatmap_appends_without_reload(shared_data: Path, raw: Path, tmp_path: Path,
                                                        output_dir: Path) -> None:
     from playwright.sync_api import sync_playwright
-    from werkzeug.serving import make_server
 
     from core.config import Secrets
     from web.app import create_app
@@ -74,16 +72,15 @@ def test_orderbook_page_heatmap_appends_without_reload(shared_data: Path, raw: P
     th, stop = start_replay(book, raw, speed=4.0)
     eng, cfg2, models = replay_engine(shared_data, tmp_path, speed=600.0, min_bars=100)
     app = create_app(eng, cfg2, models_cfg=models, host="127.0.0.1", secrets=Secrets(), book=book)
-    srv = make_server("127.0.0.1", 0, app.server, threaded=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv, url = serve(app)
     n_cols = "() => { const g = document.querySelector('#ob-heatmap .js-plotly-plot'); " \
              "return g && g.data && g.data[0] && g.data[0].z ? g.data[0].z.length : 0; }"
     try:
         wait_for(lambda: len(book.history) >= 3, 60, "3 replayed book seconds")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1600, "height": 1100})
-            page.goto(f"http://127.0.0.1:{srv.server_port}/orderbook")
+            page = logged_in_page(browser, app, url, viewport={"width": 1600, "height": 1100})
+            page.goto(url.rstrip("/") + "/orderbook")
             page.wait_for_function(f"({n_cols})() >= 3", timeout=60_000)
             assert page.locator("#ob-heatmap .heatmaplayer, #ob-heatmap g.hm").count() >= 1
             page.evaluate("() => { window.__noReload = 7; }")
