@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--warmup", type=int, default=None,
                    help="bars before the test split the online parts run over (default: all of them)")
     e.add_argument("--walk", type=int, default=0, help="also score the test split in this many time windows")
+    e.add_argument("--orderbook-ablation", action="store_true",
+                   help="compare the features with and without the order-book block (needs features.orderbook: true "
+                        "and recorded books over the span)")
     e.set_defaults(func=cmd_evaluate)
 
 
@@ -137,6 +140,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             return _evaluate_markets(args, app, models, store, models_dir, names, markets)
         finally:
             store.close()
+    if getattr(args, "orderbook_ablation", False):
+        from NN.training.book_ablation import run_orderbook_ablation
+
+        try:
+            res = run_orderbook_ablation(store, key, models, app, start_ms=args.start, end_ms=args.end)
+        except ValueError as exc:
+            print(f"evaluate: {exc}")
+            return 1
+        finally:
+            store.close()
+        print(json.dumps(res, indent=2))
+        return 0
     try:
         report = run_evaluation(store, key, models, app, start_ms=args.start, end_ms=args.end,
                                 models_dir=models_dir, names=names, warmup=args.warmup, walk=args.walk)
