@@ -249,6 +249,10 @@ def test_sessions_expire_and_logins_are_rate_limited(engine, cfg) -> None:
     assert codes == [401, 401, 401, 429, 429]
     r = bad.post("/login", data={"token": TOKEN})  # even the right token waits: the client is locked out
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    # wrong bearer tokens count as guesses too; the right one is never locked out
+    h = {"Authorization": "Bearer " + "g" * 40}
+    assert bad.get("/api/status", headers=h).status_code == 429
+    assert bad.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
 def test_short_token_refused(engine, cfg, monkeypatch, capsys) -> None:

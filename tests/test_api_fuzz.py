@@ -207,7 +207,7 @@ def _check(path: str, method: str, req: dict, r: Any) -> list[str]:
         problems.append(f"status {code} not documented")
     public = op.get("security") == []
     page_redirect = r.status_code == 302 and not path.startswith(("/api/", "/_dash"))  # to /login
-    if req["auth"] != "bearer" and not public and r.status_code not in (401, 403) and not page_redirect:
+    if req["auth"] != "bearer" and not public and r.status_code not in (401, 403, 429) and not page_redirect:
         problems.append(f"{code} without a credential")
     if path.startswith("/api/") and r.status_code >= 400:
         j = r.get_json(silent=True)
