@@ -189,6 +189,7 @@ class _FramingPage(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium")
 def test_framing_refused_and_pages_work_under_the_csp(site, output_dir) -> None:
     from playwright.sync_api import sync_playwright
@@ -224,6 +225,7 @@ def test_framing_refused_and_pages_work_under_the_csp(site, output_dir) -> None:
         evil.shutdown()
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium")
 def test_first_minute_login_url_then_logout(site, output_dir) -> None:
     """What a new user does: open the printed URL, land on the Live page without the token in the address
