@@ -425,3 +425,19 @@ def test_host_name_and_allow_list(header: str, name: str) -> None:
     allowed = host_allow_list("127.0.0.1", ["Dash.Example"])
     assert {"127.0.0.1", "localhost", "::1", "dash.example"} <= allowed and "evil.example" not in allowed
     assert "0.0.0.0" not in host_allow_list("0.0.0.0")
+
+
+def test_status_streaming_tells_the_truth() -> None:
+    # hand-built snapshots: the engine wants a stream, but is a source delivering it?
+    from dataclasses import replace
+
+    from core.data.source_base import SourceStatus
+    from core.snapshot import EngineSnapshot
+    from web.api import status_json
+
+    snap = replace(EngineSnapshot.empty("NOPE/USDT", "1m", "replay"), running=True, streaming=True)
+    down = replace(snap, sources={"replay": SourceStatus("replay", connected=False, error="no candles stored")})
+    up = replace(snap, sources={"replay": SourceStatus("replay", connected=True)})
+    assert status_json(down)["streaming"] is False
+    assert status_json(up)["streaming"] is True
+    assert status_json(replace(up, streaming=False))["streaming"] is False
