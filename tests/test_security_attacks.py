@@ -211,6 +211,10 @@ def test_framing_refused_and_pages_work_under_the_csp(site, output_dir) -> None:
             page.wait_for_selector("#live-chart .js-plotly-plot .main-svg", timeout=60_000)
             page.wait_for_selector("#experts-table", timeout=30_000)
             assert page.locator("#live-chart .js-plotly-plot").count() == 1
+            for path in ("/models", "/backtest", "/orderbook"):  # every page renders under the CSP too
+                page.goto(url + path)
+                page.wait_for_selector("#page > *", timeout=30_000)
+                page.wait_for_timeout(1000)
             assert violations == [], violations[:3]
             page.goto(f"http://127.0.0.1:{evil.server_port}/")
             page.wait_for_timeout(2500)
