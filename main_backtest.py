@@ -18,6 +18,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     experts from the composition root (compose.py), since core never imports NN."""
     import compose
     from core.backtest import cli as backtest_cli
+    from core.backtest import research_cli
     from core.data import cli as data_cli
     from NN.experts.kronos import cli as kronos_cli
     from NN.training import cli as training_cli
@@ -25,6 +26,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     data_cli.register(sub)  # data import|download|list|export
     training_cli.register(sub)  # train | evaluate (experts, MoE gate)
     backtest_cli.register(sub, compose.backtest_components)  # run (backtest) | report ID
+    research_cli.register(sub, compose.walkforward_trainer)  # walkforward | sweep
     kronos_cli.register(sub)  # forecast (Kronos Monte-Carlo paths, summary, fan chart)
 
 
