@@ -123,8 +123,29 @@ def make_sampler(space: Space) -> Any:
     if space.sampler == "random":
         return optuna.samplers.RandomSampler(seed=space.seed)
     if space.sampler == "grid":
-        return optuna.samplers.GridSampler({k: list(v["values"]) for k, v in space.params.items()}, seed=space.seed)
+        return _Grid({k: list(v["values"]) for k, v in space.params.items()}, seed=space.seed)
     return optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=10)
+
+
+def grid_size(space: Space) -> int | None:
+    return math.prod(len(v["values"]) for v in space.params.values()) if space.sampler == "grid" else None
+
+
+def _grid_class() -> Any:
+    import optuna
+
+    class Grid(optuna.samplers.GridSampler):
+        """Optuna's grid sampler stops an ``optimize`` loop when the grid is exhausted, which raises
+        under ask/tell; this sweep caps its trials at the grid size itself."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return Grid
+
+
+def _Grid(grid: dict[str, list[Any]], seed: int) -> Any:
+    return _grid_class()(grid, seed=seed)
 
 
 def open_study(space: Space, paths: SweepPaths, name: str) -> Any:
@@ -229,7 +250,8 @@ def run_sweep(space: Space, cfg: AppConfig, *, n_trials: int, workers: int = 1, 
         for ft in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             tr = optuna.trial.Trial(study, ft._trial_id)
             pending[pool.submit(tr.number, dict(ft.params))] = tr
-        remaining = n_trials - len(study.get_trials(deepcopy=False))
+        cap = grid_size(space)
+        remaining = (min(n_trials, cap) if cap else n_trials) - len(study.get_trials(deepcopy=False))
         while pending or remaining > 0:
             while remaining > 0 and len(pending) < pool.slots:
                 tr = study.ask(dists)
