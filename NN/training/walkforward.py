@@ -13,7 +13,6 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -63,9 +62,9 @@ class FoldTrainerNN:
                              "lengthen --train")
         return replace(prep, train=slice(0, a), val=slice(a + gap, n), test=slice(n, n))
 
-    def __call__(self, train: pd.DataFrame, fold: Fold, previous: Components | None) -> Components:
+    def __call__(self, train_candles: pd.DataFrame, fold: Fold, previous: Components | None) -> Components:
         torch.manual_seed(self.seed + fold.index)
-        prep = self._prepare(train)
+        prep = self._prepare(train_candles)
         spec = prep.batch.spec
         experts: dict[str, Any] = {}
         info: dict[str, dict[str, Any]] = {}
@@ -86,7 +85,7 @@ class FoldTrainerNN:
         if self.retrain_gate:
             gate, ginfo = train_gate(experts, prep, self.models, common_horizon(experts))
             info["gate"] = {"version": f"wf{fold.index}", "trained": True, "input_kind": "gate",
-                            **{k: float(v) for k, v in ginfo.items() if np.isscalar(v)}}
+                            **{k: float(v) for k, v in ginfo.items() if isinstance(v, int | float)}}
         else:
             gate = MoEGate(list(experts), self.models.moe, regime_dim)
             info["gate"] = {"version": "hedge", "trained": False, "input_kind": "gate"}

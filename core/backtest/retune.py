@@ -51,7 +51,8 @@ def load_cached(folder: Path) -> Cached:
     bars = pd.read_parquet(c)
     if len(bars) != len(d["ts"]) or not np.array_equal(bars["ts"].to_numpy(np.int64), d["ts"]):
         raise ValueError(f"{folder}: candles.parquet and predictions.npz disagree on the bars")
-    return Cached(*(bars[k].to_numpy(np.float64) for k in ("ts", "open", "high", "low", "close")),
+    col = {k: bars[k].to_numpy(np.float64) for k in ("ts", "open", "high", "low", "close")}
+    return Cached(ts=col["ts"], open=col["open"], high=col["high"], low=col["low"], close=col["close"],
                   fused=d["fused"], confidence=d["confidence"], fold_of=d["fold_of"])
 
 

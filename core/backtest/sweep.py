@@ -209,7 +209,7 @@ class _Pool:
             return ("inline", number)
         return self._remote.remote(self._ref, params, self.cfg, self.bpy)
 
-    def wait(self, pending: dict[Any, int]) -> list[tuple[Any, dict[str, Any]]]:
+    def wait(self, pending: dict[Any, Any]) -> list[tuple[Any, dict[str, Any]]]:
         if self._remote is None:
             key = next(iter(pending))
             number, params = next((n, p) for n, p in self._inline if n == key[1])

@@ -232,7 +232,8 @@ def run_walkforward(candles: pd.DataFrame, folds: list[Fold], trainer: FoldTrain
         names = list(comps.experts)
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            np.savez(cache_dir / f"fold_{f.index}.npz", train_end=f.train_end, names=np.array(names), **p)
+            arrays: dict[str, Any] = {"train_end": np.int64(f.train_end), "names": np.array(names), **p}
+            np.savez(cache_dir / f"fold_{f.index}.npz", **arrays)
         preds.append(p)
         fold_results.append(FoldResult(f, len(p["ts"]), comps.info, t1 - t0, time.perf_counter() - t1))
         prev = comps
@@ -266,8 +267,8 @@ def run_walkforward(candles: pd.DataFrame, folds: list[Fold], trainer: FoldTrain
                       "buy_and_hold_return": float(close[rows][-1] / float(bars["open"][rows].iloc[0]) - 1.0),
                       "attribution": attr["groups"].get(i, {})}
     if cache_dir is not None:
-        np.savez(cache_dir / "predictions.npz", fold_of=fold_of, model_age_ms=age, names=np.array(names),
-                 **{k: v for k, v in cat.items()})
+        stitched: dict[str, Any] = {"fold_of": fold_of, "model_age_ms": age, "names": np.array(names), **cat}
+        np.savez(cache_dir / "predictions.npz", **stitched)
         bars.to_parquet(cache_dir / "candles.parquet")
     res = WalkForwardResult(run_id, spec, bars, names, fold_of, age, decided, cat["codes"], cat["fused"],
                             cat["weights"], cat["confidence"], cat["expert_probs"], cat["signal"], equity,
