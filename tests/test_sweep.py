@@ -149,3 +149,38 @@ def test_bad_space_files_fail_with_one_line(tmp_path, text, needle):
     with pytest.raises(SweepError) as e:
         load_space(p)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_backtest_page_research_views_on_a_real_sweep_and_walkforward(wf_dir, tmp_path):
+    import json
+    import shutil
+
+    from web.pages import research
+
+    cfg = load_config()
+    sp = load_space(_space(tmp_path, wf_dir, "random"), cfg)
+    paths = sweep_paths(tmp_path / "moe.duckdb", "page")
+    s = run_sweep(sp, cfg, n_trials=6, workers=0, paths=paths, name="page")
+    assert [x["name"] for x in research.list_sweeps(paths.result.parent)] == ["page"]
+    df = research.sweep_table(s)
+    assert len(df) == 6 and set(df["verdict"]) <= {"survives", "fails DSR", "too few trades"}
+    assert (df["verdict"] == "survives").sum() == len(s["survivors"])
+    pc = research.sweep_parcoords(s)
+    assert [d.label for d in pc.data[0].dimensions][:4] == ["buy_threshold", "sell_threshold", "min_confidence",
+                                                             "stop_loss_pct"]
+    hm = research.sweep_heatmap(s)
+    assert hm.data[0].histfunc == "avg" and len(hm.data[1].x) + len(hm.data[2].x) == 6
+    # two walk-forward runs side by side (the same run stored twice under two ids)
+    for rid in ("a", "b"):
+        d = tmp_path / "reports" / "walkforward" / rid
+        d.mkdir(parents=True)
+        rep = json.loads((wf_dir / "report.json").read_text())
+        rep["run_id"] = rid
+        (d / "report.json").write_text(json.dumps(rep))
+    reps = research.list_walkforwards(tmp_path / "reports")
+    cmp = research.compare_walkforwards(reps)
+    assert sorted(cmp.columns) == ["a", "b"] and "pnl cnn" in cmp.index
+    assert cmp.loc["total_return", "a"] == cmp.loc["total_return", "b"]
+    assert len(research.attribution_figure(reps).data) == 2  # cnn + unattributed, one bar per run
+    assert len(research.attribution_figure(reps[:1]).data[0].x) == 2  # one run: its folds
+    shutil.rmtree(tmp_path / "reports")
