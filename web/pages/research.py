@@ -15,8 +15,14 @@ import pandas as pd
 import plotly.graph_objects as go
 
 
+MAX_BYTES = 64 * 1024 * 1024  # as the page's report cap
+
+
 def _read(p: Path) -> dict[str, Any] | None:
+    """A listed file (the browser sends names/paths that are matched against these listings only)."""
     try:
+        if not p.is_file() or p.stat().st_size > MAX_BYTES:
+            return None
         r = json.loads(p.read_text())
     except (OSError, ValueError):
         return None
