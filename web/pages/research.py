@@ -14,7 +14,6 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-
 MAX_BYTES = 64 * 1024 * 1024  # as the page's report cap
 
 
