@@ -3,6 +3,7 @@ killed after ~10 trials and resumed -> exactly 20 distinct trials; SPACE.yml err
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,7 +71,6 @@ params:
 
 def test_threshold_trial_on_cached_predictions_retrades_the_walkforward(wf_dir):
     """Re-trading the cached predictions at the walk-forward's own thresholds reproduces its equity."""
-    import json
 
     cfg = load_config()
     c = load_cached(wf_dir)
@@ -152,7 +152,6 @@ def test_bad_space_files_fail_with_one_line(tmp_path, text, needle):
 
 
 def test_backtest_page_research_views_on_a_real_sweep_and_walkforward(wf_dir, tmp_path):
-    import json
     import shutil
 
     from web.pages import research
@@ -184,3 +183,21 @@ def test_backtest_page_research_views_on_a_real_sweep_and_walkforward(wf_dir, tm
     assert len(research.attribution_figure(reps).data) == 2  # cnn + unattributed, one bar per run
     assert len(research.attribution_figure(reps[:1]).data[0].x) == 2  # one run: its folds
     shutil.rmtree(tmp_path / "reports")
+
+
+def test_cli_sweep_runs_inline_and_errors_are_one_line(wf_dir, tmp_path, capsys):
+    from main_backtest import main
+
+    space = _space(tmp_path, wf_dir, "random")
+    db = tmp_path / "moe.duckdb"
+    assert main(["sweep", str(space), "--trials", "3", "--workers", "0", "--name", "cli", "--db", str(db)]) == 0
+    assert "sweep cli:" in capsys.readouterr().out and (tmp_path / "sweeps" / "cli.json").exists()
+    # resuming a finished 3-trial sweep to 4 adds exactly one trial
+    assert main(["sweep", str(space), "--trials", "4", "--workers", "0", "--resume", "cli", "--db", str(db)]) == 0
+    assert json.loads((tmp_path / "sweeps" / "cli.json").read_text())["trials"] == 4
+    for argv, needle in ((["sweep", str(tmp_path / "nope.yml")], "no such file"),
+                         (["sweep", str(space), "--resume", "ghost", "--db", str(db)], "no sweep named 'ghost'"),
+                         (["walkforward", "--train", "7x", "--db", str(db)], "duration '7x'")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert needle in str(e.value) and "\n" not in str(e.value)
