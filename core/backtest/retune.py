@@ -88,17 +88,23 @@ def evaluate_trial(c: Cached, trial: dict[str, Any], cfg: AppConfig, bars_per_ye
                     sell=float(trial.get("sell_threshold", o.sell_threshold)),
                     min_confidence=float(trial.get("min_confidence", o.min_confidence)))
     codes, equity, state = retrade(c, th, base_params(cfg, trial), cfg.execution.initial_cash)
-    r = np.diff(np.concatenate([[cfg.execution.initial_cash], equity])) / np.concatenate(
-        [[cfg.execution.initial_cash], equity[:-1]])
-    sd = float(r.std(ddof=1)) if len(r) > 1 else 0.0
-    sr = float(r.mean() / sd) if sd > 0 else 0.0
-    d = r - r.mean()
-    m2 = float((d ** 2).mean())
-    skew = float((d ** 3).mean() / m2 ** 1.5) if m2 > 0 else 0.0
-    kurt = float((d ** 4).mean() / m2 ** 2) if m2 > 0 else 3.0
-    blocks = np.array_split(np.arange(len(r)), BLOCKS)
-    return {"sharpe_bar": sr, "sharpe": sr * float(np.sqrt(bars_per_year)), "total_return": float(equity[-1] /
-            cfg.execution.initial_cash - 1), "fills": int(state[K.S_TRADES]), "decisions_buy": int((codes == 1).sum()),
-            "decisions_sell": int((codes == -1).sum()), "bars": len(r), "skew": skew, "kurt": kurt,
-            "block_sum": [float(r[b].sum()) for b in blocks], "block_sq": [float((r[b] ** 2).sum()) for b in blocks],
-            "block_n": [len(b) for b in blocks]}
+    prev = np.empty_like(equity)
+    prev[0] = cfg.execution.initial_cash
+    prev[1:] = equity[:-1]
+    r = equity / prev - 1.0
+    n = len(r)
+    mean = float(r.mean())
+    d = r - mean
+    m2 = float(d @ d) / n
+    sd = float(np.sqrt(m2 * n / (n - 1))) if n > 1 else 0.0
+    sr = mean / sd if sd > 0 else 0.0
+    skew = float((d ** 3).sum() / n / m2 ** 1.5) if m2 > 0 else 0.0
+    kurt = float((d ** 4).sum() / n / m2 ** 2) if m2 > 0 else 3.0
+    starts = np.array([b[0] for b in np.array_split(np.arange(n), BLOCKS)])
+    counts = np.diff(np.append(starts, n))
+    buys = int((codes == 1).sum())
+    return {"sharpe_bar": sr, "sharpe": sr * float(np.sqrt(bars_per_year)),
+            "total_return": float(equity[-1] / cfg.execution.initial_cash - 1), "fills": int(state[K.S_TRADES]),
+            "decisions_buy": buys, "decisions_sell": int((codes == -1).sum()), "bars": n, "skew": skew,
+            "kurt": kurt, "block_sum": np.add.reduceat(r, starts).tolist(),
+            "block_sq": np.add.reduceat(r * r, starts).tolist(), "block_n": counts.tolist()}
