@@ -1,4 +1,4 @@
-"""Command line: data, train, evaluate, forecast, run (backtest), report, book.
+"""Command line: data, train, evaluate, forecast, run (backtest), report, walkforward, sweep, book.
 
 Each area registers its own sub-commands (``register(subparsers)`` in its cli module, see
 ``register_commands``), so this file stays a thin dispatcher. Every command takes --config / --models.
