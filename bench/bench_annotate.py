@@ -69,6 +69,7 @@ def main() -> int:
     from core.types import SeriesKey
     from main_dashboard import build_engine
     from web.app import create_app
+    from web.auth import COOKIE
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_annotate_"))
     cfg, models = load_config(), load_models()
@@ -96,7 +97,9 @@ def main() -> int:
 
     app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets(),
                      backtest_components=backtest_components)
-    client = app.server.test_client()
+    policy = app.server.extensions["moe_auth"]
+    client = app.server.test_client()  # authenticated like any client (web/auth.py): the bearer token
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {policy.token}"
     series = f"{key.exchange}|{key.symbol}|{key.timeframe}"
     outs = next(k for k in app.callback_map if "ann-pending.data" in k and "ann-undo-stack.data" in k)
     saved = []
@@ -136,7 +139,11 @@ def main() -> int:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         for _ in range(3):
-            c = browser.new_context(viewport={"width": 1600, "height": 1200})
+            # logged in (a session cookie); bypass_csp only lets this script's JS probe read the figure
+            c = browser.new_context(viewport={"width": 1600, "height": 1200}, bypass_csp=True)
+            sid, _ = policy.sessions.new()
+            c.add_cookies([{"name": COOKIE, "value": sid, "url": url.split("/annotate")[0] + "/", "httpOnly": True,
+                            "sameSite": "Strict"}])
             page = c.new_page()
             page.goto(url)
             end = time.monotonic() + 120

@@ -77,37 +77,70 @@ def tiny_kronos_dir(root: Path) -> Path:
     return d
 
 
-def api_client(engine: Any, cfg: AppConfig) -> Any:
-    """A Flask test client of the dashboard on ``engine`` (loopback, no token: add auth here when needed)."""
-    from core.config import Secrets
-    from web.app import create_app
-
-    return create_app(engine, cfg, host="127.0.0.1", secrets=Secrets()).server.test_client()
+# ---------------------------------------------------------------- talking to the dashboard (auth in one place)
+# Every test that calls the dashboard goes through these: the server always needs a credential
+# (web/auth.py), state-changing calls need the dashboard's own Origin and JSON bodies.
 
 
-def api_call(client: Any, method: str, path: str, body: Any = None) -> Any:
-    """One API request through ``client`` (credentials, when the dashboard needs them, go here)."""
-    return client.open(path, method=method, json=body)
+def auth_policy(app: Any) -> Any:
+    """The running app's ``web.auth.AuthPolicy`` (its token, sessions, limiter)."""
+    return app.server.extensions["moe_auth"]
 
 
-def serve_dashboard(engine: Any, cfg: AppConfig, models: ModelsConfig) -> tuple[Any, str]:
-    """The dashboard of ``engine`` served from a background thread on 127.0.0.1 (port 0): (server, base url).
-    Stop it with ``server.shutdown()``."""
-    import threading
+def auth_headers(app: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {auth_policy(app).token}"}
 
-    from werkzeug.serving import make_server
 
-    from compose import backtest_components
-    from core.config import Secrets
-    from web.app import create_app
+def api_client(app: Any) -> Any:
+    """A Flask test client of ``app`` that sends the bearer token with every request."""
+    c = app.server.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {auth_policy(app).token}"
+    return c
 
-    app = create_app(engine, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets(),
-                     backtest_components=backtest_components)
-    srv = make_server("127.0.0.1", 0, app.server, threaded=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+def ui_client(app: Any) -> Any:
+    """A Flask test client logged in like a browser: a session cookie from POST /login and the
+    dashboard's own Origin on every request (what a browser sends for its own pages)."""
+    c = app.server.test_client()
+    c.environ_base["HTTP_ORIGIN"] = "http://localhost"
+    r = c.post("/login", data={"token": auth_policy(app).token, "next": "/"})
+    assert r.status_code == 302, r.get_data(as_text=True)[:200]
+    return c
+
+
+def http_session(app: Any, base_url: str) -> Any:
+    """A ``requests.Session`` for a served app: bearer token, the server's own Origin."""
+    import requests
+
+    s = requests.Session()
+    s.headers.update({**auth_headers(app), "Origin": base_url.rstrip("/")})
+    return s
+
+
+def serve(app: Any) -> tuple[Any, str]:
+    """Serve ``app`` on 127.0.0.1 (random port) with the production server main_dashboard.py uses;
+    returns (server, base url without a trailing slash); stop with ``server.shutdown()``."""
+    from web.server import serve_in_thread
+
+    srv = serve_in_thread(app.server, "127.0.0.1", 0, threads=8)
     return srv, f"http://127.0.0.1:{srv.server_port}"
 
 
-def open_page(page: Any, base_url: str, path: str) -> None:
-    """Open a dashboard page in a Playwright page (the login step goes here when a token is set)."""
-    page.goto(base_url + path)
+def browser_context(browser: Any, app: Any, base_url: str, *, bypass_csp: bool = True, **kwargs: Any) -> Any:
+    """A Playwright browser context already logged in (a fresh session cookie for ``base_url``).
+
+    ``bypass_csp``: the UI tests read the page with JavaScript strings (``wait_for_function``), which the
+    dashboard's CSP (no 'unsafe-eval') rightly blocks; tests/test_security_attacks.py opens the pages
+    with the CSP enforced."""
+    ctx = browser.new_context(bypass_csp=bypass_csp, **kwargs)
+    sid, _ = auth_policy(app).sessions.new()
+    from web.auth import COOKIE
+
+    ctx.add_cookies([{"name": COOKIE, "value": sid, "url": base_url + "/", "httpOnly": True,
+                      "sameSite": "Strict"}])
+    return ctx
+
+
+def logged_in_page(browser: Any, app: Any, base_url: str, **kwargs: Any) -> Any:
+    """A new page in a logged-in context (``browser.new_page`` replacement)."""
+    return browser_context(browser, app, base_url, **kwargs).new_page()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from helpers import api_call, api_client, replay_engine
+from helpers import api_client, replay_engine
+
+from core.config import Secrets
+from web.app import create_app
+
+
+def api_call(client, method: str, path: str, body=None):
+    return client.open(path, method=method, json=body)
 
 
 def ms(iso: str) -> int:
@@ -14,7 +21,7 @@ def ms(iso: str) -> int:
 @pytest.fixture(scope="module")
 def running(shared_data, tmp_path_factory):
     eng, cfg, _ = replay_engine(shared_data, tmp_path_factory.mktemp("ann_api"), min_bars=20)
-    yield eng, api_client(eng, cfg)
+    yield eng, api_client(create_app(eng, cfg, host="127.0.0.1", secrets=Secrets()))
     eng.stop()
 
 

@@ -51,13 +51,25 @@ def test_job_runs_backtester_and_report_is_listed(ctx) -> None:
     reps = backtest.list_reports(wctx.cfg.resolve(wctx.cfg.backtest.reports_dir))
     assert len(reps) == 1 and reps["path"].iloc[0] == job.report
     assert reps["bars"].iloc[0] == 2 * 1440
-    eq = backtest.report_equity(job.report)
+    rdir = wctx.cfg.resolve(wctx.cfg.backtest.reports_dir)
+    eq = backtest.report_equity(job.report, rdir)
     assert len(eq) == 2 * 1440 and eq["equity"].iloc[0] == pytest.approx(wctx.cfg.execution.initial_cash, rel=0.01)
     fig = figures.compare_figure({"a": eq, "b": eq})
     assert len(fig.data) == 2 and fig.data[0].y[0] == pytest.approx(1.0)
     # the run is also recorded in the store's backtest_runs table (as main_backtest.py run does)
     runs = wctx.store.query_df("SELECT json_path FROM backtest_runs")
     assert list(runs["json_path"]) == [job.report]
+    # the compare dropdown's value comes from the browser: only .json files inside reports_dir are read
+    import shutil
+
+    outside = Path(rdir).parent / "elsewhere" / "copy.json"
+    outside.parent.mkdir(exist_ok=True)
+    shutil.copy(job.report, outside)  # a real, report-shaped file, but outside the reports folder
+    for bad in (str(outside), f"{rdir}/../elsewhere/copy.json", "../elsewhere/copy.json", "/dev/zero",
+                "/etc/passwd", "", "x\x00.json"):
+        with pytest.raises(ValueError):
+            backtest.report_equity(bad, rdir)
+    assert len(backtest.report_equity(Path(job.report).name, rdir)) == 2 * 1440  # relative inside: fine
 
 
 def test_job_failure_is_reported_not_raised(ctx) -> None:
@@ -84,10 +96,19 @@ def test_event_mode_job_reports_what_the_fast_mode_job_does(shared_data, tmp_pat
         wctx = WebContext(engine=None, cfg=cfg, models_cfg=models, store=store,
                           backtest_components=backtest_components)
         jobs = backtest.BacktestJobs(backtest.default_runner(wctx))
-        # untrained experts' fused P(up) / P(down) sit around 0.29 / 0.34 here: these thresholds give
-        # both BUYs and SELLs, so the modes are compared on trades
+        # untrained experts mixed with the base rate sit far from fixed thresholds: a first fast run's
+        # threshold preview (core/backtest/thresholds.py, a grid over its own probabilities) picks a pair
+        # that gives both BUYs and SELLs, so the modes are compared on trades
         base = RunRequest(symbol="BTC/USDT", timeframe="1m", start_ms=day, end_ms=day + 500 * 60_000,
                           experts=("cnn", "dqn"), thresholds=Thresholds(buy=0.30, sell=0.35), source="dashboard")
+        probe = jobs.submit(replace(base, mode="fast"))
+        wait_for(lambda: probe.done, 300, "the probe job")
+        pv = json.loads(Path(probe.report).read_text())["threshold_preview"]
+        n_buy, n_sell = np.asarray(pv["n_buy"]), np.asarray(pv["n_sell"])
+        both = np.argwhere((n_buy >= 5) & (n_sell >= 5))
+        assert len(both), f"no preview pair gives both BUYs and SELLs: {pv}"
+        i, j = both[len(both) // 2]
+        base = replace(base, thresholds=Thresholds(buy=pv["buy"][i], sell=pv["sell"][j]))
         reps = {}
         for mode in ("fast", "event"):
             job = jobs.submit(replace(base, mode=mode))

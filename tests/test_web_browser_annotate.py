@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from helpers import CHROMIUM, CHROMIUM_ARGS, open_page, replay_engine, serve_dashboard, wait_for
+from helpers import CHROMIUM, CHROMIUM_ARGS, logged_in_page, replay_engine, serve, wait_for
+
+from compose import backtest_components
+from core.config import Secrets
+from web.app import create_app
 
 pytestmark = [
     pytest.mark.browser,
@@ -28,8 +32,10 @@ def ms(iso: str) -> int:
 @pytest.fixture(scope="module")
 def served(shared_data, tmp_path_factory):
     eng, cfg, models = replay_engine(shared_data, tmp_path_factory.mktemp("annotate"), min_bars=20)
-    srv, url = serve_dashboard(eng, cfg, models)
-    yield eng, url
+    app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets(),
+                     backtest_components=backtest_components)
+    srv, url = serve(app)
+    yield eng, url, app
     srv.shutdown()
     eng.stop()
 
@@ -40,7 +46,7 @@ def page(served):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        pg = browser.new_page(viewport={"width": 1600, "height": 1300})
+        pg = logged_in_page(browser, served[2], served[1], viewport={"width": 1600, "height": 1300})
         yield pg
         browser.close()
 
@@ -56,8 +62,8 @@ def only(eng, pred=lambda r: True):
 
 
 def test_click_click_drag_undo(served, page, output_dir) -> None:
-    eng, url = served
-    open_page(page, url, "/annotate")
+    eng, url, _ = served
+    page.goto(url + "/annotate")
     page.wait_for_function(f"() => {{ const g = {GD}; return g && g.data && g.data[0] && g.data[0].x.length > 1000; }}",
                            timeout=60_000)
     t1, t2, t3 = ms("2023-03-21T10:00Z"), ms("2023-03-21T10:20Z"), ms("2023-03-21T10:25Z")
