@@ -298,7 +298,10 @@ def test_executor_trades_through_ccxt_broker(fake_exchange):
         fake.price = float(r["close"])
         all_fills += ex.on_bar(bar, d)
     assert [f.side for f in all_fills] == ["buy", "sell"]
-    assert all_fills[0].clientOrderId == client_order_id(f"d-{int(pd.Timestamp(rows.iloc[0]['timestamp']).value // 1_000_000)}")
+    ts0 = int(pd.Timestamp(rows.iloc[0]["timestamp"]).value // 1_000_000)
+    # the id derives from (account, symbol, timeframe, bar ts, action) only: the same after a restart
+    assert all_fills[0].clientOrderId == ex.client_id(ts0, "buy") == client_order_id(
+        f"sandbox:BTC/USDT|BTC/USDT|1m|{ts0}|buy")
     snap = ex.snapshot()
     assert snap.position == pytest.approx(0.0, abs=1e-12) and snap.mode == "sandbox"
     # sized 10% of equity, then rounded by ccxt to the market's 0.00001 lot step
