@@ -222,6 +222,6 @@ def test_live_path_matches_kernel_without_stops(shared_data):
         assert [(f.side, f.amount, f.price, f.fee) for f in fl] == [(f.side, f.amount, f.price, f.fee) for f in fp]
         # the same ids up to the account (ccxt:... vs paper:...): both derive from (bar, action)
         for ex_, fs in ((paper, fp), (live, fl)):
-            assert all(f.clientOrderId in {ex_.client_id(f.ts, a) for a in ACTIONS} for f in fs)
+            assert all(f.clientOrderId in {ex_.client_id(bar.ts, a) for a in ACTIONS} for f in fs)
     assert np.array_equal(live.state, paper.state, equal_nan=True)
     assert live.state[K.S_KILLS] >= 1 and live.state[K.S_TRADES] > 10
