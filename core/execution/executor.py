@@ -326,18 +326,18 @@ class Executor:
         hit = risk.check_stops(bar.open, bar.high, bar.low)
         out = (orders, fills, reasons, resolved)
         if hit is not None:
-            self._submit(-self.state[K.S_POS], bar.ts, hit[1], hit[1], decision_id, out)
+            self._submit(-self.state[K.S_POS], bar.ts, hit[1], hit[1], decision_id, out, hit[0])
             risk.start_cooldown()
         equity = self.state[K.S_CASH] + self.state[K.S_POS] * bar.close
         self.state[K.S_EQUITY] = equity
         if risk.check_daily_loss(equity) and self.state[K.S_POS] != 0:
             self._emit("kill_switch", {"reason": "daily_loss", "equity": float(equity)})
-            self._submit(-self.state[K.S_POS], bar.ts, "kill_switch", "kill_switch", decision_id, out)
+            self._submit(-self.state[K.S_POS], bar.ts, "kill_switch", "kill_switch", decision_id, out, bar.close)
         target = risk.gate(risk.size(signal, vol))
         if target == target:
             qty = risk.order_qty(target, bar.close)
             if qty != 0.0:
-                self._submit(qty, bar.ts, action, "signal", decision_id, out)
+                self._submit(qty, bar.ts, action, "signal", decision_id, out, bar.close)
         risk.tick_cooldown()
         self.state[K.S_EQUITY] = self.state[K.S_CASH] + self.state[K.S_POS] * bar.close
         self.state[K.S_LAST_PRICE] = bar.close
@@ -348,7 +348,7 @@ class Executor:
         return client_order_id(order_key(self.account, self.symbol, self.timeframe, bar_ts, action))
 
     def _submit(self, qty: float, bar_ts: int, action: str, reason: str, decision_id: str,
-                out: tuple[list[Order], list[Fill], list[str], list[Intent]]) -> None:
+                out: tuple[list[Order], list[Fill], list[str], list[Intent]], ref_price: float) -> None:
         """Intent (committed) -> create_order -> fill booked into the state; the intent's resolution is
         committed with the bar. A BrokerError leaves the intent pending: looked up before the next bar."""
         from dataclasses import replace
@@ -368,7 +368,7 @@ class Executor:
         self._mem_intents[cid] = intent
         try:
             order = self.live_broker.create_order(self.symbol, "market", side, abs(float(qty)), None,
-                                                  {"clientOrderId": cid})
+                                                  {"clientOrderId": cid, "refPrice": ref_price})
         except Exception as exc:  # state unknown: stays pending, resolved by lookup before the next order
             log.warning("%s order %s %s: %s; the intent stays pending", reason, side, cid, type(exc).__name__)
             self._emit("error", {"where": "create_order", "clientOrderId": cid, "error": type(exc).__name__})
