@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 from core.config import Secrets
@@ -224,9 +225,16 @@ class CcxtBroker:
         import ccxt
 
         try:
-            return self._order(self.ex.fetch_order(cid, symbol, {"clientOrderId": cid}))
+            raw = self.ex.fetch_order(cid, symbol, {"clientOrderId": cid})
         except ccxt.OrderNotFound:
             return None
+        o = self._order(raw)
+        if o.filled > 0 and not (raw.get("fee") or raw.get("fees")):
+            # an order query carries no fills (Binance): the fee comes from the account's trades of it
+            trades = self.ex.fetch_order_trades(o.id, symbol)
+            fees = [t["fee"] for t in trades if t.get("fee")]
+            o = replace(o, fee=quote_fee(fees, symbol, o.price))
+        return o
 
     @staticmethod
     def _order(o: dict) -> Order:

@@ -88,6 +88,7 @@ class Executor:
         self._on_event = on_event  # (kind, details): fills, rejections, recoveries -> alerts
         self._mem_intents: dict[str, Intent] = {}  # ledger-less exchange runs (tests)
         self._carry: tuple[list[Order], list[Fill], list[str], list[Intent]] = ([], [], [], [])
+        self._check_intents = True  # unresolved intents may exist (the ledger is asked)
         self.blocked = ""  # why new orders are held (an intent the exchange could not confirm)
         self._vol_window = int(risk.vol_window)
         # the venue's bars per year (session bars for stocks) for volatility sizing; None = 24x7
@@ -177,6 +178,7 @@ class Executor:
             self._mem_intents[it.client_order_id] = new
             if new.status != it.status or new.order_id != it.order_id:
                 resolved.append(new)
+        self._check_intents = any(it.status in UNRESOLVED for it in self._mem_intents.values())
         return orders, fills, reasons, resolved
 
     def _book(self, order: Order, side: str) -> Fill:
@@ -315,8 +317,9 @@ class Executor:
         intents of earlier bars still unconfirmed; while one cannot be confirmed, nothing new is sent."""
         orders, fills, reasons, resolved = self._carry
         self._carry = ([], [], [], [])
-        o2, f2, r2, res2 = self._resolve_unresolved()
-        orders, fills, reasons, resolved = orders + o2, fills + f2, reasons + r2, resolved + res2
+        if self._check_intents:  # only after an order the exchange left unconfirmed (no query per bar)
+            o2, f2, r2, res2 = self._resolve_unresolved()
+            orders, fills, reasons, resolved = orders + o2, fills + f2, reasons + r2, resolved + res2
         if self.blocked:
             self.state[K.S_LAST_PRICE] = bar.close
             self.state[K.S_EQUITY] = self.state[K.S_CASH] + self.state[K.S_POS] * bar.close
@@ -371,6 +374,7 @@ class Executor:
                                                   {"clientOrderId": cid, "refPrice": ref_price})
         except Exception as exc:  # state unknown: stays pending, resolved by lookup before the next order
             log.warning("%s order %s %s: %s; the intent stays pending", reason, side, cid, type(exc).__name__)
+            self._check_intents = True
             self._emit("error", {"where": "create_order", "clientOrderId": cid, "error": type(exc).__name__})
             return
         orders.append(order)
@@ -378,6 +382,7 @@ class Executor:
             status = "open" if order.status == "open" else "rejected"
             resolved.append(replace(intent, status=status, order_id=order.id, note=order.reason))
             self._mem_intents[cid] = resolved[-1]
+            self._check_intents = self._check_intents or status == "open"
             if status == "rejected":
                 log.warning("%s order %s %s rejected: %s", reason, side, cid, order.reason)
                 self.state[K.S_REJECTED] += 1
@@ -386,6 +391,7 @@ class Executor:
         if order.status == "open":  # partly filled, still working: booked when it completes
             resolved.append(replace(intent, status="open", order_id=order.id))
             self._mem_intents[cid] = resolved[-1]
+            self._check_intents = True
             return
         fills.append(self._book(order, side))
         reasons.append(reason)
