@@ -276,12 +276,17 @@ def make_handler(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client killed mid-request (the kill -9 trials) resets its connection: expected
+
+
 class FakeServer:
     """The fake on an ephemeral loopback port, served from a daemon thread."""
 
     def __init__(self, fake: FakeBinance | None = None) -> None:
         self.fake = fake or FakeBinance()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(self.fake))
+        self.server = _Server(("127.0.0.1", 0), make_handler(self.fake))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

@@ -6,7 +6,8 @@ process at random points around create_order, and after a backfill of stale bars
 The trading process is a fork of the test process (imports already loaded: a trial costs the trading,
 not the start-up), killed with SIGKILL: before the order is sent (intent committed), while it is in flight
 (the fake books it, then kills the client before answering) and after the acknowledgement (before the
-ledger write). MOE_KILL_TRIALS sets the trial count (default 50)."""
+ledger write). The default run does 12 trials (one per ~1.3 s); the 50-trial run is marked slow
+(MOE_SLOW_TESTS=1); MOE_KILL_TRIALS overrides both counts."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ EXE = ExecutionConfig(broker="ccxt", sandbox=True, fill_at="last_price", max_bar
 RISK = RiskConfig(fraction=0.5, stop_loss_pct=0.0, take_profit_pct=0.0, max_daily_loss_pct=0.5)
 KEY = SeriesKey("binance", "BTC/USDT", "1m")
 ACCOUNT = "testnet:BTC/USDT"
-TRIALS = int(os.environ.get("MOE_KILL_TRIALS", "50"))
+TRIALS = os.environ.get("MOE_KILL_TRIALS")
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +155,19 @@ def _trial(server: FakeServer, df: pd.DataFrame, decs: list[Decision], db: Path,
 
 
 def test_kill9_around_create_order_never_doubles(bars, server, tmp_path):
-    """50 trials: kill -9 at a random order and point; restart; finish the run. Zero duplicates on the
-    exchange, every intent resolved, ledger equal to the exchange."""
-    rng = random.Random(15)
+    kill_trials(bars, server, tmp_path, int(TRIALS or 12), seed=15)
+
+
+@pytest.mark.slow
+def test_kill9_50_trials(bars, server, tmp_path):
+    kill_trials(bars, server, tmp_path, int(TRIALS or 50), seed=1515)
+
+
+def kill_trials(bars, server, tmp_path, trials: int, seed: int) -> None:
+    """kill -9 at a random order and point; restart; finish the run. Zero duplicates on the exchange,
+    every intent resolved, ledger equal to the exchange."""
+    TRIALS = trials
+    rng = random.Random(seed)
     df = bars.iloc[:30]
     decs = decisions(df)
     modes = ["before_send", "in_flight", "after_ack"]
