@@ -244,3 +244,40 @@ def test_backfill_after_restart_trades_nothing(bars, server, tmp_path):
     assert (server.fake.posts > before) == ((act == Action.BUY and held == 0) or (act == Action.SELL and held > 0))
     ex.ledger.close()
     assert_ledger_equals_exchange(db, server)
+
+
+def test_reconcile_every_n_bars_agrees_then_halts_on_a_manual_trade(bars, server, tmp_path):
+    """Reconciliation at start and every 10 bars agrees with the fake exchange on a clean run; a trade
+    made outside the engine (the user's own order on the account) is a difference: orders halt
+    (reason reconcile) until acknowledged, then trading resumes."""
+    fake = server.fake
+    fake.reset(price=float(bars["close"].iloc[0]))
+    events: list[tuple[str, dict]] = []
+    df = bars.iloc[:120]
+    decs = decisions(df)
+    ex = make_executor(tmp_path / "r.duckdb", server.base, reconcile_every_bars=10,
+                       on_event=lambda k, d: events.append((k, d)))
+    assert ex.last_reconcile is not None and ex.last_reconcile.ok  # at start: a fresh account agrees
+    feed(ex, server.base, df.iloc[:60], decs[:60])
+    res = ex.last_reconcile
+    assert res is not None and res.ok and res.fills_checked >= 10 and not ex.halt_reason, res.summary()
+    # the user buys 0.01 BTC by hand on the same account
+    fake.create({"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.01000000",
+                 "newClientOrderId": "web_manual_1"})
+    posts = fake.posts
+    feed(ex, server.base, df.iloc[60:70], decs[60:70])  # the 10th bar reconciles, before its decision
+    res = ex.last_reconcile
+    assert res is not None and not res.ok and ex.halt_reason == "reconcile"
+    whats = {d.what for d in res.differences}
+    assert {"fill_missing_in_ledger", "balance_base", "balance_quote"} <= whats, whats
+    assert ex.snapshot().halt_reason == "reconcile"
+    assert any(k == "reconcile" for k, _ in events) and any(k == "kill_switch" and d["reason"] == "reconcile"
+                                                            for k, d in events)
+    halted_posts = fake.posts
+    feed(ex, server.base, df.iloc[70:90], decs[70:90])
+    assert fake.posts == halted_posts  # halted: nothing sent, whatever the decisions
+    ex.reset_kill_switch()  # the user acknowledges
+    assert not ex.halt_reason
+    feed(ex, server.base, df.iloc[90:120], decs[90:120])
+    assert fake.posts > halted_posts and ex.last_reconcile is not None and ex.last_reconcile.ok
+    assert not ex.halt_reason and posts <= halted_posts

@@ -28,15 +28,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from core.execution import kernel as K
 from core.execution.broker import client_order_id, order_key
+from core.execution.ccxt_broker import quote_fee
 from core.execution.ledger import UNRESOLVED, Intent, Ledger
 from core.execution.paper import PaperBroker
+from core.execution.reconcile import Baseline, ReconcileResult, make_baseline, reconcile
 from core.execution.risk import RiskManager
 from core.types import Broker, CandleEvent, Decision, Fill, Order, timeframe_ms
 
@@ -62,6 +65,8 @@ class ExecutionSnapshot:
     pending_target: float | None
     unresolved: int = 0  # exchange intents not yet confirmed (orders are held while > 0 at a bar)
     stale_bars: int = 0  # bars recorded but not traded: older than max_bar_age_s
+    halt_reason: str = ""  # "reconcile": orders held until the user acknowledges
+    reconcile: ReconcileResult | None = None  # the last comparison with the exchange
 
 
 class Executor:
@@ -69,7 +74,8 @@ class Executor:
                  broker: Broker | None = None, session_flat: Callable[[int], bool] | None = None,
                  bars_per_year: float | None = None, max_bar_age_s: float = 0.0,
                  clock: Callable[[], float] = time.time,
-                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None,
+                 reconcile_every_bars: int = 0, reconcile_tolerance: float = 1e-6) -> None:
         self.symbol = symbol
         self.timeframe = timeframe
         self.params = K.params_from_config(execution, risk)
@@ -87,8 +93,16 @@ class Executor:
         self.stale_bars = 0
         self._on_event = on_event  # (kind, details): fills, rejections, recoveries -> alerts
         self._mem_intents: dict[str, Intent] = {}  # ledger-less exchange runs (tests)
+        self._mem_fills: list[Fill] = []
         self._carry: tuple[list[Order], list[Fill], list[str], list[Intent]] = ([], [], [], [])
         self._check_intents = True  # unresolved intents may exist (the ledger is asked)
+        self._initial_cash = float(execution.initial_cash)
+        self._reconcile_every = int(reconcile_every_bars)  # 0: never (paper)
+        self._reconcile_tol = float(reconcile_tolerance)
+        self._bars_since_reconcile = 0
+        self.last_reconcile: ReconcileResult | None = None
+        self.halt_reason = ""  # "reconcile": new orders held until the user acknowledges (reset)
+        self._baseline: dict[str, Any] | None = (ledger.meta if ledger is not None else {}).get("baseline")
         self.blocked = ""  # why new orders are held (an intent the exchange could not confirm)
         self._vol_window = int(risk.vol_window)
         # the venue's bars per year (session bars for stocks) for volatility sizing; None = 24x7
@@ -109,6 +123,8 @@ class Executor:
         self._snap = self._make_snapshot()
         if broker is not None:
             self.recover()
+            if self._reconcile_every:
+                self.reconcile()
 
     # ------------------------------------------------------------ restart safety
 
@@ -136,6 +152,80 @@ class Executor:
                                               "amount": f.amount, "price": f.price})
             self._snap = self._make_snapshot()
 
+    # ------------------------------------------------------------ reconciliation
+
+    def reconcile(self) -> ReconcileResult | None:
+        """Compare the ledger with the exchange now (start-up, every N bars, on demand)."""
+        with self._lock:
+            res = self._reconcile_locked()
+            self._snap = self._make_snapshot()
+            return res
+
+    def _reconcile_locked(self, extra_fills: list[Fill] | None = None) -> ReconcileResult | None:
+        b = self.live_broker
+        if b is None or not hasattr(b, "fetch_my_trades"):
+            return None  # paper: the ledger is the account; Alpaca: no fills endpoint wired yet
+        self._bars_since_reconcile = 0
+        t0 = time.perf_counter()
+        try:
+            balance = b.fetch_balance()
+            open_orders = b.fetch_open_orders(self.symbol)
+            base = Baseline.from_json(self._baseline_json())
+            if base is None:
+                base = make_baseline(balance, self.symbol, float(self.state[K.S_POS]),
+                                     float(self.state[K.S_CASH]) - self._initial_cash, int(self._clock() * 1000))
+                self._baseline = base.to_json()
+            trades = self._all_trades(b, base.since_ms)
+        except Exception as exc:  # unreachable: compared next time; nothing is halted on a network error
+            self.last_reconcile = ReconcileResult(int(self._clock() * 1000), ok=True, error=type(exc).__name__)
+            log.warning("reconcile: %s", type(exc).__name__)
+            return self.last_reconcile
+        fills = self.ledger.fills() if self.ledger is not None else pd.DataFrame(
+            [{"order_id": f.order_id, "amount": f.amount, "fee": f.fee, "ts": f.ts} for f in self._mem_fills])
+        if extra_fills:  # this bar's fills, not committed yet
+            fills = pd.concat([fills[["order_id", "amount", "fee", "ts"]], pd.DataFrame(
+                [{"order_id": f.order_id, "amount": f.amount, "fee": f.fee, "ts": f.ts} for f in extra_fills])])
+        open_cids = [it.client_order_id for it in self._mem_intents.values() if it.status == "open"]
+        res = reconcile(symbol=self.symbol, ledger_fills=fills, ledger_open=open_cids,
+                        position=float(self.state[K.S_POS]), cash_change=float(self.state[K.S_CASH]) - self._initial_cash,
+                        trades=trades, open_orders=open_orders, balance=balance, baseline=base,
+                        tolerance=self._reconcile_tol, cash_scale=abs(float(self.state[K.S_CASH])),
+                        fee_of=lambda t: quote_fee([t["fee"]] if t.get("fee") else [], self.symbol, t.get("price")))
+        res = replace(res, elapsed_ms=(time.perf_counter() - t0) * 1000.0)
+        self.last_reconcile = res
+        if not res.ok and not self.halt_reason:
+            self.halt_reason = "reconcile"
+            log.warning("reconcile: %s; new orders halted until acknowledged", res.summary())
+            self._emit("reconcile", {"differences": [d.detail for d in res.differences]})
+            self._emit("kill_switch", {"reason": "reconcile", "detail": res.summary()})
+        return res
+
+    def _baseline_json(self) -> dict[str, Any] | None:
+        return self._baseline
+
+    def _all_trades(self, b: Any, since: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while True:
+            page = b.fetch_my_trades(self.symbol, since, 1000)
+            out += page
+            if len(page) < 1000:
+                return out
+            since = int(page[-1]["timestamp"]) + 1
+
+    def acknowledge(self) -> None:
+        """The user saw the reconcile differences: they are absorbed into the baseline (persisted with
+        the next bar) and new orders may go again; a NEW difference halts again."""
+        with self._lock:
+            self._acknowledge_locked()
+            self._snap = self._make_snapshot()
+
+    def _acknowledge_locked(self) -> None:
+        res, base = self.last_reconcile, Baseline.from_json(self._baseline_json())
+        if self.halt_reason == "reconcile" and res is not None and base is not None:
+            self._baseline = base.acknowledged(res).to_json()
+            self._emit("acknowledged", {"differences": [d.detail for d in res.differences]})
+        self.halt_reason = ""
+
     def _unresolved(self) -> list[Intent]:
         if self.ledger is not None:
             return self.ledger.unresolved_intents()
@@ -144,8 +234,6 @@ class Executor:
     def _resolve_unresolved(self) -> tuple[list[Order], list[Fill], list[str], list[Intent]]:
         """Look every unresolved intent up; book the fills of those the exchange says filled. An intent
         the exchange cannot be asked about stays unresolved and holds new orders (``blocked``)."""
-        from dataclasses import replace
-
         orders: list[Order] = []
         fills: list[Fill] = []
         reasons: list[str] = []
@@ -185,13 +273,20 @@ class Executor:
         px = float(order.price or 0.0)
         signed = order.filled if side == "buy" else -order.filled
         K.apply_fill(self.state, signed, px, float(order.fee))
+        if self.ledger is None:
+            self._mem_fills.append(Fill(id=f"{order.id}-f", order_id=order.id, clientOrderId=order.clientOrderId,
+                                        symbol=self.symbol, side=side, amount=order.filled, price=px,
+                                        fee=float(order.fee), ts=order.ts))
         return Fill(id=f"{order.id}-f", order_id=order.id, clientOrderId=order.clientOrderId,
                     symbol=self.symbol, side=side, amount=order.filled, price=px, fee=float(order.fee),
                     ts=order.ts)
 
     def _meta(self) -> dict[str, Any]:
         base = self.ledger.meta if self.ledger is not None else {}
-        return {**base, "pending_cid": self._pending_cid, "order_seq": self._order_seq}
+        out = {**base, "pending_cid": self._pending_cid, "order_seq": self._order_seq}
+        if self._baseline:
+            out["baseline"] = self._baseline
+        return out
 
     def _emit(self, kind: str, details: dict[str, Any]) -> None:
         if self._on_event is not None:
@@ -320,7 +415,10 @@ class Executor:
         if self._check_intents:  # only after an order the exchange left unconfirmed (no query per bar)
             o2, f2, r2, res2 = self._resolve_unresolved()
             orders, fills, reasons, resolved = orders + o2, fills + f2, reasons + r2, resolved + res2
-        if self.blocked:
+        self._bars_since_reconcile += 1
+        if self._reconcile_every and self._bars_since_reconcile >= self._reconcile_every:
+            self._reconcile_locked(extra_fills=fills)
+        if self.blocked or self.halt_reason:
             self.state[K.S_LAST_PRICE] = bar.close
             self.state[K.S_EQUITY] = self.state[K.S_CASH] + self.state[K.S_POS] * bar.close
             return orders, fills, reasons, resolved
@@ -354,8 +452,6 @@ class Executor:
                 out: tuple[list[Order], list[Fill], list[str], list[Intent]], ref_price: float) -> None:
         """Intent (committed) -> create_order -> fill booked into the state; the intent's resolution is
         committed with the bar. A BrokerError leaves the intent pending: looked up before the next bar."""
-        from dataclasses import replace
-
         orders, fills, reasons, resolved = out
         side = "buy" if qty > 0 else "sell"
         cid = self.client_id(bar_ts, action)
@@ -404,7 +500,9 @@ class Executor:
     # ------------------------------------------------------------ commands / views
 
     def reset_kill_switch(self) -> None:
+        """The user's reset: the daily-loss kill switch and an acknowledged reconcile halt."""
         with self._lock:
+            self._acknowledge_locked()
             self.risk.reset()
             if self.ledger is not None and self.ledger.restored:
                 self.ledger.save_state(self.state)
@@ -445,7 +543,7 @@ class Executor:
             fees=float(s[K.S_FEES]), trades=int(s[K.S_TRADES]), kill_switch=bool(s[K.S_KILL]),
             cooldown=int(s[K.S_COOLDOWN]), pending_target=None if pend != pend else pend,
             unresolved=sum(1 for it in self._mem_intents.values() if it.status in UNRESOLVED),
-            stale_bars=self.stale_bars)
+            stale_bars=self.stale_bars, halt_reason=self.halt_reason, reconcile=self.last_reconcile)
 
 
 def _lookup(broker: Any, client_order_id_: str, symbol: str) -> Order | None:
