@@ -53,7 +53,7 @@ def mode_banner(snap: Any) -> html.Div:
     """The account traded, fixed for the process (red LIVE, amber TESTNET, grey PAPER / REPLAY); the UI
     only shows it: no control switches modes."""
     t = getattr(snap, "trading", None)
-    mode = getattr(t, "mode", None) or getattr(snap, "mode", "paper")
+    mode = str(getattr(t, "mode", None) or getattr(snap, "mode", "paper"))
     broker = getattr(t, "broker", "paper")
     words = {"live": f"LIVE: real money ({broker})", "testnet": f"TESTNET ({broker} test account)",
              "replay": "REPLAY: paper account on stored data"}.get(mode, "PAPER: simulated account")
