@@ -55,7 +55,8 @@ class FakeBinance:
             self.requests: list[tuple[str, str]] = []
             self.headers_seen: list[dict] = []
             self.fail_next: list[int] = []  # status codes answered to the next requests (429, 500, 503)
-            self.fail_paths: tuple[str, ...] = ()  # only these paths fail ("" = every path)
+            self.fail_paths: tuple[str, ...] = ()  # only these paths fail (empty: every path)
+            self.fail_post_next: list[int] = []  # status codes for the next order POSTs (not booked)
             self.ack_delay_s = 0.0  # every order POST is answered this late (booked first)
             self.stall_posts = 0  # the next N POSTs are booked, then answered after stall_s
             self.drop_posts = 0  # the next N POSTs never reach the matching engine (504 after stall_s)
@@ -236,6 +237,11 @@ def make_handler(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
                     n = fake.posts
                     drop = fake.drop_posts > 0
                     fake.drop_posts -= int(drop)
+                    post_fail = fake.fail_post_next.pop(0) if fake.fail_post_next else None
+                if post_fail is not None:
+                    return self._send(post_fail, {"code": -1003 if post_fail == 429 else -1001,
+                                                  "msg": "Too many requests." if post_fail == 429 else
+                                                  "Internal error; unable to process your request."})
                 if drop:
                     time.sleep(fake.stall_s)
                     return self._send(504, {"code": -1007, "msg": "Timeout waiting for response from backend "

@@ -215,6 +215,12 @@ class Engine(EngineCommands):
             self._q.put(("candle", (p, ev)))
 
         prov.subscribe(enqueue, symbols=[self.symbol], timeframes=[self.timeframe])
+        if broker is not None:  # exchange accounts: stops and the kill switch also act on intrabar prices
+            def tick(ev: CandleEvent, p: DataProvider = prov) -> None:
+                if not ev.closed:
+                    self._q.put(("tick", (p, ev)))
+
+            prov.subscribe(tick, symbols=[self.symbol], timeframes=[self.timeframe], in_progress=True)
         key = SeriesKey(self.exchange, self.symbol, self.timeframe)
         if self.replay is not None:
             from core.data.replay import ReplaySource
@@ -341,6 +347,14 @@ class Engine(EngineCommands):
             prov, ev = arg
             if prov is self._provider:
                 self._on_candle(ev)
+            return
+        if kind == "tick":
+            prov, ev = arg
+            if prov is self._provider and self._executor is not None and ev.key.symbol == self.symbol:
+                fills = self._executor.on_tick(float(ev.close), int(time.time() * 1000))
+                if fills:
+                    self._trades.extend(fills)
+                    self._publish()
             return
         self._handlers[kind](arg)
 

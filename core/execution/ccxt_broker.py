@@ -111,7 +111,7 @@ class CcxtBroker:
             raise ValueError(f"order amount {amount!r}: expected a positive number")
         try:
             amount, price, why = self._apply_rules(symbol, type, amount, price, ref_price)
-        except ccxt.NetworkError as exc:
+        except ccxt.OperationFailed as exc:
             raise BrokerError(f"create_order {cid}: markets unavailable ({type_name(exc)})") from None
         if why:  # the exchange would refuse it: skipped with the reason, nothing sent
             return Order(id="", clientOrderId=cid, symbol=symbol, side=side, type=type, amount=float(amount),
@@ -128,7 +128,7 @@ class CcxtBroker:
             # while the first order is still open, so a filled one would be doubled).
             try:
                 found = self._lookup(symbol, cid)
-            except ccxt.NetworkError as exc:  # cannot tell whether it exists: do not submit blindly
+            except ccxt.OperationFailed as exc:  # cannot tell whether it exists: do not submit blindly
                 last = exc
                 continue
             if found is not None:
@@ -147,13 +147,13 @@ class CcxtBroker:
                 return Order(id="", clientOrderId=cid, symbol=symbol, side=side, type=type, amount=float(amount),
                              price=price, status="rejected", filled=0.0, fee=0.0, ts=int(time.time() * 1000),
                              reason=f"{type_name(exc)}: {_short(exc)}")
-            except ccxt.NetworkError as exc:  # RequestTimeout included: the request may have arrived
+            except ccxt.OperationFailed as exc:  # RequestTimeout included: the request may have arrived
                 last = exc
                 log.warning("create_order %s: %s on attempt %d; looking it up before any retry",
                             cid, type_name(exc), attempt + 1)
         try:
             found = self._lookup(symbol, cid)
-        except ccxt.NetworkError:
+        except ccxt.OperationFailed:
             found = None
         if found is not None:
             return found
@@ -182,13 +182,14 @@ class CcxtBroker:
     # ------------------------------------------------------------ internals
 
     def _retry(self, fn: Any, *args: Any) -> Any:
-        """Reads are safe to repeat: 429 / 5xx / timeouts (ccxt NetworkError) retried with back-off."""
+        """Reads are safe to repeat: 429 / 5xx / timeouts and Binance's "unknown status" internal errors
+        (ccxt OperationFailed, NetworkError's parent) retried with back-off."""
         import ccxt
 
         for attempt in range(self.retries):
             try:
                 return fn(*args)
-            except ccxt.NetworkError as exc:
+            except ccxt.OperationFailed as exc:
                 if attempt + 1 >= self.retries:
                     raise
                 log.warning("%s: %s; retry %d", getattr(fn, "__name__", "call"), type_name(exc), attempt + 1)

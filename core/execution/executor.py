@@ -399,6 +399,34 @@ class Executor:
                     amount=float(row[K.F_QTY]), price=float(row[K.F_PRICE]), fee=float(row[K.F_FEE]), ts=ts)
         return order, fill
 
+    def on_tick(self, price: float, ts_ms: int) -> list[Fill]:
+        """A trade / ticker price inside the open bar (exchange accounts): stop-loss, take-profit and the
+        daily-loss kill switch act NOW, not at the bar's close (a paper account's kernel already models
+        the bar's high/low). The exit is keyed to the open bar, so a re-sent tick cannot double it; its
+        fill is committed with that bar (its intent before the order, as every order)."""
+        if self.live_broker is None or not (math.isfinite(price) and price > 0):
+            return []
+        with self._lock:
+            if self.blocked or self.halt_reason or self.is_stale(ts_ms - self._tf_ms):
+                return []
+            bar_ts = int(ts_ms) // self._tf_ms * self._tf_ms
+            if self._last_ts is not None and bar_ts <= self._last_ts:
+                return []  # a late tick of a bar already booked
+            orders, fills, reasons, resolved = self._carry
+            out = (orders, fills, reasons, resolved)
+            n = len(fills)
+            hit = self.risk.check_stops(price, price, price)
+            if hit is not None:
+                self._submit(-self.state[K.S_POS], bar_ts, hit[1], hit[1], "", out, price)
+                self.risk.start_cooldown()  # counted from this bar, as a stop found at the close
+            equity = self.state[K.S_CASH] + self.state[K.S_POS] * price
+            if self.state[K.S_POS] != 0 and self.risk.check_daily_loss(equity):
+                self._emit("kill_switch", {"reason": "daily_loss", "equity": float(equity), "intrabar": True})
+                self._submit(-self.state[K.S_POS], bar_ts, "kill_switch", "kill_switch", "", out, price)
+            self._carry = out
+            self._snap = self._make_snapshot()
+            return fills[n:]
+
     def _stale_bar(self, bar: CandleEvent) -> tuple[list[Order], list[Fill], list[str]]:
         """A backfilled bar: its price is recorded (equity, volatility), nothing is traded."""
         self.stale_bars += 1
