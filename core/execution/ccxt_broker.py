@@ -102,6 +102,9 @@ class CcxtBroker:
 
         params = dict(params or {})
         ref_price = params.pop("refPrice", None)  # the executor's last price: min-cost check of market orders
+        # the executor's ledger proves this clientOrderId was never sent before (a fresh intent): the first
+        # attempt needs no lookup (one round trip less); every retry still looks first
+        fresh = bool(params.pop("moeFresh", False))
         cid = params.get("clientOrderId")
         if not cid:
             raise ValueError("create_order needs params['clientOrderId'] (deterministic from the decision id)")
@@ -127,7 +130,7 @@ class CcxtBroker:
             # the same decision may already be on the book (Binance only rejects a reused clientOrderId
             # while the first order is still open, so a filled one would be doubled).
             try:
-                found = self._lookup(symbol, cid)
+                found = None if fresh and not attempt else self._lookup(symbol, cid)
             except ccxt.OperationFailed as exc:  # cannot tell whether it exists: do not submit blindly
                 last = exc
                 continue

@@ -495,7 +495,8 @@ class Executor:
         self._mem_intents[cid] = intent
         try:
             order = self.live_broker.create_order(self.symbol, "market", side, abs(float(qty)), None,
-                                                  {"clientOrderId": cid, "refPrice": ref_price})
+                                                  {"clientOrderId": cid, "refPrice": ref_price,
+                                                   "moeFresh": known is None and self.ledger is not None})
         except Exception as exc:  # state unknown: stays pending, resolved by lookup before the next order
             log.warning("%s order %s %s: %s; the intent stays pending", reason, side, cid, type(exc).__name__)
             self._check_intents = True
