@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,10 @@ from core.config import ExecutionConfig, RiskConfig, Secrets
 from core.execution.broker import CcxtBroker
 from core.execution.executor import Executor
 from core.execution.ledger import Ledger
+from core.snapshot import EngineSnapshot, KillSwitchState, trading_view
 from core.types import Action, CandleEvent, Decision, SeriesKey, Thresholds
+from web.api import status_json
+from web.pages.live import kill_panel
 
 KEYS = Secrets(exchange_api_key="test-key-not-real", exchange_secret="test-secret-not-real")
 EXE = ExecutionConfig(broker="ccxt", sandbox=True, fill_at="last_price", max_bar_age_s=0)
@@ -273,6 +277,16 @@ def test_reconcile_every_n_bars_agrees_then_halts_on_a_manual_trade(bars, server
     assert ex.snapshot().halt_reason == "reconcile"
     assert any(k == "reconcile" for k, _ in events) and any(k == "kill_switch" and d["reason"] == "reconcile"
                                                             for k, d in events)
+    # the UI and the API show the differences (what /api/status and the live page render)
+    view = trading_view("testnet", "ccxt", ex)
+    snap = replace(EngineSnapshot.empty("BTC/USDT", "1m", "testnet"), trading=view,
+                   kill_switch=KillSwitchState(True, "reconcile", None))
+    st = status_json(snap)
+    assert st["kill_switch"]["reason"] == "reconcile" and st["trading"]["halted"] == "reconcile"
+    assert st["trading"]["reconcile"]["ok"] is False and any("web" in d or "not in the ledger" in d
+                                                             for d in st["trading"]["reconcile"]["differences"])
+    panel = str(kill_panel(snap))
+    assert "reconcile-diffs" in panel and "is not in the ledger" in panel and "Reset acknowledges" in panel
     halted_posts = fake.posts
     feed(ex, server.base, df.iloc[70:90], decs[70:90])
     assert fake.posts == halted_posts  # halted: nothing sent, whatever the decisions
