@@ -6,8 +6,9 @@
     python main_dashboard.py                                   # execution.broker: ccxt + sandbox: testnet
     python main_dashboard.py --live                            # REAL money: also execution.live + keys in env
 
-Prints the URL and one line containing "Dashboard ready"; Ctrl-C stops the engine (sources closed,
-ledger flushed) and the server.
+Prints the URL and one line containing "Dashboard ready" (before it, without DASHBOARD_TOKEN, a one-time
+login URL with a random token); served by waitress; Ctrl-C stops the engine (sources closed, ledger
+flushed) and the server.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def _mode_words(engine: Engine) -> str:
     """What the engine trades, in the words of the UI banner (never 'live' unless it is real money)."""
     mode = getattr(engine, "mode", "paper")
     if mode == "replay":
-        return "replay, paper account"
+        return "replay"
     if mode == "live":
         return f"LIVE: real money through {engine.broker_name}"
     if mode == "testnet":
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    logging.getLogger("waitress").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config)
         models = load_models(args.models)
@@ -161,9 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from werkzeug.serving import make_server
-
     from web.app import create_app
+    from web.server import DashboardServer
 
     if replay_path is not None or args.replay_db:
         src = f"imported {replay_path} into the store; " if replay_path else ""
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
         app = create_app(engine, cfg, models_cfg=models, host=host, secrets=secrets,
                          backtest_components=compose.backtest_components)
-        server = make_server(host, port, app.server, threaded=True)
+        server = DashboardServer(app.server, host, port, threads=cfg.dashboard.server_threads)
         stop = threading.Event()
 
         def _stop(signum: int, _frame: Any) -> None:
@@ -186,7 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(f"Dashboard ready at http://{shown}:{server.server_port}/ "
+        base = f"http://{shown}:{server.server_port}/"
+        policy = app.server.extensions["moe_auth"]
+        if policy.generated:  # Jupyter's model: the one-time login URL sets a session cookie
+            print("No DASHBOARD_TOKEN set: made a random token for this run. Open this URL to log in "
+                  f"(it sets a session cookie):\n    {base}?token={policy.token}", flush=True)
+        else:
+            print("Log in with your DASHBOARD_TOKEN (API: 'Authorization: Bearer <token>').", flush=True)
+        print(f"Dashboard ready at {base} "
               f"({_mode_words(engine)}; Ctrl-C to stop)", flush=True)
         server.serve_forever()
     finally:
