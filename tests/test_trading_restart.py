@@ -295,3 +295,95 @@ def test_reconcile_every_n_bars_agrees_then_halts_on_a_manual_trade(bars, server
     feed(ex, server.base, df.iloc[90:120], decs[90:120])
     assert fake.posts > halted_posts and ex.last_reconcile is not None and ex.last_reconcile.ok
     assert not ex.halt_reason and posts <= halted_posts
+
+
+# ---- paper = live minus the exchange: the same executor path against PaperExchange (its own DuckDB book)
+
+PAPER = "paper:BTC/USDT"
+
+
+def make_paper_executor(db: Path, xdb: Path, **kw) -> Executor:
+    from core.execution.paper_exchange import PaperExchange
+
+    px = PaperExchange(xdb, account=PAPER, symbol="BTC/USDT", initial_cash=EXE.initial_cash)
+    return Executor(EXE, RISK, "BTC/USDT", "1m", broker=px,
+                    ledger=Ledger(db, account=PAPER, initial_cash=EXE.initial_cash, symbol="BTC/USDT"), **kw)
+
+
+def feed_paper(ex: Executor, df: pd.DataFrame, decs: list[Decision]) -> None:
+    for r, d in zip(df.itertuples(), decs, strict=True):
+        ex.on_bar(CandleEvent(KEY, int(r.ts), r.open, r.high, r.low, r.close, r.volume), d)
+
+
+def close_paper(ex: Executor) -> None:
+    assert ex.ledger is not None
+    ex.ledger.close()
+    ex.live_broker.store.close()  # type: ignore[union-attr]
+
+
+def assert_ledger_equals_paper_exchange(db: Path, xdb: Path) -> int:
+    from core.execution.paper_exchange import PaperExchange
+
+    px = PaperExchange(xdb, account=PAPER, symbol="BTC/USDT", initial_cash=EXE.initial_cash)
+    led = Ledger(db, account=PAPER, initial_cash=EXE.initial_cash, symbol="BTC/USDT")
+    try:
+        trades = {t["order"]: t for t in px.fetch_my_trades("BTC/USDT")}
+        fills = led.fills()
+        assert sorted(fills["order_id"]) == sorted(trades) and led.unresolved_intents() == []
+        for f in fills.itertuples():
+            assert f.amount == trades[f.order_id]["amount"] and f.fee == pytest.approx(trades[f.order_id]["fee"]["cost"])
+        bal = px.fetch_balance()
+        assert led.cash == pytest.approx(bal["USDT"]["total"], abs=1e-6)
+        assert float(led.restore()[1]) == pytest.approx(bal["BTC"]["total"], abs=1e-12)
+        return len(fills)
+    finally:
+        led.close()
+        px.store.close()
+
+
+def test_paper_exchange_same_path_replay_and_kill9(bars, tmp_path):
+    """The replay, reconciliation and kill -9 checks of the exchange path, in paper mode."""
+    df = bars.iloc[:60]
+    decs = decisions(df)
+    ex = make_paper_executor(tmp_path / "p.duckdb", tmp_path / "px.duckdb", reconcile_every_bars=10)
+    feed_paper(ex, df, decs)
+    assert ex.snapshot().mode == "paper" and ex.last_reconcile is not None and ex.last_reconcile.ok
+    assert ex.last_reconcile.fills_checked >= 10 and not ex.halt_reason
+    close_paper(ex)
+    assert assert_ledger_equals_paper_exchange(tmp_path / "p.duckdb", tmp_path / "px.duckdb") >= 15
+    rng = random.Random(7)
+    df, decs = bars.iloc[:30], decisions(bars.iloc[:30])
+    killed = 0
+    for i in range(4):
+        mode = ("before_send", "after_ack")[i % 2]
+        k = rng.randint(1, 10)
+        db, xdb = tmp_path / f"k{i}.duckdb", tmp_path / f"kx{i}.duckdb"
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                ex = make_paper_executor(db, xdb)
+                real, n = ex.live_broker.create_order, [0]  # type: ignore[union-attr]
+
+                def create_order(*a, **kw):
+                    n[0] += 1
+                    if mode == "before_send" and n[0] == k:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    o = real(*a, **kw)
+                    if mode == "after_ack" and n[0] == k:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return o
+
+                ex.live_broker.create_order = create_order  # type: ignore[union-attr]
+                feed_paper(ex, df, decs)
+            except BaseException:
+                code = 3
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        killed += int(os.WIFSIGNALED(status))
+        assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0
+        ex = make_paper_executor(db, xdb)  # restart: intents resolved against the paper exchange's book
+        feed_paper(ex, df, decs)
+        close_paper(ex)
+        assert_ledger_equals_paper_exchange(db, xdb)
+    assert killed >= 3

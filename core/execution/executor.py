@@ -415,6 +415,7 @@ class Executor:
             orders, fills, reasons, resolved = self._carry
             out = (orders, fills, reasons, resolved)
             n = len(fills)
+            self._show_price(price)
             hit = self.risk.check_stops(price, price, price)
             if hit is not None:
                 self._submit(-self.state[K.S_POS], bar_ts, hit[1], hit[1], "", out, price)
@@ -426,6 +427,12 @@ class Executor:
             self._carry = out
             self._snap = self._make_snapshot()
             return fills[n:]
+
+    def _show_price(self, price: float) -> None:
+        """A simulated exchange (PaperExchange) fills at the price the market shows now."""
+        on_price = getattr(self.live_broker, "on_price", None)
+        if on_price is not None:
+            on_price(float(price), int(self._clock() * 1000))
 
     def _stale_bar(self, bar: CandleEvent) -> tuple[list[Order], list[Fill], list[str]]:
         """A backfilled bar: its price is recorded (equity, volatility), nothing is traded."""
@@ -440,6 +447,7 @@ class Executor:
         intents of earlier bars still unconfirmed; while one cannot be confirmed, nothing new is sent."""
         orders, fills, reasons, resolved = self._carry
         self._carry = ([], [], [], [])
+        self._show_price(bar.close)
         if self._check_intents:  # only after an order the exchange left unconfirmed (no query per bar)
             o2, f2, r2, res2 = self._resolve_unresolved()
             orders, fills, reasons, resolved = orders + o2, fills + f2, reasons + r2, resolved + res2
