@@ -341,6 +341,29 @@ def assert_ledger_equals_paper_exchange(db: Path, xdb: Path) -> int:
         px.store.close()
 
 
+def _paper_child(db: Path, xdb: Path, mode: str, k: int, df: pd.DataFrame, decs: list[Decision]) -> None:
+    """The forked paper-trading process, SIGKILLed at its k-th order (before_send | after_ack)."""
+    code = 0
+    try:
+        ex = make_paper_executor(db, xdb)
+        real, n = ex.live_broker.create_order, [0]  # type: ignore[union-attr]
+
+        def create_order(*a, **kw):
+            n[0] += 1
+            if mode == "before_send" and n[0] == k:
+                os.kill(os.getpid(), signal.SIGKILL)
+            o = real(*a, **kw)
+            if mode == "after_ack" and n[0] == k:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return o
+
+        ex.live_broker.create_order = create_order  # type: ignore[union-attr]
+        feed_paper(ex, df, decs)
+    except BaseException:
+        code = 3
+    os._exit(code)
+
+
 def test_paper_exchange_same_path_replay_and_kill9(bars, tmp_path):
     """The replay, reconciliation and kill -9 checks of the exchange path, in paper mode."""
     df = bars.iloc[:60]
@@ -360,25 +383,7 @@ def test_paper_exchange_same_path_replay_and_kill9(bars, tmp_path):
         db, xdb = tmp_path / f"k{i}.duckdb", tmp_path / f"kx{i}.duckdb"
         pid = os.fork()
         if pid == 0:
-            code = 0
-            try:
-                ex = make_paper_executor(db, xdb)
-                real, n = ex.live_broker.create_order, [0]  # type: ignore[union-attr]
-
-                def create_order(*a, **kw):
-                    n[0] += 1
-                    if mode == "before_send" and n[0] == k:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    o = real(*a, **kw)
-                    if mode == "after_ack" and n[0] == k:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    return o
-
-                ex.live_broker.create_order = create_order  # type: ignore[union-attr]
-                feed_paper(ex, df, decs)
-            except BaseException:
-                code = 3
-            os._exit(code)
+            _paper_child(db, xdb, mode, k, df, decs)
         _, status = os.waitpid(pid, 0)
         killed += int(os.WIFSIGNALED(status))
         assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0
