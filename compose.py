@@ -89,7 +89,7 @@ def engine_parts(cfg: AppConfig, models: ModelsConfig, store: MarketStore, timef
 
 
 def trading(cfg: AppConfig, symbol: str, *, live_flag: bool = False, replay: bool = False,
-            secrets: Secrets | None = None, notify: Any = None) -> Trading:
+            secrets: Secrets | None = None, notify: Any = None, store: MarketStore | None = None) -> Trading:
     """The account the engine trades (core/execution/modes.py decides; LiveTradingRefused names every
     missing switch) and its broker: the first symbol's broker is built NOW, so a refusal or a bad
     exchange id stops the start, not the first order."""
@@ -102,6 +102,14 @@ def trading(cfg: AppConfig, symbol: str, *, live_flag: bool = False, replay: boo
         return Trading(mode=tm.mode, broker="paper", notify=notify)
 
     def make_broker(sym: str) -> Broker:
+        if tm.broker == "paper_exchange":
+            from core.execution.paper_exchange import PaperExchange
+
+            if store is None:
+                raise ValueError("execution.broker paper_exchange needs the engine's store")
+            e = cfg.execution
+            return PaperExchange(store, f"paper-exchange:{sym}", sym, initial_cash=e.initial_cash,
+                                 taker_fee_bps=e.taker_fee_bps, slippage_bps=e.slippage_bps)
         if tm.broker == "alpaca":
             from core.execution.alpaca_broker import AlpacaBroker
 
@@ -150,7 +158,7 @@ def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = N
 
         notify = notifier_from_config(cfg.alerts, secrets if secrets is not None else Secrets.from_env())
         trade = trading(cfg, sym, live_flag=live_flag, replay=replay is not None, secrets=secrets,
-                        notify=notify.send if notify is not None else None)
+                        notify=notify.send if notify is not None else None, store=store)
         mode = "replay" if replay is not None else trade.mode
         on = bool(training) and cfg.training.enabled
         parts = engine_parts(cfg, models, store, tf, mode=mode, training=on)

@@ -110,7 +110,9 @@ class OrchestratorConfig(_Strict):
 
 class ExecutionConfig(_Strict):
     live: bool = False
-    broker: Literal["paper", "ccxt", "alpaca"] = "paper"  # alpaca: Alpaca's paper account unless live
+    # paper: the kernel's paper account (the backtester's arithmetic); paper_exchange: a simulated exchange account
+    # behind the live order path (intent -> order -> fill, reconciled); alpaca: Alpaca's paper account unless live
+    broker: Literal["paper", "paper_exchange", "ccxt", "alpaca"] = "paper"
     sandbox: bool = True
     initial_cash: float = Field(10_000.0, gt=0)
     maker_fee_bps: float = Field(10.0, ge=0, le=1000)

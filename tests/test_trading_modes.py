@@ -38,6 +38,7 @@ def test_live_flag_refused_naming_each_missing_switch():
         ({"broker": "ccxt", "live": True}, NONE, ["MOE_EXCHANGE_API_KEY"]),
         ({"broker": "ccxt", "live": False}, NONE, ["execution.live is not true", "MOE_EXCHANGE_API_KEY"]),
         ({"broker": "paper", "live": True}, KEYS, ["execution.broker is paper"]),
+        ({"broker": "paper_exchange", "live": True}, KEYS, ["execution.broker is paper_exchange"]),
         ({"broker": "paper", "live": False}, NONE, ["execution.broker is paper", "execution.live is not true",
                                                     "MOE_EXCHANGE_API_KEY"]),
     ]
@@ -57,6 +58,8 @@ def test_config_live_without_flag_never_says_live():
     ex = load_config().execution.model_copy(update={"live": True})
     paper = trading_mode(ex, live_flag=False, secrets=KEYS)
     assert (paper.mode, paper.label) == ("paper", "PAPER")
+    px = trading_mode(ex.model_copy(update={"broker": "paper_exchange"}), live_flag=False, secrets=NONE)
+    assert (px.mode, px.broker, px.label) == ("paper", "paper_exchange", "PAPER")
     with pytest.raises(LiveTradingRefused, match="--live flag was not given"):
         trading_mode(ex.model_copy(update={"broker": "ccxt"}), live_flag=False, secrets=KEYS)
     t = trading_mode(ex.model_copy(update={"broker": "ccxt", "live": False, "sandbox": True}), live_flag=False,

@@ -24,7 +24,7 @@ MODES = ("paper", "testnet", "live")
 @dataclass(frozen=True, slots=True)
 class TradingMode:
     mode: str  # paper | testnet | live (replays: "replay", never an exchange)
-    broker: str  # paper | ccxt | alpaca
+    broker: str  # paper | paper_exchange | ccxt | alpaca
 
     @property
     def label(self) -> str:
@@ -42,9 +42,9 @@ def trading_mode(execution: Any, *, live_flag: bool, secrets: Secrets, stock: bo
             raise LiveTradingRefused("live trading refused: --live cannot be combined with a replay "
                                      "(a replay trades a paper account on stored data)")
         return TradingMode("replay", "paper")
-    if name == "paper":
+    if name in ("paper", "paper_exchange"):
         if live_flag:
-            missing = ["execution.broker is paper (set ccxt or alpaca)"]
+            missing = [f"execution.broker is {name} (set ccxt or alpaca)"]
             try:
                 keys = secrets.has_alpaca_keys if stock else secrets.has_exchange_keys
                 require_live_switches(execution, live_flag, keys, "exchange keys (MOE_EXCHANGE_API_KEY, "
@@ -52,7 +52,7 @@ def trading_mode(execution: Any, *, live_flag: bool, secrets: Secrets, stock: bo
             except LiveTradingRefused as exc:
                 missing.append(str(exc).split(": ", 1)[1])
             raise LiveTradingRefused("live trading refused: " + "; ".join(missing))
-        return TradingMode("paper", "paper")
+        return TradingMode("paper", name)
     if name == "alpaca" or stock:
         m = alpaca_mode(execution, live_flag, secrets)
         return TradingMode("live" if m == "live" else "testnet", "alpaca")
