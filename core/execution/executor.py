@@ -102,6 +102,9 @@ class Executor:
         self._bars_since_reconcile = 0
         self.last_reconcile: ReconcileResult | None = None
         self.halt_reason = ""  # "reconcile": new orders held until the user acknowledges (reset)
+        self._trades_cache: list[dict[str, Any]] = []  # the account's trades seen by reconcile (incremental)
+        self._trade_ids: set[str] = set()
+        self._trades_from: int | None = None
         self._baseline: dict[str, Any] | None = (ledger.meta if ledger is not None else {}).get("baseline")
         self.blocked = ""  # why new orders are held (an intent the exchange could not confirm)
         self._vol_window = int(risk.vol_window)
@@ -175,7 +178,7 @@ class Executor:
                 base = make_baseline(balance, self.symbol, float(self.state[K.S_POS]),
                                      float(self.state[K.S_CASH]) - self._initial_cash, int(self._clock() * 1000))
                 self._baseline = base.to_json()
-            trades = self._all_trades(b, base.since_ms)
+            trades = self._trades_since(b, base.since_ms)
         except Exception as exc:  # unreachable: compared next time; nothing is halted on a network error
             self.last_reconcile = ReconcileResult(int(self._clock() * 1000), ok=True, error=type(exc).__name__)
             log.warning("reconcile: %s", type(exc).__name__)
@@ -202,6 +205,19 @@ class Executor:
 
     def _baseline_json(self) -> dict[str, Any] | None:
         return self._baseline
+
+    def _trades_since(self, b: Any, since: int) -> list[dict[str, Any]]:
+        """Every account trade since the baseline; after the first call only the new ones are fetched
+        (from the newest seen timestamp, de-duplicated by trade id), so a check stays cheap as history grows."""
+        if self._trades_from != since:  # first call, or a new baseline
+            self._trades_cache, self._trade_ids, self._trades_from = [], set(), since
+        start = max([since, *(int(t.get("timestamp") or 0) for t in self._trades_cache[-1:])])
+        for t in self._all_trades(b, start):
+            tid = str(t.get("id") or (t.get("order"), t.get("timestamp"), t.get("amount")))
+            if tid not in self._trade_ids:
+                self._trade_ids.add(tid)
+                self._trades_cache.append(t)
+        return self._trades_cache
 
     def _all_trades(self, b: Any, since: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
