@@ -56,6 +56,7 @@ class FakeBinance:
             self.headers_seen: list[dict] = []
             self.fail_next: list[int] = []  # status codes answered to the next requests (429, 500, 503)
             self.fail_paths: tuple[str, ...] = ()  # only these paths fail (empty: every path)
+            self.fail_methods: tuple[str, ...] = ()  # only these methods fail (empty: every method)
             self.fail_post_next: list[int] = []  # status codes for the next order POSTs (not booked)
             self.ack_delay_s = 0.0  # every order POST is answered this late (booked first)
             self.stall_posts = 0  # the next N POSTs are booked, then answered after stall_s
@@ -197,7 +198,8 @@ def make_handler(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
                 fake.requests.append((method, path))
                 fake.headers_seen.append(dict(self.headers))
                 fail = fake.fail_next.pop(0) if fake.fail_next and (
-                    not fake.fail_paths or path in fake.fail_paths) else None
+                    not fake.fail_paths or path in fake.fail_paths) and (
+                    not fake.fail_methods or method in fake.fail_methods) else None
             if path == "/fake/price":
                 fake.set_price(float(q["p"]))
                 return self._send(200, {"price": fake.price})

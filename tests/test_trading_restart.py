@@ -392,3 +392,35 @@ def test_paper_exchange_same_path_replay_and_kill9(bars, tmp_path):
         close_paper(ex)
         assert_ledger_equals_paper_exchange(db, xdb)
     assert killed >= 3
+
+
+def test_unconfirmed_order_resolved_after_restart_then_backfill(bars, server, tmp_path):
+    """An order booked by the exchange whose answer and lookups all failed stays a pending intent in a
+    recorded bar; the restart finds it filled and books it with the next bar, here a backfilled (stale)
+    one: booked once, never traded again, ledger equal to the exchange after one more restart."""
+    fake = server.fake
+    fake.reset(price=float(bars["close"].iloc[0]))
+    db = tmp_path / "u.duckdb"
+    df = bars.iloc[:40]
+    decs = decisions(df)
+    buy = next(i for i, d in enumerate(decs) if d.action == Action.BUY)
+    ex = make_executor(db, server.base)
+    ex.live_broker.retries = 2  # type: ignore[union-attr]
+    feed(ex, server.base, df.iloc[:buy], decs[:buy])
+    fake.stall_posts, fake.stall_s = 1, 2.5  # booked, answered after the client's 2 s timeout
+    fake.fail_next, fake.fail_paths, fake.fail_methods = [503] * 6, ("/api/v3/order",), ("GET",)  # lookups fail
+    feed(ex, server.base, df.iloc[buy:buy + 1], decs[buy:buy + 1])
+    assert ex.snapshot().position == 0 and len(fake.orders) == 1  # the exchange has it, the ledger not yet
+    assert ex.ledger is not None and [i.status for i in ex.ledger.unresolved_intents()] == ["pending"]
+    ex.ledger.close()
+    fake.fail_next, fake.fail_methods = [], ()
+    # restart long after: the next bars are backfill (stale); the intent resolves first, booked with them
+    now = (int(df["ts"].iloc[-1]) + 3_600_000) / 1000
+    ex = make_executor(db, server.base, max_bar_age_s=90.0, clock=lambda: now)
+    assert ex.snapshot().position > 0 and ex.snapshot().unresolved == 0
+    feed(ex, server.base, df.iloc[buy + 1:], decs[buy + 1:])
+    assert ex.stale_bars == len(df) - buy - 1 and len(fake.orders) == 1
+    assert ex.ledger is not None
+    ex.ledger.close()
+    got = assert_ledger_equals_exchange(db, server)  # restored state == the exchange: booked exactly once
+    assert got["fills"] == 1

@@ -358,7 +358,11 @@ class Executor:
         resolved: list[Intent] = []
         with self._lock:
             if self.is_stale(bar.ts):
-                orders, fills, reasons = self._stale_bar(bar)
+                # fills resolved since the last record (a restart's lookups, intrabar exits) are booked
+                # with this bar even though it trades nothing: the state carries them already
+                orders, fills, reasons, resolved = self._carry
+                self._carry = ([], [], [], [])
+                self._stale_bar(bar)
             elif self.live_broker is None:
                 orders, fills, reasons = self._paper_bar(bar, signal, vol, cid)
             else:
@@ -450,13 +454,12 @@ class Executor:
         if on_price is not None:
             on_price(float(price), int(self._clock() * 1000))
 
-    def _stale_bar(self, bar: CandleEvent) -> tuple[list[Order], list[Fill], list[str]]:
+    def _stale_bar(self, bar: CandleEvent) -> None:
         """A backfilled bar: its price is recorded (equity, volatility), nothing is traded."""
         self.stale_bars += 1
         self.state[K.S_LAST_PRICE] = bar.close
         self.state[K.S_EQUITY] = self.state[K.S_CASH] + self.state[K.S_POS] * bar.close
         self.paper.now_ms = bar.ts
-        return [], [], []
 
     def _live_bar(self, bar: CandleEvent, signal: float, vol: float, action: str, decision_id: str):
         """The kernel's phases with exchange fills (market orders fill now, at the live price). First the
