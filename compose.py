@@ -10,11 +10,13 @@ manager) and hands them to the engine and the backtester. Both mains use it.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.backtest.engine import Components
 from core.config import AppConfig, FeaturesConfig, ModelsConfig, Secrets
+from core.data.book_store import load_summary
 from core.data.files import import_series_file, parse_series_exchange, parse_series_name
 from core.data.store import MarketStore
 from core.engine import Engine, EngineParts, ReplayConfig, Trading
@@ -47,6 +49,8 @@ def engine_parts(cfg: AppConfig, models: ModelsConfig, store: MarketStore, timef
 
     models_dir = cfg.resolve(cfg.training.models_dir)
     builder = FeatureBuilder(models.features, timeframe)
+    if models.features.orderbook:  # recorded books (a live BookEngine replaces this in main_dashboard)
+        builder.book_rows = partial(load_summary, store)
     reg = registry(store, models_dir)
     loaded = load_experts(models, builder.spec, reg, keep_untrained=True)
     if not loaded.experts:
@@ -183,6 +187,8 @@ def backtest_components(models: ModelsConfig, base_timeframe: str, names: list[s
     from NN.assembly import load_experts, load_gate
 
     builder = FeatureBuilder(features or models.features, base_timeframe, calendar=calendar)
+    if builder.orderbook and store is not None:
+        builder.book_rows = partial(load_summary, store)
     reg = registry(store, models_dir) if store is not None and models_dir is not None else None
     loaded = load_experts(models, builder.spec, reg, names, keep_untrained=names is not None)
     if loaded.errors:

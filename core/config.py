@@ -195,6 +195,39 @@ class AlpacaConfig(_Strict):
     trades_1s: bool = False  # also stream trades and build 1s candles from them
 
 
+class OrderbookConfig(_Strict):
+    """Consolidated order book (core/data/book_*.py): venues merged into price buckets."""
+
+    venues: list[str] = Field(default_factory=lambda: ["binance", "binanceusdm", "binancecoinm"], min_length=1)
+    symbol: str = "BTC/USDT"  # the coin's symbol on spot venues; futures venues use their own (BTC/USDT:USDT ...)
+    bucket_size: dict[str, float] = Field(default_factory=lambda: {"BTC": 10.0, "ETH": 1.0})  # by base coin, quote units
+    default_bucket_bps: float = Field(5.0, gt=0)  # other coins: bucket = this many bps of the first mid
+    n_buckets: int = Field(20, ge=1, le=500)  # buckets either side of the mid's bucket
+    wall_multiple: float = Field(10.0, gt=1)  # a level >= this x the venue's median level size is a wall
+    usd_equivalent: bool = False  # merge USD, USDT and USDC books as one quote currency
+    batch_seconds: int = Field(60, ge=1)  # 1 s snapshots per DuckDB write
+    retention_days: float = Field(7.0, ge=0)  # book_buckets/book_summary rows kept (0 = forever)
+    record_dir: str = "data/books"  # raw captures (Parquet) of book record
+    history_s: int = Field(900, ge=60, le=86_400)  # seconds of heatmap history held in memory
+
+    @field_validator("venues")
+    @classmethod
+    def _venues(cls, v: list[str]) -> list[str]:
+        known = {"binance", "binanceusdm", "binancecoinm", "kraken", "okx", "bybit", "coinbase", "gemini", "bitstamp"}
+        bad = [x for x in v if x not in known]
+        if bad:
+            raise ValueError(f"unknown venue(s) {bad}; allowed: {sorted(known)}")
+        return v
+
+    @field_validator("bucket_size")
+    @classmethod
+    def _sizes(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not x > 0}
+        if bad:
+            raise ValueError(f"bucket sizes must be > 0, got {bad}")
+        return v
+
+
 _ALERT_EVENTS = Literal["entry", "exit", "fill", "rejected", "kill_switch", "reconcile", "acknowledged",
                         "recovered_fill", "stream_lost", "stream_restored", "trainer_crash", "promotion", "error"]
 
@@ -231,6 +264,7 @@ class AppConfig(_Strict):
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    orderbook: OrderbookConfig = Field(default_factory=OrderbookConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     @field_validator("markets")
@@ -291,6 +325,7 @@ class FeaturesConfig(_Strict):
     norm_window: int = Field(500, ge=10)
     pivot_levels: int = Field(3, ge=1, le=5)
     pivot_strength: int = Field(2, ge=1, le=20)  # bars each side of a level-1 swing point
+    orderbook: bool = False  # add the order-book block (needs recorded books: main_backtest.py book record)
 
     @field_validator("timeframes")
     @classmethod

@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--experts", default=None, help="comma list (default: every enabled expert with a checkpoint)")
     _common(e)
     e.add_argument("--out", default=None, help="JSON report path (default: reports/eval_<ts>.json)")
+    e.add_argument("--orderbook-ablation", action="store_true",
+                   help="compare the features with and without the order-book block (needs features.orderbook: true "
+                        "and recorded books over the span)")
     e.set_defaults(func=cmd_evaluate)
 
 
@@ -106,6 +109,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     app, models, key, store, models_dir = _context(args)
     names = [n.strip() for n in args.experts.split(",")] if args.experts else None
+    if getattr(args, "orderbook_ablation", False):
+        from NN.training.book_ablation import run_orderbook_ablation
+
+        try:
+            res = run_orderbook_ablation(store, key, models, app, start_ms=args.start, end_ms=args.end)
+        except ValueError as exc:
+            print(f"evaluate: {exc}")
+            return 1
+        finally:
+            store.close()
+        print(json.dumps(res, indent=2))
+        return 0
     try:
         report = run_evaluation(store, key, models, app, start_ms=args.start, end_ms=args.end,
                                 models_dir=models_dir, names=names)

@@ -27,7 +27,7 @@ from core.features import FeatureBuilder
 from core.labels import dead_zone, forward_returns, horizon_ok, make_labels
 from core.market import Calendar, market_for
 from core.scoring import log_loss, scores
-from core.types import FeatureBatch, SeriesKey
+from core.types import FeatureBatch, SeriesKey, timeframe_ms
 from NN.assembly import load_experts, load_gate
 from NN.calibration import Calibrator, softmax
 from NN.experts.base import Expert
@@ -83,12 +83,21 @@ def load_candles(store: MarketStore, key: SeriesKey, start_ms: int | None, end_m
     return df
 
 
+def load_book(store: MarketStore, key: SeriesKey, models: ModelsConfig, candles: pd.DataFrame) -> pd.DataFrame | None:
+    """Recorded order-book summary rows over the candles' span when the features use the block."""
+    if not models.features.orderbook or candles.empty:
+        return None
+    from core.data.book_store import load_summary
+
+    return load_summary(store, key.symbol, int(candles["ts"].iloc[0]), int(candles["ts"].iloc[-1]) + timeframe_ms(key.timeframe))
+
+
 def prepare(candles: pd.DataFrame, key: SeriesKey, models: ModelsConfig, app: AppConfig,
-            ref: pd.DataFrame | None = None) -> Prepared:
+            ref: pd.DataFrame | None = None, book: pd.DataFrame | None = None) -> Prepared:
     calendar = market_for(app, key.symbol, key.exchange).calendar
     builder = FeatureBuilder(models.features, key.timeframe, calendar=calendar)
     # samples before min_history - 1 lack a full history: never built, never used
-    batch = builder.build_many(candles, ref, symbol=key.symbol, rows=slice(builder.min_history - 1, None))
+    batch = builder.build_many(candles, ref, symbol=key.symbol, rows=slice(builder.min_history - 1, None), book=book)
     n = len(batch)
     if n < 500:
         raise ValueError(f"only {n} complete samples ({len(candles)} candles - {builder.min_history} warm-up); "
@@ -343,7 +352,7 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
     if not feature_names and GATE_NAME not in names:
         return results
     candles = load_candles(store, key, start_ms, end_ms)
-    prep = prepare(candles, key, models, app)
+    prep = prepare(candles, key, models, app, book=load_book(store, key, models, candles))
     meta_base = {"exchange": key.exchange, "symbol": key.symbol, "timeframe": key.timeframe,
                  "dims": {"T": len(prep.batch.spec.timeframes), "L": prep.batch.spec.window,
                           "F": len(prep.batch.spec.bar_features), "D": len(prep.batch.spec.flat_features)},
@@ -404,7 +413,7 @@ def run_evaluation(store: MarketStore, key: SeriesKey, models: ModelsConfig, app
                    names: list[str] | None = None) -> dict[str, Any]:
     registry = CheckpointRegistry(store, models_dir)
     candles = load_candles(store, key, start_ms, end_ms)
-    prep = prepare(candles, key, models, app)
+    prep = prepare(candles, key, models, app, book=load_book(store, key, models, candles))
     experts = load_experts(models, prep.batch.spec, registry, names, keep_untrained=False,
                            candle_experts=False).experts
     if not experts:
