@@ -249,6 +249,10 @@ def test_sessions_expire_and_logins_are_rate_limited(engine, cfg) -> None:
     assert codes == [401, 401, 401, 429, 429]
     r = bad.post("/login", data={"token": TOKEN})  # even the right token waits: the client is locked out
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    # wrong bearer tokens count as guesses too; the right one is never locked out
+    h = {"Authorization": "Bearer " + "g" * 40}
+    assert bad.get("/api/status", headers=h).status_code == 429
+    assert bad.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
 def test_short_token_refused(engine, cfg, monkeypatch, capsys) -> None:
@@ -421,3 +425,19 @@ def test_host_name_and_allow_list(header: str, name: str) -> None:
     allowed = host_allow_list("127.0.0.1", ["Dash.Example"])
     assert {"127.0.0.1", "localhost", "::1", "dash.example"} <= allowed and "evil.example" not in allowed
     assert "0.0.0.0" not in host_allow_list("0.0.0.0")
+
+
+def test_status_streaming_tells_the_truth() -> None:
+    # hand-built snapshots: the engine wants a stream, but is a source delivering it?
+    from dataclasses import replace
+
+    from core.data.source_base import SourceStatus
+    from core.snapshot import EngineSnapshot
+    from web.api import status_json
+
+    snap = replace(EngineSnapshot.empty("NOPE/USDT", "1m", "replay"), running=True, streaming=True)
+    down = replace(snap, sources={"replay": SourceStatus("replay", connected=False, error="no candles stored")})
+    up = replace(snap, sources={"replay": SourceStatus("replay", connected=True)})
+    assert status_json(down)["streaming"] is False
+    assert status_json(up)["streaming"] is True
+    assert status_json(replace(up, streaming=False))["streaming"] is False

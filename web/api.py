@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
 from collections.abc import Mapping
 from typing import Any
 
@@ -467,6 +468,9 @@ def build_blueprint(engine: Any, threshold_floor: float = 0.5, audit: ControlAud
             d = engine.generate_prediction()
         except (RuntimeError, ValueError) as exc:  # e.g. not enough history yet
             raise ApiError(409, f"cannot generate a prediction now: {exc}", "conflict") from None
+        except queue.Empty:  # the engine thread did not answer in time (busy machine): try again later
+            raise ApiError(409, "cannot generate a prediction now: the engine did not answer in time",
+                           "conflict") from None
         return jsonify(decision=decision_json(d), experts={o.expert: output_json(o) for o in d.outputs})
 
     @bp.post("/start_stream")
