@@ -62,6 +62,7 @@ class FakeBinance:
             self.stall_posts = 0  # the next N POSTs are booked, then answered after stall_s
             self.drop_posts = 0  # the next N POSTs never reach the matching engine (504 after stall_s)
             self.stall_s = 1.5
+            self.buy_fee_in_base = False  # Binance without BNB: a buy's commission is taken in BTC
             self.kill_on_post = 0  # SIGKILL the client (X-Test-Pid) when booking its Nth POST (1-based)
 
     # ------------------------------------------------------------ the matching engine
@@ -105,7 +106,12 @@ class FakeBinance:
         qty = float(o["origQty"])
         quote = qty * px
         fee = quote * self.fee_rate
-        if o["side"] == "BUY":
+        asset = "USDT"
+        if o["side"] == "BUY" and self.buy_fee_in_base:
+            fee, asset = qty * self.fee_rate, "BTC"
+            self.balances["USDT"] -= quote
+            self.balances["BTC"] += qty - fee
+        elif o["side"] == "BUY":
             self.balances["USDT"] -= quote + fee
             self.balances["BTC"] += qty
         else:
@@ -114,11 +120,11 @@ class FakeBinance:
         tid = 309_520_010 + len(self.trades)
         now = int(time.time() * 1000)
         o.update(status="FILLED", executedQty=_s(qty), cummulativeQuoteQty=_s(quote), updateTime=now)
-        o["_fills"].append({"price": _s(px), "qty": _s(qty), "commission": _s(fee), "commissionAsset": "USDT",
+        o["_fills"].append({"price": _s(px), "qty": _s(qty), "commission": _s(fee), "commissionAsset": asset,
                             "tradeId": tid})
         self.trades.append({"symbol": o["symbol"], "id": tid, "orderId": o["orderId"], "orderListId": -1,
                             "price": _s(px), "qty": _s(qty), "quoteQty": _s(quote), "commission": _s(fee),
-                            "commissionAsset": "USDT", "time": now, "isBuyer": o["side"] == "BUY",
+                            "commissionAsset": asset, "time": now, "isBuyer": o["side"] == "BUY",
                             "isMaker": o["type"] == "LIMIT", "isBestMatch": True})
 
     def set_price(self, px: float) -> None:

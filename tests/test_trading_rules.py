@@ -120,3 +120,32 @@ def test_stop_loss_acts_on_an_intrabar_price(server, shared_data: Path, tmp_path
     f = ex.ledger.fills()
     assert list(f["side"]) == ["buy", "sell"] and list(f["reason"]) == ["signal", "stop_loss"]
     assert ex.ledger.unresolved_intents() == []
+
+
+def test_fee_in_the_base_asset_keeps_ledger_and_exchange_equal(server, shared_data: Path, tmp_path):
+    """Binance takes a buy's commission in BTC (no BNB): the position receives less and the fee is
+    valued in USDT; reconciliation agrees with the exchange's balances after a buy and a sell."""
+    fake = server.fake
+    fake.buy_fee_in_base = True
+    m = pd.read_csv(shared_data / "binanceus" / "BTC_USDT-1m.csv", nrows=3)
+    m["ts"] = pd.to_datetime(m["timestamp"]).dt.as_unit("ms").astype("int64")
+    exe = ExecutionConfig(broker="ccxt", sandbox=True)
+    ex = Executor(exe, RiskConfig(fraction=0.5), "BTC/USDT", "1m", broker=broker(server.base),
+                  ledger=Ledger(tmp_path / "f.duckdb", account="testnet:BTC/USDT", symbol="BTC/USDT"),
+                  reconcile_every_bars=1)
+    key = SeriesKey("binance", "BTC/USDT", "1m")
+    for r, act in zip(m.itertuples(), [Action.BUY, Action.HOLD, Action.SELL], strict=True):
+        fake.price = float(r.close)
+        ex.on_bar(CandleEvent(key, int(r.ts), r.open, r.high, r.low, r.close, r.volume),
+                  Decision(id=f"d{r.ts}", ts=int(r.ts), symbol="BTC/USDT", action=act, probs=(0.2, 0.2, 0.6),
+                           expected_return=0.0, weights={}, thresholds=Thresholds(),
+                           target_position=1.0 if act == Action.BUY else 0.0, reason="t"))
+        if act == Action.BUY:
+            assert ex.snapshot().position == pytest.approx(fake.balances["BTC"], abs=1e-12)
+            assert fake.trades[0]["commissionAsset"] == "BTC"
+    res = ex.reconcile()
+    assert res is not None and res.ok, res.summary() if res else None
+    assert ex.snapshot().cash == pytest.approx(fake.balances["USDT"], abs=1e-6)
+    assert ex.snapshot().position == pytest.approx(fake.balances["BTC"], abs=1e-12)
+    assert ex.ledger is not None
+    ex.ledger.close()

@@ -237,7 +237,9 @@ class CcxtBroker:
             # an order query carries no fills (Binance): the fee comes from the account's trades of it
             trades = self.ex.fetch_order_trades(o.id, symbol)
             fees = [t["fee"] for t in trades if t.get("fee")]
-            o = replace(o, fee=quote_fee(fees, symbol, o.price))
+            base = symbol.partition("/")[0]
+            o = replace(o, fee=quote_fee(fees, symbol, o.price),
+                        fee_base=float(sum(float(f.get("cost") or 0.0) for f in fees if f.get("currency") == base)))
         return o
 
     @staticmethod
@@ -245,12 +247,15 @@ class CcxtBroker:
         fee = o.get("fee") or {}
         fees = o.get("fees") or ([fee] if fee else [])
         price = o.get("average") or o.get("price")
-        fee_cost = quote_fee(fees, str(o.get("symbol") or ""), None if price is None else float(price))
+        sym = str(o.get("symbol") or "")
+        fee_cost = quote_fee(fees, sym, None if price is None else float(price))
+        base = sym.partition("/")[0]
+        fee_base = float(sum(float(f.get("cost") or 0.0) for f in fees if f.get("currency") == base))
         return Order(id=str(o.get("id") or ""), clientOrderId=str(o.get("clientOrderId") or ""),
                      symbol=str(o.get("symbol")), side=str(o.get("side")), type=str(o.get("type")),
                      amount=float(o.get("amount") or 0.0), price=None if price is None else float(price),
                      status=str(o.get("status") or "open"), filled=float(o.get("filled") or 0.0), fee=fee_cost,
-                     ts=int(o.get("timestamp") or 0))
+                     ts=int(o.get("timestamp") or 0), fee_base=fee_base)
 
 
 def quote_fee(fees: list[dict], symbol: str, price: float | None) -> float:

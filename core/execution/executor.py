@@ -286,8 +286,11 @@ class Executor:
         return orders, fills, reasons, resolved
 
     def _book(self, order: Order, side: str) -> Fill:
+        """The exchange's fill into the state. A fee taken in the base asset (Binance buys) shrinks what
+        the position receives; ``order.fee`` is the whole fee valued in quote, so cash moves by exactly
+        the gross cost plus the quote part, as on the exchange."""
         px = float(order.price or 0.0)
-        signed = order.filled if side == "buy" else -order.filled
+        signed = (order.filled if side == "buy" else -order.filled) - float(order.fee_base)
         K.apply_fill(self.state, signed, px, float(order.fee))
         if self.ledger is None:
             self._mem_fills.append(Fill(id=f"{order.id}-f", order_id=order.id, clientOrderId=order.clientOrderId,
