@@ -350,6 +350,16 @@ class LabelsConfig(_Strict):
         return v
 
 
+class RobustConfig(_Strict):
+    """core/fusion.py: the base-rate expert, fixed-share mixture, online recalibration, OOD discount."""
+
+    enabled: bool = True
+    share: float = Field(5e-4, ge=0, lt=1)  # fixed-share alpha (per-bar regret cost ~ alpha)
+    climatology_window: int = Field(2000, ge=10)  # matured outcomes the base rate counts
+    recal_lr: float = Field(0.01, gt=0, le=1)  # SGD step of the online recalibration (forgetting)
+    ood_threshold: float = Field(3.0, gt=0)  # OOD score above which the gate discounts an expert
+
+
 class MoEConfig(_Strict):
     hedge_eta: float = Field(0.5, gt=0)
     hedge_window: int = Field(200, ge=1)
@@ -363,6 +373,7 @@ class MoEConfig(_Strict):
     epochs: int = Field(300, ge=1)  # gate training (full-batch Adam steps)
     lr: float = Field(1e-2, gt=0)
     weight_decay: float = Field(1e-3, ge=0)
+    robust: RobustConfig = Field(default_factory=RobustConfig)
 
 
 class SplitConfig(_Strict):

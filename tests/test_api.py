@@ -82,12 +82,13 @@ def test_latest_and_generate_prediction(client, engine) -> None:
     d = j["decision"]
     assert d["action"] in ("BUY", "SELL", "HOLD")
     assert sum(d["probs"].values()) == pytest.approx(1.0, abs=1e-6)
-    assert set(d["weights"]) <= set(j["experts"]) | set(engine.snapshot().experts)
+    # + the base-rate expert's weight (core/fusion.py)
+    assert set(d["weights"]) - {"climatology"} <= set(j["experts"]) | set(engine.snapshot().experts)
     r = client.get("/api/generate_prediction")
     assert r.status_code == 200
     p = r.get_json()
     assert p["decision"]["id"] == f"preview:{p['decision']['ts']}"
-    assert p["decision"]["ts"] >= d["ts"] and set(p["decision"]["weights"]) <= set(p["experts"])
+    assert p["decision"]["ts"] >= d["ts"] and set(p["decision"]["weights"]) - {"climatology"} <= set(p["experts"])
     assert sum(p["decision"]["probs"].values()) == pytest.approx(1.0, abs=1e-6)
 
 

@@ -334,6 +334,7 @@ def experts_json(snap: EngineSnapshot) -> list[dict[str, Any]]:
             "trained": st.trained, "input_kind": st.input_kind, "last_error": st.last_error,
             "trainable": st.trainable and snap.training_enabled,
             "gate_weight": _f(snap.gate_weights.get(name)),
+            "ood": _f(o.extras.get("ood")) if o is not None else None,
             "recent_accuracy": _f(live.accuracy) if live is not None else None,
             "live_metrics": metrics_json(live), "stored_metrics": metrics_json(snap.stored_metrics.get(name)),
             "latest": output_json(o) if o is not None else None,
@@ -513,7 +514,8 @@ def build_blueprint(engine: Any, threshold_floor: float = 0.5, audit: ControlAud
 
     @bp.get("/experts")
     def experts() -> Response:
-        return jsonify(experts=experts_json(engine.snapshot()))
+        snap = engine.snapshot()
+        return jsonify(experts=experts_json(snap), climatology_weight=_f(snap.gate_weights.get("climatology")))
 
     @bp.patch("/experts/<name>")
     def patch_expert(name: str) -> Response:

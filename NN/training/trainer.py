@@ -35,8 +35,10 @@ from NN.experts.dqn import DQNExpert
 from NN.experts.registry import build_expert
 from NN.experts.supervised import SupervisedExpert
 from NN.moe import MoEGate
+from NN.ood import OODStats
 from NN.training.checkpoints import CheckpointRegistry
 from NN.training.datasets import chronological_split
+from NN.training.evaluation import evaluate_online
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,8 @@ def train_expert(expert: SupervisedExpert | DQNExpert, prep: Prepared, epochs: i
     train_idx = _known(y, r, prep.train)
     if len(train_idx) < 100:
         raise ValueError(f"{expert.name}: only {len(train_idx)} labelled training samples")
+    # the training distribution of the features, for the OOD score (kept in every checkpoint from here)
+    expert.ood = OODStats.fit(prep.batch.flat[train_idx])
     units: list[np.ndarray | None]
     bs = 0
     if isinstance(expert, DQNExpert):
@@ -410,12 +414,18 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
 
 def run_evaluation(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: AppConfig, *,
                    start_ms: int | None = None, end_ms: int | None = None, models_dir: Path,
-                   names: list[str] | None = None) -> dict[str, Any]:
+                   names: list[str] | None = None, warmup: int | None = None, walk: int = 0) -> dict[str, Any]:
+    """The ``evaluate`` command on one market: every expert and the climatology on the test split, and
+    the fused output with the online parts (gate adaptation, robust layer, OOD discount) walked over
+    the ``warmup`` bars before it (None: all of them; NN/training/evaluation.py)."""
     registry = CheckpointRegistry(store, models_dir)
     candles = load_candles(store, key, start_ms, end_ms)
     prep = prepare(candles, key, models, app, book=load_book(store, key, models, candles))
-    experts = load_experts(models, prep.batch.spec, registry, names, keep_untrained=False,
-                           candle_experts=False).experts
+    loaded = load_experts(models, prep.batch.spec, registry, names, keep_untrained=False, candle_experts=False)
+    experts = loaded.experts
+    if not experts and loaded.errors:  # checkpoints exist but do not fit this series' features
+        err = next(iter(loaded.errors.values()))  # "Type: <expert>: why"
+        raise ValueError(f"no checkpoint fits {key.symbol} {key.timeframe}: {err.split(': ', 1)[-1]}")
     if not experts:
         raise ValueError("no trained experts found in the checkpoint registry: run `train` first")
     gate = None
@@ -431,6 +441,15 @@ def run_evaluation(store: MarketStore, key: SeriesKey, models: ModelsConfig, app
     else:
         gate = MoEGate(list(experts), models.moe, len(prep.batch.spec.regime_features))
     report = evaluate_on_test(experts, gate, prep)
+    report["gate_static"] = report.pop("fused")  # the gate alone, no online parts (for comparison)
+    online = evaluate_online(experts, gate, prep, models.moe.robust, warmup=warmup, walk=walk)
+    report["fused"] = online["fused"]
+    report["baseline"].update({k: v for k, v in online["baseline"].items() if k == "climatology_rolling"})
+    for n, s_ in online["experts"].items():
+        report["experts"][n]["mean_ood"] = s_["mean_ood"]
+    for k in ("members", "walk", "warmup_bars"):
+        if k in online:
+            report[k] = online[k]
     # honesty check: a checkpoint trained on data that overlaps this test split scores too well
     test_start = int(prep.batch.ts[prep.test.start])
     warnings = []

@@ -21,6 +21,7 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
+from core.backtest.report import read_json
 from core.backtest.runner import MODES, RunRequest, run_backtest
 from core.types import Thresholds
 from web import figures
@@ -194,7 +195,9 @@ def layout(wctx: Any) -> Any:
                   dbc.CardBody([dcc.Checklist(id="bt-compare", options=[], value=[],
                                               labelStyle={"display": "block"}, className="small"),
                                 html.Div(id="bt-table"),
-                                dcc.Graph(id="bt-compare-graph", figure=figures.compare_figure({}))])]),
+                                dcc.Graph(id="bt-compare-graph", figure=figures.compare_figure({})),
+                                # the first selected report's threshold preview (core/backtest/thresholds.py)
+                                dcc.Graph(id="bt-threshold-graph", figure=figures.threshold_heatmap(None))])]),
         dcc.Interval(id="bt-tick", interval=1000),
     ])
 
@@ -272,3 +275,14 @@ def register(app: Dash, wctx: Any) -> None:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return figures.compare_figure(curves)
+
+    @app.callback(Output("bt-threshold-graph", "figure"), Input("bt-compare", "value"))
+    def _thresholds(paths: list[str] | None) -> Any:
+        for p in paths or []:
+            try:
+                doc = read_json(Path(p))
+            except (OSError, ValueError):
+                continue
+            t = doc.get("spec", {}).get("thresholds") or {}
+            return figures.threshold_heatmap(doc.get("threshold_preview"), t.get("buy"), t.get("sell"))
+        return figures.threshold_heatmap(None)
