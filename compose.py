@@ -25,6 +25,7 @@ from core.market import Calendar, market_for
 from core.types import Broker, SeriesKey
 
 if TYPE_CHECKING:
+    from core.backtest.walkforward import FoldTrainer
     from NN.training.checkpoints import CheckpointRegistry
     from NN.training.online import TrainingManager
 
@@ -207,3 +208,13 @@ def backtest_components(models: ModelsConfig, base_timeframe: str, names: list[s
     cache = ForecastCache(store) if store is not None and any(
         e.input_kind == "candles" for e in loaded.experts.values()) else None
     return Components(experts=dict(loaded.experts), gate=gate, builder=builder, info=info, cache=cache)
+
+
+def walkforward_trainer(models: ModelsConfig, app: AppConfig, key: SeriesKey, names: list[str], *,
+                        epochs: int = 3, max_steps: int | None = None, retrain_gate: bool = False,
+                        features: FeaturesConfig | None = None) -> FoldTrainer:
+    """The walk-forward's per-fold trainer (NN/training/walkforward.py) for core/backtest/walkforward.py."""
+    from NN.training.walkforward import FoldTrainerNN
+
+    return FoldTrainerNN(models, app, key, names, epochs=epochs, max_steps=max_steps, retrain_gate=retrain_gate,
+                         features=features)

@@ -121,6 +121,8 @@ class BacktestResult:
     errors: list[tuple[int, str, str]] = field(default_factory=list)
     elapsed_s: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
+    expert_probs: np.ndarray | None = None  # [N, E, 3] each expert's probabilities (fast mode; 1/3 when off)
+    expert_mask: np.ndarray | None = None  # bool [N, E] the expert answered at this bar (fast mode)
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -371,7 +373,7 @@ class Backtester:
             fused=_spread(F, rows, n, 1 / 3), weights=_spread(W, rows, n, 0.0),
             confidence=_spread(confidence, rows, n, 0.0), signal=signal, equity=equity, position=position,
             fills=fills_frame(fills), state=state, decisions=decisions, info=self.c.info, errors=errors,
-            stats=stats)
+            stats=stats, expert_probs=_spread(probs, rows, n, 1 / 3), expert_mask=_spread(mask, rows, n, 0.0) > 0)
 
     def _fast_slow(self, e: int, ex: Any, sub: FeatureBatch, candles: pd.DataFrame, probs: np.ndarray,
                    conf: np.ndarray, er: np.ndarray, mask: np.ndarray, extras: list[dict]) -> None:
