@@ -122,6 +122,33 @@ def market_status(exchange: str, kind: str, cal: Calendar | None, clock_ms: int 
 
 
 @dataclass(frozen=True, slots=True)
+class TradingView:
+    """The account the engine trades and its agreement with the exchange (exchange accounts)."""
+
+    mode: str = "paper"  # paper | testnet | live | replay
+    broker: str = "paper"  # paper | ccxt | alpaca
+    account: str = ""  # the ledger account, e.g. testnet:BTC/USDT
+    unresolved_intents: int = 0  # orders the exchange has not confirmed yet (new orders wait)
+    stale_bars: int = 0  # backfilled bars recorded but not traded (execution.max_bar_age_s)
+    halted: str = ""  # "reconcile": orders held until acknowledged (reset the kill switch)
+    reconcile_ok: bool | None = None  # None: not compared yet (paper accounts never are)
+    reconcile_ts_ms: int | None = None
+    reconcile_summary: str = ""
+    differences: tuple[str, ...] = ()
+
+
+def trading_view(mode: str, broker: str, executor: Any | None) -> TradingView:
+    """From the executor (core/execution/executor.Executor) when one runs."""
+    if executor is None:
+        return TradingView(mode, broker)
+    s = executor.snapshot()
+    r = s.reconcile
+    return TradingView(mode, broker, executor.account, s.unresolved, s.stale_bars, s.halt_reason,
+                       None if r is None or r.error else r.ok, None if r is None else r.ts_ms,
+                       "" if r is None else r.summary(), tuple(d.detail for d in r.differences) if r else ())
+
+
+@dataclass(frozen=True, slots=True)
 class EngineSnapshot:
     """Everything the UI/API reads, frozen at one instant. Never mutate the DataFrames/arrays inside
     (they are private copies, but shared between readers of the same snapshot)."""
@@ -158,6 +185,7 @@ class EngineSnapshot:
     live_metrics: Mapping[str, RollingMetrics] = field(default_factory=lambda: _EMPTY)
     stored_metrics: Mapping[str, RollingMetrics] = field(default_factory=lambda: _EMPTY)
     market: MarketStatus = field(default_factory=MarketStatus)  # venue, session, open / next open
+    trading: TradingView = field(default_factory=TradingView)  # the account traded and its reconciliation
 
     @staticmethod
     def empty(symbol: str = "", timeframe: str = "", mode: str = "paper",
@@ -198,6 +226,8 @@ class ExecutionView:
     kill_switch: bool
     ts: int | None
     open_orders: tuple[Order, ...] = ()
+    halt_reason: str = ""  # "reconcile": the kill switch holds orders after a difference with the exchange
+    halt_detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +263,7 @@ class SnapshotParts:
     keep_errors: int = 100
     market: MarketStatus = field(default_factory=MarketStatus)
     calendar: Calendar | None = None  # the stream's sessions: forecast bars follow it
+    trading: TradingView = field(default_factory=TradingView)
 
 
 def build_snapshot(p: SnapshotParts) -> EngineSnapshot:
@@ -254,6 +285,8 @@ def build_snapshot(p: SnapshotParts) -> EngineSnapshot:
             positions = (Position(p.symbol, x.position, x.avg_price, x.realised_pnl, x.unrealised_pnl),)
         kill = KillSwitchState(active=x.kill_switch, reason="daily loss limit" if x.kill_switch else "",
                                since_ms=x.ts if x.kill_switch else None)
+        if x.halt_reason and not x.kill_switch:
+            kill = KillSwitchState(active=True, reason=x.halt_reason, since_ms=x.ts)  # detail: snapshot.trading
         orders = x.open_orders
     versions = {"app": APP_VERSION, "gate": p.gate_version, **{n: e.version for n, e in experts.items()}}
     return EngineSnapshot(
@@ -269,7 +302,7 @@ def build_snapshot(p: SnapshotParts) -> EngineSnapshot:
         experts=MappingProxyType(experts), versions=MappingProxyType(versions),
         training_enabled=p.training_enabled, trainers=MappingProxyType(dict(p.trainers)),
         swaps=tuple(p.swaps), live_metrics=by_expert(p.live_metrics), stored_metrics=by_expert(p.stored_metrics),
-        market=p.market)
+        market=p.market, trading=p.trading)
 
 
 def equity_frame(rows: Sequence[tuple[int, float, float]]) -> pd.DataFrame:
