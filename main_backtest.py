@@ -17,6 +17,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     """Each area registers its own sub-commands (order = order in --help); the backtester gets its
     experts from the composition root (compose.py), since core never imports NN."""
     import compose
+    from core.annotations import cli as annotations_cli
     from core.backtest import cli as backtest_cli
     from core.backtest import research_cli
     from core.data import book_cli
@@ -30,6 +31,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     research_cli.register(sub, compose.walkforward_trainer)  # walkforward | sweep
     kronos_cli.register(sub)  # forecast (Kronos Monte-Carlo paths, summary, fan chart)
     book_cli.register(sub)  # book record|replay|stats (consolidated order books)
+    annotations_cli.register(sub, compose.backtest_components)  # annotations list|add|...|evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:

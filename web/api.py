@@ -605,7 +605,10 @@ def build_blueprint(engine: Any, threshold_floor: float = 0.5, audit: ControlAud
 
 def install_api(server: Flask, engine: Any, threshold_floor: float = 0.5, audit: ControlAudit | None = None
                 ) -> None:
+    from web.annotations_api import build_annotations_blueprint  # its module imports this one
+
     server.register_blueprint(build_blueprint(engine, threshold_floor, audit))
+    server.register_blueprint(build_annotations_blueprint(engine))
 
     @server.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:

@@ -21,11 +21,11 @@ from core.config import AppConfig, ModelsConfig, Secrets
 from core.types import CheckpointCatalog
 from web import api, auth, figures
 from web.control_audit import ControlAudit
-from web.pages import backtest, live, models, orderbook
+from web.pages import annotate, backtest, live, models, orderbook
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 PAGES = {"/": ("Live", live), "/models": ("Models", models), "/backtest": ("Backtest", backtest),
-         "/orderbook": ("Order book", orderbook)}
+         "/orderbook": ("Order book", orderbook), "/annotate": ("Annotate", annotate)}
 
 
 @dataclass

@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--runs-dir", default=None, help="TensorBoard log folder (default: training.runs_dir)")
     t.add_argument("--kronos-preset", default="nano", help="train_kronos preset for --experts kronos (nano | nano-smoke)")
+    t.add_argument("--annotations", action="store_true",
+                   help="add the series' annotated trades (cases wholly in the train split) to cnn/transformer")
+    t.add_argument("--annotation-set", default=None, help="with --annotations: only this frozen annotation set")
+    t.add_argument("--weight", type=int, default=5, help="with --annotations: times each annotated bar counts (5)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="score experts, fused and climatology on the test split")
@@ -93,12 +97,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     app, models, key, store, models_dir = _context(args)
     names = [n.strip() for n in args.experts.split(",") if n.strip()]
+    annotations = None
+    if args.annotations or args.annotation_set:
+        from core.annotations.store import AnnotationError, AnnotationStore
+
+        ann = AnnotationStore(store)
+        try:
+            annotations = (ann.load_set(args.annotation_set) if args.annotation_set
+                           else ann.list(key.symbol, key.timeframe))
+        except AnnotationError as exc:
+            store.close()
+            print(f"train: {exc}")
+            return 1
+        annotations = [a for a in annotations if SeriesKey(a.exchange, a.symbol, a.timeframe) == key]
     try:
         res = run_training(store, key, models, app, names, start_ms=args.start, end_ms=args.end,
                            epochs=args.epochs, models_dir=models_dir,
                            runs_dir=Path(args.runs_dir) if args.runs_dir else app.resolve(app.training.runs_dir),
                            progress=not args.no_progress, max_steps_per_epoch=args.max_steps,
-                           patience=args.patience, kronos_preset=args.kronos_preset)
+                           patience=args.patience, kronos_preset=args.kronos_preset,
+                           annotations=annotations, annotation_weight=args.weight)
     except ValueError as exc:
         print(f"train: {exc}")
         return 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.annotations.model import Annotation
 from core.config import AppConfig, ModelsConfig
 from core.data.store import MarketStore
 from core.features import FeatureBuilder
@@ -36,6 +37,7 @@ from NN.experts.registry import build_expert
 from NN.experts.supervised import SupervisedExpert
 from NN.moe import MoEGate
 from NN.ood import OODStats
+from NN.training.annotated import AnnotatedRows, annotated_rows
 from NN.training.checkpoints import CheckpointRegistry
 from NN.training.datasets import chronological_split
 from NN.training.evaluation import evaluate_online
@@ -181,13 +183,20 @@ def _val_logloss(expert: Any, prep: Prepared, y: np.ndarray, r: np.ndarray) -> t
 
 def train_expert(expert: SupervisedExpert | DQNExpert, prep: Prepared, epochs: int, *, patience: int = 3, seed: int = 0,
                  writer: Any = None, task: Callable[..., Any] | None = None,
-                 max_steps_per_epoch: int | None = None) -> TrainResult:
+                 max_steps_per_epoch: int | None = None, annotated: AnnotatedRows | None = None) -> TrainResult:
     """Train one features expert in place; leaves it at its best-validation epoch with the fitted
-    calibration. DQN: epochs = passes of episodes over the train part (chunks in random order)."""
+    calibration. DQN: epochs = passes of episodes over the train part (chunks in random order).
+    annotated (supervised experts): those train rows take the annotations' classes, ``weight`` times each."""
     y, r = prep.labels(expert.horizon)
     rng = np.random.default_rng(seed)
     is_dqn = isinstance(expert, DQNExpert)
     train_idx = _known(y, r, prep.train)
+    if annotated is not None and annotated.idx.size and not is_dqn:
+        y, r = y.copy(), r.copy()
+        y[annotated.idx] = annotated.labels
+        r[annotated.idx] = np.nan_to_num(r[annotated.idx])  # unused by the classifiers' loss; must be finite
+        rest = np.setdiff1d(train_idx, annotated.idx)
+        train_idx = np.sort(np.concatenate([rest, np.repeat(annotated.idx, annotated.weight)]))
     if len(train_idx) < 100:
         raise ValueError(f"{expert.name}: only {len(train_idx)} labelled training samples")
     # the training distribution of the features, for the OOD score (kept in every checkpoint from here)
@@ -336,8 +345,10 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                  start_ms: int | None = None, end_ms: int | None = None, epochs: int | None = None,
                  models_dir: Path, runs_dir: Path | None, progress: bool = True,
                  max_steps_per_epoch: int | None = None, patience: int = 3,
-                 kronos_preset: str = "nano") -> dict[str, Any]:
-    """The ``train`` command: train the named experts (and/or 'moe'), register checkpoints."""
+                 kronos_preset: str = "nano", annotations: Sequence[Annotation] | None = None,
+                 annotation_weight: int = 5) -> dict[str, Any]:
+    """The ``train`` command: train the named experts (and/or 'moe'), register checkpoints.
+    annotations: extra labelled samples for the supervised experts (NN/training/annotated.py)."""
     registry = CheckpointRegistry(store, models_dir)
     results: dict[str, Any] = {}
     feature_names = [n for n in names if n not in (GATE_NAME, "kronos")]
@@ -361,6 +372,11 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                  "dims": {"T": len(prep.batch.spec.timeframes), "L": prep.batch.spec.window,
                           "F": len(prep.batch.spec.bar_features), "D": len(prep.batch.spec.flat_features)},
                  **ts_range_meta(prep)}
+    rows = None
+    if annotations is not None:
+        rows = annotated_rows(prep.batch, prep.train, annotations, annotation_weight)
+        results["annotations"] = rows.summary()
+        meta_base["annotations"] = {**rows.summary(), "ids": rows.used}
     writer = _writer(runs_dir, "train")
     try:
         with _progress(progress) as task:
@@ -378,7 +394,7 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                 except ValueError as exc:  # architecture changed: start fresh, say why
                     log.warning("%s: best checkpoint not loadable (%s); training from scratch", name, exc)
                 res = train_expert(expert, prep, epochs or 10, writer=writer, task=task,
-                                   max_steps_per_epoch=max_steps_per_epoch, patience=patience)
+                                   max_steps_per_epoch=max_steps_per_epoch, patience=patience, annotated=rows)
                 version = registry.register(
                     name, expert.state_dict(), res.val_logloss, cfg.checkpoints,
                     {**meta_base, "horizon": cfg.horizon, "resumed_from": resumed_from, "epochs_run": res.epochs_run,
@@ -387,6 +403,8 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                 )
                 results[name] = {"version": version, "val_logloss": res.val_logloss, "epochs_run": res.epochs_run,
                                  "best_epoch": res.best_epoch, **res.extra}
+                if rows is not None:  # the DQN takes no class labels (demonstrations: not implemented)
+                    results[name]["annotations_used"] = not isinstance(expert, DQNExpert) and bool(rows.idx.size)
             if GATE_NAME in names:
                 experts = load_experts(models, prep.batch.spec, registry, keep_untrained=False,
                                        candle_experts=False).experts

@@ -1,0 +1,1 @@
+"""Trade annotations: marked trades on stored candles -> versioned rows -> labelled training cases."""

@@ -1,0 +1,116 @@
+"""Annotate page in headless Chromium on the REAL engine replaying shared BTC/USDT data (whole file stored):
+two clicks create an annotation equal to the clicked candles, it shows in the table and the store,
+dragging its exit updates the P&L, undo (keyboard) reverts the move and then removes it."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from helpers import CHROMIUM, CHROMIUM_ARGS, logged_in_page, replay_engine, serve, wait_for
+
+from compose import backtest_components
+from core.config import Secrets
+from web.app import create_app
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (apt-get install chromium)"),
+]
+
+GD = "document.querySelector('#ann-chart .js-plotly-plot')"
+# page pixel of a (ts ms, price) point on the main chart
+TO_PX = ("([t, p]) => { const g = " + GD + "; const r = g.getBoundingClientRect(); "
+         "const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis; "
+         "return [r.left + xa._offset + xa.l2p(t), r.top + ya._offset + ya.l2p(p)]; }")
+MIN = 60_000
+
+
+def ms(iso: str) -> int:
+    return int(pd.Timestamp(iso).value // 1_000_000)
+
+
+@pytest.fixture(scope="module")
+def served(shared_data, tmp_path_factory):
+    eng, cfg, models = replay_engine(shared_data, tmp_path_factory.mktemp("annotate"), min_bars=20)
+    app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets(),
+                     backtest_components=backtest_components)
+    srv, url = serve(app)
+    yield eng, url, app
+    srv.shutdown()
+    eng.stop()
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        pg = logged_in_page(browser, served[2], served[1], viewport={"width": 1600, "height": 1300})
+        yield pg
+        browser.close()
+
+
+def current(eng) -> pd.DataFrame:
+    return eng.store.query_df("SELECT * FROM annotations WHERE current AND NOT deleted")
+
+
+def only(eng, pred=lambda r: True):
+    """The one current annotation when it satisfies ``pred``, else None (for wait_for)."""
+    d = current(eng)
+    return d.iloc[0].to_dict() if len(d) == 1 and pred(d.iloc[0]) else None
+
+
+def test_click_click_drag_undo(served, page, output_dir) -> None:
+    eng, url, _ = served
+    page.goto(url + "/annotate")
+    page.wait_for_function(f"() => {{ const g = {GD}; return g && g.data && g.data[0] && g.data[0].x.length > 1000; }}",
+                           timeout=60_000)
+    t1, t2, t3 = ms("2023-03-21T10:00Z"), ms("2023-03-21T10:20Z"), ms("2023-03-21T10:25Z")
+    closes = eng.store.query_df("SELECT ts, close FROM candles WHERE symbol = 'BTC/USDT' AND timeframe = '1m' "
+                                "AND ts BETWEEN ? AND ?", [t1, t3]).set_index("ts")["close"]
+    # zoom to 09:50..10:40 (as a scroll-zoom would) so each candle is ~30 px wide
+    page.evaluate(f"() => Plotly.relayout({GD}, {{'xaxis.range': [{t1 - 10 * MIN}, {t1 + 40 * MIN}]}})")
+    page.wait_for_timeout(500)
+    for t in (t1, t2):
+        x, y = page.evaluate(TO_PX, [t, float(closes[t])])
+        page.mouse.move(x, y)
+        page.wait_for_timeout(150)
+        page.mouse.click(x, y)
+        page.wait_for_function("() => /entry at|saved/.test(document.getElementById('ann-msg').innerText)",
+                               timeout=10_000)
+    a = wait_for(lambda: only(eng), 10, "the stored annotation")
+    assert (int(a["entry_ts"]), int(a["exit_ts"])) == (t1, t2)
+    assert (a["entry_price"], a["exit_price"]) == (closes[t1], closes[t2])
+    page.wait_for_function(f"() => document.querySelector('#ann-table').innerText.includes('{a['id']}')",
+                           timeout=10_000)
+    pnl = 100 * (1 if closes[t2] >= closes[t1] else -1) * (closes[t2] / closes[t1] - 1)
+    assert f"{round(pnl, 3)}" in page.inner_text("#ann-table")
+    page.screenshot(path=str(output_dir / "dashboard_annotate.png"), full_page=True)
+
+    # drag the span's right edge (the exit) five bars to the right
+    x, y = page.evaluate(TO_PX, [t2 + MIN // 2, float(closes[t2])])
+    x_to, _ = page.evaluate(TO_PX, [t3 + MIN // 2, float(closes[t2])])
+    page.mouse.move(x - 1, y)
+    page.mouse.down()
+    for k in range(1, 11):
+        page.mouse.move(x - 1 + (x_to - x) * k / 10, y)
+        page.wait_for_timeout(20)
+    page.mouse.up()
+    moved = wait_for(lambda: only(eng, lambda r: int(r.exit_ts) != t2), 10, "the moved exit in the store")
+    assert int(moved["exit_ts"]) == t3 and moved["exit_price"] == closes[t3]
+    assert int(moved["entry_ts"]) == t1 and int(moved["version"]) == 2
+    pnl3 = 100 * (1 if closes[t3] >= closes[t1] else -1) * (closes[t3] / closes[t1] - 1)
+    page.wait_for_function(f"() => document.querySelector('#ann-table').innerText.includes('{round(pnl3, 3)}')",
+                           timeout=10_000)
+
+    # undo (key u) puts the exit back; undo again removes the annotation (soft delete, history kept)
+    page.locator("#ann-chart").click(position={"x": 5, "y": 5})  # focus the page, not a text box
+    page.keyboard.press("u")
+    wait_for(lambda: only(eng, lambda r: int(r.exit_ts) == t2) is not None, 10, "the undone move")
+    page.keyboard.press("u")
+    wait_for(lambda: len(current(eng)) == 0, 10, "the undone annotation")
+    page.wait_for_function(f"() => !document.querySelector('#ann-table').innerText.includes('{a['id']}')",
+                           timeout=10_000)
+    hist = eng.store.query_df("SELECT version, deleted FROM annotations WHERE id = ? ORDER BY version", [a['id']])
+    assert hist.version.tolist() == [1, 2, 3, 4] and hist.deleted.tolist() == [False, False, False, True]
