@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.backtest.engine import Components
-from core.config import AppConfig, FeaturesConfig, ModelsConfig, Secrets
+from core.config import AppConfig, FeaturesConfig, ModelsConfig, Secrets, is_ticker
 from core.data.book_store import load_summary
 from core.data.files import import_series_file, parse_series_exchange, parse_series_name
 from core.data.store import MarketStore
@@ -101,7 +101,8 @@ def trading(cfg: AppConfig, symbol: str, *, live_flag: bool = False, replay: boo
     from core.execution.modes import trading_mode
 
     secrets = secrets if secrets is not None else Secrets.from_env()
-    market = market_for(cfg, symbol, cfg.data.exchange)
+    # the same venue rule as the engine's: a ticker's venue comes from markets/its default, a pair's from data
+    market = market_for(cfg, symbol, None if is_ticker(symbol) else cfg.data.exchange)
     tm = trading_mode(cfg.execution, live_flag=live_flag, secrets=secrets, stock=market.is_stock, replay=replay)
     if tm.broker == "paper":
         return Trading(mode=tm.mode, broker="paper", notify=notify)

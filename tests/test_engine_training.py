@@ -150,7 +150,7 @@ def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_pat
         # rollback (POST /api/experts/<name>/rollback) puts the version the last promotion replaced
         # back, between two decisions
         promoted = [s for s in eng.snapshot().swaps if s.expert == "cnn" and s.kind == "promote"]
-        r = api.post("/api/experts/cnn/rollback")
+        r = api.post("/api/experts/cnn/rollback", json={})
         assert r.status_code == 200 and r.get_json()["ok"] is True
         wait_for(lambda: eng.snapshot().swaps[-1].kind == "rollback", 10, "the rollback", eng)
         rb = eng.snapshot().swaps[-1]
