@@ -20,7 +20,7 @@ from core.data.store import MarketStore
 from core.engine import Engine, EngineParts, ReplayConfig
 from core.features import FeatureBuilder
 from core.market import Calendar, market_for
-from core.types import SeriesKey
+from core.types import ExpertLike, SeriesKey
 
 if TYPE_CHECKING:
     from NN.training.checkpoints import CheckpointRegistry
@@ -83,9 +83,13 @@ def engine_parts(cfg: AppConfig, models: ModelsConfig, store: MarketStore, timef
                                nice=tc.trainer_nice, sched_idle=tc.trainer_idle, reserve_cpus=tc.reserve_cpus,
                                freeze_while_deciding=tc.freeze_while_deciding, lineage=lineage)
 
-    return EngineParts(builder=builder, experts=dict(loaded.experts), trained=loaded.trained, gate=gate,
+    from NN.training.background import OfflineTraining
+
+    experts: dict[str, ExpertLike] = dict(loaded.experts)
+    offline = OfflineTraining(cfg, models, experts, lambda: gate, reg, models_dir)  # Train now
+    return EngineParts(builder=builder, experts=experts, trained=loaded.trained, gate=gate,
                        registry=reg, make_training=make_training, unavailable=loaded.errors, resumed=resumed,
-                       problems=problems)
+                       problems=problems, offline=offline)
 
 
 def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = None,
