@@ -52,7 +52,17 @@ def engine_parts(cfg: AppConfig, models: ModelsConfig, store: MarketStore, timef
     if not loaded.experts:
         raise ValueError("no expert could be built; check models.yml"
                          + "".join(f"\n  {n}: {e}" for n, e in loaded.errors.items()))
-    problems = [(f"expert:{n}", e) for n, e in loaded.errors.items()]
+    for name, ex in list(loaded.experts.items()):  # Kronos: resolved now, so "not available" is a state
+        if ex.input_kind != "candles" or loaded.trained.get(name):
+            continue
+        why = candle_expert_unavailable(ex)
+        if why is None:
+            loaded.trained[name] = True  # released (hub) or locally trained nano weights
+        else:
+            del loaded.experts[name], loaded.trained[name]
+            loaded.errors[name] = why
+            log.warning("expert %s %s", name, why)
+    problems = [(f"expert:{n}", e) for n, e in loaded.errors.items() if not e.startswith("not available")]
     lineage: dict[str, tuple[str, dict | None]] = {}
     resumed: set[str] = set()
     resume = mode != "replay" and training and cfg.training.resume_online
@@ -90,6 +100,21 @@ def engine_parts(cfg: AppConfig, models: ModelsConfig, store: MarketStore, timef
     return EngineParts(builder=builder, experts=experts, trained=loaded.trained, gate=gate,
                        registry=reg, make_training=make_training, unavailable=loaded.errors, resumed=resumed,
                        problems=problems, offline=offline)
+
+
+def candle_expert_unavailable(ex: ExpertLike) -> str | None:
+    """None when a candle expert (Kronos) can load its weights (``model: auto`` tries the hub cache, the
+    hub, then the local nano); else its one-line "not available: ... Fix: ..." state."""
+    from NN.experts.kronos.hub import CheckpointNotFound
+
+    try:
+        _ = ex.bundle  # type: ignore[attr-defined]
+    except CheckpointNotFound as exc:
+        msg = str(exc)
+        return msg if msg.startswith("not available") else f"not available: {msg}"
+    except AttributeError:
+        return None
+    return None
 
 
 def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = None,

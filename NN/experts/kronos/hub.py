@@ -37,6 +37,9 @@ def resolve_files(path_or_id: str | Path) -> dict[str, Path]:
     repo = str(path_or_id)
     if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
         raise CheckpointNotFound(f"{repo}: no such directory, and not a hub id of the form owner/name")
+    # a machine without internet must fail fast, not wait out the hub client's default timeouts
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "3")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     try:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError
