@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,10 @@ class ThresholdsBody(_Body):
         if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and math.isnan(v)):
             raise ValueError("must be a number in [0, 1]")
         return float(v)
+
+
+class TrainNowBody(_Body):
+    preset: Literal["quick", "full"] = "quick"
 
 
 class StreamBody(_Body):
@@ -455,6 +459,23 @@ def build_blueprint(engine: Any) -> Blueprint:
     def reset_kill_switch() -> Response:
         engine.reset_kill_switch()
         return jsonify(ok=True)
+
+    @bp.route("/train_now", methods=["GET", "POST"])
+    def train_now() -> Response:
+        """Train now: POST starts offline training of the enabled experts and the gate (quick | full)
+        in a background process; GET (and the POST's answer) is the job's progress."""
+        if request.method == "POST":
+            body = parse_body(TrainNowBody)
+            if not hasattr(engine, "train_now"):
+                raise ApiError(409, "train now is not available in this engine", "conflict")
+            try:
+                engine.train_now(body.preset)
+            except ValueError as exc:
+                raise ApiError(409, str(exc), "conflict") from None
+        snap = engine.snapshot()
+        return jsonify(training=dict(getattr(snap, "offline_training", {})),
+                       untrained=list(getattr(snap, "untrained", ())),
+                       not_traded=int(getattr(snap, "not_traded", 0)))
 
     @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     def unknown(rest: str) -> Response:

@@ -25,6 +25,7 @@ from core.market import fmt_local
 from core.snapshot import EngineError, EngineSnapshot
 from core.types import TIMEFRAME_MS, Thresholds
 from web import api, figures, sessions
+from web.pages import first_run
 
 if TYPE_CHECKING:
     from web.app import WebContext
@@ -424,6 +425,8 @@ def layout(wctx: WebContext) -> Component:
                               inline=True, switch=True), width=7),
     ], className="mb-1 align-items-center")
     return html.Div([
+        html.Div(snap.source_label, id="live-source", className="small text-info mb-1"),
+        first_run.banner_component(),
         controls,
         dbc.Row([
             dbc.Col([
@@ -457,6 +460,7 @@ def layout(wctx: WebContext) -> Component:
 
 def register(app: Dash, wctx: WebContext) -> None:
     engine = wctx.engine
+    first_run.register(app, engine)
 
     @app.callback(Output("live-chart", "figure"), Output("live-state", "data"),
                   Input("live-tick", "n_intervals"), Input("live-timeframe", "value"),
