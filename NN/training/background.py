@@ -44,13 +44,14 @@ class Preset:
     max_steps_per_epoch: int | None
     patience: int
     kronos: bool  # also train the nano Kronos (minutes of CPU)
+    max_bars: int | None  # newest stored candles used (None: all)
 
 
 PRESETS: dict[str, Preset] = {
     # quick: a few short epochs of every enabled features expert and the gate; <= 3 min on 2 CPU cores
-    "quick": Preset(epochs=3, max_steps_per_epoch=40, patience=1, kronos=False),
+    "quick": Preset(epochs=4, max_steps_per_epoch=60, patience=1, kronos=False, max_bars=20_000),
     # full: what `main_backtest.py train` does by default, Kronos included when it is enabled
-    "full": Preset(epochs=10, max_steps_per_epoch=None, patience=3, kronos=True),
+    "full": Preset(epochs=10, max_steps_per_epoch=None, patience=3, kronos=True, max_bars=None),
 }
 
 
@@ -94,9 +95,11 @@ class OfflineTraining:
         if len(candles) < MIN_BARS:
             raise ValueError(f"train now needs at least {MIN_BARS} stored candles up to the newest bar; "
                              f"the store has {len(candles)} for {key.symbol} {key.timeframe}")
+        p = PRESETS[preset]
+        if p.max_bars is not None:
+            candles = candles.iloc[-p.max_bars:]
         d = Path(tempfile.mkdtemp(prefix="moe-train-"))
         candles.to_parquet(d / "candles.parquet", index=False)
-        p = PRESETS[preset]
         _write_json(d / "job.json", {
             "preset": preset, "names": names, "key": [key.exchange, key.symbol, key.timeframe],
             "app": self.app.model_dump(mode="json"), "models": self.models.model_dump(mode="json"),
