@@ -75,3 +75,20 @@ def tiny_kronos_dir(root: Path) -> Path:
     save_pretrained(tok, d / "tokenizer")
     save_pretrained(model, d / "model")
     return d
+
+
+def http_json(url: str, method: str = "GET", body: dict | None = None, timeout: float = 30.0) -> tuple[int, Any]:
+    """One HTTP request to the dashboard's API -> (status, parsed JSON). Every test request goes
+    through here, so authentication can be added in one place."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data is not None else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -90,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                            progress=not args.no_progress, max_steps_per_epoch=args.max_steps,
                            patience=args.patience, kronos_preset=args.kronos_preset)
     except ValueError as exc:
-        print(f"train: {exc}")
+        print(f"train: {exc}", file=sys.stderr)
         return 1
     finally:
         store.close()
@@ -110,7 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report = run_evaluation(store, key, models, app, start_ms=args.start, end_ms=args.end,
                                 models_dir=models_dir, names=names)
     except ValueError as exc:
-        print(f"evaluate: {exc}")
+        print(f"evaluate: {exc}", file=sys.stderr)
         return 1
     finally:
         store.close()
