@@ -19,6 +19,7 @@ from core.backtest.engine import ComponentsFactory
 from core.config import AppConfig, ModelsConfig, Secrets
 from core.types import CheckpointCatalog
 from web import api, auth, figures
+from web.compress import install_compression
 from web.pages import backtest, live, models
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -67,6 +68,7 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
     auth.install_auth(app.server, auth.AuthPolicy(token=secrets.dashboard_token,
                                                   loopback=auth.is_loopback(host)))
     api.install_api(app.server, engine)
+    install_compression(app.server)  # gzip + long-lived caching of fingerprinted assets (first chart)
 
     nav = dbc.NavbarSimple(
         brand="MoE Trader", color="dark", dark=True, fluid=True, className="mb-2",
