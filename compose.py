@@ -58,11 +58,11 @@ def engine_parts(cfg: AppConfig, models: ModelsConfig, store: MarketStore, timef
         why = candle_expert_unavailable(ex)
         if why is None:
             loaded.trained[name] = True  # released (hub) or locally trained nano weights
-        else:
-            del loaded.experts[name], loaded.trained[name]
+        else:  # kept, switched off, shown as "not available" until Train now brings weights
             loaded.errors[name] = why
             log.warning("expert %s %s", name, why)
     problems = [(f"expert:{n}", e) for n, e in loaded.errors.items() if not e.startswith("not available")]
+    unavailable = dict(loaded.errors)  # built but without weights (Kronos) or not built at all
     lineage: dict[str, tuple[str, dict | None]] = {}
     resumed: set[str] = set()
     resume = mode != "replay" and training and cfg.training.resume_online
@@ -96,9 +96,9 @@ def engine_parts(cfg: AppConfig, models: ModelsConfig, store: MarketStore, timef
     from NN.training.background import OfflineTraining
 
     experts: dict[str, ExpertLike] = dict(loaded.experts)
-    offline = OfflineTraining(cfg, models, experts, lambda: gate, reg, models_dir)  # Train now
+    offline = OfflineTraining(cfg, models, experts, lambda: gate, reg, models_dir, trained=loaded.trained)
     return EngineParts(builder=builder, experts=experts, trained=loaded.trained, gate=gate,
-                       registry=reg, make_training=make_training, unavailable=loaded.errors, resumed=resumed,
+                       registry=reg, make_training=make_training, unavailable=unavailable, resumed=resumed,
                        problems=problems, offline=offline)
 
 

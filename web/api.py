@@ -415,7 +415,10 @@ def build_blueprint(engine: Any) -> Blueprint:
                 except ValueError as exc:
                     raise ApiError(409, str(exc), "conflict") from None
         if body.enabled is not None:
-            engine.set_expert_enabled(name, body.enabled)
+            try:
+                engine.set_expert_enabled(name, body.enabled)
+            except ValueError as exc:  # an expert without weights (Kronos "not available")
+                raise ApiError(409, str(exc), "conflict") from None
         return jsonify(ok=True, name=name, enabled=body.enabled, training=body.training)
 
     @bp.get("/experts/<name>/training")

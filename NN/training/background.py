@@ -43,25 +43,26 @@ class Preset:
     epochs: int
     max_steps_per_epoch: int | None
     patience: int
-    kronos: bool  # also train the nano Kronos (minutes of CPU)
+    kronos: str  # the Kronos training preset (NN/experts/kronos/train.PRESETS) when Kronos has no weights
     max_bars: int | None  # newest stored candles used (None: all)
 
 
 PRESETS: dict[str, Preset] = {
     # quick: a few short epochs of every enabled features expert and the gate; <= 3 min on 2 CPU cores
-    "quick": Preset(epochs=4, max_steps_per_epoch=60, patience=1, kronos=False, max_bars=20_000),
+    "quick": Preset(epochs=4, max_steps_per_epoch=60, patience=1, kronos="nano-quick", max_bars=20_000),
     # full: what `main_backtest.py train` does by default, Kronos included when it is enabled
-    "full": Preset(epochs=10, max_steps_per_epoch=None, patience=3, kronos=True, max_bars=None),
+    "full": Preset(epochs=10, max_steps_per_epoch=None, patience=3, kronos="nano", max_bars=None),
 }
 
 
-def plan(models: ModelsConfig, preset: str, experts: dict[str, ExpertLike]) -> list[str]:
-    """The experts a preset trains, in models.yml order, then the gate."""
+def plan(models: ModelsConfig, preset: str, experts: dict[str, ExpertLike], trained: dict[str, bool]) -> list[str]:
+    """The experts a preset trains: every features expert, Kronos when it has no weights (quick) or
+    always (full), in models.yml order, then the gate."""
     if preset not in PRESETS:
         raise ValueError(f"unknown training preset {preset!r}; use one of {', '.join(PRESETS)}")
     names = [n for n, e in experts.items() if e.input_kind == "features"]
-    if PRESETS[preset].kronos:
-        names += [n for n, e in experts.items() if e.input_kind == "candles" and n == "kronos"]
+    if "kronos" in experts and (preset == "full" or not trained.get("kronos", False)):
+        names.insert(0, "kronos")  # run_training trains it first
     return [*names, GATE_NAME]
 
 
@@ -75,10 +76,12 @@ class OfflineTraining:
     """One Train-now job at a time for an engine (the ``OfflineTrainer`` protocol of core/engine)."""
 
     def __init__(self, app: AppConfig, models: ModelsConfig, experts: dict[str, ExpertLike], gate_ref: Any,
-                 registry: Any, models_dir: Path, *, python: str | None = None) -> None:
+                 registry: Any, models_dir: Path, *, trained: dict[str, bool] | None = None,
+                 python: str | None = None) -> None:
         self.app = app
         self.models = models
         self.experts = experts
+        self.trained = trained if trained is not None else {}  # the engine's flags (read at start)
         self._gate_ref = gate_ref  # callable returning the engine's current gate
         self.registry = registry
         self.models_dir = Path(models_dir)
@@ -91,7 +94,7 @@ class OfflineTraining:
     def start(self, preset: str, key: SeriesKey, candles: pd.DataFrame) -> None:
         if self.running:
             raise ValueError("a training job is already running; wait for it to finish")
-        names = plan(self.models, preset, self.experts)
+        names = plan(self.models, preset, self.experts, self.trained)
         if len(candles) < MIN_BARS:
             raise ValueError(f"train now needs at least {MIN_BARS} stored candles up to the newest bar; "
                              f"the store has {len(candles)} for {key.symbol} {key.timeframe}")
@@ -103,7 +106,8 @@ class OfflineTraining:
         _write_json(d / "job.json", {
             "preset": preset, "names": names, "key": [key.exchange, key.symbol, key.timeframe],
             "app": self.app.model_dump(mode="json"), "models": self.models.model_dump(mode="json"),
-            "epochs": p.epochs, "max_steps_per_epoch": p.max_steps_per_epoch, "patience": p.patience})
+            "epochs": p.epochs, "max_steps_per_epoch": p.max_steps_per_epoch, "patience": p.patience,
+            "kronos_preset": p.kronos})
         self._status = {"state": "starting", "preset": preset, "names": names, "started": time.time(),
                         "bars": len(candles)}
         _write_json(d / "status.json", self._status)
@@ -225,7 +229,7 @@ def child(job_dir: Path) -> int:
     trainable = [n for n in names if n not in (GATE_NAME, "kronos")]
     epochs = int(job["epochs"])
     state: dict[str, Any] = {"state": "running", "preset": job["preset"], "names": names, "started": started,
-                             "expert": None, "epoch": 0, "epochs": epochs, "loss": None, "val_logloss": None,
+                             "expert": "kronos" if "kronos" in names else None, "epoch": 0, "epochs": epochs, "loss": None, "val_logloss": None,
                              "eta_s": None, "done": []}
     _write_json(status_path, state)
     epoch_times: list[float] = []
@@ -253,7 +257,8 @@ def child(job_dir: Path) -> int:
             store.upsert_candles(key, pd.read_parquet(job_dir / "candles.parquet"))
             results = run_training(store, key, models, app, names, epochs=epochs, models_dir=job_dir / "models",
                                    runs_dir=None, progress=False, max_steps_per_epoch=job["max_steps_per_epoch"],
-                                   patience=int(job["patience"]), on_epoch=on_epoch)
+                                   patience=int(job["patience"]), on_epoch=on_epoch,
+                                   kronos_preset=job["kronos_preset"])
         finally:
             store.close()
     except Exception as exc:

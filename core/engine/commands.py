@@ -41,6 +41,7 @@ class EngineCommands:
     _streaming: bool
     _thresholds: Thresholds
     _enabled: dict[str, bool]
+    _unavailable: dict[str, str]
     _orch: Orchestrator | None
     _executor: Executor | None
     _provider: DataProvider | None
@@ -85,6 +86,8 @@ class EngineCommands:
     def set_expert_enabled(self, name: str, enabled: bool) -> None:
         if name not in self.experts:
             raise ValueError(f"unknown expert {name!r}; running: {', '.join(self.experts)}")
+        if enabled and name in self._unavailable:
+            raise ValueError(f"{name} is {self._unavailable[name]}")
         self._command("set_expert_enabled", (name, bool(enabled)))
 
     def reset_kill_switch(self) -> None:

@@ -134,7 +134,8 @@ class Engine(EngineCommands):
         # settings commands leave for the next pipeline (applied at once when one is running)
         o = cfg.orchestrator
         self._thresholds = Thresholds(o.buy_threshold, o.sell_threshold, o.min_confidence)
-        self._enabled: dict[str, bool] = {n: True for n in self.experts}
+        # an expert built without weights (Kronos "not available") stays off until Train now brings them
+        self._enabled: dict[str, bool] = {n: n not in self._unavailable for n in self.experts}
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._lock = threading.Lock()
         self._errors: deque[EngineError] = deque(maxlen=KEEP_ERRORS)
@@ -375,6 +376,9 @@ class Engine(EngineCommands):
         for name in adopted:
             if name in self.trained:
                 self.trained[name] = True
+            if name in self._unavailable and name in self.experts:  # e.g. Kronos: now it has weights
+                del self._unavailable[name]
+                self._apply_enabled((name, True))
         st = job.status()
         if st.get("state") == "failed" and was:
             self._error("train-now", str(st.get("error")))

@@ -25,6 +25,8 @@ def training_line(snap: EngineSnapshot) -> str:
     if state == "running":
         if not st.get("expert"):
             return f"Train now ({preset}): preparing features ..."
+        if not st.get("epoch"):
+            return f"Train now ({preset}): training {st['expert']} ..."
         loss = st.get("loss")
         eta = st.get("eta_s")
         return (f"Train now ({preset}): {st['expert']} epoch {st.get('epoch')}/{st.get('epochs')}"

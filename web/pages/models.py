@@ -259,7 +259,10 @@ def register(app: Dash, wctx: Any) -> None:
             return no_update
         name = trig["name"]
         value = next(v for v, i in zip(values, ids, strict=True) if i["name"] == name)
-        engine.set_expert_enabled(name, bool(value))
+        try:
+            engine.set_expert_enabled(name, bool(value))
+        except ValueError as exc:  # e.g. Kronos "not available": the fix is in the message
+            return dbc.Alert(str(exc), color="warning", className="py-1", id="models-ack")
         return dbc.Alert(f"{name} {'enabled' if value else 'disabled'}: applied to the next decision",
                          color="info", className="py-1", id="models-ack")
 
