@@ -131,12 +131,19 @@ def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboa
         page.click("#train-now-quick")
         page.wait_for_function("() => document.querySelector('#live-banner-text').innerText.includes('Train now')",
                                timeout=30_000)
-        page.wait_for_selector("#live-banner", state="hidden", timeout=240_000)
+        # progress on the Models page (Kronos first, then epochs with loss and ETA)
+        page.goto(url + "/models")
+        page.wait_for_function("() => (document.querySelector('#models-offline') || {innerText: ''})"
+                               ".innerText.includes('Train now (quick)')", timeout=30_000)
+        page.screenshot(path=str(output_dir / "first_run_models.png"))
+        page.goto(url + "/")
+        # on an idle 2-core machine the quick preset takes about a minute; other jobs can slow it a lot
+        page.wait_for_selector("#live-banner", state="hidden", timeout=900_000)
         page.screenshot(path=str(output_dir / "first_run_trained.png"))
         browser.close()
     st = http_json(url + "/api/train_now")[1]
     assert st["training"]["state"] == "done" and st["untrained"] == []
-    assert set(st["training"]["adopted"]) >= {"cnn", "transformer", "dqn"}
+    assert set(st["training"]["adopted"]) >= {"cnn", "transformer", "dqn", "kronos"}
     # the next decisions come from trained versions and may trade
     first_ts = http_json(url + "/api/latest_prediction")[1]["decision"]["ts"]
 
@@ -147,4 +154,17 @@ def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboa
     pred = wait_for(newer, 60, "a decision after the swap")
     assert "untrained" not in pred["decision"]["reason"]
     assert {o["model_version"] for o in pred["experts"].values()}.isdisjoint({"untrained"})
+    # Kronos got weights (the quick nano) and draws the forecast fan
+    pred = wait_for(lambda: (lambda d: d if d.get("kronos") else None)(http_json(url + "/api/latest_prediction")[1]),
+                    90, "a Kronos forecast")
+    assert pred["kronos"]["model_version"].startswith("nano-quick-")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": 1100})
+        page.goto(url + "/")
+        page.wait_for_function("() => { const g = document.querySelector('#live-chart .js-plotly-plot'); "
+                               "return g && g.data && g.data.some(t => t.name === 'forecast median' && t.x && t.x.length > 0); }",
+                               timeout=60_000)
+        page.screenshot(path=str(output_dir / "first_run_fan.png"))
+        browser.close()
     assert "Traceback" not in "".join(lines)

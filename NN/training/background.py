@@ -243,7 +243,9 @@ def child(job_dir: Path) -> int:
         if name not in done and epoch == total:
             done.append(name)
         left = total - epoch + epochs * max(0, len(trainable) - len(done) - (0 if epoch == total else 1))
-        mean = sum(epoch_times) / len(epoch_times)
+        # the first duration also holds feature building (and Kronos before it): left out once others exist
+        times = epoch_times[1:] or epoch_times
+        mean = sum(times) / len(times)
         state.update(expert=name, epoch=epoch, epochs=total, loss=None if loss != loss else round(loss, 5),
                      val_logloss=round(val, 5), eta_s=round(mean * left, 1), done=done)
         _write_json(status_path, state)
