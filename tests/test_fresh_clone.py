@@ -136,9 +136,11 @@ def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboa
         page.wait_for_function("() => (document.querySelector('#models-offline') || {innerText: ''})"
                                ".innerText.includes('Train now (quick)')", timeout=30_000)
         page.screenshot(path=str(output_dir / "first_run_models.png"))
-        page.goto(url + "/")
         # on an idle 2-core machine the quick preset takes about a minute; other jobs can slow it a lot
-        page.wait_for_selector("#live-banner", state="hidden", timeout=900_000)
+        wait_for(lambda: http_json(url + "/api/train_now")[1]["training"]["state"] in ("done", "failed"), 900,
+                 "Train now to finish", every=2)
+        page.goto(url + "/")
+        page.wait_for_selector("#live-banner", state="hidden", timeout=30_000)
         page.screenshot(path=str(output_dir / "first_run_trained.png"))
         browser.close()
     st = http_json(url + "/api/train_now")[1]

@@ -56,15 +56,17 @@ def banner(snap: EngineSnapshot) -> tuple[str, str, bool]:
     return "", "info", False
 
 
-def banner_component() -> Component:
+def banner_component(snap: EngineSnapshot) -> Component:
+    """The banner as the snapshot has it when the page loads (the tick callback keeps it current)."""
+    text, colour, buttons = banner(snap)
     return dbc.Alert([
-        html.Span(id="live-banner-text"),
+        html.Span(text, id="live-banner-text"),
         html.Span([
             dbc.Button("Train now (quick)", id="train-now-quick", size="sm", color="primary", className="ms-2"),
             dbc.Button("Train now (full)", id="train-now-full", size="sm", color="secondary", className="ms-2"),
-        ], id="live-banner-buttons"),
+        ], id="live-banner-buttons", style={} if buttons else {"display": "none"}),
         html.Div(id="train-now-msg", className="small"),
-    ], id="live-banner", color="warning", className="py-2 mb-2", style={"display": "none"})
+    ], id="live-banner", color=colour, className="py-2 mb-2", style={} if text else {"display": "none"})
 
 
 def register(app: Dash, engine: Any) -> None:

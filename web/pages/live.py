@@ -446,7 +446,7 @@ def layout(wctx: WebContext) -> Component:
     ], className="mb-1 align-items-center")
     return html.Div([
         html.Div(snap.source_label, id="live-source", className="small text-info mb-1"),
-        first_run.banner_component(),
+        first_run.banner_component(snap),
         controls,
         dbc.Row([
             dbc.Col([
