@@ -25,6 +25,8 @@ def web_config(tmp: Path) -> tuple[AppConfig, ModelsConfig]:
         "backtest": cfg.backtest.model_copy(update={"reports_dir": str(tmp / "reports")}),
         "training": cfg.training.model_copy(update={"runs_dir": str(tmp / "runs"),
                                                     "models_dir": str(tmp / "models")}),
+        # the web tests show trades of untrained experts on purpose (the rule itself: test_first_run.py)
+        "execution": cfg.execution.model_copy(update={"allow_untrained": True}),
     })
     return cfg, load_models()
 
