@@ -168,5 +168,8 @@ def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboa
                                "return g && g.data && g.data.some(t => t.name === 'forecast median' && t.x && t.x.length > 0); }",
                                timeout=60_000)
         page.screenshot(path=str(output_dir / "first_run_fan.png"))
+        page.goto(url + "/backtest")  # the trained experts are the default selection now
+        page.wait_for_selector("#bt-compare-graph .js-plotly-plot", timeout=30_000)
+        page.screenshot(path=str(output_dir / "first_run_backtest.png"))
         browser.close()
     assert "Traceback" not in "".join(lines)
