@@ -88,6 +88,7 @@ def dashboard(tmp_path_factory):
 
 
 @pytest.mark.browser
+@pytest.mark.timeout(1800)  # ~2 min on an idle 2-core machine; other jobs on the box can stretch it a lot
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium")
 def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboard, output_dir) -> None:
     from playwright.sync_api import sync_playwright

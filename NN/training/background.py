@@ -272,7 +272,23 @@ def child(job_dir: Path) -> int:
     return 0
 
 
+def _exit_with_parent() -> None:
+    """The job dies with the dashboard that started it (no orphan burning the CPU)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 if __name__ == "__main__":
+    _exit_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if hasattr(os, "nice"):
         os.nice(10)  # the dashboard's decisions come first
