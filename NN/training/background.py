@@ -290,6 +290,7 @@ def _exit_with_parent() -> None:
 if __name__ == "__main__":
     _exit_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if hasattr(os, "nice"):
-        os.nice(10)  # the dashboard's decisions come first
+    # one core stays for the dashboard's decisions (torch would take them all); not niced: a niced job
+    # gets a tenth of a core on a busy machine and a "quick" preset would take many minutes
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     sys.exit(child(Path(sys.argv[1])))
