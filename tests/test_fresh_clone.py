@@ -126,6 +126,8 @@ def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboa
         # the Live page: the banner with Train now
         page.goto(url + "/")
         page.wait_for_selector("#live-banner", state="visible", timeout=30_000)
+        page.wait_for_function("() => { const g = document.querySelector('#live-chart .js-plotly-plot'); "
+                               "return g && g.data && g.data[0] && g.data[0].x.length > 0; }", timeout=60_000)
         assert "Untrained experts: cnn, transformer, dqn" in page.inner_text("#live-banner")
         assert "replay of bundled sample" in page.inner_text("#live-source")
         page.screenshot(path=str(output_dir / "first_run_untrained.png"))
@@ -136,6 +138,8 @@ def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboa
         page.goto(url + "/models")
         page.wait_for_function("() => (document.querySelector('#models-offline') || {innerText: ''})"
                                ".innerText.includes('Train now (quick)')", timeout=30_000)
+        page.wait_for_function("() => (document.querySelector('#models-offline') || {innerText: ''})"
+                               ".innerText.includes('ETA')", timeout=900_000)  # Kronos first, then epochs
         page.screenshot(path=str(output_dir / "first_run_models.png"))
         # on an idle 2-core machine the quick preset takes about a minute; other jobs can slow it a lot
         wait_for(lambda: http_json(url + "/api/train_now")[1]["training"]["state"] in ("done", "failed"), 900,

@@ -71,7 +71,7 @@ def not_available(hub_id: str, reasons: list[str]) -> str:
     return (f"not available: {hub_id} is neither in the Hugging Face cache nor downloadable, and no nano "
             f"checkpoint is trained ({'; '.join(reasons)}). Fix: `huggingface-cli download {hub_id}` and "
             f"`huggingface-cli download {tok}` (on a machine with internet, then copy ~/.cache/huggingface), "
-            "or Train now (full) / `python main_backtest.py train --experts kronos`")
+            "or press Train now (a quick nano Kronos) / `python main_backtest.py train --experts kronos`")
 
 
 def load_bundle(spec: str, models_dir: Path | None = None, device: torch.device | str = "cpu",
