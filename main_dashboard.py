@@ -8,8 +8,9 @@
 Without internet and without --replay/--replay-db it replays the bundled sample (a real 3-day BTC/USDT
 1m slice in data/sample/): the first two days are history Train now learns from, the third is replayed.
 
-Prints the URL and one line containing "Dashboard ready"; Ctrl-C stops the engine (sources closed,
-ledger flushed) and the server.
+Prints the URL and one line containing "Dashboard ready" (before it, without DASHBOARD_TOKEN, a one-time
+login URL with a random token); served by waitress; Ctrl-C stops the engine (sources closed, ledger
+flushed) and the server.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    logging.getLogger("waitress").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config)
         models = load_models(args.models)
@@ -155,9 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     if sample:
         engine.source_label = "replay of bundled sample (data/sample/BTC_USDT-1m.csv)"
 
-    from werkzeug.serving import make_server
-
     from web.app import create_app
+    from web.server import DashboardServer
 
     if replay_path is not None or args.replay_db:
         src = f"imported {replay_path.name if sample else replay_path} into the store; " if replay_path else ""
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
         app = create_app(engine, cfg, models_cfg=models, host=host, secrets=secrets,
                          backtest_components=compose.backtest_components)
-        server = make_server(host, port, app.server, threaded=True)
+        server = DashboardServer(app.server, host, port, threads=cfg.dashboard.server_threads)
         stop = threading.Event()
 
         def _stop(signum: int, _frame: Any) -> None:
@@ -180,7 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(f"Dashboard ready at http://{shown}:{server.server_port}/ "
+        base = f"http://{shown}:{server.server_port}/"
+        policy = app.server.extensions["moe_auth"]
+        if policy.generated:  # Jupyter's model: the one-time login URL sets a session cookie
+            print("No DASHBOARD_TOKEN set: made a random token for this run. Open this URL to log in "
+                  f"(it sets a session cookie):\n    {base}?token={policy.token}", flush=True)
+        else:
+            print("Log in with your DASHBOARD_TOKEN (API: 'Authorization: Bearer <token>').", flush=True)
+        print(f"Dashboard ready at {base} "
               f"({'replay' if replay_path or args.replay_db else 'live'}; Ctrl-C to stop)", flush=True)
         server.serve_forever()
     finally:

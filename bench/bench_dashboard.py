@@ -63,7 +63,8 @@ def _post(client, outputs: list[tuple[str, str]], inputs: list[tuple[str, str, o
 
 
 def measure_updates(app, ticks: int) -> dict:
-    client = app.server.test_client()
+    client = app.server.test_client()  # authenticated like any client (web/auth.py): the bearer token
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {app.server.extensions['moe_auth'].token}"
     overlays = list(figures.OVERLAYS)
     chart_state = sigs = eq_state = None
     chart_ms, total_ms, sizes = [], [], []

@@ -148,6 +148,12 @@ class DashboardConfig(_Strict):
     update_interval_ms: int = Field(1000, ge=100)
     tensorboard_url: str = "http://127.0.0.1:6006"
     replay_speed: float = Field(60.0, gt=0)
+    # security (web/auth.py): extra Host names the server answers besides the bind address and loopback
+    allowed_hosts: list[str] = Field(default_factory=list)
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)  # a login's lifetime
+    login_attempts_per_min: int = Field(10, ge=1, le=1000)  # failed logins per client before 429
+    threshold_floor: float = Field(0.5, ge=0, le=1)  # buy/sell below it need force: true
+    server_threads: int = Field(8, ge=1, le=256)  # waitress worker threads
 
 
 class TrainingConfig(_Strict):

@@ -79,16 +79,92 @@ def tiny_kronos_dir(root: Path) -> Path:
     return d
 
 
-def http_json(url: str, method: str = "GET", body: dict | None = None, timeout: float = 30.0) -> tuple[int, Any]:
-    """One HTTP request to the dashboard's API -> (status, parsed JSON). Every test request goes
-    through here, so authentication can be added in one place."""
+# ---------------------------------------------------------------- talking to the dashboard (auth in one place)
+# Every test that calls the dashboard goes through these: the server always needs a credential
+# (web/auth.py), state-changing calls need the dashboard's own Origin and JSON bodies.
+
+
+def auth_policy(app: Any) -> Any:
+    """The running app's ``web.auth.AuthPolicy`` (its token, sessions, limiter)."""
+    return app.server.extensions["moe_auth"]
+
+
+def auth_headers(app: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {auth_policy(app).token}"}
+
+
+def api_client(app: Any) -> Any:
+    """A Flask test client of ``app`` that sends the bearer token with every request."""
+    c = app.server.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {auth_policy(app).token}"
+    return c
+
+
+def ui_client(app: Any) -> Any:
+    """A Flask test client logged in like a browser: a session cookie from POST /login and the
+    dashboard's own Origin on every request (what a browser sends for its own pages)."""
+    c = app.server.test_client()
+    c.environ_base["HTTP_ORIGIN"] = "http://localhost"
+    r = c.post("/login", data={"token": auth_policy(app).token, "next": "/"})
+    assert r.status_code == 302, r.get_data(as_text=True)[:200]
+    return c
+
+
+def http_session(app: Any, base_url: str) -> Any:
+    """A ``requests.Session`` for a served app: bearer token, the server's own Origin."""
+    import requests
+
+    s = requests.Session()
+    s.headers.update({**auth_headers(app), "Origin": base_url.rstrip("/")})
+    return s
+
+
+def serve(app: Any) -> tuple[Any, str]:
+    """Serve ``app`` on 127.0.0.1 (random port) with the production server main_dashboard.py uses;
+    returns (server, base url without a trailing slash); stop with ``server.shutdown()``."""
+    from web.server import serve_in_thread
+
+    srv = serve_in_thread(app.server, "127.0.0.1", 0, threads=8)
+    return srv, f"http://127.0.0.1:{srv.server_port}"
+
+
+def browser_context(browser: Any, app: Any, base_url: str, *, bypass_csp: bool = True, **kwargs: Any) -> Any:
+    """A Playwright browser context already logged in (a fresh session cookie for ``base_url``).
+
+    ``bypass_csp``: the UI tests read the page with JavaScript strings (``wait_for_function``), which the
+    dashboard's CSP (no 'unsafe-eval') rightly blocks; tests/test_security_attacks.py opens the pages
+    with the CSP enforced."""
+    ctx = browser.new_context(bypass_csp=bypass_csp, **kwargs)
+    sid, _ = auth_policy(app).sessions.new()
+    from web.auth import COOKIE
+
+    ctx.add_cookies([{"name": COOKIE, "value": sid, "url": base_url + "/", "httpOnly": True,
+                      "sameSite": "Strict"}])
+    return ctx
+
+
+def logged_in_page(browser: Any, app: Any, base_url: str, **kwargs: Any) -> Any:
+    """A new page in a logged-in context (``browser.new_page`` replacement)."""
+    return browser_context(browser, app, base_url, **kwargs).new_page()
+
+
+def http_json(url: str, method: str = "GET", body: dict | None = None, timeout: float = 30.0,
+              token: str | None = None) -> tuple[int, Any]:
+    """One HTTP request to a dashboard served by another process (main_dashboard.py) -> (status,
+    parsed JSON), with its bearer ``token`` and its own Origin."""
     import json
     import urllib.error
     import urllib.request
+    from urllib.parse import urlsplit
 
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data is not None else {})
+    parts = urlsplit(url)
+    headers = {"Origin": f"{parts.scheme}://{parts.netloc}"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read() or b"null")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import replay_engine, wait_for  # tests/ is on sys.path (pytest rootdir conftest)
+from helpers import api_client, auth_policy, replay_engine, ui_client, wait_for  # tests/ is on sys.path
 
 from core.config import Secrets
 from web.app import create_app
@@ -37,8 +37,7 @@ def cfg(running):
 
 @pytest.fixture(scope="module")
 def client(engine, cfg):
-    app = create_app(engine, cfg, host="127.0.0.1", secrets=Secrets())
-    return app.server.test_client()
+    return api_client(create_app(engine, cfg, host="127.0.0.1", secrets=Secrets()))
 
 
 def test_status(client, engine) -> None:
@@ -155,7 +154,7 @@ def test_stream_stop_and_start(client, engine) -> None:
     assert client.post("/api/start_stream", json={"symbol": "BTCUSDT", "timeframe": "1m"}).status_code == 422
     assert client.post("/api/start_stream", json={"symbol": "BTC/USDT", "timeframe": "2x"}).status_code == 422
     assert client.post("/api/start_stream", json={"symbol": "BTC/USDT"}).status_code == 422
-    assert client.post("/api/stop_stream").status_code == 200
+    assert client.post("/api/stop_stream", json={}).status_code == 200
     wait_for(lambda: not engine.snapshot().streaming, 20, "stream stopped")
     r = client.post("/api/start_stream", json={"symbol": "BTC/USDT", "timeframe": "1m"})
     assert r.status_code == 200, r.get_json()
@@ -179,39 +178,133 @@ def test_main_refuses_public_bind_without_token(monkeypatch, capsys) -> None:
 
 
 def test_off_loopback_every_call_needs_token(engine, cfg) -> None:
-    c = create_app(engine, cfg, host="0.0.0.0", secrets=Secrets(dashboard_token=TOKEN)).server.test_client()
+    app = create_app(engine, cfg, host="0.0.0.0", secrets=Secrets(dashboard_token=TOKEN))
+    assert auth_policy(app).generated is False and auth_policy(app).token == TOKEN
+    c = app.server.test_client()
     assert c.get("/api/status").status_code == 401
     assert c.get("/api/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert c.get("/api/status", headers={"X-Dashboard-Token": "wrong"}).status_code == 401
     ok = c.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200 and TOKEN not in ok.get_data(as_text=True)
     assert c.get("/api/experts", headers={"X-Dashboard-Token": TOKEN}).status_code == 200
-    assert c.put("/api/thresholds", json={"buy": 0.6, "sell": 0.6}).status_code == 401
+    assert c.put("/api/thresholds", json={"buy": 0.6, "sell": 0.6}).status_code == 403  # no Origin
+    assert c.put("/api/thresholds", json={"buy": 0.6, "sell": 0.6},
+                 headers={"Origin": "http://localhost"}).status_code == 401
     # the UI: redirected to the login page; a wrong token is refused; the right one sets a cookie
     r = c.get("/")
     assert r.status_code == 302 and "/login" in r.headers["Location"]
-    assert c.post("/_dash-update-component", json={}).status_code == 401
+    assert c.post("/_dash-update-component", json={}, headers={"Origin": "http://localhost"}).status_code == 401
     assert c.post("/login", data={"token": "wrong"}).status_code == 401
     r = c.post("/login", data={"token": TOKEN, "next": "/models"})
     assert r.status_code == 302 and r.headers["Location"].endswith("/models")
     cookie = r.headers["Set-Cookie"]
-    assert COOKIE in cookie and TOKEN not in cookie and "HttpOnly" in cookie
+    assert COOKIE in cookie and TOKEN not in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "Max-Age=43200" in cookie  # dashboard.session_hours: 12
     assert c.get("/").status_code == 200  # cookie now sent by the test client
     assert c.get("/api/status").status_code == 200
 
 
-def test_loopback_with_token_guards_control_only(engine, cfg) -> None:
-    c = create_app(engine, cfg, host="127.0.0.1",
-                   secrets=Secrets(dashboard_token=TOKEN)).server.test_client()
+def test_loopback_without_token_still_needs_a_credential(engine, cfg) -> None:
+    app = create_app(engine, cfg, host="127.0.0.1", secrets=Secrets())
+    pol = auth_policy(app)
+    assert pol.generated and len(pol.token) >= 32
+    c = app.server.test_client()
+    for path in ("/api/status", "/api/trades", "/api/thresholds", "/_dash-layout", "/_dash-dependencies"):
+        assert c.get(path).status_code == 401, path
+    assert c.get("/").status_code == 302  # pages go to the login form
+    assert c.put("/api/thresholds", json={"buy": 0.6, "sell": 0.6},
+                 headers={"Origin": "http://localhost"}).status_code == 401
+    assert c.post("/api/kill_switch/reset", json={}, headers={"Origin": "http://localhost"}).status_code == 401
+    h = c.get("/api/health")  # the only open route, and it carries no data
+    assert h.status_code == 200 and h.get_json() == {"ok": True}
+    # the printed one-time URL: sets a session cookie and redirects to the same page without the token
+    r = c.get(f"/models?token={pol.token}")
+    assert r.status_code == 302 and r.headers["Location"] == "/models" and pol.token not in r.headers["Location"]
+    assert COOKIE in r.headers["Set-Cookie"] and pol.token not in r.headers["Set-Cookie"]
     assert c.get("/api/status").status_code == 200
-    assert c.put("/api/thresholds", json={"buy": 0.6, "sell": 0.6}).status_code == 401
-    assert c.patch("/api/experts/x", json={"enabled": True}).status_code == 401
-    assert c.post("/api/stop_stream").status_code == 401
-    assert c.post("/api/experts/cnn/rollback").status_code == 401
-    r = c.put("/api/thresholds", json={"buy": 0.6, "sell": 0.6}, headers={"Authorization": f"Bearer {TOKEN}"})
+    # two logins, two different random session ids (never a constant derived from the token)
+    c2 = ui_client(app)
+    sid1 = c.get_cookie(COOKIE).value
+    sid2 = c2.get_cookie(COOKIE).value
+    assert sid1 != sid2 and len(sid1) >= 32
+    # log out: that session is gone, the other still works
+    assert c.post("/logout", headers={"Origin": "http://localhost"}).status_code == 302
+    c.set_cookie(COOKIE, sid1)
+    assert c.get("/api/status").status_code == 401
+    assert c2.get("/api/status").status_code == 200
+
+
+def test_sessions_expire_and_logins_are_rate_limited(engine, cfg) -> None:
+    import time
+
+    dash = cfg.dashboard.model_copy(update={"session_hours": 2 / 3600, "login_attempts_per_min": 3})
+    app = create_app(engine, cfg.model_copy(update={"dashboard": dash}), host="127.0.0.1",
+                     secrets=Secrets(dashboard_token=TOKEN))
+    c = ui_client(app)
+    assert c.get("/api/status").status_code == 200
+    time.sleep(2.3)  # past the two-second lifetime
+    assert c.get("/api/status").status_code == 401
+    bad = app.server.test_client()
+    codes = [bad.post("/login", data={"token": f"guess-{i}-xxxxxxxxxx"}).status_code for i in range(5)]
+    assert codes == [401, 401, 401, 429, 429]
+    r = bad.post("/login", data={"token": TOKEN})  # even the right token waits: the client is locked out
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+
+
+def test_short_token_refused(engine, cfg, monkeypatch, capsys) -> None:
+    from web.auth import MIN_TOKEN_LEN
+
+    with pytest.raises(BindRefused, match=f"at least {MIN_TOKEN_LEN}"):
+        create_app(engine, cfg, host="127.0.0.1", secrets=Secrets(dashboard_token="short-token"))
+    import main_dashboard
+
+    monkeypatch.setenv("DASHBOARD_TOKEN", "abc")
+    assert main_dashboard.main(["--replay-db"]) == 2
+    err = capsys.readouterr().err
+    assert "DASHBOARD_TOKEN is 3 characters" in err and "abc" not in err
+
+
+def test_thresholds_that_trade_every_bar_need_force(client, engine) -> None:
+    before = engine.snapshot().thresholds
+    for body in ({"buy": 0, "sell": 0}, {"buy": 0.3, "sell": 0.9}, {"buy": 0.5, "sell": 0.5}):
+        r = client.put("/api/thresholds", json=body)
+        assert r.status_code == 422 and r.get_json()["error"] == "unsafe_thresholds", body
+        assert "force" in r.get_json()["message"]
+    assert engine.snapshot().thresholds == before
+    r = client.put("/api/thresholds", json={"buy": 0.45, "sell": 0.7, "force": True})
     assert r.status_code == 200
-    body = json.dumps([c.get(p).get_json() for p in ("/api/status", "/api/experts", "/api/thresholds")])
-    assert TOKEN not in body
+    wait_for(lambda: engine.snapshot().thresholds.buy == pytest.approx(0.45), 20, "forced thresholds applied")
+    audit = client.application.config["moe_ctx"].extra["control_audit"]
+    last = audit.recent[-1]
+    assert last.action == "set_thresholds" and last.who == "token" and last.detail["forced"] is True
+    store = engine.store
+    rows = store.query_df("SELECT who, action, detail FROM control_changes WHERE action = 'set_thresholds'")
+    assert len(rows) and TOKEN not in rows.to_string()
+    assert client.put("/api/thresholds", json={"buy": 0.6, "sell": 0.6}).status_code == 200
+
+
+@pytest.mark.parametrize("body", [
+    '{"buy": 1' + "0" * 400 + ', "sell": 0.6}', '{"buy": 1e999, "sell": 0.6}', '{"buy": NaN, "sell": 0.6}',
+    '{"buy": Infinity, "sell": 0.6}', "[" * 50_000 + "]" * 50_000, '{"a":' * 20_000 + "1" + "}" * 20_000,
+])
+def test_absurd_bodies_are_422_not_500(client, engine, body: str) -> None:
+    # hand-written hostile bodies: a 401-digit number, overflow, non-finite constants, deep nesting
+    before = engine.snapshot().thresholds
+    r = client.put("/api/thresholds", data=body, content_type="application/json")
+    assert r.status_code in (400, 413, 422), (r.status_code, r.get_data(as_text=True)[:200])
+    assert r.get_json()["message"]
+    assert engine.snapshot().thresholds == before
+
+
+def test_start_stream_unknown_symbol_keeps_the_stream(client, engine) -> None:
+    # after test_stream_stop_and_start the source reconnects a moment after the engine's restart
+    wait_for(lambda: client.get("/api/status").get_json()["streaming"], 20, "the source streaming")
+    r = client.post("/api/start_stream", json={"symbol": "NOPE/USDT", "timeframe": "1m"})
+    assert r.status_code == 422 and "NOPE/USDT" in r.get_json()["message"]
+    assert "BTC/USDT" in r.get_json()["message"]  # names what is stored
+    snap = engine.snapshot()
+    assert snap.streaming and snap.symbol == "BTC/USDT"
+    assert client.get("/api/status").get_json()["streaming"] is True
 
 
 @pytest.mark.parametrize("host,loop", [("127.0.0.1", True), ("localhost", True), ("::1", True),
@@ -272,7 +365,59 @@ def test_expert_training_and_rollback_endpoints(client, engine) -> None:
     assert t is None or (t["running"] is False and t["rounds"] == 0 and t["history"]["loss"] == [])
     assert j["version"] == engine.snapshot().experts["cnn"].version and j["can_rollback"] is False
     assert client.get("/api/experts/nope/training").status_code == 404
-    r = client.post("/api/experts/cnn/rollback")
+    r = client.post("/api/experts/cnn/rollback", json={})
     assert r.status_code == 409 and "disabled" in r.get_json()["message"]
-    assert client.post("/api/experts/nope/rollback").status_code == 404
+    assert client.post("/api/experts/nope/rollback", json={}).status_code == 404
     assert client.get("/api/experts").get_json()["experts"][0]["can_rollback"] is False
+
+
+def _thr_callback(c, buy: float, sell: float, force: bool) -> str:
+    body = {"output": "thr-msg.children", "outputs": {"id": "thr-msg", "property": "children"},
+            "inputs": [{"id": "thr-buy", "property": "value", "value": buy},
+                       {"id": "thr-sell", "property": "value", "value": sell},
+                       {"id": "thr-minconf", "property": "value", "value": 0.0}],
+            "state": [{"id": "thr-force", "property": "value", "value": force}],
+            "changedPropIds": ["thr-buy.value"]}
+    r = c.post("/_dash-update-component", json=body)
+    assert r.status_code == 200, r.get_data(as_text=True)[:300]
+    return json.dumps(r.get_json()["response"]["thr-msg"]["children"])
+
+
+def test_ui_threshold_sanity_and_audit_through_the_dash_callback(engine, cfg) -> None:
+    app = create_app(engine, cfg, host="127.0.0.1", secrets=Secrets())
+    c = ui_client(app)  # a logged-in browser: session cookie + own Origin
+    before = engine.snapshot().thresholds
+    assert "not applied" in _thr_callback(c, 0.2, 0.9, False)
+    assert engine.snapshot().thresholds == before
+    assert "sent: buy 0.45" in _thr_callback(c, 0.45, 0.7, True)
+    wait_for(lambda: engine.snapshot().thresholds.buy == pytest.approx(0.45), 20, "forced UI thresholds")
+    last = app.server.config["moe_ctx"].extra["control_audit"].recent[-1]
+    assert last.who.startswith("session:") and last.detail["forced"] is True and last.detail["via"] == "ui"
+    assert "sent: buy 0.60" in _thr_callback(c, 0.6, 0.6, False)
+    # the same callback from another origin, or from the right origin without the cookie: refused
+    c.environ_base["HTTP_ORIGIN"] = "http://evil.example"
+    with pytest.raises(AssertionError):
+        _thr_callback(c, 0.9, 0.9, False)
+    wait_for(lambda: engine.snapshot().thresholds.buy == pytest.approx(0.6), 20, "thresholds back to 0.6")
+
+
+@pytest.mark.parametrize("raw,want", [
+    ("/models", "/models"), ("/backtest?x=1", "/backtest?x=1"), ("//evil.example", "/"), ("/\\evil.example", "/"),
+    ("/\t/evil.example", "/"), ("https:evil.example", "/"), ("https://evil.example/", "/"), ("", "/"), (None, "/"),
+    ("javascript:alert(1)", "/"), ("/ok\n", "/"),
+])
+def test_safe_next(raw, want: str) -> None:
+    from web.auth import safe_next
+
+    assert safe_next(raw) == want
+
+
+@pytest.mark.parametrize("header,name", [("127.0.0.1:8050", "127.0.0.1"), ("[::1]:8050", "::1"), ("[::1]", "::1"),
+                                         ("LOCALHOST", "localhost"), ("evil.example:80", "evil.example")])
+def test_host_name_and_allow_list(header: str, name: str) -> None:
+    from web.auth import host_allow_list, host_name
+
+    assert host_name(header) == name
+    allowed = host_allow_list("127.0.0.1", ["Dash.Example"])
+    assert {"127.0.0.1", "localhost", "::1", "dash.example"} <= allowed and "evil.example" not in allowed
+    assert "0.0.0.0" not in host_allow_list("0.0.0.0")

@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from helpers import tiny_kronos_dir
+from helpers import api_client, tiny_kronos_dir
 
 from core.config import AppConfig, ModelsConfig, Secrets, load_config, load_models
 from core.data.files import load_file
@@ -119,7 +119,7 @@ def test_replay_training_hot_swaps_into_audit_and_survives_kill(candles, tmp_pat
 
         # toggling through the REST API (PATCH /api/experts/<name>): off stops the process, on starts a
         # new one, and GET /api/experts reports it
-        api = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets()).server.test_client()
+        api = api_client(create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets()))
 
         def patch(name: str, on: bool) -> None:
             r = api.patch(f"/api/experts/{name}", json={"training": on})

@@ -18,6 +18,7 @@ import pytest
 from helpers import CHROMIUM, CHROMIUM_ARGS, http_json, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "fresh-clone-test-token-7f3a9c2e"  # the dashboard always needs a credential (web/auth.py)
 
 # every connection that does not go to this machine fails at once, as on a machine without internet
 BLOCK_NETWORK = '''
@@ -57,6 +58,7 @@ def dashboard(tmp_path_factory):
     (site / "sitecustomize.py").write_text(BLOCK_NETWORK)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MOE_"))}
     env["PYTHONPATH"] = str(site)
+    env["DASHBOARD_TOKEN"] = TOKEN
     env["HOME"] = str(tmp_path_factory.mktemp("home"))  # an empty Hugging Face cache
     proc = subprocess.Popen([sys.executable, "main_dashboard.py", "--port", "0", "--speed", "300"], cwd=repo,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -97,14 +99,14 @@ def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboa
     head = "".join(lines)
     assert "offline" in head and "bundled sample" in head and "Traceback" not in head
     # decisions come, from untrained experts, and none is traded
-    st = wait_for(lambda: (lambda r: r[1] if r[1]["not_traded"] >= 3 else None)(http_json(url + "/api/train_now")),
+    st = wait_for(lambda: (lambda r: r[1] if r[1]["not_traded"] >= 3 else None)(http_json(url + "/api/train_now", token=TOKEN)),
                   120, "three decisions not traded")
     assert st["untrained"] == ["cnn", "transformer", "dqn"]
-    _, pred = http_json(url + "/api/latest_prediction")
+    _, pred = http_json(url + "/api/latest_prediction", token=TOKEN)
     assert "untrained, not traded" in pred["decision"]["reason"]
-    _, trades = http_json(url + "/api/trades")
+    _, trades = http_json(url + "/api/trades", token=TOKEN)
     assert trades["trades"] == [] and trades["open_orders"] == []
-    _, experts = http_json(url + "/api/experts")
+    _, experts = http_json(url + "/api/experts", token=TOKEN)
     kronos = next(e for e in experts["experts"] if e["name"] == "kronos")
     assert "not available" in str(kronos) and "huggingface-cli download" in str(kronos)
     # the store is the dashboard's: the CLI says so in one line
@@ -116,7 +118,9 @@ def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboa
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1600, "height": 1100})
+        # a logged-in context; the page is read with JS strings, which the dashboard's CSP blocks
+        page = browser.new_context(bypass_csp=True, viewport={"width": 1600, "height": 1100}).new_page()
+        page.goto(url + "/?token=" + TOKEN)  # the login URL: a session cookie
         # the Backtest page with no reports: words, no axes
         page.goto(url + "/backtest")
         page.wait_for_selector("#bt-compare-graph .js-plotly-plot", timeout=30_000)
@@ -142,33 +146,33 @@ def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboa
                                ".innerText.includes('ETA')", timeout=900_000)  # Kronos first, then epochs
         page.screenshot(path=str(output_dir / "first_run_models.png"))
         # on an idle 2-core machine the quick preset takes about a minute; other jobs can slow it a lot
-        wait_for(lambda: http_json(url + "/api/train_now")[1]["training"]["state"] in ("done", "failed"), 900,
+        wait_for(lambda: http_json(url + "/api/train_now", token=TOKEN)[1]["training"]["state"] in ("done", "failed"), 900,
                  "Train now to finish", every=2)
         page.goto(url + "/")
         page.wait_for_selector("#live-banner", state="hidden", timeout=30_000)
         page.screenshot(path=str(output_dir / "first_run_trained.png"))
         browser.close()
-    st = http_json(url + "/api/train_now")[1]
+    st = http_json(url + "/api/train_now", token=TOKEN)[1]
     assert st["training"]["state"] == "done" and st["untrained"] == []
     assert set(st["training"]["adopted"]) >= {"cnn", "transformer", "dqn", "kronos"}
     # the next decisions come from trained versions and may trade
-    first_ts = http_json(url + "/api/latest_prediction")[1]["decision"]["ts"]
+    first_ts = http_json(url + "/api/latest_prediction", token=TOKEN)[1]["decision"]["ts"]
 
     def newer() -> dict | None:
-        d = http_json(url + "/api/latest_prediction")[1]
+        d = http_json(url + "/api/latest_prediction", token=TOKEN)[1]
         return d if d["decision"]["ts"] > first_ts + 60_000 else None
 
     pred = wait_for(newer, 60, "a decision after the swap")
     assert "untrained" not in pred["decision"]["reason"]
     assert {o["model_version"] for o in pred["experts"].values()}.isdisjoint({"untrained"})
     # Kronos got weights (the quick nano) and draws the forecast fan
-    pred = wait_for(lambda: (lambda d: d if d.get("kronos") else None)(http_json(url + "/api/latest_prediction")[1]),
+    pred = wait_for(lambda: (lambda d: d if d.get("kronos") else None)(http_json(url + "/api/latest_prediction", token=TOKEN)[1]),
                     90, "a Kronos forecast")
     assert pred["kronos"]["model_version"].startswith("nano-quick-")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1600, "height": 1100})
-        page.goto(url + "/")
+        page = browser.new_context(bypass_csp=True, viewport={"width": 1600, "height": 1100}).new_page()
+        page.goto(url + "/?token=" + TOKEN)
         page.wait_for_function("() => { const g = document.querySelector('#live-chart .js-plotly-plot'); "
                                "return g && g.data && g.data.some(t => t.name === 'forecast median' && t.x && t.x.length > 0); }",
                                timeout=60_000)

@@ -20,6 +20,7 @@ from NN.experts.registry import build_expert
 from NN.training.datasets import build_dataset
 from NN.training.online import TrainingManager, live_path, resume_live
 from NN.training.promotion import evaluate, judge, sample_logloss
+from NN.weights_io import load_weights
 
 torch.set_num_threads(1)
 
@@ -211,7 +212,7 @@ def test_manager_promotes_only_the_better_and_rolls_back_exactly(trio, data, mod
         # the promoted weights are written for the next start (background thread), with their base
         lp = live_path(tmp_path / "models", "cnn")
         _wait_file(lp, True)
-        rec = torch.load(lp, weights_only=False)
+        rec = load_weights(lp)
         assert rec["version"] == "v-good" and rec["base"] == "v-live"
         assert_same_state(rec["state"]["net"], live.state_dict()["net"])
         assert_same_state(rec["state"]["opt"], live.state_dict()["opt"])

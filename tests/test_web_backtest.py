@@ -51,13 +51,25 @@ def test_job_runs_backtester_and_report_is_listed(ctx) -> None:
     reps = backtest.list_reports(wctx.cfg.resolve(wctx.cfg.backtest.reports_dir))
     assert len(reps) == 1 and reps["path"].iloc[0] == job.report
     assert reps["bars"].iloc[0] == 2 * 1440
-    eq = backtest.report_equity(job.report)
+    rdir = wctx.cfg.resolve(wctx.cfg.backtest.reports_dir)
+    eq = backtest.report_equity(job.report, rdir)
     assert len(eq) == 2 * 1440 and eq["equity"].iloc[0] == pytest.approx(wctx.cfg.execution.initial_cash, rel=0.01)
     fig = figures.compare_figure({"a": eq, "b": eq})
     assert len(fig.data) == 2 and fig.data[0].y[0] == pytest.approx(1.0)
     # the run is also recorded in the store's backtest_runs table (as main_backtest.py run does)
     runs = wctx.store.query_df("SELECT json_path FROM backtest_runs")
     assert list(runs["json_path"]) == [job.report]
+    # the compare dropdown's value comes from the browser: only .json files inside reports_dir are read
+    import shutil
+
+    outside = Path(rdir).parent / "elsewhere" / "copy.json"
+    outside.parent.mkdir(exist_ok=True)
+    shutil.copy(job.report, outside)  # a real, report-shaped file, but outside the reports folder
+    for bad in (str(outside), f"{rdir}/../elsewhere/copy.json", "../elsewhere/copy.json", "/dev/zero",
+                "/etc/passwd", "", "x\x00.json"):
+        with pytest.raises(ValueError):
+            backtest.report_equity(bad, rdir)
+    assert len(backtest.report_equity(Path(job.report).name, rdir)) == 2 * 1440  # relative inside: fine
 
 
 def test_job_failure_is_reported_not_raised(ctx) -> None:

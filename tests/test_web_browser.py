@@ -1,16 +1,15 @@
 """Browser tests: headless Chromium (Playwright) against the REAL engine replaying shared BTC/USDT data.
 
-The Dash server runs in a background thread (werkzeug make_server on 127.0.0.1, port 0). Screenshots
+The Dash server runs in a background thread (waitress on 127.0.0.1, port 0, logged in via helpers). Screenshots
 of each page go to test-output/ (the ``output_dir`` fixture).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
-from helpers import CHROMIUM, CHROMIUM_ARGS, replay_engine, wait_for
+from helpers import CHROMIUM, CHROMIUM_ARGS, logged_in_page, replay_engine, serve, wait_for
 
 from compose import backtest_components
 from core.config import Secrets
@@ -30,15 +29,11 @@ LAST_X = "() => { const g = document.querySelector('#live-chart .js-plotly-plot'
 
 @pytest.fixture(scope="module")
 def served(shared_data, tmp_path_factory):
-    from werkzeug.serving import make_server
-
     eng, cfg, models = replay_engine(shared_data, tmp_path_factory.mktemp("browser"), speed=600.0)
     app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets(),
                      backtest_components=backtest_components)
-    srv = make_server("127.0.0.1", 0, app.server, threaded=True)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
-    yield eng, f"http://127.0.0.1:{srv.server_port}"
+    srv, url = serve(app)
+    yield eng, url, app
     srv.shutdown()
     eng.stop()
 
@@ -49,13 +44,13 @@ def page(served):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        pg = browser.new_page(viewport={"width": 1600, "height": 1150})
+        pg = logged_in_page(browser, served[2], served[1], viewport={"width": 1600, "height": 1150})
         yield pg
         browser.close()
 
 
 def test_live_page_shows_candles_and_updates_without_reload(served, page, output_dir) -> None:
-    eng, url = served
+    eng, url, _ = served
     page.goto(url + "/")
     page.wait_for_function(f"({N_CANDLES})() > 10", timeout=30_000)
     assert page.locator("#live-chart .candlestick, #live-chart g.trace.boxes").count() >= 1
@@ -72,7 +67,7 @@ def test_live_page_shows_candles_and_updates_without_reload(served, page, output
 
 
 def test_buy_threshold_reaches_engine_and_next_decision(served, page) -> None:
-    eng, url = served
+    eng, url, _ = served
     page.goto(url + "/")
     box = page.locator("#thr-buy")
     box.wait_for(timeout=20_000)
@@ -85,7 +80,7 @@ def test_buy_threshold_reaches_engine_and_next_decision(served, page) -> None:
 
 
 def test_toggling_expert_changes_next_gate_weights(served, page, output_dir) -> None:
-    eng, url = served
+    eng, url, _ = served
     wait_for(lambda: eng.snapshot().decision is not None, 60, "a first decision")
     snap = eng.snapshot()
     enabled = [n for n, s in snap.experts.items() if s.enabled]
@@ -110,7 +105,7 @@ def test_backtest_page_runs_a_backtest_and_plots_its_report(served, page, output
     """The whole page through the browser: the form is prefilled from the store (the replayed file's
     first/last day, the engine's experts), Run starts a real backtest on the engine's store, its
     report appears in the stored-reports list, and ticking it plots its equity curve."""
-    eng, url = served
+    eng, url, _ = served
     page.goto(url + "/backtest")
     page.wait_for_selector("#bt-run", timeout=20_000)
     dom = page.evaluate("() => { const r = [...document.querySelectorAll('[id^=bt-range]')]; "

@@ -6,12 +6,11 @@ tiny bundle (the test checks the plumbing, not forecast skill). Screenshot: test
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import CHROMIUM, CHROMIUM_ARGS, tiny_kronos_dir, web_config
+from helpers import CHROMIUM, CHROMIUM_ARGS, logged_in_page, serve, tiny_kronos_dir, web_config
 
 import compose
 from compose import backtest_components
@@ -34,7 +33,6 @@ FIG = "() => { const g = document.querySelector('#live-chart .js-plotly-plot'); 
 def test_amzn_replay_shows_an_rth_chart_with_forecast_and_decisions(shared_data: Path, tmp_path: Path,
                                                                     output_dir: Path) -> None:
     from playwright.sync_api import sync_playwright
-    from werkzeug.serving import make_server
 
     cfg, models = web_config(tmp_path)
     experts = dict(models.experts)
@@ -63,12 +61,11 @@ def test_amzn_replay_shows_an_rth_chart_with_forecast_and_decisions(shared_data:
         assert SessionCalendar("XNYS", "rth").contains(snap.candles["1m"]["ts"].to_numpy(), 60_000).all()
         app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets(),
                          backtest_components=backtest_components)
-        srv = make_server("127.0.0.1", 0, app.server, threaded=True)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        srv, url = serve(app)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1600, "height": 1150})
-            page.goto(f"http://127.0.0.1:{srv.server_port}/")
+            page = logged_in_page(browser, app, url, viewport={"width": 1600, "height": 1150})
+            page.goto(url + "/")
             page.wait_for_function(f"({FIG})() !== null", timeout=60_000)
             page.wait_for_function(f"({FIG})().names.some(n => n[0] === 'forecast median' && n[1] > 1)",
                                    timeout=60_000)

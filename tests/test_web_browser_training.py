@@ -10,11 +10,10 @@ mini-batches, a 60-bar validation window, margin 0 (any lower validation log los
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
-from helpers import CHROMIUM, CHROMIUM_ARGS, REPLAY_FILE, wait_for, web_config
+from helpers import CHROMIUM, CHROMIUM_ARGS, REPLAY_FILE, logged_in_page, serve, wait_for, web_config
 
 from core.config import Secrets
 from web.app import create_app
@@ -32,8 +31,6 @@ LOSS = ("() => { const g = [...document.querySelectorAll('#expert-card-cnn .js-p
 
 @pytest.fixture(scope="module")
 def served(shared_data, tmp_path_factory):
-    from werkzeug.serving import make_server
-
     from main_dashboard import build_engine
 
     cfg, models = web_config(tmp_path_factory.mktemp("browser_training"))
@@ -47,11 +44,10 @@ def served(shared_data, tmp_path_factory):
     eng = build_engine(cfg, models, replay_path=shared_data.joinpath(*REPLAY_FILE), speed=300.0, training=True)
     eng.start()
     app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets())
-    srv = make_server("127.0.0.1", 0, app.server, threaded=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv, url = serve(app)
     try:
         wait_for(lambda: eng.snapshot().decision is not None, 180, "a first decision")
-        yield eng, f"http://127.0.0.1:{srv.server_port}"
+        yield eng, url, app
     finally:
         srv.shutdown()
         eng.stop()
@@ -60,13 +56,13 @@ def served(shared_data, tmp_path_factory):
 def test_training_switch_shows_falling_loss_version_advance_and_rollback(served, output_dir) -> None:
     from playwright.sync_api import sync_playwright
 
-    eng, url = served
+    eng, url, app = served
     before = eng.snapshot().experts["cnn"].version
     assert not before.startswith("online-")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1400})
+            page = logged_in_page(browser, app, url, viewport={"width": 1600, "height": 1400})
             page.goto(url + "/models")
             page.wait_for_selector(CARD, timeout=30_000)
             assert page.evaluate(LOSS) == []  # no round yet: the empty curve

@@ -5,33 +5,46 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _read_until(proc: subprocess.Popen, needle: str, timeout: float) -> str:
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    """Lines of ``proc``'s stdout until one contains ``needle`` (a reader thread: several lines may
+    arrive in one read)."""
+    lines: queue.Queue[str] = queue.Queue()
+    if not hasattr(proc, "_reader"):
+        def pump() -> None:
+            for line in iter(proc.stdout.readline, ""):
+                lines.put(line)
+        proc._lines = lines  # type: ignore[attr-defined]
+        proc._reader = threading.Thread(target=pump, daemon=True)  # type: ignore[attr-defined]
+        proc._reader.start()  # type: ignore[attr-defined]
+    q = proc._lines  # type: ignore[attr-defined]
     out = ""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if proc.poll() is not None:
-            out += proc.stdout.read() or ""
-            break
-        for _ in sel.select(timeout=0.5):
-            line = proc.stdout.readline()
-            out += line
-            if needle in line:
-                return out
+        try:
+            line = q.get(timeout=0.5)
+        except queue.Empty:
+            if proc.poll() is not None and q.empty():
+                break
+            continue
+        out += line
+        if needle in line:
+            return out
     raise AssertionError(f"{needle!r} not printed within {timeout}s; output:\n{out[-3000:]}")
 
 
@@ -52,11 +65,28 @@ def test_replay_serves_and_stops_on_ctrl_c(shared_data, tmp_path) -> None:
         assert "imported" in out
         url = out.strip().splitlines()[-1].split("Dashboard ready at ", 1)[1].split()[0]
         assert url.startswith("http://127.0.0.1:")
-        with urllib.request.urlopen(url + "api/status", timeout=10) as r:
+        # no DASHBOARD_TOKEN: a random token, printed once inside a login URL, and required
+        assert "No DASHBOARD_TOKEN set" in out
+        login = next(ln.strip() for ln in out.splitlines() if "?token=" in ln)
+        token = login.split("?token=", 1)[1]
+        assert login.startswith(url) and len(token) >= 32
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url + "api/status", timeout=10)
+        assert err.value.code == 401
+        req = urllib.request.Request(url + "api/status", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
             status = json.loads(r.read())
+            assert r.headers["Server"] == "moe-trader"  # waitress, not werkzeug's development server
+            assert r.headers["X-Frame-Options"] == "DENY"
         assert status["mode"] == "replay" and status["symbol"] == "BTC/USDT"
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        rest = ""
+        while not proc._lines.empty():  # type: ignore[attr-defined]
+            rest += proc._lines.get()  # type: ignore[attr-defined]
+        proc._reader.join(5)  # type: ignore[attr-defined]
+        while not proc._lines.empty():  # type: ignore[attr-defined]
+            rest += proc._lines.get()  # type: ignore[attr-defined]
         assert proc.returncode == 0, rest
         assert "stopped" in rest
     finally:

@@ -8,6 +8,7 @@ documented in web/openapi.yaml and the README.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ from core.data.source_base import SourceStatus
 from core.outcomes import RollingMetrics
 from core.snapshot import EngineSnapshot, KronosSummary, SwapEvent
 from core.types import TIMEFRAME_MS, Decision, ExpertOutput, Fill, Order, Position, Thresholds, TrainerStatus
+from web.auth import who
+from web.control_audit import ControlAudit
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +50,34 @@ class ThresholdsBody(_Body):
     buy: float = Field(ge=0, le=1)
     sell: float = Field(ge=0, le=1)
     min_confidence: float = Field(0.0, ge=0, le=1)
+    force: bool = False  # apply thresholds that would trade (nearly) every bar
 
     @field_validator("buy", "sell", "min_confidence", mode="before")
     @classmethod
     def _num(cls, v: Any) -> Any:
-        if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and math.isnan(v)):
+        if isinstance(v, bool) or not isinstance(v, int | float):
             raise ValueError("must be a number in [0, 1]")
-        return float(v)
+        try:
+            x = float(v)
+        except OverflowError:
+            raise ValueError("must be a number in [0, 1]") from None
+        if not math.isfinite(x):
+            raise ValueError("must be a finite number in [0, 1]")
+        return x
+
+
+def threshold_problem(t: Thresholds, floor: float) -> str | None:
+    """Why thresholds would trade (nearly) every bar, or None. BUY fires on P(up) >= buy and SELL on
+    P(down) >= sell: below ``floor`` a side fires on weak evidence, and with buy + sell <= 1 both
+    sides can fire on the same bar (the bands cross)."""
+    low = [f"{n} {v:g}" for n, v in (("buy", t.buy), ("sell", t.sell)) if v < floor]
+    if low:
+        return (f"{' and '.join(low)} below the floor {floor:g} (dashboard.threshold_floor) would trade "
+                "on weak evidence, nearly every bar; send force: true to apply anyway")
+    if t.buy + t.sell <= 1.0:
+        return (f"buy {t.buy:g} + sell {t.sell:g} <= 1: the BUY and SELL bands cross, so a bar can trigger "
+                "both; send force: true to apply anyway")
+    return None
 
 
 class TrainNowBody(_Body):
@@ -84,10 +108,45 @@ class ExpertPatchBody(_Body):
     training: bool | None = None
 
 
+MAX_INT_DIGITS = 30  # no field needs more; a 400-digit integer would overflow float()
+
+
+def _big_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"integer with {len(text)} digits")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _float(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"number {text[:40]} out of range")
+    return x
+
+
+def loads_strict(data: bytes) -> Any:
+    """JSON without NaN/Infinity, overflowing numbers or absurd nesting; ApiError(422) says which."""
+    try:
+        return json.loads(data, parse_int=_big_int, parse_float=_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise ApiError(422, "request body nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc.msg} at {exc.pos}") from None
+    except ValueError as exc:
+        raise ApiError(422, f"request body: {exc}") from None
+
+
 def parse_body(model: type[_Body]) -> Any:
-    raw = request.get_json(silent=True)
-    if raw is None:
+    data = request.get_data(cache=True)  # capped by the guard (request.max_content_length -> 413)
+    if not data.strip():
         raise ApiError(400, "request body must be a JSON object (Content-Type: application/json)")
+    raw = loads_strict(data)
     if not isinstance(raw, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(raw).__name__}")
     try:
@@ -216,10 +275,17 @@ def last_candle_ts(snap: EngineSnapshot) -> int | None:
     return int(df["ts"].iloc[-1]) if df is not None and len(df) else None
 
 
+def streaming_now(snap: EngineSnapshot) -> bool:
+    """The engine wants a stream AND a source delivers it: a stream whose sources all dropped (a failed
+    symbol, a replay that reached its end) is not reported as streaming."""
+    up = [bool(getattr(s, "connected", True)) for s in snap.sources.values()]
+    return bool(snap.streaming) and (not up or any(up))
+
+
 def status_json(snap: EngineSnapshot) -> dict[str, Any]:
     last = last_candle_ts(snap)
     return {
-        "ts_ms": int(snap.ts_ms), "mode": snap.mode, "running": snap.running, "streaming": snap.streaming,
+        "ts_ms": int(snap.ts_ms), "mode": snap.mode, "running": snap.running, "streaming": streaming_now(snap),
         "symbol": snap.symbol, "timeframe": snap.timeframe, "last_candle_ts": last,
         "sources": {n: source_json(s) for n, s in snap.sources.items()},
         "inference_latency_ms": {k: _f(v) for k, v in snap.inference_latency_ms.items()},
@@ -334,8 +400,38 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return v
 
 
-def build_blueprint(engine: Any) -> Blueprint:
+def stream_problem(engine: Any, symbol: str, timeframe: str) -> str | None:
+    """Why the engine could not stream ``symbol`` (checked before the running stream is touched): a
+    replay needs the series in the store; live/paper needs it stored or configured (data.symbols,
+    markets)."""
+    base = getattr(engine, "timeframe", timeframe)
+    if timeframe != base:
+        return (f"timeframe {timeframe!r}: the engine streams its base timeframe {base} "
+                "(higher timeframes are resampled from it)")
+    store = getattr(engine, "store", None)
+    stored = set()
+    if store is not None:
+        try:
+            stored = {k.symbol for k in store.series() if k.timeframe == timeframe}
+        except Exception as exc:  # a store that cannot answer: say so rather than guess
+            return f"cannot check the store for {symbol}: {exc}"
+    if getattr(engine, "mode", "") == "replay":
+        if symbol in stored:
+            return None
+        return (f"symbol {symbol!r} has no stored {timeframe} candles to replay; stored: "
+                f"{', '.join(sorted(stored)) or 'none'}")
+    cfg = getattr(engine, "cfg", None)
+    configured = set(cfg.data.symbols) | set(cfg.markets) if cfg is not None else set()
+    if symbol in stored or symbol in configured:
+        return None
+    return (f"symbol {symbol!r} is neither stored nor configured (data.symbols / markets); known: "
+            f"{', '.join(sorted(stored | configured)) or 'none'}")
+
+
+def build_blueprint(engine: Any, threshold_floor: float = 0.5, audit: ControlAudit | None = None
+                    ) -> Blueprint:
     bp = Blueprint("api", __name__, url_prefix="/api")
+    audit = audit or ControlAudit(None)
 
     @bp.get("/initial_data")
     def initial_data() -> Response:
@@ -368,15 +464,20 @@ def build_blueprint(engine: Any) -> Blueprint:
     @bp.post("/start_stream")
     def start_stream() -> Response:
         body = parse_body(StreamBody)
+        problem = stream_problem(engine, body.symbol, body.timeframe)
+        if problem:  # refused before the running stream is stopped
+            raise ApiError(422, problem)
         try:
             engine.start_stream(body.symbol, body.timeframe)
         except ValueError as exc:
             raise ApiError(422, str(exc)) from None
+        audit.record(who(), "start_stream", symbol=body.symbol, timeframe=body.timeframe)
         return jsonify(ok=True, symbol=body.symbol, timeframe=body.timeframe)
 
     @bp.post("/stop_stream")
     def stop_stream() -> Response:
         engine.stop_stream()
+        audit.record(who(), "stop_stream")
         return jsonify(ok=True)
 
     @bp.get("/status")
@@ -388,7 +489,12 @@ def build_blueprint(engine: Any) -> Blueprint:
         if request.method == "PUT":
             body = parse_body(ThresholdsBody)
             t = Thresholds(buy=body.buy, sell=body.sell, min_confidence=body.min_confidence)
+            problem = threshold_problem(t, threshold_floor)
+            if problem and not body.force:
+                raise ApiError(422, problem, "unsafe_thresholds")
             engine.set_thresholds(t)
+            audit.record(who(), "set_thresholds", buy=t.buy, sell=t.sell, min_confidence=t.min_confidence,
+                         forced=bool(problem))
             return jsonify(ok=True, thresholds=thresholds_json(t),
                            note="applied to the next decision")
         return jsonify(thresholds_json(engine.snapshot().thresholds))
@@ -419,6 +525,7 @@ def build_blueprint(engine: Any) -> Blueprint:
                 engine.set_expert_enabled(name, body.enabled)
             except ValueError as exc:  # an expert without weights (Kronos "not available")
                 raise ApiError(409, str(exc), "conflict") from None
+        audit.record(who(), "patch_expert", name=name, enabled=body.enabled, training=body.training)
         return jsonify(ok=True, name=name, enabled=body.enabled, training=body.training)
 
     @bp.get("/experts/<name>/training")
@@ -443,6 +550,7 @@ def build_blueprint(engine: Any) -> Blueprint:
             engine.rollback(name)
         except ValueError as exc:
             raise ApiError(409, str(exc), "conflict") from None
+        audit.record(who(), "rollback", name=name)
         return jsonify(ok=True, name=name, replacing=snap.experts[name].version)
 
     @bp.get("/trades")
@@ -461,6 +569,7 @@ def build_blueprint(engine: Any) -> Blueprint:
     @bp.post("/kill_switch/reset")
     def reset_kill_switch() -> Response:
         engine.reset_kill_switch()
+        audit.record(who(), "reset_kill_switch")
         return jsonify(ok=True)
 
     @bp.route("/train_now", methods=["GET", "POST"])
@@ -500,8 +609,9 @@ def build_blueprint(engine: Any) -> Blueprint:
     return bp
 
 
-def install_api(server: Flask, engine: Any) -> None:
-    server.register_blueprint(build_blueprint(engine))
+def install_api(server: Flask, engine: Any, threshold_floor: float = 0.5, audit: ControlAudit | None = None
+                ) -> None:
+    server.register_blueprint(build_blueprint(engine, threshold_floor, audit))
 
     @server.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:
@@ -514,6 +624,12 @@ def install_api(server: Flask, engine: Any) -> None:
         resp = jsonify(error=(exc.name or "error").lower().replace(" ", "_"), message=exc.description)
         resp.status_code = exc.code or 500
         return resp
+
+    @server.errorhandler(RecursionError)
+    @server.errorhandler(OverflowError)
+    def _bad_numbers(exc: Exception) -> tuple[Response, int]:
+        # a body parsed outside parse_body (Dash's callbacks): absurd nesting or numbers are bad input
+        return jsonify(error="unprocessable", message=f"request body rejected: {type(exc).__name__}"), 422
 
     @server.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

@@ -8,6 +8,7 @@ from the URL, which keeps several apps in one process (tests) independent of Das
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from core.config import AppConfig, ModelsConfig, Secrets
 from core.types import CheckpointCatalog
 from web import api, auth, figures
 from web.compress import install_compression
+from web.control_audit import ControlAudit
 from web.pages import backtest, live, models
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -47,6 +49,61 @@ def _warm_up(engine: Any) -> None:
         figures.indicator_columns(df.iloc[-50:])
 
 
+DASH_CALLBACK = "/_dash-update-component"
+
+
+def callback_problem(body: Any, known_outputs: Any) -> str | None:
+    """Why a Dash callback request is malformed (the browser's own requests never are), or None."""
+    if not isinstance(body, dict):
+        return "callback body must be a JSON object"
+    if not isinstance(body.get("output"), str) or body["output"] not in known_outputs:
+        return "unknown callback output"
+    for key in ("inputs", "state", "changedPropIds"):
+        if key in body and not isinstance(body[key], list):
+            return f"callback {key} must be a list"
+    if not isinstance(body.get("inputs"), list):
+        return "callback inputs missing"
+    for item in [*body["inputs"], *body.get("state", [])]:
+        entries = item if isinstance(item, list) else [item]  # pattern-matching ids send lists
+        if not all(isinstance(e, dict) and "id" in e and isinstance(e.get("property"), str) for e in entries):
+            return "callback inputs/state must be {id, property, value} objects"
+    return None
+
+
+def _guard_callbacks(app: Dash) -> None:
+    """Malformed callback requests answer 422 before Dash sees them; an exception a callback raises on
+    client-sent values answers 422 too (logged with its traceback), never a 500."""
+    from flask import g, jsonify, request
+
+    log = logging.getLogger("web.callbacks")
+
+    @app.server.before_request
+    def _shape() -> Any:
+        if request.path != DASH_CALLBACK or request.method != "POST" or not getattr(g, "moe_who", None) \
+                or g.moe_who == "anonymous":
+            return None  # unauthenticated requests were answered by the auth guard
+        try:
+            body = api.loads_strict(request.get_data(cache=True))
+        except api.ApiError as exc:
+            return jsonify(error="bad_request", message=exc.message), exc.status
+        problem = callback_problem(body, app.callback_map)
+        if problem:
+            return jsonify(error="unprocessable", message=problem), 422
+        return None
+
+    endpoint = next(r.endpoint for r in app.server.url_map.iter_rules() if r.rule.endswith(DASH_CALLBACK))
+    view = app.server.view_functions[endpoint]
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+            log.warning("a callback rejected client-sent values: %s: %s", type(exc).__name__, exc, exc_info=True)
+            return jsonify(error="unprocessable", message=f"callback input rejected ({type(exc).__name__})"), 422
+
+    app.server.view_functions[endpoint] = guarded
+
+
 def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsConfig | None = None,
                store: Any | None = None, host: str | None = None, secrets: Secrets | None = None,
                backtest_components: ComponentsFactory | None = None) -> Dash:
@@ -57,6 +114,7 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
     host = host or cfg.dashboard.host
     secrets = secrets or Secrets.from_env()
     auth.check_bind(host, secrets.dashboard_token)
+    token = secrets.dashboard_token or auth.new_token()  # a credential always (printed by main_dashboard)
     if store is None:
         store = getattr(engine, "store", None)
     models_cfg = models_cfg or getattr(engine, "models", None)
@@ -65,15 +123,24 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
 
     app = Dash(__name__, assets_folder=str(ASSETS), suppress_callback_exceptions=True,
                title="MoE Trader", update_title="", serve_locally=True)
-    auth.install_auth(app.server, auth.AuthPolicy(token=secrets.dashboard_token,
-                                                  loopback=auth.is_loopback(host)))
-    api.install_api(app.server, engine)
+    dcfg = cfg.dashboard
+    policy = auth.AuthPolicy(token=token, allowed_hosts=auth.host_allow_list(host, dcfg.allowed_hosts),
+                             sessions=auth.SessionStore(dcfg.session_hours * 3600),
+                             limiter=auth.LoginLimiter(dcfg.login_attempts_per_min),
+                             generated=secrets.dashboard_token is None)
+    auth.install_auth(app.server, policy)
+    ctx.extra["control_audit"] = control = ControlAudit(store)
+    api.install_api(app.server, engine, dcfg.threshold_floor, control)
     install_compression(app.server)  # gzip + long-lived caching of fingerprinted assets (first chart)
 
     nav = dbc.NavbarSimple(
         brand="MoE Trader", color="dark", dark=True, fluid=True, className="mb-2",
-        children=[dbc.NavItem(dbc.NavLink(title, href=path, id=f"nav-{mod.__name__.rsplit('.', 1)[-1]}"))
-                  for path, (title, mod) in PAGES.items()],
+        children=[*(dbc.NavItem(dbc.NavLink(title, href=path, id=f"nav-{mod.__name__.rsplit('.', 1)[-1]}"))
+                    for path, (title, mod) in PAGES.items()),
+                  # a plain form POST: the server drops the session and clears the cookie
+                  dbc.NavItem(html.Form(html.Button("Log out", id="logout", type="submit",
+                                                    className="btn btn-sm btn-outline-light ms-3 mt-1"),
+                                        action=auth.LOGOUT_PATH, method="post"))],
     )
     app.layout = html.Div([dcc.Location(id="url"), nav, dbc.Container(id="page", fluid=True)])
 
@@ -86,6 +153,8 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
 
     for _, mod in PAGES.values():
         mod.register(app, ctx)
+    _guard_callbacks(app)
+    policy.csp = auth.default_csp(app.csp_hashes())  # Dash's inline bootstrap script, by hash
     _warm_up(engine)
     app.server.config["moe_ctx"] = ctx
     return app

@@ -22,6 +22,7 @@ from core.config import ExpertConfig
 from core.market.calendar import Calendar
 from core.types import ExpertBatchOutput, ExpertOutput, FeatureBatch, FeatureSpec
 from NN.devices import pick_device
+from NN.weights_io import load_weights
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -126,7 +127,7 @@ class Expert(ABC):
         save_atomic(self.state_dict(), path)
 
     def load(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(Path(path), map_location=self.device, weights_only=False))
+        self.load_state_dict(load_weights(path, map_location=self.device))
 
 
 def _scalar(v: Any) -> Any:

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from core.config import CheckpointPolicy
 from core.data.store import MarketStore
 from core.types import CheckpointInfo
 from NN.experts.base import save_atomic
+from NN.weights_io import inside_models, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,11 @@ class CheckpointRegistry:
         info = self.get(name, version) if version is not None else self.best(name)
         if info is None:
             return False
-        if not info.path.exists():
+        path = inside_models(info.path, self.models_dir)  # the row may point anywhere
+        if not path.exists():
             raise FileNotFoundError(f"checkpoint file of {name} {info.version} is missing: {info.path}")
         device = getattr(expert_obj, "device", "cpu")
-        state = torch.load(info.path, map_location=device, weights_only=False)
+        state = load_weights(path, map_location=device)
         expert_obj.load_state_dict(state)
         expert_obj.version = info.version
         return True

@@ -22,6 +22,7 @@ import torch
 
 from core.scoring import sample_log_loss
 from core.types import FeatureBatch, Swap, Verdict
+from NN.weights_io import load_weights
 
 MIN_VAL_SAMPLES = 30  # fewer matured validation samples than this: no verdict yet
 
@@ -101,4 +102,4 @@ def state_to_bytes(state: dict[str, Any]) -> bytes:
 
 
 def state_from_bytes(data: bytes) -> dict[str, Any]:
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    return load_weights(data)

@@ -126,10 +126,33 @@ def list_reports(reports_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def report_equity(path: str) -> pd.DataFrame:
+MAX_REPORT_BYTES = 64 * 1024 * 1024  # a year of 1m bars is ~20 MB of JSON
+
+
+def report_path(path: str, reports_dir: Path) -> Path:
+    """``path`` (sent by the browser) as a regular ``.json`` file inside ``reports_dir``, size-capped;
+    ValueError otherwise (traversal, absolute paths elsewhere, device files, links out of the folder)."""
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise ValueError("report path must be a non-empty string")
+    root = reports_dir.resolve()
+    p = (root / path).resolve()  # an absolute path stays absolute; .. and symlinks are resolved
+    if not p.is_relative_to(root) or p.suffix != ".json":
+        raise ValueError(f"report {path!r} is not a .json file inside {root}")
+    st = p.stat()
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"report {path!r} is not a regular file")
+    if st.st_size > MAX_REPORT_BYTES:
+        raise ValueError(f"report {path!r} is {st.st_size} bytes (limit {MAX_REPORT_BYTES})")
+    return p
+
+
+def report_equity(path: str, reports_dir: Path) -> pd.DataFrame:
+    """The equity curve of a stored report; only files inside ``reports_dir`` are read."""
     import json
 
-    r = json.loads(Path(path).read_text())
+    r = json.loads(report_path(path, reports_dir).read_text())
     s = r["series"]
     return pd.DataFrame({"ts": s["ts"], "equity": s["equity"]}).dropna()
 
@@ -245,10 +268,10 @@ def register(app: Dash, wctx: Any) -> None:
     @app.callback(Output("bt-compare-graph", "figure"), Input("bt-compare", "value"))
     def _compare(paths: list[str] | None) -> Any:
         curves = {}
-        for p in paths or []:
+        for p in (paths or [])[:20] if isinstance(paths, list) else []:
             try:
-                curves[Path(p).stem] = report_equity(p)
-            except (OSError, ValueError, KeyError):
+                curves[Path(str(p)).stem] = report_equity(p, _reports_dir(wctx))
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
         has = len(list_reports(_reports_dir(wctx))) > 0
         return figures.compare_figure(curves, figures.COMPARE_EMPTY if has else figures.COMPARE_NONE)

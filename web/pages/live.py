@@ -25,6 +25,7 @@ from core.market import fmt_local
 from core.snapshot import EngineError, EngineSnapshot
 from core.types import TIMEFRAME_MS, Thresholds
 from web import api, figures, sessions
+from web.auth import who
 from web.pages import first_run
 
 if TYPE_CHECKING:
@@ -459,6 +460,8 @@ def layout(wctx: WebContext) -> Component:
                     thr_input("thr-buy", "buy P(up) ≥", t.buy),
                     thr_input("thr-sell", "sell P(down) ≥", t.sell),
                     thr_input("thr-minconf", "min confidence", t.min_confidence),
+                    dbc.Checkbox(id="thr-force", value=False, className="small",
+                                 label="apply even if it would trade nearly every bar"),
                     html.Div(id="thr-current", className="small text-info"),
                     html.Div(id="thr-msg", className="small"),
                 ]),
@@ -506,21 +509,33 @@ def register(app: Dash, wctx: WebContext) -> None:
 
     @app.callback(Output("thr-msg", "children"),
                   Input("thr-buy", "value"), Input("thr-sell", "value"), Input("thr-minconf", "value"),
-                  prevent_initial_call=True)
-    def _thresholds(buy: float | None, sell: float | None, minc: float | None) -> Component:
+                  State("thr-force", "value"), prevent_initial_call=True)
+    def _thresholds(buy: float | None, sell: float | None, minc: float | None, force: bool | None = False
+                    ) -> Component:
         if buy is None or sell is None or minc is None:
             return html.Span("not applied: every threshold needs a number in [0, 1]", className="text-danger")
         try:
             t = Thresholds(buy=float(buy), sell=float(sell), min_confidence=float(minc))
         except (TypeError, ValueError) as exc:
             return html.Span(f"not applied: {exc}", className="text-danger")
+        problem = api.threshold_problem(t, wctx.cfg.dashboard.threshold_floor)
+        if problem and not force:  # the same rule as PUT /api/thresholds
+            return html.Span(f"not applied: {problem.replace('send force: true', 'tick the box')}",
+                             className="text-danger")
         engine.set_thresholds(t)
+        audit = wctx.extra.get("control_audit")
+        if audit is not None:
+            audit.record(who(), "set_thresholds", buy=t.buy, sell=t.sell, min_confidence=t.min_confidence,
+                         forced=bool(problem), via="ui")
         return html.Span(f"sent: buy {t.buy:.2f} · sell {t.sell:.2f} · min conf {t.min_confidence:.2f}",
                          className="text-success")
 
     @app.callback(Output("kill-msg", "children"), Input("kill-reset", "n_clicks"), prevent_initial_call=True)
     def _reset(_n: int | None) -> Component:
         engine.reset_kill_switch()
+        audit = wctx.extra.get("control_audit")
+        if audit is not None:
+            audit.record(who(), "reset_kill_switch", via="ui")
         return "reset sent"
 
     @app.callback(Output("live-symbol", "className"), Input("live-symbol", "value"),

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from core.config import ModelsConfig
 from core.types import FeatureBatch, FeatureSpec, Swap, Verdict
@@ -26,6 +25,7 @@ from NN.experts.base import Expert
 from NN.training.online.feed import drain
 from NN.training.online.worker import TrainerSpec
 from NN.training.promotion import MIN_VAL_SAMPLES, evaluate, judge
+from NN.weights_io import load_weights
 
 # (spec, published body, validation batch, labels, champion version, champion state)
 Job = tuple[TrainerSpec, dict, FeatureBatch, np.ndarray, str, dict[str, Any]]
@@ -107,7 +107,7 @@ class Judge:
                 champ.load_state_dict(copy.deepcopy(champ_state))
                 champ.version = champ_version
             chall = self._scratch_expert(spec.name, "challenger")
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = load_weights(path)
             chall.load_state_dict(state)
             verdict = evaluate(champ, chall, batch, labels, spec.online.promote_margin, MIN_VAL_SAMPLES,
                                z=spec.online.promote_z)
@@ -131,7 +131,7 @@ class Judge:
             if verdict.promote and champ_version == champion[name][0]:
                 try:
                     if state is None:  # judged by its trainer: load the winner only (small file)
-                        state = torch.load(path, map_location="cpu", weights_only=False)
+                        state = load_weights(path)
                     swaps.append(Swap(expert=name, version=version, state=state, kind="promote",
                                       verdict=verdict, path=str(path)))
                     continue

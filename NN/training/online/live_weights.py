@@ -15,10 +15,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from NN.experts.base import Expert, save_atomic
 from NN.training.online.feed import drain
+from NN.weights_io import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def resume_live(expert: Expert, models_dir: str | Path) -> tuple[str, dict[str, 
     path = live_path(models_dir, expert.name)
     if not path.exists():
         return None
-    rec = torch.load(path, map_location="cpu", weights_only=False)
+    rec = load_weights(path)
     base_version = str(expert.version)
     if rec.get("base") != base_version:
         log.info("%s: %s descends from %s, not the live %s: not resumed", expert.name, path, rec.get("base"),
