@@ -106,7 +106,7 @@ def test_kraken_ohlcvt_and_binance_portal_files_import_with_the_right_timestamps
         got = load_file(tmp_path / name)
         pd.testing.assert_frame_equal(got, df.reset_index(drop=True), check_dtype=False, obj=name)
     assert pd.Timestamp(int(load_file(tmp_path / "XBTUSDT_1.csv")["ts"].iat[0]), unit="ms") == \
-        pd.Timestamp("2023-03-11 00:00:00")
+        pd.Timestamp("2023-03-12 00:00:00")
 
 
 def test_unknown_layout_names_the_columns_it_saw_and_the_map(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ import torch
 from core.config import AppConfig, ModelsConfig
 from core.data.store import MarketStore
 from core.types import ExpertLike, Gate, SeriesKey
+from NN.weights_io import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class OfflineTraining:
                 if info is None:
                     continue
                 policy = self.models.experts[name if name != GATE_NAME else next(iter(self.models.experts))].checkpoints
-                state = torch.load(info.path, map_location="cpu", weights_only=False)
+                state = load_weights(info.path)  # weight data only (NN/weights_io.py)
                 meta = {k: v for k, v in info.meta.items() if k not in ("metric_name", "mode")}
                 self.registry.register(name, state, info.metric, policy, {**meta, "train_now": True},
                                        metrics=job_reg.metrics(name))
