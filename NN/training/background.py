@@ -126,12 +126,15 @@ class OfflineTraining:
         return self._proc is not None and self._proc.poll() is None
 
     def status(self) -> dict[str, Any]:
-        """The job's latest progress (state idle | starting | running | done | failed)."""
+        """The job's latest progress (state idle | starting | running | finishing | done | failed)."""
         if self._dir is not None and self.running:
             try:
-                self._status = {**self._status, **json.loads((self._dir / "status.json").read_text())}
+                st = json.loads((self._dir / "status.json").read_text())
             except (OSError, ValueError):
-                pass
+                st = {}
+            if st.get("state") in ("done", "failed"):  # the child is exiting; done = once poll() adopted
+                st["state"] = "finishing"
+            self._status = {**self._status, **st}
         return dict(self._status)
 
     def poll(self) -> list[str]:

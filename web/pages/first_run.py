@@ -22,6 +22,8 @@ def training_line(snap: EngineSnapshot) -> str:
     preset = st.get("preset", "")
     if state == "starting":
         return f"Train now ({preset}): starting on {st.get('bars', '?')} stored candles ..."
+    if state == "finishing":
+        return f"Train now ({preset}): swapping the new weights in ..."
     if state == "running":
         if not st.get("expert"):
             return f"Train now ({preset}): preparing features ..."
@@ -41,7 +43,7 @@ def training_line(snap: EngineSnapshot) -> str:
 
 def banner(snap: EngineSnapshot) -> tuple[str, str, bool]:
     """(text, colour, show the Train-now buttons); text "" = no banner."""
-    running = dict(snap.offline_training).get("state") in ("starting", "running")
+    running = dict(snap.offline_training).get("state") in ("starting", "running", "finishing")
     if running:
         return training_line(snap), "info", False
     if snap.untrained and not snap.allow_untrained:
