@@ -10,11 +10,13 @@ manager) and hands them to the engine and the backtester. Both mains use it.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.backtest.engine import Components
 from core.config import AppConfig, FeaturesConfig, ModelsConfig
+from core.data.book_store import load_summary
 from core.data.files import import_series_file, parse_series_exchange, parse_series_name
 from core.data.store import MarketStore
 from core.engine import Engine, EngineParts, ReplayConfig
@@ -23,6 +25,7 @@ from core.market import Calendar, market_for
 from core.types import ExpertLike, SeriesKey
 
 if TYPE_CHECKING:
+    from core.backtest.walkforward import FoldTrainer
     from NN.training.checkpoints import CheckpointRegistry
     from NN.training.online import TrainingManager
 
@@ -47,6 +50,8 @@ def engine_parts(cfg: AppConfig, models: ModelsConfig, store: MarketStore, timef
 
     models_dir = cfg.resolve(cfg.training.models_dir)
     builder = FeatureBuilder(models.features, timeframe)
+    if models.features.orderbook:  # recorded books (a live BookEngine replaces this in main_dashboard)
+        builder.book_rows = partial(load_summary, store)
     reg = registry(store, models_dir)
     loaded = load_experts(models, builder.spec, reg, keep_untrained=True)
     if not loaded.experts:
@@ -161,6 +166,8 @@ def backtest_components(models: ModelsConfig, base_timeframe: str, names: list[s
     from NN.assembly import load_experts, load_gate
 
     builder = FeatureBuilder(features or models.features, base_timeframe, calendar=calendar)
+    if builder.orderbook and store is not None:
+        builder.book_rows = partial(load_summary, store)
     reg = registry(store, models_dir) if store is not None and models_dir is not None else None
     loaded = load_experts(models, builder.spec, reg, names, keep_untrained=names is not None)
     if loaded.errors:
@@ -179,3 +186,13 @@ def backtest_components(models: ModelsConfig, base_timeframe: str, names: list[s
     cache = ForecastCache(store) if store is not None and any(
         e.input_kind == "candles" for e in loaded.experts.values()) else None
     return Components(experts=dict(loaded.experts), gate=gate, builder=builder, info=info, cache=cache)
+
+
+def walkforward_trainer(models: ModelsConfig, app: AppConfig, key: SeriesKey, names: list[str], *,
+                        epochs: int = 3, max_steps: int | None = None, retrain_gate: bool = False,
+                        features: FeaturesConfig | None = None) -> FoldTrainer:
+    """The walk-forward's per-fold trainer (NN/training/walkforward.py) for core/backtest/walkforward.py."""
+    from NN.training.walkforward import FoldTrainerNN
+
+    return FoldTrainerNN(models, app, key, names, epochs=epochs, max_steps=max_steps, retrain_gate=retrain_gate,
+                         features=features)

@@ -1,4 +1,4 @@
-"""Command line: data, train, evaluate, forecast, run (backtest), report.
+"""Command line: data, train, evaluate, forecast, run (backtest), report, walkforward, sweep, book.
 
 Each area registers its own sub-commands (``register(subparsers)`` in its cli module, see
 ``register_commands``), so this file stays a thin dispatcher. Every command takes --config / --models. Every failure ends with one line on stderr and a non-zero exit
@@ -19,6 +19,8 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     experts from the composition root (compose.py), since core never imports NN."""
     import compose
     from core.backtest import cli as backtest_cli
+    from core.backtest import research_cli
+    from core.data import book_cli
     from core.data import cli as data_cli
     from NN.experts.kronos import cli as kronos_cli
     from NN.training import cli as training_cli
@@ -26,7 +28,9 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     data_cli.register(sub)  # data import|download|list|export
     training_cli.register(sub)  # train | evaluate (experts, MoE gate)
     backtest_cli.register(sub, compose.backtest_components)  # run (backtest) | report ID
+    research_cli.register(sub, compose.walkforward_trainer)  # walkforward | sweep
     kronos_cli.register(sub)  # forecast (Kronos Monte-Carlo paths, summary, fan chart)
+    book_cli.register(sub)  # book record|replay|stats (consolidated order books)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@
     python main_dashboard.py --replay ../shared/data/binanceus/BTC_USDT-1m.csv --speed 60
     python main_dashboard.py --replay-db --speed 600           # replay what the store holds
     python main_dashboard.py --sample                          # replay the bundled sample (data/sample)
+    python main_dashboard.py --replay-db --book ../shared/data/orderbook/binance-2024-08-08/raw  # + order books
 
 Without internet and without --replay/--replay-db it replays the bundled sample (a real 3-day BTC/USDT
 1m slice in data/sample/): the first two days are history Train now learns from, the third is replayed.
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="port (default: dashboard.port, 8050)")
     p.add_argument("--no-training", action="store_true", help="never start live training")
     p.add_argument("--db", default=None, help="DuckDB file (default: data.db_path)")
+    p.add_argument("--book", metavar="PATH", default=None,
+                   help="order book page: 'live' (orderbook.venues' public streams, recorded to orderbook.record_dir "
+                        "and stored) or a raw book capture to replay (folder or file)")
+    p.add_argument("--book-speed", type=float, default=1.0, help="book replay speed, N x real time (default 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -164,13 +169,39 @@ def main(argv: list[str] | None = None) -> int:
         src = f"imported {replay_path.name if sample else replay_path} into the store; " if replay_path else ""
         print(f"{src}replaying {engine.symbol} {engine.timeframe} at "
               f"{args.speed or cfg.dashboard.replay_speed:g}x", flush=True)
+    book, book_stop, live_books = None, None, None
+    if args.book == "live":  # the configured venues' public streams, recorded and stored
+        from core.data.book_engine import engine_from_config
+        from core.data.book_live import LiveBooks
+        from core.data.book_store import BookWriter
+
+        writer = BookWriter(engine.store, cfg.orderbook.symbol, cfg.orderbook.batch_seconds,
+                            cfg.orderbook.retention_days) if getattr(engine, "store", None) is not None else None
+        try:
+            book = engine_from_config(cfg.orderbook, sink=writer)
+        except ValueError as exc:
+            print(f"error: orderbook: {exc}", file=sys.stderr)
+            return 2
+        live_books = LiveBooks(book, record_dir=cfg.resolve(cfg.orderbook.record_dir))
+        live_books.start()
+    elif args.book:
+        from core.data.book_engine import engine_for_capture, start_replay
+
+        try:
+            book = engine_for_capture(Path(args.book), cfg.orderbook)
+        except (OSError, ValueError) as exc:
+            print(f"error: --book {args.book}: {exc}", file=sys.stderr)
+            return 2
+        _, book_stop = start_replay(book, Path(args.book), args.book_speed)
+    if book is not None and engine.builder.orderbook:  # live decisions read the books of this process
+        engine.builder.book_rows = book.summary_rows
     engine.start()
     server = None
     try:
         import compose
 
         app = create_app(engine, cfg, models_cfg=models, host=host, secrets=secrets,
-                         backtest_components=compose.backtest_components)
+                         backtest_components=compose.backtest_components, book=book)
         server = DashboardServer(app.server, host, port, threads=cfg.dashboard.server_threads)
         stop = threading.Event()
 
@@ -194,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         print("stopping: closing sources, flushing the ledger ...", flush=True)
         engine.stop()
+        if book_stop is not None:
+            book_stop.set()
+        if live_books is not None:
+            live_books.stop()
         if server is not None:
             server.server_close()
         print("stopped", flush=True)

@@ -106,20 +106,28 @@ class MoEGate:
         h = np.tanh(x @ self.mlp["w1"] + self.mlp["b1"])
         return h @ self.mlp["w2"] + self.mlp["b2"]
 
-    def weights(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray | None = None) -> np.ndarray:
+    def weights(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray | None = None,
+                discount: np.ndarray | None = None) -> np.ndarray:
+        """[N, E] gate weights; ``discount`` ([E] or [N, E] in (0, 1], the OOD multipliers of
+        core/fusion.ood_discount) scales them before they are renormalised."""
         p, r, m = self._check(probs, regime, enabled)
         hedge = np.log(np.clip(self.hedge_weights(), EPS, 1.0))[None] if self.adapts else 0.0
         if self.trained:
             logits = self._mlp_logits(self._gate_inputs(np.where(m[None, :, None], p, 1 / 3), r)) + hedge
         else:
             logits = np.repeat(hedge, len(p), axis=0)
-        return _masked_softmax(logits, np.broadcast_to(m, logits.shape))
+        w = _masked_softmax(logits, np.broadcast_to(m, logits.shape))
+        if discount is not None:
+            w = w * np.clip(np.asarray(discount, dtype=np.float64), EPS, 1.0)
+            w = w / w.sum(axis=-1, keepdims=True)
+        return w
 
-    def fuse(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
-        """probs [N, E, 3], regime [N, R], enabled [E] -> (weights [N, E], fused [N, 3])."""
+    def fuse(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray | None = None,
+             discount: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """probs [N, E, 3], regime [N, R], enabled [E], discount [E] or [N, E] -> (weights [N, E],
+        fused [N, 3])."""
         p, r, m = self._check(probs, regime, enabled)
-        w = self.weights(p, r, m)
+        w = self.weights(p, r, m, discount)
         fused = np.einsum("ne,nek->nk", w, np.where(m[None, :, None], p, 0.0))
         fused /= fused.sum(axis=1, keepdims=True)
         if self.cfg.calibrate:

@@ -3,7 +3,8 @@
 Latency: for each of ``--candles`` consecutive real BTC/USDT 1m bars (../shared/data), from a warm
 cache (provider-like frames: the last ``cache_bars`` closed bars of every timeframe, prepared outside
 the timer as the DataProvider keeps them): FeatureBuilder.build_one + CNN/Transformer/DQN predict()
-+ gate fuse. Prints ONE JSON object: p50_ms / p99_ms of that total, per-stage medians, and training
++ gate fuse through GateRunner with the robust layer (base rate, OOD scores, online recalibration;
+core/fusion.py). Prints ONE JSON object: p50_ms / p99_ms of that total, per-stage medians, and training
 throughput (samples/s) per expert with the slowest as the headline. torch threads = 1; the experts run
 on ``--device`` (default cpu, the figures in the README; cuda for bench/gpu_check.sh), the gate is numpy.
 
@@ -36,11 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.config import load_config, load_models  # noqa: E402
 from core.features import FeatureBuilder, resample_candles  # noqa: E402
 from core.labels import dead_zone, forward_returns, make_labels  # noqa: E402
+from core.orchestrator import GateRunner  # noqa: E402
 from core.paths import shared_data_dir  # noqa: E402
 from core.types import CANDLE_COLUMNS, timeframe_ms  # noqa: E402
 from NN.devices import pick_device  # noqa: E402
 from NN.experts.registry import build_expert  # noqa: E402
 from NN.moe import MoEGate  # noqa: E402
+from NN.ood import OODStats  # noqa: E402
 
 EXPERTS = ("cnn", "transformer", "dqn")
 
@@ -99,6 +102,11 @@ def main() -> int:
     fit = fit.take(ok)
     gate = MoEGate(list(EXPERTS), models.moe, len(builder.spec.regime_features))
     gate.fit(np.stack([experts[n].predict_many(fit).probs for n in EXPERTS], axis=1), fit.regime, y[ok])
+    # robust fusion on (issue 17): OOD statistics in every expert (its score is computed in predict),
+    # the gate run through GateRunner with the base rate, fixed-share weights and online recalibration
+    for n in EXPERTS:
+        experts[n].ood = OODStats.fit(fit.flat)
+    runner = GateRunner(gate, experts["cnn"].horizon, dead_zone(app.execution, models.labels), models.moe.robust)
 
     stages: dict[str, list[float]] = {k: [] for k in ("features", *EXPERTS, "gate", "total")}
     enabled = np.ones(len(EXPERTS), dtype=bool)
@@ -107,14 +115,16 @@ def main() -> int:
         t0 = time.perf_counter()
         batch = builder.build_one(frames, symbol="BTC/USDT")
         t1 = time.perf_counter()
-        probs = np.empty((1, len(EXPERTS), 3))
+        probs = np.empty((len(EXPERTS), 3))
+        ood = np.empty(len(EXPERTS))
         lat = {}
         for j, n in enumerate(EXPERTS):
             a = time.perf_counter()
-            probs[0, j] = experts[n].predict(batch).probs
+            o = experts[n].predict(batch)
+            probs[j], ood[j] = o.probs, o.extras.get("ood", np.nan)
             lat[n] = (time.perf_counter() - a) * 1e3
         a = time.perf_counter()
-        gate.fuse(probs, batch.regime, enabled)
+        runner.step(float(batch.close[-1]), probs, batch.regime[-1].astype(np.float64), enabled, ood)
         t2 = time.perf_counter()
         if i >= start:
             stages["features"].append((t1 - t0) * 1e3)
@@ -156,6 +166,7 @@ def main() -> int:
         "p50_ms": round(pct(stages["total"], 50), 3),
         "p99_ms": round(pct(stages["total"], 99), 3),
         "target_p99_ms": 10.0,
+        "robust_fusion": bool(models.moe.robust.enabled),  # base rate + OOD scores + recalibration on
         "stage_p50_ms": {k: round(pct(v, 50), 3) for k, v in stages.items() if k != "total"},
         "stage_p99_ms": {k: round(pct(v, 99), 3) for k, v in stages.items() if k != "total"},
         "train_samples_per_s": train_sps,

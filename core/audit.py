@@ -149,13 +149,22 @@ def frames_from_arrays(run_id: str, symbol: str, names: Sequence[str], ts: np.nd
                        expected_return: np.ndarray, thresholds: tuple[float, float, float], target: np.ndarray,
                        reasons: Sequence[str], probs: np.ndarray, conf: np.ndarray, er: np.ndarray,
                        mask: np.ndarray, versions: Sequence[str], horizons: Sequence[int],
-                       extras: Sequence[dict[str, np.ndarray]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+                       extras: Sequence[dict[str, np.ndarray]], climatology: np.ndarray | None = None
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows ``AuditWriter.add`` would write for N decisions, built column-wise (fast backtests).
-    probs [N, E, 3], conf/er/weights/mask [N, E]; only experts with mask set have a prediction row."""
+    probs [N, E, 3], conf/er/weights/mask [N, E]; only experts with mask set have a prediction row;
+    climatology [N] the base rate's weight (Decision.weights["climatology"] when > 0)."""
     n = len(ts)
     ids = [f"{run_id}:{int(t)}" for t in ts]
-    wj = [json.dumps({names[e]: float(weights[j, e]) for e in range(len(names)) if mask[j, e]}, sort_keys=True)
-          for j in range(n)]
+    cw = np.zeros(n) if climatology is None or len(climatology) != n else climatology
+
+    def wdict(j: int) -> dict[str, float]:
+        d = {names[e]: float(weights[j, e]) for e in range(len(names)) if mask[j, e]}
+        if cw[j] > 0:
+            d["climatology"] = float(cw[j])
+        return d
+
+    wj = [json.dumps(wdict(j), sort_keys=True) for j in range(n)]
     dec = pd.DataFrame({
         "run_id": run_id, "id": ids, "ts": np.asarray(ts, dtype=np.int64), "symbol": symbol,
         "action": list(actions), "p_down": fused[:, 0], "p_flat": fused[:, 1], "p_up": fused[:, 2],

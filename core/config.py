@@ -189,6 +189,39 @@ class AlpacaConfig(_Strict):
     trades_1s: bool = False  # also stream trades and build 1s candles from them
 
 
+class OrderbookConfig(_Strict):
+    """Consolidated order book (core/data/book_*.py): venues merged into price buckets."""
+
+    venues: list[str] = Field(default_factory=lambda: ["binance", "binanceusdm", "binancecoinm"], min_length=1)
+    symbol: str = "BTC/USDT"  # the coin's symbol on spot venues; futures venues use their own (BTC/USDT:USDT ...)
+    bucket_size: dict[str, float] = Field(default_factory=lambda: {"BTC": 10.0, "ETH": 1.0})  # by base coin, quote units
+    default_bucket_bps: float = Field(5.0, gt=0)  # other coins: bucket = this many bps of the first mid
+    n_buckets: int = Field(20, ge=1, le=500)  # buckets either side of the mid's bucket
+    wall_multiple: float = Field(10.0, gt=1)  # a level >= this x the venue's median level size is a wall
+    usd_equivalent: bool = False  # merge USD, USDT and USDC books as one quote currency
+    batch_seconds: int = Field(60, ge=1)  # 1 s snapshots per DuckDB write
+    retention_days: float = Field(7.0, ge=0)  # book_buckets/book_summary rows kept (0 = forever)
+    record_dir: str = "data/books"  # raw captures (Parquet) of book record
+    history_s: int = Field(900, ge=60, le=86_400)  # seconds of heatmap history held in memory
+
+    @field_validator("venues")
+    @classmethod
+    def _venues(cls, v: list[str]) -> list[str]:
+        known = {"binance", "binanceusdm", "binancecoinm", "kraken", "okx", "bybit", "coinbase", "gemini", "bitstamp"}
+        bad = [x for x in v if x not in known]
+        if bad:
+            raise ValueError(f"unknown venue(s) {bad}; allowed: {sorted(known)}")
+        return v
+
+    @field_validator("bucket_size")
+    @classmethod
+    def _sizes(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not x > 0}
+        if bad:
+            raise ValueError(f"bucket sizes must be > 0, got {bad}")
+        return v
+
+
 class AppConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     markets: dict[str, MarketConfig] = Field(default_factory=dict)
@@ -199,6 +232,7 @@ class AppConfig(_Strict):
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    orderbook: OrderbookConfig = Field(default_factory=OrderbookConfig)
 
     @field_validator("markets")
     @classmethod
@@ -258,6 +292,7 @@ class FeaturesConfig(_Strict):
     norm_window: int = Field(500, ge=10)
     pivot_levels: int = Field(3, ge=1, le=5)
     pivot_strength: int = Field(2, ge=1, le=20)  # bars each side of a level-1 swing point
+    orderbook: bool = False  # add the order-book block (needs recorded books: main_backtest.py book record)
 
     @field_validator("timeframes")
     @classmethod
@@ -282,6 +317,16 @@ class LabelsConfig(_Strict):
         return v
 
 
+class RobustConfig(_Strict):
+    """core/fusion.py: the base-rate expert, fixed-share mixture, online recalibration, OOD discount."""
+
+    enabled: bool = True
+    share: float = Field(5e-4, ge=0, lt=1)  # fixed-share alpha (per-bar regret cost ~ alpha)
+    climatology_window: int = Field(2000, ge=10)  # matured outcomes the base rate counts
+    recal_lr: float = Field(0.01, gt=0, le=1)  # SGD step of the online recalibration (forgetting)
+    ood_threshold: float = Field(3.0, gt=0)  # OOD score above which the gate discounts an expert
+
+
 class MoEConfig(_Strict):
     hedge_eta: float = Field(0.5, gt=0)
     hedge_window: int = Field(200, ge=1)
@@ -295,6 +340,7 @@ class MoEConfig(_Strict):
     epochs: int = Field(300, ge=1)  # gate training (full-batch Adam steps)
     lr: float = Field(1e-2, gt=0)
     weight_decay: float = Field(1e-3, ge=0)
+    robust: RobustConfig = Field(default_factory=RobustConfig)
 
 
 class SplitConfig(_Strict):

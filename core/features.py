@@ -28,11 +28,12 @@ Prices and returns are in log-percent (100 * log ratio) so networks see O(1) num
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from core.book_features import BOOK_FEATURES, MAX_AGE_MS, book_features
 from core.config import FeaturesConfig
 from core.data.validate import grid_offset
 from core.feature_kernels import (
@@ -215,6 +216,12 @@ class FeatureBuilder:
         flat = tuple(f"{tf}:{name}" for tf in self.timeframes for name in bar)
         flat += ("session_vwap_dist",) + tuple(f"ret_{k}" for k in RETURN_HORIZONS)
         flat += tuple(f"ref_ret_{k}" for k in REF_HORIZONS) + ("ref_present",)
+        self.orderbook = bool(getattr(cfg, "orderbook", False))
+        # where build_* find order-book rows when not given ``book=``: (symbol, start_ms, end_ms) -> summary rows
+        # (the composition root points it at the store's book_summary, or at a live BookEngine)
+        self.book_rows: Callable[[str, int, int], pd.DataFrame | None] | None = None
+        if self.orderbook:  # optional block from recorded books (core/book_features.py)
+            flat += BOOK_FEATURES
         self.spec = FeatureSpec(
             timeframes=self.timeframes,
             window=self.window,
@@ -232,13 +239,15 @@ class FeatureBuilder:
         *,
         symbol: str = "",
         rows: slice | None = None,
+        book: pd.DataFrame | None = None,
     ) -> FeatureBatch:
         """One sample per base bar of `candles` (base timeframe, ts ascending). Higher timeframes are
         resampled here; sample t only sees their bars closed by the close of bar t.
 
         rows: only the samples of these bar positions (e.g. slice(min_history - 1, None) or one
         chunk of a long history), still computed from all earlier bars -- the same numbers as the
-        matching rows of the full batch, without holding every window in memory."""
+        matching rows of the full batch, without holding every window in memory.
+        book: per-second order-book summary rows (used when features.orderbook is on)."""
         x = _as_ohlcv(candles, f"{self.base_timeframe} candles")
         self._check_grid(x)
         sel = np.arange(len(x))[rows if rows is not None else slice(None)]
@@ -263,10 +272,12 @@ class FeatureBuilder:
             last = np.searchsorted(end, now, side="right") - 1  # last closed bar
             gather_windows(mat, last, logc, windows[:, ti])
         extras, regime = base_extras(x, self.norm_window, start=lo, day=self._days(x.ts))
-        flat = np.concatenate(
-            [windows[:, :, -1, :].reshape(n, tcount * f), extras, _ref_features(ref, ts, self.base_ms)],
-            axis=1,
-        ).astype(np.float32)
+        parts = [windows[:, :, -1, :].reshape(n, tcount * f), extras, _ref_features(ref, ts, self.base_ms)]
+        if self.orderbook:
+            if book is None and self.book_rows is not None and n:
+                book = self.book_rows(symbol, int(ts[0]) + self.base_ms - MAX_AGE_MS, int(ts[-1]) + self.base_ms)
+            parts.append(book_features(book, ts + self.base_ms))
+        flat = np.concatenate(parts, axis=1).astype(np.float32)
         return FeatureBatch(
             symbol=symbol,
             timeframe=self.base_timeframe,
@@ -281,7 +292,7 @@ class FeatureBuilder:
     # ------------------------------------------------------------------ one sample (live)
     def build_one(
         self, frames: Mapping[str, pd.DataFrame | Mapping[str, np.ndarray]], ref: pd.DataFrame | None = None, *,
-        symbol: str = ""
+        symbol: str = "", book: pd.DataFrame | None = None
     ) -> FeatureBatch:
         """The sample at the last bar of frames[base] from the provider's caches (closed bars only).
         Higher-timeframe rows not closed by the close of that bar are ignored defensively."""
@@ -308,10 +319,12 @@ class FeatureBuilder:
             mat[:, :N_PRICE] -= logc
             windows[0, ti, win - mat.shape[0] :] = mat
         extras, regime = base_extras(base, self.norm_window, start=len(base) - 1, day=self._days(base.ts))
-        flat = np.concatenate(
-            [windows[:, :, -1, :].reshape(1, -1), extras, _ref_features(ref, base.ts[-1:], self.base_ms)],
-            axis=1,
-        ).astype(np.float32)
+        parts = [windows[:, :, -1, :].reshape(1, -1), extras, _ref_features(ref, base.ts[-1:], self.base_ms)]
+        if self.orderbook:
+            if book is None and self.book_rows is not None:
+                book = self.book_rows(symbol, now - MAX_AGE_MS, now)
+            parts.append(book_features(book, base.ts[-1:] + self.base_ms))
+        flat = np.concatenate(parts, axis=1).astype(np.float32)
         return FeatureBatch(
             symbol=symbol,
             timeframe=self.base_timeframe,

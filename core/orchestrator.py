@@ -12,6 +12,7 @@ live on their own worker thread (the freshest finished forecast is used), in bac
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -26,6 +27,9 @@ import numpy as np
 import pandas as pd
 
 from core.audit import AuditWriter
+from core.config import RobustConfig
+from core.conformal import BandTracker
+from core.fusion import FusionStep, RobustFusion, ood_discount
 from core.labels import realised_class
 from core.types import (
     Action,
@@ -94,57 +98,125 @@ def target_position(code: int, current: float, long_size: float, allow_short: bo
 class GateRunner:
     """Feeds the gate's online Hedge update ONLY with matured outcomes: the probabilities recorded at
     bar i are scored at bar i + horizon, before that bar is fused. Used identically live, in event
-    and in fast backtests, so the gate's weights are the same in all three."""
+    and in fast backtests, so the gate's weights are the same in all three.
 
-    def __init__(self, gate: Gate, horizon: int, dead_zone: float) -> None:
+    Above the gate sits the robust layer (core/fusion.py, ``moe.robust`` in models.yml): the base-rate
+    expert, the experts themselves, the gate and its online recalibration, mixed with fixed-share
+    weights, so the fused log loss can exceed the best of them only by the regret bound documented
+    there. ``ood`` [E] (the experts' out-of-distribution scores, NaN = unknown) discounts experts in
+    the gate above ``robust.ood_threshold``. The returned weights are then each expert's effective
+    share; ``climatology_weight`` is the base rate's (they sum to 1)."""
+
+    def __init__(self, gate: Gate, horizon: int, dead_zone: float, robust: RobustConfig | None = None) -> None:
         self.gate = gate
         self.horizon = int(horizon)
         self.dead_zone = float(dead_zone)
         self._pending: deque[tuple[float, np.ndarray]] = deque()
+        cfg = robust if robust is not None else getattr(getattr(gate, "cfg", None), "robust", None)
+        self.robust_cfg: RobustConfig | None = cfg if cfg is not None and cfg.enabled else None
+        self.robust: RobustFusion | None = None  # built at the first bar (needs the number of experts)
+        self.last: FusionStep | None = None  # the robust layer's last bar (dashboard)
+        self.last_discount: np.ndarray | None = None  # the OOD multipliers of the last bar
+        self.climatology_weight = 0.0  # the base rate's weight at the last bar
+        self.climatology_weights: np.ndarray = np.zeros(0)  # per bar of the last run_many
 
-    def _observe(self, close: float, probs: np.ndarray) -> None:
+    def _observe(self, close: float, probs: np.ndarray) -> int | None:
+        realised = None
         if len(self._pending) >= self.horizon:
             c0, p0 = self._pending.popleft()
-            self.gate.observe(p0, realised_class(math.log(close / c0), self.dead_zone))
+            realised = realised_class(math.log(close / c0), self.dead_zone)
+            self.gate.observe(p0, realised)
         self._pending.append((float(close), probs.copy()))
+        return realised
 
-    def step(self, close: float, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
-        """probs [E, 3], regime [R], enabled bool [E] -> (weights [E], fused [3]) for this bar, after
-        the outcome that matured at this bar has updated the gate."""
-        self._observe(close, probs)
-        return self.fuse(probs, regime, enabled)
+    def _discount(self, ood: np.ndarray | None) -> np.ndarray | None:
+        if ood is None or self.robust_cfg is None:
+            return None
+        d = ood_discount(ood, self.robust_cfg.ood_threshold)
+        return d if (d < 1.0).any() else None
 
-    def fuse(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``step`` without the matured-outcome update (previews: nothing is learnt)."""
+    def _gate(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray, disc: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray]:
         if not enabled.any():
             return np.zeros(len(enabled)), UNIFORM.copy()
-        w, fused = self.gate.fuse(probs[None], regime[None], enabled)
+        if disc is None:
+            w, fused = self.gate.fuse(probs[None], regime[None], enabled)
+        else:
+            w, fused = self.gate.fuse(probs[None], regime[None], enabled, discount=disc)
         return np.asarray(w[0], dtype=np.float64), np.asarray(fused[0], dtype=np.float64)
 
+    def _robust_layer(self, realised: int | None, probs: np.ndarray, enabled: np.ndarray, w: np.ndarray,
+                      fused: np.ndarray, learn: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        if self.robust_cfg is None:
+            return w, fused
+        if self.robust is None:
+            c = self.robust_cfg
+            self.robust = RobustFusion([str(i) for i in range(len(enabled))], self.horizon, alpha=c.share,
+                                       climatology_window=c.climatology_window, recal_lr=c.recal_lr)
+        fs = (self.robust.step(realised, probs, enabled, fused) if learn
+              else self.robust.predict(probs, enabled, fused))
+        w_eff, self.climatology_weight = self.robust.expert_weights(fs.member_weights, w)
+        self.last = fs
+        return w_eff, fs.fused
+
+    def step(self, close: float, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray,
+             ood: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """probs [E, 3], regime [R], enabled bool [E], ood [E] -> (weights [E], fused [3]) for this bar,
+        after the outcome that matured at this bar has updated the gate and the robust layer."""
+        realised = self._observe(close, probs)
+        disc = self.last_discount = self._discount(ood)
+        w, fused = self._gate(probs, regime, enabled, disc)
+        return self._robust_layer(realised, probs, enabled, w, fused)
+
+    def fuse(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray, ood: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """``step`` without the matured-outcome update (previews: nothing is learnt)."""
+        w, fused = self._gate(probs, regime, enabled, self._discount(ood))
+        if self.robust is None:  # nothing matured yet: the robust layer has no state to preview with
+            return w, fused
+        return self._robust_layer(None, probs, enabled, w, fused, learn=False)
+
     def run_many(self, close: np.ndarray, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``step`` over N bars (fast backtests): probs [N, E, 3], regime [N, R], enabled [N, E].
-        A gate whose weights depend on the outcomes matured before each bar (Hedge, or a trained gate
-        that adapts online: ``gate.adapts``) is walked bar by bar; a trained gate that does not adapt
-        depends on the bar's inputs only, so it is fused in one batch per enabled-pattern."""
+                 progress: Callable[[int, int], None] | None = None, ood: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """``step`` over N bars (fast backtests): probs [N, E, 3], regime [N, R], enabled [N, E], ood
+        [N, E]. A gate whose weights depend on the outcomes matured before each bar (Hedge, or a
+        trained gate that adapts online: ``gate.adapts``) is walked bar by bar; a trained gate that
+        does not adapt depends on the bar's inputs only, so it is fused in one batch per
+        enabled-pattern (the robust layer is then walked over its outputs)."""
         n, e = enabled.shape
         W = np.zeros((n, e))
         F = np.tile(UNIFORM, (n, 1))
+        cw = np.zeros(n)
         if self.gate.adapts:
             for j in range(n):
-                W[j], F[j] = self.step(close[j], probs[j], regime[j], enabled[j])
+                W[j], F[j] = self.step(close[j], probs[j], regime[j], enabled[j], None if ood is None else ood[j])
+                cw[j] = self.climatology_weight
                 if progress is not None and j % 4096 == 0:
                     progress(j, n)
+            self.climatology_weights = cw
             return W, F
+        realised: list[int | None] = []
         for j in range(n):  # keep the matured-outcome bookkeeping identical to the live path
-            self._observe(close[j], probs[j])
+            realised.append(self._observe(close[j], probs[j]))
         patterns, inverse = np.unique(enabled, axis=0, return_inverse=True)
         for k, pat in enumerate(patterns):
             rows = np.flatnonzero(inverse.reshape(-1) == k)
-            if pat.any():
-                w, f = self.gate.fuse(probs[rows], regime[rows], pat)
-                W[rows], F[rows] = w, f
+            if not pat.any():
+                continue
+            for r in rows:  # the OOD discount differs per bar: rows with one are fused singly
+                disc = self._discount(None if ood is None else ood[r])
+                if disc is not None:
+                    W[r], F[r] = self._gate(probs[r], regime[r], pat, disc)
+            plain = [r for r in rows if self._discount(None if ood is None else ood[r]) is None]
+            if plain:
+                w, f = self.gate.fuse(probs[plain], regime[plain], pat)
+                W[plain], F[plain] = w, f
+        if self.robust_cfg is not None:
+            for j in range(n):
+                W[j], F[j] = self._robust_layer(realised[j], probs[j], enabled[j], W[j], F[j])
+                cw[j] = self.climatology_weight
+        self.climatology_weights = cw
         return W, F
 
 
@@ -264,6 +336,8 @@ class Orchestrator:
         self._errors: deque[tuple[int, str, str]] = deque(maxlen=keep_errors)
         self._slow_latest: dict[str, ExpertOutput] = {}
         self._workers: dict[str, KronosWorker] = {}
+        self._band_trackers: dict[str, BandTracker] = {}  # ACI of each candle expert's bands
+        self._bands_out: dict[str, tuple[ExpertOutput, ExpertOutput]] = {}  # (raw, adjusted) last forecast
         self._position = 0.0  # target fraction currently held (HOLD keeps it)
         self._count = 0
         self._snap = OrchestratorSnapshot(None, {}, {}, {}, thresholds, dict(self._enabled),
@@ -338,6 +412,7 @@ class Orchestrator:
             if ex.input_kind == "candles":
                 out = self._slow(name, ex, batch, base, ts) if slow else self._slow_output(name)
                 if out is not None:
+                    out = self._conformal(name, out, base)
                     outputs[name] = out
                     latency[name] = out.latency_ms
                 continue
@@ -351,6 +426,20 @@ class Orchestrator:
             except Exception as exc:  # skipped for this bar and reported; decisions go on
                 self._error(f"expert:{name}", exc)
         return outputs, latency
+
+    def _conformal(self, name: str, out: ExpertOutput, base: pd.DataFrame) -> ExpertOutput:
+        """A candle expert's forecast with its bands through adaptive conformal inference
+        (core/conformal.BandTracker), once per new forecast; later bars reuse the adjusted one."""
+        seen = self._bands_out.get(name)
+        if seen is not None and seen[0] is out:
+            return seen[1]
+        tracker = self._band_trackers.get(name)
+        if tracker is None:
+            tracker = self._band_trackers[name] = BandTracker(out.horizon)
+        adj = dataclasses.replace(out, extras=tracker.adjust(
+            out.ts, out.extras, base["ts"].to_numpy(np.int64), base["close"].to_numpy(np.float64)))
+        self._bands_out[name] = (out, adj)
+        return adj
 
     def _slow_output(self, name: str) -> ExpertOutput | None:
         w = self._workers.get(name)
@@ -388,8 +477,14 @@ class Orchestrator:
         ts = int(batch.ts[-1])
         outputs, _latency = self._ask_experts(batch, base, ts, self._enabled, slow=False)
         probs, mask, conf, er = self._stack(outputs)
-        w, fused = self.gate_runner.fuse(probs, np.asarray(batch.regime[-1], dtype=np.float64), mask)
+        w, fused = self.gate_runner.fuse(probs, np.asarray(batch.regime[-1], dtype=np.float64), mask,
+                                         self._ood(outputs))
         return self._decision(f"preview:{ts}", ts, batch, outputs, w, fused, mask, conf, er, self._thresholds)
+
+    def _ood(self, outputs: Mapping[str, ExpertOutput]) -> np.ndarray:
+        """[E] the experts' OOD scores (extras["ood"]; NaN where an expert has none)."""
+        return np.array([float(outputs[n].extras.get("ood", np.nan)) if n in outputs else np.nan
+                         for n in self.names])
 
     def _stack(self, outputs: Mapping[str, ExpertOutput]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Outputs by expert -> probs [E, 3] (uniform where missing), mask [E], confidence [E],
@@ -414,7 +509,8 @@ class Orchestrator:
         return Decision(
             id=did, ts=int(ts), symbol=self.symbol, action=action,
             probs=(float(fused[0]), float(fused[1]), float(fused[2])), expected_return=float(w @ er),
-            weights={n: float(w[i]) for i, n in enumerate(self.names) if mask[i]}, thresholds=thresholds,
+            weights=decision_weights(self.names, w, mask, self.gate_runner.climatology_weight),
+            thresholds=thresholds,
             target_position=target_position(code, self._position, size, self.allow_short),
             reason=explain(action, fused, confidence, thresholds, len(outputs)),
             outputs=tuple(outputs[n] for n in self.names if n in outputs),
@@ -424,7 +520,8 @@ class Orchestrator:
                 latency: dict[str, float], thresholds: Thresholds, enabled_map: Mapping[str, bool],
                 t0: float) -> Decision:
         probs, mask, conf, er = self._stack(outputs)
-        w, fused = self.gate_runner.step(close, probs, np.asarray(batch.regime[-1], dtype=np.float64), mask)
+        w, fused = self.gate_runner.step(close, probs, np.asarray(batch.regime[-1], dtype=np.float64), mask,
+                                         self._ood(outputs))
         decision = self._decision(f"{self.run_id}:{ts}", ts, batch, outputs, w, fused, mask, conf, er, thresholds)
         refuse = getattr(self.executor, "refusal", None)
         why = refuse(decision) if refuse is not None else None
@@ -493,6 +590,15 @@ class Orchestrator:
             w.stop()
         self._workers.clear()
         self.audit.flush()
+
+
+def decision_weights(names: list[str], w: np.ndarray, mask: np.ndarray, climatology: float) -> dict[str, float]:
+    """Decision.weights: each present expert's effective weight, plus the base rate's under
+    "climatology" when the robust layer gave it any."""
+    out = {n: float(w[i]) for i, n in enumerate(names) if mask[i]}
+    if climatology > 0:
+        out["climatology"] = float(climatology)
+    return out
 
 
 def explain(action: Action, fused: np.ndarray, confidence: float, t: Thresholds, n: int) -> str:

@@ -82,12 +82,13 @@ def test_latest_and_generate_prediction(client, engine) -> None:
     d = j["decision"]
     assert d["action"] in ("BUY", "SELL", "HOLD")
     assert sum(d["probs"].values()) == pytest.approx(1.0, abs=1e-6)
-    assert set(d["weights"]) <= set(j["experts"]) | set(engine.snapshot().experts)
+    # + the base-rate expert's weight (core/fusion.py)
+    assert set(d["weights"]) - {"climatology"} <= set(j["experts"]) | set(engine.snapshot().experts)
     r = client.get("/api/generate_prediction")
     assert r.status_code == 200
     p = r.get_json()
     assert p["decision"]["id"] == f"preview:{p['decision']['ts']}"
-    assert p["decision"]["ts"] >= d["ts"] and set(p["decision"]["weights"]) <= set(p["experts"])
+    assert p["decision"]["ts"] >= d["ts"] and set(p["decision"]["weights"]) - {"climatology"} <= set(p["experts"])
     assert sum(p["decision"]["probs"].values()) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -249,6 +250,10 @@ def test_sessions_expire_and_logins_are_rate_limited(engine, cfg) -> None:
     assert codes == [401, 401, 401, 429, 429]
     r = bad.post("/login", data={"token": TOKEN})  # even the right token waits: the client is locked out
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    # wrong bearer tokens count as guesses too; the right one is never locked out
+    h = {"Authorization": "Bearer " + "g" * 40}
+    assert bad.get("/api/status", headers=h).status_code == 429
+    assert bad.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
 def test_short_token_refused(engine, cfg, monkeypatch, capsys) -> None:
@@ -421,3 +426,19 @@ def test_host_name_and_allow_list(header: str, name: str) -> None:
     allowed = host_allow_list("127.0.0.1", ["Dash.Example"])
     assert {"127.0.0.1", "localhost", "::1", "dash.example"} <= allowed and "evil.example" not in allowed
     assert "0.0.0.0" not in host_allow_list("0.0.0.0")
+
+
+def test_status_streaming_tells_the_truth() -> None:
+    # hand-built snapshots: the engine wants a stream, but is a source delivering it?
+    from dataclasses import replace
+
+    from core.data.source_base import SourceStatus
+    from core.snapshot import EngineSnapshot
+    from web.api import status_json
+
+    snap = replace(EngineSnapshot.empty("NOPE/USDT", "1m", "replay"), running=True, streaming=True)
+    down = replace(snap, sources={"replay": SourceStatus("replay", connected=False, error="no candles stored")})
+    up = replace(snap, sources={"replay": SourceStatus("replay", connected=True)})
+    assert status_json(down)["streaming"] is False
+    assert status_json(up)["streaming"] is True
+    assert status_json(replace(up, streaming=False))["streaming"] is False

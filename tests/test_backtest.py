@@ -181,6 +181,17 @@ def test_kronos_forecasts_are_cached_and_reused(btc, tmp_path):
     assert c3.misses == 0 and c3.hits == due
     np.testing.assert_array_equal(first.codes, event.codes)
     np.testing.assert_allclose(first.equity, event.equity, rtol=0, atol=1e-9)
+    # Kronos' bands go through adaptive conformal inference (core/conformal.BandTracker) in both modes
+    # with the same result: the audit trail holds the same scaled bands and factors
+    q = "SELECT ts, extras FROM predictions WHERE run_id = ? AND expert = 'kronos' ORDER BY ts"
+    fa, ev = (store.query_df(q, [r.run_id]) for r in (first, event))
+    assert len(fa) == len(ev) > 0
+    fx, ex_ = ([json.loads(x) for x in df.extras] for df in (fa, ev))
+    assert all("aci_factor" in x and x["q10"] <= x["q50"] <= x["q90"] for x in fx)
+    assert any(x["aci_factor"] != 1.0 for x in fx), "no matured forecast ever moved the band factor"
+    for a, b in zip(fx, ex_, strict=True):
+        assert a["aci_factor"] == pytest.approx(b["aci_factor"], abs=1e-12)
+        assert a["q10"] == pytest.approx(b["q10"], abs=1e-12) and a["q90"] == pytest.approx(b["q90"], abs=1e-12)
     store.close()
 
 

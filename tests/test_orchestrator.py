@@ -143,7 +143,7 @@ def test_failing_expert_is_skipped_and_reported(candles):
     assert decisions, "decisions must go on while an expert fails"
     for d in decisions:
         assert {o.expert for o in d.outputs} == {"cnn", "dqn"}
-        assert set(d.weights) == {"cnn", "dqn"}
+        assert set(d.weights) - {"climatology"} == {"cnn", "dqn"}  # + the base rate (core/fusion.py)
         assert math.isclose(sum(d.weights.values()), 1.0, rel_tol=1e-9)
     errs = orch.snapshot().errors
     assert errs and errs[-1][1] == "expert:broken" and "weights are corrupt" in errs[-1][2]
@@ -153,7 +153,8 @@ def test_disabled_expert_gets_no_weight(candles):
     orch = make_orch()
     orch.set_expert_enabled("dqn", False)
     d = replay(orch, candles.iloc[:120])[-1]
-    assert set(d.weights) == {"cnn"} and d.weights["cnn"] == pytest.approx(1.0)
+    # the rest goes to the base rate (core/fusion.py); the weights sum to 1
+    assert set(d.weights) == {"cnn", "climatology"} and sum(d.weights.values()) == pytest.approx(1.0)
     with pytest.raises(KeyError, match="unknown expert"):
         orch.set_expert_enabled("nope", True)
 
@@ -288,11 +289,25 @@ def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path)
         assert len(snap.positions) == 1 and snap.positions[0].amount > 0
         assert len(snap.equity) == 150 and "drawdown" in snap.equity
         assert set(snap.inference_latency_ms) >= {"cnn", "dqn", "total"}
+        # the Live page's threshold preview counts what `decide` does over the cached decisions
+        from core.audit import decision_confidence
+        from web.api import experts_json
+        from web.pages.live import live_threshold_preview
+        prev = live_threshold_preview(snap)
+        assert prev is not None and prev["n_bars"] == n_dec
+        for i, b in enumerate(prev["buy"][::6]):
+            for j, sl in enumerate(prev["sell"][::6]):
+                t = Thresholds(buy=b, sell=sl, min_confidence=snap.thresholds.min_confidence)
+                acts = [decide(d.probs, t, decision_confidence(d)) for d in snap.recent_decisions]
+                assert prev["n_buy"][6 * i][6 * j] == sum(a is Action.BUY for a in acts)
+                assert prev["n_sell"][6 * i][6 * j] == sum(a is Action.SELL for a in acts)
+        rows = {r["name"]: r for r in experts_json(snap)}
+        assert rows["cnn"]["ood"] is None  # untrained: no training statistics, no OOD score
         eng.set_expert_enabled("dqn", False)
         eng.wait_idle(10)
         assert eng.snapshot().experts["dqn"].enabled is False
         pred = eng.generate_prediction()
-        assert pred.ts == int(candles["ts"].iloc[149]) and set(pred.weights) == {"cnn", "kronos"}
+        assert pred.ts == int(candles["ts"].iloc[149]) and set(pred.weights) - {"climatology"} == {"cnn", "kronos"}
         with pytest.raises(ValueError, match="unknown expert"):
             eng.set_expert_enabled("nope", True)
     finally:

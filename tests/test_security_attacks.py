@@ -189,6 +189,7 @@ class _FramingPage(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium")
 def test_framing_refused_and_pages_work_under_the_csp(site, output_dir) -> None:
     from playwright.sync_api import sync_playwright
@@ -210,6 +211,10 @@ def test_framing_refused_and_pages_work_under_the_csp(site, output_dir) -> None:
             page.wait_for_selector("#live-chart .js-plotly-plot .main-svg", timeout=60_000)
             page.wait_for_selector("#experts-table", timeout=30_000)
             assert page.locator("#live-chart .js-plotly-plot").count() == 1
+            for path in ("/models", "/backtest", "/orderbook"):  # every page renders under the CSP too
+                page.goto(url + path)
+                page.wait_for_selector("#page > *", timeout=30_000)
+                page.wait_for_timeout(1000)
             assert violations == [], violations[:3]
             page.goto(f"http://127.0.0.1:{evil.server_port}/")
             page.wait_for_timeout(2500)
@@ -224,6 +229,7 @@ def test_framing_refused_and_pages_work_under_the_csp(site, output_dir) -> None:
         evil.shutdown()
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium")
 def test_first_minute_login_url_then_logout(site, output_dir) -> None:
     """What a new user does: open the printed URL, land on the Live page without the token in the address

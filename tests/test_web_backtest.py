@@ -96,10 +96,19 @@ def test_event_mode_job_reports_what_the_fast_mode_job_does(shared_data, tmp_pat
         wctx = WebContext(engine=None, cfg=cfg, models_cfg=models, store=store,
                           backtest_components=backtest_components)
         jobs = backtest.BacktestJobs(backtest.default_runner(wctx))
-        # untrained experts' fused P(up) / P(down) sit around 0.29 / 0.34 here: these thresholds give
-        # both BUYs and SELLs, so the modes are compared on trades
+        # untrained experts mixed with the base rate sit far from fixed thresholds: a first fast run's
+        # threshold preview (core/backtest/thresholds.py, a grid over its own probabilities) picks a pair
+        # that gives both BUYs and SELLs, so the modes are compared on trades
         base = RunRequest(symbol="BTC/USDT", timeframe="1m", start_ms=day, end_ms=day + 500 * 60_000,
                           experts=("cnn", "dqn"), thresholds=Thresholds(buy=0.30, sell=0.35), source="dashboard")
+        probe = jobs.submit(replace(base, mode="fast"))
+        wait_for(lambda: probe.done, 300, "the probe job")
+        pv = json.loads(Path(probe.report).read_text())["threshold_preview"]
+        n_buy, n_sell = np.asarray(pv["n_buy"]), np.asarray(pv["n_sell"])
+        both = np.argwhere((n_buy >= 5) & (n_sell >= 5))
+        assert len(both), f"no preview pair gives both BUYs and SELLs: {pv}"
+        i, j = both[len(both) // 2]
+        base = replace(base, thresholds=Thresholds(buy=pv["buy"][i], sell=pv["sell"][j]))
         reps = {}
         for mode in ("fast", "event"):
             job = jobs.submit(replace(base, mode=mode))

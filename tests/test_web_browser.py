@@ -62,6 +62,10 @@ def test_live_page_shows_candles_and_updates_without_reload(served, page, output
     snap_last = eng.snapshot().candles["1m"]["ts"].iloc[-1]
     assert page.evaluate(N_CANDLES) > 10 and snap_last > 0
     page.wait_for_selector("#experts-table", timeout=20_000)
+    # the threshold preview heatmap over the cached decisions (refreshed every 5 s)
+    page.wait_for_function("() => { const g = document.querySelector('#live-thr-preview .js-plotly-plot'); "
+                           "return g && g.data && g.data.length > 0 && g.data[0].type === 'heatmap'; }",
+                           timeout=30_000)
     time.sleep(1.0)
     page.screenshot(path=str(output_dir / "dashboard_live.png"), full_page=True)
 
@@ -125,4 +129,8 @@ def test_backtest_page_runs_a_backtest_and_plots_its_report(served, page, output
     page.wait_for_function("() => { const g = document.querySelector('#bt-compare-graph .js-plotly-plot'); "
                            "return g && g.data && g.data.length > 0 && g.data[0].x.length > 100; }",
                            timeout=20_000)
+    # the report's threshold preview heatmap (core/backtest/thresholds.py), its counts in the cells
+    page.wait_for_function("() => { const g = document.querySelector('#bt-threshold-graph .js-plotly-plot'); "
+                           "return g && g.data && g.data.length > 0 && g.data[0].type === 'heatmap' "
+                           "&& g.data[0].y.length === 12; }", timeout=20_000)
     page.screenshot(path=str(output_dir / "dashboard_backtest.png"), full_page=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -325,6 +326,7 @@ def experts_json(snap: EngineSnapshot) -> list[dict[str, Any]]:
             "trained": st.trained, "input_kind": st.input_kind, "last_error": st.last_error,
             "trainable": st.trainable and snap.training_enabled,
             "gate_weight": _f(snap.gate_weights.get(name)),
+            "ood": _f(o.extras.get("ood")) if o is not None else None,
             "recent_accuracy": _f(live.accuracy) if live is not None else None,
             "live_metrics": metrics_json(live), "stored_metrics": metrics_json(snap.stored_metrics.get(name)),
             "latest": output_json(o) if o is not None else None,
@@ -459,6 +461,9 @@ def build_blueprint(engine: Any, threshold_floor: float = 0.5, audit: ControlAud
             d = engine.generate_prediction()
         except (RuntimeError, ValueError) as exc:  # e.g. not enough history yet
             raise ApiError(409, f"cannot generate a prediction now: {exc}", "conflict") from None
+        except queue.Empty:  # the engine thread did not answer in time (busy machine): try again later
+            raise ApiError(409, "cannot generate a prediction now: the engine did not answer in time",
+                           "conflict") from None
         return jsonify(decision=decision_json(d), experts={o.expert: output_json(o) for o in d.outputs})
 
     @bp.post("/start_stream")
@@ -501,7 +506,8 @@ def build_blueprint(engine: Any, threshold_floor: float = 0.5, audit: ControlAud
 
     @bp.get("/experts")
     def experts() -> Response:
-        return jsonify(experts=experts_json(engine.snapshot()))
+        snap = engine.snapshot()
+        return jsonify(experts=experts_json(snap), climatology_weight=_f(snap.gate_weights.get("climatology")))
 
     @bp.patch("/experts/<name>")
     def patch_expert(name: str) -> Response:

@@ -22,10 +22,11 @@ from core.types import CheckpointCatalog
 from web import api, auth, figures
 from web.compress import install_compression
 from web.control_audit import ControlAudit
-from web.pages import backtest, live, models
+from web.pages import backtest, live, models, orderbook
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-PAGES = {"/": ("Live", live), "/models": ("Models", models), "/backtest": ("Backtest", backtest)}
+PAGES = {"/": ("Live", live), "/models": ("Models", models), "/backtest": ("Backtest", backtest),
+         "/orderbook": ("Order book", orderbook)}
 
 
 @dataclass
@@ -106,10 +107,11 @@ def _guard_callbacks(app: Dash) -> None:
 
 def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsConfig | None = None,
                store: Any | None = None, host: str | None = None, secrets: Secrets | None = None,
-               backtest_components: ComponentsFactory | None = None) -> Dash:
+               backtest_components: ComponentsFactory | None = None, book: Any | None = None) -> Dash:
     """Build the Dash app for ``engine`` (anything with the Engine interface of docs/INTERFACES.md).
 
-    ``host`` is where it will be bound: off loopback it refuses to build without DASHBOARD_TOKEN."""
+    ``host`` is where it will be bound: off loopback it refuses to build without DASHBOARD_TOKEN.
+    ``book``: a core.data.book_engine.BookEngine for the Order book page (None: the page says how to start one)."""
     cfg = cfg or AppConfig()
     host = host or cfg.dashboard.host
     secrets = secrets or Secrets.from_env()
@@ -120,6 +122,8 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
     models_cfg = models_cfg or getattr(engine, "models", None)
     ctx = WebContext(engine=engine, cfg=cfg, models_cfg=models_cfg, store=store,
                      backtest_components=backtest_components, registry=getattr(engine, "registry", None))
+    if book is not None:
+        ctx.extra["book"] = book
 
     app = Dash(__name__, assets_folder=str(ASSETS), suppress_callback_exceptions=True,
                title="MoE Trader", update_title="", serve_locally=True)

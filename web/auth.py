@@ -295,9 +295,14 @@ def install_auth(server: Flask, policy: AuthPolicy) -> None:
                 return _json_error(403, "cross_site", f"refused cross-site request: {why}")
         if request.path in _OPEN_PATHS or (request.path == HEALTH_PATH and request.method in ("GET", "HEAD")):
             return None
-        if request.method == "GET" and "token" in request.args and not request.path.startswith("/_dash"):
+        if request.method == "GET" and "token" in request.args and not request.path.startswith(("/_dash", "/api/")):
             return _token_login()
         if not _authorise():
+            if presented_token() is not None:  # a wrong token: guesses count like failed logins
+                policy.limiter.fail(_client())
+                wait = policy.limiter.retry_after(_client())
+                if wait:
+                    return _too_many(wait)
             if _is_json_route() or request.path.startswith("/_dash") or request.method != "GET":
                 return _json_error(401, "unauthorized",
                                    "missing or wrong credential: log in at /login, or send "

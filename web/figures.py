@@ -358,3 +358,31 @@ def compare_figure(curves: Mapping[str, pd.DataFrame], empty: str = COMPARE_EMPT
     if not fig.data:
         empty_state(fig, empty)
     return fig
+
+
+def threshold_heatmap(preview: Mapping[str, Any] | None, buy: float | None = None,
+                      sell: float | None = None) -> go.Figure:
+    """The threshold preview (core/backtest/thresholds.preview_json): hit rate per (buy, sell) pair as
+    colour, BUY/SELL counts in the hover and as cell text; a cross marks the current thresholds."""
+    fig = go.Figure()
+    layout: dict[str, Any] = {"template": "plotly_dark", "height": 300, "margin": {"l": 50, "r": 10, "t": 30, "b": 40},
+                              "xaxis": {"title": "sell threshold"}, "yaxis": {"title": "buy threshold"}}
+    if not preview or not preview.get("buy"):
+        fig.update_layout(**layout, title={"text": "threshold preview: no cached predictions yet", "font": {"size": 12}})
+        return fig
+    nb, ns = np.asarray(preview["n_buy"]), np.asarray(preview["n_sell"])
+    hr = np.array([[np.nan if v is None else v for v in row] for row in preview["hit_rate"]], dtype=float)
+    text = [[f"{b}/{s}" for b, s in zip(rb, rs, strict=True)] for rb, rs in zip(nb.tolist(), ns.tolist(), strict=True)]
+    fig.add_trace(go.Heatmap(
+        x=preview["sell"], y=preview["buy"], z=hr, zmin=0.3, zmax=0.7, colorscale="RdYlGn",
+        colorbar={"title": "hit rate"}, text=text, textfont={"size": 8},
+        texttemplate="%{text}" if len(nb) <= 12 else None,  # counts readable in the cells up to 12 x 12
+        customdata=np.dstack([nb, ns]),
+        hovertemplate="buy %{y:.2f} sell %{x:.2f}<br>BUY %{customdata[0]} SELL %{customdata[1]}"
+                      "<br>hit rate %{z:.2f}<extra></extra>"))
+    if buy is not None and sell is not None:
+        fig.add_trace(go.Scatter(x=[sell], y=[buy], mode="markers", name="current",
+                                 marker={"symbol": "x", "size": 12, "color": "white"}, showlegend=False))
+    fig.update_layout(**layout, title={"text": f"threshold preview over the last {preview['n_bars']} bars "
+                                               "(cell: BUY/SELL decisions, colour: hit rate)", "font": {"size": 12}})
+    return fig

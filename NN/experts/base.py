@@ -22,6 +22,7 @@ from core.config import ExpertConfig
 from core.market.calendar import Calendar
 from core.types import ExpertBatchOutput, ExpertOutput, FeatureBatch, FeatureSpec
 from NN.devices import pick_device
+from NN.ood import OODStats
 from NN.weights_io import load_weights
 
 
@@ -58,6 +59,15 @@ class Expert(ABC):
         self.horizon = cfg.horizon
         self.device = pick_device(cfg.device)
         self.version = "untrained"
+        #: training-distribution statistics of the flat feature vector (NN/ood.py), fitted by the
+        #: trainer and kept in the checkpoint; None = no OOD score (extras carry none)
+        self.ood: OODStats | None = None
+
+    def ood_extras(self, batch: FeatureBatch) -> dict[str, np.ndarray]:
+        """{"ood": [N] scores} when the expert has training statistics, else {}."""
+        if self.ood is None or batch.flat.shape[1] != len(self.ood.mean):
+            return {}
+        return {"ood": self.ood.score(batch.flat)}
 
     # ---- inference
     #: "features": predicts from the FeatureBatch alone; "candles": also needs raw base-timeframe

@@ -204,7 +204,7 @@ class DQNExpert(Expert):
             probs=p,
             expected_return=p @ self.class_mean_returns(),
             confidence=confidence_from_probs(p),
-            extras={"q_values": q},
+            extras={"q_values": q, **self.ood_extras(batch)},
         )
 
     # ---------------------------------------------------------------- environment

@@ -19,6 +19,7 @@ from core.types import ExpertBatchOutput, FeatureBatch, FeatureSpec
 from NN.calibration import CalibrationKind, Calibrator, softmax
 from NN.devices import to_device
 from NN.experts.base import Expert, OnlineRound, confidence_from_probs
+from NN.ood import OODStats
 
 
 class SupervisedParams(BaseModel):
@@ -71,6 +72,7 @@ def weights_state(expert: Any) -> dict[str, Any]:
         "class_ret_sum": expert.class_ret_sum.tolist(),
         "class_count": expert.class_count.tolist(),
         "version": expert.version,
+        "ood": expert.ood.state_dict() if expert.ood is not None else None,
     }
 
 
@@ -99,6 +101,7 @@ def load_weights_state(expert: Any, state: dict[str, Any]) -> None:
     expert.class_ret_sum = np.asarray(state["class_ret_sum"], dtype=np.float64)
     expert.class_count = np.asarray(state["class_count"], dtype=np.float64)
     expert.version = str(state.get("version", "untrained"))
+    expert.ood = OODStats.from_state(state.get("ood"))  # older checkpoints have none
 
 
 class SupervisedExpert(Expert):
@@ -160,6 +163,7 @@ class SupervisedExpert(Expert):
             probs=p,
             expected_return=p @ self.class_mean_returns(),
             confidence=confidence_from_probs(p),
+            extras=self.ood_extras(batch),
         )
 
     def set_calibrator(self, cal: Calibrator) -> None:

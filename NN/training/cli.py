@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -57,6 +58,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--experts", default=None, help="comma list (default: every enabled expert with a checkpoint)")
     _common(e)
     e.add_argument("--out", default=None, help="JSON report path (default: reports/eval_<ts>.json)")
+    e.add_argument("--markets", default=None,
+                   help="comma list exchange:SYMBOL[@timeframe] (e.g. binanceus:BTC/USD,binance:XRP/ETH): "
+                        "evaluate the current checkpoints on each market's test split and compare")
+    e.add_argument("--warmup", type=int, default=None,
+                   help="bars before the test split the online parts run over (default: all of them)")
+    e.add_argument("--walk", type=int, default=0, help="also score the test split in this many time windows")
+    e.add_argument("--orderbook-ablation", action="store_true",
+                   help="compare the features with and without the order-book block (needs features.orderbook: true "
+                        "and recorded books over the span)")
     e.set_defaults(func=cmd_evaluate)
 
 
@@ -99,17 +109,53 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_markets(text: str, default_exchange: str, default_tf: str) -> list[SeriesKey]:
+    """'binanceus:BTC/USD,binance:XRP/ETH@1m' -> series keys (the exchange and timeframe default)."""
+    keys = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        ex, _, rest = item.rpartition(":")
+        sym, _, tf = rest.partition("@")
+        if not sym or "/" not in sym:
+            raise SystemExit(f"--markets: {item!r} is not exchange:BASE/QUOTE[@timeframe]")
+        keys.append(SeriesKey(ex or default_exchange, sym, tf or default_tf))
+    if not keys:
+        raise SystemExit("--markets: no market given")
+    return keys
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from NN.training.trainer import run_evaluation
 
+    if args.walk < 0 or (args.warmup is not None and args.warmup < 0):
+        raise SystemExit("--walk and --warmup must be >= 0")
     app, models, key, store, models_dir = _context(args)
     names = [n.strip() for n in args.experts.split(",")] if args.experts else None
+    if args.markets:
+        markets = parse_markets(args.markets, key.exchange, key.timeframe)
+        try:
+            return _evaluate_markets(args, app, models, store, models_dir, names, markets)
+        finally:
+            store.close()
+    if getattr(args, "orderbook_ablation", False):
+        from NN.training.book_ablation import run_orderbook_ablation
+
+        try:
+            res = run_orderbook_ablation(store, key, models, app, start_ms=args.start, end_ms=args.end)
+        except ValueError as exc:
+            print(f"evaluate: {exc}")
+            return 1
+        finally:
+            store.close()
+        print(json.dumps(res, indent=2))
+        return 0
     try:
         report = run_evaluation(store, key, models, app, start_ms=args.start, end_ms=args.end,
-                                models_dir=models_dir, names=names)
+                                models_dir=models_dir, names=names, warmup=args.warmup, walk=args.walk)
     except ValueError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 1
@@ -123,8 +169,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for col in ("model", "horizon", "n", "accuracy", "log_loss", "brier", "ece"):
         table.add_column(col, justify="left" if col == "model" else "right")
     rows = [(n, s) for n, s in report["experts"].items()]
+    if "gate_static" in report:
+        rows.append((f"gate alone ({report['gate_static']['gate']}, static)", report["gate_static"]))
     if "fused" in report:
-        rows.append((f"fused ({report['fused']['gate']})", report["fused"]))
+        rows.append((f"fused ({report['fused']['gate']}, online + base rate)", report["fused"]))
     rows += [(n, s) for n, s in report["baseline"].items()]
     for n, s in rows:
         table.add_row(n, str(s["horizon"]), str(s["n"]), f"{s['accuracy']:.4f}", f"{s['log_loss']:.4f}",
@@ -133,5 +181,59 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     console.print(table)
     for w in report.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
+    for w_ in report.get("walk", []):
+        console.print(f"window {pd.Timestamp(w_['from_ts'], unit='ms')} .. {pd.Timestamp(w_['to_ts'], unit='ms')}: "
+                      f"fused {w_['fused']['log_loss']:.4f}, climatology {w_['climatology']['log_loss']:.4f}, "
+                      f"best expert {w_['best_expert']['name']} {w_['best_expert']['log_loss']:.4f}")
     console.print(f"report: {out}")
     return 0
+
+
+def _evaluate_markets(args: argparse.Namespace, app: Any, models: Any, store: Any, models_dir: Path,
+                      names: list[str] | None, markets: list[SeriesKey]) -> int:
+    """``evaluate --markets``: the same checkpoints on each market; one table, the worst market and
+    plain sentences where fused loses to the base rate. A market that cannot be evaluated is a row
+    with its one-line reason; the others go on."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from NN.training.evaluation import market_summary, verdicts
+    from NN.training.trainer import run_evaluation
+
+    reports: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for k in markets:
+        label = f"{k.exchange}:{k.symbol}@{k.timeframe}"
+        try:
+            rep = run_evaluation(store, k, models, app, start_ms=args.start, end_ms=args.end,
+                                 models_dir=models_dir, names=names, warmup=args.warmup, walk=args.walk)
+        except (ValueError, KeyError) as exc:
+            rows.append({"market": label, "error": str(exc).splitlines()[0]})
+            continue
+        reports[label] = rep
+        rows.append(market_summary(label, rep))
+    lines = verdicts(rows)
+    ok = [r for r in rows if "error" not in r]
+    summary = {"markets": rows, "verdicts": lines,
+               "worst_market": max(ok, key=lambda r: r["fused_minus_climatology"])["market"] if ok else None,
+               "reports": reports}
+    stamp = pd.Timestamp.now("UTC").strftime("%Y%m%dT%H%M%S")
+    out = Path(args.out) if args.out else app.resolve(app.backtest.reports_dir) / f"eval_markets_{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2, default=float))
+    table = Table(title="test splits, current checkpoints, online parts running (log loss; lower is better)")
+    for col in ("market", "n", "fused", "climatology", "rolling clim.", "best expert", "fused ECE",
+                "clim. weight", "fused - clim."):
+        table.add_column(col, justify="left" if col == "market" else "right")
+    for r in ok:
+        table.add_row(r["market"], str(r["n"]), f"{r['fused_log_loss']:.4f}", f"{r['climatology_log_loss']:.4f}",
+                      f"{r.get('rolling_climatology_log_loss', float('nan')):.4f}",
+                      f"{r['best_expert']} {r['best_expert_log_loss']:.4f}", f"{r['fused_ece']:.4f}",
+                      f"{r['climatology_weight']:.2f}", f"{r['fused_minus_climatology']:+.4f}")
+    console = Console()
+    if ok:
+        console.print(table)
+    for line in lines:
+        console.print(line)
+    console.print(f"report: {out}")
+    return 0 if ok else 1

@@ -27,7 +27,7 @@ from core.features import FeatureBuilder
 from core.labels import dead_zone, forward_returns, horizon_ok, make_labels
 from core.market import Calendar, market_for
 from core.scoring import log_loss, scores
-from core.types import FeatureBatch, SeriesKey
+from core.types import FeatureBatch, SeriesKey, timeframe_ms
 from NN.assembly import load_experts, load_gate
 from NN.calibration import Calibrator, softmax
 from NN.experts.base import Expert
@@ -35,8 +35,10 @@ from NN.experts.dqn import DQNExpert
 from NN.experts.registry import build_expert
 from NN.experts.supervised import SupervisedExpert
 from NN.moe import MoEGate
+from NN.ood import OODStats
 from NN.training.checkpoints import CheckpointRegistry
 from NN.training.datasets import chronological_split
+from NN.training.evaluation import evaluate_online
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +85,21 @@ def load_candles(store: MarketStore, key: SeriesKey, start_ms: int | None, end_m
     return df
 
 
+def load_book(store: MarketStore, key: SeriesKey, models: ModelsConfig, candles: pd.DataFrame) -> pd.DataFrame | None:
+    """Recorded order-book summary rows over the candles' span when the features use the block."""
+    if not models.features.orderbook or candles.empty:
+        return None
+    from core.data.book_store import load_summary
+
+    return load_summary(store, key.symbol, int(candles["ts"].iloc[0]), int(candles["ts"].iloc[-1]) + timeframe_ms(key.timeframe))
+
+
 def prepare(candles: pd.DataFrame, key: SeriesKey, models: ModelsConfig, app: AppConfig,
-            ref: pd.DataFrame | None = None) -> Prepared:
+            ref: pd.DataFrame | None = None, book: pd.DataFrame | None = None) -> Prepared:
     calendar = market_for(app, key.symbol, key.exchange).calendar
     builder = FeatureBuilder(models.features, key.timeframe, calendar=calendar)
     # samples before min_history - 1 lack a full history: never built, never used
-    batch = builder.build_many(candles, ref, symbol=key.symbol, rows=slice(builder.min_history - 1, None))
+    batch = builder.build_many(candles, ref, symbol=key.symbol, rows=slice(builder.min_history - 1, None), book=book)
     n = len(batch)
     if n < 500:
         raise ValueError(f"only {n} complete samples ({len(candles)} candles - {builder.min_history} warm-up); "
@@ -181,6 +192,8 @@ def train_expert(expert: SupervisedExpert | DQNExpert, prep: Prepared, epochs: i
     train_idx = _known(y, r, prep.train)
     if len(train_idx) < 100:
         raise ValueError(f"{expert.name}: only {len(train_idx)} labelled training samples")
+    # the training distribution of the features, for the OOD score (kept in every checkpoint from here)
+    expert.ood = OODStats.fit(prep.batch.flat[train_idx])
     units: list[np.ndarray | None]
     bs = 0
     if isinstance(expert, DQNExpert):
@@ -348,7 +361,7 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
     if not feature_names and GATE_NAME not in names:
         return results
     candles = load_candles(store, key, start_ms, end_ms)
-    prep = prepare(candles, key, models, app)
+    prep = prepare(candles, key, models, app, book=load_book(store, key, models, candles))
     meta_base = {"exchange": key.exchange, "symbol": key.symbol, "timeframe": key.timeframe,
                  "dims": {"T": len(prep.batch.spec.timeframes), "L": prep.batch.spec.window,
                           "F": len(prep.batch.spec.bar_features), "D": len(prep.batch.spec.flat_features)},
@@ -406,12 +419,18 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
 
 def run_evaluation(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: AppConfig, *,
                    start_ms: int | None = None, end_ms: int | None = None, models_dir: Path,
-                   names: list[str] | None = None) -> dict[str, Any]:
+                   names: list[str] | None = None, warmup: int | None = None, walk: int = 0) -> dict[str, Any]:
+    """The ``evaluate`` command on one market: every expert and the climatology on the test split, and
+    the fused output with the online parts (gate adaptation, robust layer, OOD discount) walked over
+    the ``warmup`` bars before it (None: all of them; NN/training/evaluation.py)."""
     registry = CheckpointRegistry(store, models_dir)
     candles = load_candles(store, key, start_ms, end_ms)
-    prep = prepare(candles, key, models, app)
-    experts = load_experts(models, prep.batch.spec, registry, names, keep_untrained=False,
-                           candle_experts=False).experts
+    prep = prepare(candles, key, models, app, book=load_book(store, key, models, candles))
+    loaded = load_experts(models, prep.batch.spec, registry, names, keep_untrained=False, candle_experts=False)
+    experts = loaded.experts
+    if not experts and loaded.errors:  # checkpoints exist but do not fit this series' features
+        err = next(iter(loaded.errors.values()))  # "Type: <expert>: why"
+        raise ValueError(f"no checkpoint fits {key.symbol} {key.timeframe}: {err.split(': ', 1)[-1]}")
     if not experts:
         raise ValueError("no trained experts found in the checkpoint registry: run `train` first")
     gate = None
@@ -427,6 +446,15 @@ def run_evaluation(store: MarketStore, key: SeriesKey, models: ModelsConfig, app
     else:
         gate = MoEGate(list(experts), models.moe, len(prep.batch.spec.regime_features))
     report = evaluate_on_test(experts, gate, prep)
+    report["gate_static"] = report.pop("fused")  # the gate alone, no online parts (for comparison)
+    online = evaluate_online(experts, gate, prep, models.moe.robust, warmup=warmup, walk=walk)
+    report["fused"] = online["fused"]
+    report["baseline"].update({k: v for k, v in online["baseline"].items() if k == "climatology_rolling"})
+    for n, s_ in online["experts"].items():
+        report["experts"][n]["mean_ood"] = s_["mean_ood"]
+    for k in ("members", "walk", "warmup_bars"):
+        if k in online:
+            report[k] = online[k]
     # honesty check: a checkpoint trained on data that overlaps this test split scores too well
     test_start = int(prep.batch.ts[prep.test.start])
     warnings = []

@@ -31,6 +31,7 @@ import pandas as pd
 from core.audit import frames_from_arrays, write_frames
 from core.backtest.forecast_cache import ForecastCache
 from core.config import AppConfig, ExecutionConfig, FeaturesConfig, ModelsConfig, RiskConfig
+from core.conformal import BandTracker
 from core.data.store import MarketStore
 from core.execution import kernel as K
 from core.labels import dead_zone
@@ -43,6 +44,7 @@ from core.orchestrator import (
     GateRunner,
     Orchestrator,
     decide_codes,
+    decision_weights,
     explain,
 )
 from core.types import (
@@ -119,6 +121,8 @@ class BacktestResult:
     errors: list[tuple[int, str, str]] = field(default_factory=list)
     elapsed_s: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
+    expert_probs: np.ndarray | None = None  # [N, E, 3] each expert's probabilities (fast mode; 1/3 when off)
+    expert_mask: np.ndarray | None = None  # bool [N, E] the expert answered at this bar (fast mode)
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -305,8 +309,11 @@ class Backtester:
         # gate, bar by bar (matured-only online updates), then the pure decision rule
         t_gate = time.perf_counter()
         runner = GateRunner(self.c.gate, spec.horizon, spec.dead_zone)
+        ood = np.stack([np.asarray(extras[e].get("ood", np.full(m, np.nan)), dtype=np.float64)
+                        for e in range(E)], axis=1)
         W, F = runner.run_many(sub.close.astype(np.float64), probs, np.asarray(sub.regime, dtype=np.float64),
-                               mask, lambda j, total: self.progress("gate", j, total))
+                               mask, lambda j, total: self.progress("gate", j, total), ood=ood)
+        clim_w = runner.climatology_weights
         confidence = np.einsum("ne,ne->n", W, conf)
         codes = decide_codes(F, confidence, spec.thresholds)
         codes[~mask.any(axis=1)] = HOLD
@@ -326,7 +333,7 @@ class Backtester:
             write_frames(self.store, *frames_from_arrays(
                 self.run_id, spec.symbol, names, sub.ts, actions, F, W, confidence, exp_ret,
                 (t.buy, t.sell, t.min_confidence), target, reasons, probs, conf, er, mask, versions, horizons,
-                extras))
+                extras, clim_w))
         decisions: list[Decision] = []
         if self.keep_decisions:
             sym = spec.symbol
@@ -341,7 +348,7 @@ class Backtester:
                 decisions.append(Decision(
                     id=f"{self.run_id}:{ts}", ts=ts, symbol=sym, action=CODE_TO_ACTION[int(codes[j])],
                     probs=(float(F[j, 0]), float(F[j, 1]), float(F[j, 2])), expected_return=float(exp_ret[j]),
-                    weights={n: float(W[j, e]) for e, n in enumerate(names) if mask[j, e]},
+                    weights=decision_weights(names, W[j], mask[j], float(clim_w[j]) if len(clim_w) else 0.0),
                     thresholds=spec.thresholds, target_position=float(target[j]), reason=reasons[j],
                     outputs=outs))
         stats["decisions_s"] = time.perf_counter() - t_dec
@@ -366,7 +373,7 @@ class Backtester:
             fused=_spread(F, rows, n, 1 / 3), weights=_spread(W, rows, n, 0.0),
             confidence=_spread(confidence, rows, n, 0.0), signal=signal, equity=equity, position=position,
             fills=fills_frame(fills), state=state, decisions=decisions, info=self.c.info, errors=errors,
-            stats=stats)
+            stats=stats, expert_probs=_spread(probs, rows, n, 1 / 3), expert_mask=_spread(mask, rows, n, 0.0) > 0)
 
     def _fast_slow(self, e: int, ex: Any, sub: FeatureBatch, candles: pd.DataFrame, probs: np.ndarray,
                    conf: np.ndarray, er: np.ndarray, mask: np.ndarray, extras: list[dict]) -> None:
@@ -387,7 +394,8 @@ class Backtester:
         conf[have, e] = out.confidence[last[have]]
         er[have, e] = out.expected_return[last[have]]
         mask[:, e] = have
-        for k, v in out.extras.items():
+        ex_out = _conformal_extras(out.extras, due, sub, ex.horizon)
+        for k, v in ex_out.items():
             arr = np.asarray(v)
             full = np.zeros((len(sub), *arr.shape[1:]), dtype=arr.dtype)
             full[have] = arr[last[have]]
@@ -511,3 +519,21 @@ def _item(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
     return v
+
+
+def _conformal_extras(extras: dict[str, np.ndarray], due: np.ndarray, sub: FeatureBatch, horizon: int
+                      ) -> dict[str, np.ndarray]:
+    """The candle expert's forecasts (made at rows ``due``) with ACI-scaled bands, walked through the
+    same BandTracker as the orchestrator, with the bars known at each forecast (fast == event)."""
+    if "q50" not in extras or not len(due):
+        return extras
+    tracker = BandTracker(horizon)
+    ts = np.asarray(sub.ts, dtype=np.int64)
+    close = np.asarray(sub.close, dtype=np.float64)
+    rows = [tracker.adjust(int(ts[j]), {k: _item(v[i]) for k, v in extras.items()}, ts[: j + 1], close[: j + 1])
+            for i, j in enumerate(due)]
+    out = dict(extras)
+    for k in set().union(*rows):
+        if k not in extras or k.startswith(("q1", "q2", "q7", "q9", "aci_")):
+            out[k] = np.array([r.get(k, np.nan) for r in rows], dtype=np.float64)
+    return out

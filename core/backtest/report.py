@@ -8,6 +8,7 @@ lists and compares the JSON files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.backtest.metrics import compute_metrics
+from core.backtest.thresholds import forward_log_returns, preview_json, threshold_preview
 from core.labels import UP, make_labels
 from core.types import Thresholds
 
@@ -99,6 +101,9 @@ class Report:
     series: ReportSeries
     errors: list[tuple[int, str, str]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)  # stage timings of a fast run
+    # what each (buy, sell) threshold pair would have done over this run's fused outputs
+    # (core/backtest/thresholds.py preview_json); None for runs without fused probabilities
+    threshold_preview: dict[str, Any] | None = None
     json_path: Path | None = None  # set once saved
     html_path: Path | None = None
 
@@ -117,6 +122,7 @@ class Report:
             "stats": self.stats, "fills": self.fills.to_dict(orient="records"),
             "series": {"ts": s.ts, "close": s.close, "equity": s.equity, "p_up": s.p_up,
                        "realised_up": s.realised_up, "weights": s.weights},
+            "threshold_preview": self.threshold_preview,
         }
 
 
@@ -150,10 +156,16 @@ def result_report(res: BacktestResult, spec: ReportSpec) -> Report:
                               periods_per_year=res.spec.bars_per_year if res.spec.calendar is not None else None)
     metrics["elapsed_s"] = float(res.elapsed_s)
     w = {n: res.weights[:, i] for i, n in enumerate(res.names)}
-    return build_report(res.run_id, "experts", spec, res.candles, res.equity, res.fills, metrics,
-                        p_up=np.where(res.decided, res.fused[:, 2], np.nan), weights=w, experts=res.info,
-                        horizon=res.spec.horizon, dead_zone=res.spec.dead_zone, errors=res.errors,
-                        stats=res.stats)
+    rep = build_report(res.run_id, "experts", spec, res.candles, res.equity, res.fills, metrics,
+                       p_up=np.where(res.decided, res.fused[:, 2], np.nan), weights=w, experts=res.info,
+                       horizon=res.spec.horizon, dead_zone=res.spec.dead_zone, errors=res.errors,
+                       stats=res.stats)
+    d = np.asarray(res.decided, dtype=bool)
+    if not d.any():
+        return rep
+    fwd = forward_log_returns(res.candles["close"].to_numpy(np.float64), res.spec.horizon)
+    return dataclasses.replace(rep, threshold_preview=preview_json(threshold_preview(
+        res.fused[d], res.confidence[d], fwd[d], min_confidence=res.spec.thresholds.min_confidence)))
 
 
 def iso_minutes(ms: int) -> str:

@@ -21,9 +21,11 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
+from core.backtest.report import read_json
 from core.backtest.runner import MODES, RunRequest, run_backtest
 from core.types import Thresholds
 from web import figures
+from web.pages import research
 
 log = logging.getLogger(__name__)
 # runner(request, progress(fraction, message)) -> the saved report's JSON path
@@ -196,8 +198,38 @@ def layout(wctx: Any) -> Any:
                                               labelStyle={"display": "block"}, className="small"),
                                 html.Div(id="bt-table"),
                                 dcc.Graph(id="bt-compare-graph", figure=figures.compare_figure(
-                                    {}, figures.COMPARE_EMPTY if has_reports else figures.COMPARE_NONE))])]),
+                                    {}, figures.COMPARE_EMPTY if has_reports else figures.COMPARE_NONE)),
+                                # the first selected report's threshold preview (core/backtest/thresholds.py)
+                                dcc.Graph(id="bt-threshold-graph", figure=figures.threshold_heatmap(None))])]),
+        research_cards(wctx),
         dcc.Interval(id="bt-tick", interval=1000),
+    ])
+
+
+def _sweeps_dir(wctx: Any) -> Path:
+    return wctx.cfg.resolve(wctx.cfg.data.db_path).parent / "sweeps"
+
+
+def research_cards(wctx: Any) -> Any:
+    """Sweeps (trials, parallel coordinates, heatmap; survivors of the deflated-Sharpe correction marked)
+    and walk-forward runs side by side (metrics, P&L by expert)."""
+    sweeps = research.list_sweeps(_sweeps_dir(wctx))
+    wfs = research.list_walkforwards(_reports_dir(wctx))
+    return html.Div([
+        dbc.Card([dbc.CardHeader("Sweeps"), dbc.CardBody([
+            dcc.Dropdown(id="bt-sweep", options=[s["name"] for s in sweeps],
+                         value=sweeps[0]["name"] if sweeps else None, placeholder="no sweeps yet "
+                         "(main_backtest.py sweep SPACE.yml)"),
+            html.Div(id="bt-sweep-info", className="small mt-1"),
+            dcc.Graph(id="bt-sweep-parcoords"), dcc.Graph(id="bt-sweep-heatmap"),
+            html.Div(id="bt-sweep-table")])], className="mt-2"),
+        dbc.Card([dbc.CardHeader("Walk-forward runs (select one for its folds, several to compare)"),
+                  dbc.CardBody([
+                      dcc.Checklist(id="bt-wf", options=[{"label": f"{r['run_id']} · {len(r['folds'])} folds",
+                                                          "value": r["path"]} for r in wfs],
+                                    value=[wfs[0]["path"]] if wfs else [], labelStyle={"display": "block"},
+                                    className="small"),
+                      html.Div(id="bt-wf-table"), dcc.Graph(id="bt-wf-attr")])], className="mt-2"),
     ])
 
 
@@ -265,6 +297,33 @@ def register(app: Dash, wctx: Any) -> None:
             return pct, f"{pct}%", msg, no_update, no_update
         return pct, f"{pct}%", msg, opts, table
 
+    @app.callback(Output("bt-sweep-info", "children"), Output("bt-sweep-parcoords", "figure"),
+                  Output("bt-sweep-heatmap", "figure"), Output("bt-sweep-table", "children"),
+                  Input("bt-sweep", "value"))
+    def _sweep(name: str | None) -> Any:
+        s = next((x for x in research.list_sweeps(_sweeps_dir(wctx)) if x["name"] == name), None)
+        if s is None:
+            return "", research.sweep_parcoords({}), research.sweep_heatmap({}), ""
+        df = research.sweep_table(s)
+        info = (f"{s['trials']} trials, PBO {s['pbo'] if s['pbo'] is not None else 'n/a'}, "
+                f"{len(s['survivors'])} survive the deflated Sharpe (>= {s['dsr_threshold']}) with >= "
+                f"{s['min_trades']} trades")
+        rows = [html.Tr([html.Td(v if not isinstance(v, float) else f"{v:.4g}") for v in r],
+                        className="" if r[-1] == "survives" else "text-muted")
+                for r in df.sort_values("sharpe", ascending=False).head(50).itertuples(index=False)]
+        table = dbc.Table([html.Thead(html.Tr([html.Th(c) for c in df.columns])), html.Tbody(rows)],
+                          size="sm", className="small")
+        return info, research.sweep_parcoords(s), research.sweep_heatmap(s), table
+
+    @app.callback(Output("bt-wf-table", "children"), Output("bt-wf-attr", "figure"), Input("bt-wf", "value"))
+    def _walkforwards(paths: list[str] | None) -> Any:
+        reps = [r for r in research.list_walkforwards(_reports_dir(wctx)) if r["path"] in (paths or [])]
+        if not reps:
+            return html.Div("no walk-forward selected", className="text-muted small"), research.attribution_figure([])
+        df = research.compare_walkforwards(reps)
+        return (dbc.Table.from_dataframe(df.reset_index(names="figure").round(4), size="sm", className="small"),
+                research.attribution_figure(reps))
+
     @app.callback(Output("bt-compare-graph", "figure"), Input("bt-compare", "value"))
     def _compare(paths: list[str] | None) -> Any:
         curves = {}
@@ -275,3 +334,14 @@ def register(app: Dash, wctx: Any) -> None:
                 continue
         has = len(list_reports(_reports_dir(wctx))) > 0
         return figures.compare_figure(curves, figures.COMPARE_EMPTY if has else figures.COMPARE_NONE)
+
+    @app.callback(Output("bt-threshold-graph", "figure"), Input("bt-compare", "value"))
+    def _thresholds(paths: list[str] | None) -> Any:
+        for p in paths or []:
+            try:
+                doc = read_json(Path(p))
+            except (OSError, ValueError):
+                continue
+            t = doc.get("spec", {}).get("thresholds") or {}
+            return figures.threshold_heatmap(doc.get("threshold_preview"), t.get("buy"), t.get("sell"))
+        return figures.threshold_heatmap(None)

@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 from dash import Dash, Input, Output, Patch, State, dcc, html, no_update
 
+from core.backtest.thresholds import preview_from_decisions, preview_json
 from core.market import fmt_local
 from core.snapshot import EngineError, EngineSnapshot
-from core.types import TIMEFRAME_MS, Thresholds
+from core.types import TIMEFRAME_MS, Thresholds, timeframe_ms
 from web import api, figures, sessions
 from web.auth import who
 from web.pages import first_run
@@ -273,7 +274,7 @@ def experts_panel(snap: EngineSnapshot) -> Component:
         rows.append([e["name"], "on" if e["enabled"] else "off",
                      _num(pr and pr["down"], "{:.2f}"), _num(pr and pr["flat"], "{:.2f}"),
                      _num(pr and pr["up"], "{:.2f}"), _num(o and o["confidence"], "{:.2f}"),
-                     _num(e["gate_weight"], "{:.3f}"),
+                     _num(e["gate_weight"], "{:.3f}"), _num(e["ood"], "{:.2f}"),
                      f"{_pct(m['accuracy'], 0)} ({m['n']})" if m else "-", _num(m and m["log_loss"], "{:.3f}"),
                      e["version"]])
     d = snap.decision
@@ -287,7 +288,11 @@ def experts_panel(snap: EngineSnapshot) -> Component:
                                f"min conf {d.thresholds.min_confidence:.2f}  — {d.reason}",
                                className="small")])
            if d else html.Div("No decision yet (waiting for enough history).", className="text-muted"))
-    return html.Div([_table(["expert", "enabled", "P(down)", "P(flat)", "P(up)", "conf", "gate w",
+    cw = snap.gate_weights.get("climatology")
+    if cw is not None:  # the base-rate expert (core/fusion.py) takes the rest of the weight
+        rows.append(["climatology (base rate)", "always", "-", "-", "-", "-", _num(cw, "{:.3f}"), "-", "-", "-",
+                     "rolling"])
+    return html.Div([_table(["expert", "enabled", "P(down)", "P(flat)", "P(up)", "conf", "gate w", "OOD",
                              "live acc (n)", "log loss", "version"], rows, "experts-table"), dec])
 
 
@@ -417,6 +422,25 @@ def equity_update(snap: EngineSnapshot, state: dict | None) -> tuple[Any, dict]:
     return p, {"last": last, "n": state.get("n", 0) + len(new)}
 
 
+# ---------------------------------------------------------------- threshold preview
+
+THR_PREVIEW_MS = 5000  # the preview re-counts over the cached decisions every 5 s (not every tick)
+
+
+def live_threshold_preview(snap: EngineSnapshot) -> dict[str, Any] | None:
+    """The threshold preview (core/backtest/thresholds.py) over the engine's cached recent decisions;
+    None before any decision."""
+    decs = [d for d in snap.recent_decisions if d.outputs]
+    base = snap.candles.get(snap.timeframe) if snap.timeframe else None
+    if not decs or base is None or not len(base):
+        return None
+    horizon = int(decs[-1].outputs[0].horizon)
+    close = dict(zip(base["ts"].to_numpy(np.int64).tolist(), base["close"].to_numpy(np.float64).tolist(),
+                     strict=True))
+    return preview_json(preview_from_decisions(decs, close, horizon, timeframe_ms(snap.timeframe),
+                                               snap.thresholds.min_confidence))
+
+
 # ---------------------------------------------------------------- layout
 
 
@@ -464,6 +488,9 @@ def layout(wctx: WebContext) -> Component:
                                  label="apply even if it would trade nearly every bar"),
                     html.Div(id="thr-current", className="small text-info"),
                     html.Div(id="thr-msg", className="small"),
+                    # what each threshold pair would have done over the cached recent decisions
+                    dcc.Graph(id="live-thr-preview", config={"displayModeBar": False},
+                              figure=figures.threshold_heatmap(None)),
                 ]),
                 _card("Risk", [html.Div(id="live-kill"),
                                dbc.Button("Reset kill switch", id="kill-reset", size="sm", color="warning"),
@@ -475,6 +502,7 @@ def layout(wctx: WebContext) -> Component:
         ]),
         dcc.Store(id="live-state"), dcc.Store(id="live-sigs"), dcc.Store(id="live-eq-state"),
         dcc.Interval(id="live-tick", interval=wctx.cfg.dashboard.update_interval_ms),
+        dcc.Interval(id="live-thr-tick", interval=THR_PREVIEW_MS),
     ])
 
 
@@ -529,6 +557,14 @@ def register(app: Dash, wctx: WebContext) -> None:
                          forced=bool(problem), via="ui")
         return html.Span(f"sent: buy {t.buy:.2f} · sell {t.sell:.2f} · min conf {t.min_confidence:.2f}",
                          className="text-success")
+
+    @app.callback(Output("live-thr-preview", "figure"), Input("live-thr-tick", "n_intervals"),
+                  Input("thr-buy", "value"), Input("thr-sell", "value"))
+    def _thr_preview(_n: int | None, buy: float | None, sell: float | None) -> Component:
+        snap = engine.snapshot()
+        t = snap.thresholds
+        return figures.threshold_heatmap(live_threshold_preview(snap), buy if buy is not None else t.buy,
+                                         sell if sell is not None else t.sell)
 
     @app.callback(Output("kill-msg", "children"), Input("kill-reset", "n_clicks"), prevent_initial_call=True)
     def _reset(_n: int | None) -> Component:

@@ -1,0 +1,94 @@
+"""The walk-forward fold trainer (core/backtest/walkforward.py's ``FoldTrainer``): fresh (or
+warm-started) experts trained on one fold's train window only, with a gate fit on its last part.
+
+Within the window: features and labels from its candles alone (``prepare``), samples split
+train | gap | val chronologically (val = the last ``val_frac``; the gap covers the label horizon, so no
+training label looks into val, and val's last labels end at the train end: the unknown ones are -1).
+Early stopping, calibration and the gate fit use val; nothing after the window exists here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pandas as pd
+import torch
+
+from core.backtest.engine import Components
+from core.backtest.walkforward import Fold
+from core.config import AppConfig, FeaturesConfig, ModelsConfig
+from core.features import FeatureBuilder
+from core.market import market_for
+from core.types import SeriesKey
+from NN.experts.dqn import DQNExpert
+from NN.experts.registry import build_expert
+from NN.experts.supervised import SupervisedExpert
+from NN.moe import MoEGate
+from NN.training.trainer import Prepared, common_horizon, prepare, train_expert, train_gate
+
+
+@dataclass
+class FoldTrainerNN:
+    models: ModelsConfig
+    app: AppConfig
+    key: SeriesKey
+    names: list[str]
+    epochs: int = 3
+    max_steps: int | None = None  # optimisation steps per epoch (quick runs)
+    retrain_gate: bool = False  # False: the online Hedge gate (no fit)
+    val_frac: float = 0.2
+    seed: int = 0
+    features: FeaturesConfig | None = None  # None: models.yml features
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            raise ValueError("walk-forward: name at least one expert")
+        bad = [n for n in self.names if n not in self.models.experts or n == "kronos"]
+        if bad:
+            raise ValueError(f"walk-forward trains features experts only; {bad} is not one "
+                             f"(models.yml has {sorted(self.models.experts)})")
+        if self.features is not None:
+            self.models = self.models.model_copy(update={"features": self.features})
+
+    def _prepare(self, train: pd.DataFrame) -> Prepared:
+        prep = prepare(train, self.key, self.models, self.app)
+        n = len(prep.batch)
+        gap = self.models.split.gap_bars
+        a = int(n * (1 - self.val_frac))
+        if n - a - gap < 50:
+            raise ValueError(f"walk-forward fold: {n} samples leave too few for validation after a {gap}-bar gap; "
+                             "lengthen --train")
+        return replace(prep, train=slice(0, a), val=slice(a + gap, n), test=slice(n, n))
+
+    def __call__(self, train_candles: pd.DataFrame, fold: Fold, previous: Components | None) -> Components:
+        torch.manual_seed(self.seed + fold.index)
+        prep = self._prepare(train_candles)
+        spec = prep.batch.spec
+        experts: dict[str, Any] = {}
+        info: dict[str, dict[str, Any]] = {}
+        for name in self.names:
+            if previous is not None and name in previous.experts:
+                ex = copy.deepcopy(previous.experts[name])  # --warm-start: fine-tune last fold's model
+            else:
+                ex = build_expert(name, self.models.experts[name], spec)
+            if not isinstance(ex, SupervisedExpert | DQNExpert):
+                raise ValueError(f"{name}: not a features expert")
+            res = train_expert(ex, prep, self.epochs, seed=self.seed + fold.index,
+                               max_steps_per_epoch=self.max_steps)
+            ex.version = f"wf{fold.index}"
+            experts[name] = ex
+            info[name] = {"version": ex.version, "trained": True, "input_kind": ex.input_kind,
+                          "val_logloss": float(res.val_logloss), "epochs_run": res.epochs_run}
+        regime_dim = len(spec.regime_features)
+        if self.retrain_gate:
+            gate, ginfo = train_gate(experts, prep, self.models, common_horizon(experts))
+            info["gate"] = {"version": f"wf{fold.index}", "trained": True, "input_kind": "gate",
+                            **{k: float(v) for k, v in ginfo.items() if isinstance(v, int | float)}}
+        else:
+            gate = MoEGate(list(experts), self.models.moe, regime_dim)
+            info["gate"] = {"version": "hedge", "trained": False, "input_kind": "gate"}
+        calendar = market_for(self.app, self.key.symbol, self.key.exchange).calendar
+        builder = FeatureBuilder(self.models.features, self.key.timeframe, calendar=calendar)
+        return Components(experts=experts, gate=gate, builder=builder, info=info)
