@@ -12,17 +12,17 @@ from __future__ import annotations
 import logging
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.backtest.engine import Components
-from core.config import AppConfig, FeaturesConfig, ModelsConfig
+from core.config import AppConfig, FeaturesConfig, ModelsConfig, Secrets
 from core.data.book_store import load_summary
 from core.data.files import import_series_file, parse_series_exchange, parse_series_name
 from core.data.store import MarketStore
-from core.engine import Engine, EngineParts, ReplayConfig
+from core.engine import Engine, EngineParts, ReplayConfig, Trading
 from core.features import FeatureBuilder
 from core.market import Calendar, market_for
-from core.types import ExpertLike, SeriesKey
+from core.types import Broker, ExpertLike, SeriesKey
 
 if TYPE_CHECKING:
     from core.backtest.walkforward import FoldTrainer
@@ -122,12 +122,57 @@ def candle_expert_unavailable(ex: ExpertLike) -> str | None:
     return None
 
 
+def trading(cfg: AppConfig, symbol: str, *, live_flag: bool = False, replay: bool = False,
+            secrets: Secrets | None = None, notify: Any = None, store: MarketStore | None = None) -> Trading:
+    """The account the engine trades (core/execution/modes.py decides; LiveTradingRefused names every
+    missing switch) and its broker: the first symbol's broker is built NOW, so a refusal or a bad
+    exchange id stops the start, not the first order."""
+    from core.execution.modes import trading_mode
+
+    secrets = secrets if secrets is not None else Secrets.from_env()
+    market = market_for(cfg, symbol, cfg.data.exchange)
+    tm = trading_mode(cfg.execution, live_flag=live_flag, secrets=secrets, stock=market.is_stock, replay=replay)
+    if tm.broker == "paper":
+        return Trading(mode=tm.mode, broker="paper", notify=notify)
+
+    def make_broker(sym: str) -> Broker:
+        if tm.broker == "paper_exchange":
+            from core.execution.paper_exchange import PaperExchange
+
+            if store is None:
+                raise ValueError("execution.broker paper_exchange needs the engine's store")
+            e = cfg.execution
+            return PaperExchange(store, f"paper-exchange:{sym}", sym, initial_cash=e.initial_cash,
+                                 taker_fee_bps=e.taker_fee_bps, slippage_bps=e.slippage_bps)
+        if tm.broker == "alpaca":
+            from core.execution.alpaca_broker import AlpacaBroker
+
+            a = cfg.alpaca
+            return AlpacaBroker(cfg.execution, live_flag=live_flag, secrets=secrets, paper_url=a.paper_url,
+                                live_url=a.live_url)
+        from core.execution.ccxt_broker import CcxtBroker
+
+        return CcxtBroker(cfg.execution, cfg.data.exchange, live_flag=live_flag, secrets=secrets)
+
+    first = make_broker(symbol)
+    built = {symbol: first}
+
+    def broker_for(sym: str) -> Broker:
+        if sym not in built:
+            built[sym] = make_broker(sym)
+        return built[sym]
+
+    return Trading(mode=tm.mode, broker=tm.broker, make_broker=broker_for, notify=notify)
+
+
 def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = None,
                  replay_path: Path | None = None, replay: ReplayConfig | None = None, training: bool = True,
-                 db: str | Path | None = None, store: MarketStore | None = None) -> Engine:
+                 db: str | Path | None = None, store: MarketStore | None = None, live_flag: bool = False,
+                 secrets: Secrets | None = None) -> Engine:
     """The Engine for live data, or a replay of the store (after importing ``replay_path``, whose name
     gives symbol and timeframe). ``store`` given: the caller owns it; otherwise the engine opens
-    ``db`` (default config data.db_path) and closes it on stop."""
+    ``db`` (default config data.db_path) and closes it on stop. ``live_flag``: the --live switch
+    (real money also needs config execution.live and keys in the environment)."""
     if replay_path is not None and replay is None:
         replay = ReplayConfig(speed=cfg.dashboard.replay_speed)
     owns = store is None
@@ -143,9 +188,15 @@ def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = N
                 sym, tf = import_series_file(store, market.exchange, path, market.calendar)
             else:
                 sym, tf = import_series_file(store, cfg.data.exchange, path)
-        mode = "replay" if replay is not None else ("live" if cfg.execution.live else "paper")
+        from core.alerts import notifier_from_config
+
+        notify = notifier_from_config(cfg.alerts, secrets if secrets is not None else Secrets.from_env())
+        trade = trading(cfg, sym, live_flag=live_flag, replay=replay is not None, secrets=secrets,
+                        notify=notify.send if notify is not None else None, store=store)
+        mode = "replay" if replay is not None else trade.mode
         on = bool(training) and cfg.training.enabled
         parts = engine_parts(cfg, models, store, tf, mode=mode, training=on)
+        parts.trading = trade
         return Engine(cfg, models, parts, store=store, symbol=sym, timeframe=tf, replay=replay, training=on,
                       owns_store=owns)
     except BaseException:

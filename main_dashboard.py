@@ -5,6 +5,8 @@
     python main_dashboard.py --replay-db --speed 600           # replay what the store holds
     python main_dashboard.py --sample                          # replay the bundled sample (data/sample)
     python main_dashboard.py --replay-db --book ../shared/data/orderbook/binance-2024-08-08/raw  # + order books
+    python main_dashboard.py                                   # execution.broker: ccxt + sandbox: testnet
+    python main_dashboard.py --live                            # REAL money: also execution.live + keys in env
 
 Without internet and without --replay/--replay-db it replays the bundled sample (a real 3-day BTC/USDT
 1m slice in data/sample/): the first two days are history Train now learns from, the third is replayed.
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="bind address (default: dashboard.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: dashboard.port, 8050)")
     p.add_argument("--no-training", action="store_true", help="never start live training")
+    p.add_argument("--live", action="store_true",
+                   help="trade REAL money: also needs config execution.live: true, an exchange broker "
+                        "(execution.broker: ccxt|alpaca) and keys in the environment; refused otherwise")
     p.add_argument("--db", default=None, help="DuckDB file (default: data.db_path)")
     p.add_argument("--book", metavar="PATH", default=None,
                    help="order book page: 'live' (orderbook.venues' public streams, recorded to orderbook.record_dir "
@@ -101,7 +106,8 @@ def internet_reachable(host: str = "api.binance.us", port: int = 443, timeout: f
 
 def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = None,
                  replay_path: Path | None = None, replay_db: bool = False, speed: float | None = None,
-                 training: bool = True, db: str | None = None, start_ms: int | None = None) -> Engine:
+                 training: bool = True, db: str | None = None, live_flag: bool = False,
+                 secrets: Secrets | None = None, start_ms: int | None = None) -> Engine:
     """The Engine for live data, or a replay of the store (after importing ``replay_path``), built by
     the composition root from the command line's choices."""
     import compose
@@ -111,7 +117,28 @@ def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = N
     if replay_path is not None or replay_db:
         replay = ReplayConfig(speed=speed or cfg.dashboard.replay_speed, start_ms=start_ms)
     return compose.build_engine(cfg, models, symbol=symbol, replay_path=replay_path, replay=replay,
-                                training=training, db=db)
+                                training=training, db=db, live_flag=live_flag, secrets=secrets)
+
+
+def _mode_words(engine: Engine) -> str:
+    """What the engine trades, in the words of the UI banner (never 'live' unless it is real money)."""
+    mode = getattr(engine, "mode", "paper")
+    if mode == "replay":
+        return "replay"
+    if mode == "live":
+        return f"LIVE: real money through {engine.broker_name}"
+    if mode == "testnet":
+        return f"TESTNET through {engine.broker_name}"
+    return "live data, PAPER account"
+
+
+def _is_stock(cfg: AppConfig, symbol: str | None) -> bool:
+    from core.market import market_for
+
+    try:
+        return market_for(cfg, symbol or cfg.data.symbols[0], cfg.data.exchange).is_stock
+    except ValueError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +164,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     replay_path = Path(args.replay) if args.replay else None
+    from core.execution.modes import trading_mode
+
     sample = bool(args.sample)
+    try:  # the switches first: a refused --live never reaches the network or the store
+        trading_mode(cfg.execution, live_flag=args.live, secrets=secrets,
+                     replay=replay_path is not None or args.replay_db or sample,
+                     stock=_is_stock(cfg, args.symbol))
+    except RuntimeError as exc:  # LiveTradingRefused
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if replay_path is None and not args.replay_db and not sample \
             and not internet_reachable(exchange_host(cfg.data.exchange)):
         print(f"offline: the exchange {cfg.data.exchange} cannot be reached, so there is no live data; "
@@ -155,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         engine = build_engine(cfg, models, symbol=args.symbol, replay_path=replay_path, replay_db=args.replay_db,
-                              speed=args.speed, training=not args.no_training, db=args.db, start_ms=start_ms)
-    except (ValueError, ConfigError, OSError) as exc:
+                              speed=args.speed, training=not args.no_training, db=args.db, live_flag=args.live,
+                              secrets=secrets, start_ms=start_ms)
+    except (ValueError, ConfigError, RuntimeError, OSError) as exc:  # RuntimeError: LiveTradingRefused, ...
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     if sample:
@@ -220,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("Log in with your DASHBOARD_TOKEN (API: 'Authorization: Bearer <token>').", flush=True)
         print(f"Dashboard ready at {base} "
-              f"({'replay' if replay_path or args.replay_db else 'live'}; Ctrl-C to stop)", flush=True)
+              f"({_mode_words(engine)}; Ctrl-C to stop)", flush=True)
         server.serve_forever()
     finally:
         print("stopping: closing sources, flushing the ledger ...", flush=True)

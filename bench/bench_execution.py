@@ -12,6 +12,13 @@ Prints ONE JSON object (medians over --repeats):
 - step_us_per_bar: kernel.step called from Python once per bar (event mode's raw cost)
 - executor_us_per_bar: Executor.on_bar without a ledger (paper, event mode)
 - ledger_ms_per_bar: Executor.on_bar with a DuckDB ledger on a temporary file (one durable commit per bar)
+- live_roundtrip_ms_p50 / _p99: decision -> order acknowledged, through the real path on loopback: Executor.on_bar
+  with a ledger and CcxtBroker in sandbox mode against the fake Binance server of tests/fake_binance.py (intent
+  committed, clientOrderId lookup, POST, ack parsed); target p99 <= 20 ms
+- live_ack_ms_p50 / _p99: the create_order round trip alone (the rest of live_roundtrip is the intent's commit)
+- reconcile_ms: Executor.reconcile() over 1,000 fills (balance, open orders, 1,000 trades fetched and parsed by
+  ccxt, compared with 1,000 ledger fills); target <= 200 ms. reconcile_incremental_ms: the periodic check
+  afterwards (only trades newer than the last seen are fetched)
 
     .venv/bin/python bench/bench_execution.py [--bars 1000000] [--repeats 5]
 """
@@ -138,7 +145,110 @@ def main() -> None:
             lat.append(time.perf_counter() - t)
         led.close()
     res["ledger_ms_per_bar"] = round(statistics.median(lat) * 1e3, 3)
+    res.update(live_bench(b, a.repeats))
     print(json.dumps(res))
+
+
+def live_bench(b: dict[str, np.ndarray], repeats: int, orders: int = 300) -> dict[str, float]:
+    """live_roundtrip_ms (p50, p99) and reconcile_ms against the fake Binance server on loopback."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fake_binance import FakeServer, local_binance
+
+    from core.config import Secrets
+    from core.execution.ccxt_broker import CcxtBroker
+    from core.types import Fill
+
+    keys = Secrets(exchange_api_key="bench-key", exchange_secret="bench-secret")
+    exe = ExecutionConfig(broker="ccxt", sandbox=True, max_bar_age_s=0)
+    risk = RiskConfig(fraction=0.5, stop_loss_pct=0.0, take_profit_pct=0.0, max_daily_loss_pct=0.9)
+    key = SeriesKey("binance", "BTC/USDT", "1m")
+    srv = FakeServer()
+    out: dict[str, float] = {}
+    try:
+        srv.fake.reset(price=float(b["close"][0]), usdt=1e9)
+        lat: list[float] = []
+        http: list[float] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            broker = CcxtBroker(exe, "binance", secrets=keys, exchange=local_binance(srv.base, timeout_ms=5000))
+            ex = Executor(exe, risk, "BTC/USDT", "1m", broker=broker,
+                          ledger=Ledger(str(Path(tmp) / "live.duckdb"), account="testnet:BTC/USDT", symbol="BTC/USDT"))
+            real = broker.create_order
+            acked: list[float] = []
+
+            sent: list[float] = []
+
+            def timed(*args, **kw):  # the instant the order leaves (intent committed) and its acknowledgement
+                sent.append(time.perf_counter())
+                o = real(*args, **kw)
+                acked.append(time.perf_counter())
+                return o
+
+            broker.create_order = timed  # type: ignore[method-assign]
+            i = 0
+            while len(lat) < orders and i < len(b["ts"]) - 1:
+                ts = int(b["ts"][i])
+                act = Action.BUY if ex.snapshot().position == 0 else Action.SELL  # an order every bar
+                srv.fake.price = float(b["close"][i])
+                d = Decision(id=f"d{ts}", ts=ts, symbol="BTC/USDT", action=act, probs=(0.3, 0.3, 0.4),
+                             expected_return=0.0, weights={}, thresholds=Thresholds(),
+                             target_position=1.0 if act == Action.BUY else 0.0, reason="bench")
+                n = len(acked)
+                t = time.perf_counter()
+                ex.on_bar(CandleEvent(key, ts, b["open"][i], b["high"][i], b["low"][i], b["close"][i], 1.0), d)
+                if len(acked) > n:
+                    lat.append(acked[n] - t)
+                    http.append(acked[n] - sent[n])
+                i += 1
+            assert ex.ledger is not None
+            ex.ledger.close()
+        arr = np.array(lat[10:]) * 1e3  # the first orders load markets and warm the connection
+        out["live_roundtrip_ms_p50"] = round(float(np.percentile(arr, 50)), 3)
+        out["live_roundtrip_ms_p99"] = round(float(np.percentile(arr, 99)), 3)
+        out["live_orders"] = int(len(arr))
+        ack = np.array(http[10:]) * 1e3  # create_order alone: the exchange round trip, without the intent commit
+        out["live_ack_ms_p50"] = round(float(np.percentile(ack, 50)), 3)
+        out["live_ack_ms_p99"] = round(float(np.percentile(ack, 99)), 3)
+
+        # reconcile over 1,000 fills: the account traded 1,000 times, the ledger booked the same fills
+        srv.fake.reset(price=float(b["close"][0]), usdt=1e9)
+        since = int(time.time() * 1000) - 1000
+        fills = []
+        for j in range(1000):
+            srv.fake.price = float(b["close"][j])
+            _, body = srv.fake.create({"symbol": "BTCUSDT", "side": "BUY" if j % 2 == 0 else "SELL",
+                                       "type": "MARKET", "quantity": "0.01000000", "newClientOrderId": f"moe-b{j}"})
+            f = body["fills"][0]
+            fills.append(Fill(id=f"{body['orderId']}-f", order_id=str(body["orderId"]), clientOrderId=f"moe-b{j}",
+                              symbol="BTC/USDT", side="buy" if j % 2 == 0 else "sell", amount=float(f["qty"]),
+                              price=float(f["price"]), fee=float(f["commission"]), ts=int(body["transactTime"])))
+        with tempfile.TemporaryDirectory() as tmp:
+            led = Ledger(str(Path(tmp) / "rec.duckdb"), account="testnet:BTC/USDT", initial_cash=1e9, symbol="BTC/USDT")
+            st = K.new_state(1e9)
+            st[K.S_CASH] = srv.fake.balances["USDT"]
+            st[K.S_POS] = srv.fake.balances["BTC"]
+            st[K.S_FEES] = sum(f.fee for f in fills)
+            led.record_bar(int(b["ts"][0]), "BTC/USDT", float(b["close"][0]), st, [], fills,
+                           meta={"baseline": {"base": 0.0, "quote": 1e9, "since_ms": since, "ignored": []}})
+            broker = CcxtBroker(exe, "binance", secrets=keys, exchange=local_binance(srv.base, timeout_ms=5000))
+            ex = Executor(exe.model_copy(update={"initial_cash": 1e9}), risk, "BTC/USDT", "1m", broker=broker,
+                          ledger=led, reconcile_every_bars=1_000_000)
+            times, warm = [], []
+            for _ in range(max(3, repeats)):
+                ex._trades_from = None  # cold: all 1,000 trades fetched and parsed again
+                t = time.perf_counter()
+                r = ex.reconcile()
+                times.append(time.perf_counter() - t)
+                assert r is not None and r.ok and r.fills_checked == 1000, r.summary() if r else None
+                t = time.perf_counter()  # the periodic check: only trades newer than the last one seen
+                r = ex.reconcile()
+                warm.append(time.perf_counter() - t)
+                assert r is not None and r.ok and r.fills_checked == 1000, r.summary() if r else None
+            led.close()
+        out["reconcile_ms"] = round(statistics.median(times) * 1e3, 2)
+        out["reconcile_incremental_ms"] = round(statistics.median(warm) * 1e3, 2)
+    finally:
+        srv.close()
+    return out
 
 
 if __name__ == "__main__":

@@ -110,7 +110,9 @@ class OrchestratorConfig(_Strict):
 
 class ExecutionConfig(_Strict):
     live: bool = False
-    broker: Literal["paper", "ccxt", "alpaca"] = "paper"  # alpaca: Alpaca's paper account unless live
+    # paper: the kernel's paper account (the backtester's arithmetic); paper_exchange: a simulated exchange account
+    # behind the live order path (intent -> order -> fill, reconciled); alpaca: Alpaca's paper account unless live
+    broker: Literal["paper", "paper_exchange", "ccxt", "alpaca"] = "paper"
     sandbox: bool = True
     initial_cash: float = Field(10_000.0, gt=0)
     maker_fee_bps: float = Field(10.0, ge=0, le=1000)
@@ -121,6 +123,11 @@ class ExecutionConfig(_Strict):
     min_trade_fraction: float = Field(0.01, ge=0, le=1)  # skip rebalances smaller than this of equity
     flat_at_session_end: bool = False  # markets with sessions (stocks): hold nothing over the overnight gap
     allow_untrained: bool = False  # trade decisions that rest on untrained experts (random weights)
+    # bars that closed longer ago than this (backfilled after downtime) are recorded, never traded; 0 = off
+    max_bar_age_s: float = Field(90.0, ge=0)
+    reconcile_every_bars: int = Field(15, ge=1)  # exchange accounts: compare with the exchange every N bars
+    reconcile_tolerance: float = Field(1e-6, ge=0)  # base units / quote fraction beyond which orders halt
+    time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC"  # limit orders on the exchange
 
 
 class RiskConfig(_Strict):
@@ -222,6 +229,32 @@ class OrderbookConfig(_Strict):
         return v
 
 
+_ALERT_EVENTS = Literal["entry", "exit", "fill", "rejected", "kill_switch", "reconcile", "acknowledged",
+                        "recovered_fill", "stream_lost", "stream_restored", "trainer_crash", "promotion", "error"]
+
+
+_WEBHOOK_DEFAULT: tuple[_ALERT_EVENTS, ...] = (
+    "entry", "exit", "fill", "rejected", "kill_switch", "reconcile", "acknowledged", "recovered_fill",
+    "stream_lost", "stream_restored", "trainer_crash", "promotion", "error")
+_TELEGRAM_DEFAULT: tuple[_ALERT_EVENTS, ...] = (
+    "entry", "exit", "kill_switch", "reconcile", "stream_lost", "trainer_crash", "error")
+
+
+class AlertsConfig(_Strict):
+    """Which trading events go where (core/alerts.py). The destinations are secrets, from the environment:
+    MOE_ALERT_WEBHOOK_URL, MOE_TELEGRAM_BOT_TOKEN + MOE_TELEGRAM_CHAT_ID; errors to MOE_ALERT_ERROR_WEBHOOK_URL /
+    MOE_TELEGRAM_ERROR_CHAT_ID when set, else to the main channel with ``error_prefix``."""
+
+    enabled: bool = True
+    webhook_events: list[_ALERT_EVENTS] = Field(default_factory=lambda: list(_WEBHOOK_DEFAULT))
+    telegram_events: list[_ALERT_EVENTS] = Field(default_factory=lambda: list(_TELEGRAM_DEFAULT))
+    error_prefix: str = "[ERROR]"
+    retries: int = Field(4, ge=1, le=10)
+    backoff_s: float = Field(0.5, ge=0)
+    timeout_s: float = Field(5.0, gt=0)
+    telegram_api_url: str = "https://api.telegram.org"
+
+
 class AppConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     markets: dict[str, MarketConfig] = Field(default_factory=dict)
@@ -233,6 +266,7 @@ class AppConfig(_Strict):
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     orderbook: OrderbookConfig = Field(default_factory=OrderbookConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     @field_validator("markets")
     @classmethod
@@ -476,6 +510,11 @@ class Secrets:
     dashboard_token: str | None = field(default=None, repr=False)
     alpaca_key_id: str | None = field(default=None, repr=False)
     alpaca_secret_key: str | None = field(default=None, repr=False)
+    alert_webhook_url: str | None = field(default=None, repr=False)
+    alert_error_webhook_url: str | None = field(default=None, repr=False)
+    telegram_bot_token: str | None = field(default=None, repr=False)
+    telegram_chat_id: str | None = field(default=None, repr=False)
+    telegram_error_chat_id: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Secrets:
@@ -487,6 +526,11 @@ class Secrets:
             dashboard_token=e.get("DASHBOARD_TOKEN") or None,
             alpaca_key_id=e.get("APCA_API_KEY_ID") or None,
             alpaca_secret_key=e.get("APCA_API_SECRET_KEY") or None,
+            alert_webhook_url=e.get("MOE_ALERT_WEBHOOK_URL") or None,
+            alert_error_webhook_url=e.get("MOE_ALERT_ERROR_WEBHOOK_URL") or None,
+            telegram_bot_token=e.get("MOE_TELEGRAM_BOT_TOKEN") or None,
+            telegram_chat_id=e.get("MOE_TELEGRAM_CHAT_ID") or None,
+            telegram_error_chat_id=e.get("MOE_TELEGRAM_ERROR_CHAT_ID") or None,
         )
 
     @property

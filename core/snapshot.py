@@ -122,6 +122,33 @@ def market_status(exchange: str, kind: str, cal: Calendar | None, clock_ms: int 
 
 
 @dataclass(frozen=True, slots=True)
+class TradingView:
+    """The account the engine trades and its agreement with the exchange (exchange accounts)."""
+
+    mode: str = "paper"  # paper | testnet | live | replay
+    broker: str = "paper"  # paper | ccxt | alpaca
+    account: str = ""  # the ledger account, e.g. testnet:BTC/USDT
+    unresolved_intents: int = 0  # orders the exchange has not confirmed yet (new orders wait)
+    stale_bars: int = 0  # backfilled bars recorded but not traded (execution.max_bar_age_s)
+    halted: str = ""  # "reconcile": orders held until acknowledged (reset the kill switch)
+    reconcile_ok: bool | None = None  # None: not compared yet (paper accounts never are)
+    reconcile_ts_ms: int | None = None
+    reconcile_summary: str = ""
+    differences: tuple[str, ...] = ()
+
+
+def trading_view(mode: str, broker: str, executor: Any | None) -> TradingView:
+    """From the executor (core/execution/executor.Executor) when one runs."""
+    if executor is None:
+        return TradingView(mode, broker)
+    s = executor.snapshot()
+    r = s.reconcile
+    return TradingView(mode, broker, executor.account, s.unresolved, s.stale_bars, s.halt_reason,
+                       None if r is None or r.error else r.ok, None if r is None else r.ts_ms,
+                       "" if r is None else r.summary(), tuple(d.detail for d in r.differences) if r else ())
+
+
+@dataclass(frozen=True, slots=True)
 class EngineSnapshot:
     """Everything the UI/API reads, frozen at one instant. Never mutate the DataFrames/arrays inside
     (they are private copies, but shared between readers of the same snapshot)."""
@@ -165,6 +192,7 @@ class EngineSnapshot:
     allow_untrained: bool = False
     not_traded: int = 0
     offline_training: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    trading: TradingView = field(default_factory=TradingView)  # the account traded and its reconciliation
 
     @staticmethod
     def empty(symbol: str = "", timeframe: str = "", mode: str = "paper",
@@ -205,6 +233,8 @@ class ExecutionView:
     kill_switch: bool
     ts: int | None
     open_orders: tuple[Order, ...] = ()
+    halt_reason: str = ""  # "reconcile": the kill switch holds orders after a difference with the exchange
+    halt_detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +274,7 @@ class SnapshotParts:
     allow_untrained: bool = False
     not_traded: int = 0
     offline_training: Mapping[str, Any] = field(default_factory=dict)
+    trading: TradingView = field(default_factory=TradingView)
 
 
 def build_snapshot(p: SnapshotParts) -> EngineSnapshot:
@@ -265,6 +296,8 @@ def build_snapshot(p: SnapshotParts) -> EngineSnapshot:
             positions = (Position(p.symbol, x.position, x.avg_price, x.realised_pnl, x.unrealised_pnl),)
         kill = KillSwitchState(active=x.kill_switch, reason="daily loss limit" if x.kill_switch else "",
                                since_ms=x.ts if x.kill_switch else None)
+        if x.halt_reason and not x.kill_switch:
+            kill = KillSwitchState(active=True, reason=x.halt_reason, since_ms=x.ts)  # detail: snapshot.trading
         orders = x.open_orders
     versions = {"app": APP_VERSION, "gate": p.gate_version, **{n: e.version for n, e in experts.items()}}
     return EngineSnapshot(
@@ -283,7 +316,7 @@ def build_snapshot(p: SnapshotParts) -> EngineSnapshot:
         market=p.market, source_label=p.source_label,
         untrained=tuple(n for n, i in p.experts.items() if i.enabled and not i.trained),
         allow_untrained=p.allow_untrained, not_traded=p.not_traded,
-        offline_training=MappingProxyType(dict(p.offline_training)))
+        offline_training=MappingProxyType(dict(p.offline_training)), trading=p.trading)
 
 
 def equity_frame(rows: Sequence[tuple[int, float, float]]) -> pd.DataFrame:

@@ -165,6 +165,7 @@ class Order:
     fee: float
     ts: int
     reason: str = ""
+    fee_base: float = 0.0  # the part of ``fee`` charged in the BASE asset, in base units (Binance buys)
 
 
 @dataclass(frozen=True, slots=True)

@@ -295,7 +295,19 @@ def status_json(snap: EngineSnapshot) -> dict[str, Any]:
         "errors": [{"ts_ms": e.ts_ms, "where": e.where, "message": e.message} for e in snap.errors[-20:]],
         "versions": dict(snap.versions),
         "market": market_json(snap),
+        "broker": snap.trading.broker,
+        "trading": trading_json(snap),
     }
+
+
+def trading_json(snap: EngineSnapshot) -> dict[str, Any]:
+    """The account traded (mode and broker are fixed at start: no route changes them) and its last
+    reconciliation with the exchange."""
+    t = snap.trading
+    return {"mode": t.mode, "broker": t.broker, "account": t.account, "unresolved_intents": t.unresolved_intents,
+            "stale_bars": t.stale_bars, "halted": t.halted or None,
+            "reconcile": {"ok": t.reconcile_ok, "ts_ms": t.reconcile_ts_ms, "summary": t.reconcile_summary,
+                          "differences": list(t.differences)}}
 
 
 def market_json(snap: EngineSnapshot) -> dict[str, Any]:

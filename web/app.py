@@ -50,6 +50,21 @@ def _warm_up(engine: Any) -> None:
         figures.indicator_columns(df.iloc[-50:])
 
 
+BANNER_CLASS = {"live": "mode-banner mode-live", "testnet": "mode-banner mode-testnet"}
+
+
+def mode_banner(snap: Any) -> html.Div:
+    """The account traded, fixed for the process (red LIVE, amber TESTNET, grey PAPER / REPLAY); the UI
+    only shows it: no control switches modes."""
+    t = getattr(snap, "trading", None)
+    mode = str(getattr(t, "mode", None) or getattr(snap, "mode", "paper"))
+    broker = getattr(t, "broker", "paper")
+    words = {"live": f"LIVE: real money ({broker})", "testnet": f"TESTNET ({broker} test account)",
+             "replay": "REPLAY: paper account on stored data"}.get(mode, "PAPER: simulated account")
+    return html.Div(words, id="mode-banner", className=BANNER_CLASS.get(mode, "mode-banner mode-paper"),
+                    title="set at start-up by config, --live and the environment")
+
+
 DASH_CALLBACK = "/_dash-update-component"
 
 
@@ -146,7 +161,8 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
                                                     className="btn btn-sm btn-outline-light ms-3 mt-1"),
                                         action=auth.LOGOUT_PATH, method="post"))],
     )
-    app.layout = html.Div([dcc.Location(id="url"), nav, dbc.Container(id="page", fluid=True)])
+    app.layout = html.Div([dcc.Location(id="url"), mode_banner(engine.snapshot()), nav,
+                           dbc.Container(id="page", fluid=True)])
 
     @app.callback(Output("page", "children"), Input("url", "pathname"))
     def _route(path: str | None) -> Any:

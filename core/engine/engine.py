@@ -51,8 +51,10 @@ from core.snapshot import (
     SnapshotParts,
     build_snapshot,
     market_status,
+    trading_view,
 )
 from core.types import (
+    Broker,
     CandleEvent,
     CheckpointCatalog,
     Decision,
@@ -83,6 +85,18 @@ class ReplayConfig:
     end_ms: int | None = None
 
 
+@dataclass(frozen=True)
+class Trading:
+    """The account the engine trades (core/execution/modes.py), built by the composition root: the
+    mode and broker name, the broker of a symbol (None: the in-process paper account) and where
+    trading events go (alerts)."""
+
+    mode: str = "paper"  # paper | testnet | live
+    broker: str = "paper"  # paper | ccxt | alpaca
+    make_broker: Callable[[str], Broker | None] | None = None
+    notify: Callable[[str, dict[str, Any]], None] | None = None
+
+
 @dataclass
 class EngineParts:
     """What the composition root (compose.py) builds for the engine, typed by core/types' protocols."""
@@ -97,6 +111,7 @@ class EngineParts:
     resumed: set[str] = field(default_factory=set)  # experts that resumed online-trained weights
     problems: list[tuple[str, str]] = field(default_factory=list)  # (where, message) met while building
     offline: OfflineTrainer | None = None  # Train now (offline training in a background process)
+    trading: Trading = field(default_factory=Trading)  # paper unless compose built an exchange broker
 
 
 class Engine(EngineCommands):
@@ -109,7 +124,11 @@ class Engine(EngineCommands):
         self.cfg = cfg
         self.models = models
         self.replay = replay
-        self.mode = "replay" if replay is not None else ("live" if cfg.execution.live else "paper")
+        # the TRUE mode: execution.live alone never makes it live (compose.py decides, core/execution/modes.py)
+        self.trading = parts.trading
+        self.mode = "replay" if replay is not None else parts.trading.mode
+        self.broker_name = "paper" if replay is not None else parts.trading.broker
+        self._alert_seen: dict[str, Any] = {}
         self.store = store
         self._owns_store = owns_store
         self.symbol = symbol
@@ -174,17 +193,26 @@ class Engine(EngineCommands):
         ledger = None if self.mode == "replay" else Ledger(self.store, account=f"{self.mode}:{self.symbol}",
                                                            initial_cash=cfg.execution.initial_cash,
                                                            symbol=self.symbol)
-        executor = Executor(cfg.execution, cfg.risk, self.symbol, self.timeframe, ledger=ledger,
-                            session_flat=session_flat(cal, self.timeframe, cfg.execution.fill_at,
-                                                      cfg.execution.flat_at_session_end),
-                            bars_per_year=self._bars_per_year())
+        live = self.mode != "replay"
+        make = self.trading.make_broker
+        broker = make(self.symbol) if live and make is not None else None
+        ex_cfg = cfg.execution
+        executor = Executor(ex_cfg, cfg.risk, self.symbol, self.timeframe, ledger=ledger, broker=broker,
+                            session_flat=session_flat(cal, self.timeframe, ex_cfg.fill_at, ex_cfg.flat_at_session_end),
+                            bars_per_year=self._bars_per_year(), max_bar_age_s=ex_cfg.max_bar_age_s if live else 0.0,
+                            on_event=self.trading.notify if live else None,
+                            reconcile_every_bars=ex_cfg.reconcile_every_bars if broker is not None else 0,
+                            reconcile_tolerance=ex_cfg.reconcile_tolerance)
         if self._orch is not None:
             self._orch.close()
         orch = Orchestrator(self.experts, self.gate, self.builder, self._thresholds, self.store, executor,
                             self.symbol, self.timeframe, horizon=cfg.orchestrator.decision_horizon,
                             dead_zone=self.dead_zone, slow_every_bars=cfg.orchestrator.kronos_every_bars,
                             slow_async=True, allow_short=cfg.execution.allow_short, registry=self.registry,
-                            run_id=f"{self.mode}-{uuid.uuid4().hex[:8]}", enabled=self._enabled,
+                            # live/paper: decision ids from (account, timeframe, bar ts) only, the same after a
+                            # restart; replays: a run id of their own
+                            run_id=f"replay-{uuid.uuid4().hex[:8]}" if not live else f"{self.mode}:{self.symbol}:{self.timeframe}",
+                            enabled=self._enabled,
                             sizer=self._sizer(prov, executor))
         # tagged with their provider: after a stream restart, candles still queued from the old one
         # (same symbol included) must not reach the new pipeline
@@ -192,6 +220,12 @@ class Engine(EngineCommands):
             self._q.put(("candle", (p, ev)))
 
         prov.subscribe(enqueue, symbols=[self.symbol], timeframes=[self.timeframe])
+        if broker is not None:  # exchange accounts: stops and the kill switch also act on intrabar prices
+            def tick(ev: CandleEvent, p: DataProvider = prov) -> None:
+                if not ev.closed:
+                    self._q.put(("tick", (p, ev)))
+
+            prov.subscribe(tick, symbols=[self.symbol], timeframes=[self.timeframe], in_progress=True)
         key = SeriesKey(self.exchange, self.symbol, self.timeframe)
         if self.replay is not None:
             from core.data.replay import ReplaySource
@@ -321,6 +355,14 @@ class Engine(EngineCommands):
             if prov is self._provider:
                 self._on_candle(ev)
             return
+        if kind == "tick":
+            prov, ev = arg
+            if prov is self._provider and self._executor is not None and ev.key.symbol == self.symbol:
+                fills = self._executor.on_tick(float(ev.close), int(time.time() * 1000))
+                if fills:
+                    self._trades.extend(fills)
+                    self._publish()
+            return
         self._handlers[kind](arg)
 
     def _on_candle(self, ev: CandleEvent) -> None:
@@ -431,10 +473,14 @@ class Engine(EngineCommands):
                                  can_rollback=n in trainable and self.hook.has_history(n))
                    for n, e in self.experts.items()}
         execution = None
+        trading = trading_view(self.mode, self.broker_name, None)
         if ex is not None:
             s = ex.snapshot()
             execution = ExecutionView(s.position, s.avg_price, s.realised_pnl, s.unrealised_pnl, s.kill_switch,
-                                      s.ts, tuple(ex.paper.fetch_open_orders(self.symbol)))
+                                      s.ts, tuple(ex.paper.fetch_open_orders(self.symbol)),
+                                      halt_reason=s.halt_reason,
+                                      halt_detail=s.reconcile.summary() if s.reconcile is not None else "")
+        trading = trading_view(self.mode, self.broker_name, ex)
         live, stored = self.hook.metrics()
         snap = build_snapshot(SnapshotParts(
             ts_ms=int(time.time() * 1000), mode=self.mode, running=self._running, streaming=self._streaming,
@@ -450,7 +496,34 @@ class Engine(EngineCommands):
             keep_errors=KEEP_ERRORS, market=self._market_status(prov), calendar=self.builder.calendar,
             source_label=self.source_label, allow_untrained=self.cfg.execution.allow_untrained,
             not_traded=ex.refused_untrained if ex is not None else 0,
-            offline_training=self.offline.status() if self.offline is not None else {}))
+            offline_training=self.offline.status() if self.offline is not None else {},
+            trading=trading))
         with self._lock:
             self._snap = snap
+        if self.trading.notify is not None and self.mode != "replay":
+            self._alert_changes(snap)
+
+    def _alert_changes(self, snap: EngineSnapshot) -> None:
+        """Stream lost / restored, promotions, trainer crashes and engine errors since the last snapshot."""
+        notify = self.trading.notify
+        assert notify is not None
+        seen = self._alert_seen
+        for name, st in snap.sources.items():
+            was = seen.get(f"src:{name}")
+            if was is True and not st.connected:
+                notify("stream_lost", {"source": name, "symbol": snap.symbol, "error": st.error or ""})
+            elif was is False and st.connected:
+                notify("stream_restored", {"source": name, "symbol": snap.symbol})
+            seen[f"src:{name}"] = bool(st.connected)
+        for sw in snap.swaps[int(seen.get("swaps", 0)):]:
+            if sw.kind == "promote":
+                notify("promotion", {"expert": sw.expert, "version": sw.version, "previous": sw.previous})
+        seen["swaps"] = len(snap.swaps)
+        last = int(seen.get("err_ms", 0))
+        for e in snap.errors:
+            if e.ts_ms > last:
+                kind = "trainer_crash" if e.where.startswith("train") else "error"
+                notify(kind, {"where": e.where, "message": e.message[:300]})
+        if snap.errors:
+            seen["err_ms"] = max(last, max(e.ts_ms for e in snap.errors))
 

@@ -93,6 +93,9 @@ class AlpacaBroker:
             raise
 
     # ------------------------------------------------------------ ccxt-shaped API
+    def fetch_order_by_client_id(self, client_order_id: str, symbol: str | None = None) -> Order | None:
+        return self._by_client_id(client_order_id)
+
     def create_order(self, symbol: str, type: str, side: str, amount: float, price: float | None = None,
                      params: dict[str, Any] | None = None) -> Order:
         from alpaca.common.exceptions import APIError

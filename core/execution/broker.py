@@ -17,9 +17,16 @@ def client_order_id(decision_id: str, leg: str = "0") -> str:
     return f"moe-{digest[:28]}"
 
 
+def order_key(account: str, symbol: str, timeframe: str, bar_ts: int, action: str) -> str:
+    """The identity of one order intent: ONLY (account, symbol, timeframe, bar ts, action), nothing of
+    the process (no run id, no counter, no clock), so a bar re-processed after a crash or restart maps
+    to the same key, hence the same clientOrderId, and the exchange lookup finds the first order."""
+    return f"{account}|{symbol}|{timeframe}|{int(bar_ts)}|{action}"
+
+
 from core.execution.alpaca_broker import AlpacaBroker, alpaca_mode  # noqa: E402
 from core.execution.ccxt_broker import BrokerError, CcxtBroker, LiveTradingRefused, check_live_allowed  # noqa: E402
 from core.execution.paper import OrderError, PaperBroker  # noqa: E402
 
 __all__ = ["AlpacaBroker", "BrokerError", "CcxtBroker", "LiveTradingRefused", "OrderError", "PaperBroker",
-           "alpaca_mode", "check_live_allowed", "client_order_id"]
+           "alpaca_mode", "check_live_allowed", "client_order_id", "order_key"]

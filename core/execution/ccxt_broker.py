@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 from core.config import Secrets
@@ -88,6 +89,7 @@ class CcxtBroker:
                     f"{exchange.id} has no testnet in ccxt ({type(exc).__name__}); "
                     "only live trading (with all three conditions) is possible there") from None
         self.ex = exchange
+        self.time_in_force = str(getattr(execution, "time_in_force", "GTC"))
         self.retries = max(1, int(retries))
         self.retry_delay_s = float(retry_delay_s)
         self.submissions = 0  # create_order requests sent (tests prove retries do not double orders)
@@ -99,6 +101,10 @@ class CcxtBroker:
         import ccxt
 
         params = dict(params or {})
+        ref_price = params.pop("refPrice", None)  # the executor's last price: min-cost check of market orders
+        # the executor's ledger proves this clientOrderId was never sent before (a fresh intent): the first
+        # attempt needs no lookup (one round trip less); every retry still looks first
+        fresh = bool(params.pop("moeFresh", False))
         cid = params.get("clientOrderId")
         if not cid:
             raise ValueError("create_order needs params['clientOrderId'] (deterministic from the decision id)")
@@ -106,6 +112,16 @@ class CcxtBroker:
             raise ValueError(f"order side/type {side!r}/{type!r}: expected buy|sell and market|limit")
         if not (math.isfinite(amount) and amount > 0):
             raise ValueError(f"order amount {amount!r}: expected a positive number")
+        try:
+            amount, price, why = self._apply_rules(symbol, type, amount, price, ref_price)
+        except ccxt.OperationFailed as exc:
+            raise BrokerError(f"create_order {cid}: markets unavailable ({type_name(exc)})") from None
+        if why:  # the exchange would refuse it: skipped with the reason, nothing sent
+            return Order(id="", clientOrderId=cid, symbol=symbol, side=side, type=type, amount=float(amount),
+                         price=price, status="rejected", filled=0.0, fee=0.0, ts=int(time.time() * 1000),
+                         reason=why)
+        if type == "limit":
+            params.setdefault("timeInForce", self.time_in_force)
         last: Exception | None = None
         for attempt in range(self.retries):
             if attempt:
@@ -114,8 +130,8 @@ class CcxtBroker:
             # the same decision may already be on the book (Binance only rejects a reused clientOrderId
             # while the first order is still open, so a filled one would be doubled).
             try:
-                found = self._lookup(symbol, cid)
-            except ccxt.NetworkError as exc:  # cannot tell whether it exists: do not submit blindly
+                found = None if fresh and not attempt else self._lookup(symbol, cid)
+            except ccxt.OperationFailed as exc:  # cannot tell whether it exists: do not submit blindly
                 last = exc
                 continue
             if found is not None:
@@ -134,13 +150,13 @@ class CcxtBroker:
                 return Order(id="", clientOrderId=cid, symbol=symbol, side=side, type=type, amount=float(amount),
                              price=price, status="rejected", filled=0.0, fee=0.0, ts=int(time.time() * 1000),
                              reason=f"{type_name(exc)}: {_short(exc)}")
-            except ccxt.NetworkError as exc:  # RequestTimeout included: the request may have arrived
+            except ccxt.OperationFailed as exc:  # RequestTimeout included: the request may have arrived
                 last = exc
                 log.warning("create_order %s: %s on attempt %d; looking it up before any retry",
                             cid, type_name(exc), attempt + 1)
         try:
             found = self._lookup(symbol, cid)
-        except ccxt.NetworkError:
+        except ccxt.OperationFailed:
             found = None
         if found is not None:
             return found
@@ -148,41 +164,116 @@ class CcxtBroker:
                           f"({type_name(last)}); order state unknown, look it up by clientOrderId")
 
     def cancel_order(self, id: str, symbol: str | None = None) -> Order:
-        return self._order(self.ex.cancel_order(id, symbol))
+        return self._order(self._retry(self.ex.cancel_order, id, symbol))
 
     def fetch_order(self, id: str, symbol: str | None = None) -> Order:
-        return self._order(self.ex.fetch_order(id, symbol))
+        return self._order(self._retry(self.ex.fetch_order, id, symbol))
 
     def fetch_order_by_client_id(self, client_order_id: str, symbol: str) -> Order | None:
-        return self._lookup(symbol, client_order_id)
+        return self._retry(self._lookup, symbol, client_order_id)
 
     def fetch_open_orders(self, symbol: str | None = None) -> list[Order]:
-        return [self._order(o) for o in self.ex.fetch_open_orders(symbol)]
+        return [self._order(o) for o in self._retry(self.ex.fetch_open_orders, symbol)]
 
     def fetch_balance(self) -> dict[str, Any]:
-        return self.ex.fetch_balance()
+        return self._retry(self.ex.fetch_balance)
+
+    def fetch_my_trades(self, symbol: str, since: int | None = None, limit: int | None = None) -> list[dict]:
+        """The account's fills (ccxt trade dicts: order, side, amount, price, fee in its currency)."""
+        return self._retry(self.ex.fetch_my_trades, symbol, since, limit)
 
     # ------------------------------------------------------------ internals
+
+    def _retry(self, fn: Any, *args: Any) -> Any:
+        """Reads are safe to repeat: 429 / 5xx / timeouts and Binance's "unknown status" internal errors
+        (ccxt OperationFailed, NetworkError's parent) retried with back-off."""
+        import ccxt
+
+        for attempt in range(self.retries):
+            try:
+                return fn(*args)
+            except ccxt.OperationFailed as exc:
+                if attempt + 1 >= self.retries:
+                    raise
+                log.warning("%s: %s; retry %d", getattr(fn, "__name__", "call"), type_name(exc), attempt + 1)
+                time.sleep(self.retry_delay_s * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _apply_rules(self, symbol: str, type: str, amount: float, price: float | None,
+                     ref_price: float | None) -> tuple[float, float | None, str]:
+        """Amount and price rounded to the market's precision; min amount / min cost checked.
+        Returns (amount, price, skip reason or '')."""
+        import ccxt
+
+        markets = self._retry(self.ex.load_markets)
+        m = markets.get(symbol)
+        if m is None:
+            return amount, price, f"unknown market {symbol} on {self.ex.id}"
+        try:
+            amt = float(self.ex.amount_to_precision(symbol, amount))
+        except ccxt.InvalidOrder:
+            amt = 0.0
+        px = None if price is None else float(self.ex.price_to_precision(symbol, price))
+        limits = m.get("limits") or {}
+        min_amt = (limits.get("amount") or {}).get("min")
+        if amt <= 0 or (min_amt is not None and amt < float(min_amt)):
+            return amt, px, f"below the exchange's minimum amount {min_amt} {m.get('base', '')}: skipped"
+        ref = px if px is not None else ref_price
+        min_cost = (limits.get("cost") or {}).get("min")
+        if ref is not None and min_cost is not None and amt * float(ref) < float(min_cost):
+            return amt, px, (f"below the exchange's minimum order value {min_cost} {m.get('quote', '')} "
+                             f"({amt * float(ref):.4g}): skipped")
+        return amt, px, ""
 
     def _lookup(self, symbol: str, cid: str) -> Order | None:
         import ccxt
 
         try:
-            return self._order(self.ex.fetch_order(cid, symbol, {"clientOrderId": cid}))
+            raw = self.ex.fetch_order(cid, symbol, {"clientOrderId": cid})
         except ccxt.OrderNotFound:
             return None
+        o = self._order(raw)
+        if o.filled > 0 and not (raw.get("fee") or raw.get("fees")):
+            # an order query carries no fills (Binance): the fee comes from the account's trades of it
+            trades = self.ex.fetch_order_trades(o.id, symbol)
+            fees = [t["fee"] for t in trades if t.get("fee")]
+            base = symbol.partition("/")[0]
+            o = replace(o, fee=quote_fee(fees, symbol, o.price),
+                        fee_base=float(sum(float(f.get("cost") or 0.0) for f in fees if f.get("currency") == base)))
+        return o
 
     @staticmethod
     def _order(o: dict) -> Order:
         fee = o.get("fee") or {}
         fees = o.get("fees") or ([fee] if fee else [])
-        fee_cost = float(sum(float(f.get("cost") or 0.0) for f in fees))
         price = o.get("average") or o.get("price")
+        sym = str(o.get("symbol") or "")
+        fee_cost = quote_fee(fees, sym, None if price is None else float(price))
+        base = sym.partition("/")[0]
+        fee_base = float(sum(float(f.get("cost") or 0.0) for f in fees if f.get("currency") == base))
         return Order(id=str(o.get("id") or ""), clientOrderId=str(o.get("clientOrderId") or ""),
                      symbol=str(o.get("symbol")), side=str(o.get("side")), type=str(o.get("type")),
                      amount=float(o.get("amount") or 0.0), price=None if price is None else float(price),
                      status=str(o.get("status") or "open"), filled=float(o.get("filled") or 0.0), fee=fee_cost,
-                     ts=int(o.get("timestamp") or 0))
+                     ts=int(o.get("timestamp") or 0), fee_base=fee_base)
+
+
+def quote_fee(fees: list[dict], symbol: str, price: float | None) -> float:
+    """The fees of a fill in the QUOTE currency: a fee charged in the base asset (Binance takes it from
+    what a buy receives) is converted at the fill price; other currencies (BNB) cannot be and count 0."""
+    base, _, quote = symbol.partition("/")
+    quote = quote.split(":")[0]
+    total = 0.0
+    for f in fees:
+        cost = float(f.get("cost") or 0.0)
+        cur = f.get("currency")
+        if cur in (None, quote):
+            total += cost
+        elif cur == base and price:
+            total += cost * price
+        elif cost:
+            log.warning("fee of %s in %s cannot be valued in %s: not booked", symbol, cur, quote)
+    return total
 
 
 def type_name(exc: BaseException | None) -> str:

@@ -12,6 +12,12 @@ risk -> broker -> ledger:
 Each bar's orders, fills and resulting state are committed to the ledger in one transaction; on start
 the state of the last committed bar is restored, and bars at or before it are skipped (a replay after a
 restart cannot book anything twice).
+
+Exchange accounts (restart-safe idempotency): every order's clientOrderId derives only from (account,
+symbol, timeframe, bar ts, action); its intent is committed to the ledger (status ``pending``) BEFORE
+``create_order``; unresolved intents are looked up on the exchange by clientOrderId at start and before
+every bar, and their fills booked, before any new order (an interrupted bar is completed and never
+re-traded). Bars older than ``max_bar_age_s`` (a backfill after downtime) are recorded, never traded.
 """
 
 from __future__ import annotations
@@ -19,20 +25,24 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from core.execution import kernel as K
-from core.execution.broker import client_order_id
-from core.execution.ledger import Ledger
+from core.execution.broker import client_order_id, order_key
+from core.execution.ccxt_broker import quote_fee
+from core.execution.ledger import UNRESOLVED, Intent, Ledger
 from core.execution.paper import PaperBroker
+from core.execution.reconcile import Baseline, ReconcileResult, make_baseline, reconcile
 from core.execution.risk import RiskManager
 from core.execution.untrained import refusal
-from core.types import Broker, CandleEvent, Decision, Fill, Order
+from core.types import Broker, CandleEvent, Decision, Fill, Order, timeframe_ms
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +64,19 @@ class ExecutionSnapshot:
     kill_switch: bool
     cooldown: int
     pending_target: float | None
+    unresolved: int = 0  # exchange intents not yet confirmed (orders are held while > 0 at a bar)
+    stale_bars: int = 0  # bars recorded but not traded: older than max_bar_age_s
+    halt_reason: str = ""  # "reconcile": orders held until the user acknowledges
+    reconcile: ReconcileResult | None = None  # the last comparison with the exchange
 
 
 class Executor:
     def __init__(self, execution: Any, risk: Any, symbol: str, timeframe: str, *, ledger: Ledger | None = None,
                  broker: Broker | None = None, session_flat: Callable[[int], bool] | None = None,
-                 bars_per_year: float | None = None) -> None:
+                 bars_per_year: float | None = None, max_bar_age_s: float = 0.0,
+                 clock: Callable[[], float] = time.time,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None,
+                 reconcile_every_bars: int = 0, reconcile_tolerance: float = 1e-6) -> None:
         self.symbol = symbol
         self.timeframe = timeframe
         self.params = K.params_from_config(execution, risk)
@@ -70,6 +87,27 @@ class Executor:
         self.live_broker = broker
         self.paper = PaperBroker(self.params, self.state, symbol, maker_fee_bps=execution.maker_fee_bps)
         self.mode = "paper" if broker is None else getattr(broker, "mode", "ccxt")
+        self.account = ledger.account if ledger is not None else f"{self.mode}:{symbol}"
+        self._max_age_ms = float(max_bar_age_s) * 1000.0
+        self._clock = clock
+        self._tf_ms = timeframe_ms(timeframe)
+        self.stale_bars = 0
+        self._on_event = on_event  # (kind, details): fills, rejections, recoveries -> alerts
+        self._mem_intents: dict[str, Intent] = {}  # ledger-less exchange runs (tests)
+        self._mem_fills: list[Fill] = []
+        self._carry: tuple[list[Order], list[Fill], list[str], list[Intent]] = ([], [], [], [])
+        self._check_intents = True  # unresolved intents may exist (the ledger is asked)
+        self._initial_cash = float(execution.initial_cash)
+        self._reconcile_every = int(reconcile_every_bars)  # 0: never (paper)
+        self._reconcile_tol = float(reconcile_tolerance)
+        self._bars_since_reconcile = 0
+        self.last_reconcile: ReconcileResult | None = None
+        self.halt_reason = ""  # "reconcile": new orders held until the user acknowledges (reset)
+        self._trades_cache: list[dict[str, Any]] = []  # the account's trades seen by reconcile (incremental)
+        self._trade_ids: set[str] = set()
+        self._trades_from: int | None = None
+        self._baseline: dict[str, Any] | None = (ledger.meta if ledger is not None else {}).get("baseline")
+        self.blocked = ""  # why new orders are held (an intent the exchange could not confirm)
         self._vol_window = int(risk.vol_window)
         # the venue's bars per year (session bars for stocks) for volatility sizing; None = 24x7
         self._bpy = K.bars_per_year(timeframe) if bars_per_year is None else float(bars_per_year)
@@ -91,6 +129,201 @@ class Executor:
         self.refused_untrained = 0
         self.last_refusal: str | None = None
         self._snap = self._make_snapshot()
+        if broker is not None:
+            self.recover()
+            if self._reconcile_every:
+                self.reconcile()
+
+    # ------------------------------------------------------------ restart safety
+
+    def recover(self) -> None:
+        """Start-up: every unresolved intent looked up on the exchange by clientOrderId and resolved
+        before any new decision. The fills of a bar that crashed between ``create_order`` and its ledger
+        write complete that bar (recorded now, so its re-delivery is skipped, never re-traded)."""
+        with self._lock:
+            orders, fills, reasons, resolved = self._resolve_unresolved()
+            if not resolved:
+                return
+            last = max(it.bar_ts for it in resolved)
+            if self.ledger is not None and (self._last_ts is None or last > self._last_ts):
+                px = fills[-1].price if fills else float(self.state[K.S_LAST_PRICE])
+                if px > 0:
+                    self.state[K.S_LAST_PRICE] = px
+                self.state[K.S_EQUITY] = self.state[K.S_CASH] + self.state[K.S_POS] * float(self.state[K.S_LAST_PRICE])
+                self.ledger.record_bar(last, self.symbol, px, self.state, orders, fills, reasons,
+                                       meta=self._meta(), resolved=resolved)
+                self._last_ts = last
+            else:  # intents of bars already recorded: booked with the next bar
+                self._carry = (orders, fills, reasons, resolved)
+            for f in fills:
+                self._emit("recovered_fill", {"clientOrderId": f.clientOrderId, "side": f.side,
+                                              "amount": f.amount, "price": f.price})
+            self._snap = self._make_snapshot()
+
+    # ------------------------------------------------------------ reconciliation
+
+    def reconcile(self) -> ReconcileResult | None:
+        """Compare the ledger with the exchange now (start-up, every N bars, on demand)."""
+        with self._lock:
+            res = self._reconcile_locked()
+            self._snap = self._make_snapshot()
+            return res
+
+    def _reconcile_locked(self, extra_fills: list[Fill] | None = None) -> ReconcileResult | None:
+        b = self.live_broker
+        if b is None or not hasattr(b, "fetch_my_trades"):
+            return None  # paper: the ledger is the account; Alpaca: no fills endpoint wired yet
+        self._bars_since_reconcile = 0
+        t0 = time.perf_counter()
+        try:
+            balance = b.fetch_balance()
+            open_orders = b.fetch_open_orders(self.symbol)
+            base = Baseline.from_json(self._baseline_json())
+            if base is None:
+                base = make_baseline(balance, self.symbol, float(self.state[K.S_POS]),
+                                     float(self.state[K.S_CASH]) - self._initial_cash, int(self._clock() * 1000))
+                self._baseline = base.to_json()
+            trades = self._trades_since(b, base.since_ms)
+        except Exception as exc:  # unreachable: compared next time; nothing is halted on a network error
+            self.last_reconcile = ReconcileResult(int(self._clock() * 1000), ok=True, error=type(exc).__name__)
+            log.warning("reconcile: %s", type(exc).__name__)
+            return self.last_reconcile
+        fills = self.ledger.fills() if self.ledger is not None else pd.DataFrame(
+            [{"order_id": f.order_id, "amount": f.amount, "fee": f.fee, "ts": f.ts} for f in self._mem_fills])
+        if extra_fills:  # this bar's fills, not committed yet
+            fills = pd.concat([fills[["order_id", "amount", "fee", "ts"]], pd.DataFrame(
+                [{"order_id": f.order_id, "amount": f.amount, "fee": f.fee, "ts": f.ts} for f in extra_fills])])
+        open_cids = [it.client_order_id for it in self._mem_intents.values() if it.status == "open"]
+        res = reconcile(symbol=self.symbol, ledger_fills=fills, ledger_open=open_cids,
+                        position=float(self.state[K.S_POS]), cash_change=float(self.state[K.S_CASH]) - self._initial_cash,
+                        trades=trades, open_orders=open_orders, balance=balance, baseline=base,
+                        tolerance=self._reconcile_tol, cash_scale=abs(float(self.state[K.S_CASH])),
+                        fee_of=lambda t: quote_fee([t["fee"]] if t.get("fee") else [], self.symbol, t.get("price")))
+        res = replace(res, elapsed_ms=(time.perf_counter() - t0) * 1000.0)
+        self.last_reconcile = res
+        if not res.ok and not self.halt_reason:
+            self.halt_reason = "reconcile"
+            log.warning("reconcile: %s; new orders halted until acknowledged", res.summary())
+            self._emit("reconcile", {"differences": [d.detail for d in res.differences]})
+            self._emit("kill_switch", {"reason": "reconcile", "detail": res.summary()})
+        return res
+
+    def _baseline_json(self) -> dict[str, Any] | None:
+        return self._baseline
+
+    def _trades_since(self, b: Any, since: int) -> list[dict[str, Any]]:
+        """Every account trade since the baseline; after the first call only the new ones are fetched
+        (from the newest seen timestamp, de-duplicated by trade id), so a check stays cheap as history grows."""
+        if self._trades_from != since:  # first call, or a new baseline
+            self._trades_cache, self._trade_ids, self._trades_from = [], set(), since
+        start = max([since, *(int(t.get("timestamp") or 0) for t in self._trades_cache[-1:])])
+        for t in self._all_trades(b, start):
+            tid = str(t.get("id") or (t.get("order"), t.get("timestamp"), t.get("amount")))
+            if tid not in self._trade_ids:
+                self._trade_ids.add(tid)
+                self._trades_cache.append(t)
+        return self._trades_cache
+
+    def _all_trades(self, b: Any, since: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while True:
+            page = b.fetch_my_trades(self.symbol, since, 1000)
+            out += page
+            if len(page) < 1000:
+                return out
+            since = int(page[-1]["timestamp"]) + 1
+
+    def acknowledge(self) -> None:
+        """The user saw the reconcile differences: they are absorbed into the baseline (persisted with
+        the next bar) and new orders may go again; a NEW difference halts again."""
+        with self._lock:
+            self._acknowledge_locked()
+            self._snap = self._make_snapshot()
+
+    def _acknowledge_locked(self) -> None:
+        res, base = self.last_reconcile, Baseline.from_json(self._baseline_json())
+        if self.halt_reason == "reconcile" and res is not None and base is not None:
+            self._baseline = base.acknowledged(res).to_json()
+            self._emit("acknowledged", {"differences": [d.detail for d in res.differences]})
+        self.halt_reason = ""
+
+    def _unresolved(self) -> list[Intent]:
+        if self.ledger is not None:
+            return self.ledger.unresolved_intents()
+        return [it for it in self._mem_intents.values() if it.status in UNRESOLVED]
+
+    def _resolve_unresolved(self) -> tuple[list[Order], list[Fill], list[str], list[Intent]]:
+        """Look every unresolved intent up; book the fills of those the exchange says filled. An intent
+        the exchange cannot be asked about stays unresolved and holds new orders (``blocked``)."""
+        orders: list[Order] = []
+        fills: list[Fill] = []
+        reasons: list[str] = []
+        resolved: list[Intent] = []
+        self.blocked = ""
+        assert self.live_broker is not None
+        for it in self._unresolved():
+            try:
+                o = _lookup(self.live_broker, it.client_order_id, it.symbol)
+            except Exception as exc:  # unreachable: the order's fate is unknown, nothing new is sent
+                self.blocked = f"intent {it.client_order_id} unconfirmed ({type(exc).__name__})"
+                log.warning("cannot resolve %s: %s", it.client_order_id, type(exc).__name__)
+                continue
+            if o is None:
+                new = replace(it, status="absent", note="not on the exchange: never sent")
+            elif o.status == "open" and o.filled <= 0:
+                new = replace(it, status="open", order_id=o.id)
+            elif o.filled > 0 and o.status != "open":
+                orders.append(o)
+                fill = self._book(o, it.side)
+                fills.append(fill)
+                reasons.append(it.reason)
+                new = replace(it, status="filled", order_id=o.id)
+            elif o.status == "open":  # partly filled and still working: booked once it is done
+                new = replace(it, status="open", order_id=o.id)
+            else:
+                orders.append(o)
+                new = replace(it, status="rejected" if o.status == "rejected" else "canceled",
+                              order_id=o.id, note=o.reason)
+            self._mem_intents[it.client_order_id] = new
+            if new.status != it.status or new.order_id != it.order_id:
+                resolved.append(new)
+        self._check_intents = any(it.status in UNRESOLVED for it in self._mem_intents.values())
+        return orders, fills, reasons, resolved
+
+    def _book(self, order: Order, side: str) -> Fill:
+        """The exchange's fill into the state. A fee taken in the base asset (Binance buys) shrinks what
+        the position receives; ``order.fee`` is the whole fee valued in quote, so cash moves by exactly
+        the gross cost plus the quote part, as on the exchange."""
+        px = float(order.price or 0.0)
+        signed = (order.filled if side == "buy" else -order.filled) - float(order.fee_base)
+        K.apply_fill(self.state, signed, px, float(order.fee))
+        if self.ledger is None:
+            self._mem_fills.append(Fill(id=f"{order.id}-f", order_id=order.id, clientOrderId=order.clientOrderId,
+                                        symbol=self.symbol, side=side, amount=order.filled, price=px,
+                                        fee=float(order.fee), ts=order.ts))
+        return Fill(id=f"{order.id}-f", order_id=order.id, clientOrderId=order.clientOrderId,
+                    symbol=self.symbol, side=side, amount=order.filled, price=px, fee=float(order.fee),
+                    ts=order.ts)
+
+    def _meta(self) -> dict[str, Any]:
+        base = self.ledger.meta if self.ledger is not None else {}
+        out = {**base, "pending_cid": self._pending_cid, "order_seq": self._order_seq}
+        if self._baseline:
+            out["baseline"] = self._baseline
+        return out
+
+    def _emit(self, kind: str, details: dict[str, Any]) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(kind, {"symbol": self.symbol, "account": self.account, **details})
+            except Exception as exc:  # an alert sink never stops trading
+                log.warning("event %s: %s", kind, type(exc).__name__)
+
+    def is_stale(self, bar_ts: int) -> bool:
+        """The bar closed longer ago than max_bar_age_s (a backfill after downtime): never traded."""
+        if self._max_age_ms <= 0:
+            return False
+        return self._clock() * 1000.0 - (bar_ts + self._tf_ms) > self._max_age_ms
 
     # ------------------------------------------------------------ per bar
 
@@ -139,15 +372,25 @@ class Executor:
             signal = 0.0  # flat into the session's close: nothing is held over the night
         self._closes.append(float(bar.close))
         vol = self._vol()
-        cid = client_order_id(decision.id) if decision is not None else None
+        # paper and exchange accounts alike: the id derives from (account, symbol, timeframe, bar, action)
+        cid = self.client_id(bar.ts, decision.action.value.lower()) if decision is not None else None
+        resolved: list[Intent] = []
         with self._lock:
-            if self.live_broker is None:
+            if self.is_stale(bar.ts):
+                # fills resolved since the last record (a restart's lookups, intrabar exits) are booked
+                # with this bar even though it trades nothing: the state carries them already
+                orders, fills, reasons, resolved = self._carry
+                self._carry = ([], [], [], [])
+                self._stale_bar(bar)
+            elif self.live_broker is None:
                 orders, fills, reasons = self._paper_bar(bar, signal, vol, cid)
             else:
-                orders, fills, reasons = self._live_bar(bar, signal, vol, cid)
+                action = decision.action.value.lower() if decision is not None else "none"
+                orders, fills, reasons, resolved = self._live_bar(bar, signal, vol, action,
+                                                                  decision.id if decision is not None else "")
             if self.ledger is not None:
                 self.ledger.record_bar(bar.ts, self.symbol, bar.close, self.state, orders, fills, reasons,
-                                       meta={"pending_cid": self._pending_cid, "order_seq": self._order_seq})
+                                       meta=self._meta(), resolved=resolved)
             self._last_ts = bar.ts
             self._snap = self._make_snapshot()
         return fills
@@ -166,7 +409,7 @@ class Executor:
                 c = (pending_cid if self.params[K.P_NEXT_OPEN] else cid) or f"bar-{bar.ts}"
                 pending_cid = None
             else:
-                c = client_order_id(f"{self.symbol}:{reason}:{bar.ts}")
+                c = self.client_id(bar.ts, reason)
             order, fill = self._records(row, c, reason, "market")
             self.paper.record(order, fill)
             orders.append(order)
@@ -179,7 +422,7 @@ class Executor:
             elif self.state[K.S_PENDING_REASON] == K.R_SIGNAL:
                 self._pending_cid = cid
             else:
-                self._pending_cid = client_order_id(f"{self.symbol}:kill_switch:{bar.ts}")
+                self._pending_cid = self.client_id(bar.ts, "kill_switch")
         self.paper.now_ms = bar.ts
         return orders, fills, reasons
 
@@ -195,56 +438,146 @@ class Executor:
                     amount=float(row[K.F_QTY]), price=float(row[K.F_PRICE]), fee=float(row[K.F_FEE]), ts=ts)
         return order, fill
 
-    def _live_bar(self, bar: CandleEvent, signal: float, vol: float, cid: str | None):
-        """The kernel's phases with exchange fills (market orders fill now, at the live price)."""
-        orders: list[Order] = []
-        fills: list[Fill] = []
-        reasons: list[str] = []
+    def on_tick(self, price: float, ts_ms: int) -> list[Fill]:
+        """A trade / ticker price inside the open bar (exchange accounts): stop-loss, take-profit and the
+        daily-loss kill switch act NOW, not at the bar's close (a paper account's kernel already models
+        the bar's high/low). The exit is keyed to the open bar, so a re-sent tick cannot double it; its
+        fill is committed with that bar (its intent before the order, as every order)."""
+        if self.live_broker is None or not (math.isfinite(price) and price > 0):
+            return []
+        with self._lock:
+            if self.blocked or self.halt_reason or self.is_stale(ts_ms - self._tf_ms):
+                return []
+            bar_ts = int(ts_ms) // self._tf_ms * self._tf_ms
+            if self._last_ts is not None and bar_ts <= self._last_ts:
+                return []  # a late tick of a bar already booked
+            orders, fills, reasons, resolved = self._carry
+            out = (orders, fills, reasons, resolved)
+            n = len(fills)
+            self._show_price(price)
+            hit = self.risk.check_stops(price, price, price)
+            if hit is not None:
+                self._submit(-self.state[K.S_POS], bar_ts, hit[1], hit[1], "", out, price)
+                self.risk.start_cooldown()  # counted from this bar, as a stop found at the close
+            equity = self.state[K.S_CASH] + self.state[K.S_POS] * price
+            if self.state[K.S_POS] != 0 and self.risk.check_daily_loss(equity):
+                self._emit("kill_switch", {"reason": "daily_loss", "equity": float(equity), "intrabar": True})
+                self._submit(-self.state[K.S_POS], bar_ts, "kill_switch", "kill_switch", "", out, price)
+            self._carry = out
+            self._snap = self._make_snapshot()
+            return fills[n:]
+
+    def _show_price(self, price: float) -> None:
+        """A simulated exchange (PaperExchange) fills at the price the market shows now."""
+        on_price = getattr(self.live_broker, "on_price", None)
+        if on_price is not None:
+            on_price(float(price), int(self._clock() * 1000))
+
+    def _stale_bar(self, bar: CandleEvent) -> None:
+        """A backfilled bar: its price is recorded (equity, volatility), nothing is traded."""
+        self.stale_bars += 1
+        self.state[K.S_LAST_PRICE] = bar.close
+        self.state[K.S_EQUITY] = self.state[K.S_CASH] + self.state[K.S_POS] * bar.close
+        self.paper.now_ms = bar.ts
+
+    def _live_bar(self, bar: CandleEvent, signal: float, vol: float, action: str, decision_id: str):
+        """The kernel's phases with exchange fills (market orders fill now, at the live price). First the
+        intents of earlier bars still unconfirmed; while one cannot be confirmed, nothing new is sent."""
+        orders, fills, reasons, resolved = self._carry
+        self._carry = ([], [], [], [])
+        self._show_price(bar.close)
+        if self._check_intents:  # only after an order the exchange left unconfirmed (no query per bar)
+            o2, f2, r2, res2 = self._resolve_unresolved()
+            orders, fills, reasons, resolved = orders + o2, fills + f2, reasons + r2, resolved + res2
+        self._bars_since_reconcile += 1
+        if self._reconcile_every and self._bars_since_reconcile >= self._reconcile_every:
+            self._reconcile_locked(extra_fills=fills)
+        if self.blocked or self.halt_reason:
+            self.state[K.S_LAST_PRICE] = bar.close
+            self.state[K.S_EQUITY] = self.state[K.S_CASH] + self.state[K.S_POS] * bar.close
+            return orders, fills, reasons, resolved
         risk = self.risk
         risk.new_bar(bar.ts)
         hit = risk.check_stops(bar.open, bar.high, bar.low)
+        out = (orders, fills, reasons, resolved)
         if hit is not None:
-            self._submit(-self.state[K.S_POS], client_order_id(f"{self.symbol}:{hit[1]}:{bar.ts}"), hit[1],
-                         orders, fills, reasons)
+            self._submit(-self.state[K.S_POS], bar.ts, hit[1], hit[1], decision_id, out, hit[0])
             risk.start_cooldown()
         equity = self.state[K.S_CASH] + self.state[K.S_POS] * bar.close
         self.state[K.S_EQUITY] = equity
         if risk.check_daily_loss(equity) and self.state[K.S_POS] != 0:
-            self._submit(-self.state[K.S_POS], client_order_id(f"{self.symbol}:kill_switch:{bar.ts}"),
-                         "kill_switch", orders, fills, reasons)
+            self._emit("kill_switch", {"reason": "daily_loss", "equity": float(equity)})
+            self._submit(-self.state[K.S_POS], bar.ts, "kill_switch", "kill_switch", decision_id, out, bar.close)
         target = risk.gate(risk.size(signal, vol))
         if target == target:
             qty = risk.order_qty(target, bar.close)
             if qty != 0.0:
-                self._submit(qty, cid or client_order_id(f"{self.symbol}:signal:{bar.ts}"), "signal",
-                             orders, fills, reasons)
+                self._submit(qty, bar.ts, action, "signal", decision_id, out, bar.close)
         risk.tick_cooldown()
         self.state[K.S_EQUITY] = self.state[K.S_CASH] + self.state[K.S_POS] * bar.close
         self.state[K.S_LAST_PRICE] = bar.close
-        return orders, fills, reasons
+        return orders, fills, reasons, resolved
 
-    def _submit(self, qty: float, cid: str, reason: str, orders: list, fills: list, reasons: list) -> None:
+    def client_id(self, bar_ts: int, action: str) -> str:
+        """The clientOrderId of this account's order for (bar, action): the same after any restart."""
+        return client_order_id(order_key(self.account, self.symbol, self.timeframe, bar_ts, action))
+
+    def _submit(self, qty: float, bar_ts: int, action: str, reason: str, decision_id: str,
+                out: tuple[list[Order], list[Fill], list[str], list[Intent]], ref_price: float) -> None:
+        """Intent (committed) -> create_order -> fill booked into the state; the intent's resolution is
+        committed with the bar. A BrokerError leaves the intent pending: looked up before the next bar."""
+        orders, fills, reasons, resolved = out
         side = "buy" if qty > 0 else "sell"
+        cid = self.client_id(bar_ts, action)
         assert self.live_broker is not None  # _submit runs only with a live broker
-        order = self.live_broker.create_order(self.symbol, "market", side, abs(float(qty)), None,
-                                              {"clientOrderId": cid})
+        known = self.ledger.intent(cid) if self.ledger is not None else self._mem_intents.get(cid)
+        if known is not None and known.status not in UNRESOLVED:
+            log.info("order %s (%s) was already resolved as %s: not sent again", cid, reason, known.status)
+            return
+        intent = Intent(client_order_id=cid, decision_id=decision_id, symbol=self.symbol, side=side,
+                        type="market", amount=abs(float(qty)), price=None, bar_ts=int(bar_ts), reason=reason)
+        if self.ledger is not None:
+            self.ledger.write_intent(intent)
+        self._mem_intents[cid] = intent
+        try:
+            order = self.live_broker.create_order(self.symbol, "market", side, abs(float(qty)), None,
+                                                  {"clientOrderId": cid, "refPrice": ref_price,
+                                                   "moeFresh": known is None and self.ledger is not None})
+        except Exception as exc:  # state unknown: stays pending, resolved by lookup before the next order
+            log.warning("%s order %s %s: %s; the intent stays pending", reason, side, cid, type(exc).__name__)
+            self._check_intents = True
+            self._emit("error", {"where": "create_order", "clientOrderId": cid, "error": type(exc).__name__})
+            return
         orders.append(order)
         if order.status == "rejected" or order.filled <= 0:
-            log.warning("%s order %s %s rejected: %s", reason, side, cid, order.reason)
-            self.state[K.S_REJECTED] += 1
+            status = "open" if order.status == "open" else "rejected"
+            resolved.append(replace(intent, status=status, order_id=order.id, note=order.reason))
+            self._mem_intents[cid] = resolved[-1]
+            self._check_intents = self._check_intents or status == "open"
+            if status == "rejected":
+                log.warning("%s order %s %s rejected: %s", reason, side, cid, order.reason)
+                self.state[K.S_REJECTED] += 1
+                self._emit("rejected", {"clientOrderId": cid, "side": side, "reason": order.reason})
             return
-        px = float(order.price or 0.0)
-        signed = order.filled if side == "buy" else -order.filled
-        K.apply_fill(self.state, signed, px, float(order.fee))
-        fills.append(Fill(id=f"{order.id}-f", order_id=order.id, clientOrderId=order.clientOrderId,
-                          symbol=self.symbol, side=side, amount=order.filled, price=px, fee=float(order.fee),
-                          ts=order.ts))
+        if order.status == "open":  # partly filled, still working: booked when it completes
+            resolved.append(replace(intent, status="open", order_id=order.id))
+            self._mem_intents[cid] = resolved[-1]
+            self._check_intents = True
+            return
+        fills.append(self._book(order, side))
         reasons.append(reason)
+        resolved.append(replace(intent, status="filled", order_id=order.id))
+        self._mem_intents[cid] = resolved[-1]
+        self._emit("exit" if reason != "signal" else ("entry" if side == "buy" else "exit"),
+                   {"clientOrderId": cid, "side": side, "amount": order.filled, "price": order.price,
+                    "fee": order.fee, "reason": reason})
 
     # ------------------------------------------------------------ commands / views
 
     def reset_kill_switch(self) -> None:
+        """The user's reset: the daily-loss kill switch and an acknowledged reconcile halt."""
         with self._lock:
+            self._acknowledge_locked()
             self.risk.reset()
             if self.ledger is not None and self.ledger.restored:
                 self.ledger.save_state(self.state)
@@ -283,4 +616,19 @@ class Executor:
             realised_pnl=float(s[K.S_REALISED]),
             unrealised_pnl=0.0 if pos == 0 else pos * (last - float(s[K.S_ENTRY])),
             fees=float(s[K.S_FEES]), trades=int(s[K.S_TRADES]), kill_switch=bool(s[K.S_KILL]),
-            cooldown=int(s[K.S_COOLDOWN]), pending_target=None if pend != pend else pend)
+            cooldown=int(s[K.S_COOLDOWN]), pending_target=None if pend != pend else pend,
+            unresolved=sum(1 for it in self._mem_intents.values() if it.status in UNRESOLVED),
+            stale_bars=self.stale_bars, halt_reason=self.halt_reason, reconcile=self.last_reconcile)
+
+
+def _lookup(broker: Any, client_order_id_: str, symbol: str) -> Order | None:
+    """The exchange's order for a clientOrderId, or None when it positively does not exist."""
+    by_cid = getattr(broker, "fetch_order_by_client_id", None)
+    if by_cid is not None:
+        return by_cid(client_order_id_, symbol)
+    try:
+        return broker.fetch_order(client_order_id_, symbol)
+    except Exception as exc:
+        if type(exc).__name__ in ("OrderError", "OrderNotFound"):  # positively unknown to the account
+            return None
+        raise

@@ -11,11 +11,17 @@ Tables (created if missing; every row carries ``account``):
   exec_fills(account, id, order_id, client_order_id, symbol, side, amount, price, fee, ts, reason)
   exec_equity(account, ts, symbol, seq, price, cash, position, equity, realised, fees, state DOUBLE[], meta)
       -- one row per bar; the newest row's state is what ``restore`` returns
+  exec_intents(account, client_order_id, decision_id, symbol, side, type, amount, price, bar_ts, reason,
+               status, order_id, created_ms, resolved_ms, note)
+      -- an exchange order's intent, committed BEFORE create_order (status pending); resolved later to
+         filled | open | absent | rejected by a lookup of its clientOrderId (restart-safe idempotency)
 """
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +42,31 @@ CREATE TABLE IF NOT EXISTS exec_fills (
 CREATE TABLE IF NOT EXISTS exec_equity (
     account VARCHAR, ts BIGINT, symbol VARCHAR, seq BIGINT, price DOUBLE, cash DOUBLE, position DOUBLE,
     equity DOUBLE, realised DOUBLE, fees DOUBLE, state DOUBLE[], meta VARCHAR, PRIMARY KEY (account, ts));
+CREATE TABLE IF NOT EXISTS exec_intents (
+    account VARCHAR, client_order_id VARCHAR, decision_id VARCHAR, symbol VARCHAR, side VARCHAR, type VARCHAR,
+    amount DOUBLE, price DOUBLE, bar_ts BIGINT, reason VARCHAR, status VARCHAR, order_id VARCHAR,
+    created_ms BIGINT, resolved_ms BIGINT, note VARCHAR, PRIMARY KEY (account, client_order_id));
 """
+
+UNRESOLVED = ("pending", "open")  # intents whose outcome the exchange has not confirmed yet
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """An order the executor is about to send (or sent): what, why, for which bar, and its state."""
+
+    client_order_id: str
+    decision_id: str
+    symbol: str
+    side: str
+    type: str
+    amount: float
+    price: float | None
+    bar_ts: int
+    reason: str
+    status: str = "pending"
+    order_id: str = ""
+    note: str = ""
 
 
 def _open_store(store: Any) -> Any:
@@ -101,8 +131,8 @@ class Ledger:
 
     def record_bar(self, ts: int, symbol: str, price: float, state: np.ndarray, orders: list[Order],
                    fills: list[Fill], reasons: list[str] | None = None,
-                   meta: dict[str, Any] | None = None) -> None:
-        """Orders, fills, state and the equity point of one bar in ONE transaction."""
+                   meta: dict[str, Any] | None = None, resolved: list[Intent] | None = None) -> None:
+        """Orders, fills, state, the equity point and the intents this bar resolved in ONE transaction."""
         if state.shape != (K.STATE_SIZE,):
             raise ValueError(f"state must have {K.STATE_SIZE} values, got {state.shape}")
         if self._last_ts is not None and ts <= self._last_ts:
@@ -122,6 +152,7 @@ class Ledger:
                     "INSERT INTO exec_fills VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [[self.account, f.id, f.order_id, f.clientOrderId, f.symbol, f.side, f.amount, f.price,
                       f.fee, f.ts, r] for f, r in zip(fills, reasons, strict=True)])
+            self._resolve(con, resolved or [])
             con.execute("INSERT INTO exec_equity VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [self.account, int(ts), symbol, seq, float(price), st[K.S_CASH], st[K.S_POS],
                          st[K.S_EQUITY], st[K.S_REALISED], st[K.S_FEES], st, meta_json])
@@ -129,6 +160,50 @@ class Ledger:
         self._seq = seq
         self._last_ts = int(ts)
         self._meta = dict(meta or {})
+
+    # ------------------------------------------------------------ order intents
+
+    def write_intent(self, intent: Intent) -> None:
+        """Commit the intent (status pending) BEFORE the order leaves: a crash at any later point
+        leaves a record that the next start looks up by clientOrderId. Writing the same clientOrderId
+        again (a re-processed bar) keeps the first record."""
+        with self.store.transaction() as con:
+            con.execute(
+                "INSERT INTO exec_intents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [self.account, intent.client_order_id, intent.decision_id, intent.symbol, intent.side,
+                 intent.type, float(intent.amount), intent.price, int(intent.bar_ts), intent.reason,
+                 intent.status, intent.order_id, int(time.time() * 1000), None, intent.note])
+
+    def intent(self, client_order_id: str) -> Intent | None:
+        df = self.store.query_df("SELECT * FROM exec_intents WHERE account = ? AND client_order_id = ?",
+                                 [self.account, client_order_id])
+        return _intents(df)[0] if len(df) else None
+
+    def unresolved_intents(self) -> list[Intent]:
+        """Intents the exchange has not confirmed (pending, or open orders), oldest bar first."""
+        df = self.store.query_df(
+            "SELECT * FROM exec_intents WHERE account = ? AND status IN ('pending', 'open') "
+            "ORDER BY bar_ts, created_ms", [self.account])
+        return _intents(df)
+
+    def intents(self) -> pd.DataFrame:
+        return self.store.query_df("SELECT * EXCLUDE (account) FROM exec_intents WHERE account = ? "
+                                   "ORDER BY bar_ts, created_ms", [self.account])
+
+    def resolve_intents(self, intents: list[Intent]) -> None:
+        """Status changes that book nothing (an open order still open, an absent one) between bars."""
+        if intents:
+            with self.store.transaction() as con:
+                self._resolve(con, intents)
+
+    def _resolve(self, con: Any, intents: list[Intent]) -> None:
+        now = int(time.time() * 1000)
+        for it in intents:
+            con.execute("UPDATE exec_intents SET status = ?, order_id = ?, note = ?, resolved_ms = ? "
+                        "WHERE account = ? AND client_order_id = ?",
+                        [it.status, it.order_id, it.note, None if it.status in UNRESOLVED else now,
+                         self.account, it.client_order_id])
 
     def save_state(self, state: np.ndarray) -> None:
         """Persist a state change between bars (a manual kill-switch reset) for the last recorded bar."""
@@ -190,6 +265,27 @@ class Ledger:
             "ORDER BY ts", [self.account, int(n)])
         return df["price"].to_numpy(np.float64)
 
+    def set_meta(self, **kv: Any) -> None:
+        """Merge keys into the last recorded bar's meta (e.g. the reconciliation baseline)."""
+        if not self.restored:
+            raise ValueError(f"ledger {self.account}: no bar recorded yet")
+        meta = {**self._meta, **kv}
+        with self.store.transaction() as con:
+            con.execute("UPDATE exec_equity SET meta = ? WHERE account = ? AND ts = ?",
+                        [json.dumps(meta, sort_keys=True), self.account, self._last_ts])
+        self._meta = meta
+
     def close(self) -> None:
         if self._owns:
             self.store.close()
+
+
+def _intents(df: pd.DataFrame) -> list[Intent]:
+    out = []
+    for r in df.itertuples(index=False):
+        price = None if r.price is None or r.price != r.price else float(r.price)
+        out.append(Intent(client_order_id=str(r.client_order_id), decision_id=str(r.decision_id or ""),
+                          symbol=str(r.symbol), side=str(r.side), type=str(r.type), amount=float(r.amount),
+                          price=price, bar_ts=int(r.bar_ts), reason=str(r.reason or ""), status=str(r.status),
+                          order_id=str(r.order_id or ""), note=str(r.note or "")))
+    return out

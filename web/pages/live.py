@@ -326,10 +326,27 @@ def trading_panel(snap: EngineSnapshot) -> Component:
 
 def kill_panel(snap: EngineSnapshot) -> Component:
     k = snap.kill_switch
+    t = snap.trading
+    rec = reconcile_line(snap)
     if k.active:
-        return dbc.Alert([html.B("Kill switch ACTIVE: "), f"{k.reason} since {_ts(k.since_ms)}"],
-                         color="danger", className="py-1 mb-1", id="kill-badge")
-    return dbc.Alert("Kill switch off: trading allowed", color="success", className="py-1 mb-1", id="kill-badge")
+        body: list[Any] = [html.B("Kill switch ACTIVE: "), f"{k.reason} since {_ts(k.since_ms)}"]
+        if k.reason == "reconcile":  # the differences with the exchange; Reset acknowledges them
+            body += [html.Ul([html.Li(d) for d in t.differences[:8]], className="small mb-0", id="reconcile-diffs"),
+                     html.Div("Reset acknowledges these differences.", className="small")]
+        return html.Div([dbc.Alert(body, color="danger", className="py-1 mb-1", id="kill-badge"), rec])
+    return html.Div([dbc.Alert("Kill switch off: trading allowed", color="success", className="py-1 mb-1",
+                               id="kill-badge"), rec])
+
+
+def reconcile_line(snap: EngineSnapshot) -> Component:
+    """Exchange accounts: the last comparison with the exchange and what waits for confirmation."""
+    t = snap.trading
+    if t.broker == "paper":
+        return html.Div()
+    state = "not yet" if t.reconcile_ok is None else ("agrees" if t.reconcile_ok else "DIFFERS")
+    return html.Div(f"{t.mode} account {t.account} · exchange {state} ({_ts(t.reconcile_ts_ms)}) · "
+                    f"unconfirmed orders {t.unresolved_intents} · backfilled bars not traded {t.stale_bars}",
+                    className="small", id="reconcile-line")
 
 
 def distinct_errors(errors: Sequence[EngineError]) -> list[tuple[str, str, int, int]]:
@@ -380,7 +397,8 @@ def panels_update(snap: EngineSnapshot, sigs: dict | None, now_ms: int | None = 
                     {n: (s.enabled, s.version) for n, s in snap.experts.items()}],
         "trading": [len(snap.trades), [(p.amount, p.unrealised_pnl) for p in snap.positions],
                     [o.id for o in snap.open_orders], len(snap.equity)],
-        "kill": [snap.kill_switch.active, snap.kill_switch.reason],
+        "kill": [snap.kill_switch.active, snap.kill_switch.reason, snap.trading.reconcile_ts_ms,
+                 snap.trading.unresolved_intents, snap.trading.stale_bars],
         # the sources' last-message/lag values move every message: refresh those every 5 s only
         "system": [[getattr(s, k, None) for k in ("connected", "reconnects", "rejected_rows", "error")]
                    for s in snap.sources.values()] + [len(snap.errors), snap.streaming, now_ms // 5000],
