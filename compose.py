@@ -22,7 +22,7 @@ from core.data.store import MarketStore
 from core.engine import Engine, EngineParts, ReplayConfig, Trading
 from core.features import FeatureBuilder
 from core.market import Calendar, market_for
-from core.types import Broker, SeriesKey
+from core.types import Broker, ExpertLike, SeriesKey
 
 if TYPE_CHECKING:
     from core.backtest.walkforward import FoldTrainer
@@ -57,7 +57,17 @@ def engine_parts(cfg: AppConfig, models: ModelsConfig, store: MarketStore, timef
     if not loaded.experts:
         raise ValueError("no expert could be built; check models.yml"
                          + "".join(f"\n  {n}: {e}" for n, e in loaded.errors.items()))
-    problems = [(f"expert:{n}", e) for n, e in loaded.errors.items()]
+    for name, ex in list(loaded.experts.items()):  # Kronos: resolved now, so "not available" is a state
+        if ex.input_kind != "candles" or loaded.trained.get(name):
+            continue
+        why = candle_expert_unavailable(ex)
+        if why is None:
+            loaded.trained[name] = True  # released (hub) or locally trained nano weights
+        else:  # kept, switched off, shown as "not available" until Train now brings weights
+            loaded.errors[name] = why
+            log.warning("expert %s %s", name, why)
+    problems = [(f"expert:{n}", e) for n, e in loaded.errors.items() if not e.startswith("not available")]
+    unavailable = dict(loaded.errors)  # built but without weights (Kronos) or not built at all
     lineage: dict[str, tuple[str, dict | None]] = {}
     resumed: set[str] = set()
     resume = mode != "replay" and training and cfg.training.resume_online
@@ -88,9 +98,28 @@ def engine_parts(cfg: AppConfig, models: ModelsConfig, store: MarketStore, timef
                                nice=tc.trainer_nice, sched_idle=tc.trainer_idle, reserve_cpus=tc.reserve_cpus,
                                freeze_while_deciding=tc.freeze_while_deciding, lineage=lineage)
 
-    return EngineParts(builder=builder, experts=dict(loaded.experts), trained=loaded.trained, gate=gate,
-                       registry=reg, make_training=make_training, unavailable=loaded.errors, resumed=resumed,
-                       problems=problems)
+    from NN.training.background import OfflineTraining
+
+    experts: dict[str, ExpertLike] = dict(loaded.experts)
+    offline = OfflineTraining(cfg, models, experts, lambda: gate, reg, models_dir, trained=loaded.trained)
+    return EngineParts(builder=builder, experts=experts, trained=loaded.trained, gate=gate,
+                       registry=reg, make_training=make_training, unavailable=unavailable, resumed=resumed,
+                       problems=problems, offline=offline)
+
+
+def candle_expert_unavailable(ex: ExpertLike) -> str | None:
+    """None when a candle expert (Kronos) can load its weights (``model: auto`` tries the hub cache, the
+    hub, then the local nano); else its one-line "not available: ... Fix: ..." state."""
+    from NN.experts.kronos.hub import CheckpointNotFound
+
+    try:
+        _ = ex.bundle  # type: ignore[attr-defined]
+    except CheckpointNotFound as exc:
+        msg = str(exc)
+        return msg if msg.startswith("not available") else f"not available: {msg}"
+    except AttributeError:
+        return None
+    return None
 
 
 def trading(cfg: AppConfig, symbol: str, *, live_flag: bool = False, replay: bool = False,

@@ -1,7 +1,8 @@
 """Command line: data, train, evaluate, forecast, run (backtest), report, walkforward, sweep, book.
 
 Each area registers its own sub-commands (``register(subparsers)`` in its cli module, see
-``register_commands``), so this file stays a thin dispatcher. Every command takes --config / --models.
+``register_commands``), so this file stays a thin dispatcher. Every command takes --config / --models. Every failure ends with one line on stderr and a non-zero exit
+(``-v`` also prints the traceback).
 """
 
 from __future__ import annotations
@@ -62,4 +63,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.errors import run_cli
+
+    sys.exit(run_cli(main))

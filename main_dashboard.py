@@ -3,9 +3,13 @@
     python main_dashboard.py                                   # live data from config data.exchange
     python main_dashboard.py --replay ../shared/data/binanceus/BTC_USDT-1m.csv --speed 60
     python main_dashboard.py --replay-db --speed 600           # replay what the store holds
+    python main_dashboard.py --sample                          # replay the bundled sample (data/sample)
     python main_dashboard.py --replay-db --book ../shared/data/orderbook/binance-2024-08-08/raw  # + order books
     python main_dashboard.py                                   # execution.broker: ccxt + sandbox: testnet
     python main_dashboard.py --live                            # REAL money: also execution.live + keys in env
+
+Without internet and without --replay/--replay-db it replays the bundled sample (a real 3-day BTC/USDT
+1m slice in data/sample/): the first two days are history Train now learns from, the third is replayed.
 
 Prints the URL and one line containing "Dashboard ready" (before it, without DASHBOARD_TOKEN, a one-time
 login URL with a random token); served by waitress; Ctrl-C stops the engine (sources closed, ledger
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.config import AppConfig, ConfigError, ModelsConfig, Secrets, load_config, load_models
+from core.errors import one_line
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -40,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--replay", metavar="PATH", default=None,
                      help="import this candle file (CSV/Parquet/feather) into the store, then replay it")
     src.add_argument("--replay-db", action="store_true", help="replay what the store already holds")
+    src.add_argument("--sample", action="store_true",
+                     help="replay the bundled sample (data/sample/BTC_USDT-1m.csv; the default offline)")
     p.add_argument("--speed", type=float, default=None,
                    help="replay speed, N x real time (default: dashboard.replay_speed)")
     p.add_argument("--host", default=None, help="bind address (default: dashboard.host, 127.0.0.1)")
@@ -77,6 +84,18 @@ def exchange_host(exchange: str) -> str:
     return "api.binance.us"
 
 
+SAMPLE = Path(__file__).resolve().parent / "data" / "sample" / "BTC_USDT-1m.csv"
+SAMPLE_HISTORY_MS = 2 * 86_400_000  # the sample's first two days are history; the third is replayed
+
+
+def sample_start_ms(path: Path = SAMPLE) -> int:
+    """Where the replay of the bundled sample starts: two days after its first candle."""
+    import pandas as pd
+
+    first = pd.read_csv(path, nrows=1)["timestamp"].iat[0]
+    return int(pd.Timestamp(first).value // 1_000_000) + SAMPLE_HISTORY_MS
+
+
 def internet_reachable(host: str = "api.binance.us", port: int = 443, timeout: float = 3.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -88,7 +107,7 @@ def internet_reachable(host: str = "api.binance.us", port: int = 443, timeout: f
 def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = None,
                  replay_path: Path | None = None, replay_db: bool = False, speed: float | None = None,
                  training: bool = True, db: str | None = None, live_flag: bool = False,
-                 secrets: Secrets | None = None) -> Engine:
+                 secrets: Secrets | None = None, start_ms: int | None = None) -> Engine:
     """The Engine for live data, or a replay of the store (after importing ``replay_path``), built by
     the composition root from the command line's choices."""
     import compose
@@ -96,7 +115,7 @@ def build_engine(cfg: AppConfig, models: ModelsConfig, *, symbol: str | None = N
 
     replay = None
     if replay_path is not None or replay_db:
-        replay = ReplayConfig(speed=speed or cfg.dashboard.replay_speed)
+        replay = ReplayConfig(speed=speed or cfg.dashboard.replay_speed, start_ms=start_ms)
     return compose.build_engine(cfg, models, symbol=symbol, replay_path=replay_path, replay=replay,
                                 training=training, db=db, live_flag=live_flag, secrets=secrets)
 
@@ -147,32 +166,44 @@ def main(argv: list[str] | None = None) -> int:
     replay_path = Path(args.replay) if args.replay else None
     from core.execution.modes import trading_mode
 
+    sample = bool(args.sample)
     try:  # the switches first: a refused --live never reaches the network or the store
         trading_mode(cfg.execution, live_flag=args.live, secrets=secrets,
-                     replay=replay_path is not None or args.replay_db,
+                     replay=replay_path is not None or args.replay_db or sample,
                      stock=_is_stock(cfg, args.symbol))
     except RuntimeError as exc:  # LiveTradingRefused
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if replay_path is None and not args.replay_db and not internet_reachable(exchange_host(cfg.data.exchange)):
-        print(f"The exchange {cfg.data.exchange} cannot be reached (no internet?), so there is no live data.\n"
-              "Run the whole UI offline on stored data instead, e.g.:\n"
-              "  make run ARGS=\"--replay ../shared/data/binanceus/BTC_USDT-1m.csv --speed 60\"\n"
-              "  (or --replay-db to replay what data/moe.duckdb already holds)", file=sys.stderr)
-        return 3
+    if replay_path is None and not args.replay_db and not sample \
+            and not internet_reachable(exchange_host(cfg.data.exchange)):
+        print(f"offline: the exchange {cfg.data.exchange} cannot be reached, so there is no live data; "
+              f"replaying the bundled sample instead ({SAMPLE.relative_to(SAMPLE.parents[2])}). "
+              "Other data: --replay FILE or --replay-db.", flush=True)
+        sample = True
+    start_ms = None
+    if sample:
+        if not SAMPLE.is_file():
+            print(f"error: the bundled sample {SAMPLE} is missing (a partial checkout?)", file=sys.stderr)
+            return 3
+        replay_path, start_ms = SAMPLE, sample_start_ms()
+    if replay_path is not None and not replay_path.is_file():
+        print(f"error: --replay {replay_path}: no such file", file=sys.stderr)
+        return 2
     try:
         engine = build_engine(cfg, models, symbol=args.symbol, replay_path=replay_path, replay_db=args.replay_db,
                               speed=args.speed, training=not args.no_training, db=args.db, live_flag=args.live,
-                              secrets=secrets)
-    except (ValueError, ConfigError, RuntimeError) as exc:  # RuntimeError: LiveTradingRefused, BrokerError
-        print(f"error: {exc}", file=sys.stderr)
+                              secrets=secrets, start_ms=start_ms)
+    except (ValueError, ConfigError, RuntimeError, OSError) as exc:  # RuntimeError: LiveTradingRefused, ...
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    if sample:
+        engine.source_label = "replay of bundled sample (data/sample/BTC_USDT-1m.csv)"
 
     from web.app import create_app
     from web.server import DashboardServer
 
     if replay_path is not None or args.replay_db:
-        src = f"imported {replay_path} into the store; " if replay_path else ""
+        src = f"imported {replay_path.name if sample else replay_path} into the store; " if replay_path else ""
         print(f"{src}replaying {engine.symbol} {engine.timeframe} at "
               f"{args.speed or cfg.dashboard.replay_speed:g}x", flush=True)
     book, book_stop, live_books = None, None, None
@@ -242,4 +273,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.errors import run_cli
+
+    sys.exit(run_cli(main))

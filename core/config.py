@@ -122,6 +122,7 @@ class ExecutionConfig(_Strict):
     allow_short: bool = False  # spot is long-only; True lets signals go to -1 (margin/futures)
     min_trade_fraction: float = Field(0.01, ge=0, le=1)  # skip rebalances smaller than this of equity
     flat_at_session_end: bool = False  # markets with sessions (stocks): hold nothing over the overnight gap
+    allow_untrained: bool = False  # trade decisions that rest on untrained experts (random weights)
     # bars that closed longer ago than this (backfilled after downtime) are recorded, never traded; 0 = off
     max_bar_age_s: float = Field(90.0, ge=0)
     reconcile_every_bars: int = Field(15, ge=1)  # exchange accounts: compare with the exchange every N bars

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -523,7 +523,12 @@ class Orchestrator:
         w, fused = self.gate_runner.step(close, probs, np.asarray(batch.regime[-1], dtype=np.float64), mask,
                                          self._ood(outputs))
         decision = self._decision(f"{self.run_id}:{ts}", ts, batch, outputs, w, fused, mask, conf, er, thresholds)
-        self._position = decision.target_position
+        refuse = getattr(self.executor, "refusal", None)
+        why = refuse(decision) if refuse is not None else None
+        if why is not None:  # shown and audited with the reason; the executor will not trade it
+            decision = replace(decision, reason=f"{decision.reason} · {why}")
+        else:
+            self._position = decision.target_position
         self.audit.add(decision, float(w @ conf))
         if self.executor is not None:
             self.executor.on_decision(decision)

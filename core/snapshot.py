@@ -185,6 +185,13 @@ class EngineSnapshot:
     live_metrics: Mapping[str, RollingMetrics] = field(default_factory=lambda: _EMPTY)
     stored_metrics: Mapping[str, RollingMetrics] = field(default_factory=lambda: _EMPTY)
     market: MarketStatus = field(default_factory=MarketStatus)  # venue, session, open / next open
+    # first run: where the candles come from ("replay of bundled sample", ...), the enabled experts still
+    # untrained, how many decisions were shown but not traded because of them, and offline training
+    source_label: str = ""
+    untrained: tuple[str, ...] = ()
+    allow_untrained: bool = False
+    not_traded: int = 0
+    offline_training: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     trading: TradingView = field(default_factory=TradingView)  # the account traded and its reconciliation
 
     @staticmethod
@@ -263,6 +270,10 @@ class SnapshotParts:
     keep_errors: int = 100
     market: MarketStatus = field(default_factory=MarketStatus)
     calendar: Calendar | None = None  # the stream's sessions: forecast bars follow it
+    source_label: str = ""
+    allow_untrained: bool = False
+    not_traded: int = 0
+    offline_training: Mapping[str, Any] = field(default_factory=dict)
     trading: TradingView = field(default_factory=TradingView)
 
 
@@ -302,7 +313,10 @@ def build_snapshot(p: SnapshotParts) -> EngineSnapshot:
         experts=MappingProxyType(experts), versions=MappingProxyType(versions),
         training_enabled=p.training_enabled, trainers=MappingProxyType(dict(p.trainers)),
         swaps=tuple(p.swaps), live_metrics=by_expert(p.live_metrics), stored_metrics=by_expert(p.stored_metrics),
-        market=p.market, trading=p.trading)
+        market=p.market, source_label=p.source_label,
+        untrained=tuple(n for n, i in p.experts.items() if i.enabled and not i.trained),
+        allow_untrained=p.allow_untrained, not_traded=p.not_traded,
+        offline_training=MappingProxyType(dict(p.offline_training)), trading=p.trading)
 
 
 def equity_frame(rows: Sequence[tuple[int, float, float]]) -> pd.DataFrame:

@@ -25,6 +25,8 @@ def web_config(tmp: Path) -> tuple[AppConfig, ModelsConfig]:
         "backtest": cfg.backtest.model_copy(update={"reports_dir": str(tmp / "reports")}),
         "training": cfg.training.model_copy(update={"runs_dir": str(tmp / "runs"),
                                                     "models_dir": str(tmp / "models")}),
+        # the web tests show trades of untrained experts on purpose (the rule itself: test_first_run.py)
+        "execution": cfg.execution.model_copy(update={"allow_untrained": True}),
     })
     return cfg, load_models()
 
@@ -144,3 +146,27 @@ def browser_context(browser: Any, app: Any, base_url: str, *, bypass_csp: bool =
 def logged_in_page(browser: Any, app: Any, base_url: str, **kwargs: Any) -> Any:
     """A new page in a logged-in context (``browser.new_page`` replacement)."""
     return browser_context(browser, app, base_url, **kwargs).new_page()
+
+
+def http_json(url: str, method: str = "GET", body: dict | None = None, timeout: float = 30.0,
+              token: str | None = None) -> tuple[int, Any]:
+    """One HTTP request to a dashboard served by another process (main_dashboard.py) -> (status,
+    parsed JSON), with its bearer ``token`` and its own Origin."""
+    import json
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    data = json.dumps(body).encode() if body is not None else None
+    parts = urlsplit(url)
+    headers = {"Origin": f"{parts.scheme}://{parts.netloc}"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")

@@ -261,7 +261,9 @@ def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path)
         "enabled": True, "device": "cpu",
         "params": {"model": str(tiny_kronos_dir(tmp_path)), "lookback": 32, "samples": 4, "calibrated": False}})
     models = models.model_copy(update={"experts": experts})
-    cfg = cfg.model_copy(update={"orchestrator": cfg.orchestrator.model_copy(update={"kronos_every_bars": 2})})
+    cfg = cfg.model_copy(update={"orchestrator": cfg.orchestrator.model_copy(update={"kronos_every_bars": 2}),
+                                 # this test trades on untrained experts on purpose (the rule: test_first_run.py)
+                                 "execution": cfg.execution.model_copy(update={"allow_untrained": True})})
     with MarketStore(cfg.data.db_path) as s:
         s.upsert_candles(KEY, candles.iloc[:150])
     eng = compose.build_engine(cfg, models, replay=ReplayConfig(speed=None))

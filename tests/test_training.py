@@ -198,7 +198,7 @@ def test_train_refuses_unknown_series(trained: dict, capsys: pytest.CaptureFixtu
     rc = main_backtest.main(["train", "--experts", "cnn", "--db", str(trained["db"]), "--symbol", "ETH/USDT",
                              "--models-dir", str(trained["tmp"] / "m2"), "--no-progress"])
     assert rc == 1
-    assert "no candles for" in capsys.readouterr().out
+    assert "no candles for" in capsys.readouterr().err  # errors go to stderr (issue 16)
 
 
 def test_second_train_starts_from_the_best_checkpoint(trained: dict) -> None:

@@ -13,7 +13,7 @@ import logging
 import math
 import queue
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -79,6 +79,10 @@ def threshold_problem(t: Thresholds, floor: float) -> str | None:
         return (f"buy {t.buy:g} + sell {t.sell:g} <= 1: the BUY and SELL bands cross, so a bar can trigger "
                 "both; send force: true to apply anyway")
     return None
+
+
+class TrainNowBody(_Body):
+    preset: Literal["quick", "full"] = "quick"
 
 
 class StreamBody(_Body):
@@ -535,7 +539,10 @@ def build_blueprint(engine: Any, threshold_floor: float = 0.5, audit: ControlAud
                 except ValueError as exc:
                     raise ApiError(409, str(exc), "conflict") from None
         if body.enabled is not None:
-            engine.set_expert_enabled(name, body.enabled)
+            try:
+                engine.set_expert_enabled(name, body.enabled)
+            except ValueError as exc:  # an expert without weights (Kronos "not available")
+                raise ApiError(409, str(exc), "conflict") from None
         audit.record(who(), "patch_expert", name=name, enabled=body.enabled, training=body.training)
         return jsonify(ok=True, name=name, enabled=body.enabled, training=body.training)
 
@@ -582,6 +589,23 @@ def build_blueprint(engine: Any, threshold_floor: float = 0.5, audit: ControlAud
         engine.reset_kill_switch()
         audit.record(who(), "reset_kill_switch")
         return jsonify(ok=True)
+
+    @bp.route("/train_now", methods=["GET", "POST"])
+    def train_now() -> Response:
+        """Train now: POST starts offline training of the enabled experts and the gate (quick | full)
+        in a background process; GET (and the POST's answer) is the job's progress."""
+        if request.method == "POST":
+            body = parse_body(TrainNowBody)
+            if not hasattr(engine, "train_now"):
+                raise ApiError(409, "train now is not available in this engine", "conflict")
+            try:
+                engine.train_now(body.preset)
+            except ValueError as exc:
+                raise ApiError(409, str(exc), "conflict") from None
+        snap = engine.snapshot()
+        return jsonify(training=dict(getattr(snap, "offline_training", {})),
+                       untrained=list(getattr(snap, "untrained", ())),
+                       not_traded=int(getattr(snap, "not_traded", 0)))
 
     @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     def unknown(rest: str) -> Response:

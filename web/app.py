@@ -20,6 +20,7 @@ from core.backtest.engine import ComponentsFactory
 from core.config import AppConfig, ModelsConfig, Secrets
 from core.types import CheckpointCatalog
 from web import api, auth, figures
+from web.compress import install_compression
 from web.control_audit import ControlAudit
 from web.pages import annotate, backtest, live, models, orderbook
 
@@ -149,6 +150,7 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
     auth.install_auth(app.server, policy)
     ctx.extra["control_audit"] = control = ControlAudit(store)
     api.install_api(app.server, engine, dcfg.threshold_floor, control)
+    install_compression(app.server)  # gzip + long-lived caching of fingerprinted assets (first chart)
 
     nav = dbc.NavbarSimple(
         brand="MoE Trader", color="dark", dark=True, fluid=True, className="mb-2",

@@ -275,6 +275,20 @@ def equity_figure(equity: pd.DataFrame) -> dict:
         "legend": {"orientation": "h"}, "uirevision": "equity"}}
 
 
+def empty_state(fig: go.Figure, text: str) -> go.Figure:
+    """A figure with nothing to draw says so in words, with the next step: no axes, no grid."""
+    fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False})
+    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                       font={"size": 14})
+    return fig
+
+
+LOSS_EMPTY = "No training curves yet: press Train now (Live page) or run `python main_backtest.py train`"
+COMPARE_EMPTY = "Select stored reports above to compare their equity curves"
+COMPARE_NONE = ("No backtest reports yet: pick a range and experts, then Run backtest "
+                "(or `python main_backtest.py run`)")
+
+
 def loss_figure(metrics: pd.DataFrame, title: str = "") -> go.Figure:
     """Training curves: one line per metric name (columns step, name, value)."""
     fig = go.Figure()
@@ -283,6 +297,8 @@ def loss_figure(metrics: pd.DataFrame, title: str = "") -> go.Figure:
             fig.add_trace(go.Scatter(x=g["step"].tolist(), y=_clean(g["value"]), mode="lines", name=str(name)))
     fig.update_layout(template="plotly_dark", height=240, title=title,
                       margin={"l": 40, "r": 10, "t": 30 if title else 10, "b": 30})
+    if not fig.data:
+        empty_state(fig, LOSS_EMPTY)
     return fig
 
 
@@ -328,8 +344,9 @@ def online_loss_figure(history: Mapping[str, list] | None, swaps: Iterable[Mappi
     return fig
 
 
-def compare_figure(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
-    """Stored backtest equity curves normalised to 1.0 at their start, for comparison."""
+def compare_figure(curves: Mapping[str, pd.DataFrame], empty: str = COMPARE_EMPTY) -> go.Figure:
+    """Stored backtest equity curves normalised to 1.0 at their start, for comparison (``empty``: what
+    the figure says when there is no curve)."""
     fig = go.Figure()
     for name, eq in curves.items():
         if eq is None or eq.empty:
@@ -338,6 +355,8 @@ def compare_figure(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
         fig.add_trace(go.Scatter(x=_x(eq["ts"].to_numpy()), y=_clean(y / y[0]), mode="lines", name=name))
     fig.update_layout(template="plotly_dark", height=320, margin={"l": 40, "r": 10, "t": 10, "b": 30},
                       yaxis={"title": "equity / start"})
+    if not fig.data:
+        empty_state(fig, empty)
     return fig
 
 

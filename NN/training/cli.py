@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                            patience=args.patience, kronos_preset=args.kronos_preset,
                            annotations=annotations, annotation_weight=args.weight)
     except ValueError as exc:
-        print(f"train: {exc}")
+        print(f"train: {exc}", file=sys.stderr)
         return 1
     finally:
         store.close()
@@ -174,7 +175,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report = run_evaluation(store, key, models, app, start_ms=args.start, end_ms=args.end,
                                 models_dir=models_dir, names=names, warmup=args.warmup, walk=args.walk)
     except ValueError as exc:
-        print(f"evaluate: {exc}")
+        print(f"evaluate: {exc}", file=sys.stderr)
         return 1
     finally:
         store.close()

@@ -183,10 +183,12 @@ def _val_logloss(expert: Any, prep: Prepared, y: np.ndarray, r: np.ndarray) -> t
 
 def train_expert(expert: SupervisedExpert | DQNExpert, prep: Prepared, epochs: int, *, patience: int = 3, seed: int = 0,
                  writer: Any = None, task: Callable[..., Any] | None = None,
-                 max_steps_per_epoch: int | None = None, annotated: AnnotatedRows | None = None) -> TrainResult:
+                 max_steps_per_epoch: int | None = None, annotated: AnnotatedRows | None = None,
+                 on_epoch: Callable[[str, int, int, float, float], None] | None = None) -> TrainResult:
     """Train one features expert in place; leaves it at its best-validation epoch with the fitted
     calibration. DQN: epochs = passes of episodes over the train part (chunks in random order).
-    annotated (supervised experts): those train rows take the annotations' classes, ``weight`` times each."""
+    annotated (supervised experts): those train rows take the annotations' classes, ``weight`` times each.
+    ``on_epoch(name, epoch, epochs, train_loss, val_logloss)`` after each epoch (progress reports)."""
     y, r = prep.labels(expert.horizon)
     rng = np.random.default_rng(seed)
     is_dqn = isinstance(expert, DQNExpert)
@@ -243,6 +245,8 @@ def train_expert(expert: SupervisedExpert | DQNExpert, prep: Prepared, epochs: i
                 writer.add_scalar(f"{expert.name}/{k}", v, ep)
         if advance:
             advance(0, info=f"epoch {ep + 1} val_logloss {vl:.4f}")
+        if on_epoch is not None:
+            on_epoch(expert.name, ep + 1, epochs, float(np.mean(losses)) if losses else float("nan"), vl)
         log.info("%s epoch %d: train loss %.4f, val log loss %.4f (calibration a=%s b=%s)", expert.name, ep + 1,
                  float(np.mean(losses)) if losses else float("nan"), vl, np.round(cal.a, 3), np.round(cal.b, 3))
         if vl < best[0] - 1e-5:
@@ -346,7 +350,8 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                  models_dir: Path, runs_dir: Path | None, progress: bool = True,
                  max_steps_per_epoch: int | None = None, patience: int = 3,
                  kronos_preset: str = "nano", annotations: Sequence[Annotation] | None = None,
-                 annotation_weight: int = 5) -> dict[str, Any]:
+                 annotation_weight: int = 5,
+                 on_epoch: Callable[[str, int, int, float, float], None] | None = None) -> dict[str, Any]:
     """The ``train`` command: train the named experts (and/or 'moe'), register checkpoints.
     annotations: extra labelled samples for the supervised experts (NN/training/annotated.py)."""
     registry = CheckpointRegistry(store, models_dir)
@@ -394,7 +399,8 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                 except ValueError as exc:  # architecture changed: start fresh, say why
                     log.warning("%s: best checkpoint not loadable (%s); training from scratch", name, exc)
                 res = train_expert(expert, prep, epochs or 10, writer=writer, task=task,
-                                   max_steps_per_epoch=max_steps_per_epoch, patience=patience, annotated=rows)
+                                   max_steps_per_epoch=max_steps_per_epoch, patience=patience, annotated=rows,
+                                   on_epoch=on_epoch)
                 version = registry.register(
                     name, expert.state_dict(), res.val_logloss, cfg.checkpoints,
                     {**meta_base, "horizon": cfg.horizon, "resumed_from": resumed_from, "epochs_run": res.epochs_run,

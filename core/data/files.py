@@ -3,7 +3,9 @@
 Layouts understood without a mapping:
 - ``timestamp,open,high,low,close,volume`` (../shared/data), and freqtrade's ``date,...`` columns;
 - freqtrade JSON: a list of ``[ts_ms, open, high, low, close, volume]`` rows;
-- Binance's kline CSVs (data.binance.vision): no header, 12 columns, open time first;
+- Binance's kline CSVs (data.binance.vision): 12 columns, open time first (ms, or us since 2025), with
+  or without the header ``open_time,open,high,low,close,volume,close_time,...``;
+- Kraken's OHLCVT export: no header, 7 columns ``time,open,high,low,close,volume,trades`` (time in epoch s);
 - trades: ``timestamp,id,side,price,amount`` (freqtrade adds type and cost, ignored).
 Timestamps may be epoch s / ms / us / ns (detected from their magnitude) or ISO strings (UTC; naive
 strings are taken as UTC). ``mapping`` {our column: file column} overrides the detection of names.
@@ -44,6 +46,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 }
 TRADE_FILE_COLUMNS: tuple[str, ...] = ("ts", "id", "side", "price", "amount")
 BINANCE_KLINE_COLUMNS = 12
+KRAKEN_OHLCVT_COLUMNS = 7
 
 
 def to_ms(values: pd.Series | np.ndarray) -> np.ndarray:
@@ -145,13 +148,12 @@ def _read_raw(path: Path) -> pd.DataFrame:
     if not headerless:
         return pd.read_csv(path, dtype={"id": str})
     raw = pd.read_csv(path, header=None)
-    if raw.shape[1] == BINANCE_KLINE_COLUMNS or raw.shape[1] == 6:
+    if raw.shape[1] in (6, KRAKEN_OHLCVT_COLUMNS, BINANCE_KLINE_COLUMNS):  # generic, Kraken OHLCVT, Binance
         raw = raw.iloc[:, :6]
         raw.columns = list(CANDLE_COLUMNS)
         return raw
-    raise ValueError(
-        f"{path}: headerless CSV with {raw.shape[1]} columns; expected 6 (ts,o,h,l,c,v) or 12 (Binance klines)"
-    )
+    raw.columns = [f"col{i}" for i in range(raw.shape[1])]
+    return raw  # _map_columns names the columns it saw and the --map to use
 
 
 def _map_columns(raw: pd.DataFrame, wanted: tuple[str, ...], mapping: dict[str, str] | None,
@@ -163,9 +165,11 @@ def _map_columns(raw: pd.DataFrame, wanted: tuple[str, ...], mapping: dict[str, 
         if src is None:
             src = next((lower[a] for a in _ALIASES[col] if a in lower), None)
         if src is None or src not in raw.columns:
+            seen = ", ".join(map(str, raw.columns[:20])) + (" ..." if len(raw.columns) > 20 else "")
             raise ValueError(
-                f"{path}: no column for '{col}' (have {', '.join(map(str, raw.columns))}); "
-                f"pass a mapping like {{'{col}': '<file column>'}}"
+                f"{path.name}: no column for '{col}' (saw {len(raw.columns)} columns: {seen}); name it with "
+                f"--map {col}=<file column> (known layouts: timestamp,open,high,low,close,volume with a header; "
+                "Binance klines, 12 columns; Kraken OHLCVT, 7 columns without a header)"
             )
         out[col] = raw[src]
     return pd.DataFrame(out)

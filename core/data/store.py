@@ -104,6 +104,32 @@ def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None)
     return int(row[0]) if row else 0
 
 
+class StoreLocked(RuntimeError):
+    """Another process holds the DuckDB file (DuckDB allows one writer, and no reader beside it)."""
+
+
+def locked_message(path: str, error: str) -> str:
+    """One sentence naming who holds ``path`` (the PID DuckDB reports; "the dashboard" when that
+    process runs main_dashboard.py) and what to do."""
+    import os
+
+    m = re.search(r"PID (\d+)", error)
+    try:
+        shown = os.path.relpath(path)
+        shown = path if shown.startswith("..") else shown
+    except ValueError:
+        shown = path
+    if m is None:
+        return f"cannot open {shown}: {error.splitlines()[0]}; is another process using it? stop it or pass --db"
+    pid = m.group(1)
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        cmd = ""
+    who = f"the dashboard (pid {pid})" if "main_dashboard" in cmd else f"process {pid}"
+    return f"{who} holds {shown}; stop it or pass --db"
+
+
 def _open(path: str, read_only: bool) -> _Shared:
     if path == ":memory:":
         mem = _Shared(duckdb.connect(":memory:"), False)
@@ -121,11 +147,7 @@ def _open(path: str, read_only: bool) -> _Shared:
             try:
                 con = duckdb.connect(path, read_only=read_only)
             except duckdb.IOException as exc:
-                raise RuntimeError(
-                    f"cannot open {path}: {exc}. While one process has a DuckDB file open for writing (e.g. "
-                    "the dashboard engine), no other process can open it, not even read-only: stop that "
-                    "process, point --db at a copy, or receive data from it over a queue"
-                ) from None
+                raise StoreLocked(locked_message(path, str(exc))) from None
             shared = _REGISTRY[path] = _Shared(con, read_only)
         shared.users += 1
         return shared

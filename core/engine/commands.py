@@ -17,6 +17,8 @@ from core.types import Decision, Thresholds, timeframe_ms
 
 if TYPE_CHECKING:
     from core.data.provider import DataProvider
+    from core.data.store import MarketStore
+    from core.engine.offline import OfflineTrainer
     from core.engine.training import TrainingHook
     from core.execution.executor import Executor
     from core.orchestrator import Orchestrator
@@ -39,9 +41,13 @@ class EngineCommands:
     _streaming: bool
     _thresholds: Thresholds
     _enabled: dict[str, bool]
+    _unavailable: dict[str, str]
     _orch: Orchestrator | None
     _executor: Executor | None
     _provider: DataProvider | None
+    offline: OfflineTrainer | None
+    exchange: str
+    store: MarketStore
 
     def _publish(self) -> None:
         raise NotImplementedError
@@ -55,6 +61,9 @@ class EngineCommands:
     def trainable(self) -> list[str]:
         raise NotImplementedError
 
+    def train_cutoff_ms(self) -> int | None:
+        raise NotImplementedError
+
     def command_table(self) -> dict[str, Handler]:
         return {
             "set_thresholds": self._apply_thresholds,
@@ -65,6 +74,7 @@ class EngineCommands:
             "start_stream": self._apply_start_stream,
             "stop_stream": self._apply_stop_stream,
             "preview": self._apply_preview,
+            "train_now": self._apply_train_now,
         }
 
     # ---- public API (any thread)
@@ -76,6 +86,8 @@ class EngineCommands:
     def set_expert_enabled(self, name: str, enabled: bool) -> None:
         if name not in self.experts:
             raise ValueError(f"unknown expert {name!r}; running: {', '.join(self.experts)}")
+        if enabled and name in self._unavailable:
+            raise ValueError(f"{name} is {self._unavailable[name]}")
         self._command("set_expert_enabled", (name, bool(enabled)))
 
     def reset_kill_switch(self) -> None:
@@ -102,6 +114,24 @@ class EngineCommands:
         if isinstance(res, BaseException):
             raise res
         return res
+
+    def train_now(self, preset: str = "quick") -> None:
+        """Train now: offline training of the enabled experts and the gate in a background process on
+        the stored candles up to the engine's newest bar; the checkpoints are hot-swapped in when it
+        finishes. ValueError when the preset is unknown, Train now is unavailable or a job runs."""
+        from core.engine.offline import PRESETS
+
+        if preset not in PRESETS:
+            raise ValueError(f"unknown training preset {preset!r}; use one of {', '.join(PRESETS)}")
+        if self.offline is None:
+            raise ValueError("train now is not available in this engine")
+        if self.offline.running:
+            raise ValueError("a training job is already running; wait for it to finish")
+        done: queue.Queue[BaseException | None] = queue.Queue()
+        self._command("train_now", (preset, done))
+        res = done.get(timeout=60)
+        if res is not None:
+            raise res
 
     def set_training(self, name: str, on: bool) -> None:
         """Start/stop online training of expert ``name`` (a trainer process; promotions hot-swap the
@@ -179,6 +209,21 @@ class EngineCommands:
         if self._provider is not None:
             self._provider.stop()
         self._streaming = False
+        self._publish()
+
+    def _apply_train_now(self, arg: tuple[str, queue.Queue[BaseException | None]]) -> None:
+        preset, done = arg
+        try:
+            from core.types import SeriesKey
+
+            assert self.offline is not None
+            key = SeriesKey(self.exchange, self.symbol, self.timeframe)
+            self.offline.start(preset, key, self.store.candles(key, None, self.train_cutoff_ms()))
+            done.put(None)
+        except (ValueError, OSError) as exc:
+            done.put(ValueError(str(exc)))
+        except Exception as exc:  # the caller waits: answer it whatever happened
+            done.put(RuntimeError(f"{type(exc).__name__}: {exc}"))
         self._publish()
 
     def _apply_preview(self, done: queue.Queue[Decision | BaseException]) -> None:

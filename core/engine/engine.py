@@ -33,6 +33,7 @@ from core.config import AppConfig, ModelsConfig, is_ticker
 from core.data.provider import DataProvider
 from core.data.store import MarketStore
 from core.engine.commands import EngineCommands
+from core.engine.offline import OfflineTrainer
 from core.engine.training import TrainingFactory, TrainingHook
 from core.execution import kernel as K
 from core.execution.executor import Executor
@@ -109,6 +110,7 @@ class EngineParts:
     unavailable: dict[str, str] = field(default_factory=dict)  # experts that could not be built
     resumed: set[str] = field(default_factory=set)  # experts that resumed online-trained weights
     problems: list[tuple[str, str]] = field(default_factory=list)  # (where, message) met while building
+    offline: OfflineTrainer | None = None  # Train now (offline training in a background process)
     trading: Trading = field(default_factory=Trading)  # paper unless compose built an exchange broker
 
 
@@ -140,6 +142,8 @@ class Engine(EngineCommands):
         self.registry = parts.registry
         self._unavailable = dict(parts.unavailable)
         self.dead_zone = dead_zone(cfg.execution, models.labels)
+        self.offline = parts.offline
+        self.source_label = ""  # shown on the Live page, e.g. "replay of bundled sample"
         # online training: main_dashboard --no-training or config training.enabled=false -> no trainer starts
         self.training = bool(training) and bool(cfg.training.enabled) and parts.make_training is not None
         self.hook = TrainingHook(self.experts, self.trained, store, parts.make_training, enabled=self.training,
@@ -149,7 +153,8 @@ class Engine(EngineCommands):
         # settings commands leave for the next pipeline (applied at once when one is running)
         o = cfg.orchestrator
         self._thresholds = Thresholds(o.buy_threshold, o.sell_threshold, o.min_confidence)
-        self._enabled: dict[str, bool] = {n: True for n in self.experts}
+        # an expert built without weights (Kronos "not available") stays off until Train now brings them
+        self._enabled: dict[str, bool] = {n: n not in self._unavailable for n in self.experts}
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._lock = threading.Lock()
         self._errors: deque[EngineError] = deque(maxlen=KEEP_ERRORS)
@@ -297,6 +302,8 @@ class Engine(EngineCommands):
             self._thread.join(timeout=10)
         self._streaming = False
         self.hook.close()
+        if self.offline is not None:
+            self.offline.cancel()
         if self._orch is not None:
             self._orch.close()  # flushes the audit trail
             self.hook.update_outcomes(self._orch)
@@ -327,7 +334,7 @@ class Engine(EngineCommands):
                 kind, arg = self._q.get(timeout=IDLE_POLL_S)
             except queue.Empty:  # no candle for a while: trainer housekeeping between decisions
                 try:
-                    if self.hook.poll():
+                    if self.hook.poll() | self._poll_offline():
                         self._publish()
                 except Exception as exc:
                     self._error("training", exc)
@@ -372,6 +379,10 @@ class Engine(EngineCommands):
         if d is not None:
             self._decisions.append(d)
         self.hook.after_decision(ev, d, orch)
+        try:
+            self._poll_offline()
+        except Exception as exc:
+            self._error("train-now", exc)
         fills = executor.on_candle(ev)
         self._trades.extend(fills)
         s = executor.snapshot()
@@ -395,6 +406,36 @@ class Engine(EngineCommands):
                 df = df[df["ts"] <= ts]
             out[tf] = df
         return out
+
+    def _poll_offline(self) -> bool:
+        """Train now: adopt a finished job's checkpoints (already loaded into the running experts by
+        the job; here they are marked trained). True when something changed."""
+        job = self.offline
+        if job is None:
+            return False
+        was = job.running
+        adopted = job.poll()
+        for name in adopted:
+            if name in self.trained:
+                self.trained[name] = True
+            if name in self._unavailable and name in self.experts:  # e.g. Kronos: now it has weights
+                del self._unavailable[name]
+                self._apply_enabled((name, True))
+        st = job.status()
+        if st.get("state") == "failed" and was:
+            self._error("train-now", str(st.get("error")))
+        return bool(adopted) or job.running or was
+
+    def train_cutoff_ms(self) -> int | None:
+        """Exclusive end of what Train now may learn from: just after the engine's newest bar in a
+        replay (its future is not learnt), None (everything stored) live."""
+        if self.replay is None:
+            return None
+        prov = self._provider
+        last = prov.arrays(self.symbol, self.timeframe, 1)["ts"] if prov is not None else np.empty(0)
+        if len(last):
+            return int(last[-1]) + 1
+        return self.replay.start_ms if self.replay.start_ms is not None else 0  # nothing seen: nothing
 
     def _market_status(self, prov: DataProvider | None) -> MarketStatus:
         """Open / closed at the engine's clock: the wall clock live, the newest replayed bar's close in a
@@ -453,6 +494,9 @@ class Engine(EngineCommands):
             sources=prov.status() if prov is not None else {}, training_enabled=self.training,
             trainers=trainers, swaps=tuple(self.hook.swaps), live_metrics=live, stored_metrics=stored,
             keep_errors=KEEP_ERRORS, market=self._market_status(prov), calendar=self.builder.calendar,
+            source_label=self.source_label, allow_untrained=self.cfg.execution.allow_untrained,
+            not_traded=ex.refused_untrained if ex is not None else 0,
+            offline_training=self.offline.status() if self.offline is not None else {},
             trading=trading))
         with self._lock:
             self._snap = snap

@@ -41,6 +41,7 @@ from core.execution.ledger import UNRESOLVED, Intent, Ledger
 from core.execution.paper import PaperBroker
 from core.execution.reconcile import Baseline, ReconcileResult, make_baseline, reconcile
 from core.execution.risk import RiskManager
+from core.execution.untrained import refusal
 from core.types import Broker, CandleEvent, Decision, Fill, Order, timeframe_ms
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,10 @@ class Executor:
         self._lock = threading.RLock()
         self._decided: dict[int, Decision] = {}
         self.late_decisions = 0
+        # decisions resting on untrained experts are never traded unless execution.allow_untrained
+        self.allow_untrained = bool(getattr(execution, "allow_untrained", False))
+        self.refused_untrained = 0
+        self.last_refusal: str | None = None
         self._snap = self._make_snapshot()
         if broker is not None:
             self.recover()
@@ -322,11 +327,22 @@ class Executor:
 
     # ------------------------------------------------------------ per bar
 
+    def refusal(self, decision: Decision) -> str | None:
+        """Why this executor will not trade ``decision`` (core/execution/untrained.py), or None."""
+        return refusal(decision, self.allow_untrained)
+
     def on_decision(self, decision: Decision) -> None:
-        """Orchestrator hook: keep the decision until its bar arrives through ``on_candle``."""
+        """Orchestrator hook: keep the decision until its bar arrives through ``on_candle``. A decision
+        resting on untrained experts is dropped (its bar is booked as if no decision came: stops and the
+        kill switch still act, no new order) unless ``execution.allow_untrained``."""
         if decision.symbol != self.symbol:
             raise ValueError(f"decision {decision.id} is for {decision.symbol}; this executor trades {self.symbol}")
+        why = self.refusal(decision)
         with self._lock:
+            if why is not None:
+                self.refused_untrained += 1
+                self.last_refusal = why
+                return
             if self._last_ts is not None and decision.ts <= self._last_ts:
                 log.warning("decision %s arrived after its bar %s was booked: dropped", decision.id, decision.ts)
                 self.late_decisions += 1

@@ -170,6 +170,7 @@ def layout(wctx: Any) -> Any:
     chosen = [n for n, s in snap.experts.items() if s.trained] or \
         [n for n, s in snap.experts.items() if s.input_kind == "features"] or experts
     start, end = stored_range(wctx, snap.symbol, snap.timeframe)
+    has_reports = len(list_reports(_reports_dir(wctx))) > 0
     form = dbc.Card(dbc.CardBody([
         dbc.Row([
             dbc.Col([dbc.Label("Range (UTC dates)"),
@@ -196,7 +197,8 @@ def layout(wctx: Any) -> Any:
                   dbc.CardBody([dcc.Checklist(id="bt-compare", options=[], value=[],
                                               labelStyle={"display": "block"}, className="small"),
                                 html.Div(id="bt-table"),
-                                dcc.Graph(id="bt-compare-graph", figure=figures.compare_figure({})),
+                                dcc.Graph(id="bt-compare-graph", figure=figures.compare_figure(
+                                    {}, figures.COMPARE_EMPTY if has_reports else figures.COMPARE_NONE)),
                                 # the first selected report's threshold preview (core/backtest/thresholds.py)
                                 dcc.Graph(id="bt-threshold-graph", figure=figures.threshold_heatmap(None))])]),
         research_cards(wctx),
@@ -289,7 +291,7 @@ def register(app: Dash, wctx: Any) -> None:
                 for r in rep.itertuples()]
         table = (dbc.Table.from_dataframe(rep.drop(columns=["path"]).head(20).round(4), size="sm", striped=True,
                                           className="small")
-                 if len(rep) else html.Div("no stored reports yet", className="text-muted small"))
+                 if len(rep) else html.Div(figures.COMPARE_NONE, className="text-muted small"))
         pct = int(100 * job.progress) if job else 0
         if old_opts is not None and opts == old_opts and (_n or 0) > 1:
             return pct, f"{pct}%", msg, no_update, no_update
@@ -330,7 +332,8 @@ def register(app: Dash, wctx: Any) -> None:
                 curves[Path(str(p)).stem] = report_equity(p, _reports_dir(wctx))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-        return figures.compare_figure(curves)
+        has = len(list_reports(_reports_dir(wctx))) > 0
+        return figures.compare_figure(curves, figures.COMPARE_EMPTY if has else figures.COMPARE_NONE)
 
     @app.callback(Output("bt-threshold-graph", "figure"), Input("bt-compare", "value"))
     def _thresholds(paths: list[str] | None) -> Any:

@@ -27,6 +27,7 @@ from core.snapshot import EngineError, EngineSnapshot
 from core.types import TIMEFRAME_MS, Thresholds, timeframe_ms
 from web import api, figures, sessions
 from web.auth import who
+from web.pages import first_run
 
 if TYPE_CHECKING:
     from web.app import WebContext
@@ -243,8 +244,23 @@ def stats_panel(snap: EngineSnapshot, now_ms: int) -> Component:
     ]
     if sessions.calendar_of(snap.market) is not None:  # stocks: open / closed, next open
         items.append(("Market", sessions.market_text(snap.market)))
-    return dbc.Row([dbc.Col([html.Div(n, className="text-muted small"), html.Div(v, className="fw-bold")])
-                    for n, v in items], className="g-2")
+    row = dbc.Row([dbc.Col([html.Div(n, className="text-muted small"), html.Div(v, className="fw-bold")])
+                   for n, v in items], className="g-2")
+    if k:
+        return row
+    return html.Div([row, html.Div(kronos_empty_text(snap), id="kronos-empty", className="small text-muted")])
+
+
+def kronos_empty_text(snap: EngineSnapshot) -> str:
+    """Why there is no forecast fan, and the next step."""
+    st = snap.experts.get("kronos")
+    if st is None:
+        return "No forecast fan: Kronos is not enabled in models.yml."
+    if st.version == "unavailable" and st.last_error:
+        return f"No forecast fan: Kronos is {st.last_error}"
+    if not st.enabled:
+        return "No forecast fan: Kronos is switched off (Models page)."
+    return "No forecast fan yet: Kronos forecasts every few closed candles once it has enough history."
 
 
 def experts_panel(snap: EngineSnapshot) -> Component:
@@ -292,14 +308,19 @@ def trading_panel(snap: EngineSnapshot) -> Component:
     if eq is not None and len(eq):
         first, last = float(eq["equity"].iloc[0]), float(eq["equity"].iloc[-1])
         pnl = f"equity {last:,.2f}  PnL {last - first:+,.2f} ({(last / first - 1) * 100:+.2f}%)"
+    why = (f"No trades: decisions of untrained experts ({', '.join(snap.untrained)}) are not traded; "
+           "Train now on the banner above." if snap.untrained and not snap.allow_untrained else
+           "No trades yet: an order follows the first BUY or SELL decision.")
     return html.Div([
         html.Div(pnl, id="live-pnl", className="fw-bold mb-1"),
         html.H6("Positions"), _table(["symbol", "amount", "avg price", "realised", "unrealised"], pos,
-                                     "positions-table"),
+                                     "positions-table") if pos else html.Div("flat (no position)",
+                                                                             className="small text-muted"),
         html.H6("Open orders"), _table(["side", "type", "amount", "price", "status", "time"], orders,
-                                       "orders-table"),
+                                       "orders-table") if orders else html.Div("none", className="small text-muted"),
         html.H6(f"Trades (last 10 of {len(snap.trades)})"),
-        _table(["time", "side", "amount", "price", "fee"], trades, "trades-table"),
+        _table(["time", "side", "amount", "price", "fee"], trades, "trades-table") if trades else
+        html.Div(why, id="trades-empty", className="small text-muted"),
     ])
 
 
@@ -467,6 +488,8 @@ def layout(wctx: WebContext) -> Component:
                               inline=True, switch=True), width=7),
     ], className="mb-1 align-items-center")
     return html.Div([
+        html.Div(snap.source_label, id="live-source", className="small text-info mb-1"),
+        first_run.banner_component(snap),
         controls,
         dbc.Row([
             dbc.Col([
@@ -506,6 +529,7 @@ def layout(wctx: WebContext) -> Component:
 
 def register(app: Dash, wctx: WebContext) -> None:
     engine = wctx.engine
+    first_run.register(app, engine)
 
     @app.callback(Output("live-chart", "figure"), Output("live-state", "data"),
                   Input("live-tick", "n_intervals"), Input("live-timeframe", "value"),

@@ -22,6 +22,7 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from core.types import CheckpointCatalog, CheckpointInfo
 from web import api, figures
+from web.pages import first_run
 
 TRAINING_OFF = "Live training is off for this engine (started with --no-training or training.enabled: false)"
 TRAINING_CANDLES = "Candle experts (Kronos) train offline: main_backtest.py train --experts kronos"
@@ -192,6 +193,7 @@ def layout(wctx: Any) -> Any:
             dbc.Col(html.A("Open TensorBoard ↗", href=tb, target="_blank", id="tensorboard-link",
                            className="btn btn-outline-info btn-sm float-end"), width=6),
         ]),
+        first_run.models_panel(),
         html.Div(id="models-msg", className="small mb-2"),
         html.Div(id="models-train-msg", className="small mb-2"),
         html.Div(id="models-rollback-msg", className="small mb-2"),
@@ -205,6 +207,7 @@ def layout(wctx: Any) -> Any:
 
 def register(app: Dash, wctx: Any) -> None:
     engine = wctx.engine
+    first_run.register_models(app, engine)
 
     @app.callback(Output({"type": "trainer-status", "name": ALL}, "children"),
                   Output({"type": "expert-version", "name": ALL}, "children"),
@@ -256,7 +259,10 @@ def register(app: Dash, wctx: Any) -> None:
             return no_update
         name = trig["name"]
         value = next(v for v, i in zip(values, ids, strict=True) if i["name"] == name)
-        engine.set_expert_enabled(name, bool(value))
+        try:
+            engine.set_expert_enabled(name, bool(value))
+        except ValueError as exc:  # e.g. Kronos "not available": the fix is in the message
+            return dbc.Alert(str(exc), color="warning", className="py-1", id="models-ack")
         return dbc.Alert(f"{name} {'enabled' if value else 'disabled'}: applied to the next decision",
                          color="info", className="py-1", id="models-ack")
 

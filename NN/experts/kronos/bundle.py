@@ -62,8 +62,32 @@ def best_nano(models_dir: Path) -> Path:
     return runs[0][1]
 
 
-def load_bundle(spec: str, models_dir: Path | None = None, device: torch.device | str = "cpu") -> KronosBundle:
+AUTO_HUB_DEFAULT = "NeoQuasar/Kronos-small"
+
+
+def not_available(hub_id: str, reasons: list[str]) -> str:
+    """The one state line of a Kronos that cannot be had, with the commands that fix it."""
+    tok = HUB_TOKENIZER_FOR.get(hub_id, "NeoQuasar/Kronos-Tokenizer-base")
+    return (f"not available: {hub_id} is neither in the Hugging Face cache nor downloadable, and no nano "
+            f"checkpoint is trained ({'; '.join(reasons)}). Fix: `huggingface-cli download {hub_id}` and "
+            f"`huggingface-cli download {tok}` (on a machine with internet, then copy ~/.cache/huggingface), "
+            "or press Train now (a quick nano Kronos) / `python main_backtest.py train --experts kronos`")
+
+
+def load_bundle(spec: str, models_dir: Path | None = None, device: torch.device | str = "cpu",
+                hub_model: str = AUTO_HUB_DEFAULT) -> KronosBundle:
+    """``spec``: ``auto`` (the released ``hub_model`` from the hub cache, downloaded when possible, else
+    the best local nano checkpoint, else CheckpointNotFound saying how to get one) | ``nano`` | a
+    directory | a hub id of a released predictor."""
     models_dir = Path(models_dir) if models_dir else DEFAULT_MODELS_DIR
+    if spec == "auto":
+        reasons = []
+        for candidate in (hub_model, "nano"):
+            try:
+                return load_bundle(candidate, models_dir, device)
+            except CheckpointNotFound as exc:
+                reasons.append(str(exc).split(";")[0])
+        raise CheckpointNotFound(not_available(hub_model, reasons))
     path: Path | None
     if spec == "nano":
         path = best_nano(models_dir)

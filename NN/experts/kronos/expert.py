@@ -36,7 +36,9 @@ MIN_BARS = 16  # fewer context bars than this give no forecast (neutral output, 
 class KronosParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = "nano"  # nano | checkpoint directory | hub id of a released predictor
+    # auto: hub_model from the Hugging Face cache (or downloaded), else the best nano, else "not available"
+    model: str = "auto"  # auto | nano | checkpoint directory | hub id of a released predictor
+    hub_model: str = "NeoQuasar/Kronos-small"  # what auto prefers: NeoQuasar/Kronos-small | NeoQuasar/Kronos-mini
     lookback: int = Field(256, ge=MIN_BARS, le=4096)
     samples: int = Field(32, ge=1, le=4096)
     temperature: float = Field(1.0, gt=0)
@@ -80,7 +82,8 @@ class KronosExpert(Expert):
     def bundle(self) -> KronosBundle:
         if self._bundle is None:
             md = Path(self.params.models_dir)
-            self._bundle = load_bundle(self.params.model, md if md.is_absolute() else PROJECT_ROOT / md, self.device)
+            self._bundle = load_bundle(self.params.model, md if md.is_absolute() else PROJECT_ROOT / md, self.device,
+                                       hub_model=self.params.hub_model)
             self.version = str(self._bundle.version)
         return self._bundle
 
@@ -88,6 +91,8 @@ class KronosExpert(Expert):
         if not self.params.calibrated:
             return None
         cal = self.bundle.calibration
+        if cal is None and self.params.model == "auto":
+            return None  # a released hub model has no calibration of this market: raw bands
         if cal is None:
             raise ValueError(f"experts.{self.name}.params.calibrated is true but model {self.params.model!r} has "
                              "no calibration.json (train_kronos writes one); set calibrated: false to use raw bands")

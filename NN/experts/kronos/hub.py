@@ -24,6 +24,23 @@ class CheckpointNotFound(FileNotFoundError):
     """A checkpoint file is neither on disk nor obtainable; the message says how to get it."""
 
 
+_REACHABLE: dict[str, bool] = {}
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    """One short TCP probe per process: without it the hub client retries with back-off for ~25 s
+    before a machine without internet falls back to the cache."""
+    if host not in _REACHABLE:
+        import socket
+
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                _REACHABLE[host] = True
+        except OSError:
+            _REACHABLE[host] = False
+    return _REACHABLE[host]
+
+
 def resolve_files(path_or_id: str | Path) -> dict[str, Path]:
     """Local paths of config.json and model.safetensors for a directory or a hub repo id."""
     p = Path(path_or_id).expanduser()
@@ -37,12 +54,16 @@ def resolve_files(path_or_id: str | Path) -> dict[str, Path]:
     repo = str(path_or_id)
     if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
         raise CheckpointNotFound(f"{repo}: no such directory, and not a hub id of the form owner/name")
+    # a machine without internet must fail fast, not wait out the hub client's default timeouts
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "3")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     try:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError as exc:  # pragma: no cover - dependency is declared
         raise CheckpointNotFound(f"{repo}: huggingface_hub is not installed ({exc})") from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    env_offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = env_offline or not hub_reachable()
     out: dict[str, Path] = {}
     for f in FILES:
         try:
@@ -50,7 +71,8 @@ def resolve_files(path_or_id: str | Path) -> dict[str, Path]:
         except LocalEntryNotFoundError:
             raise CheckpointNotFound(
                 f"{repo}/{f} is not in the local Hugging Face cache and "
-                + ("HF_HUB_OFFLINE=1 forbids downloading it" if offline else "could not be downloaded")
+                + ("HF_HUB_OFFLINE=1 forbids downloading it" if env_offline
+                   else "the hub cannot be reached" if offline else "could not be downloaded")
                 + f"; obtain it with `huggingface-cli download {repo}` on a machine with internet (then copy "
                 "the cache or the directory here), or pass a local directory holding config.json and "
                 "model.safetensors") from None

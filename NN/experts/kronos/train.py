@@ -70,10 +70,15 @@ class TrainPreset:
     temperature: float = 1.0
     max_context: int = 512
     seed: int = 0
+    calibrate: bool = True  # False: no calibration.json (the expert's bands are then raw)
 
 
 PRESETS: dict[str, TrainPreset] = {
     "nano": TrainPreset(),
+    # Train now's quick preset: a usable forecast fan in about a minute on 2 CPU cores (2 days of 1m bars)
+    # (no calibration: on 2 cores its Monte-Carlo forecasts would take minutes; the bands are raw)
+    "nano-quick": TrainPreset(tok_epochs=1, pred_epochs=2, max_steps_per_epoch=40, val_windows=16,
+                              calibrate=False),
     # same architecture, a few steps: for tests and smoke runs
     "nano-smoke": TrainPreset(ctx_len=64, pred_len=32, batch_size=8, tok_epochs=1, pred_epochs=1,
                               val_windows=8, max_steps_per_epoch=3, cal_lookback=64, cal_horizon=5,
@@ -222,7 +227,7 @@ def load_series(store: Any, key: SeriesKey, start_ms: int | None, end_ms: int | 
 
 
 def _register(store: Any, models_dir: Path, out_dir: Path, tok: KronosTokenizer, model: KronosModel,
-              cal: Calibration, max_context: int, meta: dict[str, Any]) -> None:
+              cal: Calibration | None, max_context: int, meta: dict[str, Any]) -> None:
     """Record the checkpoint in the shared registry (so backtests/engine load it as expert 'kronos').
     A store that cannot take the row (read-only, no registry module) only costs that convenience: the
     directory is complete and `model: nano` finds it."""
@@ -252,7 +257,7 @@ def _default_base() -> str | None:
         spec = (m.params.get("model") if m else None) or "nano"
     except Exception:  # a broken models.yml is reported by the commands that own it
         return None
-    return None if spec == "nano" else str(spec)
+    return None if spec in ("nano", "auto") else str(spec)  # auto: from scratch (nano)
 
 
 def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: int | None, models_dir: Path,
@@ -327,6 +332,11 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
         return np.unique(np.linspace(lo, hi, num=k).astype(np.int64))
 
     t0 = time.perf_counter()
+    if not p.calibrate:
+        if writer is not None:
+            writer.close()
+        return _publish(out_dir, name, preset, base, pred_val, tok_val, key, df, (tr, va, te), max_context,
+                        train_s, p, tok, model, store, Path(models_dir), None, 0.0, progress)
     r_cal, y_cal, _ = collect_forecasts(sampler, df, origins(va, p.cal_origins), p.cal_lookback,
                                         p.cal_horizon, cfg, step_ms)
     r_te, y_te, ts_te = collect_forecasts(sampler, df, origins(te, p.test_origins), p.cal_lookback,
@@ -348,11 +358,22 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
             writer.add_scalar(f"calibration/{variant}_brier", rep[variant]["brier_up"]["all_steps"], 0)
         writer.close()
 
+    return _publish(out_dir, name, preset, base, pred_val, tok_val, key, df, (tr, va, te), max_context,
+                    train_s, p, tok, model, store, Path(models_dir), cal, cal_s, progress)
+
+
+def _publish(out_dir: Path, name: str, preset: str, base: str | None, pred_val: float, tok_val: float | None,
+             key: SeriesKey, df: pd.DataFrame, parts: tuple[slice, slice, slice], max_context: int, train_s: float,
+             p: TrainPreset, tok: KronosTokenizer, model: KronosModel, store: Any, models_dir: Path,
+             cal: Calibration | None, cal_s: float, progress: bool) -> Path:
+    """Write the checkpoint directory (atomically) and register it; ``cal`` None: no calibration."""
+    tr, va, te = parts
     # publish: write to a temporary directory, then rename (readers never see half a checkpoint)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     save_pretrained(tok, tmp / "tokenizer")
     save_pretrained(model, tmp / "model")
-    cal.save(tmp / "calibration.json")
+    if cal is not None:
+        cal.save(tmp / "calibration.json")
     meta = {"version": name, "preset": preset, "base": base, "val_loss": pred_val, "tokenizer_val_loss": tok_val,
             "exchange": key.exchange, "symbol": key.symbol, "timeframe": key.timeframe,
             "bars": len(df), "from_ts": int(df["ts"].iloc[0]), "to_ts": int(df["ts"].iloc[-1]),
@@ -362,11 +383,12 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
             "calibration_seconds": round(cal_s, 1), "train_preset": asdict(p),
             "params": {"tokenizer": sum(q.numel() for q in tok.parameters()),
                        "predictor": sum(q.numel() for q in model.parameters())},
-            "calibration_test": cal.report["test"], "created": stamp_now}
+            "calibration_test": cal.report["test"] if cal is not None else None,
+            "created": "-".join(name.rsplit("-", 2)[-2:])}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     tmp.rename(out_dir)
     _register(store, Path(models_dir), out_dir, tok, model, cal, max_context, meta)
-    if progress:
+    if progress and cal is not None:
         log.info("kronos checkpoint %s (val loss %.4f, train %.0fs, calibration %.0fs)", out_dir, pred_val,
                  train_s, cal_s)
         rep = cal.report["test"]

@@ -1,0 +1,300 @@
+"""Train now: offline training of the enabled experts and the gate in a background process, while the
+dashboard's engine keeps running, then a hot swap of the new checkpoints into the running experts.
+
+DuckDB lets one process write a file, and the dashboard holds the store. So the engine hands the job
+the candles it may learn from (never newer than the engine's newest bar: a replay must not learn its
+own future); the job writes them with its settings into a job directory, and a child process
+(``python -m NN.training.background JOBDIR``) trains there into its own store and models directory with
+the same code as ``main_backtest.py train`` (``run_training``). The child writes ``status.json``
+(state, expert, epoch, loss, ETA) after every epoch. When it has finished, ``poll`` (on the engine
+thread, between two decisions) registers the new checkpoints in the engine's registry, loads them into
+the running experts and the gate, and returns their names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from core.config import AppConfig, ModelsConfig
+from core.data.store import MarketStore
+from core.types import ExpertLike, Gate, SeriesKey
+from NN.weights_io import load_weights
+
+log = logging.getLogger(__name__)
+
+GATE_NAME = "moe"
+MIN_BARS = 1000  # fewer candles give too few labelled samples per split to train on
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    epochs: int
+    max_steps_per_epoch: int | None
+    patience: int
+    kronos: str  # the Kronos training preset (NN/experts/kronos/train.PRESETS) when Kronos has no weights
+    max_bars: int | None  # newest stored candles used (None: all)
+
+
+PRESETS: dict[str, Preset] = {
+    # quick: a few short epochs of every enabled features expert and the gate; <= 3 min on 2 CPU cores
+    "quick": Preset(epochs=4, max_steps_per_epoch=60, patience=1, kronos="nano-quick", max_bars=20_000),
+    # full: what `main_backtest.py train` does by default, Kronos included when it is enabled
+    "full": Preset(epochs=10, max_steps_per_epoch=None, patience=3, kronos="nano", max_bars=None),
+}
+
+
+def plan(models: ModelsConfig, preset: str, experts: dict[str, ExpertLike], trained: dict[str, bool]) -> list[str]:
+    """The experts a preset trains: every features expert, Kronos when it has no weights (quick) or
+    always (full), in models.yml order, then the gate."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown training preset {preset!r}; use one of {', '.join(PRESETS)}")
+    names = [n for n, e in experts.items() if e.input_kind == "features"]
+    if "kronos" in experts and (preset == "full" or not trained.get("kronos", False)):
+        names.insert(0, "kronos")  # run_training trains it first
+    return [*names, GATE_NAME]
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, default=str))
+    os.replace(tmp, path)  # readers never see half a file
+
+
+class OfflineTraining:
+    """One Train-now job at a time for an engine (the ``OfflineTrainer`` protocol of core/engine)."""
+
+    def __init__(self, app: AppConfig, models: ModelsConfig, experts: dict[str, ExpertLike], gate_ref: Any,
+                 registry: Any, models_dir: Path, *, trained: dict[str, bool] | None = None,
+                 python: str | None = None) -> None:
+        self.app = app
+        self.models = models
+        self.experts = experts
+        self.trained = trained if trained is not None else {}  # the engine's flags (read at start)
+        self._gate_ref = gate_ref  # callable returning the engine's current gate
+        self.registry = registry
+        self.models_dir = Path(models_dir)
+        self.python = python or sys.executable
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._dir: Path | None = None
+        self._status: dict[str, Any] = {"state": "idle"}
+
+    # ---- control (engine thread)
+    def start(self, preset: str, key: SeriesKey, candles: pd.DataFrame) -> None:
+        if self.running:
+            raise ValueError("a training job is already running; wait for it to finish")
+        names = plan(self.models, preset, self.experts, self.trained)
+        if len(candles) < MIN_BARS:
+            raise ValueError(f"train now needs at least {MIN_BARS} stored candles up to the newest bar; "
+                             f"the store has {len(candles)} for {key.symbol} {key.timeframe}")
+        p = PRESETS[preset]
+        if p.max_bars is not None:
+            candles = candles.iloc[-p.max_bars:]
+        d = Path(tempfile.mkdtemp(prefix="moe-train-"))
+        candles.to_parquet(d / "candles.parquet", index=False)
+        _write_json(d / "job.json", {
+            "preset": preset, "names": names, "key": [key.exchange, key.symbol, key.timeframe],
+            "app": self.app.model_dump(mode="json"), "models": self.models.model_dump(mode="json"),
+            "epochs": p.epochs, "max_steps_per_epoch": p.max_steps_per_epoch, "patience": p.patience,
+            "kronos_preset": p.kronos})
+        self._status = {"state": "starting", "preset": preset, "names": names, "started": time.time(),
+                        "bars": len(candles)}
+        _write_json(d / "status.json", self._status)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_root()),
+                                                                          os.environ.get("PYTHONPATH")]))}
+        log_f = open(d / "train.log", "wb")  # noqa: SIM115 - the child writes it until it exits
+        self._proc = subprocess.Popen([self.python, "-m", "NN.training.background", str(d)], cwd=str(_root()),
+                                      stdout=log_f, stderr=subprocess.STDOUT, env=env)
+        log_f.close()
+        self._dir = d
+        log.info("train now (%s): %s on %d candles, job %s", preset, ", ".join(names), len(candles), d)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def status(self) -> dict[str, Any]:
+        """The job's latest progress (state idle | starting | running | finishing | done | failed)."""
+        if self._dir is not None and self.running:
+            try:
+                st = json.loads((self._dir / "status.json").read_text())
+            except (OSError, ValueError):
+                st = {}
+            if st.get("state") in ("done", "failed"):  # the child is exiting; done = once poll() adopted
+                st["state"] = "finishing"
+            self._status = {**self._status, **st}
+        return dict(self._status)
+
+    def poll(self) -> list[str]:
+        """When the child has exited: adopt its checkpoints (registered here, loaded into the running
+        experts and gate) and return their names; [] otherwise. Engine thread only."""
+        proc, d = self._proc, self._dir
+        if proc is None or d is None or proc.poll() is None:
+            return []
+        self._proc = None
+        try:
+            st = json.loads((d / "status.json").read_text())
+        except (OSError, ValueError):
+            st = {}
+        if st.get("state") != "done":
+            tail = (d / "train.log").read_text(errors="replace").strip().splitlines()[-1:] \
+                if (d / "train.log").is_file() else []
+            why = st.get("error") or (tail[0] if tail else f"exit code {proc.returncode}")
+            self._status = {**self._status, **st, "state": "failed", "error": why, "finished": time.time()}
+            log.warning("train now failed: %s (log: %s)", why, d / "train.log")
+            return []
+        adopted = self._adopt(d, st.get("results", {}))
+        self._status = {**self._status, **st, "state": "done", "adopted": adopted, "finished": time.time()}
+        shutil.rmtree(d, ignore_errors=True)
+        self._dir = None
+        return adopted
+
+    def cancel(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._proc = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    # ---- adopting the child's checkpoints
+    def _adopt(self, d: Path, results: dict[str, Any]) -> list[str]:
+        from NN.training.checkpoints import CheckpointRegistry
+
+        adopted: list[str] = []
+        job_store = MarketStore(d / "train.duckdb", read_only=True)
+        try:
+            job_reg = CheckpointRegistry(job_store, d / "models")
+            for name in [n for n in results if n != "kronos"]:
+                info = job_reg.best(name)
+                if info is None:
+                    continue
+                policy = self.models.experts[name if name != GATE_NAME else next(iter(self.models.experts))].checkpoints
+                state = load_weights(info.path)  # weight data only (NN/weights_io.py)
+                meta = {k: v for k, v in info.meta.items() if k not in ("metric_name", "mode")}
+                self.registry.register(name, state, info.metric, policy, {**meta, "train_now": True},
+                                       metrics=job_reg.metrics(name))
+                adopted.append(name)
+        finally:
+            job_store.close()
+        if "kronos" in results:  # a nano run directory: copied where `model: nano` looks for the best
+            src = Path(results["kronos"]["checkpoint"])
+            dst = self.models_dir / "kronos" / src.name
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+            ex = self.experts.get("kronos")
+            if ex is not None and hasattr(ex, "use_models_dir"):
+                ex.use_models_dir(self.models_dir)  # the next forecast loads the best nano
+            adopted.append("kronos")
+        for name in adopted:  # hot swap between two decisions (poll runs on the engine thread)
+            if name in self.experts and name != "kronos":
+                self.registry.load_into(self.experts[name])
+        if GATE_NAME in adopted:
+            gate: Gate = self._gate_ref()
+            try:
+                self.registry.load_into(gate)
+            except ValueError as exc:  # trained over another expert set: the online gate stays
+                log.warning("train now: gate not loaded (%s)", exc)
+                adopted.remove(GATE_NAME)
+        return adopted
+
+
+def _root() -> Path:
+    from core.paths import PROJECT_ROOT
+
+    return Path(PROJECT_ROOT)
+
+
+# ---------------------------------------------------------------- the child process
+
+
+def child(job_dir: Path) -> int:
+    from NN.training.trainer import run_training
+
+    job = json.loads((job_dir / "job.json").read_text())
+    status_path = job_dir / "status.json"
+    started = time.time()
+    names: list[str] = job["names"]
+    trainable = [n for n in names if n not in (GATE_NAME, "kronos")]
+    epochs = int(job["epochs"])
+    state: dict[str, Any] = {"state": "running", "preset": job["preset"], "names": names, "started": started,
+                             "expert": "kronos" if "kronos" in names else None, "epoch": 0, "epochs": epochs, "loss": None, "val_logloss": None,
+                             "eta_s": None, "done": []}
+    _write_json(status_path, state)
+    epoch_times: list[float] = []
+    last = [time.time()]
+
+    def on_epoch(name: str, epoch: int, total: int, loss: float, val: float) -> None:
+        now = time.time()
+        epoch_times.append(now - last[0])
+        last[0] = now
+        done = [n for n in trainable if n in state["done"]]
+        if name not in done and epoch == total:
+            done.append(name)
+        left = total - epoch + epochs * max(0, len(trainable) - len(done) - (0 if epoch == total else 1))
+        # the first duration also holds feature building (and Kronos before it): left out once others exist
+        times = epoch_times[1:] or epoch_times
+        mean = sum(times) / len(times)
+        state.update(expert=name, epoch=epoch, epochs=total, loss=None if loss != loss else round(loss, 5),
+                     val_logloss=round(val, 5), eta_s=round(mean * left, 1), done=done)
+        _write_json(status_path, state)
+
+    try:
+        app = AppConfig.model_validate(job["app"])
+        models = ModelsConfig.model_validate(job["models"])
+        key = SeriesKey(*job["key"])
+        store = MarketStore(job_dir / "train.duckdb")
+        try:
+            store.upsert_candles(key, pd.read_parquet(job_dir / "candles.parquet"))
+            results = run_training(store, key, models, app, names, epochs=epochs, models_dir=job_dir / "models",
+                                   runs_dir=None, progress=False, max_steps_per_epoch=job["max_steps_per_epoch"],
+                                   patience=int(job["patience"]), on_epoch=on_epoch,
+                                   kronos_preset=job["kronos_preset"])
+        finally:
+            store.close()
+    except Exception as exc:
+        log.debug("train now failed", exc_info=True)
+        _write_json(status_path, {**state, "state": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0]})
+        return 1
+    _write_json(status_path, {**state, "state": "done", "eta_s": 0, "done": names, "results": results,
+                              "elapsed_s": round(time.time() - started, 1)})
+    return 0
+
+
+def _exit_with_parent() -> None:
+    """The job dies with the dashboard that started it (no orphan burning the CPU)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+if __name__ == "__main__":
+    _exit_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # one core stays for the dashboard's decisions (torch would take them all); not niced: a niced job
+    # gets a tenth of a core on a busy machine and a "quick" preset would take many minutes
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    sys.exit(child(Path(sys.argv[1])))
