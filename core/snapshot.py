@@ -57,7 +57,7 @@ class ExpertState:
     training: bool
     version: str  # "untrained" when no checkpoint was loaded
     trained: bool
-    input_kind: str  # "features" | "candles"
+    input_kind: str  # "features" | "candles" ("unknown" for an expert that could not be built)
     last_error: str | None = None
     trainable: bool = False  # can train online (features experts, when the engine allows training)
     can_rollback: bool = False  # a previous live version is kept (Engine.rollback)
@@ -286,7 +286,7 @@ def build_snapshot(p: SnapshotParts) -> EngineSnapshot:
                               trainable=i.trainable, can_rollback=i.can_rollback)
                for n, i in p.experts.items()}
     for n, msg in p.unavailable.items():
-        experts[n] = ExpertState(n, False, False, "unavailable", False, "?", msg)
+        experts[n] = ExpertState(n, False, False, "unavailable", False, "unknown", msg)  # never built
     positions: tuple[Position, ...] = ()
     kill = KillSwitchState()
     orders: tuple[Order, ...] = ()

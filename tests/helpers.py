@@ -4,7 +4,8 @@ temporary DuckDB store, built exactly as ``main_dashboard.py --replay`` builds i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,37 @@ def http_json(url: str, method: str = "GET", body: dict | None = None, timeout: 
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
+
+
+@contextmanager
+def served_replay(shared_data: Path, tmp: Path, **replay_kw: Any) -> Iterator[tuple[Any, str, Any]]:
+    """The real engine on a replay of the shared file (``replay_engine``), its dashboard served on
+    127.0.0.1; yields (engine, base url, app) and stops both after."""
+    from compose import backtest_components
+    from core.config import Secrets
+    from web.app import create_app
+
+    eng, cfg, models = replay_engine(shared_data, tmp, **replay_kw)
+    try:
+        app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets(),
+                         backtest_components=backtest_components)
+        srv, url = serve(app)
+        try:
+            yield eng, url, app
+        finally:
+            srv.shutdown()
+    finally:
+        eng.stop()
+
+
+@contextmanager
+def chromium_page(app: Any, base_url: str, **page_kw: Any) -> Iterator[Any]:
+    """A logged-in page in headless Chromium (/usr/bin/chromium); the browser closes after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield logged_in_page(browser, app, base_url, **page_kw)
+        finally:
+            browser.close()

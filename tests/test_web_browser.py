@@ -9,11 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from helpers import CHROMIUM, CHROMIUM_ARGS, logged_in_page, replay_engine, serve, wait_for
-
-from compose import backtest_components
-from core.config import Secrets
-from web.app import create_app
+from helpers import CHROMIUM, chromium_page, served_replay, wait_for
 
 pytestmark = [
     pytest.mark.browser,
@@ -29,24 +25,14 @@ LAST_X = "() => { const g = document.querySelector('#live-chart .js-plotly-plot'
 
 @pytest.fixture(scope="module")
 def served(shared_data, tmp_path_factory):
-    eng, cfg, models = replay_engine(shared_data, tmp_path_factory.mktemp("browser"), speed=600.0)
-    app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets(),
-                     backtest_components=backtest_components)
-    srv, url = serve(app)
-    yield eng, url, app
-    srv.shutdown()
-    eng.stop()
+    with served_replay(shared_data, tmp_path_factory.mktemp("browser"), speed=600.0) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def page(served):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        pg = logged_in_page(browser, served[2], served[1], viewport={"width": 1600, "height": 1150})
+    with chromium_page(served[2], served[1], viewport={"width": 1600, "height": 1150}) as pg:
         yield pg
-        browser.close()
 
 
 def test_live_page_shows_candles_and_updates_without_reload(served, page, output_dir) -> None:

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from helpers import CHROMIUM, CHROMIUM_ARGS, logged_in_page, replay_engine, serve, wait_for
-
-from compose import backtest_components
-from core.config import Secrets
-from web.app import create_app
+from helpers import CHROMIUM, chromium_page, served_replay, wait_for
 
 pytestmark = [
     pytest.mark.browser,
@@ -31,24 +27,14 @@ def ms(iso: str) -> int:
 
 @pytest.fixture(scope="module")
 def served(shared_data, tmp_path_factory):
-    eng, cfg, models = replay_engine(shared_data, tmp_path_factory.mktemp("annotate"), min_bars=20)
-    app = create_app(eng, cfg, models_cfg=models, host="127.0.0.1", secrets=Secrets(),
-                     backtest_components=backtest_components)
-    srv, url = serve(app)
-    yield eng, url, app
-    srv.shutdown()
-    eng.stop()
+    with served_replay(shared_data, tmp_path_factory.mktemp("annotate"), min_bars=20) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def page(served):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        pg = logged_in_page(browser, served[2], served[1], viewport={"width": 1600, "height": 1300})
+    with chromium_page(served[2], served[1], viewport={"width": 1600, "height": 1300}) as pg:
         yield pg
-        browser.close()
 
 
 def current(eng) -> pd.DataFrame:

@@ -287,13 +287,15 @@ def install_auth(server: Flask, policy: AuthPolicy) -> None:
         limit = API_BODY_LIMIT if request.path.startswith("/api/") or request.path in _OPEN_PATHS \
             else UI_BODY_LIMIT
         request.max_content_length = limit
-        if request.content_length is not None and request.content_length > limit:
+        too_large = request.content_length is not None and request.content_length > limit
+        open_path = request.path in _OPEN_PATHS or (request.path == HEALTH_PATH and request.method in ("GET", "HEAD"))
+        if too_large and open_path:
             return _json_error(413, "too_large", f"request body over {limit} bytes")
         if request.method in _UNSAFE:
             why = _cross_site()
             if why:
                 return _json_error(403, "cross_site", f"refused cross-site request: {why}")
-        if request.path in _OPEN_PATHS or (request.path == HEALTH_PATH and request.method in ("GET", "HEAD")):
+        if open_path:
             return None
         if request.method == "GET" and "token" in request.args and not request.path.startswith(("/_dash", "/api/")):
             return _token_login()
@@ -308,6 +310,9 @@ def install_auth(server: Flask, policy: AuthPolicy) -> None:
                                    "missing or wrong credential: log in at /login, or send "
                                    "'Authorization: Bearer <token>' (or 'X-Dashboard-Token')")
             return redirect(f"{LOGIN_PATH}?{urlencode({'next': safe_next(request.full_path.rstrip('?'))})}")
+        # checked after the credential (the body is never read either way): a stranger learns only 401
+        if too_large:
+            return _json_error(413, "too_large", f"request body over {limit} bytes")
         if request.method in _UNSAFE and _is_json_route() and request.mimetype != "application/json" \
                 and request.endpoint != "api.unknown":  # a wrong method/path gets its own 404/405
             return _json_error(415, "unsupported_media_type",
