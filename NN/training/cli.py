@@ -12,29 +12,20 @@ from typing import Any
 import pandas as pd
 
 from core.config import load_config, load_models
+from core.data.files import cli_ms
 from core.types import SeriesKey
 
 log = logging.getLogger(__name__)
 
 
-def _ms(text: str) -> int:
-    """--from/--to: ISO date/time (UTC) or epoch milliseconds."""
-    if text.isdigit():
-        return int(text)
-    try:
-        ts = pd.Timestamp(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date/time or epoch ms: {text!r}") from None
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return int(ts.value // 1_000_000)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbol", default=None, help="ccxt symbol (default: first of data.symbols)")
     p.add_argument("--timeframe", default=None, help="base timeframe (default: data.base_timeframe)")
     p.add_argument("--exchange", default=None, help="exchange id of the stored series (default: data.exchange)")
-    p.add_argument("--from", dest="start", type=_ms, default=None, help="first candle (ISO UTC or epoch ms)")
-    p.add_argument("--to", dest="end", type=_ms, default=None, help="end, exclusive (ISO UTC or epoch ms)")
+    p.add_argument("--from", dest="start", type=cli_ms, default=None, help="first candle (ISO UTC or epoch ms)")
+    p.add_argument("--to", dest="end", type=cli_ms, default=None, help="end, exclusive (ISO UTC or epoch ms)")
     p.add_argument("--db", default=None, help="DuckDB file (default: data.db_path)")
     p.add_argument("--models-dir", default=None, help="checkpoint folder (default: training.models_dir)")
     p.add_argument("--threads", type=int, default=1,

@@ -18,18 +18,8 @@ from core.annotations.service import cases_of, outcome_of
 from core.annotations.store import AnnotationError, AnnotationStore, snap
 from core.backtest.engine import ComponentsFactory
 from core.config import load_config, load_models
+from core.data.files import cli_ms
 from core.types import SeriesKey
-
-
-def _ms(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    try:
-        t = pd.Timestamp(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date/time or epoch ms: {text!r}") from None
-    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
-    return int(t.value // 1_000_000)
 
 
 def register(sub: argparse._SubParsersAction, components: ComponentsFactory) -> None:
@@ -52,8 +42,8 @@ def register(sub: argparse._SubParsersAction, components: ComponentsFactory) -> 
     q.add_argument("--symbol", default=None, help="ccxt symbol (default: first of data.symbols)")
     q.add_argument("--timeframe", default=None, help="default: data.base_timeframe")
     q.add_argument("--exchange", default=None, help="default: data.exchange")
-    q.add_argument("--entry", type=_ms, required=True, help="entry time (ISO UTC or epoch ms)")
-    q.add_argument("--exit", type=_ms, required=True, help="exit time (ISO UTC or epoch ms)")
+    q.add_argument("--entry", type=cli_ms, required=True, help="entry time (ISO UTC or epoch ms)")
+    q.add_argument("--exit", type=cli_ms, required=True, help="exit time (ISO UTC or epoch ms)")
     q.add_argument("--entry-price", type=float, default=None)
     q.add_argument("--exit-price", type=float, default=None)
     q.add_argument("--direction", choices=DIRECTIONS, default=None, help="default: from the two prices")

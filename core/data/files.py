@@ -49,6 +49,20 @@ BINANCE_KLINE_COLUMNS = 12
 KRAKEN_OHLCVT_COLUMNS = 7
 
 
+def cli_ms(text: str) -> int:
+    """argparse type for --from/--to/--entry style flags: ISO date/time (UTC when naive) or epoch ms."""
+    import argparse
+
+    if text.isdigit():
+        return int(text)
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date/time or epoch ms: {text!r}") from None
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return int(ts.value // 1_000_000)
+
+
 def to_ms(values: pd.Series | np.ndarray) -> np.ndarray:
     """Timestamps -> int64 ms UTC. Numbers: s / ms / us / ns chosen by the magnitude of the median;
     strings: ISO 8601. Raises ValueError naming the first value it cannot read."""
