@@ -15,3 +15,25 @@ document.addEventListener("keydown", function (ev) {
   var b = document.getElementById(id);
   if (b) { ev.preventDefault(); b.click(); }
 });
+
+// The smaller charts are requested only once the main chart shows the requested days (its uirevision),
+// so the main chart is drawn first; after 15 s they come anyway.
+window.dash_clientside = Object.assign({}, window.dash_clientside, {
+  annotate: {
+    afterMain: function (req) {
+      if (!req) return window.dash_clientside.no_update;
+      return new Promise(function (resolve) {
+        var end = Date.now() + 15000;
+        (function poll() {
+          var g = document.querySelector("#ann-chart .js-plotly-plot");
+          var drawn = g && g._fullLayout && g.layout && g.layout.uirevision === req.rev;
+          if (drawn || Date.now() > end) {
+            requestAnimationFrame(function () { setTimeout(function () { resolve(req); }, 0); });
+          } else {
+            setTimeout(poll, 30);
+          }
+        })();
+      });
+    }
+  }
+});

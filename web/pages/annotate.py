@@ -20,29 +20,38 @@ The callbacks only call the store through core.annotations (the same code as the
 from __future__ import annotations
 
 import re
+import time
 from datetime import timedelta
 from typing import Any
 
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
-from dash import Dash, Input, Output, Patch, State, ctx, dcc, html, no_update
+from dash import ClientsideFunction, Dash, Input, Output, Patch, State, ctx, dcc, html, no_update
 
-from core.annotations.cases import Outcome, outcome
+from core.annotations.cases import Outcome, outcome, outcome_of_arrays
 from core.annotations.model import Annotation
 from core.annotations.store import AnnotationError, AnnotationStore, check, snap
 from core.features import resample_candles
 from core.types import TIMEFRAME_MS, SeriesKey
 from web import figures
+from web.annotate_figures import (
+    MINI_MIN_BARS,
+    N_BASE_TRACES,
+    annotation_shapes,
+    empty_mini,
+    main_figure,
+    marker_traces,
+    mini_figure,
+    mini_range,
+    pending_shape,
+    span_traces,
+    timeline_figure,
+)
 
 TIMEFRAMES = ("1m", "5m", "1h", "1d")
-COLORS = {"long": "rgba(38,166,154,0.18)", "short": "rgba(239,83,80,0.18)", "none": "rgba(158,158,158,0.18)"}
-EDGE = {"long": "#26a69a", "short": "#ef5350", "none": "#9e9e9e"}
-MAX_DRAWN_CANDLES = 3000  # beyond this the main chart draws a close line and a volume area (SVG candles and
-# bars cost seconds per 10,000 in the browser); clicks still snap to the stored candles
 MAX_EDITABLE_SPANS = 60  # more spans in view are drawn static (each draggable span costs the browser ~10 ms);
 # narrow the day range to drag them
-MINI_MIN_BARS = 30  # a smaller chart always shows at least this many of its bars
 MAX_UNDO = 50
 MINI = ("ann-mini-0", "ann-mini-1", "ann-mini-2")  # slots for the other three timeframes
 
@@ -57,106 +66,6 @@ def to_ms(x: Any) -> int:
     t = pd.Timestamp(str(x))
     t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
     return int(t.value // 1_000_000)
-
-
-def annotation_shapes(anns: list[Annotation], editable: bool = True) -> list[dict]:
-    """One shaded rectangle per annotation, full height (paper y), entry..exit bar close."""
-    out = []
-    for a in anns:
-        bar = TIMEFRAME_MS[a.timeframe]
-        shape = {"type": "rect", "xref": "x", "yref": "paper", "x0": a.entry_ts, "x1": a.exit_ts + bar // 2,
-                 "y0": 0.25 if editable else 0, "y1": 1.0, "fillcolor": COLORS[a.direction],
-                 "line": {"color": EDGE[a.direction], "width": 1}, "layer": "above" if editable else "below"}
-        if editable:  # the main chart: drag / resize to edit
-            shape.update(name=a.id, editable=True)
-        out.append(shape)
-    return out
-
-
-def marker_traces(anns: list[Annotation]) -> list[dict]:
-    """Entry (triangles) and exit (crosses) markers at the trade's prices: two scatter traces (cheap to
-    draw for hundreds of trades, unlike one layout annotation per arrow)."""
-    def side(ts: list[int], px: list[float], name: str, symbols: list[str]) -> dict:
-        return {"type": "scatter", "mode": "markers", "name": name, "x": np.asarray(ts, dtype=np.int64),
-                "y": np.asarray(px, dtype=np.float64), "text": [a.id for a in anns], "hoverinfo": "text+y",
-                "marker": {"symbol": symbols, "size": 11, "color": [EDGE[a.direction] for a in anns],
-                           "line": {"width": 1, "color": "#000"}}}
-    return [side([a.entry_ts for a in anns], [a.entry_price for a in anns], "entries",
-                 ["triangle-down" if a.direction == "short" else "triangle-up" for a in anns]),
-            side([a.exit_ts for a in anns], [a.exit_price for a in anns], "exits", ["x"] * len(anns))]
-
-
-def _short(a: np.ndarray) -> np.ndarray:
-    """Rounded to 7 significant digits (of the largest value): short numbers on the wire."""
-    a = np.asarray(a, dtype=np.float64)
-    top = np.nanmax(np.abs(a)) if np.isfinite(a).any() else 0.0
-    return a if top == 0 else np.round(a, max(0, 6 - int(np.floor(np.log10(top)))))
-
-
-def span_traces(anns: list[Annotation], y0: float, y1: float) -> list[dict]:
-    """Static spans as three filled scatter traces (long, short, no-trade): one SVG path each, where
-    hundreds of layout shapes would cost the browser seconds."""
-    out = []
-    for d in ("long", "short", "none"):
-        xs: list[int | None] = []
-        ys: list[float | None] = []
-        for a in anns:
-            if a.direction != d:
-                continue
-            x1 = a.exit_ts + TIMEFRAME_MS[a.timeframe] // 2
-            xs += [a.entry_ts, a.entry_ts, x1, x1, a.entry_ts, None]
-            ys += [y0, y1, y1, y0, y0, None]
-        out.append({"type": "scatter", "mode": "lines", "x": xs, "y": ys, "fill": "toself", "fillcolor": COLORS[d],
-                    "line": {"width": 1, "color": EDGE[d]}, "hoverinfo": "skip", "showlegend": False,
-                    "name": f"{d} spans", "connectgaps": False})
-    return out
-
-
-def lean(fig: dict) -> dict:
-    """The page's figure for the wire: hidden overlays emptied, long series as numpy arrays (serialised by
-    orjson in one pass instead of plotly's per-value walk over Python lists), volume and overlay lines
-    rounded, and a regular time axis sent as x0 + dx where the trace type allows it."""
-    for tr in fig["data"]:
-        if tr.get("visible") is False:
-            tr.update(x=[], y=[])
-            continue
-        x = tr.get("x")
-        if isinstance(x, list) and len(x) > MAX_DRAWN_CANDLES:
-            if tr.get("type") == "candlestick":
-                close = tr["close"]
-                for k in ("open", "high", "low", "close", "increasing", "decreasing"):
-                    tr.pop(k, None)
-                tr.update(type="scatter", mode="lines", y=close, line={"color": "#90caf9", "width": 1})
-            elif tr.get("type") == "bar":
-                tr.update(type="scatter", mode="lines", fill="tozeroy", line={"shape": "hv", "width": 0},
-                          fillcolor="rgba(120,144,156,0.5)")
-                tr.pop("marker", None)
-        if not (isinstance(x, list) and len(x) > 100):
-            continue
-        xs = np.asarray(x, dtype=np.int64)
-        for k in ("open", "high", "low", "close"):
-            if k in tr:
-                tr[k] = np.asarray(tr[k], dtype=np.float64)
-        if "y" in tr:
-            tr["y"] = _short(np.asarray(tr["y"], dtype=np.float64))  # None -> NaN -> null
-        steps = np.diff(xs)
-        if tr.get("type") in ("bar", "scatter") and len(steps) and (steps == steps[0]).all():
-            del tr["x"]
-            tr.update(x0=int(xs[0]), dx=int(steps[0]))
-        else:
-            tr["x"] = xs
-    return fig
-
-
-N_BASE_TRACES = len(figures.candle_figure(pd.DataFrame({c: pd.Series(dtype="float64") for c in
-                                                        ("ts", "open", "high", "low", "close", "volume")}))["data"])
-
-
-def pending_shape(ts: int | None) -> list[dict]:
-    if ts is None:
-        return []
-    return [{"type": "line", "xref": "x", "yref": "paper", "x0": ts, "x1": ts, "y0": 0, "y1": 1, "name": "pending",
-             "line": {"color": "#ffc107", "width": 2, "dash": "dot"}, "editable": False}]
 
 
 def table_rows(items: list[tuple[Annotation, Outcome | None]]) -> list[dict[str, Any]]:
@@ -174,44 +83,6 @@ def table_rows(items: list[tuple[Annotation, Outcome | None]]) -> list[dict[str,
             "tags": ",".join(a.tags), "notes": a.notes,
         })
     return rows
-
-
-def mini_figure(candles: pd.DataFrame, tf: str, spans: list[dict], x_range: list[int] | None) -> dict:
-    x = candles["ts"].to_numpy(np.int64)
-    fig: dict[str, Any] = {"data": [{"type": "candlestick", "x": x, "open": candles["open"].to_numpy(np.float64),
-                     "high": candles["high"].to_numpy(np.float64), "low": candles["low"].to_numpy(np.float64),
-                     "close": candles["close"].to_numpy(np.float64), "name": tf,
-                     "increasing": {"line": {"color": "#26a69a"}}, "decreasing": {"line": {"color": "#ef5350"}}},
-                    *spans],
-           "layout": {"template": figures.PLOTLY_DARK, "height": 200, "margin": {"l": 45, "r": 10, "t": 24, "b": 20},
-                      "title": {"text": tf, "font": {"size": 12}, "x": 0.01}, "showlegend": False,
-                      "hovermode": "x", "uirevision": tf,
-                      "xaxis": {"type": "date", "rangeslider": {"visible": False}, "showspikes": True,
-                                "spikemode": "across", "spikethickness": 1},
-                      "yaxis": {"fixedrange": False}}}
-    if x_range:
-        fig["layout"]["xaxis"]["range"] = x_range
-    return fig
-
-
-def timeline_figure(ts: np.ndarray, codes: np.ndarray, x_range: list[int] | None) -> dict:
-    """The replayed decisions under the chart: BUY +1, SELL -1, HOLD 0 per bar."""
-    colors = np.where(codes > 0, "#00e676", np.where(codes < 0, "#ff1744", "#607d8b")).tolist()
-    fig: dict[str, Any] = {"data": [{"type": "bar", "x": np.asarray(ts, dtype=np.int64).tolist(),
-                     "y": np.asarray(codes, dtype=float).tolist(), "marker": {"color": colors}, "name": "decision"}],
-           "layout": {"template": figures.PLOTLY_DARK, "height": 140, "margin": {"l": 45, "r": 10, "t": 20, "b": 20},
-                      "title": {"text": "replayed decisions (BUY +1 / SELL -1)", "font": {"size": 12}, "x": 0.01},
-                      "xaxis": {"type": "date"}, "yaxis": {"range": [-1.2, 1.2], "tickvals": [-1, 0, 1]}}}
-    if x_range:
-        fig["layout"]["xaxis"]["range"] = x_range
-    return fig
-
-
-def mini_range(lo: int, hi: int, tf: str) -> list[int]:
-    """The main chart's x range, widened around its middle to at least MINI_MIN_BARS bars of ``tf``."""
-    width = max(hi - lo, MINI_MIN_BARS * TIMEFRAME_MS[tf])
-    mid = (lo + hi) // 2
-    return [mid - width // 2, mid + width // 2]
 
 
 def relayout_range(r: dict[str, Any]) -> list[int] | None:
@@ -271,6 +142,21 @@ def _window(start: str, end: str) -> tuple[int, int]:
     return s, e
 
 
+def deep_link(path: str | None, search: str | None) -> tuple[str, str] | None:
+    """/annotate?from=YYYY-MM-DD[&to=YYYY-MM-DD] -> (from, to); None without one or when malformed."""
+    from urllib.parse import parse_qs
+
+    q = parse_qs((search or "").lstrip("?"))
+    if path != "/annotate" or "from" not in q:
+        return None
+    start, end = q["from"][0], q.get("to", q["from"])[0]
+    try:
+        pd.Timestamp(start), pd.Timestamp(end)
+    except ValueError:
+        return None
+    return start, end
+
+
 def _in_window(anns: list[Annotation], s: int, e: int) -> list[Annotation]:
     return [a for a in anns if a.exit_ts >= s and a.entry_ts < e]
 
@@ -279,20 +165,24 @@ def _with_outcomes(store: Any, anns: list[Annotation], candles: pd.DataFrame | N
                    ) -> list[tuple[Annotation, Outcome | None]]:
     """Outcomes from the already loaded ``candles`` where they cover the trade (one store read per trade
     otherwise); the store checked each trade when it was saved, so nothing is re-validated here."""
-    ts = candles["ts"].to_numpy(np.int64) if candles is not None and len(candles) else np.zeros(0, np.int64)
+    have = candles is not None and len(candles) > 0
+    ts = candles["ts"].to_numpy(np.int64) if have else np.zeros(0, np.int64)  # type: ignore[index]
+    hi = candles["high"].to_numpy(np.float64) if have else ts  # type: ignore[index]
+    lo = candles["low"].to_numpy(np.float64) if have else ts  # type: ignore[index]
     out: list[tuple[Annotation, Outcome | None]] = []
     for a in anns:
         if len(ts) and ts[0] <= a.entry_ts and a.exit_ts <= ts[-1]:
             i0, i1 = np.searchsorted(ts, [a.entry_ts, a.exit_ts])
-            period = candles.iloc[int(i0) : int(i1) + 1] if candles is not None else None
-        else:
-            period = store.candles(SeriesKey(a.exchange, a.symbol, a.timeframe), a.entry_ts,
-                                   a.exit_ts + TIMEFRAME_MS[a.timeframe])
-        out.append((a, outcome(a, period) if period is not None and len(period) else None))
+            sl = slice(int(i0), int(i1) + 1)
+            out.append((a, outcome_of_arrays(a, ts[sl], hi[sl], lo[sl])))
+            continue
+        period = store.candles(SeriesKey(a.exchange, a.symbol, a.timeframe), a.entry_ts,
+                               a.exit_ts + TIMEFRAME_MS[a.timeframe])
+        out.append((a, outcome(a, period) if len(period) else None))
     return out
 
 
-def _other_frames(store: Any, key: SeriesKey, candles: pd.DataFrame, s: int, e: int) -> dict[str, pd.DataFrame]:
+def _other_frames(store: Any, key: SeriesKey, s: int, e: int) -> dict[str, pd.DataFrame]:
     """The other timeframes of the period: stored when the store has them, else resampled from the
     chosen one (longer timeframes only), widened to show at least MINI_MIN_BARS bars."""
     out = {}
@@ -359,11 +249,11 @@ def layout(wctx: Any) -> Any:
                               html.Pre(id="ann-metrics", className="small")])),
         dbc.Row([dbc.Col(dcc.Graph(id=m, figure={"data": [], "layout": {
             "template": figures.PLOTLY_DARK, "height": 200}}), width=4) for m in MINI], className="g-1"),
-        dbc.Row([dbc.Col([dbc.Label("Selected"), dcc.Dropdown(id="ann-selected", options=[], value=None)], width=4)]),
+        dbc.Row([dbc.Col([dbc.Label("Selected"), dbc.Select(id="ann-selected", options=[], value=None, size="sm")], width=4)]),
         table,
         dcc.Store(id="ann-pending"), dcc.Store(id="ann-undo-stack", data=[]), dcc.Store(id="ann-ids", data=[]),
         dcc.Store(id="ann-version", data=0), dcc.Store(id="ann-mini-tfs", data=[]),
-        dcc.Location(id="ann-url", refresh=False),
+        dcc.Store(id="ann-mini-req"), dcc.Store(id="ann-mini-go"),
     ])
 
 
@@ -404,19 +294,6 @@ def register(app: Dash, wctx: Any) -> None:
         return shown, rows, opts
 
     @app.callback(
-        Output("ann-range", "start_date", allow_duplicate=True), Output("ann-range", "end_date", allow_duplicate=True),
-        Input("ann-url", "search"), State("ann-url", "pathname"), prevent_initial_call="initial_duplicate")
-    def _deep_link(search: str | None, path: str | None) -> tuple[Any, Any]:
-        """/annotate?from=YYYY-MM-DD&to=YYYY-MM-DD opens on those days."""
-        from urllib.parse import parse_qs
-
-        q = parse_qs((search or "").lstrip("?"))
-        if path != "/annotate" or "from" not in q:
-            return no_update, no_update
-        start = q["from"][0]
-        return start, q.get("to", [start])[0]
-
-    @app.callback(
         Output("ann-range", "start_date"), Output("ann-range", "end_date"),
         Input("ann-prev", "n_clicks"), Input("ann-next", "n_clicks"),
         State("ann-range", "start_date"), State("ann-range", "end_date"), prevent_initial_call=True)
@@ -429,19 +306,27 @@ def register(app: Dash, wctx: Any) -> None:
         Output("ann-chart", "figure"), *[Output(m, "figure") for m in MINI],
         Output("ann-ids", "data"), Output("ann-table", "children"), Output("ann-selected", "options"),
         Output("ann-msg", "children"), Output("ann-mini-tfs", "data"),
+        Output("ann-range", "start_date", allow_duplicate=True), Output("ann-range", "end_date", allow_duplicate=True),
+        Output("ann-mini-req", "data"),
         Input("ann-series", "value"), Input("ann-range", "start_date"), Input("ann-range", "end_date"),
-        Input("ann-version", "data"))
-    def _load(series: str | None, start: str | None, end: str | None, _v: int) -> tuple:
+        Input("ann-version", "data"), State("url", "pathname"), State("url", "search"),
+        prevent_initial_call="initial_duplicate")
+    def _load(series: str | None, start: str | None, end: str | None, _v: int, path: str | None,
+              search: str | None) -> tuple:
         key = _key(series)
         minis: list[Any] = [no_update] * len(MINI)
+        days: tuple[Any, Any] = (no_update, no_update)
+        link = deep_link(path, search) if ctx.triggered_id is None else None
+        if link is not None:  # the first draw already on the linked days (one round trip, one figure)
+            start, end = days = link
         if key is None or not start or not end or wctx.store is None:
             return (no_update, *minis, [], [], [], "no stored candles: import some (main_backtest.py data import)",
-                    no_update)
+                    no_update, *days, no_update)
         s, e = _window(start, end)
         candles = wctx.store.candles(key, s, e)
         if candles.empty:
             return (no_update, *minis, [], [], [], f"no {key.timeframe} candles stored between {start} and {end}",
-                    no_update)
+                    no_update, *days, no_update)
         shown, rows, opts = listing(key, s, e, candles)
         editable = len(shown) <= MAX_EDITABLE_SPANS
         y0, y1 = float(candles["low"].min()), float(candles["high"].max())
@@ -452,7 +337,7 @@ def register(app: Dash, wctx: Any) -> None:
             for k, tr in enumerate(marker_traces(shown) + main_spans):
                 spans["data"][N_BASE_TRACES + k] = tr
             patches: list[Any] = []
-            others = _other_frames(wctx.store, key, candles, s, e)
+            others = _other_frames(wctx.store, key, s, e)
             for tf in [t for t in TIMEFRAMES if t != key.timeframe][: len(MINI)]:
                 o = others.get(tf)
                 if o is None:
@@ -462,27 +347,41 @@ def register(app: Dash, wctx: Any) -> None:
                 for k, tr in enumerate(span_traces(shown, float(o["low"].min()), float(o["high"].max()))):
                     mp["data"][1 + k] = tr
                 patches.append(mp)
-            return (spans, *patches, [a.id for a in shown], _table_children(rows), opts, no_update, no_update)
-        fig = figures.candle_figure(candles, overlays=("sma21",), title=f"{key.symbol} {key.timeframe}",
-                                    uirevision=f"ann:{series}:{start}:{end}",
-                                    extra_shapes=annotation_shapes(shown) if editable else [])
-        fig = lean(fig)
+            return (spans, *patches, [a.id for a in shown], _table_children(rows), opts, no_update, no_update, *days,
+                    no_update)
+        fig = main_figure(candles, f"{key.symbol} {key.timeframe}", f"ann:{series}:{start}:{end}", [s, e],
+                          annotation_shapes(shown) if editable else [])
         fig["data"] += marker_traces(shown) + main_spans
-        fig["layout"]["xaxis"]["range"] = [s, e]
-        fig["layout"]["hovermode"] = "x"
-        fig["layout"]["dragmode"] = "pan"
-        others = _other_frames(wctx.store, key, candles, s, e)
-        minis = []
+        # the smaller charts come in a second callback (_minis), so the main chart is drawn first
         mini_tfs = [t for t in TIMEFRAMES if t != key.timeframe][: len(MINI)]
-        for tf in mini_tfs:
-            o = others.get(tf)
-            spans_tf = span_traces(shown, float(o["low"].min()), float(o["high"].max())) if o is not None else []
-            minis.append(mini_figure(others[tf], tf, spans_tf, mini_range(s, e, tf)) if tf in others else
-                         {"data": [], "layout": {"template": figures.PLOTLY_DARK, "height": 200,
-                                                 "title": {"text": f"{tf}: not stored", "font": {"size": 12}}}})
-        minis += [no_update] * (len(MINI) - len(minis))
+        request = {"series": series, "start": start, "end": end, "rev": fig["layout"]["uirevision"], "at": time.time()}
         return (fig, *minis, [a.id for a in shown], _table_children(rows), opts,
-                f"{len(candles)} candles, {len(shown)} annotation(s) in range", mini_tfs)
+                f"{len(candles)} candles, {len(shown)} annotation(s) in range", mini_tfs, *days, request)
+
+    # the mini request waits in the browser until the main chart is drawn (assets/annotate.js)
+    app.clientside_callback(ClientsideFunction("annotate", "afterMain"), Output("ann-mini-go", "data"),
+                            Input("ann-mini-req", "data"), prevent_initial_call=True)
+
+    @app.callback(*[Output(m, "figure", allow_duplicate=True) for m in MINI],
+                  Input("ann-mini-go", "data"), prevent_initial_call=True)
+    def _minis(req: dict | None) -> tuple:
+        """The other timeframes of the main chart's period with the same spans (after the main chart)."""
+        key = _key((req or {}).get("series"))
+        if key is None or req is None or wctx.store is None:
+            return (no_update,) * len(MINI)
+        s, e = _window(req["start"], req["end"])
+        shown = _in_window([a for a in ann_store().list(key.symbol, key.timeframe) if a.exchange == key.exchange],
+                           s, e)
+        others = _other_frames(wctx.store, key, s, e)
+        minis: list[Any] = []
+        for tf in [t for t in TIMEFRAMES if t != key.timeframe][: len(MINI)]:
+            o = others.get(tf)
+            if o is None:
+                minis.append(empty_mini(tf))
+                continue
+            spans_tf = span_traces(shown, float(o["low"].min()), float(o["high"].max()))
+            minis.append(mini_figure(o, tf, spans_tf, mini_range(s, e, tf)))
+        return (*minis, *[no_update] * (len(MINI) - len(minis)))
 
     @app.callback(
         Output("ann-pending", "data"), Output("ann-undo-stack", "data"), Output("ann-version", "data"),
