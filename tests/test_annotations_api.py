@@ -49,7 +49,10 @@ def test_create_patch_case_delete(running) -> None:
     c = api_call(client, "GET", f"/api/annotations/{a['id']}/case").get_json()
     assert len(c["cases"]) == 11 and c["cases"][0]["label"] == "ENTRY" and c["cases"][-1]["label"] == "EXIT"
     assert c["cases"][0]["target"] == "UP" and "1m:rsi" in c["cases"][0]["features"]["flat"]
-    r = api_call(client, "DELETE", f"/api/annotations/{a['id']}", {})  # control calls carry JSON (web/auth.py)
+    # a DELETE needs no body (and so no JSON type); one with a non-JSON body is still refused
+    r = client.open(f"/api/annotations/{a['id']}", method="DELETE", data="x", content_type="text/plain")
+    assert r.status_code == 415
+    r = client.delete(f"/api/annotations/{a['id']}")
     assert r.status_code == 200 and r.get_json()["deleted"] is True
     assert api_call(client, "GET", "/api/annotations").get_json()["annotations"] == []
     assert api_call(client, "GET", f"/api/annotations/{a['id']}/case").status_code == 404

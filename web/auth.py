@@ -9,7 +9,7 @@ Rules (DESIGN.md "Safety defaults", issue 14):
 - a request whose ``Host`` is not the bind address, loopback or ``dashboard.allowed_hosts`` is refused
   (DNS rebinding); a state-changing request (POST/PUT/PATCH/DELETE, Dash callbacks included) whose
   ``Origin``/``Referer`` is another origin is refused, and a cookie-authenticated one must carry one of them;
-- JSON endpoints need ``Content-Type: application/json``; bodies are capped (64 KB under ``/api``);
+- JSON endpoints need ``Content-Type: application/json`` (a DELETE without a body excepted); bodies are capped (64 KB under ``/api``);
 - failed logins are rate-limited per client; every answer carries anti-framing / nosniff / CSP headers.
 Comparisons use ``hmac.compare_digest``; the token is never logged or rendered, the audit trail names a
 session by a short public label.
@@ -313,8 +313,11 @@ def install_auth(server: Flask, policy: AuthPolicy) -> None:
         # checked after the credential (the body is never read either way): a stranger learns only 401
         if too_large:
             return _json_error(413, "too_large", f"request body over {limit} bytes")
+        # a DELETE without a body needs no JSON type: the method alone forces a CORS preflight, and
+        # there is nothing to read
+        bodyless_delete = request.method == "DELETE" and not request.content_length
         if request.method in _UNSAFE and _is_json_route() and request.mimetype != "application/json" \
-                and request.endpoint != "api.unknown":  # a wrong method/path gets its own 404/405
+                and not bodyless_delete and request.endpoint != "api.unknown":  # wrong method/path: 404/405
             return _json_error(415, "unsupported_media_type",
                                f"Content-Type must be application/json, got {request.mimetype or 'none'!r}")
         return None

@@ -20,6 +20,11 @@ bars: it rolls an epsilon-greedy episode over it (a gap in ts ends the episode),
 transitions in the replay buffer and runs replay updates (one per ``update_every`` steps). labels and
 fwd_returns only feed the class-conditional mean returns behind ``expected_return``.
 
+Demonstrations (``push_demonstrations``, annotated trades in ``train --annotations``) go to a reserved
+part of the replay buffer that training never overwrites; once it holds any, ``demo_fraction`` of
+every replay mini-batch is drawn from it, with DQfD's large-margin loss on those rows (the demonstrated
+action's Q must exceed the others' by ``demo_margin``) besides the TD loss.
+
 Live training (``train_online``, inside a trainer process): chronological chunks of the fresh bars and
 replayed ones, then the realised paper-trading positions as transitions (``push_experience``).
 """
@@ -65,6 +70,9 @@ class DQNParams(BaseModel):
     reward_scale: float = Field(1000.0, gt=0)  # log returns are ~1e-3 per bar: scale to O(1)
     grad_clip: float = Field(10.0, gt=0)
     eval_batch: int = Field(4096, ge=1)
+    demo_fraction: float = Field(0.25, ge=0, le=1)  # replay mini-batch share of demonstrations, when any
+    demo_margin: float = Field(0.8, ge=0)  # DQfD margin of the demonstrated action over the others (Q units)
+    demo_margin_weight: float = Field(1.0, ge=0)  # weight of that margin loss (0: demonstrations replay only)
     seed: int = 0
 
 
@@ -138,6 +146,7 @@ class DQNExpert(Expert):
         self.target.load_state_dict(self.net.state_dict())
         self.opt = torch.optim.Adam(self.net.parameters(), lr=p.lr)
         self.buffer = ReplayBuffer(p.buffer_size, self.state_dim)
+        self.demos: ReplayBuffer | None = None  # demonstrations (annotated trades), never overwritten
         self.env_steps = 0
         self.updates = 0
         self.calibrator = Calibrator(kind=self.calibration_kind)  # identity until fit on validation data
@@ -254,11 +263,12 @@ class DQNExpert(Expert):
             total += float(rew.sum())
         return total
 
-    def push_transitions(self, s: np.ndarray, pos: np.ndarray, act: np.ndarray, rew: np.ndarray) -> None:
+    def push_transitions(self, s: np.ndarray, pos: np.ndarray, act: np.ndarray, rew: np.ndarray,
+                         buffer: ReplayBuffer | None = None) -> None:
         """Store the n-step transitions of one contiguous stretch: states ``s`` [m+1], position
         indices ``pos`` [m+1] (held before each step), actions ``act`` [m] and raw rewards ``rew`` [m]
-        (log-return units; scaled here). Used by ``train_step`` and by online learning from realised
-        paper-trading positions."""
+        (log-return units; scaled here). Used by ``train_step``, by online learning from realised
+        paper-trading positions, and (into the demonstrations) by ``push_demonstrations``."""
         p = self.params
         m = len(act)  # transitions t = 0..m-1; state index m is the last bar (bootstrap only)
         r = rew * p.reward_scale
@@ -271,20 +281,60 @@ class DQNExpert(Expert):
         nxt = np.arange(m) + steps
         # the end of a chunk is a truncation, not a terminal: bootstrap from the last state
         g = p.gamma**steps
-        self.buffer.push(s[:m], pos[:m], act, R, s[nxt], pos[nxt], g)
+        (buffer or self.buffer).push(s[:m], pos[:m], act, R, s[nxt], pos[nxt], g)
+
+    def push_demonstrations(self, batch: FeatureBatch, sign: int) -> int:
+        """One demonstrated trade over ``batch`` (its consecutive bars entry .. exit): from flat, the
+        annotated position is taken at the entry bar's close (buy for long, sell for short, hold for
+        a no-trade span) and held to the exit bar; rewards from the real closes and the fee, as in
+        ``rollout``. Returns the number of transitions stored."""
+        n = len(batch)
+        if n < 2:
+            return 0
+        if self.demos is None:
+            self.demos = ReplayBuffer(self.params.buffer_size, self.state_dim)
+        target = 1 + int(np.sign(sign))  # position index after the entry
+        act = np.full(n - 1, 1, np.int64)
+        act[0] = {0: 0, 1: 1, 2: 2}[target]  # sell -> short, hold -> flat stays flat, buy -> long
+        pos = np.full(n, target, np.int64)
+        pos[0] = 1
+        ret = np.diff(np.log(np.asarray(batch.close, np.float64)))
+        fee = self.params.fee_bps / 1e4
+        rew = POSITIONS[pos[1:]] * ret - fee * np.abs(POSITIONS[pos[1:]] - POSITIONS[pos[:-1]])
+        self.push_transitions(self.states(batch), pos, act, rew, buffer=self.demos)
+        return n - 1
+
+    def _sample(self) -> tuple[Any, ...]:
+        """A replay mini-batch (s, pos, a, r, s2, pos2, g, k): its last k rows from the demonstrations
+        (``demo_fraction`` of it when there are any)."""
+        p = self.params
+        if self.demos is None or not self.demos.n or p.demo_fraction == 0:
+            return (*self.buffer.sample(self.rng, p.batch_size), 0)
+        k = max(1, int(round(p.batch_size * p.demo_fraction)))
+        mine = self.buffer.sample(self.rng, p.batch_size - k)
+        demo = self.demos.sample(self.rng, k)
+        return (*(np.concatenate([x, y]) for x, y in zip(mine, demo, strict=True)), k)
 
     def replay_update(self) -> float:
         """One double-DQN update on a replayed mini-batch; returns its loss."""
         p = self.params
-        s, ps, a, r, s2, p2, g = self.buffer.sample(self.rng, p.batch_size)
+        s, ps, a, r, s2, p2, g, n_demo = self._sample()
         self.net.train()
-        q = self._q(self.net, s, ps).gather(1, to_device(a, self.device)[:, None])[:, 0]
+        a_t = to_device(a, self.device)
+        q_all = self._q(self.net, s, ps)
+        q = q_all.gather(1, a_t[:, None])[:, 0]
         with torch.no_grad():
             # double DQN: the online net picks a', the target net values it
             a2 = self._q(self.net, s2, p2).argmax(dim=1, keepdim=True)
             q2 = self._q(self.target, s2, p2).gather(1, a2)[:, 0]
             tgt = to_device(r, self.device) + to_device(g, self.device) * q2
         loss = nn.functional.smooth_l1_loss(q, tgt)
+        if n_demo and p.demo_margin_weight > 0:
+            # large-margin loss on the demonstrations (DQfD): the demonstrated action's Q must beat every
+            # other action's by demo_margin, else the shortfall is the loss
+            qd, ad = q_all[-n_demo:], a_t[-n_demo:]
+            bonus = p.demo_margin * (1.0 - nn.functional.one_hot(ad, 3).to(qd.dtype))
+            loss = loss + p.demo_margin_weight * ((qd + bonus).max(dim=1).values - q[-n_demo:]).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.net.parameters(), p.grad_clip)

@@ -5,6 +5,10 @@ EXIT/NO_TRADE -> FLAT) replaces the forward-return label of the training sample 
 repeated ``weight`` times per epoch. The features are the training set's own FeatureBuilder rows at
 those bars (the cases' format). Only annotations lying WHOLLY inside the train part are used: a trade
 whose exit falls in the split gap, validation or test would carry their prices into training.
+
+For the DQN the same annotations are demonstrations: ``demos`` holds each used trade's rows (entry ..
+exit, consecutive bars) and direction; the trainer turns them into replay transitions (flat -> the
+annotated position at the entry, held to the exit, rewards from the real closes).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class AnnotatedRows:
     weight: int
     used: list[str] = field(default_factory=list)  # annotation ids used
     held_out: list[str] = field(default_factory=list)  # ids not wholly in the train part (not used)
+    demos: list[tuple[int, int, int]] = field(default_factory=list)  # (entry row, exit row, sign -1/0/+1)
 
     def summary(self) -> dict[str, object]:
         return {"cases": int(self.idx.size), "weight": self.weight, "annotations_used": len(self.used),
@@ -41,6 +46,7 @@ def annotated_rows(batch: FeatureBatch, train: slice, annotations: Sequence[Anno
     idx: list[int] = []
     labels: list[int] = []
     used, held = [], []
+    demos: list[tuple[int, int, int]] = []
     for a in annotations:
         if a.timeframe != batch.timeframe or (a.symbol != batch.symbol and batch.symbol):
             continue
@@ -49,10 +55,15 @@ def annotated_rows(batch: FeatureBatch, train: slice, annotations: Sequence[Anno
             continue
         a = a.with_default_spans(timeframe_ms(a.timeframe))
         used.append(a.id)
+        i0, i1 = (int(x) for x in np.searchsorted(ts, [a.entry_ts, a.exit_ts]))
+        if i1 > i0 and i1 < len(ts) and ts[i0] == a.entry_ts and ts[i1] == a.exit_ts \
+                and i1 - i0 == (a.exit_ts - a.entry_ts) // timeframe_ms(a.timeframe):  # no gap inside
+            demos.append((i0, i1, a.sign))
         for s in a.spans:
             for t in range(s.start_ts, s.end_ts + 1, timeframe_ms(a.timeframe)):
                 i = int(np.searchsorted(ts, t))
                 if i < len(ts) and ts[i] == t:
                     idx.append(i)
                     labels.append(case_class(a, s.label))
-    return AnnotatedRows(np.asarray(idx, dtype=np.int64), np.asarray(labels, dtype=np.int64), weight, used, held)
+    return AnnotatedRows(np.asarray(idx, dtype=np.int64), np.asarray(labels, dtype=np.int64), weight, used, held,
+                         demos)

@@ -44,9 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--runs-dir", default=None, help="TensorBoard log folder (default: training.runs_dir)")
     t.add_argument("--kronos-preset", default="nano", help="train_kronos preset for --experts kronos (nano | nano-smoke)")
     t.add_argument("--annotations", action="store_true",
-                   help="add the series' annotated trades (cases wholly in the train split) to cnn/transformer")
+                   help="add the series' annotated trades (wholly in the train split): labelled cases for "
+                        "cnn/transformer, demonstrations in the DQN's replay buffer")
     t.add_argument("--annotation-set", default=None, help="with --annotations: only this frozen annotation set")
-    t.add_argument("--weight", type=int, default=5, help="with --annotations: times each annotated bar counts (5)")
+    t.add_argument("--weight", type=int, default=5, help="with --annotations: times each annotated bar counts for cnn/transformer (5); "
+                        "the DQN's share of demonstrations is its demo_fraction param")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="score experts, fused and climatology on the test split")

@@ -187,7 +187,8 @@ def train_expert(expert: SupervisedExpert | DQNExpert, prep: Prepared, epochs: i
                  on_epoch: Callable[[str, int, int, float, float], None] | None = None) -> TrainResult:
     """Train one features expert in place; leaves it at its best-validation epoch with the fitted
     calibration. DQN: epochs = passes of episodes over the train part (chunks in random order).
-    annotated (supervised experts): those train rows take the annotations' classes, ``weight`` times each.
+    annotated (supervised experts): those train rows take the annotations' classes, ``weight`` times each;
+    (DQN): the annotated trades go into its replay buffer as demonstrations (``push_demonstrations``).
     ``on_epoch(name, epoch, epochs, train_loss, val_logloss)`` after each epoch (progress reports)."""
     y, r = prep.labels(expert.horizon)
     rng = np.random.default_rng(seed)
@@ -201,6 +202,9 @@ def train_expert(expert: SupervisedExpert | DQNExpert, prep: Prepared, epochs: i
         train_idx = np.sort(np.concatenate([rest, np.repeat(annotated.idx, annotated.weight)]))
     if len(train_idx) < 100:
         raise ValueError(f"{expert.name}: only {len(train_idx)} labelled training samples")
+    if isinstance(expert, DQNExpert) and annotated is not None:
+        for i0, i1, sign in annotated.demos:  # wholly inside the train part (annotated_rows)
+            expert.push_demonstrations(prep.batch.take(np.arange(i0, i1 + 1)), sign)
     # the training distribution of the features, for the OOD score (kept in every checkpoint from here)
     expert.ood = OODStats.fit(prep.batch.flat[train_idx])
     units: list[np.ndarray | None]
@@ -409,8 +413,9 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                 )
                 results[name] = {"version": version, "val_logloss": res.val_logloss, "epochs_run": res.epochs_run,
                                  "best_epoch": res.best_epoch, **res.extra}
-                if rows is not None:  # the DQN takes no class labels (demonstrations: not implemented)
-                    results[name]["annotations_used"] = not isinstance(expert, DQNExpert) and bool(rows.idx.size)
+                if rows is not None:  # the DQN takes the trades as demonstrations, the others the labels
+                    results[name]["annotations_used"] = bool(rows.demos) if isinstance(expert, DQNExpert) \
+                        else bool(rows.idx.size)
             if GATE_NAME in names:
                 experts = load_experts(models, prep.batch.spec, registry, keep_untrained=False,
                                        candle_experts=False).experts
