@@ -2,7 +2,8 @@
 
 - page_first_chart_s: headless Chromium, navigation start -> the Annotate page's main chart drawn with
   10,080 real BTC/USDT 1m candles (7 days, /annotate?from=2023-03-14&to=2023-03-20) and 500 annotation
-  spans on it; median of 3 fresh browser contexts (empty cache).
+  spans on it; median of 3 fresh browser contexts (empty cache). The three smaller charts are asked for
+  once the main chart is drawn, so they are not in this figure.
 - click_to_saved_ms_p50 / _p95: server time of the second click (the exit) through Dash's real
   /_dash-update-component route -- snapped to the candle, checked against the store (gap / range /
   price), stored as a new row, outcome computed -- over 100 new annotations.
