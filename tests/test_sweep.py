@@ -191,7 +191,7 @@ def test_random_and_grid_samplers_inline(wf_dir, tmp_path):
 
 @pytest.mark.parametrize("text, needle", [
     ("params: {buy_threshold: {low: 0.2, high: 0.3}}\n", "'predictions'"),
-    ("predictions: x\nparams: {horizon: {low: 1, high: 5}}\n", "params.horizon"),
+    ("predictions: x\nparams: {horizon: {low: 1, high: 5}}\n", "need retraining"),
     ("predictions: x\nparams: {buy_threshold: {low: 0.5, high: 0.3}}\n", "low 0.5 must be below"),
     ("predictions: x\nsampler: cmaes\nparams: {buy_threshold: {low: 0.2, high: 0.3}}\n", "sampler 'cmaes'"),
 ])

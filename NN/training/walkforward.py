@@ -10,6 +10,7 @@ Early stopping, calibration and the gate fit use val; nothing after the window e
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,6 +30,10 @@ from NN.moe import MoEGate
 from NN.training.trainer import Prepared, common_horizon, prepare, train_expert, train_gate
 
 
+class FoldPruned(Exception):
+    """A sweep's pruner stopped this fold's training (ASHA-style early stopping)."""
+
+
 @dataclass
 class FoldTrainerNN:
     models: ModelsConfig
@@ -41,6 +46,9 @@ class FoldTrainerNN:
     val_frac: float = 0.2
     seed: int = 0
     features: FeaturesConfig | None = None  # None: models.yml features
+    # after each epoch of each expert: (expert, epoch, epochs, train loss, val log loss) -> True to stop
+    # the fold (a sweep's pruner); the trainer then raises FoldPruned
+    on_epoch: Callable[[str, int, int, float, float], bool] | None = None
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -62,6 +70,17 @@ class FoldTrainerNN:
                              "lengthen --train")
         return replace(prep, train=slice(0, a), val=slice(a + gap, n), test=slice(n, n))
 
+    def _epoch_hook(self) -> Callable[[str, int, int, float, float], None] | None:
+        if self.on_epoch is None:
+            return None
+        hook = self.on_epoch
+
+        def report(name: str, epoch: int, epochs: int, train_loss: float, val_logloss: float) -> None:
+            if hook(name, epoch, epochs, train_loss, val_logloss):
+                raise FoldPruned(f"{name} pruned after epoch {epoch} (val log loss {val_logloss:.4f})")
+
+        return report
+
     def __call__(self, train_candles: pd.DataFrame, fold: Fold, previous: Components | None) -> Components:
         torch.manual_seed(self.seed + fold.index)
         prep = self._prepare(train_candles)
@@ -76,7 +95,7 @@ class FoldTrainerNN:
             if not isinstance(ex, SupervisedExpert | DQNExpert):
                 raise ValueError(f"{name}: not a features expert")
             res = train_expert(ex, prep, self.epochs, seed=self.seed + fold.index,
-                               max_steps_per_epoch=self.max_steps)
+                               max_steps_per_epoch=self.max_steps, on_epoch=self._epoch_hook())
             ex.version = f"wf{fold.index}"
             experts[name] = ex
             info[name] = {"version": ex.version, "trained": True, "input_kind": ex.input_kind,
