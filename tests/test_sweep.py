@@ -167,7 +167,7 @@ def test_sweep_killed_after_about_10_trials_resumes_to_exactly_20_distinct(wf_di
     assert all(t.state.name == "COMPLETE" for t in trials)
     for t in trials:  # completed before the kill: kept as they were (not repeated)
         if before.get(t.number) == "COMPLETE":
-            assert t.user_attrs["bars"] == 240
+            assert t.user_attrs["stats"]["bars"] == 240
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 20  # 20 distinct parameter sets
     best = summary["best"][0]
     assert 0.0 <= best["dsr"] <= 1.0 or np.isnan(best["dsr"])

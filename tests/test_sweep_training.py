@@ -67,8 +67,8 @@ def test_four_training_trials_one_pruned_by_successive_halving(shared_data, tmp_
         if t.state.name == "PRUNED":  # stopped before its last epoch was trained
             assert max(t.intermediate_values) < 3 or len(t.intermediate_values) < 3
         else:
-            assert t.user_attrs["bars"] == 120 and len(t.intermediate_values) == 3
-            assert t.user_attrs["val_logloss"]["cnn"] == pytest.approx(-max(t.intermediate_values.values()))
+            assert t.user_attrs["stats"]["bars"] == 120 and len(t.intermediate_values) == 3
+            assert t.user_attrs["stats"]["val_logloss"]["cnn"] == pytest.approx(-max(t.intermediate_values.values()))
     # the pruned trials lost at their rung to a trial that had reached it before them
     by_n = sorted(trials, key=lambda t: t.number)
     for t in by_n:
