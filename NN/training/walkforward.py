@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -22,11 +23,11 @@ from core.backtest.walkforward import Fold
 from core.config import AppConfig, FeaturesConfig, ModelsConfig
 from core.features import FeatureBuilder
 from core.market import market_for
-from core.types import SeriesKey
+from core.types import SeriesKey, timeframe_ms
 from NN.experts.dqn import DQNExpert
 from NN.experts.registry import build_expert
 from NN.experts.supervised import SupervisedExpert
-from NN.moe import MoEGate
+from NN.moe import MoEGate, gate_min_samples
 from NN.training.trainer import Prepared, common_horizon, prepare, train_expert, train_gate
 
 
@@ -70,6 +71,24 @@ class FoldTrainerNN:
                              "lengthen --train")
         return replace(prep, train=slice(0, a), val=slice(a + gap, n), test=slice(n, n))
 
+    def _check_gate_samples(self, prep: Prepared, n_bars: int, fold: Fold) -> None:
+        """--retrain-gate fits the gate on the fold's validation part: refuse, before any training, a train
+        window too short for it, naming the shortest that works."""
+        h = max(self.models.experts[n].horizon for n in self.names)
+        y, r = prep.labels(h)
+        have = int(((y[prep.val] >= 0) & np.isfinite(r[prep.val])).sum())
+        need = gate_min_samples(self.models.moe.holdout)
+        if have >= need:
+            return
+        warmup = n_bars - len(prep.batch)  # bars before the first complete sample
+        samples = int(np.ceil((need + self.models.split.gap_bars + h) / self.val_frac)) + 1
+        bars = samples + warmup
+        step = timeframe_ms(self.key.timeframe)
+        hours = bars * step / 3_600_000
+        raise ValueError(f"--retrain-gate: fold {fold.index}'s train window leaves {have} validation samples for "
+                         f"the gate, which needs >= {need} (moe.holdout {self.models.moe.holdout}); use --train of "
+                         f"at least {bars} bars (~{hours:.1f} h) or drop --retrain-gate")
+
     def _epoch_hook(self) -> Callable[[str, int, int, float, float], None] | None:
         if self.on_epoch is None:
             return None
@@ -84,6 +103,8 @@ class FoldTrainerNN:
     def __call__(self, train_candles: pd.DataFrame, fold: Fold, previous: Components | None) -> Components:
         torch.manual_seed(self.seed + fold.index)
         prep = self._prepare(train_candles)
+        if self.retrain_gate:
+            self._check_gate_samples(prep, len(train_candles), fold)
         spec = prep.batch.spec
         experts: dict[str, Any] = {}
         info: dict[str, dict[str, Any]] = {}
