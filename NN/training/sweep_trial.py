@@ -49,14 +49,18 @@ def training_trial(candles: pd.DataFrame, fold: Fold, params: dict[str, Any], ap
                    report: Callable[[int, float], bool], seed: int = 0,
                    features: FeaturesConfig | None = None) -> dict[str, Any] | None:
     """Train ``names`` on the fold's train window with ``params``; report step = expert index * epochs +
-    epoch (the same expert and epoch are compared across trials) and value = -val log loss (the study
-    maximises). Returns the test window's per-bar ts, fused, confidence, live (any expert spoke), or
-    None when pruned."""
+    epoch (the same expert and epoch are compared across trials) and value = the val log-loss SKILL over
+    climatology (climatology's val log loss - the expert's; higher is better, the study maximises): raw log
+    losses of different horizons or dead zones are not comparable (a wide dead zone makes "flat" easy),
+    their gain over the same labels' base rate is. Returns the test window's per-bar ts, fused,
+    confidence, live (any expert spoke), or None when pruned."""
     models, app = apply_training_params(models, app, names, params)
     order = {n: i for i, n in enumerate(names)}
+    trainer: FoldTrainerNN | None = None
 
     def on_epoch(name: str, epoch: int, _epochs: int, _train_loss: float, val_logloss: float) -> bool:
-        return report(order[name] * epochs + epoch, -float(val_logloss))
+        assert trainer is not None
+        return report(order[name] * epochs + epoch, trainer.baseline[name] - float(val_logloss))
 
     trainer = FoldTrainerNN(models, app, key, names, epochs=epochs, max_steps=max_steps, seed=seed,
                             features=features, on_epoch=on_epoch)
@@ -71,4 +75,4 @@ def training_trial(candles: pd.DataFrame, fold: Fold, params: dict[str, Any], ap
     p = fold_predictions(candles.reset_index(drop=True), fold, comps, spec, app.execution, app.risk)
     val = {n: float(comps.info[n]["val_logloss"]) for n in names}
     return {"ts": p["ts"], "fused": p["fused"], "confidence": p["confidence"], "live": p["mask"].any(axis=1),
-            "val_logloss": val}
+            "val_logloss": val, "val_climatology": dict(trainer.baseline)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,12 +23,13 @@ from core.backtest.walkforward import Fold
 from core.config import AppConfig, FeaturesConfig, ModelsConfig
 from core.features import FeatureBuilder
 from core.market import market_for
+from core.scoring import log_loss
 from core.types import SeriesKey, timeframe_ms
 from NN.experts.dqn import DQNExpert
 from NN.experts.registry import build_expert
 from NN.experts.supervised import SupervisedExpert
 from NN.moe import MoEGate, gate_min_samples
-from NN.training.trainer import Prepared, common_horizon, prepare, train_expert, train_gate
+from NN.training.trainer import Prepared, climatology, common_horizon, prepare, train_expert, train_gate
 
 
 class FoldPruned(Exception):
@@ -50,6 +51,9 @@ class FoldTrainerNN:
     # after each epoch of each expert: (expert, epoch, epochs, train loss, val log loss) -> True to stop
     # the fold (a sweep's pruner); the trainer then raises FoldPruned
     on_epoch: Callable[[str, int, int, float, float], bool] | None = None
+    # per expert, the val log loss of the train part's class frequencies (set by each call before
+    # training): the yardstick that makes val losses of different horizons / dead zones comparable
+    baseline: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -70,6 +74,15 @@ class FoldTrainerNN:
             raise ValueError(f"walk-forward fold: {n} samples leave too few for validation after a {gap}-bar gap; "
                              "lengthen --train")
         return replace(prep, train=slice(0, a), val=slice(a + gap, n), test=slice(n, n))
+
+    @staticmethod
+    def _climatology_val_logloss(prep: Prepared, horizon: int) -> float:
+        y, r = prep.labels(horizon)
+        ok = (y >= 0) & np.isfinite(r)
+        tr, va = np.flatnonzero(ok[prep.train]) + prep.train.start, np.flatnonzero(ok[prep.val]) + prep.val.start
+        if not len(va):
+            return float("nan")
+        return log_loss(np.tile(climatology(y[tr]), (len(va), 1)), y[va])
 
     def _check_gate_samples(self, prep: Prepared, n_bars: int, fold: Fold) -> None:
         """--retrain-gate fits the gate on the fold's validation part: refuse, before any training, a train
@@ -105,6 +118,7 @@ class FoldTrainerNN:
         prep = self._prepare(train_candles)
         if self.retrain_gate:
             self._check_gate_samples(prep, len(train_candles), fold)
+        self.baseline = {n: self._climatology_val_logloss(prep, self.models.experts[n].horizon) for n in self.names}
         spec = prep.batch.spec
         experts: dict[str, Any] = {}
         info: dict[str, dict[str, Any]] = {}

@@ -15,8 +15,8 @@ Samplers: tpe (default), random, grid (each parameter then lists ``values``). Tw
 * training (``data:`` a candles file, when ``horizon``, ``dead_zone_bps`` or ``<expert>.<param>`` is
   swept, since they change the labels or the models): each trial trains one fold (``train`` window, then
   the last ``test`` window of the data is traded) through the injected ``TrainTrial`` (the composition
-  root's NN/training/sweep_trial.py: core never imports NN). Every expert epoch reports -val log loss to
-  the study and asks its pruner (``pruner: asha`` = Optuna's SuccessiveHalvingPruner, ``hyperband``,
+  root's NN/training/sweep_trial.py: core never imports NN). Every expert epoch reports its val log-loss
+  skill over climatology (comparable across horizons and dead zones) to the study and asks its pruner (``pruner: asha`` = Optuna's SuccessiveHalvingPruner, ``hyperband``,
   ``none``): a trial behind its rung's top 1/reduction_factor stops training at once. The worker
   reports straight into the journal, so on a Ray cluster the journal must sit on a path every node
   sees (README "Running sweeps on a Ray cluster"). The trained fold's predictions are then re-traded
@@ -361,7 +361,8 @@ class _TrainCtx:
         bars = self.candles.iloc[np.searchsorted(ts, out["ts"])].reset_index(drop=True)
         c = cached_from_arrays(bars, out["fused"], out["confidence"], np.zeros(len(bars), dtype=np.int64),
                                out["live"], self.cfg, self.space.timeframe)
-        return {**evaluate_trial(c, params, self.cfg, self.bpy), "val_logloss": out["val_logloss"]}
+        return {**evaluate_trial(c, params, self.cfg, self.bpy), "val_logloss": out["val_logloss"],
+                "val_climatology": out.get("val_climatology")}
 
 
 def _trial_task(ctx: _CachedCtx | _TrainCtx, trial_id: int, params: dict[str, Any]) -> dict[str, Any]:
@@ -481,7 +482,7 @@ def run_sweep(space: Space, cfg: AppConfig, *, n_trials: int, workers: int = 1, 
                     study.tell(tr, state=TrialState.PRUNED)
                 else:
                     # ONE journal write for all the figures (each write is an fsync: the driver's cost)
-                    stats = {k: res[k] for k in STAT_KEYS + ("val_logloss",) if k in res}
+                    stats = {k: res[k] for k in STAT_KEYS + ("val_logloss", "val_climatology") if k in res}
                     stats["blocks"] = [res["block_sum"], res["block_sq"], res["block_n"]]
                     tr.set_user_attr("stats", stats)
                     study.tell(tr, res["sharpe"])
@@ -522,6 +523,7 @@ def summarize(study: Any, space: Space, name: str) -> dict[str, Any]:
         rows.append({"number": t.number, "params": t.params, "sharpe": a["sharpe"], "sharpe_bar": a["sharpe_bar"],
                      "total_return": a["total_return"], "trades": trades, "dsr": dsr,
                      "enough_trades": trades >= space.min_trades, "val_logloss": a.get("val_logloss"),
+                     "val_climatology": a.get("val_climatology"),
                      "survives": bool(trades >= space.min_trades and math.isfinite(dsr) and dsr >= DSR_SURVIVES)})
     rows.sort(key=lambda r: r["number"])
     pbo = None
