@@ -99,3 +99,17 @@ def test_training_keys_without_data_say_what_is_needed(tmp_path):
     p.write_text("predictions: x\nparams: {horizon: {values: [3, 5]}}\n")
     with pytest.raises(SweepError, match="need retraining: give 'data'"):
         load_space(p)
+
+
+def test_training_trials_on_two_ray_workers_report_their_epochs_into_the_journal(shared_data, tmp_path):
+    """The same 4 trials as Ray tasks: each worker process reports its epochs straight into the study's
+    journal (which trials the pruner stops depends on the order they finish, so only that is checked)."""
+    cfg, models = load_config(), _models()
+    space = load_space(_space(tmp_path, shared_data), cfg, models)
+    paths = sweep_paths(tmp_path / "moe.duckdb", "ray")
+    s = run_sweep(space, cfg, n_trials=4, workers=2, paths=paths, name="ray", models=models,
+                  train_trial=sweep_training_trial)
+    trials = open_study(space, paths, "ray").get_trials()
+    assert len(trials) == 4 and not s["failed"] and s["trials"] + len(s["pruned"]) == 4
+    assert all(t.state.name in ("COMPLETE", "PRUNED") and t.intermediate_values for t in trials)
+    assert s["trials"] >= 1 and all(len(t.intermediate_values) == 3 for t in trials if t.state.name == "COMPLETE")
