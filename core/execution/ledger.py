@@ -167,13 +167,19 @@ class Ledger:
         """Commit the intent (status pending) BEFORE the order leaves: a crash at any later point
         leaves a record that the next start looks up by clientOrderId. Writing the same clientOrderId
         again (a re-processed bar) keeps the first record."""
+        self.write_intents([intent])
+
+    def write_intents(self, intents: list[Intent]) -> None:
+        """Several intents in ONE transaction (the legs of a protective OCO list)."""
+        now = int(time.time() * 1000)
         with self.store.transaction() as con:
-            con.execute(
-                "INSERT INTO exec_intents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                [self.account, intent.client_order_id, intent.decision_id, intent.symbol, intent.side,
-                 intent.type, float(intent.amount), intent.price, int(intent.bar_ts), intent.reason,
-                 intent.status, intent.order_id, int(time.time() * 1000), None, intent.note])
+            for it in intents:
+                con.execute(
+                    "INSERT INTO exec_intents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    [self.account, it.client_order_id, it.decision_id, it.symbol, it.side, it.type,
+                     float(it.amount), it.price, int(it.bar_ts), it.reason, it.status, it.order_id, now, None,
+                     it.note])
 
     def intent(self, client_order_id: str) -> Intent | None:
         df = self.store.query_df("SELECT * FROM exec_intents WHERE account = ? AND client_order_id = ?",
