@@ -358,7 +358,9 @@ class Engine(EngineCommands):
         if kind == "tick":
             prov, ev = arg
             if prov is self._provider and self._executor is not None and ev.key.symbol == self.symbol:
-                fills = self._executor.on_tick(float(ev.close), int(time.time() * 1000))
+                # the update's price now, keyed to its (open) bar: exits the engine enforces and the kill
+                # switch act before the close
+                fills = self._executor.on_tick(float(ev.close), int(time.time() * 1000), int(ev.ts))
                 if fills:
                     self._trades.extend(fills)
                     self._publish()

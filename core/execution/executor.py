@@ -359,17 +359,18 @@ class Executor(ProtectiveOrders):
                     amount=float(row[K.F_QTY]), price=float(row[K.F_PRICE]), fee=float(row[K.F_FEE]), ts=ts)
         return order, fill
 
-    def on_tick(self, price: float, ts_ms: int) -> list[Fill]:
+    def on_tick(self, price: float, ts_ms: int, bar_ts: int | None = None) -> list[Fill]:
         """A trade / ticker price inside the open bar (exchange accounts): stop-loss, take-profit and the
         daily-loss kill switch act NOW, not at the bar's close (a paper account's kernel already models
         the bar's high/low). The exit is keyed to the open bar, so a re-sent tick cannot double it; its
-        fill is committed with that bar (its intent before the order, as every order)."""
+        fill is committed with that bar (its intent before the order, as every order). ``ts_ms``: when
+        the price traded; ``bar_ts``: the open bar it belongs to (default: ts_ms floored to the timeframe)."""
         if self.live_broker is None or not (math.isfinite(price) and price > 0):
             return []
         with self._lock:
             if self.blocked or self.halt_reason or self.is_stale(ts_ms - self._tf_ms):
                 return []
-            bar_ts = int(ts_ms) // self._tf_ms * self._tf_ms
+            bar_ts = int(ts_ms) // self._tf_ms * self._tf_ms if bar_ts is None else int(bar_ts)
             if self._last_ts is not None and bar_ts <= self._last_ts:
                 return []  # a late tick of a bar already booked
             orders, fills, reasons, resolved = self._carry
@@ -547,7 +548,8 @@ class Executor(ProtectiveOrders):
             unrealised_pnl=0.0 if pos == 0 else pos * (last - float(s[K.S_ENTRY])),
             fees=float(s[K.S_FEES]), trades=int(s[K.S_TRADES]), kill_switch=bool(s[K.S_KILL]),
             cooldown=int(s[K.S_COOLDOWN]), pending_target=None if pend != pend else pend,
-            unresolved=sum(1 for it in self._mem_intents.values() if it.status in UNRESOLVED),
+            unresolved=sum(1 for it in self._mem_intents.values() if it.status in UNRESOLVED
+                           and it.reason not in PROTECTIVE),
             stale_bars=self.stale_bars, halt_reason=self.halt_reason, reconcile=self.last_reconcile,
             protection=self.protection, protective_orders=len(self._open_legs()))
 
