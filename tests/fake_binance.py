@@ -437,11 +437,12 @@ class FakeServer:
         self.server.server_close()
 
 
-def local_binance(base: str, timeout_ms: int = 700, pid_header: bool = False) -> Any:
-    """A ccxt.binance whose TESTNET urls point at the fake server (the broker turns sandbox mode on)."""
+def local_binance(base: str, timeout_ms: int = 700, pid_header: bool = False, cls: Any = None) -> Any:
+    """A ccxt.binance whose TESTNET urls point at the fake server (the broker turns sandbox mode on).
+    ``cls``: the ccxt class to build (a test that replaces ``ccxt.binance`` passes the real one)."""
     import ccxt
 
-    ex = ccxt.binance({"timeout": timeout_ms, "enableRateLimit": False,
+    ex = (cls or ccxt.binance)({"timeout": timeout_ms, "enableRateLimit": False,
                        "options": {"fetchMarkets": ["spot"], "fetchCurrencies": False}})
     test = ex.urls["test"]
     for k, v in list(test.items()):

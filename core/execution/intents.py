@@ -80,8 +80,12 @@ class IntentJournal:
             self._snap = self._make_snapshot()
 
     def _unresolved(self) -> list[Intent]:
+        """Unresolved in the ledger and not settled in memory since: an intent settled within the open
+        bar (an intrabar exit, say) waits for that bar's commit and must not be looked up and booked again."""
         if self.ledger is not None:
-            return self.ledger.unresolved_intents()
+            mem = self._mem_intents
+            return [it for it in self.ledger.unresolved_intents()
+                    if it.client_order_id not in mem or mem[it.client_order_id].status in UNRESOLVED]
         return [it for it in self._mem_intents.values() if it.status in UNRESOLVED]
 
     def _resolve_unresolved(self) -> Booked:
