@@ -32,6 +32,7 @@ import pandas as pd
 from core.config import AppConfig, ModelsConfig, is_ticker
 from core.data.provider import DataProvider
 from core.data.store import MarketStore
+from core.engine.alerting import snapshot_alerts
 from core.engine.commands import EngineCommands
 from core.engine.offline import OfflineTrainer
 from core.engine.training import TrainingFactory, TrainingHook
@@ -506,26 +507,9 @@ class Engine(EngineCommands):
             self._alert_changes(snap)
 
     def _alert_changes(self, snap: EngineSnapshot) -> None:
-        """Stream lost / restored, promotions, trainer crashes and engine errors since the last snapshot."""
+        """Stream lost / restored, promotions, trainer crashes and engine errors since the last snapshot
+        (core/engine/alerting.py decides; the notifier delivers off this thread)."""
         notify = self.trading.notify
         assert notify is not None
-        seen = self._alert_seen
-        for name, st in snap.sources.items():
-            was = seen.get(f"src:{name}")
-            if was is True and not st.connected:
-                notify("stream_lost", {"source": name, "symbol": snap.symbol, "error": st.error or ""})
-            elif was is False and st.connected:
-                notify("stream_restored", {"source": name, "symbol": snap.symbol})
-            seen[f"src:{name}"] = bool(st.connected)
-        for sw in snap.swaps[int(seen.get("swaps", 0)):]:
-            if sw.kind == "promote":
-                notify("promotion", {"expert": sw.expert, "version": sw.version, "previous": sw.previous})
-        seen["swaps"] = len(snap.swaps)
-        last = int(seen.get("err_ms", 0))
-        for e in snap.errors:
-            if e.ts_ms > last:
-                kind = "trainer_crash" if e.where.startswith("train") else "error"
-                notify(kind, {"where": e.where, "message": e.message[:300]})
-        if snap.errors:
-            seen["err_ms"] = max(last, max(e.ts_ms for e in snap.errors))
-
+        for kind, details in snapshot_alerts(snap, self._alert_seen):
+            notify(kind, details)
