@@ -151,7 +151,7 @@ class Executor(ProtectiveOrders):
     def _reconcile_locked(self, extra_fills: list[Fill] | None = None) -> ReconcileResult | None:
         b = self.live_broker
         if b is None or not hasattr(b, "fetch_my_trades"):
-            return None  # paper: the ledger is the account; Alpaca: no fills endpoint wired yet
+            return None  # paper: the ledger is the account
         self._bars_since_reconcile = 0
         t0 = time.perf_counter()
         try:
