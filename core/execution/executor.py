@@ -451,7 +451,7 @@ class Executor(ProtectiveOrders):
         """Intent (committed) -> create_order -> fill booked into the state; the intent's resolution is
         committed with the bar. A BrokerError leaves the intent pending: looked up before the next bar."""
         orders, fills, reasons, resolved = out
-        if qty < 0 and reason not in PROTECTIVE and self._open_legs():
+        if qty < 0 and self._open_legs():
             # the resting stop / take-profit hold the coins and may have fired: cancelled and resolved
             # first, and only what is still held is sold
             self._lift_protection(out)

@@ -31,19 +31,27 @@ def journal_path(db_path: str, account: str) -> Path | None:
 class IntentFile:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd: int | None = None  # opened at the first intent (paper accounts never write one)
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        return self._fd
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Durable when this returns (write + fdatasync): only then may the order be sent."""
+        fd = self._open()
         data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
         view = memoryview(data)
         while view:
-            view = view[os.write(self._fd, view):]
-        os.fdatasync(self._fd)
+            view = view[os.write(fd, view):]
+        os.fdatasync(fd)
 
     def read(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
+        if not self.path.exists():
+            return out
         with open(self.path, "rb") as f:
             for n, line in enumerate(f):
                 try:
@@ -57,7 +65,12 @@ class IntentFile:
 
     def clear(self) -> None:
         """After the intents are committed to the ledger (a crash before this only re-imports them)."""
-        os.ftruncate(self._fd, 0)
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+        elif self.path.exists():
+            os.truncate(self.path, 0)
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
