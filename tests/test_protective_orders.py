@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,10 @@ from core.config import ExecutionConfig, RiskConfig, Secrets
 from core.execution.broker import CcxtBroker
 from core.execution.executor import Executor
 from core.execution.ledger import Ledger
+from core.snapshot import EngineSnapshot, trading_view
 from core.types import Action, CandleEvent, Decision, SeriesKey, Thresholds
+from web.api import status_json
+from web.pages.live import reconcile_line
 
 KEYS = Secrets(exchange_api_key="test-key-not-real", exchange_secret="test-secret-not-real")
 EXE = ExecutionConfig(broker="ccxt", sandbox=True, fill_at="last_price", max_bar_age_s=0)
@@ -113,6 +117,11 @@ def test_stop_loss_fires_on_the_exchange_and_is_booked_once(minutes, server, tmp
     assert float(legs["STOP_LOSS_LIMIT"]["stopPrice"]) == pytest.approx(s.avg_price * (1 - SL), abs=0.01)
     assert float(legs["LIMIT_MAKER"]["price"]) == pytest.approx(s.avg_price * (1 + TP), abs=0.01)
     assert fake.balances["BTC"] - fake.locked_base() == pytest.approx(0.0, abs=1e-12)  # the coins are held
+    # the status API and the Live page say who holds the stops
+    snap = replace(EngineSnapshot.empty("BTC/USDT", "1m", "testnet"), trading=trading_view("testnet", "ccxt", ex))
+    st = status_json(snap)["trading"]
+    assert (st["protection"], st["protective_orders"]) == ("exchange", 2)
+    assert "stops on the exchange (2 resting)" in str(reconcile_line(snap))
     for r in df.iloc[1:-2].itertuples():  # no level crossed yet: the legs rest, the engine sells nothing
         trade_minute(ex, server.base, r)
     assert ex.snapshot().protective_orders == 2 and fake.posts == 2
