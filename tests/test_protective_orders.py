@@ -172,7 +172,8 @@ def test_take_profit_fires_while_down_and_is_booked_at_restart(minutes, server, 
 
 def _child(db: Path, base: str, df: pd.DataFrame, mode: str) -> None:
     """The trading process: BUY then HOLD; SIGKILLed around the OCO request (before it leaves: 'before';
-    booked by the exchange but never acknowledged: the fake kills it, 'in_flight')."""
+    booked by the exchange but never acknowledged: the fake kills it, 'in_flight'; acknowledged but the
+    bar never committed: 'after_ack')."""
     code = 0
     try:
         ex = make(db, base, pid_header=True)
@@ -181,7 +182,10 @@ def _child(db: Path, base: str, df: pd.DataFrame, mode: str) -> None:
         def create_protective(*a, **kw):
             if mode == "before":
                 os.kill(os.getpid(), signal.SIGKILL)
-            return real(*a, **kw)
+            legs = real(*a, **kw)
+            if mode == "after_ack":  # acknowledged, the bar's commit never happens
+                os.kill(os.getpid(), signal.SIGKILL)
+            return legs
 
         ex.live_broker.create_protective = create_protective  # type: ignore[union-attr]
         for n, r in enumerate(df.itertuples()):
@@ -191,7 +195,7 @@ def _child(db: Path, base: str, df: pd.DataFrame, mode: str) -> None:
     os._exit(code)
 
 
-@pytest.mark.parametrize("mode", ["before", "in_flight"])
+@pytest.mark.parametrize("mode", ["before", "in_flight", "after_ack"])
 def test_kill9_around_the_oco_request_never_doubles_it(minutes, server, tmp_path, mode):
     fake = server.fake
     k, j = first_exit(minutes, "sl")
@@ -205,16 +209,17 @@ def test_kill9_around_the_oco_request_never_doubles_it(minutes, server, tmp_path
     _, status = os.waitpid(pid, 0)
     fake.kill_on_post = 0
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    assert fake.list_seq == (1 if mode == "in_flight" else 0)
+    sent = mode != "before"
+    assert fake.list_seq == int(sent)
     ex = make(db, server.base)  # restart: the legs' intents are looked up by clientOrderId
     assert ex.snapshot().unresolved == 0
-    assert ex.snapshot().protective_orders == (2 if mode == "in_flight" else 0)
+    assert ex.snapshot().protective_orders == (2 if sent else 0)
     for r in df.iloc[1:].itertuples():  # re-delivered minutes; the stop then fires on the exchange
         trade_minute(ex, server.base, r)
     assert fake.list_seq == 1 and fake.duplicates() == 0  # one OCO list, whatever the crash point
     assert ex.snapshot().position == 0
     assert ex.ledger is not None
     it = ex.ledger.intents()
-    assert set(it[it["reason"] == "stop_loss"]["status"]) == ({"filled"} if mode == "in_flight" else {"absent", "filled"})
+    assert set(it[it["reason"] == "stop_loss"]["status"]) == ({"filled"} if sent else {"absent", "filled"})
     ex.ledger.close()
     assert list(assert_ledger_equals_exchange(db, fake)["reason"]) == ["signal", "stop_loss"]
