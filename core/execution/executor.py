@@ -312,6 +312,8 @@ class Executor(ProtectiveOrders):
             if self.ledger is not None:
                 self.ledger.record_bar(bar.ts, self.symbol, bar.close, self.state, orders, fills, reasons,
                                        meta=self._meta(), resolved=resolved)
+                if resolved:  # committed: the ledger remembers them; memory keeps the unresolved only
+                    self._mem_intents = {c: it for c, it in self._mem_intents.items() if it.status in UNRESOLVED}
             self._last_ts = bar.ts
             self._snap = self._make_snapshot()
         return fills
