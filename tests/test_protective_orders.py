@@ -122,6 +122,8 @@ def test_stop_loss_fires_on_the_exchange_and_is_booked_once(minutes, server, tmp
     st = status_json(snap)["trading"]
     assert (st["protection"], st["protective_orders"]) == ("exchange", 2)
     assert "stops on the exchange (2 resting)" in str(reconcile_line(snap))
+    assert {(o.type, o.reason) for o in ex.open_orders()} == {("stop_loss_limit", "stop_loss"),
+                                                              ("limit_maker", "take_profit")}
     for r in df.iloc[1:-2].itertuples():  # no level crossed yet: the legs rest, the engine sells nothing
         trade_minute(ex, server.base, r)
     assert ex.snapshot().protective_orders == 2 and fake.posts == 2
@@ -223,3 +225,32 @@ def test_kill9_around_the_oco_request_never_doubles_it(minutes, server, tmp_path
     assert set(it[it["reason"] == "stop_loss"]["status"]) == ({"filled"} if sent else {"absent", "filled"})
     ex.ledger.close()
     assert list(assert_ledger_equals_exchange(db, fake)["reason"]) == ["signal", "stop_loss"]
+
+
+def test_a_price_through_the_stop_books_the_exchange_exit_within_the_bar(minutes, server, tmp_path):
+    """The stop fires on the exchange at a trade inside minute j; the tick that shows that price makes the
+    executor look the legs up at once: the exit is booked before the minute closes."""
+    fake = server.fake
+    k, j = first_exit(minutes, "sl")
+    df = minutes.iloc[k:j + 1]
+    fake.reset(price=float(df["close"].iloc[0]))
+    ex = make(tmp_path / "tick.duckdb", server.base)
+    trade_minute(ex, server.base, df.iloc[0], Action.BUY, path=False)
+    for r in df.iloc[1:-1].itertuples():
+        trade_minute(ex, server.base, r)
+    stop = ex.snapshot().avg_price * (1 - SL)
+    r = df.iloc[-1]
+    if r["open"] > stop:  # a price above the stop: nothing to look up, nothing sold
+        fake.set_price(float(r["open"]))
+        assert ex.on_tick(float(r["open"]), int(r["ts"]) + 1_000, int(r["ts"])) == [] and fake.posts == 2
+    fake.set_price(float(r["low"]))  # the market trades through the stop: the exchange fills the leg
+    got = ex.on_tick(float(r["low"]), int(r["ts"]) + 30_000, int(r["ts"]))
+    # the leg placed after the entry bar, booked as the stop-loss exit at the exchange's price
+    assert [(f.side, f.clientOrderId) for f in got] == [("sell", ex.client_id(int(df["ts"].iloc[0]), "protect-sl"))]
+    assert got[0].price == pytest.approx(float(r["low"]))
+    assert ex.snapshot().position == 0 and ex.snapshot().protective_orders == 0 and fake.posts == 2
+    trade_minute(ex, server.base, r, path=False)  # the close books the bar; nothing more is sold
+    assert fake.posts == 2
+    assert ex.ledger is not None
+    ex.ledger.close()
+    assert list(assert_ledger_equals_exchange(tmp_path / "tick.duckdb", fake)["reason"]) == ["signal", "stop_loss"]

@@ -480,7 +480,7 @@ class Engine(EngineCommands):
         if ex is not None:
             s = ex.snapshot()
             execution = ExecutionView(s.position, s.avg_price, s.realised_pnl, s.unrealised_pnl, s.kill_switch,
-                                      s.ts, tuple(ex.paper.fetch_open_orders(self.symbol)),
+                                      s.ts, tuple(ex.open_orders()),
                                       halt_reason=s.halt_reason,
                                       halt_detail=s.reconcile.summary() if s.reconcile is not None else "")
         trading = trading_view(self.mode, self.broker_name, ex)

@@ -379,6 +379,7 @@ class Executor(ProtectiveOrders):
             out = (orders, fills, reasons, resolved)
             n = len(fills)
             self._show_price(price)
+            self._legs_crossed(price, out)  # a resting leg the price went through: its fill booked now
             hit = None if self._covered() else self.risk.check_stops(price, price, price)
             if hit is not None:
                 self._submit(-self.state[K.S_POS], bar_ts, hit[1], hit[1], "", out, price)
@@ -518,6 +519,14 @@ class Executor(ProtectiveOrders):
 
     def snapshot(self) -> ExecutionSnapshot:
         return self._snap
+
+    def open_orders(self) -> list[Order]:
+        """Working orders: the paper account's, and the protective legs resting on the exchange."""
+        with self._lock:
+            legs = [Order(id=it.order_id, clientOrderId=it.client_order_id, symbol=it.symbol, side=it.side,
+                          type=it.type, amount=it.amount, price=it.price, status="open", filled=0.0, fee=0.0,
+                          ts=it.bar_ts, reason=it.reason) for it in self._open_legs()]
+            return [*self.paper.fetch_open_orders(self.symbol), *legs]
 
     def _vol(self) -> float:
         if not self._vol_sizing or len(self._closes) <= self._vol_window:

@@ -65,6 +65,14 @@ class ProtectiveOrders(IntentJournal):
         need = {"stop_loss"} | ({"take_profit"} if self.params[K.P_TAKE_PROFIT] > 0 else set())
         return bool(have) and need <= have
 
+    def _legs_crossed(self, price: float, out: Booked) -> None:
+        """A trade price through a resting leg's level (at or under the stop, at or over the take-profit):
+        the legs are looked up now, so an exchange exit is booked within the bar, not at its close."""
+        legs = self._open_legs()
+        if any((it.reason == "stop_loss" and price <= float(it.price or 0.0)) or
+               (it.reason == "take_profit" and price >= float(it.price or math.inf)) for it in legs):
+            self._resolve(legs, out)
+
     def _lift_protection(self, out: Booked) -> None:
         """Cancel the resting legs and resolve them (a leg that filled meanwhile is booked: the position
         it closed is not sold again)."""
