@@ -18,6 +18,9 @@ symbol, timeframe, bar ts, action); its intent is committed to the ledger (statu
 ``create_order``; unresolved intents are looked up on the exchange by clientOrderId at start and before
 every bar, and their fills booked, before any new order (an interrupted bar is completed and never
 re-traded). Bars older than ``max_bar_age_s`` (a backfill after downtime) are recorded, never traded.
+The intent side lives in core/execution/intents.py (IntentJournal: recover, lookup, settlement) and the
+stop-loss / take-profit orders resting on the exchange in core/execution/protective.py (ProtectiveOrders);
+the Executor is both (mixins over its state).
 """
 
 from __future__ import annotations
