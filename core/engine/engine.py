@@ -190,6 +190,8 @@ class Engine(EngineCommands):
         self.builder.calendar = cal  # features, labels and forecasts of this stream count session bars
         prov = DataProvider(self.store, self.timeframe, tfs, cache_bars=cache, exchange=self.exchange,
                             max_future_ms=cfg.data.max_future_ms, calendar=cal)
+        if self._executor is not None and self._executor.ledger is not None:
+            self._executor.ledger.close()  # a stream restart: the previous account's intent journal is let go
         # replays start from a fresh paper account each time; paper/live trading persists its ledger
         ledger = None if self.mode == "replay" else Ledger(self.store, account=f"{self.mode}:{self.symbol}",
                                                            initial_cash=cfg.execution.initial_cash,
