@@ -254,3 +254,41 @@ def test_a_price_through_the_stop_books_the_exchange_exit_within_the_bar(minutes
     assert ex.ledger is not None
     ex.ledger.close()
     assert list(assert_ledger_equals_exchange(tmp_path / "tick.duckdb", fake)["reason"]) == ["signal", "stop_loss"]
+
+
+def test_paper_exchange_holds_the_stops_the_same_way(minutes, tmp_path):
+    """Paper = live minus the exchange: PaperExchange rests the same OCO legs (coins locked), a tick
+    through the stop fills it there, the executor books it within the bar, the sibling expires, and the
+    ledger equals the paper exchange's own book."""
+    from core.execution.paper_exchange import PaperExchange
+
+    k, j = first_exit(minutes, "sl")
+    df = minutes.iloc[k:j + 1]
+    px = PaperExchange(tmp_path / "px.duckdb", account="paper:BTC/USDT", symbol="BTC/USDT",
+                       initial_cash=EXE.initial_cash)
+    ex = Executor(EXE, RISK, "BTC/USDT", "1m", broker=px,
+                  ledger=Ledger(tmp_path / "p.duckdb", account="paper:BTC/USDT", initial_cash=EXE.initial_cash,
+                                symbol="BTC/USDT"))
+    assert ex.snapshot().protection == "exchange"
+    r0 = df.iloc[0]
+    ex.on_bar(CandleEvent(KEY, int(r0.ts), r0.open, r0.high, r0.low, r0.close, r0.volume), decision(int(r0.ts), Action.BUY))
+    assert ex.snapshot().protective_orders == 2 and len(px.fetch_open_orders("BTC/USDT")) == 2
+    refused = px.create_order("BTC/USDT", "market", "sell", ex.snapshot().position, None, {"clientOrderId": "moe-x"})
+    assert refused.status == "rejected" and "locked" in refused.reason  # the legs hold the coins
+    exits = []
+    for r in df.iloc[1:].itertuples():  # each minute's low as a tick, then its close
+        exits += ex.on_tick(float(r.low), int(r.ts) + 30_000, int(r.ts))
+        ex.on_bar(CandleEvent(KEY, int(r.ts), r.open, r.high, r.low, r.close, r.volume), None)
+    assert [f.clientOrderId for f in exits] == [ex.client_id(int(r0.ts), "protect-sl")]
+    assert ex.snapshot().position == 0 and px.fetch_open_orders("BTC/USDT") == []
+    assert {o.status for o in (px.fetch_order_by_client_id(ex.client_id(int(r0.ts), f"protect-{g}")) for g in ("sl", "tp"))
+            if o is not None} == {"closed", "expired"}
+    assert ex.ledger is not None
+    fills = ex.ledger.fills()
+    trades = {t["order"]: t for t in px.fetch_my_trades("BTC/USDT")}
+    assert list(fills["reason"]) == ["signal", "stop_loss"] and sorted(fills["order_id"]) == sorted(trades)
+    bal = px.fetch_balance()
+    assert ex.ledger.cash == pytest.approx(bal["USDT"]["total"], abs=1e-6)
+    assert float(ex.ledger.restore()[1]) == pytest.approx(bal["BTC"]["total"], abs=1e-12)
+    ex.ledger.close()
+    px.store.close()
