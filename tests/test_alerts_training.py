@@ -1,4 +1,4 @@
-"""Live training's alerts from a running paper engine (slow: MOE_SLOW_TESTS=1): a promotion of the CNN's
+"""Live training's alerts from a running paper engine (~30 s): a promotion of the CNN's
 online-trained weights and the crash of its trainer process (SIGKILL) reach the local webhooks through
 the engine's own alert path (core/engine/alerting.py -> core/alerts.py), the crash on the error channel.
 The stream is real BTC/USDT minutes delivered as a live source (one closed minute every 30 ms), the
@@ -12,7 +12,6 @@ import signal
 import time
 
 import pandas as pd
-import pytest
 from test_alerts import Hook
 from test_engine_training import HISTORY, KEY, REPLAY, configs
 
@@ -53,7 +52,6 @@ def wait_event(hook: Hook, kind: str, timeout: float) -> dict:
     raise AssertionError(f"no {kind} alert within {timeout:.0f}s: got {[b['event'] for _, _, b in hook.got]}")
 
 
-@pytest.mark.slow
 def test_promotion_and_trainer_crash_alerts_from_a_running_engine(shared_data, tmp_path, monkeypatch):
     import compose
     import core.data.sources
