@@ -292,3 +292,24 @@ def test_paper_exchange_holds_the_stops_the_same_way(minutes, tmp_path):
     assert float(ex.ledger.restore()[1]) == pytest.approx(bal["BTC"]["total"], abs=1e-12)
     ex.ledger.close()
     px.store.close()
+
+
+def test_single_stop_loss_limit_is_idempotent_and_triggers(minutes, server):
+    """Where no take-profit rests on the exchange (take=None: a venue without OCO), one STOP_LOSS_LIMIT is
+    placed; asking again with the same clientOrderId returns it (nothing doubled); a price through its
+    trigger fills it at the market."""
+    fake = server.fake
+    px0 = float(minutes["close"].iloc[0])
+    fake.reset(price=px0, btc=0.1)
+    b = CcxtBroker(EXE, "binance", secrets=KEYS, exchange=local_binance(server.base), retry_delay_s=0.01)
+    cids = {"sl": "moe-sl-single", "tp": "moe-tp-single", "list": "moe-list-single"}
+    stop = px0 * (1 - SL)
+    first = b.create_protective("BTC/USDT", 0.05, stop=stop, stop_limit=stop * 0.995, take=None, cids=cids, fresh=True)
+    again = b.create_protective("BTC/USDT", 0.05, stop=stop, stop_limit=stop * 0.995, take=None, cids=cids)
+    assert [o.id for o in first] == [o.id for o in again] and len(fake.orders) == 1 and fake.posts == 1
+    o = fake.orders[int(first[0].id)]
+    assert o["type"] == "STOP_LOSS_LIMIT" and float(o["stopPrice"]) == pytest.approx(stop, abs=0.01)
+    fake.set_price(stop * 0.999)  # through the trigger, above the limit: filled at the market
+    got = b.fetch_order_by_client_id(cids["sl"], "BTC/USDT")
+    assert got is not None and got.status == "closed" and got.filled == pytest.approx(0.05)
+    assert got.fee == pytest.approx(0.05 * stop * 0.999 * fake.fee_rate, rel=1e-6)
