@@ -155,7 +155,7 @@ def chart_update(snap: EngineSnapshot, symbol: str | None, tf: str, overlays: li
                                          f"({snap.market.tz})" if sv else "")
         fig = figures.candle_figure(df, overlays, fan, dec, fills, title=title, uirevision=f"{snap.symbol}-{tf}",
                                     rangebreaks=sv.rangebreaks if sv else None,
-                                    extra_shapes=sv.shapes if sv else None)
+                                    extra_shapes=sv.shapes if sv else None, empty=chart_empty_text(snap, tf))
         return fig, new_state
     p = Patch()
     changed = False
@@ -188,6 +188,16 @@ def chart_update(snap: EngineSnapshot, symbol: str | None, tf: str, overlays: li
         p["layout"]["shapes"] = (sv.shapes if sv else []) + figures.pivot_shapes(piv)
         changed = True
     return (p if changed else no_update), new_state
+
+
+def chart_empty_text(snap: EngineSnapshot, tf: str) -> str:
+    """What the main chart says while it has no candle: what it waits for, and where problems show."""
+    what = f"No {tf} candles yet for {snap.symbol or 'the symbol'}"
+    if not snap.running:
+        return f"{what}: the engine is not running; restart main_dashboard.py"
+    src = f" from {snap.source_label}" if snap.source_label else ""
+    return (f"{what}: waiting for the first bars{src}.<br>"
+            "The System panel lists data-source errors; another timeframe may already have bars.")
 
 
 def _set_fan(p: Patch, fan: figures.Fan | None) -> None:
@@ -425,6 +435,8 @@ def equity_update(snap: EngineSnapshot, state: dict | None) -> tuple[Any, dict]:
     eq = snap.equity
     n = 0 if eq is None else len(eq)
     last = int(eq["ts"].iloc[-1]) if n else None
+    if n == 0 and state is not None and state.get("n") == 0 and state.get("last") is None:
+        return no_update, state  # still empty: the empty state drawn already stays
     if state is None or n == 0 or state.get("last") is None or last < state["last"] or state.get("n", 0) > 5000:
         return figures.equity_figure(eq), {"last": last, "n": n}
     new = eq[eq["ts"] > state["last"]]
@@ -474,6 +486,9 @@ def layout(wctx: WebContext) -> Component:
     symbols = list(dict.fromkeys([*choices, snap.symbol] if snap.symbol else choices))
     t = snap.thresholds
     tf0 = snap.timeframe if snap.timeframe in TIMEFRAMES else TIMEFRAMES[0]
+    # the first chart and equity curve are in the page itself: no callback round trip before candles show
+    chart0, chart_state0 = chart_update(snap, None, tf0, DEFAULT_OVERLAYS, None)
+    equity0, equity_state0 = equity_update(snap, None)
 
     def thr_input(tid: str, label: str, value: float) -> Component:
         return dbc.InputGroup([dbc.InputGroupText(label), dbc.Input(
@@ -493,7 +508,7 @@ def layout(wctx: WebContext) -> Component:
         controls,
         dbc.Row([
             dbc.Col([
-                dcc.Graph(id="live-chart", config={"displaylogo": False, "scrollZoom": True}),
+                dcc.Graph(id="live-chart", config={"displaylogo": False, "scrollZoom": True}, figure=chart0),
                 _card("Forecast & data", html.Div(id="live-stats")),
                 _card("Experts (mixture of experts)", html.Div(id="live-experts")),
             ], width=9),
@@ -513,12 +528,13 @@ def layout(wctx: WebContext) -> Component:
                 _card("Risk", [html.Div(id="live-kill"),
                                dbc.Button("Reset kill switch", id="kill-reset", size="sm", color="warning"),
                                html.Div(id="kill-msg", className="small")]),
-                _card("Equity", dcc.Graph(id="live-equity", config={"displayModeBar": False})),
+                _card("Equity", dcc.Graph(id="live-equity", config={"displayModeBar": False}, figure=equity0)),
                 _card("Trading", html.Div(id="live-trading")),
                 _card("System", html.Div(id="live-system")),
             ], width=3),
         ]),
-        dcc.Store(id="live-state"), dcc.Store(id="live-sigs"), dcc.Store(id="live-eq-state"),
+        dcc.Store(id="live-state", data=chart_state0), dcc.Store(id="live-sigs"),
+        dcc.Store(id="live-eq-state", data=equity_state0),
         dcc.Interval(id="live-tick", interval=wctx.cfg.dashboard.update_interval_ms),
         dcc.Interval(id="live-thr-tick", interval=THR_PREVIEW_MS),
     ])
