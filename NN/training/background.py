@@ -189,6 +189,7 @@ class OfflineTraining:
         from NN.training.checkpoints import CheckpointRegistry
 
         versions: dict[str, str] = {}
+        states: dict[str, dict[str, Any]] = {}
         job_store = MarketStore(d / "train.duckdb", read_only=True)
         try:
             job_reg = CheckpointRegistry(job_store, d / "models")
@@ -199,8 +200,10 @@ class OfflineTraining:
                 policy = self.models.experts[name if name != GATE_NAME else next(iter(self.models.experts))].checkpoints
                 state = load_weights(info.path)  # weight data only (NN/weights_io.py)
                 meta = {k: v for k, v in info.meta.items() if k not in ("metric_name", "mode")}
+                # the job's version names are kept: the gate's meta names the expert versions it saw
                 versions[name] = self.registry.register(name, state, info.metric, policy, {**meta, "train_now": True},
-                                                        metrics=job_reg.metrics(name))
+                                                        metrics=job_reg.metrics(name), version=info.version)
+                states[name] = state
         finally:
             job_store.close()
         adopted: list[str] = []
@@ -214,19 +217,26 @@ class OfflineTraining:
             if hasattr(ex, "use_model"):
                 ex.use_model(str(dst))  # pinned: the gate below was trained with these weights
             adopted.append(name)
-        for name, version in versions.items():  # hot swap between two decisions (poll runs on the engine thread)
+        # hot swap between two decisions (poll runs on the engine thread); the weights in hand, not a
+        # registry lookup: a registry keeping its best few may prune the new version at once
+        for name, version in versions.items():
             if name == GATE_NAME:
                 continue
-            self.registry.load_into(self.experts[name], version)
+            _load(self.experts[name], states[name], version)
             adopted.append(name)
         if GATE_NAME in versions:
             gate: Gate = self._gate_ref()
             try:
-                self.registry.load_into(gate, versions[GATE_NAME])
+                _load(gate, states[GATE_NAME], versions[GATE_NAME])
                 adopted.append(GATE_NAME)
             except ValueError as exc:  # the engine's expert set changed while the job ran: the online gate stays
                 log.warning("train now: gate not loaded (%s)", exc)
         return adopted
+
+
+def _load(obj: Any, state: dict[str, Any], version: str) -> None:
+    obj.load_state_dict(state)
+    obj.version = version
 
 
 def _export_candle_weights(ex: ExpertLike, d: Path) -> str:
