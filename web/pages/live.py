@@ -25,7 +25,7 @@ from core.backtest.thresholds import preview_from_decisions, preview_json
 from core.market import fmt_local
 from core.snapshot import EngineError, EngineSnapshot
 from core.types import TIMEFRAME_MS, Thresholds, timeframe_ms
-from web import api, figures, sessions
+from web import api, experts_api, figures, sessions
 from web.auth import who
 from web.pages import first_run
 
@@ -277,7 +277,7 @@ def experts_panel(snap: EngineSnapshot) -> Component:
     """Latest outputs and gate weights; "acc (n)" = the engine's live accuracy over the n calls that
     matured since the stream started (core/outcomes.LiveOutcomes), log loss beside it."""
     rows = []
-    for e in api.experts_json(snap):
+    for e in experts_api.experts_json(snap):
         m = e["live_metrics"]
         o = e["latest"]
         pr = o["probs"] if o else None
