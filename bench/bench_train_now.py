@@ -7,9 +7,10 @@ running experts). Prints ONE JSON object.
 - quick_train_20k_s: one run on the newest 20,000 candles of ../shared/data's BTC/USDT 1m (the most the
   quick preset takes from a larger store);
 - kronos_last_day: how good the quick Kronos (trained on the sample's first two days) is on the third,
-  unseen day: CRPS of its 5-bar return forecasts (raw Monte-Carlo paths, 32 per origin) against the
-  climatology of the first two days' 5-bar returns, and the direction hit rate of its median against
-  always calling the climatology's more frequent direction (120 origins spread over the day).
+  unseen day: CRPS of its 5-bar return forecasts (32 Monte-Carlo paths per origin, through its stored
+  calibration as the expert draws them; raw_crps_bps without it) against the climatology of the first
+  two days' 5-bar returns, and the direction hit rate of its median against always calling the
+  climatology's more frequent direction (120 origins spread over the day).
 
     python bench/bench_train_now.py [--runs 3] [--no-20k]
 Target: quick_train_s <= 180 on 2 CPU cores.
@@ -51,17 +52,23 @@ def kronos_last_day(kronos_dir: Path, sample, train_bars: int, origins: int = 12
     rows = np.unique(np.linspace(train_bars, len(sample) - 1 - horizon, origins).astype(np.int64))
     cfg = SampleConfig(samples=32, temperature=1.0, top_p=0.9, seed=0, max_context=b.max_context)
     sampler = b.sampler()
-    r = np.stack([np.log(sampler.forecast(sample.iloc[i - 255:i + 1], horizon, cfg).closes[:, -1] / close[i])
-                  for i in rows])  # [M, paths] log return at the horizon
+    paths = [np.log(sampler.forecast(sample.iloc[i - 255:i + 1], horizon, cfg).closes / close[i]) for i in rows]
+    r = np.stack([p[:, -1] for p in paths])  # [M, paths] raw log return at the horizon
     y = np.log(close[rows + horizon] / close[rows])
     past = np.log(close[horizon:train_bars] / close[:train_bars - horizon])  # the training days' 5-bar returns
-    crps_k = pinball_crps(np.quantile(r, TAUS, axis=1).T, y)
-    crps_c = pinball_crps(np.tile(np.quantile(past, TAUS), (len(y), 1)), y)
+    cal = b.calibration  # what the expert draws (its bands and probabilities) when the model has one
+    taus = cal.taus if cal is not None else TAUS
+    q = np.stack([cal.quantiles(p)[-1] for p in paths]) if cal is not None else np.quantile(r, taus, axis=1).T
+    crps_k = pinball_crps(q, y, taus)
+    crps_raw = pinball_crps(np.quantile(r, taus, axis=1).T, y, taus)
+    crps_c = pinball_crps(np.tile(np.quantile(past, taus), (len(y), 1)), y, taus)
     moved = y != 0
     clim_dir = 1.0 if (past > 0).mean() >= (past < 0).mean() else -1.0
-    hit_k = float(np.mean(np.sign(np.median(r, axis=1))[moved] == np.sign(y[moved])))
+    median = q[:, int(np.argmin(np.abs(taus - 0.5)))]
+    hit_k = float(np.mean(np.sign(median)[moved] == np.sign(y[moved])))
     hit_c = float(np.mean(np.sign(y[moved]) == clim_dir))
-    return {"origins": int(len(rows)), "horizon_bars": horizon, "crps_bps": round(float(crps_k.mean()) * 1e4, 3),
+    return {"origins": int(len(rows)), "horizon_bars": horizon, "calibrated": cal is not None,
+            "crps_bps": round(float(crps_k.mean()) * 1e4, 3), "raw_crps_bps": round(float(crps_raw.mean()) * 1e4, 3),
             "climatology_crps_bps": round(float(crps_c.mean()) * 1e4, 3),
             "direction_hit": round(hit_k, 3), "climatology_direction_hit": round(hit_c, 3),
             "model": b.version}

@@ -103,7 +103,8 @@ def loss_block(registry: CheckpointCatalog | None, expert: str, runs_dir: Path |
     """The offline loss curves of ``expert``, or a line saying there are none yet."""
     mt = metrics_for(registry, expert, runs_dir)
     if not len(mt):
-        return html.Div(f"offline training metrics: {NONE_YET}", className="text-muted small")
+        return html.Div(f"offline training metrics: {NONE_YET} (Train now on the Live page, or "
+                        "`python main_backtest.py train`)", className="text-muted small")
     return dcc.Graph(figure=figures.loss_figure(mt, "offline loss curves"), config={"displayModeBar": False})
 
 
