@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.config import MoEConfig
+from core.config import MoEConfig, RobustConfig
 from core.scoring import EPS, log_loss
 from NN.calibration import Calibrator, require_classes
 
@@ -85,6 +85,11 @@ class MoEGate:
     def adapts(self) -> bool:
         """Whether the weights depend on the matured outcomes seen so far (walk bars in order)."""
         return not self.trained or self.cfg.adapt_trained
+
+    @property
+    def robust(self) -> RobustConfig | None:
+        """The robust-fusion settings the runner puts above this gate (``moe.robust``)."""
+        return self.cfg.robust
 
     def hedge_weights(self) -> np.ndarray:
         """[E] weights from the recent matured log losses (uniform before any outcome)."""

@@ -31,6 +31,7 @@ from core.config import RobustConfig
 from core.conformal import BandTracker
 from core.fusion import FusionStep, RobustFusion, ood_discount
 from core.labels import realised_class
+from core.slow_worker import KronosWorker
 from core.types import (
     Action,
     CandleEvent,
@@ -112,7 +113,7 @@ class GateRunner:
         self.horizon = int(horizon)
         self.dead_zone = float(dead_zone)
         self._pending: deque[tuple[float, np.ndarray]] = deque()
-        cfg = robust if robust is not None else getattr(getattr(gate, "cfg", None), "robust", None)
+        cfg = robust if robust is not None else gate.robust
         self.robust_cfg: RobustConfig | None = cfg if cfg is not None and cfg.enabled else None
         self.robust: RobustFusion | None = None  # built at the first bar (needs the number of experts)
         self.last: FusionStep | None = None  # the robust layer's last bar (dashboard)
@@ -218,64 +219,6 @@ class GateRunner:
                 cw[j] = self.climatology_weight
         self.climatology_weights = cw
         return W, F
-
-
-# ---------------------------------------------------------------- slow experts (Kronos)
-
-
-class KronosWorker:
-    """Runs one slow expert on its own daemon thread; ``submit`` drops the request when the worker is
-    still busy (the next cadence tick brings fresher data anyway), ``latest`` is the freshest result."""
-
-    def __init__(self, expert: ExpertLike, on_error: Callable[[str, BaseException], None]) -> None:
-        self.expert = expert
-        self._on_error = on_error
-        self._req: tuple[FeatureBatch, pd.DataFrame] | None = None
-        self._cv = threading.Condition()
-        self._latest: ExpertOutput | None = None
-        self._stop = False
-        self.busy = False
-        self._thread = threading.Thread(target=self._loop, name=f"slow-{expert.name}", daemon=True)
-        self._thread.start()
-
-    def submit(self, batch: FeatureBatch, candles: pd.DataFrame) -> bool:
-        with self._cv:
-            if self.busy or self._req is not None:
-                return False
-            self._req = (batch, candles)
-            self._cv.notify()
-            return True
-
-    def latest(self) -> ExpertOutput | None:
-        return self._latest
-
-    def wait_idle(self, timeout: float = 60.0) -> None:
-        end = time.monotonic() + timeout
-        while (self.busy or self._req is not None) and time.monotonic() < end:
-            time.sleep(0.005)
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while self._req is None and not self._stop:
-                    self._cv.wait()
-                if self._stop:
-                    return
-                batch, candles = self._req  # type: ignore[misc]
-                self._req = None
-                self.busy = True
-            try:
-                self._latest = self.expert.predict(batch, candles)
-            except Exception as exc:  # a failing forecaster never stops decisions
-                self._on_error(self.expert.name, exc)
-            finally:
-                self.busy = False
 
 
 # ---------------------------------------------------------------- orchestrator

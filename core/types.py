@@ -21,6 +21,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
+    from core.config import RobustConfig
     from core.market.calendar import Calendar
 
 CANDLE_COLUMNS: tuple[str, ...] = ("ts", "open", "high", "low", "close", "volume")
@@ -336,6 +337,8 @@ class Gate(Protocol):
 
     @property
     def adapts(self) -> bool: ...  # weights depend on matured outcomes (walk bar by bar)
+    @property
+    def robust(self) -> RobustConfig | None: ...  # the robust layer above this gate (moe.robust), None = off
     # discount [E] or [N, E]: OOD multipliers of the experts' weights (core/fusion.ood_discount)
     def fuse(self, probs: np.ndarray, regime: np.ndarray, enabled: np.ndarray | None = None,
              discount: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...

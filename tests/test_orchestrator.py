@@ -187,6 +187,7 @@ class RecordingGate:
     def __init__(self, gate):
         self.gate = gate
         self.observed: list[tuple[np.ndarray, int]] = []
+        self.robust = gate.robust
 
     def fuse(self, probs, regime, enabled=None):
         return self.gate.fuse(probs, regime, enabled)
