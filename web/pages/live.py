@@ -46,6 +46,9 @@ FULL_REDRAW_NEW_BARS = 300  # more new bars than this at once (e.g. after sleep)
 # the browser's chart grows by appends (no per-bar trimming: Patch deletes cost ~70 bytes per value);
 # once it holds MAX_BARS + BROWSER_SLACK bars, one full redraw brings it back to MAX_BARS
 BROWSER_SLACK = 1500
+# the page's first figure: the visible window (figures.VIEW_BARS) and a little more; the first 1 s update
+# brings the rest of the MAX_BARS history (plotly draws every candle, visible or not)
+FIRST_BARS = 300
 TRACE_TOGGLE = {"vwap": "vwap", "bb_upper": "bollinger", "bb_lower": "bollinger", "bb_mid": "bollinger",
                 "sma5": "sma5", "sma21": "sma21", "sma233": "sma233"}
 
@@ -125,10 +128,15 @@ def user_zoomed(relayout: dict | None) -> bool:
 
 
 def chart_update(snap: EngineSnapshot, symbol: str | None, tf: str, overlays: list[str], state: dict | None,
-                 force: bool = False, zoomed: bool = False) -> tuple[Any, dict]:
+                 force: bool = False, zoomed: bool = False, first_bars: int | None = None) -> tuple[Any, dict]:
     """The chart's 1 s update: a full figure when needed, else a Patch. Returns (figure|Patch, state).
-    ``zoomed``: the user set their own x range, so the view no longer follows new candles."""
+    ``zoomed``: the user set their own x range, so the view no longer follows new candles.
+    ``first_bars``: only the newest bars (the page's first figure: the visible window draws sooner); the
+    state says so and the next update sends the whole history."""
     df = display_candles(snap, tf)
+    partial = first_bars is not None and len(df) > first_bars
+    if partial:
+        df = df.iloc[-first_bars:]
     last_ts = int(df["ts"].iloc[-1]) if len(df) else None
     fan = fan_for(snap, tf)
     k = snap.kronos
@@ -141,9 +149,9 @@ def chart_update(snap: EngineSnapshot, symbol: str | None, tf: str, overlays: li
     sv = session_view(snap, tf, fan)
     new_state = {"symbol": snap.symbol, "tf": tf, "last_ts": last_ts, "n": len(df), "fan": fan_key,
                  "marks": marks_key, "pivots": _sig(piv), "overlays": sorted(overlays),
-                 "sessions": sv.key if sv else None}
+                 "sessions": sv.key if sv else None, "partial": partial}
     prev: dict = state or {}
-    full = (force or not prev or prev.get("symbol") != snap.symbol or prev.get("tf") != tf
+    full = (force or not prev or prev.get("partial") or prev.get("symbol") != snap.symbol or prev.get("tf") != tf
             or prev.get("last_ts") is None or last_ts is None or prev.get("sessions") != new_state["sessions"])
     n_new = 0
     if not full:
@@ -487,7 +495,7 @@ def layout(wctx: WebContext) -> Component:
     t = snap.thresholds
     tf0 = snap.timeframe if snap.timeframe in TIMEFRAMES else TIMEFRAMES[0]
     # the first chart and equity curve are in the page itself: no callback round trip before candles show
-    chart0, chart_state0 = chart_update(snap, None, tf0, DEFAULT_OVERLAYS, None)
+    chart0, chart_state0 = chart_update(snap, None, tf0, DEFAULT_OVERLAYS, None, first_bars=FIRST_BARS)
     equity0, equity_state0 = equity_update(snap, None)
 
     def thr_input(tid: str, label: str, value: float) -> Component:
