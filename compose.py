@@ -248,3 +248,11 @@ def walkforward_trainer(models: ModelsConfig, app: AppConfig, key: SeriesKey, na
 
     return FoldTrainerNN(models, app, key, names, epochs=epochs, max_steps=max_steps, retrain_gate=retrain_gate,
                          features=features)
+
+
+def sweep_training_trial(*args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    """A sweep's training trial (NN/training/sweep_trial.py) for core/backtest/sweep.py: module-level, so
+    Ray workers import it by name."""
+    from NN.training.sweep_trial import training_trial
+
+    return training_trial(*args, **kwargs)

@@ -29,7 +29,7 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     data_cli.register(sub)  # data import|download|list|export
     training_cli.register(sub)  # train | evaluate (experts, MoE gate)
     backtest_cli.register(sub, compose.backtest_components)  # run (backtest) | report ID
-    research_cli.register(sub, compose.walkforward_trainer)  # walkforward | sweep
+    research_cli.register(sub, compose.walkforward_trainer, compose.sweep_training_trial)  # walkforward | sweep
     kronos_cli.register(sub)  # forecast (Kronos Monte-Carlo paths, summary, fan chart)
     book_cli.register(sub)  # book record|replay|stats (consolidated order books)
     annotations_cli.register(sub, compose.backtest_components)  # annotations list|add|...|evaluate

@@ -39,6 +39,17 @@ def _masked_softmax(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+GATE_MIN_PART = 50  # samples the gate needs in its fit part and in its held-out part
+
+
+def gate_min_samples(holdout: float) -> int:
+    """The fewest validation samples ``MoEGate.fit`` accepts at this ``moe.holdout``."""
+    m = 2 * GATE_MIN_PART
+    while int(m * (1 - holdout)) < GATE_MIN_PART or m - int(m * (1 - holdout)) < GATE_MIN_PART:
+        m += 1
+    return m
+
+
 class MoEGate:
     def __init__(self, experts: list[str], cfg: MoEConfig, regime_dim: int) -> None:
         if not experts:
@@ -166,8 +177,9 @@ class MoEGate:
         if y.shape != (len(p),) or (y < 0).any() or (y > 2).any():
             raise ValueError("gate.fit: labels must be [N] in {0, 1, 2} (drop unknown labels first)")
         n_fit = int(len(p) * (1 - holdout))
-        if n_fit < 50 or len(p) - n_fit < 50:
-            raise ValueError(f"gate.fit: {len(p)} samples are too few (need >= 50 to fit and >= 50 held out)")
+        if n_fit < GATE_MIN_PART or len(p) - n_fit < GATE_MIN_PART:
+            raise ValueError(f"gate.fit: {len(p)} samples are too few (need >= {gate_min_samples(holdout)}: "
+                             f">= {GATE_MIN_PART} to fit and >= {GATE_MIN_PART} held out)")
         require_classes(y[n_fit:], what="gate hold-out (last part of the validation split)")
         self.regime_mean = r[:n_fit].mean(axis=0)
         std = r[:n_fit].std(axis=0)

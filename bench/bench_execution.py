@@ -14,8 +14,9 @@ Prints ONE JSON object (medians over --repeats):
 - ledger_ms_per_bar: Executor.on_bar with a DuckDB ledger on a temporary file (one durable commit per bar)
 - live_roundtrip_ms_p50 / _p99: decision -> order acknowledged, through the real path on loopback: Executor.on_bar
   with a ledger and CcxtBroker in sandbox mode against the fake Binance server of tests/fake_binance.py (intent
-  committed, clientOrderId lookup, POST, ack parsed); target p99 <= 20 ms
-- live_ack_ms_p50 / _p99: the create_order round trip alone (the rest of live_roundtrip is the intent's commit)
+  made durable by the intent journal, POST, ack parsed); target p99 <= 20 ms
+- live_ack_ms_p50 / _p99: the create_order round trip alone (the rest of live_roundtrip is the decision path
+  and the intent's journal append + fdatasync)
 - reconcile_ms: Executor.reconcile() over 1,000 fills (balance, open orders, 1,000 trades fetched and parsed by
   ccxt, compared with 1,000 ledger fills); target <= 200 ms. reconcile_incremental_ms: the periodic check
   afterwards (only trades newer than the last seen are fetched)

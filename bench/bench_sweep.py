@@ -1,8 +1,8 @@
 """Sweep benchmark; prints ONE JSON object of figures (medians where repeated).
 
 (a) threshold_trials_per_s: threshold/risk trials re-trading cached predictions in this process
-    (``retune.evaluate_trial``: decide_codes + the compiled kernel + the trial's statistics) over the
-    30,240-bar BTC/USDT 1m file. The cached "predictions" are a fixed real-data rule (P(up)/P(down) from
+    (``retune.evaluate_trial``: the cached re-decision (thresholds.Redecider) + the compiled kernel + the
+    trial's statistics) over the 30,240-bar BTC/USDT 1m file. The cached "predictions" are a fixed real-data rule (P(up)/P(down) from
     the 15-bar momentum z-score, as bench_backtest.py): a trial costs the same whatever made them. Target
     >= 50 trials/s.
 (b) trials_per_s_1_worker, trials_per_s_2_workers, scaling_efficiency: the same trials as a sweep (random

@@ -128,6 +128,10 @@ class ExecutionConfig(_Strict):
     reconcile_every_bars: int = Field(15, ge=1)  # exchange accounts: compare with the exchange every N bars
     reconcile_tolerance: float = Field(1e-6, ge=0)  # base units / quote fraction beyond which orders halt
     time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC"  # limit orders on the exchange
+    # stop-loss / take-profit of an exchange long: resting orders on the exchange where it supports them
+    # (Binance spot: OCO / STOP_LOSS_LIMIT), else the engine enforces them on every price it sees
+    protective_orders: Literal["exchange", "engine"] = "exchange"
+    stop_limit_offset_bps: float = Field(50.0, ge=0, le=2000)  # a stop-limit's limit this far under its trigger
 
 
 class RiskConfig(_Strict):

@@ -135,6 +135,8 @@ class TradingView:
     reconcile_ts_ms: int | None = None
     reconcile_summary: str = ""
     differences: tuple[str, ...] = ()
+    protection: str = "off"  # stop-loss / take-profit: exchange (resting orders) | engine | off
+    protective_orders: int = 0  # protective legs resting on the exchange now
 
 
 def trading_view(mode: str, broker: str, executor: Any | None) -> TradingView:
@@ -145,7 +147,8 @@ def trading_view(mode: str, broker: str, executor: Any | None) -> TradingView:
     r = s.reconcile
     return TradingView(mode, broker, executor.account, s.unresolved, s.stale_bars, s.halt_reason,
                        None if r is None or r.error else r.ok, None if r is None else r.ts_ms,
-                       "" if r is None else r.summary(), tuple(d.detail for d in r.differences) if r else ())
+                       "" if r is None else r.summary(), tuple(d.detail for d in r.differences) if r else (),
+                       s.protection, s.protective_orders)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,16 @@
 """A fake Binance spot REST server on 127.0.0.1 for tests and bench/ (no tests here).
 
 It answers the endpoints ccxt's ``binance`` calls for spot trading (exchangeInfo, time, account,
-order POST/GET/DELETE by orderId or origClientOrderId, openOrders, myTrades) with bodies shaped like the
+order POST/GET/DELETE by orderId or origClientOrderId, openOrders, myTrades, and the protective orders:
+STOP_LOSS_LIMIT / TAKE_PROFIT_LIMIT / LIMIT_MAKER and OCO lists, POST orderList/oco) with bodies shaped like the
 real Binance responses recorded in ../shared/data/exchange_fixtures/ccxt_binance/ (same field names,
 numbers as decimal strings). One in-memory account: balances move with every fill, fees are charged in
 the quote asset like the recorded fills. Faults for the tests: 429 / 5xx answers for the next requests,
 delayed acknowledgements, POSTs booked then answered too late or lost, and a SIGKILL of the client
 process (its pid in the ``X-Test-Pid`` header) right after an order is booked, before the answer leaves.
-The market price is set by the test through ``price`` (or GET /fake/price?p=..., a test-only route).
+The market price is set by the test through ``price`` (or GET /fake/price?p=..., a test-only route); a move
+through a stop / take-profit level triggers it, a filled OCO leg expires its sibling, open SELL orders lock
+their BTC (``free`` = total - locked), and cancelling one OCO leg cancels the list, as on Binance.
 """
 
 from __future__ import annotations
@@ -64,11 +67,70 @@ class FakeBinance:
             self.stall_s = 1.5
             self.buy_fee_in_base = False  # Binance without BNB: a buy's commission is taken in BTC
             self.kill_on_post = 0  # SIGKILL the client (X-Test-Pid) when booking its Nth POST (1-based)
+            self.list_seq = 0  # OCO order lists created
 
     # ------------------------------------------------------------ the matching engine
 
     def order_json(self, o: dict) -> dict:
         return {k: v for k, v in o.items() if not k.startswith("_")}
+
+    def locked_base(self) -> float:
+        """BTC held by open SELL orders (an OCO list locks its quantity once, as on Binance)."""
+        seen: set[int] = set()
+        total = 0.0
+        for o in self.orders.values():
+            if o["status"] != "NEW" or o["side"] != "SELL":
+                continue
+            lid = int(o["orderListId"])
+            if lid >= 0 and lid in seen:
+                continue
+            seen.add(lid)
+            total += float(o["origQty"]) - float(o["executedQty"])
+        return total
+
+    def _check(self, q: dict, otype: str, side: str, qty: float, px: float, stop: float) -> tuple[int, dict] | None:
+        """Binance's refusals: notional filter, balances (free = total - locked), and a stop / maker
+        order that would trigger or match at once."""
+        if qty * px < 5.0:
+            return 400, {"code": -1013, "msg": "Filter failure: NOTIONAL"}
+        if side == "BUY" and qty * px * (1 + self.fee_rate) > self.balances["USDT"] + 1e-9:
+            return 400, {"code": -2010, "msg": "Account has insufficient balance for requested action."}
+        if side == "SELL" and qty > self.balances["BTC"] - self.locked_base() + 1e-12:
+            return 400, {"code": -2010, "msg": "Account has insufficient balance for requested action."}
+        sell = side == "SELL"
+        if otype == "STOP_LOSS_LIMIT" and ((sell and self.price <= stop) or (not sell and self.price >= stop)):
+            return 400, {"code": -2010, "msg": "Stop price would trigger immediately."}
+        if otype == "TAKE_PROFIT_LIMIT" and ((sell and self.price >= stop) or (not sell and self.price <= stop)):
+            return 400, {"code": -2010, "msg": "Stop price would trigger immediately."}
+        if otype == "LIMIT_MAKER" and ((sell and self.price >= px) or (not sell and self.price <= px)):
+            return 400, {"code": -2010, "msg": "Order would immediately match and take."}
+        return None
+
+    def _new_order(self, symbol: str, cid: str, otype: str, side: str, qty: float, px: float, stop: float,
+                   tif: str, list_id: int = -1) -> dict:
+        oid = 3_397_148_653 + len(self.orders)
+        now = int(time.time() * 1000)
+        o = {"symbol": symbol, "orderId": oid, "orderListId": list_id, "clientOrderId": cid, "price":
+             "0.00000000" if otype == "MARKET" else _s(px), "origQty": _s(qty), "executedQty": _s(0),
+             "cummulativeQuoteQty": _s(0), "status": "NEW", "timeInForce": tif,
+             "type": otype, "side": side, "stopPrice": _s(stop), "icebergQty": _s(0), "time": now,
+             "updateTime": now, "isWorking": otype not in ("STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"),
+             "workingTime": now if otype not in ("STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT") else -1,
+             "origQuoteOrderQty": _s(0), "selfTradePreventionMode": "NONE", "_fills": []}
+        self.orders[oid] = o
+        self.by_client[cid] = oid
+        return o
+
+    def _ack(self, o: dict) -> dict:
+        """The POST /api/v3/order answer (newOrderRespType FULL, ccxt's default for market/limit)."""
+        body = {k: o[k] for k in ("symbol", "orderId", "orderListId", "clientOrderId")}
+        body.update({"transactTime": o["updateTime"], **{k: o[k] for k in (
+            "price", "origQty", "executedQty", "origQuoteOrderQty", "cummulativeQuoteQty", "status",
+            "timeInForce", "type", "side", "workingTime")}, "fills": o["_fills"],
+            "selfTradePreventionMode": "NONE"})
+        if o["type"] in ("STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"):
+            body["stopPrice"] = o["stopPrice"]
+        return body
 
     def create(self, q: dict) -> tuple[int, dict]:
         with self.lock:
@@ -76,31 +138,55 @@ class FakeBinance:
             if cid in self.by_client and self.orders[self.by_client[cid]]["status"] == "NEW":
                 return 400, {"code": -2010, "msg": "Duplicate order sent."}
             qty, otype, side = float(q["quantity"]), q["type"], q["side"]
+            if otype not in ("MARKET", "LIMIT", "LIMIT_MAKER", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"):
+                return 400, {"code": -1116, "msg": "Invalid orderType."}
             px = self.price if otype == "MARKET" else float(q["price"])
-            if qty * px < 5.0:
-                return 400, {"code": -1013, "msg": "Filter failure: NOTIONAL"}
-            if side == "BUY" and qty * px * (1 + self.fee_rate) > self.balances["USDT"] + 1e-9:
-                return 400, {"code": -2010, "msg": "Account has insufficient balance for requested action."}
-            if side == "SELL" and qty > self.balances["BTC"] + 1e-12:
-                return 400, {"code": -2010, "msg": "Account has insufficient balance for requested action."}
-            oid = 3_397_148_653 + len(self.orders)
-            now = int(time.time() * 1000)
-            o = {"symbol": q["symbol"], "orderId": oid, "orderListId": -1, "clientOrderId": cid, "price":
-                 "0.00000000" if otype == "MARKET" else _s(px), "origQty": _s(qty), "executedQty": _s(0),
-                 "cummulativeQuoteQty": _s(0), "status": "NEW", "timeInForce": q.get("timeInForce", "GTC"),
-                 "type": otype, "side": side, "stopPrice": _s(0), "icebergQty": _s(0), "time": now,
-                 "updateTime": now, "isWorking": True, "workingTime": now, "origQuoteOrderQty": _s(0),
-                 "selfTradePreventionMode": "NONE", "_fills": []}
-            self.orders[oid] = o
-            self.by_client[cid] = oid
-            if otype == "MARKET" or (side == "BUY" and self.price <= px) or (side == "SELL" and self.price >= px):
+            stop = float(q.get("stopPrice") or 0.0)
+            if otype in ("STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT") and stop <= 0:
+                return 400, {"code": -1102, "msg": "Mandatory parameter 'stopPrice' was not sent, was empty/null, "
+                                                   "or malformed."}
+            refused = self._check(q, otype, side, qty, px, stop)
+            if refused is not None:
+                return refused
+            o = self._new_order(q["symbol"], cid, otype, side, qty, px, stop, q.get("timeInForce", "GTC"))
+            if otype == "MARKET" or (otype == "LIMIT" and (
+                    (side == "BUY" and self.price <= px) or (side == "SELL" and self.price >= px))):
                 self._fill(o, px if otype == "LIMIT" else self.price)
-            body = {k: o[k] for k in ("symbol", "orderId", "orderListId", "clientOrderId")}
-            body.update({"transactTime": now, **{k: o[k] for k in (
-                "price", "origQty", "executedQty", "origQuoteOrderQty", "cummulativeQuoteQty", "status",
-                "timeInForce", "type", "side", "workingTime")}, "fills": o["_fills"],
-                "selfTradePreventionMode": "NONE"})
-            return 200, body
+            return 200, self._ack(o)
+
+    def create_oco(self, q: dict) -> tuple[int, dict]:
+        """POST /api/v3/orderList/oco: a take-profit leg above the market (LIMIT_MAKER) and a stop-loss
+        leg below it (STOP_LOSS_LIMIT), one quantity; when one leg fills the other expires."""
+        with self.lock:
+            lcid = q.get("listClientOrderId") or f"list{len(self.orders) + 1}"
+            side, qty = q["side"], float(q["quantity"])
+            above_cid, below_cid = q.get("aboveClientOrderId", ""), q.get("belowClientOrderId", "")
+            for c in (above_cid, below_cid):
+                if c in self.by_client and self.orders[self.by_client[c]]["status"] == "NEW":
+                    return 400, {"code": -2010, "msg": "Duplicate order sent."}
+            if side != "SELL" or q.get("aboveType") != "LIMIT_MAKER" or q.get("belowType") != "STOP_LOSS_LIMIT":
+                return 400, {"code": -1106, "msg": "Parameter combination not supported by the fake exchange."}
+            above, below_stop, below_px = float(q["abovePrice"]), float(q["belowStopPrice"]), float(q["belowPrice"])
+            if not above > self.price > below_stop:
+                return 400, {"code": -2010, "msg": "The relationship of the prices for the orders is not correct."}
+            refused = self._check(q, "LIMIT", side, qty, below_px, 0.0)
+            if refused is not None:
+                return refused
+            self.list_seq += 1
+            lid = self.list_seq
+            tif = q.get("belowTimeInForce", "GTC")
+            sl = self._new_order(q["symbol"], below_cid or f"auto{len(self.orders) + 1}", "STOP_LOSS_LIMIT",
+                                 side, qty, below_px, below_stop, tif, lid)
+            tp = self._new_order(q["symbol"], above_cid or f"auto{len(self.orders) + 1}", "LIMIT_MAKER", side,
+                                 qty, above, 0.0, "GTC", lid)
+            now = int(time.time() * 1000)
+            legs = [sl, tp]
+            return 200, {"orderListId": lid, "contingencyType": "OCO", "listStatusType": "EXEC_STARTED",
+                         "listOrderStatus": "EXECUTING", "listClientOrderId": lcid, "transactionTime": now,
+                         "symbol": q["symbol"],
+                         "orders": [{"symbol": o["symbol"], "orderId": o["orderId"], "clientOrderId": o["clientOrderId"]}
+                                    for o in legs],
+                         "orderReports": [self._ack(o) | {"stopPrice": o["stopPrice"]} for o in legs]}
 
     def _fill(self, o: dict, px: float) -> None:
         qty = float(o["origQty"])
@@ -122,20 +208,46 @@ class FakeBinance:
         o.update(status="FILLED", executedQty=_s(qty), cummulativeQuoteQty=_s(quote), updateTime=now)
         o["_fills"].append({"price": _s(px), "qty": _s(qty), "commission": _s(fee), "commissionAsset": asset,
                             "tradeId": tid})
-        self.trades.append({"symbol": o["symbol"], "id": tid, "orderId": o["orderId"], "orderListId": -1,
+        self.trades.append({"symbol": o["symbol"], "id": tid, "orderId": o["orderId"], "orderListId": o["orderListId"],
                             "price": _s(px), "qty": _s(qty), "quoteQty": _s(quote), "commission": _s(fee),
                             "commissionAsset": asset, "time": now, "isBuyer": o["side"] == "BUY",
-                            "isMaker": o["type"] == "LIMIT", "isBestMatch": True})
+                            "isMaker": o["type"] in ("LIMIT", "LIMIT_MAKER"), "isBestMatch": True})
+        if int(o["orderListId"]) >= 0:  # one leg of an OCO filled: the other expires
+            for other in self.orders.values():
+                if other is not o and other["orderListId"] == o["orderListId"] and other["status"] == "NEW":
+                    other.update(status="EXPIRED", updateTime=now)
+
+    def cancel(self, o: dict) -> None:
+        """Cancelling one leg of an order list cancels the whole list (Binance)."""
+        now = int(time.time() * 1000)
+        lid = int(o["orderListId"])
+        for x in self.orders.values():
+            if x["status"] == "NEW" and (x is o or (lid >= 0 and x["orderListId"] == lid)):
+                x.update(status="CANCELED", updateTime=now)
 
     def set_price(self, px: float) -> None:
-        """The market moves: resting limit orders the price trades through fill at their limit."""
+        """The market moves: resting limit orders the price trades through fill at their limit; stop /
+        take-profit orders trigger at their stopPrice and then fill as limit orders at the market (a
+        triggered stop-limit sell takes the bids down to its limit)."""
         with self.lock:
             self.price = float(px)
-            for o in self.orders.values():
-                lim = float(o["price"])
-                if o["status"] == "NEW" and o["type"] == "LIMIT" and (
-                        (o["side"] == "BUY" and px <= lim) or (o["side"] == "SELL" and px >= lim)):
-                    self._fill(o, lim)
+            for o in list(self.orders.values()):
+                if o["status"] != "NEW":
+                    continue
+                lim, sell, t = float(o["price"]), o["side"] == "SELL", o["type"]
+                if t in ("STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT") and not o.get("_triggered"):
+                    stop = float(o["stopPrice"])
+                    down = (t == "STOP_LOSS_LIMIT") == sell  # the level is crossed going down
+                    if (down and px <= stop) or (not down and px >= stop):
+                        o.update(_triggered=True, isWorking=True, workingTime=int(time.time() * 1000))
+                    else:
+                        continue
+                    if (sell and px >= lim) or (not sell and px <= lim):
+                        self._fill(o, px)
+                    continue
+                if t in ("LIMIT", "LIMIT_MAKER") or o.get("_triggered"):
+                    if (not sell and px <= lim) or (sell and px >= lim):
+                        self._fill(o, lim if t in ("LIMIT", "LIMIT_MAKER") else px)
 
     def find(self, q: dict) -> dict | None:
         if "orderId" in q:
@@ -220,7 +332,9 @@ def make_handler(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, {"serverTime": int(time.time() * 1000)} if path.endswith("time") else {})
             if path == "/api/v3/account":
                 with fake.lock:
-                    bal = [{"asset": a, "free": _s(v), "locked": _s(0)} for a, v in fake.balances.items()]
+                    locked = {"BTC": fake.locked_base()}
+                    bal = [{"asset": a, "free": _s(v - locked.get(a, 0.0)), "locked": _s(locked.get(a, 0.0))}
+                           for a, v in fake.balances.items()]
                 return self._send(200, {"makerCommission": 10, "takerCommission": 10, "buyerCommission": 0,
                                         "sellerCommission": 0, "canTrade": True, "canWithdraw": True,
                                         "canDeposit": True, "brokered": False, "accountType": "SPOT",
@@ -239,6 +353,18 @@ def make_handler(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
                     if "startTime" in q:
                         rows = [t for t in rows if t["time"] >= int(q["startTime"])]
                     return self._send(200, rows[: int(q.get("limit", 500))])
+            if path == "/api/v3/orderList/oco" and method == "POST":
+                with fake.lock:
+                    fake.posts += 1
+                    n = fake.posts
+                    post_fail = fake.fail_post_next.pop(0) if fake.fail_post_next else None
+                if post_fail is not None:
+                    return self._send(post_fail, {"code": -1001, "msg": "Internal error; unable to process your request."})
+                code, payload = fake.create_oco(q)
+                if fake.kill_on_post and n == fake.kill_on_post and self.headers.get("X-Test-Pid"):
+                    os.kill(int(self.headers["X-Test-Pid"]), signal.SIGKILL)  # booked, never acknowledged
+                    time.sleep(0.05)
+                return self._send(code, payload)
             if path == "/api/v3/order" and method == "POST":
                 with fake.lock:
                     fake.posts += 1
@@ -274,7 +400,7 @@ def make_handler(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
                     if method == "DELETE":
                         if o["status"] != "NEW":
                             return self._send(400, {"code": -2011, "msg": "Unknown order sent."})
-                        o["status"] = "CANCELED"
+                        fake.cancel(o)
                     return self._send(200, fake.order_json(o))
             return self._send(404, {"code": -1, "msg": f"fake exchange: no route {method} {path}"})
 
@@ -311,11 +437,12 @@ class FakeServer:
         self.server.server_close()
 
 
-def local_binance(base: str, timeout_ms: int = 700, pid_header: bool = False) -> Any:
-    """A ccxt.binance whose TESTNET urls point at the fake server (the broker turns sandbox mode on)."""
+def local_binance(base: str, timeout_ms: int = 700, pid_header: bool = False, cls: Any = None) -> Any:
+    """A ccxt.binance whose TESTNET urls point at the fake server (the broker turns sandbox mode on).
+    ``cls``: the ccxt class to build (a test that replaces ``ccxt.binance`` passes the real one)."""
     import ccxt
 
-    ex = ccxt.binance({"timeout": timeout_ms, "enableRateLimit": False,
+    ex = (cls or ccxt.binance)({"timeout": timeout_ms, "enableRateLimit": False,
                        "options": {"fetchMarkets": ["spot"], "fetchCurrencies": False}})
     test = ex.urls["test"]
     for k, v in list(test.items()):

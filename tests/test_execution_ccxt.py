@@ -151,4 +151,7 @@ def test_executor_trades_through_ccxt_broker(fake_exchange):
     assert snap.position == pytest.approx(0.0, abs=1e-12) and snap.mode == "sandbox"
     # sized 10% of equity, then rounded by ccxt to the market's 0.00001 lot step
     assert abs(all_fills[0].amount - 0.1 * 10_000 / float(rows.iloc[0]["close"])) <= 1e-5
-    assert len(fake.orders) == 2
+    # the long's stop-loss / take-profit rested on the exchange as an OCO list, cancelled before the sell
+    legs = [o for o in fake.orders.values() if o["orderListId"] >= 0]
+    assert len(fake.orders) == 4 and {o["type"] for o in legs} == {"STOP_LOSS_LIMIT", "LIMIT_MAKER"}
+    assert all(o["status"] == "CANCELED" for o in legs) and ex.snapshot().protection == "exchange"

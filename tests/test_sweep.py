@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from core.backtest.engine import spec_from_config
-from core.backtest.retune import evaluate_trial, load_cached
+from core.backtest.retune import SIGNAL_OF_CODE, evaluate_trial, load_cached, retrade
 from core.backtest.sweep import SweepError, load_space, open_study, run_sweep, sweep_paths
 from core.backtest.walkforward import make_folds, parse_duration, run_walkforward
 from core.config import load_config, load_models
@@ -82,6 +83,57 @@ def test_threshold_trial_on_cached_predictions_retrades_the_walkforward(wf_dir):
     assert sum(lo["block_n"]) == len(c.ts) == 240
 
 
+def test_redecision_is_byte_identical_to_the_fast_backtester_on_real_predictions(wf_dir):
+    """The one re-decision code (thresholds.Redecider, used by sweeps and the threshold preview) gives the
+    walk-forward's own codes, kernel signal and equity byte for byte, and decide_codes' codes (HOLD where
+    no expert spoke) at any thresholds; the vectorised preview counts equal a direct count."""
+    from core.backtest.thresholds import Redecider, threshold_preview
+    from core.backtest.walkforward import trade
+    from core.execution import kernel as K
+    from core.orchestrator import decide_codes
+
+    cfg, models = load_config(), load_models()
+    c = load_cached(wf_dir, cfg)
+    d = np.load(wf_dir / "predictions.npz")
+    spec = spec_from_config(cfg, models, exchange="binanceus", symbol="BTC/USDT", timeframe="1m",
+                            thresholds=Thresholds(), mode="fast")
+    params = K.params_from_config(cfg.execution, cfg.risk)
+    codes, equity, state = retrade(c, Thresholds(), params, cfg.execution.initial_cash)
+    assert codes.tobytes() == d["codes"].tobytes()
+    assert SIGNAL_OF_CODE[codes + 1].tobytes() == d["signal"].tobytes()
+    bars = pd.read_parquet(wf_dir / "candles.parquet")
+    eq, _pos, fills, st = trade(bars, d["signal"], spec, params)
+    assert equity.tobytes() == eq.tobytes() and state.tobytes() == st.tobytes()
+    live = d["mask"].any(axis=1)
+    # at thresholds that trade: the fast backtester's steps (decide_codes, HOLD without experts, its
+    # signal mapping, the walk-forward's kernel pass) against one retrade
+    t = Thresholds(buy=0.2, sell=0.45)
+    ref = decide_codes(d["fused"], d["confidence"], t)
+    ref[~live] = 0
+    sig = np.where(ref == 1, 1.0, np.where(ref == -1, -1.0, np.nan))
+    eq, _pos, fills, st = trade(bars, sig, spec, params)
+    codes, equity, state = retrade(c, t, params, cfg.execution.initial_cash)
+    assert codes.tobytes() == ref.tobytes() and equity.tobytes() == eq.tobytes() and state.tobytes() == st.tobytes()
+    assert len(fills) >= 4 and (codes == 1).any() and (codes == -1).any()
+    grid = np.quantile(np.r_[d["fused"][:, 0], d["fused"][:, 2]], [0.1, 0.3, 0.5, 0.7, 0.9, 0.99])
+    fwd = np.r_[np.log(c.close[5:] / c.close[:-5]), np.full(5, np.nan)]
+    prev = threshold_preview(d["fused"], d["confidence"], fwd, grid, grid[::-1], min_confidence=0.05)
+    crossed = 0
+    for i, b in enumerate(grid):
+        for j, s in enumerate(grid[::-1]):
+            t = Thresholds(buy=float(b), sell=float(s), min_confidence=0.05)
+            ref = decide_codes(d["fused"], d["confidence"], t)
+            assert Redecider(d["fused"], d["confidence"]).codes(t).tobytes() == ref.tobytes()
+            ref_live = np.where(live, ref, 0).astype(np.int8)
+            assert c.redecider.codes(t).tobytes() == ref_live.tobytes()
+            isb, iss, known = ref == 1, ref == -1, np.isfinite(fwd)
+            assert (prev.n_buy[i, j], prev.n_sell[i, j]) == (isb.sum(), iss.sum())
+            assert prev.buy_hits[i, j] == (isb & (fwd > 0)).sum() and prev.sell_hits[i, j] == (iss & (fwd < 0)).sum()
+            assert prev.matured[i, j] == ((isb | iss) & known).sum()
+            crossed += int(isb.sum() > 0) + int(iss.sum() > 0)
+    assert crossed > 10, "the grid should make real BUYs and SELLs"
+
+
 def test_sweep_killed_after_about_10_trials_resumes_to_exactly_20_distinct(wf_dir, tmp_path):
     space = _space(tmp_path, wf_dir)
     db = tmp_path / "moe.duckdb"
@@ -115,7 +167,7 @@ def test_sweep_killed_after_about_10_trials_resumes_to_exactly_20_distinct(wf_di
     assert all(t.state.name == "COMPLETE" for t in trials)
     for t in trials:  # completed before the kill: kept as they were (not repeated)
         if before.get(t.number) == "COMPLETE":
-            assert t.user_attrs["bars"] == 240
+            assert t.user_attrs["stats"]["bars"] == 240
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 20  # 20 distinct parameter sets
     best = summary["best"][0]
     assert 0.0 <= best["dsr"] <= 1.0 or np.isnan(best["dsr"])
@@ -139,7 +191,7 @@ def test_random_and_grid_samplers_inline(wf_dir, tmp_path):
 
 @pytest.mark.parametrize("text, needle", [
     ("params: {buy_threshold: {low: 0.2, high: 0.3}}\n", "'predictions'"),
-    ("predictions: x\nparams: {horizon: {low: 1, high: 5}}\n", "params.horizon"),
+    ("predictions: x\nparams: {horizon: {low: 1, high: 5}}\n", "need retraining"),
     ("predictions: x\nparams: {buy_threshold: {low: 0.5, high: 0.3}}\n", "low 0.5 must be below"),
     ("predictions: x\nsampler: cmaes\nparams: {buy_threshold: {low: 0.2, high: 0.3}}\n", "sampler 'cmaes'"),
 ])

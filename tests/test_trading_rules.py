@@ -88,7 +88,7 @@ def test_stop_loss_acts_on_an_intrabar_price(server, shared_data: Path, tmp_path
     i = next(k for k in range(start + 4, len(m) - 5, 5) if closes[k + 1:k + 5].min() < closes[k] * (1 - sl)
              and closes[k + 1:k + 5].max() < closes[k] * (1 + 0.01))
     bar1 = m.iloc[i - 4:i + 1]
-    exe = ExecutionConfig(broker="ccxt", sandbox=True)
+    exe = ExecutionConfig(broker="ccxt", sandbox=True, protective_orders="engine")  # the engine enforces
     risk = RiskConfig(fraction=0.5, stop_loss_pct=sl, take_profit_pct=0.01, cooldown_bars=3)
     ex = Executor(exe, risk, "BTC/USDT", "5m", broker=broker(server.base),
                   ledger=Ledger(tmp_path / "s.duckdb", account="testnet:BTC/USDT", symbol="BTC/USDT"))
@@ -100,7 +100,7 @@ def test_stop_loss_acts_on_an_intrabar_price(server, shared_data: Path, tmp_path
               Decision(id="d", ts=ts1, symbol="BTC/USDT", action=Action.BUY, probs=(0.1, 0.1, 0.8),
                        expected_return=0.0, weights={}, thresholds=Thresholds(), target_position=1.0, reason="t"))
     entry = ex.snapshot().avg_price
-    assert ex.snapshot().position > 0 and fake.posts == 1
+    assert ex.snapshot().position > 0 and fake.posts == 1 and ex.snapshot().protection == "engine"
     level = entry * (1 - sl)
     exits = []
     for r in m.iloc[i + 1:i + 5].itertuples():  # the next bar's minutes, as ticks

@@ -157,3 +157,89 @@ def test_pbo_is_zero_when_one_trial_dominates_every_block_and_one_when_ranks_rev
     p = pbo_cscv(rev, np.full((2, 4), 1.0), n)
     assert p is not None and 0.3 < p <= 1.0
     assert pbo_cscv(good[:1], sq[:1], n) is None  # one trial: not defined
+
+
+class _Recorder:
+    """Wraps the fold trainer: what each fold was handed (the previous fold's components or None) and
+    what it returned."""
+
+    def __init__(self, inner, later_steps=None):
+        self.inner, self.calls, self.later_steps = inner, [], later_steps
+
+    def __call__(self, train, fold, previous):
+        comps = self.inner(train, fold, previous)
+        self.calls.append((previous, comps))
+        if self.later_steps is not None:  # the folds after the first train this many steps
+            self.inner.max_steps = self.later_steps
+        return comps
+
+
+def _cnn_walk(shared_data, *, warm: bool, max_steps: int, later_steps=None):
+    cfg, candles, _t, spec, folds = _setup(shared_data, 720 + 2 * 60)
+    feats = load_models().features.model_copy(update={"timeframes": ["1m", "5m", "1h"], "window": 32,
+                                                      "norm_window": 200})
+    rec = _Recorder(FoldTrainerNN(load_models(), cfg, SeriesKey("binanceus", "BTC/USDT", "1m"), ["cnn"], epochs=1,
+                                  max_steps=max_steps, features=feats), later_steps)
+    res = run_walkforward(candles, folds, rec, spec, cfg.execution, cfg.risk, warm_start=warm)
+    return rec, res
+
+
+def _weights(comps):
+    """The expert's network tensors (its state dict also holds calibration and OOD statistics)."""
+    out = {}
+
+    def walk(prefix, v):
+        if isinstance(v, torch.Tensor):
+            out[prefix] = v.detach().clone()
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}.{k}", x)
+
+    walk("", comps.experts["cnn"].state_dict())
+    assert len(out) > 4
+    return out
+
+
+def test_warm_start_fine_tunes_the_previous_folds_model(shared_data):
+    # fold 0 trains 5 steps, fold 1 none: a warm fold 1 IS fold 0's trained model, a cold one the
+    # fresh initialisation
+    warm0, _ = _cnn_walk(shared_data, warm=True, max_steps=5, later_steps=0)
+    assert warm0.calls[0][0] is None and warm0.calls[1][0] is warm0.calls[0][1]
+    w0, w1 = _weights(warm0.calls[0][1]), _weights(warm0.calls[1][1])
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert warm0.calls[1][1].experts["cnn"] is not warm0.calls[0][1].experts["cnn"]  # a copy is fine-tuned
+    cold0, _ = _cnn_walk(shared_data, warm=False, max_steps=5, later_steps=0)
+    assert cold0.calls[1][0] is None
+    c0, c1 = _weights(cold0.calls[0][1]), _weights(cold0.calls[1][1])
+    assert all(torch.equal(w0[k], c0[k]) for k in w0)  # fold 0 does not depend on --warm-start
+    assert any(not torch.equal(w0[k], c1[k]) for k in w0)
+    # with training, fold 0 is the same either way and fold 1 differs: warm starting changes results
+    _, warm = _cnn_walk(shared_data, warm=True, max_steps=3)
+    _, cold = _cnn_walk(shared_data, warm=False, max_steps=3)
+    f0, f1 = warm.fold_of == 0, warm.fold_of == 1
+    assert warm.fused[f0].tobytes() == cold.fused[f0].tobytes()
+    assert np.abs(warm.fused[f1] - cold.fused[f1]).max() > 1e-6
+
+
+def test_retrain_gate_refuses_a_short_train_window_naming_the_minimum_and_works_at_it(shared_data):
+    cfg, _c, _t, spec, _f = _setup(shared_data, 720 + 60)
+    models = load_models()
+    feats = models.features.model_copy(update={"timeframes": ["1m", "5m", "1h"], "window": 32, "norm_window": 200})
+    trainer = FoldTrainerNN(models, cfg, SeriesKey("binanceus", "BTC/USDT", "1m"), ["cnn"], epochs=1, max_steps=3,
+                            features=feats, retrain_gate=True)
+    # a calmer week than START (the crash day has no "up" label in the gate's hold-out)
+    full = load_file(shared_data / "binanceus" / "BTC_USDT-1m.csv").iloc[20_000:23_000]
+    short = full.iloc[:720 + 60]
+    folds = make_folds(short["ts"].to_numpy(), "1m", parse_duration(TRAIN), parse_duration(TEST))
+    with pytest.raises(ValueError) as e:
+        run_walkforward(short, folds, trainer, spec, cfg.execution, cfg.risk)
+    msg = str(e.value)
+    # by hand: the gate holds out the last 30%: 164 - int(164 * 0.7) = 50 held out, 163 leaves 49
+    assert "--retrain-gate" in msg and "needs >= 164" in msg and "\n" not in msg
+    bars = int(msg.split("at least ")[1].split(" bars")[0])
+    assert 720 < bars < 2900
+    # the named minimum is enough: the fold fits its gate
+    ok = full.iloc[:bars + 60]
+    folds = make_folds(ok["ts"].to_numpy(), "1m", bars * 60_000, parse_duration(TEST))
+    res = run_walkforward(ok, folds, trainer, spec, cfg.execution, cfg.risk)
+    assert res.folds[0].info["gate"]["trained"] is True and len(res.candles) == 60

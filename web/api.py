@@ -295,7 +295,8 @@ def trading_json(snap: EngineSnapshot) -> dict[str, Any]:
     reconciliation with the exchange."""
     t = snap.trading
     return {"mode": t.mode, "broker": t.broker, "account": t.account, "unresolved_intents": t.unresolved_intents,
-            "stale_bars": t.stale_bars, "halted": t.halted or None,
+            "stale_bars": t.stale_bars, "halted": t.halted or None, "protection": t.protection,
+            "protective_orders": t.protective_orders,
             "reconcile": {"ok": t.reconcile_ok, "ts_ms": t.reconcile_ts_ms, "summary": t.reconcile_summary,
                           "differences": list(t.differences)}}
 

@@ -10,9 +10,11 @@ Early stopping, calibration and the gate fit use val; nothing after the window e
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -21,12 +23,17 @@ from core.backtest.walkforward import Fold
 from core.config import AppConfig, FeaturesConfig, ModelsConfig
 from core.features import FeatureBuilder
 from core.market import market_for
-from core.types import SeriesKey
+from core.scoring import log_loss
+from core.types import SeriesKey, timeframe_ms
 from NN.experts.dqn import DQNExpert
 from NN.experts.registry import build_expert
 from NN.experts.supervised import SupervisedExpert
-from NN.moe import MoEGate
-from NN.training.trainer import Prepared, common_horizon, prepare, train_expert, train_gate
+from NN.moe import MoEGate, gate_min_samples
+from NN.training.trainer import Prepared, climatology, common_horizon, prepare, train_expert, train_gate
+
+
+class FoldPruned(Exception):
+    """A sweep's pruner stopped this fold's training (ASHA-style early stopping)."""
 
 
 @dataclass
@@ -41,6 +48,12 @@ class FoldTrainerNN:
     val_frac: float = 0.2
     seed: int = 0
     features: FeaturesConfig | None = None  # None: models.yml features
+    # after each epoch of each expert: (expert, epoch, epochs, train loss, val log loss) -> True to stop
+    # the fold (a sweep's pruner); the trainer then raises FoldPruned
+    on_epoch: Callable[[str, int, int, float, float], bool] | None = None
+    # per expert, the val log loss of the train part's class frequencies (set by each call before
+    # training): the yardstick that makes val losses of different horizons / dead zones comparable
+    baseline: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.names:
@@ -62,9 +75,50 @@ class FoldTrainerNN:
                              "lengthen --train")
         return replace(prep, train=slice(0, a), val=slice(a + gap, n), test=slice(n, n))
 
+    @staticmethod
+    def _climatology_val_logloss(prep: Prepared, horizon: int) -> float:
+        y, r = prep.labels(horizon)
+        ok = (y >= 0) & np.isfinite(r)
+        tr, va = np.flatnonzero(ok[prep.train]) + prep.train.start, np.flatnonzero(ok[prep.val]) + prep.val.start
+        if not len(va):
+            return float("nan")
+        return log_loss(np.tile(climatology(y[tr]), (len(va), 1)), y[va])
+
+    def _check_gate_samples(self, prep: Prepared, n_bars: int, fold: Fold) -> None:
+        """--retrain-gate fits the gate on the fold's validation part: refuse, before any training, a train
+        window too short for it, naming the shortest that works."""
+        h = max(self.models.experts[n].horizon for n in self.names)
+        y, r = prep.labels(h)
+        have = int(((y[prep.val] >= 0) & np.isfinite(r[prep.val])).sum())
+        need = gate_min_samples(self.models.moe.holdout)
+        if have >= need:
+            return
+        warmup = n_bars - len(prep.batch)  # bars before the first complete sample
+        samples = int(np.ceil((need + self.models.split.gap_bars + h) / self.val_frac)) + 1
+        bars = samples + warmup
+        step = timeframe_ms(self.key.timeframe)
+        hours = bars * step / 3_600_000
+        raise ValueError(f"--retrain-gate: fold {fold.index}'s train window leaves {have} validation samples for "
+                         f"the gate, which needs >= {need} (moe.holdout {self.models.moe.holdout}); use --train of "
+                         f"at least {bars} bars (~{hours:.1f} h) or drop --retrain-gate")
+
+    def _epoch_hook(self) -> Callable[[str, int, int, float, float], None] | None:
+        if self.on_epoch is None:
+            return None
+        hook = self.on_epoch
+
+        def report(name: str, epoch: int, epochs: int, train_loss: float, val_logloss: float) -> None:
+            if hook(name, epoch, epochs, train_loss, val_logloss):
+                raise FoldPruned(f"{name} pruned after epoch {epoch} (val log loss {val_logloss:.4f})")
+
+        return report
+
     def __call__(self, train_candles: pd.DataFrame, fold: Fold, previous: Components | None) -> Components:
         torch.manual_seed(self.seed + fold.index)
         prep = self._prepare(train_candles)
+        if self.retrain_gate:
+            self._check_gate_samples(prep, len(train_candles), fold)
+        self.baseline = {n: self._climatology_val_logloss(prep, self.models.experts[n].horizon) for n in self.names}
         spec = prep.batch.spec
         experts: dict[str, Any] = {}
         info: dict[str, dict[str, Any]] = {}
@@ -76,7 +130,7 @@ class FoldTrainerNN:
             if not isinstance(ex, SupervisedExpert | DQNExpert):
                 raise ValueError(f"{name}: not a features expert")
             res = train_expert(ex, prep, self.epochs, seed=self.seed + fold.index,
-                               max_steps_per_epoch=self.max_steps)
+                               max_steps_per_epoch=self.max_steps, on_epoch=self._epoch_hook())
             ex.version = f"wf{fold.index}"
             experts[name] = ex
             info[name] = {"version": ex.version, "trained": True, "input_kind": ex.input_kind,

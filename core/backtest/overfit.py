@@ -74,21 +74,24 @@ def pbo_cscv(block_sums: np.ndarray, block_sq: np.ndarray, block_n: np.ndarray) 
     if n_trials < 2 or S < 4 or S % 2:
         return None
 
-    def sharpe_of(cols: np.ndarray) -> np.ndarray:
-        n = nb[cols].sum()
-        m = s1[:, cols].sum(axis=1) / n
-        var = (s2[:, cols].sum(axis=1) - n * m * m) / max(n - 1, 1)
+    # every split of the S blocks into halves at once: ins [K, S] (K = C(S, S/2)), outs its complement
+    ins = np.zeros((math.comb(S, S // 2), S), dtype=bool)
+    for k, cols in enumerate(itertools.combinations(range(S), S // 2)):
+        ins[k, list(cols)] = True
+
+    def sharpe_of(sel: np.ndarray) -> np.ndarray:
+        """[T, K] per-bar Sharpe of each trial over each split's selected blocks."""
+        n = (sel * nb).sum(axis=1)  # [K]
+        m = np.einsum("ts,ks->tk", s1, sel.astype(np.float64)) / n
+        var = (np.einsum("ts,ks->tk", s2, sel.astype(np.float64)) - n * m * m) / np.maximum(n - 1, 1)
         sd = np.sqrt(np.maximum(var, 0))
         return np.where(sd > 0, m / np.where(sd > 0, sd, 1), -np.inf)
 
-    logits = []
-    for ins in itertools.combinations(range(S), S // 2):
-        i = np.array(ins)
-        o = np.array([k for k in range(S) if k not in ins])
-        best = int(np.argmax(sharpe_of(i)))
-        oos = sharpe_of(o)
-        # relative rank of the in-sample winner out of sample, in (0, 1)
-        w = (float((oos < oos[best]).sum()) + 1 + 0.5 * float((oos == oos[best]).sum() - 1)) / (n_trials + 1)
-        w = min(max(w, 1e-9), 1 - 1e-9)
-        logits.append(math.log(w / (1 - w)))
+    best = np.argmax(sharpe_of(ins), axis=0)  # [K] the in-sample winner of each split
+    oos = sharpe_of(~ins)
+    ob = oos[best, np.arange(len(best))]
+    # relative rank of the in-sample winner out of sample, in (0, 1)
+    w = ((oos < ob).sum(axis=0) + 1 + 0.5 * ((oos == ob).sum(axis=0) - 1)) / (n_trials + 1)
+    w = np.clip(w, 1e-9, 1 - 1e-9)
+    logits = np.log(w / (1 - w))
     return float(np.mean(np.array(logits) <= 0))

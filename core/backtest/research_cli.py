@@ -95,24 +95,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from core.backtest.sweep import SweepError, load_space, run_sweep, sweep_paths
 
     cfg = load_config(args.config)
+    models = load_models(args.models)
     try:
-        space = load_space(Path(args.space), cfg)
+        space = load_space(Path(args.space), cfg, models)
         db = Path(args.db) if args.db else cfg.resolve(cfg.data.db_path)
         name = args.resume or args.name or f"{Path(args.space).stem}-{new_run_id()}"
         paths = sweep_paths(db, name)
         if args.resume and not paths.journal.exists():
             raise SweepError(f"no sweep named {args.resume!r} to resume ({paths.journal} does not exist)")
         summary = run_sweep(space, cfg, n_trials=args.trials, workers=args.workers, address=args.address,
-                            paths=paths, name=name)
+                            paths=paths, name=name, models=models, train_trial=args.train_trial)
     except (SweepError, ValueError) as exc:
         raise SystemExit(f"sweep: {exc}") from None
-    print(json.dumps({k: summary[k] for k in ("name", "trials", "best", "pbo", "survivors")}, indent=2,
+    print(json.dumps({k: summary[k] for k in ("name", "kind", "trials", "pruned", "best", "pbo", "survivors")}, indent=2,
                      default=str))
     print(f"sweep {name}: {paths.result}\n  study: {paths.journal} (resume: --resume {name})")
     return 0
 
 
-def register(sub: argparse._SubParsersAction, trainer: TrainerFactory) -> None:
+def register(sub: argparse._SubParsersAction, trainer: TrainerFactory, train_trial: Callable[..., Any] | None = None
+             ) -> None:
     w = sub.add_parser("walkforward", help="walk-forward backtest: retrain every --step, trade the next --test")
     w.add_argument("--train", default="7d", help="train window (e.g. 7d, 12h)")
     w.add_argument("--test", default="1d", help="test window traded by each fold's models")
@@ -137,7 +139,8 @@ def register(sub: argparse._SubParsersAction, trainer: TrainerFactory) -> None:
     w.add_argument("--reports-dir", default=None)
     w.set_defaults(func=cmd_walkforward, trainer=trainer)
 
-    s = sub.add_parser("sweep", help="parameter sweep (Optuna on Ray) over a walk-forward's cached predictions")
+    s = sub.add_parser("sweep", help="parameter sweep (Optuna on Ray): thresholds/risk over a walk-forward's cached "
+                       "predictions, or horizons/dead zone/hyper-parameters with training trials")
     s.add_argument("space", help="SPACE.yml: predictions folder, sampler, parameter ranges")
     s.add_argument("--trials", type=int, default=200)
     s.add_argument("--workers", type=int, default=1, help="parallel Ray workers (CPUs) on this machine")
@@ -145,4 +148,4 @@ def register(sub: argparse._SubParsersAction, trainer: TrainerFactory) -> None:
     s.add_argument("--resume", default=None, help="continue the sweep of this name")
     s.add_argument("--name", default=None, help="name of a new sweep (default: SPACE stem + time)")
     s.add_argument("--db", default=None, help="DuckDB file; the study journal lives next to it")
-    s.set_defaults(func=cmd_sweep)
+    s.set_defaults(func=cmd_sweep, train_trial=train_trial)

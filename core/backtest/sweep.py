@@ -8,10 +8,23 @@ machine with ``--workers`` CPUs, or an existing cluster at ``--address``. The ca
 predictions are put into Ray's object store once; every task maps the same read-only arrays (zero copy
 on one node), never a per-process copy of the data.
 
-Samplers: tpe (default), random, grid (each parameter then lists ``values``). Trials here re-trade a
-walk-forward's cached predictions (thresholds and risk settings; core/backtest/retune.py). After the
-sweep every trial gets the deflated Sharpe ratio given the number of trials, the sweep the PBO from
-CSCV over 16 blocks of bars, and trials with fewer than ``min_trades`` round trips are marked.
+Samplers: tpe (default), random, grid (each parameter then lists ``values``). Two kinds of trial:
+
+* cached (``predictions:`` a walk-forward folder): thresholds and risk settings re-trade its cached
+  predictions (core/backtest/retune.py), no retraining;
+* training (``data:`` a candles file, when ``horizon``, ``dead_zone_bps`` or ``<expert>.<param>`` is
+  swept, since they change the labels or the models): each trial trains one fold (``train`` window, then
+  the last ``test`` window of the data is traded) through the injected ``TrainTrial`` (the composition
+  root's NN/training/sweep_trial.py: core never imports NN). Every expert epoch reports its val log-loss
+  skill over climatology (comparable across horizons and dead zones) to the study and asks its pruner (``pruner: asha`` = Optuna's SuccessiveHalvingPruner, ``hyperband``,
+  ``none``): a trial behind its rung's top 1/reduction_factor stops training at once. The worker
+  reports straight into the journal, so on a Ray cluster the journal must sit on a path every node
+  sees (README "Running sweeps on a Ray cluster"). The trained fold's predictions are then re-traded
+  with the trial's thresholds and risk settings like a cached trial, and the study ranks by Sharpe.
+
+After the sweep every trial gets the deflated Sharpe ratio given the number of trials tried (pruned
+ones included: they were looked at), the sweep the PBO from CSCV over 16 blocks of bars, and trials
+with fewer than ``min_trades`` round trips are marked.
 """
 
 from __future__ import annotations
@@ -25,31 +38,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from core.backtest.overfit import deflated_sharpe, pbo_cscv
-from core.backtest.retune import RISK_KEYS, THRESHOLD_KEYS, Cached, evaluate_trial, load_cached
-from core.config import AppConfig
+from core.backtest.retune import Cached, cached_from_arrays, evaluate_trial, load_cached
+from core.backtest.sweep_space import (
+    Space,
+    SweepError,
+    Training,
+    TrainTrial,
+    distributions,
+    grid_size,
+    load_space,
+    load_training_data,
+    make_pruner,
+    make_sampler,
+)
+from core.backtest.walkforward import Fold
+from core.config import AppConfig, ModelsConfig
 from core.execution.kernel import bars_per_year
+from core.types import SeriesKey
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "random", "grid")
 DSR_SURVIVES = 0.95  # a trial survives the multiple-testing correction when DSR >= this
 
-
-class SweepError(ValueError):
-    """A bad SPACE.yml or sweep request (one line)."""
-
-
-@dataclass(frozen=True)
-class Space:
-    predictions: Path  # a walk-forward output folder
-    params: dict[str, dict[str, Any]]
-    sampler: str = "tpe"
-    min_trades: int = 10
-    seed: int = 0
-    timeframe: str = "1m"
+__all__ = ["Space", "SweepError", "Training", "TrainTrial", "load_space", "open_study", "run_sweep",
+           "summarize", "sweep_paths", "read_summary"]
 
 
 @dataclass(frozen=True)
@@ -63,91 +77,6 @@ def sweep_paths(db: Path, name: str) -> SweepPaths:
     return SweepPaths(d / f"{name}.journal", d / f"{name}.json")
 
 
-def load_space(path: Path, cfg: AppConfig | None = None) -> Space:
-    """SPACE.yml -> Space; every problem is one SweepError line naming the key."""
-    if not path.exists():
-        raise SweepError(f"{path}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise SweepError(f"{path}: expected a mapping")
-    unknown = set(raw) - {"predictions", "params", "sampler", "min_trades", "seed", "timeframe"}
-    if unknown:
-        raise SweepError(f"{path}: unknown key(s) {sorted(unknown)}")
-    if "predictions" not in raw:
-        raise SweepError(f"{path}: 'predictions' (a walk-forward output folder) is required")
-    pred = Path(raw["predictions"])
-    if not pred.is_absolute():
-        pred = (path.parent / pred) if (path.parent / pred).exists() else pred
-    sampler = raw.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise SweepError(f"{path}: sampler {sampler!r}: allowed {', '.join(SAMPLERS)}")
-    params = raw.get("params") or {}
-    if not isinstance(params, dict) or not params:
-        raise SweepError(f"{path}: 'params' must map parameter names to ranges")
-    allowed = THRESHOLD_KEYS + RISK_KEYS
-    for k, v in params.items():
-        if k not in allowed:
-            raise SweepError(f"{path}: params.{k}: not a sweepable parameter (allowed: {', '.join(allowed)}; "
-                             "horizons, dead zone and model hyper-parameters need retraining walk-forwards)")
-        if not isinstance(v, dict) or not ({"low", "high"} <= set(v) or "values" in v):
-            raise SweepError(f"{path}: params.{k}: give low and high (optional step, log) or values")
-        if sampler == "grid" and "values" not in v:
-            raise SweepError(f"{path}: params.{k}: the grid sampler needs 'values'")
-        if "low" in v and not float(v["low"]) < float(v["high"]):
-            raise SweepError(f"{path}: params.{k}: low {v['low']} must be below high {v['high']}")
-    return Space(pred, params, sampler, int(raw.get("min_trades", 10)), int(raw.get("seed", 0)),
-                 str(raw.get("timeframe", cfg.data.base_timeframe if cfg else "1m")))
-
-
-def distributions(space: Space) -> dict[str, Any]:
-    import optuna.distributions as D
-
-    out: dict[str, Any] = {}
-    for k, v in space.params.items():
-        if "values" in v:
-            out[k] = D.CategoricalDistribution(list(v["values"]))
-        elif k == "cooldown_bars":
-            out[k] = D.IntDistribution(int(v["low"]), int(v["high"]), step=int(v.get("step", 1)))
-        else:
-            out[k] = D.FloatDistribution(float(v["low"]), float(v["high"]), step=v.get("step"),
-                                         log=bool(v.get("log", False)))
-    return out
-
-
-def make_sampler(space: Space) -> Any:
-    import optuna
-
-    if space.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=space.seed)
-    if space.sampler == "grid":
-        return _Grid({k: list(v["values"]) for k, v in space.params.items()}, seed=space.seed)
-    return optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=10)
-
-
-def grid_size(space: Space) -> int | None:
-    return math.prod(len(v["values"]) for v in space.params.values()) if space.sampler == "grid" else None
-
-
-def _grid_class() -> Any:
-    import optuna
-
-    class Grid(optuna.samplers.GridSampler):
-        """Optuna's grid sampler stops an ``optimize`` loop when the grid is exhausted, which raises
-        under ask/tell; this sweep caps its trials at the grid size itself."""
-
-        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-            return None
-
-    return Grid
-
-
-def _Grid(grid: dict[str, list[Any]], seed: int) -> Any:
-    return _grid_class()(grid, seed=seed)
-
-
 def open_study(space: Space, paths: SweepPaths, name: str) -> Any:
     import optuna
     from optuna.storages import JournalStorage
@@ -157,11 +86,74 @@ def open_study(space: Space, paths: SweepPaths, name: str) -> Any:
     storage = JournalStorage(JournalFileBackend(str(paths.journal)))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                               sampler=make_sampler(space), load_if_exists=True)
+                               sampler=make_sampler(space), pruner=make_pruner(space), load_if_exists=True)
 
 
-def _trial_task(cached: Cached, params: dict[str, Any], cfg: AppConfig, bpy: float) -> dict[str, Any]:
-    return evaluate_trial(cached, params, cfg, bpy)
+def _journal(path: Path) -> Any:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+@dataclass(frozen=True)
+class _CachedCtx:
+    """A cached trial's inputs, put once into Ray's object store."""
+
+    cached: Cached
+    cfg: AppConfig
+    bpy: float
+
+    def run(self, trial_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        return evaluate_trial(self.cached, params, self.cfg, self.bpy)
+
+
+@dataclass(frozen=True)
+class _TrainCtx:
+    """A training trial's inputs (the candles once, read-only), and where to report epochs to."""
+
+    candles: Any  # pd.DataFrame
+    fold: Fold
+    space: Space
+    cfg: AppConfig
+    models: ModelsConfig
+    bpy: float
+    journal: Path
+    name: str
+    train_trial: TrainTrial
+
+    def run(self, trial_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        import optuna
+
+        t = self.space.training
+        assert t is not None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=self.name, storage=_journal(self.journal),
+                                  sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(self.space))
+        trial = optuna.trial.Trial(study, trial_id)
+
+        def report(step: int, value: float) -> bool:
+            trial.report(value, step)
+            return bool(trial.should_prune())
+
+        try:
+            out = self.train_trial(self.candles, self.fold, params, self.cfg, self.models,
+                                   SeriesKey(t.exchange, t.symbol, self.space.timeframe), list(t.experts),
+                                   epochs=t.epochs, max_steps=t.max_steps, report=report, seed=self.space.seed)
+        except Exception as exc:  # a bad hyper-parameter fails its trial, not the sweep
+            return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+        if out is None:
+            return {"pruned": True}
+        ts = self.candles["ts"].to_numpy(np.int64)
+        bars = self.candles.iloc[np.searchsorted(ts, out["ts"])].reset_index(drop=True)
+        c = cached_from_arrays(bars, out["fused"], out["confidence"], np.zeros(len(bars), dtype=np.int64),
+                               out["live"], self.cfg, self.space.timeframe)
+        return {**evaluate_trial(c, params, self.cfg, self.bpy), "val_logloss": out["val_logloss"],
+                "val_climatology": out.get("val_climatology")}
+
+
+def _trial_task(ctx: _CachedCtx | _TrainCtx, trial_id: int, params: dict[str, Any]) -> dict[str, Any]:
+    return ctx.run(trial_id, params)
 
 
 @dataclass
@@ -170,12 +162,10 @@ class _Pool:
 
     workers: int
     address: str | None
-    cached: Cached
-    cfg: AppConfig
-    bpy: float
+    ctx: _CachedCtx | _TrainCtx
     _ref: Any = None
     _remote: Any = None
-    _inline: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    _inline: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.workers == 0 and self.address is None:
@@ -190,7 +180,7 @@ class _Pool:
         else:
             ray.init(num_cpus=self.workers, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
                      runtime_env={"env_vars": {"PYTHONPATH": root}})
-        self._ref = ray.put(self.cached)  # one read-only copy in the object store
+        self._ref = ray.put(self.ctx)  # one read-only copy of the bars / candles in the object store
         self._remote = ray.remote(num_cpus=1)(_trial_task)
 
     @property
@@ -203,18 +193,16 @@ class _Pool:
             return max(1, int(ray.cluster_resources().get("CPU", 1)))
         return self.workers
 
-    def submit(self, number: int, params: dict[str, Any]) -> Any:
+    def submit(self, trial_id: int, params: dict[str, Any]) -> Any:
         if self._remote is None:
-            self._inline.append((number, params))
-            return ("inline", number)
-        return self._remote.remote(self._ref, params, self.cfg, self.bpy)
+            self._inline[trial_id] = params
+            return ("inline", trial_id)
+        return self._remote.remote(self._ref, trial_id, params)
 
     def wait(self, pending: dict[Any, Any]) -> list[tuple[Any, dict[str, Any]]]:
         if self._remote is None:
             key = next(iter(pending))
-            number, params = next((n, p) for n, p in self._inline if n == key[1])
-            self._inline.remove((number, params))
-            return [(key, _trial_task(self.cached, params, self.cfg, self.bpy))]
+            return [(key, _trial_task(self.ctx, key[1], self._inline.pop(key[1])))]
         import ray
 
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -227,10 +215,16 @@ class _Pool:
             ray.shutdown()
 
 
+STAT_KEYS = ("fills", "total_return", "sharpe", "sharpe_bar", "skew", "kurt", "bars", "decisions_buy",
+             "decisions_sell")
+
+
 def run_sweep(space: Space, cfg: AppConfig, *, n_trials: int, workers: int = 1, address: str | None = None,
-              paths: SweepPaths, name: str, on_trial: Any = None) -> dict[str, Any]:
+              paths: SweepPaths, name: str, on_trial: Any = None, models: ModelsConfig | None = None,
+              train_trial: TrainTrial | None = None) -> dict[str, Any]:
     """Run the study up to ``n_trials`` trials in all (a resumed study counts what it already has) and
-    write the summary JSON; ``workers`` 0 evaluates inline (no Ray)."""
+    write the summary JSON; ``workers`` 0 evaluates inline (no Ray). Training sweeps need ``models``
+    and ``train_trial`` (compose.sweep_training_trial)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -238,32 +232,47 @@ def run_sweep(space: Space, cfg: AppConfig, *, n_trials: int, workers: int = 1, 
         raise SweepError(f"--trials must be >= 1, got {n_trials}")
     if workers < 0:
         raise SweepError(f"--workers must be >= 0, got {workers}")
-    cached = load_cached(space.predictions)
+    bpy = bars_per_year(space.timeframe)
+    ctx: _CachedCtx | _TrainCtx
+    if space.training is not None:
+        if models is None or train_trial is None:
+            raise SweepError("a training sweep needs models.yml and a trainer (main_backtest.py sweep gives both)")
+        candles, fold = load_training_data(space)
+        ctx = _TrainCtx(candles, fold, space, cfg, models, bpy, paths.journal.resolve(), name, train_trial)
+    else:
+        assert space.predictions is not None
+        ctx = _CachedCtx(load_cached(space.predictions, cfg, space.timeframe), cfg, bpy)
     study = open_study(space, paths, name)
     dists = distributions(space)
-    bpy = bars_per_year(space.timeframe)
     t0 = time.perf_counter()
-    pool = _Pool(workers, address, cached, cfg, bpy)
+    pool = _Pool(workers, address, ctx)
     pending: dict[Any, optuna.trial.Trial] = {}
     try:
         # a killed sweep left these asked but never told: run them again with their stored parameters
         for ft in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             tr = optuna.trial.Trial(study, ft._trial_id)
-            pending[pool.submit(tr.number, dict(ft.params))] = tr
+            pending[pool.submit(ft._trial_id, dict(ft.params))] = tr
         cap = grid_size(space)
         remaining = (min(n_trials, cap) if cap else n_trials) - len(study.get_trials(deepcopy=False))
         while pending or remaining > 0:
             while remaining > 0 and len(pending) < pool.slots:
                 tr = study.ask(dists)
-                pending[pool.submit(tr.number, dict(tr.params))] = tr
+                pending[pool.submit(tr._trial_id, dict(tr.params))] = tr
                 remaining -= 1
             for key, res in pool.wait(pending):
                 tr = pending.pop(key)
-                for k in ("fills", "total_return", "sharpe", "sharpe_bar", "skew", "kurt", "bars",
-                          "decisions_buy", "decisions_sell"):
-                    tr.set_user_attr(k, res[k])
-                tr.set_user_attr("blocks", [res["block_sum"], res["block_sq"], res["block_n"]])
-                study.tell(tr, res["sharpe"])
+                if "error" in res:
+                    tr.set_user_attr("error", res["error"])
+                    log.warning("sweep %s: trial %d failed: %s", name, tr.number, res["error"])
+                    study.tell(tr, state=TrialState.FAIL)
+                elif res.get("pruned"):
+                    study.tell(tr, state=TrialState.PRUNED)
+                else:
+                    # ONE journal write for all the figures (each write is an fsync: the driver's cost)
+                    stats = {k: res[k] for k in STAT_KEYS + ("val_logloss", "val_climatology") if k in res}
+                    stats["blocks"] = [res["block_sum"], res["block_sq"], res["block_n"]]
+                    tr.set_user_attr("stats", stats)
+                    study.tell(tr, res["sharpe"])
                 if on_trial is not None:
                     on_trial(tr.number)
     finally:
@@ -277,29 +286,42 @@ def run_sweep(space: Space, cfg: AppConfig, *, n_trials: int, workers: int = 1, 
     return summary
 
 
+def trial_stats_of(t: Any) -> dict[str, Any]:
+    """A completed trial's figures (one "stats" attribute; studies of the first version kept one attribute
+    per figure)."""
+    return dict(t.user_attrs.get("stats") or t.user_attrs)
+
+
 def summarize(study: Any, space: Space, name: str) -> dict[str, Any]:
     """Every completed trial with its deflated Sharpe, the survivors, the best five and the PBO."""
     from optuna.trial import TrialState
 
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    srs = np.array([t.user_attrs["sharpe_bar"] for t in done], dtype=np.float64)
+    every = study.get_trials(deepcopy=False)
+    done = [t for t in every if t.state == TrialState.COMPLETE]
+    pruned = [t for t in every if t.state == TrialState.PRUNED]
+    tried = len(done) + len(pruned)  # a pruned configuration was looked at too: it counts in the haircut
+    srs = np.array([trial_stats_of(t)["sharpe_bar"] for t in done], dtype=np.float64)
     var = float(srs.var(ddof=1)) if len(srs) > 1 else 0.0
     rows = []
     for t in done:
-        a = t.user_attrs
+        a = trial_stats_of(t)
         trades = a["fills"] // 2
-        dsr = deflated_sharpe(a["sharpe_bar"], a["bars"], a["skew"], a["kurt"], len(done), var)
+        dsr = deflated_sharpe(a["sharpe_bar"], a["bars"], a["skew"], a["kurt"], tried, var)
         rows.append({"number": t.number, "params": t.params, "sharpe": a["sharpe"], "sharpe_bar": a["sharpe_bar"],
                      "total_return": a["total_return"], "trades": trades, "dsr": dsr,
-                     "enough_trades": trades >= space.min_trades,
+                     "enough_trades": trades >= space.min_trades, "val_logloss": a.get("val_logloss"),
+                     "val_climatology": a.get("val_climatology"),
                      "survives": bool(trades >= space.min_trades and math.isfinite(dsr) and dsr >= DSR_SURVIVES)})
     rows.sort(key=lambda r: r["number"])
     pbo = None
     if len(done) >= 2:
-        b = [t.user_attrs["blocks"] for t in done]
+        b = [trial_stats_of(t)["blocks"] for t in done]
         pbo = pbo_cscv(np.array([x[0] for x in b]), np.array([x[1] for x in b]), np.array(b[0][2]))
     best = sorted(rows, key=lambda r: -r["sharpe"])[:5]
-    return {"name": name, "predictions": str(space.predictions), "sampler": space.sampler, "trials": len(done),
+    return {"name": name, "kind": space.kind, "predictions": str(space.predictions) if space.predictions else None,
+            "data": str(space.training.data) if space.training else None, "sampler": space.sampler,
+            "trials": len(done), "pruned": [t.number for t in pruned], "trials_tried": tried,
+            "failed": {t.number: t.user_attrs.get("error", "") for t in every if t.state == TrialState.FAIL},
             "sharpe_variance_bar": var, "min_trades": space.min_trades, "dsr_threshold": DSR_SURVIVES,
             "pbo": pbo, "best": best, "survivors": [r["number"] for r in rows if r["survives"]], "all": rows}
 

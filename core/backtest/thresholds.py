@@ -1,10 +1,16 @@
-"""Threshold preview: what each (buy, sell) threshold pair would have done over cached predictions.
+"""Re-deciding cached predictions under other thresholds: the ONE place that re-runs the decision rule
+over fused probabilities and gate confidence already computed (a backtest's or walk-forward's arrays, or
+the live audit trail), without re-predicting anything.
 
-Pure numpy over the fused probabilities and gate confidence already computed for the last N bars (the
-audit trail or a backtest's arrays): for every pair of the grid, the BUY and SELL decisions the one
-decision rule (core/orchestrator.decide_codes) gives and their hit rate, a BUY being a hit when the
-price rose over the horizon and a SELL when it fell (a bar whose horizon has not matured counts as a
-decision, not in the hit rate). Nothing is re-predicted, so a slider preview is instant.
+``Redecider`` holds what does not depend on the thresholds (P(up), P(down), which side wins when both
+fire, the bars with no expert output) and gives, for any ``Thresholds``, the codes the one decision rule
+(core/orchestrator.decide_codes) gives, byte for byte, in a few vectorised passes. Two callers:
+
+* the threshold preview (``threshold_preview``): for every (buy, sell) pair of a grid, the BUY and SELL
+  decisions and their hit rate, a BUY being a hit when the price rose over the horizon and a SELL when it
+  fell (a bar whose horizon has not matured counts as a decision, not in the hit rate). The whole grid is
+  counted in O(N + B*S) from one 2-d histogram of where each bar crosses the grid, not B*S re-decisions;
+* a sweep's threshold/risk trials (core/backtest/retune.py): codes -> kernel signal -> one kernel pass.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from core.audit import decision_confidence
-from core.orchestrator import BUY, SELL, decide_codes
 from core.types import Decision, Thresholds
 
 DEFAULT_GRID = np.round(np.arange(0.34, 0.801, 0.02), 2)
@@ -70,32 +75,99 @@ def forward_log_returns(close: np.ndarray, horizon: int) -> np.ndarray:
     return out
 
 
+class Redecider:
+    """Cached fused probabilities [N, 3] (down, flat, up) and confidence [N], ready to be re-decided.
+    ``live`` [N] (default all): bars where some expert gave an output; the others always HOLD, as in the
+    fast backtester. Everything here is computed once; ``codes`` and ``counts`` only compare."""
+
+    def __init__(self, fused: np.ndarray, confidence: np.ndarray, live: np.ndarray | None = None) -> None:
+        f = np.asarray(fused, dtype=np.float64)
+        c = np.asarray(confidence, dtype=np.float64)
+        if f.ndim != 2 or f.shape[1] != 3:
+            raise ValueError(f"re-decision: fused must be [N, 3], got {f.shape}")
+        if c.shape != (len(f),):
+            raise ValueError(f"re-decision: confidence {c.shape} must be [{len(f)}]")
+        self.n = len(f)
+        self.up = np.ascontiguousarray(f[:, 2])
+        self.down = np.ascontiguousarray(f[:, 0])
+        self.confidence = c
+        self.live = None if live is None else np.asarray(live, dtype=bool)
+        # when both sides fire, the larger probability wins and an exact tie holds (decide_codes)
+        self.up_wins = self.up > self.down
+        self.down_wins = self.down > self.up
+
+    def _ok(self, min_confidence: float) -> np.ndarray:
+        ok = self.confidence >= min_confidence
+        return ok if self.live is None else ok & self.live
+
+    def codes(self, t: Thresholds) -> np.ndarray:
+        """int8 codes (BUY 1, SELL -1, HOLD 0), byte-identical to ``decide_codes`` (HOLD where not live)."""
+        ok = self._ok(t.min_confidence)
+        buy = ok & (self.up >= t.buy)
+        sell = ok & (self.down >= t.sell)
+        b = buy & (~sell | self.up_wins)
+        s = sell & (~buy | self.down_wins)
+        return b.view(np.int8) - s.view(np.int8)
+
+    def counts(self, buy_grid: np.ndarray, sell_grid: np.ndarray, min_confidence: float,
+               weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """For every (buy_grid[i], sell_grid[j]): the sum of each ``weights`` array [N] over the bars that
+        decide BUY (``<name>_buy`` [B, S]) and over those that decide SELL (``<name>_sell``).
+
+        Bar n fires BUY at the i-th smallest buy threshold iff i < ib[n] (the number of grid values <=
+        P(up)), SELL at the j-th smallest sell threshold iff j < js[n]; where both fire, the rule picks
+        the side. So BUY(i, j) = i < ib and (j >= js or up wins), SELL(i, j) = j < js and (i >= ib or
+        down wins), and each count is a suffix/prefix sum of one 2-d histogram over (ib, js)."""
+        bg, sg = np.asarray(buy_grid, dtype=np.float64), np.asarray(sell_grid, dtype=np.float64)
+        ob, osl = np.argsort(bg, kind="stable"), np.argsort(sg, kind="stable")
+        nb, ns = len(bg), len(sg)
+        ok = self._ok(min_confidence)
+        # NaN probabilities never reach a threshold (searchsorted would count them past the end)
+        ib = np.where(np.isfinite(self.up), np.searchsorted(bg[ob], self.up, side="right"), 0)
+        js = np.where(np.isfinite(self.down), np.searchsorted(sg[osl], self.down, side="right"), 0)
+        cell = ib * (ns + 1) + js
+        out: dict[str, np.ndarray] = {}
+        for name, w in weights.items():
+            wv = np.where(ok, np.asarray(w, dtype=np.float64), 0.0)
+            h_up = np.bincount(cell, np.where(self.up_wins, wv, 0.0), (nb + 1) * (ns + 1)).reshape(nb + 1, ns + 1)
+            h_rest = np.bincount(cell, np.where(self.up_wins, 0.0, wv), (nb + 1) * (ns + 1)).reshape(nb + 1, ns + 1)
+            # BUY: sum over ib > i of (up-wins bars, any js) + (other bars with js <= j)
+            up_rows = h_up.sum(axis=1)[::-1].cumsum()[::-1][1:]  # [B]: ib > i
+            rest = h_rest[::-1].cumsum(axis=0)[::-1][1:].cumsum(axis=1)[:, :ns]  # [B, S]: ib > i, js <= j
+            buy = up_rows[:, None] + rest
+            h_dn = np.bincount(cell, np.where(self.down_wins, wv, 0.0), (nb + 1) * (ns + 1)).reshape(nb + 1, ns + 1)
+            h_rest2 = h_up + h_rest - h_dn
+            # SELL: sum over js > j of (down-wins bars, any ib) + (other bars with ib <= i)
+            dn_cols = h_dn.sum(axis=0)[::-1].cumsum()[::-1][1:]  # [S]: js > j
+            rest2 = h_rest2[:, ::-1].cumsum(axis=1)[:, ::-1][:, 1:].cumsum(axis=0)[:nb]  # [B, S]
+            sell = dn_cols[None, :] + rest2
+            for side, arr in (("buy", buy), ("sell", sell)):
+                back = np.empty_like(arr)
+                back[np.ix_(ob, osl)] = arr  # sorted grid order -> the caller's order
+                out[f"{name}_{side}"] = back
+        return out
+
+
 def threshold_preview(fused: np.ndarray, confidence: np.ndarray, fwd_return: np.ndarray,
                       buy_grid: np.ndarray | None = None, sell_grid: np.ndarray | None = None,
                       min_confidence: float = 0.0) -> ThresholdPreview:
     """fused [N, 3] (down, flat, up), confidence [N], fwd_return [N] (NaN = not matured) -> the preview
     over buy_grid x sell_grid (default: ``grid_for(fused)``) at ``min_confidence``."""
     f = np.asarray(fused, dtype=np.float64)
-    c = np.asarray(confidence, dtype=np.float64)
     r = np.asarray(fwd_return, dtype=np.float64)
     if f.ndim != 2 or f.shape[1] != 3:
         raise ValueError(f"threshold preview: fused must be [N, 3], got {f.shape}")
+    c = np.asarray(confidence, dtype=np.float64)
     if c.shape != (len(f),) or r.shape != (len(f),):
         raise ValueError(f"threshold preview: confidence {c.shape} and returns {r.shape} must be [{len(f)}]")
     bg = grid_for(f) if buy_grid is None else np.asarray(buy_grid, dtype=np.float64)
     sg = grid_for(f) if sell_grid is None else np.asarray(sell_grid, dtype=np.float64)
-    shape = (len(bg), len(sg))
-    nb, ns, bh, sh, mat = (np.zeros(shape, dtype=np.int64) for _ in range(5))
     known = np.isfinite(r)
-    up, down = known & (r > 0), known & (r < 0)
-    for i, b in enumerate(bg):
-        for j, s in enumerate(sg):
-            codes = decide_codes(f, c, Thresholds(buy=float(b), sell=float(s), min_confidence=min_confidence))
-            isb, iss = codes == BUY, codes == SELL
-            nb[i, j], ns[i, j] = isb.sum(), iss.sum()
-            bh[i, j], sh[i, j] = (isb & up).sum(), (iss & down).sum()
-            mat[i, j] = ((isb | iss) & known).sum()
-    return ThresholdPreview(bg, sg, nb, ns, bh, sh, mat, len(f))
+    k = Redecider(f, c).counts(bg, sg, min_confidence, {
+        "n": np.ones(len(f)), "known": known, "up": known & (r > 0), "down": known & (r < 0)})
+    i64 = {name: np.rint(v).astype(np.int64) for name, v in k.items()}  # exact: sums of 0/1 below 2**53
+    return ThresholdPreview(bg, sg, i64["n_buy"], i64["n_sell"], i64["up_buy"], i64["down_sell"],
+                            i64["known_buy"] + i64["known_sell"], len(f))
 
 
 def preview_json(p: ThresholdPreview) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import pandas as pd
 from core.config import AppConfig, ModelsConfig, is_ticker
 from core.data.provider import DataProvider
 from core.data.store import MarketStore
+from core.engine.alerting import snapshot_alerts
 from core.engine.commands import EngineCommands
 from core.engine.offline import OfflineTrainer
 from core.engine.training import TrainingFactory, TrainingHook
@@ -189,6 +190,8 @@ class Engine(EngineCommands):
         self.builder.calendar = cal  # features, labels and forecasts of this stream count session bars
         prov = DataProvider(self.store, self.timeframe, tfs, cache_bars=cache, exchange=self.exchange,
                             max_future_ms=cfg.data.max_future_ms, calendar=cal)
+        if self._executor is not None and self._executor.ledger is not None:
+            self._executor.ledger.close()  # a stream restart: the previous account's intent journal is let go
         # replays start from a fresh paper account each time; paper/live trading persists its ledger
         ledger = None if self.mode == "replay" else Ledger(self.store, account=f"{self.mode}:{self.symbol}",
                                                            initial_cash=cfg.execution.initial_cash,
@@ -358,7 +361,9 @@ class Engine(EngineCommands):
         if kind == "tick":
             prov, ev = arg
             if prov is self._provider and self._executor is not None and ev.key.symbol == self.symbol:
-                fills = self._executor.on_tick(float(ev.close), int(time.time() * 1000))
+                # the update's price now, keyed to its (open) bar: exits the engine enforces and the kill
+                # switch act before the close
+                fills = self._executor.on_tick(float(ev.close), int(time.time() * 1000), int(ev.ts))
                 if fills:
                     self._trades.extend(fills)
                     self._publish()
@@ -477,7 +482,7 @@ class Engine(EngineCommands):
         if ex is not None:
             s = ex.snapshot()
             execution = ExecutionView(s.position, s.avg_price, s.realised_pnl, s.unrealised_pnl, s.kill_switch,
-                                      s.ts, tuple(ex.paper.fetch_open_orders(self.symbol)),
+                                      s.ts, tuple(ex.open_orders()),
                                       halt_reason=s.halt_reason,
                                       halt_detail=s.reconcile.summary() if s.reconcile is not None else "")
         trading = trading_view(self.mode, self.broker_name, ex)
@@ -504,26 +509,9 @@ class Engine(EngineCommands):
             self._alert_changes(snap)
 
     def _alert_changes(self, snap: EngineSnapshot) -> None:
-        """Stream lost / restored, promotions, trainer crashes and engine errors since the last snapshot."""
+        """Stream lost / restored, promotions, trainer crashes and engine errors since the last snapshot
+        (core/engine/alerting.py decides; the notifier delivers off this thread)."""
         notify = self.trading.notify
         assert notify is not None
-        seen = self._alert_seen
-        for name, st in snap.sources.items():
-            was = seen.get(f"src:{name}")
-            if was is True and not st.connected:
-                notify("stream_lost", {"source": name, "symbol": snap.symbol, "error": st.error or ""})
-            elif was is False and st.connected:
-                notify("stream_restored", {"source": name, "symbol": snap.symbol})
-            seen[f"src:{name}"] = bool(st.connected)
-        for sw in snap.swaps[int(seen.get("swaps", 0)):]:
-            if sw.kind == "promote":
-                notify("promotion", {"expert": sw.expert, "version": sw.version, "previous": sw.previous})
-        seen["swaps"] = len(snap.swaps)
-        last = int(seen.get("err_ms", 0))
-        for e in snap.errors:
-            if e.ts_ms > last:
-                kind = "trainer_crash" if e.where.startswith("train") else "error"
-                notify(kind, {"where": e.where, "message": e.message[:300]})
-        if snap.errors:
-            seen["err_ms"] = max(last, max(e.ts_ms for e in snap.errors))
-
+        for kind, details in snapshot_alerts(snap, self._alert_seen):
+            notify(kind, details)

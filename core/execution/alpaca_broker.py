@@ -151,8 +151,65 @@ class AlpacaBroker:
         return [to_order(o) for o in self.client.get_orders(filter=req)]
 
     def fetch_balance(self) -> dict[str, Any]:
-        """ccxt-shaped: {"USD": {"free": cash, "total": equity}, "info": <the account>}."""
+        """ccxt-shaped: {"USD": {"free": cash, "total": cash}, <each held symbol>: {"free": qty available,
+        "total": qty}, "equity": ..., "buying_power": ..., "info": <the account>} (positions from
+        GET /v2/positions; a crypto position also under its base, e.g. BTC for BTCUSD)."""
         a = self.client.get_account()
         cur = str(a.get("currency") or "USD")
-        return {cur: {"free": _f(a.get("cash")), "total": _f(a.get("equity")),
-                      "buying_power": _f(a.get("buying_power"))}, "info": a}
+        cash = _f(a.get("cash"))
+        out: dict[str, Any] = {cur: {"free": cash, "used": 0.0, "total": cash}, "equity": _f(a.get("equity")),
+                               "buying_power": _f(a.get("buying_power")), "info": a}
+        for p in self.client.get_all_positions():
+            qty = _f(p.get("qty"))
+            bal = {"free": _f(p.get("qty_available"), qty), "total": qty}
+            sym = str(p.get("symbol") or "")
+            out[sym] = bal
+            if p.get("asset_class") == "crypto" and sym.endswith(cur):
+                out[sym[: -len(cur)]] = bal
+        return out
+
+    def fetch_my_trades(self, symbol: str, since: int | None = None, limit: int | None = None) -> list[dict]:
+        """The account's fills of ``symbol`` since ``since`` (ms), ccxt trade-shaped, one per order that
+        filled (Alpaca reports fills per order: closed orders with their filled_qty, filled_avg_price and
+        commission, in USD), oldest first; every page of GET /v2/orders?status=closed is read."""
+        from alpaca.common.enums import Sort
+        from alpaca.trading.enums import QueryOrderStatus
+        from alpaca.trading.requests import GetOrdersRequest
+
+        after = pd.Timestamp(int(since), unit="ms", tz="UTC").to_pydatetime() if since else None
+        out: list[dict] = []
+        seen: set[str] = set()
+        while True:
+            req = GetOrdersRequest(status=QueryOrderStatus.CLOSED, symbols=[symbol], after=after, limit=500,
+                                   direction=Sort.ASC)
+            page = self._read(self.client.get_orders, req)
+            for o in page:
+                oid = str(o.get("id"))
+                if oid in seen or _f(o.get("filled_qty")) <= 0:
+                    continue
+                seen.add(oid)
+                ts = o.get("filled_at") or o.get("updated_at") or o.get("submitted_at")
+                out.append({"id": oid, "order": oid, "symbol": symbol, "side": str(o.get("side")),
+                            "amount": _f(o.get("filled_qty")), "price": _f(o.get("filled_avg_price")),
+                            "fee": {"cost": _f(o.get("commission")), "currency": None},
+                            "timestamp": int(pd.Timestamp(ts).value // 1_000_000) if ts else 0})
+            if len(page) < 500:
+                return out
+            after = pd.Timestamp(page[-1].get("submitted_at")).to_pydatetime()
+
+    def _read(self, fn: Any, req: Any) -> Any:
+        """A read, retried with back-off on 429 / 5xx / connection errors."""
+        from alpaca.common.exceptions import APIError
+
+        for attempt in range(self.retries):
+            try:
+                return fn(filter=req)
+            except APIError as exc:
+                code = getattr(exc, "status_code", None)
+                if (code is not None and code < 500 and code != 429) or attempt + 1 >= self.retries:
+                    raise
+            except (OSError, TimeoutError):
+                if attempt + 1 >= self.retries:
+                    raise
+            time.sleep(self.retry_delay_s * 2 ** attempt)
+        raise AssertionError("unreachable")

@@ -163,6 +163,79 @@ class CcxtBroker:
         raise BrokerError(f"create_order {cid}: exchange unreachable after {self.retries} attempts "
                           f"({type_name(last)}); order state unknown, look it up by clientOrderId")
 
+    # ------------------------------------------------------------ protective orders
+
+    def protective_support(self, symbol: str) -> str:
+        """How the exchange itself can hold a spot long's stop-loss / take-profit: 'oco' (Binance order
+        lists: a LIMIT_MAKER take-profit and a STOP_LOSS_LIMIT stop sharing one quantity), 'stop'
+        (STOP_LOSS_LIMIT orders only), or '' (the engine enforces both on prices it sees)."""
+        if self.ex.id != "binance":  # other venues: their stop params differ; the engine enforces
+            return ""
+        info = (self._retry(self.ex.load_markets).get(symbol) or {}).get("info") or {}
+        types = info.get("orderTypes") or []
+        if "STOP_LOSS_LIMIT" not in types:
+            return ""
+        return "oco" if info.get("ocoAllowed") and "LIMIT_MAKER" in types else "stop"
+
+    def create_protective(self, symbol: str, amount: float, *, stop: float | None, stop_limit: float | None,
+                          take: float | None, cids: dict[str, str], fresh: bool = False) -> list[Order]:
+        """The protective SELL orders of a long position: an OCO list when both levels are given
+        (``cids``: 'sl', 'tp', 'list'), else one STOP_LOSS_LIMIT ('sl'). Idempotent like create_order:
+        the legs are looked up by clientOrderId before every attempt but a fresh first one, so a retry
+        or a restart never places them twice. A leg the exchange refuses comes back ``rejected`` with
+        the reason (the engine then enforces that level)."""
+        import ccxt
+
+        legs = ["sl", "tp"] if stop is not None and take is not None else ["sl"]
+        if stop is None or stop_limit is None:
+            raise ValueError("create_protective needs a stop price and its limit price")
+        amt, px, why = self._apply_rules(symbol, "limit", amount, stop_limit, None)
+        now = int(time.time() * 1000)
+
+        def rejected(reason: str) -> list[Order]:
+            return [Order(id="", clientOrderId=cids[leg], symbol=symbol, side="sell", type="limit", amount=amt,
+                          price=px, status="rejected", filled=0.0, fee=0.0, ts=now, reason=reason) for leg in legs]
+
+        if why:
+            return rejected(why)
+        m = self.ex.market(symbol)
+        stop_s = self.ex.price_to_precision(symbol, stop)
+
+        def send() -> list[Order]:
+            if legs == ["sl"]:
+                return [self._order(self.ex.create_order(symbol, "STOP_LOSS_LIMIT", "sell", amt, px, {
+                    "stopPrice": stop_s, "clientOrderId": cids["sl"], "timeInForce": "GTC"}))]
+            raw = self.ex.privatePostOrderListOco({
+                "symbol": m["id"], "side": "SELL", "quantity": self.ex.amount_to_precision(symbol, amt),
+                "listClientOrderId": cids["list"], "aboveType": "LIMIT_MAKER", "aboveClientOrderId": cids["tp"],
+                "abovePrice": self.ex.price_to_precision(symbol, take), "belowType": "STOP_LOSS_LIMIT",
+                "belowClientOrderId": cids["sl"], "belowStopPrice": stop_s,
+                "belowPrice": self.ex.price_to_precision(symbol, px), "belowTimeInForce": "GTC"})
+            got = {o.clientOrderId: o for o in (self._order(self.ex.parse_order(r, m)) for r in raw["orderReports"])}
+            return [got[cids[leg]] for leg in legs]
+
+        last: Exception | None = None
+        for attempt in range(self.retries):
+            if attempt:
+                time.sleep(self.retry_delay_s * 2 ** (attempt - 1))
+            try:
+                found = [] if fresh and not attempt else [o for o in (self._lookup(symbol, cids[g]) for g in legs) if o]
+            except ccxt.OperationFailed as exc:
+                last = exc
+                continue
+            if found:
+                return found
+            try:
+                self.submissions += 1
+                return send()
+            except ccxt.OperationFailed as exc:  # may have arrived: looked up before any retry
+                last = exc
+                log.warning("protective orders %s: %s on attempt %d", cids["sl"], type_name(exc), attempt + 1)
+            except ccxt.ExchangeError as exc:  # refused (prices already crossed, balance, filters)
+                return rejected(f"{type_name(exc)}: {_short(exc)}")
+        raise BrokerError(f"protective orders {cids['sl']}: exchange unreachable after {self.retries} attempts "
+                          f"({type_name(last)}); look them up by clientOrderId")
+
     def cancel_order(self, id: str, symbol: str | None = None) -> Order:
         return self._order(self._retry(self.ex.cancel_order, id, symbol))
 

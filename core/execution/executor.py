@@ -18,6 +18,9 @@ symbol, timeframe, bar ts, action); its intent is committed to the ledger (statu
 ``create_order``; unresolved intents are looked up on the exchange by clientOrderId at start and before
 every bar, and their fills booked, before any new order (an interrupted bar is completed and never
 re-traded). Bars older than ``max_bar_age_s`` (a backfill after downtime) are recorded, never traded.
+The intent side lives in core/execution/intents.py (IntentJournal: recover, lookup, settlement) and the
+stop-loss / take-profit orders resting on the exchange in core/execution/protective.py (ProtectiveOrders);
+the Executor is both (mixins over its state).
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ import pandas as pd
 from core.execution import kernel as K
 from core.execution.broker import client_order_id, order_key
 from core.execution.ccxt_broker import quote_fee
+from core.execution.intents import PROTECTIVE
 from core.execution.ledger import UNRESOLVED, Intent, Ledger
 from core.execution.paper import PaperBroker
+from core.execution.protective import ProtectiveOrders
 from core.execution.reconcile import Baseline, ReconcileResult, make_baseline, reconcile
 from core.execution.risk import RiskManager
 from core.execution.untrained import refusal
@@ -67,10 +72,12 @@ class ExecutionSnapshot:
     unresolved: int = 0  # exchange intents not yet confirmed (orders are held while > 0 at a bar)
     stale_bars: int = 0  # bars recorded but not traded: older than max_bar_age_s
     halt_reason: str = ""  # "reconcile": orders held until the user acknowledges
+    protection: str = "off"  # stop-loss / take-profit: exchange (resting orders) | engine | off
+    protective_orders: int = 0  # protective legs resting on the exchange now
     reconcile: ReconcileResult | None = None  # the last comparison with the exchange
 
 
-class Executor:
+class Executor(ProtectiveOrders):
     def __init__(self, execution: Any, risk: Any, symbol: str, timeframe: str, *, ledger: Ledger | None = None,
                  broker: Broker | None = None, session_flat: Callable[[int], bool] | None = None,
                  bars_per_year: float | None = None, max_bar_age_s: float = 0.0,
@@ -128,37 +135,12 @@ class Executor:
         self.allow_untrained = bool(getattr(execution, "allow_untrained", False))
         self.refused_untrained = 0
         self.last_refusal: str | None = None
+        self._init_protection(execution, broker)  # stops resting on the exchange, or enforced here
         self._snap = self._make_snapshot()
         if broker is not None:
             self.recover()
             if self._reconcile_every:
                 self.reconcile()
-
-    # ------------------------------------------------------------ restart safety
-
-    def recover(self) -> None:
-        """Start-up: every unresolved intent looked up on the exchange by clientOrderId and resolved
-        before any new decision. The fills of a bar that crashed between ``create_order`` and its ledger
-        write complete that bar (recorded now, so its re-delivery is skipped, never re-traded)."""
-        with self._lock:
-            orders, fills, reasons, resolved = self._resolve_unresolved()
-            if not resolved:
-                return
-            last = max(it.bar_ts for it in resolved)
-            if self.ledger is not None and (self._last_ts is None or last > self._last_ts):
-                px = fills[-1].price if fills else float(self.state[K.S_LAST_PRICE])
-                if px > 0:
-                    self.state[K.S_LAST_PRICE] = px
-                self.state[K.S_EQUITY] = self.state[K.S_CASH] + self.state[K.S_POS] * float(self.state[K.S_LAST_PRICE])
-                self.ledger.record_bar(last, self.symbol, px, self.state, orders, fills, reasons,
-                                       meta=self._meta(), resolved=resolved)
-                self._last_ts = last
-            else:  # intents of bars already recorded: booked with the next bar
-                self._carry = (orders, fills, reasons, resolved)
-            for f in fills:
-                self._emit("recovered_fill", {"clientOrderId": f.clientOrderId, "side": f.side,
-                                              "amount": f.amount, "price": f.price})
-            self._snap = self._make_snapshot()
 
     # ------------------------------------------------------------ reconciliation
 
@@ -172,7 +154,7 @@ class Executor:
     def _reconcile_locked(self, extra_fills: list[Fill] | None = None) -> ReconcileResult | None:
         b = self.live_broker
         if b is None or not hasattr(b, "fetch_my_trades"):
-            return None  # paper: the ledger is the account; Alpaca: no fills endpoint wired yet
+            return None  # paper: the ledger is the account
         self._bars_since_reconcile = 0
         t0 = time.perf_counter()
         try:
@@ -246,64 +228,6 @@ class Executor:
             self._baseline = base.acknowledged(res).to_json()
             self._emit("acknowledged", {"differences": [d.detail for d in res.differences]})
         self.halt_reason = ""
-
-    def _unresolved(self) -> list[Intent]:
-        if self.ledger is not None:
-            return self.ledger.unresolved_intents()
-        return [it for it in self._mem_intents.values() if it.status in UNRESOLVED]
-
-    def _resolve_unresolved(self) -> tuple[list[Order], list[Fill], list[str], list[Intent]]:
-        """Look every unresolved intent up; book the fills of those the exchange says filled. An intent
-        the exchange cannot be asked about stays unresolved and holds new orders (``blocked``)."""
-        orders: list[Order] = []
-        fills: list[Fill] = []
-        reasons: list[str] = []
-        resolved: list[Intent] = []
-        self.blocked = ""
-        assert self.live_broker is not None
-        for it in self._unresolved():
-            try:
-                o = _lookup(self.live_broker, it.client_order_id, it.symbol)
-            except Exception as exc:  # unreachable: the order's fate is unknown, nothing new is sent
-                self.blocked = f"intent {it.client_order_id} unconfirmed ({type(exc).__name__})"
-                log.warning("cannot resolve %s: %s", it.client_order_id, type(exc).__name__)
-                continue
-            if o is None:
-                new = replace(it, status="absent", note="not on the exchange: never sent")
-            elif o.status == "open" and o.filled <= 0:
-                new = replace(it, status="open", order_id=o.id)
-            elif o.filled > 0 and o.status != "open":
-                orders.append(o)
-                fill = self._book(o, it.side)
-                fills.append(fill)
-                reasons.append(it.reason)
-                new = replace(it, status="filled", order_id=o.id)
-            elif o.status == "open":  # partly filled and still working: booked once it is done
-                new = replace(it, status="open", order_id=o.id)
-            else:
-                orders.append(o)
-                new = replace(it, status="rejected" if o.status == "rejected" else "canceled",
-                              order_id=o.id, note=o.reason)
-            self._mem_intents[it.client_order_id] = new
-            if new.status != it.status or new.order_id != it.order_id:
-                resolved.append(new)
-        self._check_intents = any(it.status in UNRESOLVED for it in self._mem_intents.values())
-        return orders, fills, reasons, resolved
-
-    def _book(self, order: Order, side: str) -> Fill:
-        """The exchange's fill into the state. A fee taken in the base asset (Binance buys) shrinks what
-        the position receives; ``order.fee`` is the whole fee valued in quote, so cash moves by exactly
-        the gross cost plus the quote part, as on the exchange."""
-        px = float(order.price or 0.0)
-        signed = (order.filled if side == "buy" else -order.filled) - float(order.fee_base)
-        K.apply_fill(self.state, signed, px, float(order.fee))
-        if self.ledger is None:
-            self._mem_fills.append(Fill(id=f"{order.id}-f", order_id=order.id, clientOrderId=order.clientOrderId,
-                                        symbol=self.symbol, side=side, amount=order.filled, price=px,
-                                        fee=float(order.fee), ts=order.ts))
-        return Fill(id=f"{order.id}-f", order_id=order.id, clientOrderId=order.clientOrderId,
-                    symbol=self.symbol, side=side, amount=order.filled, price=px, fee=float(order.fee),
-                    ts=order.ts)
 
     def _meta(self) -> dict[str, Any]:
         base = self.ledger.meta if self.ledger is not None else {}
@@ -391,6 +315,8 @@ class Executor:
             if self.ledger is not None:
                 self.ledger.record_bar(bar.ts, self.symbol, bar.close, self.state, orders, fills, reasons,
                                        meta=self._meta(), resolved=resolved)
+                if resolved:  # committed: the ledger remembers them; memory keeps the unresolved only
+                    self._mem_intents = {c: it for c, it in self._mem_intents.items() if it.status in UNRESOLVED}
             self._last_ts = bar.ts
             self._snap = self._make_snapshot()
         return fills
@@ -438,24 +364,26 @@ class Executor:
                     amount=float(row[K.F_QTY]), price=float(row[K.F_PRICE]), fee=float(row[K.F_FEE]), ts=ts)
         return order, fill
 
-    def on_tick(self, price: float, ts_ms: int) -> list[Fill]:
+    def on_tick(self, price: float, ts_ms: int, bar_ts: int | None = None) -> list[Fill]:
         """A trade / ticker price inside the open bar (exchange accounts): stop-loss, take-profit and the
         daily-loss kill switch act NOW, not at the bar's close (a paper account's kernel already models
         the bar's high/low). The exit is keyed to the open bar, so a re-sent tick cannot double it; its
-        fill is committed with that bar (its intent before the order, as every order)."""
+        fill is committed with that bar (its intent before the order, as every order). ``ts_ms``: when
+        the price traded; ``bar_ts``: the open bar it belongs to (default: ts_ms floored to the timeframe)."""
         if self.live_broker is None or not (math.isfinite(price) and price > 0):
             return []
         with self._lock:
             if self.blocked or self.halt_reason or self.is_stale(ts_ms - self._tf_ms):
                 return []
-            bar_ts = int(ts_ms) // self._tf_ms * self._tf_ms
+            bar_ts = int(ts_ms) // self._tf_ms * self._tf_ms if bar_ts is None else int(bar_ts)
             if self._last_ts is not None and bar_ts <= self._last_ts:
                 return []  # a late tick of a bar already booked
             orders, fills, reasons, resolved = self._carry
             out = (orders, fills, reasons, resolved)
             n = len(fills)
             self._show_price(price)
-            hit = self.risk.check_stops(price, price, price)
+            self._legs_crossed(price, out)  # a resting leg the price went through: its fill booked now
+            hit = None if self._covered() else self.risk.check_stops(price, price, price)
             if hit is not None:
                 self._submit(-self.state[K.S_POS], bar_ts, hit[1], hit[1], "", out, price)
                 self.risk.start_cooldown()  # counted from this bar, as a stop found at the close
@@ -498,8 +426,9 @@ class Executor:
             return orders, fills, reasons, resolved
         risk = self.risk
         risk.new_bar(bar.ts)
-        hit = risk.check_stops(bar.open, bar.high, bar.low)
         out = (orders, fills, reasons, resolved)
+        # levels resting on the exchange fire there (booked when their intent resolves); the rest here
+        hit = None if self._covered() else risk.check_stops(bar.open, bar.high, bar.low)
         if hit is not None:
             self._submit(-self.state[K.S_POS], bar.ts, hit[1], hit[1], decision_id, out, hit[0])
             risk.start_cooldown()
@@ -514,6 +443,7 @@ class Executor:
             if qty != 0.0:
                 self._submit(qty, bar.ts, action, "signal", decision_id, out, bar.close)
         risk.tick_cooldown()
+        self._ensure_protection(bar.ts, bar.close, out)
         self.state[K.S_EQUITY] = self.state[K.S_CASH] + self.state[K.S_POS] * bar.close
         self.state[K.S_LAST_PRICE] = bar.close
         return orders, fills, reasons, resolved
@@ -527,6 +457,13 @@ class Executor:
         """Intent (committed) -> create_order -> fill booked into the state; the intent's resolution is
         committed with the bar. A BrokerError leaves the intent pending: looked up before the next bar."""
         orders, fills, reasons, resolved = out
+        if qty < 0 and self._open_legs():
+            # the resting stop / take-profit hold the coins and may have fired: cancelled and resolved
+            # first, and only what is still held is sold
+            self._lift_protection(out)
+            qty = max(qty, -max(float(self.state[K.S_POS]), 0.0))
+            if qty >= 0:
+                return
         side = "buy" if qty > 0 else "sell"
         cid = self.client_id(bar_ts, action)
         assert self.live_broker is not None  # _submit runs only with a live broker
@@ -586,6 +523,14 @@ class Executor:
     def snapshot(self) -> ExecutionSnapshot:
         return self._snap
 
+    def open_orders(self) -> list[Order]:
+        """Working orders: the paper account's, and the protective legs resting on the exchange."""
+        with self._lock:
+            legs = [Order(id=it.order_id, clientOrderId=it.client_order_id, symbol=it.symbol, side=it.side,
+                          type=it.type, amount=it.amount, price=it.price, status="open", filled=0.0, fee=0.0,
+                          ts=it.bar_ts, reason=it.reason) for it in self._open_legs()]
+            return [*self.paper.fetch_open_orders(self.symbol), *legs]
+
     def _vol(self) -> float:
         if not self._vol_sizing or len(self._closes) <= self._vol_window:
             return math.nan
@@ -617,18 +562,8 @@ class Executor:
             unrealised_pnl=0.0 if pos == 0 else pos * (last - float(s[K.S_ENTRY])),
             fees=float(s[K.S_FEES]), trades=int(s[K.S_TRADES]), kill_switch=bool(s[K.S_KILL]),
             cooldown=int(s[K.S_COOLDOWN]), pending_target=None if pend != pend else pend,
-            unresolved=sum(1 for it in self._mem_intents.values() if it.status in UNRESOLVED),
-            stale_bars=self.stale_bars, halt_reason=self.halt_reason, reconcile=self.last_reconcile)
+            unresolved=sum(1 for it in self._mem_intents.values() if it.status in UNRESOLVED
+                           and it.reason not in PROTECTIVE),
+            stale_bars=self.stale_bars, halt_reason=self.halt_reason, reconcile=self.last_reconcile,
+            protection=self.protection, protective_orders=len(self._open_legs()))
 
-
-def _lookup(broker: Any, client_order_id_: str, symbol: str) -> Order | None:
-    """The exchange's order for a clientOrderId, or None when it positively does not exist."""
-    by_cid = getattr(broker, "fetch_order_by_client_id", None)
-    if by_cid is not None:
-        return by_cid(client_order_id_, symbol)
-    try:
-        return broker.fetch_order(client_order_id_, symbol)
-    except Exception as exc:
-        if type(exc).__name__ in ("OrderError", "OrderNotFound"):  # positively unknown to the account
-            return None
-        raise

@@ -13,15 +13,20 @@ Tables (created if missing; every row carries ``account``):
       -- one row per bar; the newest row's state is what ``restore`` returns
   exec_intents(account, client_order_id, decision_id, symbol, side, type, amount, price, bar_ts, reason,
                status, order_id, created_ms, resolved_ms, note)
-      -- an exchange order's intent, committed BEFORE create_order (status pending); resolved later to
-         filled | open | absent | rejected by a lookup of its clientOrderId (restart-safe idempotency)
+      -- an exchange order's intent, durable BEFORE create_order (status pending); resolved later to
+         filled | open | absent | rejected | canceled by a lookup of its clientOrderId (restart-safe idempotency)
+
+Intents are made durable by the intent journal (core/execution/journal.py: one appended line + fdatasync
+beside the database file, a few ms) and reach ``exec_intents`` with the bar's commit (or at the next
+start, after a crash); the unresolved ones and every known clientOrderId are also held in memory, so the
+order path reads nothing from DuckDB. An in-memory store has no journal: intents are committed directly.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from core.execution import kernel as K
+from core.execution.journal import IntentFile, journal_path
 from core.types import Fill, Order, Position
 
 _SCHEMA = """
@@ -92,6 +98,17 @@ class Ledger:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     con.execute(stmt)
+        jp = journal_path(str(getattr(self.store, "path", "") or ""), account)
+        self._journal = IntentFile(jp) if jp is not None else None
+        self._journaled: dict[str, Intent] = {}  # durable in the journal, not yet in exec_intents
+        if self._journal is not None:  # intents of a run that ended before its bar's commit
+            self._journaled = {r["client_order_id"]: Intent(**r) for r in self._journal.read()}
+            self._flush_journal()
+        known = self.store.query_df("SELECT client_order_id, status FROM exec_intents WHERE account = ?", [account])
+        self._status: dict[str, str] = dict(zip(known["client_order_id"], known["status"], strict=True))
+        self._open: dict[str, Intent] = {it.client_order_id: it for it in _intents(self.store.query_df(
+            "SELECT * FROM exec_intents WHERE account = ? AND status IN ('pending', 'open') "
+            "ORDER BY bar_ts, created_ms", [account]))}
         row = self.store.query_df(
             "SELECT ts, symbol, seq, state, meta FROM exec_equity WHERE account = ? ORDER BY ts DESC LIMIT 1",
             [account])
@@ -142,6 +159,7 @@ class Ledger:
         meta_json = json.dumps(meta or {}, sort_keys=True)
         st = [float(x) for x in state]
         with self.store.transaction() as con:
+            self._insert_journaled(con)
             if orders:
                 con.executemany(
                     "INSERT OR REPLACE INTO exec_orders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -156,6 +174,7 @@ class Ledger:
             con.execute("INSERT INTO exec_equity VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [self.account, int(ts), symbol, seq, float(price), st[K.S_CASH], st[K.S_POS],
                          st[K.S_EQUITY], st[K.S_REALISED], st[K.S_FEES], st, meta_json])
+        self._after_commit(resolved or [])
         self._state = np.asarray(st, dtype=np.float64)
         self._seq = seq
         self._last_ts = int(ts)
@@ -167,27 +186,73 @@ class Ledger:
         """Commit the intent (status pending) BEFORE the order leaves: a crash at any later point
         leaves a record that the next start looks up by clientOrderId. Writing the same clientOrderId
         again (a re-processed bar) keeps the first record."""
-        with self.store.transaction() as con:
+        self.write_intents([intent])
+
+    def write_intents(self, intents: list[Intent]) -> None:
+        """Several intents made durable at once (the legs of a protective OCO list): one journal append
+        + fdatasync, or one transaction without a journal. A clientOrderId already known is skipped."""
+        new = [it for it in intents if it.client_order_id not in self._status]
+        if not new:
+            return
+        if self._journal is not None:
+            self._journal.append([asdict(it) for it in new])
+            self._journaled.update((it.client_order_id, it) for it in new)
+        else:
+            with self.store.transaction() as con:
+                self._insert(con, new)
+        for it in new:
+            self._status[it.client_order_id] = it.status
+            if it.status in UNRESOLVED:
+                self._open[it.client_order_id] = it
+
+    def _insert(self, con: Any, intents: list[Intent]) -> None:
+        now = int(time.time() * 1000)
+        for it in intents:
             con.execute(
                 "INSERT INTO exec_intents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING",
-                [self.account, intent.client_order_id, intent.decision_id, intent.symbol, intent.side,
-                 intent.type, float(intent.amount), intent.price, int(intent.bar_ts), intent.reason,
-                 intent.status, intent.order_id, int(time.time() * 1000), None, intent.note])
+                [self.account, it.client_order_id, it.decision_id, it.symbol, it.side, it.type,
+                 float(it.amount), it.price, int(it.bar_ts), it.reason, it.status, it.order_id, now, None,
+                 it.note])
+
+    def _insert_journaled(self, con: Any) -> None:
+        if self._journaled:
+            self._insert(con, list(self._journaled.values()))
+
+    def _after_commit(self, resolved: list[Intent]) -> None:
+        """The journaled intents are in exec_intents now: the journal is emptied; the memory follows."""
+        if self._journaled and self._journal is not None:
+            self._journal.clear()
+        self._journaled = {}
+        for it in resolved:
+            self._status[it.client_order_id] = it.status
+            if it.status in UNRESOLVED:
+                self._open[it.client_order_id] = it
+            else:
+                self._open.pop(it.client_order_id, None)
+
+    def _flush_journal(self) -> None:
+        if self._journaled:
+            with self.store.transaction() as con:
+                self._insert_journaled(con)
+            self._after_commit([])
 
     def intent(self, client_order_id: str) -> Intent | None:
+        if client_order_id not in self._status:
+            return None  # never written: the order path's usual case, answered from memory
+        if client_order_id in self._open:
+            return self._open[client_order_id]
+        self._flush_journal()
         df = self.store.query_df("SELECT * FROM exec_intents WHERE account = ? AND client_order_id = ?",
                                  [self.account, client_order_id])
         return _intents(df)[0] if len(df) else None
 
     def unresolved_intents(self) -> list[Intent]:
-        """Intents the exchange has not confirmed (pending, or open orders), oldest bar first."""
-        df = self.store.query_df(
-            "SELECT * FROM exec_intents WHERE account = ? AND status IN ('pending', 'open') "
-            "ORDER BY bar_ts, created_ms", [self.account])
-        return _intents(df)
+        """Intents the exchange has not confirmed (pending, or open orders), oldest bar first (memory)."""
+        return sorted(self._open.values(), key=lambda it: it.bar_ts)
 
     def intents(self) -> pd.DataFrame:
+        self._flush_journal()
         return self.store.query_df("SELECT * EXCLUDE (account) FROM exec_intents WHERE account = ? "
                                    "ORDER BY bar_ts, created_ms", [self.account])
 
@@ -195,7 +260,9 @@ class Ledger:
         """Status changes that book nothing (an open order still open, an absent one) between bars."""
         if intents:
             with self.store.transaction() as con:
+                self._insert_journaled(con)
                 self._resolve(con, intents)
+            self._after_commit(intents)
 
     def _resolve(self, con: Any, intents: list[Intent]) -> None:
         now = int(time.time() * 1000)
@@ -276,6 +343,8 @@ class Ledger:
         self._meta = meta
 
     def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
         if self._owns:
             self.store.close()
 

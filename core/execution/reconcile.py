@@ -100,8 +100,9 @@ def make_baseline(balance: dict[str, Any], symbol: str, position: float, cash_ch
 
 
 def split_symbol(symbol: str) -> tuple[str, str]:
+    """(base, quote); a stock ticker (no quote) trades against USD."""
     base, _, quote = symbol.partition("/")
-    return base, quote.split(":")[0]
+    return base, quote.split(":")[0] or "USD"
 
 
 def reconcile(*, symbol: str, ledger_fills: pd.DataFrame, ledger_open: Iterable[str], position: float,

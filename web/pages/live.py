@@ -363,8 +363,15 @@ def reconcile_line(snap: EngineSnapshot) -> Component:
         return html.Div()
     state = "not yet" if t.reconcile_ok is None else ("agrees" if t.reconcile_ok else "DIFFERS")
     return html.Div(f"{t.mode} account {t.account} · exchange {state} ({_ts(t.reconcile_ts_ms)}) · "
-                    f"unconfirmed orders {t.unresolved_intents} · backfilled bars not traded {t.stale_bars}",
+                    f"unconfirmed orders {t.unresolved_intents} · backfilled bars not traded {t.stale_bars} · "
+                    f"stops {_protection_text(t.protection, t.protective_orders)}",
                     className="small", id="reconcile-line")
+
+
+def _protection_text(protection: str, legs: int) -> str:
+    if protection == "exchange":
+        return f"on the exchange ({legs} resting)"
+    return "enforced by the engine" if protection == "engine" else "off"
 
 
 def distinct_errors(errors: Sequence[EngineError]) -> list[tuple[str, str, int, int]]:
@@ -416,7 +423,7 @@ def panels_update(snap: EngineSnapshot, sigs: dict | None, now_ms: int | None = 
         "trading": [len(snap.trades), [(p.amount, p.unrealised_pnl) for p in snap.positions],
                     [o.id for o in snap.open_orders], len(snap.equity)],
         "kill": [snap.kill_switch.active, snap.kill_switch.reason, snap.trading.reconcile_ts_ms,
-                 snap.trading.unresolved_intents, snap.trading.stale_bars],
+                 snap.trading.unresolved_intents, snap.trading.stale_bars, snap.trading.protective_orders],
         # the sources' last-message/lag values move every message: refresh those every 5 s only
         "system": [[getattr(s, k, None) for k in ("connected", "reconnects", "rejected_rows", "error")]
                    for s in snap.sources.values()] + [len(snap.errors), snap.streaming, now_ms // 5000],

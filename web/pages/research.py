@@ -65,7 +65,9 @@ def sweep_parcoords(summary: dict[str, Any]) -> go.Figure:
                  "tickvals": [0, 1], "ticktext": ["no", "yes"]})
     fig.add_trace(go.Parcoords(line={"color": df["sharpe"].tolist(), "colorscale": "Viridis", "showscale": True},
                                dimensions=dims))
-    return fig.update_layout(title=f"sweep {summary.get('name')}: {len(df)} trials", height=360,
+    pruned = len(summary.get("pruned") or [])  # training sweeps: trials the pruner stopped early
+    title = f"sweep {summary.get('name')}: {len(df)} trials" + (f" ({pruned} more pruned)" if pruned else "")
+    return fig.update_layout(title=title, height=360,
                              margin={"l": 60, "r": 40, "t": 60, "b": 30})
 
 
