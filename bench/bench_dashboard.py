@@ -10,13 +10,14 @@
   empty cache); first_chart_warm_s: the same after a reload (JS bundles cached).
 
     .venv/bin/python bench/bench_dashboard.py [--ticks 40] [--speed 60]
-Targets: update_p95_ms <= 50, update_bytes <= 20000, first_chart_s <= 2.
+Targets: update_p95_ms <= 50, update_bytes <= 20000, first_chart_s <= 1.5, first_chart_warm_s <= 0.8.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -112,13 +113,15 @@ def measure_first_chart(app, runs: int = 3) -> tuple[float | None, float | None]
 
     srv = make_server("127.0.0.1", 0, app.server, threaded=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_port}/"
+    # the login URL sets the session cookie (web/auth.py); the test reads the chart with a JS predicate,
+    # which the dashboard's CSP (no eval) would block, hence bypass_csp
+    url = f"http://127.0.0.1:{srv.server_port}/?token={app.server.extensions['moe_auth'].token}"
     times, warm = [], []
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
             for _ in range(runs):
-                ctx = browser.new_context(viewport={"width": 1600, "height": 1000})  # cold cache each run
+                ctx = browser.new_context(viewport={"width": 1600, "height": 1000}, bypass_csp=True)  # cold cache
                 page = ctx.new_page()
                 t0 = time.perf_counter()
                 page.goto(url)
@@ -174,7 +177,8 @@ def main() -> int:
             out["first_chart_s"], out["first_chart_warm_s"] = measure_first_chart(app)
         finally:
             eng.stop()
-    out["targets"] = {"update_p95_ms": 50, "update_bytes": 20_000, "first_chart_s": 2.0}
+    out["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    out["targets"] = {"update_p95_ms": 50, "update_bytes": 20_000, "first_chart_s": 1.5, "first_chart_warm_s": 0.8}
     print(json.dumps(out))
     return 0
 

@@ -5,9 +5,14 @@ running experts). Prints ONE JSON object.
 - quick_train_s: median over ``--runs`` runs on the bundled sample's first two days (2,880 real
   BTC/USDT 1m candles: what a fresh clone trains on);
 - quick_train_20k_s: one run on the newest 20,000 candles of ../shared/data's BTC/USDT 1m (the most the
-  quick preset takes from a larger store).
+  quick preset takes from a larger store);
+- kronos_last_day: how good the quick Kronos (trained on the sample's first two days) is on the third,
+  unseen day: CRPS of its 5-bar return forecasts (32 Monte-Carlo paths per origin, through its stored
+  calibration as the expert draws them; raw_crps_bps without it) against the climatology of the first
+  two days' 5-bar returns, and the direction hit rate of its median against always calling the
+  climatology's more frequent direction (120 origins spread over the day).
 
-    python bench/bench_train_now.py [--runs 3]
+    python bench/bench_train_now.py [--runs 3] [--no-20k]
 Target: quick_train_s <= 180 on 2 CPU cores.
 """
 
@@ -36,6 +41,39 @@ from core.types import SeriesKey  # noqa: E402
 KEY = SeriesKey("binanceus", "BTC/USDT", "1m")
 
 
+def kronos_last_day(kronos_dir: Path, sample, train_bars: int, origins: int = 120, horizon: int = 5) -> dict:
+    """The quick Kronos on the day after its training data vs the training days' climatology."""
+    from NN.experts.kronos.bundle import load_bundle
+    from NN.experts.kronos.calibration import TAUS, pinball_crps
+    from NN.experts.kronos.sampler import SampleConfig
+
+    b = load_bundle(str(kronos_dir))
+    close = sample["close"].to_numpy(np.float64)
+    rows = np.unique(np.linspace(train_bars, len(sample) - 1 - horizon, origins).astype(np.int64))
+    cfg = SampleConfig(samples=32, temperature=1.0, top_p=0.9, seed=0, max_context=b.max_context)
+    sampler = b.sampler()
+    paths = [np.log(sampler.forecast(sample.iloc[i - 255:i + 1], horizon, cfg).closes / close[i]) for i in rows]
+    r = np.stack([p[:, -1] for p in paths])  # [M, paths] raw log return at the horizon
+    y = np.log(close[rows + horizon] / close[rows])
+    past = np.log(close[horizon:train_bars] / close[:train_bars - horizon])  # the training days' 5-bar returns
+    cal = b.calibration  # what the expert draws (its bands and probabilities) when the model has one
+    taus = cal.taus if cal is not None else TAUS
+    q = np.stack([cal.quantiles(p)[-1] for p in paths]) if cal is not None else np.quantile(r, taus, axis=1).T
+    crps_k = pinball_crps(q, y, taus)
+    crps_raw = pinball_crps(np.quantile(r, taus, axis=1).T, y, taus)
+    crps_c = pinball_crps(np.tile(np.quantile(past, taus), (len(y), 1)), y, taus)
+    moved = y != 0
+    clim_dir = 1.0 if (past > 0).mean() >= (past < 0).mean() else -1.0
+    median = q[:, int(np.argmin(np.abs(taus - 0.5)))]
+    hit_k = float(np.mean(np.sign(median)[moved] == np.sign(y[moved])))
+    hit_c = float(np.mean(np.sign(y[moved]) == clim_dir))
+    return {"origins": int(len(rows)), "horizon_bars": horizon, "calibrated": cal is not None,
+            "crps_bps": round(float(crps_k.mean()) * 1e4, 3), "raw_crps_bps": round(float(crps_raw.mean()) * 1e4, 3),
+            "climatology_crps_bps": round(float(crps_c.mean()) * 1e4, 3),
+            "direction_hit": round(hit_k, 3), "climatology_direction_hit": round(hit_c, 3),
+            "model": b.version}
+
+
 def one_run(candles, tmp: Path) -> tuple[float, list[str]]:
     cfg = load_config()
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"models_dir": str(tmp / "models")})})
@@ -60,23 +98,29 @@ def one_run(candles, tmp: Path) -> tuple[float, list[str]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-20k", action="store_true", help="skip the 20,000-candle run")
     args = ap.parse_args()
     import logging
 
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sample = load_file(ROOT / "data" / "sample" / "BTC_USDT-1m.csv").iloc[:2880]
-    big = load_file(shared_data_dir() / "binanceus" / "BTC_USDT-1m.csv").iloc[-20_000:]
-    times, adopted = [], []
-    for _ in range(args.runs):
+    full = load_file(ROOT / "data" / "sample" / "BTC_USDT-1m.csv")
+    sample = full.iloc[:2880]
+    times, adopted, loads, quality = [], [], [], {}
+    for i in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
+            loads.append(os.getloadavg()[0])
             dt, adopted = one_run(sample, Path(tmp))
             times.append(dt)
-    with tempfile.TemporaryDirectory() as tmp:
-        big_s, _ = one_run(big, Path(tmp))
-    print(json.dumps({"quick_train_s": round(float(np.median(times)), 1), "runs_s": [round(t, 1) for t in times],
-                      "bars": len(sample), "adopted": adopted, "quick_train_20k_s": round(big_s, 1),
-                      "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+            if i == 0:
+                quality = kronos_last_day(next((Path(tmp) / "models" / "kronos").glob("nano-quick-*")), full, 2880)
+    out = {"quick_train_s": round(float(np.median(times)), 1), "runs_s": [round(t, 1) for t in times],
+           "bars": len(sample), "adopted": adopted, "kronos_last_day": quality}
+    if not args.no_20k:
+        big = load_file(shared_data_dir() / "binanceus" / "BTC_USDT-1m.csv").iloc[-20_000:]
+        with tempfile.TemporaryDirectory() as tmp:
+            out["quick_train_20k_s"] = round(one_run(big, Path(tmp))[0], 1)
+    print(json.dumps({**out, "cpus": os.cpu_count(), "load_avg_1m_at_starts": [round(x, 2) for x in loads],
                       "targets": {"quick_train_s": 180}}))
     return 0
 

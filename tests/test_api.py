@@ -334,7 +334,7 @@ def test_secrets_never_in_repr() -> None:
 
 def test_trainer_json_reports_live_status_without_nan() -> None:
     from core.types import TrainerStatus
-    from web.api import trainer_json
+    from web.experts_api import trainer_json
 
     t = trainer_json(TrainerStatus(running=True, steps=12, samples_per_s=850.5, live_version="online-1",
                                    challenger_score=0.71, champion_score=0.74, promotions=1))
@@ -347,7 +347,7 @@ def test_trainer_json_reports_live_status_without_nan() -> None:
 def test_trainer_json_history_is_columnar_with_nulls() -> None:
     # hand-written rounds: a NaN loss and a round without validation scores become JSON nulls
     from core.types import TrainerStatus, TrainingPoint
-    from web.api import trainer_json
+    from web.experts_api import trainer_json
 
     pts = (TrainingPoint(1_000, 10, 0.91, 900.0, 0.95, 0.97, "online-a-1"),
            TrainingPoint(2_000, 20, float("nan"), 950.0, None, None, "online-a-2"))

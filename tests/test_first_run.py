@@ -188,3 +188,27 @@ def test_locked_store_names_the_holder(tmp_path: Path) -> None:
         assert time.monotonic() - t < 60
     finally:
         holder.kill()
+
+
+def test_plotly_bundle_is_the_installed_version_with_every_trace_the_pages_draw() -> None:
+    """web/assets/plotly-moe.min.js (the first chart's partial bundle) must stay the plotly.js version
+    dcc.Graph expects and hold every trace type some page draws (a missing one renders nothing)."""
+    import re
+
+    import plotly
+
+    bundle = (ROOT / "web" / "assets" / "plotly-moe.min.js").read_text()
+    full = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_text()[:300]
+    version = re.search(r"plotly\.js (v[\d.]+)", full)
+    assert version is not None and bundle.startswith(f"/*! plotly.js {version.group(1)},")
+    assert len(bundle) < 1_600_000  # the point: about a third of the full bundle
+    drawn: set[str] = set()
+    for f in (ROOT / "web").rglob("*.py"):
+        src = f.read_text()
+        drawn |= {m.lower() for m in re.findall(r"go\.([A-Z][A-Za-z0-9]+)\(", src)} - {"figure"}
+        drawn |= set(re.findall(r"[\"']type[\"']: ?[\"'](candlestick|scatter|bar|heatmap|histogram2d|parcoords|"
+                                r"ohlc|pie|box|violin|histogram|contour|scattergl|table|indicator)[\"']", src))
+        drawn |= {"bar" for _ in re.findall(r"\.add_bar\(", src)}
+    assert drawn and {"candlestick", "scatter", "bar", "heatmap"} <= drawn
+    missing = [t for t in sorted(drawn) if f'moduleType:"trace",name:"{t}"' not in bundle]
+    assert not missing, f"traces drawn but not in the bundle: {missing}; add them to web/plotly_bundle/entry.js"

@@ -154,7 +154,11 @@ def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboa
         browser.close()
     st = http_json(url + "/api/train_now", token=TOKEN)[1]
     assert st["training"]["state"] == "done" and st["untrained"] == []
-    assert set(st["training"]["adopted"]) >= {"cnn", "transformer", "dqn", "kronos"}
+    # every expert AND the gate (trained over exactly the engine's experts, Kronos included) swapped in
+    assert set(st["training"]["adopted"]) == {"cnn", "transformer", "dqn", "kronos", "moe"}
+    versions = http_json(url + "/api/status", token=TOKEN)[1]["versions"]
+    assert versions["gate"] not in ("hedge", "untrained"), versions
+    assert all(versions[n] != "untrained" for n in ("cnn", "transformer", "dqn", "kronos")), versions
     # the next decisions come from trained versions and may trade
     first_ts = http_json(url + "/api/latest_prediction", token=TOKEN)[1]["decision"]["ts"]
 
@@ -165,6 +169,8 @@ def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboa
     pred = wait_for(newer, 60, "a decision after the swap")
     assert "untrained" not in pred["decision"]["reason"]
     assert {o["model_version"] for o in pred["experts"].values()}.isdisjoint({"untrained"})
+    assert {o["model_version"] for o in pred["experts"].values()} <= set(versions.values())
+    assert http_json(url + "/api/status", token=TOKEN)[1]["versions"]["gate"] == versions["gate"]
     # Kronos got weights (the quick nano) and draws the forecast fan
     pred = wait_for(lambda: (lambda d: d if d.get("kronos") else None)(http_json(url + "/api/latest_prediction", token=TOKEN)[1]),
                     90, "a Kronos forecast")

@@ -292,7 +292,7 @@ def test_engine_replay_publishes_snapshots_and_obeys_commands(candles, tmp_path)
         assert set(snap.inference_latency_ms) >= {"cnn", "dqn", "total"}
         # the Live page's threshold preview counts what `decide` does over the cached decisions
         from core.audit import decision_confidence
-        from web.api import experts_json
+        from web.experts_api import experts_json
         from web.pages.live import live_threshold_preview
         prev = live_threshold_preview(snap)
         assert prev is not None and prev["n_bars"] == n_dec

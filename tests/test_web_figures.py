@@ -123,7 +123,7 @@ def test_experts_table_shows_the_engines_live_metrics(btc: pd.DataFrame) -> None
     from core.outcomes import LiveOutcomes
     from core.snapshot import ExpertState, by_expert
     from core.types import Action, Decision, ExpertOutput, Thresholds
-    from web import api
+    from web import experts_api as api
 
     df = btc.iloc[:400]
     close = df["close"].to_numpy(float)

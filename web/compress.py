@@ -29,9 +29,14 @@ def install_compression(server: Flask) -> None:
     @server.after_request
     def _compress(resp: Response) -> Response:
         path = request.path
+        static = path.startswith(STATIC_PREFIXES)
         if path.startswith("/assets/") and request.args.get("m") and resp.status_code == 200:
             resp.cache_control.max_age = YEAR_S  # the m= fingerprint changes with the file
             resp.cache_control.public = True
+            resp.cache_control.no_cache = None  # send_file's default would make the browser revalidate
+            resp.cache_control.immutable = True
+        if static and resp.direct_passthrough and resp.status_code == 200:
+            resp.direct_passthrough = False  # a file (assets: plotly.js): read it so it can be compressed
         if (resp.status_code != 200 or resp.direct_passthrough or "Content-Encoding" in resp.headers
                 or "gzip" not in request.headers.get("Accept-Encoding", "").lower()
                 or not (resp.mimetype or "").startswith(COMPRESSIBLE)):
@@ -39,7 +44,6 @@ def install_compression(server: Flask) -> None:
         data = resp.get_data()
         if len(data) < MIN_BYTES:
             return resp
-        static = path.startswith(STATIC_PREFIXES)
         key = (request.full_path, len(data))
         body = cache.get(key) if static else None
         if body is None:

@@ -34,6 +34,11 @@ LINE_TRACES: tuple[str, ...] = ("vwap", "bb_upper", "bb_lower", "bb_mid", "sma5"
 # the plotly_dark template as a plain dict, built once (templates are large; validating them per call is slow)
 PLOTLY_DARK = pio.templates["plotly_dark"].to_plotly_json()
 PIVOT_COLORS = {"P": "#9e9e9e", "R": "#ef5350", "S": "#26a69a"}
+# what an empty graph says instead of bare axes (what is missing, and the next step)
+CANDLES_EMPTY = "No candles yet: the chart draws the first bars as soon as the data source delivers them"
+EQUITY_EMPTY = "No equity yet: the account's equity is drawn<br>from the first decision on a closed candle"
+THRESHOLD_EMPTY = ("No threshold preview yet: it needs cached predictions<br>"
+                   "(the Live page's decisions, or a backtest run)")
 
 
 # ---------------------------------------------------------------- indicators (past-only, core/indicators)
@@ -165,13 +170,14 @@ def view_range(ts: np.ndarray, fan: Fan | None) -> list[int] | None:
 def candle_figure(candles: pd.DataFrame, overlays: Iterable[str] = (), fan: Fan | None = None,
                   decisions: pd.DataFrame | None = None, fills: pd.DataFrame | None = None,
                   title: str = "", uirevision: str = "chart", rangebreaks: list[dict] | None = None,
-                  extra_shapes: list[dict] | None = None) -> dict:
+                  extra_shapes: list[dict] | None = None, empty: str = CANDLES_EMPTY) -> dict:
     """The Live page's main chart: candles + volume, overlays, forecast fan, decision/fill markers.
 
     Built as a plain figure dict (no graph_objects validation: ~20x faster for 1,500 candles).
     ``decisions``: columns ts, price, action (BUY/SELL); ``fills``: columns ts, price, side.
     ``rangebreaks`` hide the time between sessions (stocks); ``extra_shapes`` (session open/close lines,
-    extended-hours shading) are drawn under the pivot lines."""
+    extended-hours shading) are drawn under the pivot lines. No candles: ``empty`` in words, no axes
+    (the traces stay, empty, so Patch updates keep their indexes)."""
     on = set(overlays)
     df = candles
     x = _x(df["ts"].to_numpy())
@@ -228,7 +234,26 @@ def candle_figure(candles: pd.DataFrame, overlays: Iterable[str] = (), fan: Fan 
         "legend": {"orientation": "h", "y": 1.07, "x": 0, "title": {"text": title}},
         "shapes": list(extra_shapes or []) + (pivot_shapes(pivot_levels(df)) if "pivots" in on else []),
     }
+    if not len(df):
+        hide_axes(layout, empty, ("xaxis", "yaxis", "yaxis2"))
+        layout["showlegend"] = False
     return {"data": data, "layout": layout}
+
+
+def hide_axes(layout: dict, text: str, axes: Iterable[str] = ("xaxis", "yaxis")) -> dict:
+    """A figure dict's layout with nothing to draw: the axes hidden, ``text`` (what is missing and the
+    next step) in the middle."""
+    for ax in axes:
+        layout[ax] = {**layout.get(ax, {}), "visible": False}
+    layout["annotations"] = [{"text": text, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5,
+                              "y": 0.5, "font": {"size": 14, "color": "#bbb"}}]
+    return layout
+
+
+def empty_figure(text: str, height: int = 300) -> dict:
+    """A placeholder figure that says in words why a graph is empty (instead of plotly's bare axes)."""
+    return {"data": [], "layout": hide_axes({"template": PLOTLY_DARK, "height": height,
+                                             "margin": {"l": 10, "r": 10, "t": 10, "b": 10}}, text)}
 
 
 def pivot_shapes(levels: Mapping[str, float]) -> list[dict]:
@@ -261,25 +286,28 @@ def append_payload(candles: pd.DataFrame, n_new: int) -> dict[str, dict[str, lis
 # ---------------------------------------------------------------- small figures
 
 
-def equity_figure(equity: pd.DataFrame) -> dict:
-    """Equity curve with drawdown on a second axis (columns ts, equity[, drawdown])."""
+def equity_figure(equity: pd.DataFrame, empty: str = EQUITY_EMPTY) -> dict:
+    """Equity curve with drawdown on a second axis (columns ts, equity[, drawdown]); none: ``empty``."""
     data = []
     if equity is not None and len(equity):
         x = _x(equity["ts"].to_numpy())
         data.append(_line(x, _clean(equity["equity"]), "equity", "#29b6f6", width=1.5))
         if "drawdown" in equity:
             data.append({**_line(x, _clean(equity["drawdown"]), "drawdown", "#ef5350", width=1), "yaxis": "y2"})
-    return {"data": data, "layout": {
-        "template": PLOTLY_DARK, "height": 220, "margin": {"l": 50, "r": 40, "t": 10, "b": 30},
-        "xaxis": {"type": "date"}, "yaxis2": {"overlaying": "y", "side": "right", "showgrid": False},
-        "legend": {"orientation": "h"}, "uirevision": "equity"}}
+    layout = {"template": PLOTLY_DARK, "height": 220, "margin": {"l": 50, "r": 40, "t": 10, "b": 30},
+              "xaxis": {"type": "date"}, "yaxis2": {"overlaying": "y", "side": "right", "showgrid": False},
+              "legend": {"orientation": "h"}, "uirevision": "equity"}
+    if not data:
+        hide_axes(layout, empty, ("xaxis", "yaxis", "yaxis2"))
+        layout["annotations"][0]["font"]["size"] = 12
+    return {"data": data, "layout": layout}
 
 
-def empty_state(fig: go.Figure, text: str) -> go.Figure:
+def empty_state(fig: go.Figure, text: str, size: int = 14) -> go.Figure:
     """A figure with nothing to draw says so in words, with the next step: no axes, no grid."""
     fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False})
     fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
-                       font={"size": 14})
+                       font={"size": size})
     return fig
 
 
@@ -368,8 +396,8 @@ def threshold_heatmap(preview: Mapping[str, Any] | None, buy: float | None = Non
     layout: dict[str, Any] = {"template": "plotly_dark", "height": 300, "margin": {"l": 50, "r": 10, "t": 30, "b": 40},
                               "xaxis": {"title": "sell threshold"}, "yaxis": {"title": "buy threshold"}}
     if not preview or not preview.get("buy"):
-        fig.update_layout(**layout, title={"text": "threshold preview: no cached predictions yet", "font": {"size": 12}})
-        return fig
+        fig.update_layout(**{**layout, "margin": {"l": 10, "r": 10, "t": 10, "b": 10}})
+        return empty_state(fig, THRESHOLD_EMPTY, size=12)
     nb, ns = np.asarray(preview["n_buy"]), np.asarray(preview["n_sell"])
     hr = np.array([[np.nan if v is None else v for v in row] for row in preview["hit_rate"]], dtype=float)
     text = [[f"{b}/{s}" for b, s in zip(rb, rs, strict=True)] for rb, rs in zip(nb.tolist(), ns.tolist(), strict=True)]

@@ -46,13 +46,16 @@ class Preset:
     patience: int
     kronos: str  # the Kronos training preset (NN/experts/kronos/train.PRESETS) when Kronos has no weights
     max_bars: int | None  # newest stored candles used (None: all)
+    gate_rows: int | None  # validation rows the gate is fit on (Kronos forecasts each one; None: all)
 
 
 PRESETS: dict[str, Preset] = {
     # quick: a few short epochs of every enabled features expert and the gate; <= 3 min on 2 CPU cores
-    "quick": Preset(epochs=4, max_steps_per_epoch=60, patience=1, kronos="nano-quick", max_bars=20_000),
+    "quick": Preset(epochs=4, max_steps_per_epoch=60, patience=1, kronos="nano-quick", max_bars=20_000,
+                    gate_rows=400),
     # full: what `main_backtest.py train` does by default, Kronos included when it is enabled
-    "full": Preset(epochs=10, max_steps_per_epoch=None, patience=3, kronos="nano", max_bars=None),
+    "full": Preset(epochs=10, max_steps_per_epoch=None, patience=3, kronos="nano", max_bars=None,
+                   gate_rows=3000),
 }
 
 
@@ -104,11 +107,17 @@ class OfflineTraining:
             candles = candles.iloc[-p.max_bars:]
         d = Path(tempfile.mkdtemp(prefix="moe-train-"))
         candles.to_parquet(d / "candles.parquet", index=False)
+        # the gate is trained over exactly the engine's experts, in its order, so the hot swap fits;
+        # a candle expert this job does not retrain forecasts with the engine's weights (exported here)
+        gate_experts = list(self._gate_ref().experts)
+        candle_models = {n: _export_candle_weights(self.experts[n], d / "engine" / n) for n in gate_experts
+                         if self.experts[n].input_kind == "candles" and n not in names}
         _write_json(d / "job.json", {
             "preset": preset, "names": names, "key": [key.exchange, key.symbol, key.timeframe],
             "app": self.app.model_dump(mode="json"), "models": self.models.model_dump(mode="json"),
             "epochs": p.epochs, "max_steps_per_epoch": p.max_steps_per_epoch, "patience": p.patience,
-            "kronos_preset": p.kronos})
+            "kronos_preset": p.kronos, "gate_experts": gate_experts, "candle_models": candle_models,
+            "gate_rows": p.gate_rows})
         self._status = {"state": "starting", "preset": preset, "names": names, "started": time.time(),
                         "bars": len(candles)}
         _write_json(d / "status.json", self._status)
@@ -175,43 +184,73 @@ class OfflineTraining:
 
     # ---- adopting the child's checkpoints
     def _adopt(self, d: Path, results: dict[str, Any]) -> list[str]:
+        """Register the job's checkpoints here and load exactly those versions (not the registry's best,
+        which may be an older run with a lower metric) into the running experts and the gate."""
         from NN.training.checkpoints import CheckpointRegistry
 
-        adopted: list[str] = []
+        versions: dict[str, str] = {}
+        states: dict[str, dict[str, Any]] = {}
         job_store = MarketStore(d / "train.duckdb", read_only=True)
         try:
             job_reg = CheckpointRegistry(job_store, d / "models")
-            for name in [n for n in results if n != "kronos"]:
+            for name in [n for n in results if n in self.experts or n == GATE_NAME]:
                 info = job_reg.best(name)
-                if info is None:
+                if info is None or self.experts.get(name) is not None and self.experts[name].input_kind == "candles":
                     continue
                 policy = self.models.experts[name if name != GATE_NAME else next(iter(self.models.experts))].checkpoints
                 state = load_weights(info.path)  # weight data only (NN/weights_io.py)
                 meta = {k: v for k, v in info.meta.items() if k not in ("metric_name", "mode")}
-                self.registry.register(name, state, info.metric, policy, {**meta, "train_now": True},
-                                       metrics=job_reg.metrics(name))
-                adopted.append(name)
+                # the job's version names are kept: the gate's meta names the expert versions it saw
+                versions[name] = self.registry.register(name, state, info.metric, policy, {**meta, "train_now": True},
+                                                        metrics=job_reg.metrics(name), version=info.version)
+                states[name] = state
         finally:
             job_store.close()
-        if "kronos" in results:  # a nano run directory: copied where `model: nano` looks for the best
-            src = Path(results["kronos"]["checkpoint"])
-            dst = self.models_dir / "kronos" / src.name
+        adopted: list[str] = []
+        for name, r in results.items():  # a candle expert's run directory, where `model: nano` looks too
+            if not (isinstance(r, dict) and "checkpoint" in r and name in self.experts):
+                continue
+            src = Path(r["checkpoint"])
+            dst = self.models_dir / name / src.name
             shutil.copytree(src, dst, dirs_exist_ok=True)
-            ex = self.experts.get("kronos")
-            if ex is not None and hasattr(ex, "use_models_dir"):
-                ex.use_models_dir(self.models_dir)  # the next forecast loads the best nano
-            adopted.append("kronos")
-        for name in adopted:  # hot swap between two decisions (poll runs on the engine thread)
-            if name in self.experts and name != "kronos":
-                self.registry.load_into(self.experts[name])
-        if GATE_NAME in adopted:
+            ex = self.experts[name]
+            if hasattr(ex, "use_model"):
+                ex.use_model(str(dst))  # pinned: the gate below was trained with these weights
+            adopted.append(name)
+        # hot swap between two decisions (poll runs on the engine thread); the weights in hand, not a
+        # registry lookup: a registry keeping its best few may prune the new version at once
+        for name, version in versions.items():
+            if name == GATE_NAME:
+                continue
+            _load(self.experts[name], states[name], version)
+            adopted.append(name)
+        if GATE_NAME in versions:
             gate: Gate = self._gate_ref()
             try:
-                self.registry.load_into(gate)
-            except ValueError as exc:  # trained over another expert set: the online gate stays
+                _load(gate, states[GATE_NAME], versions[GATE_NAME])
+                adopted.append(GATE_NAME)
+            except ValueError as exc:  # the engine's expert set changed while the job ran: the online gate stays
                 log.warning("train now: gate not loaded (%s)", exc)
-                adopted.remove(GATE_NAME)
         return adopted
+
+
+def _load(obj: Any, state: dict[str, Any], version: str) -> None:
+    obj.load_state_dict(state)
+    obj.version = version
+
+
+def _export_candle_weights(ex: ExpertLike, d: Path) -> str:
+    """The weights a candle expert (Kronos) forecasts with now, as a checkpoint directory the job can
+    load without the hub (tokenizer/, model/, calibration.json, meta.json with its version)."""
+    from NN.experts.kronos.hub import save_pretrained
+
+    b = ex.bundle  # type: ignore[attr-defined]
+    save_pretrained(b.tokenizer, d / "tokenizer")
+    save_pretrained(b.model, d / "model")
+    if b.calibration is not None:
+        b.calibration.save(d / "calibration.json")
+    _write_json(d / "meta.json", {"version": b.version, "max_context": b.max_context})
+    return str(d)
 
 
 def _root() -> Path:
@@ -264,7 +303,8 @@ def child(job_dir: Path) -> int:
             results = run_training(store, key, models, app, names, epochs=epochs, models_dir=job_dir / "models",
                                    runs_dir=None, progress=False, max_steps_per_epoch=job["max_steps_per_epoch"],
                                    patience=int(job["patience"]), on_epoch=on_epoch,
-                                   kronos_preset=job["kronos_preset"])
+                                   kronos_preset=job["kronos_preset"], gate_experts=job.get("gate_experts"),
+                                   candle_models=job.get("candle_models"), gate_rows=job.get("gate_rows"))
         finally:
             store.close()
     except Exception as exc:

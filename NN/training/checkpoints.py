@@ -130,10 +130,11 @@ class CheckpointRegistry:
     # ---------------------------------------------------------------- writes
 
     def register(self, expert: str, state: dict, metric: float, policy: CheckpointPolicy, meta: dict,
-                 metrics: pd.DataFrame | None = None) -> str:
+                 metrics: pd.DataFrame | None = None, version: str | None = None) -> str:
         """Write ``state`` atomically, record it with its training ``metrics`` (columns step, name,
         value: one batched insert), prune to the best ``policy.keep_best``; returns the new version
-        (which may itself be pruned at once if it is not among the best)."""
+        (which may itself be pruned at once if it is not among the best). ``version``: keep this name
+        (a checkpoint adopted from another registry, e.g. Train now's job) unless it is taken."""
         if not _NAME.match(expert):
             raise ValueError(f"bad expert name {expert!r} (letters, digits, _ . - only)")
         if not np.isfinite(metric):
@@ -141,7 +142,9 @@ class CheckpointRegistry:
         curves = _metric_rows(expert, metrics)
         created = datetime.now(UTC).replace(tzinfo=None)
         existing = {r.version for r in self._rows(expert)}
-        version = created.strftime("%Y%m%dT%H%M%S%f")
+        if version is not None and not _NAME.match(version):
+            raise ValueError(f"bad checkpoint version {version!r} (letters, digits, _ . - only)")
+        version = version or created.strftime("%Y%m%dT%H%M%S%f")
         while version in existing:  # two registrations in the same microsecond
             version += "b"
         path = (self.models_dir / expert / f"{version}.pt").resolve()

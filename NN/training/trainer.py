@@ -281,15 +281,50 @@ def expert_probs(experts: dict[str, Expert], batch: FeatureBatch, candles: pd.Da
 
 
 def train_gate(experts: dict[str, Expert], prep: Prepared, models: ModelsConfig, horizon: int,
-               candles: pd.DataFrame | None = None) -> tuple[MoEGate, dict[str, float]]:
-    """Fit the gate (and fused calibration) on the validation split's expert outputs."""
+               candles: pd.DataFrame | None = None, max_rows: int | None = None) -> tuple[MoEGate, dict[str, float]]:
+    """Fit the gate (and fused calibration) on the validation split's expert outputs. ``max_rows``:
+    at most that many validation rows, evenly spaced in time (a candle expert such as Kronos samples a
+    forecast per row: Train now's quick preset caps them)."""
     y, r = prep.labels(horizon)
     idx = _known(y, r, prep.val)
+    if max_rows is not None and len(idx) > max_rows:
+        idx = idx[np.unique(np.linspace(0, len(idx) - 1, max_rows).astype(np.int64))]
     vb = prep.batch.take(idx)
     probs = expert_probs(experts, vb, candles)
     gate = MoEGate(list(experts), models.moe, len(prep.batch.spec.regime_features))
     info = gate.fit(probs, vb.regime, y[idx])
     return gate, info
+
+
+def gate_members(models: ModelsConfig, prep: Prepared, registry: CheckpointRegistry, names: list[str] | None,
+                 candle_models: dict[str, str]) -> dict[str, Expert]:
+    """The experts a gate is trained over. ``names`` None: every enabled features expert with a
+    checkpoint. Given: exactly those, in that order (the running engine's gate), each with trained
+    weights: features experts their best checkpoint, candle experts the weights in ``candle_models``
+    (else their configured model); one without weights is a ValueError naming it."""
+    if names is None:
+        experts = load_experts(models, prep.batch.spec, registry, keep_untrained=False, candle_experts=False).experts
+        if not experts:
+            raise ValueError("no trained experts to gate: train some experts first")
+        return dict(experts)
+    loaded = load_experts(models, prep.batch.spec, registry, names, keep_untrained=True)
+    if loaded.errors:
+        raise ValueError("gate: " + "; ".join(f"{n}: {e}" for n, e in loaded.errors.items()))
+    out: dict[str, Expert] = {}
+    for name in names:
+        ex = loaded.experts[name]
+        if ex.input_kind == "candles":
+            if name in candle_models and hasattr(ex, "use_model"):
+                ex.use_model(candle_models[name])
+            try:
+                _ = ex.bundle  # type: ignore[attr-defined]
+            except FileNotFoundError as exc:  # CheckpointNotFound: no weights to forecast with
+                raise ValueError(f"gate: {name} has no weights ({str(exc).splitlines()[0]})") from None
+        elif not loaded.trained[name]:
+            raise ValueError(f"gate: {name} has no trained checkpoint; train it with the gate "
+                             f"(--experts {name},{GATE_NAME})")
+        out[name] = ex
+    return out
 
 
 def common_horizon(experts: dict[str, Expert]) -> int:
@@ -355,9 +390,14 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                  max_steps_per_epoch: int | None = None, patience: int = 3,
                  kronos_preset: str = "nano", annotations: Sequence[Annotation] | None = None,
                  annotation_weight: int = 5,
-                 on_epoch: Callable[[str, int, int, float, float], None] | None = None) -> dict[str, Any]:
+                 on_epoch: Callable[[str, int, int, float, float], None] | None = None,
+                 gate_experts: list[str] | None = None, candle_models: dict[str, str] | None = None,
+                 gate_rows: int | None = None) -> dict[str, Any]:
     """The ``train`` command: train the named experts (and/or 'moe'), register checkpoints.
-    annotations: extra labelled samples for the supervised experts (NN/training/annotated.py)."""
+    annotations: extra labelled samples for the supervised experts (NN/training/annotated.py).
+    gate_experts: the gate's experts, in order (None: every features expert with a checkpoint);
+    candle_models: the weights (directory or hub id) each candle expert of the gate forecasts with
+    (a candle expert trained in this run uses its new checkpoint); gate_rows: see ``train_gate``."""
     registry = CheckpointRegistry(store, models_dir)
     results: dict[str, Any] = {}
     feature_names = [n for n in names if n not in (GATE_NAME, "kronos")]
@@ -417,12 +457,10 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                     results[name]["annotations_used"] = bool(rows.demos) if isinstance(expert, DQNExpert) \
                         else bool(rows.idx.size)
             if GATE_NAME in names:
-                experts = load_experts(models, prep.batch.spec, registry, keep_untrained=False,
-                                       candle_experts=False).experts
-                if not experts:
-                    raise ValueError("no trained experts to gate: train some experts first")
+                experts = gate_members(models, prep, registry, gate_experts, {
+                    **(candle_models or {}), **{n: r_["checkpoint"] for n, r_ in results.items() if "checkpoint" in r_}})
                 h = common_horizon(experts)
-                gate, info = train_gate(experts, prep, models, h)
+                gate, info = train_gate(experts, prep, models, h, candles, max_rows=gate_rows)
                 # metric: the gate's hold-out log loss BEFORE calibration (the calibrator is fit on that
                 # same hold-out, so the calibrated figure is in-sample and not comparable across runs)
                 version = registry.register(

@@ -10,8 +10,6 @@ decision.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,14 +17,19 @@ from typing import TYPE_CHECKING, Any
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
-from dash import Dash, Input, Output, Patch, State, dcc, html, no_update
+from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from core.backtest.thresholds import preview_from_decisions, preview_json
 from core.market import fmt_local
 from core.snapshot import EngineError, EngineSnapshot
 from core.types import TIMEFRAME_MS, Thresholds, timeframe_ms
-from web import api, figures, sessions
+from web import api, experts_api, figures, sessions
 from web.auth import who
+
+# the main chart and the equity curve are pure functions in web/live_chart.py (names re-exported here)
+from web.live_chart import BROWSER_SLACK as BROWSER_SLACK
+from web.live_chart import FIRST_BARS, chart_update, content_sig, equity_update, user_zoomed
+from web.live_chart import MAX_BARS as MAX_BARS
 from web.pages import first_run
 
 if TYPE_CHECKING:
@@ -41,166 +44,6 @@ OVERLAY_OPTIONS = [
     {"label": "SMA 233", "value": "sma233"}, {"label": "Pivots", "value": "pivots"},
 ]
 DEFAULT_OVERLAYS = ["vwap", "sma5", "sma21"]
-MAX_BARS = 1500
-FULL_REDRAW_NEW_BARS = 300  # more new bars than this at once (e.g. after sleep): redraw instead
-# the browser's chart grows by appends (no per-bar trimming: Patch deletes cost ~70 bytes per value);
-# once it holds MAX_BARS + BROWSER_SLACK bars, one full redraw brings it back to MAX_BARS
-BROWSER_SLACK = 1500
-TRACE_TOGGLE = {"vwap": "vwap", "bb_upper": "bollinger", "bb_lower": "bollinger", "bb_mid": "bollinger",
-                "sma5": "sma5", "sma21": "sma21", "sma233": "sma233"}
-
-
-# ---------------------------------------------------------------- pure helpers (benchmarked)
-
-
-def display_candles(snap: EngineSnapshot, tf: str) -> pd.DataFrame:
-    """The chart's candles; a stock's in exchange-local time (web/sessions.py), crypto's in UTC."""
-    df = snap.candles.get(tf)
-    if df is None:
-        return pd.DataFrame({c: pd.Series(dtype="float64") for c in ("ts", "open", "high", "low", "close",
-                                                                     "volume")})
-    df = df.iloc[-MAX_BARS:]
-    if sessions.calendar_of(snap.market) is not None and len(df):
-        df = df.assign(ts=sessions.to_local(df["ts"].to_numpy(np.int64), snap.market))
-    return df
-
-
-def decision_markers(snap: EngineSnapshot) -> pd.DataFrame:
-    """BUY/SELL decisions placed at the close of the bar they were made on."""
-    rows = [(d.ts, str(d.action)) for d in snap.recent_decisions if str(d.action) in ("BUY", "SELL")]
-    base = snap.candles.get(snap.timeframe)
-    if not rows or base is None or base.empty:
-        return pd.DataFrame({"ts": [], "price": [], "action": []})
-    d = pd.DataFrame(rows, columns=["ts", "action"])
-    closes = base.set_index("ts")["close"]
-    d["price"] = d["ts"].map(closes)
-    d = d.dropna(subset=["price"])
-    return d.assign(ts=sessions.to_local(d["ts"].to_numpy(np.int64), snap.market))
-
-
-def fill_markers(snap: EngineSnapshot) -> pd.DataFrame:
-    return pd.DataFrame({"ts": sessions.to_local([f.ts for f in snap.trades], snap.market),
-                         "price": [f.price for f in snap.trades], "side": [f.side for f in snap.trades]})
-
-
-def fan_for(snap: EngineSnapshot, tf: str) -> figures.Fan | None:
-    k = snap.kronos
-    base = snap.candles.get(snap.timeframe)
-    if k is None or tf != snap.timeframe or base is None or base.empty or not len(k.median):
-        return None
-    ts = base["ts"].to_numpy(np.int64)
-    i = int(np.searchsorted(ts, k.ts))
-    anchor = float(base["close"].iloc[i]) if i < len(ts) and ts[i] == k.ts else float(base["close"].iloc[-1])
-    loc = sessions.to_local(np.r_[k.ts, np.asarray(k.future_ts, dtype=np.int64)], snap.market)
-    return figures.forecast_fan(int(loc[0]), anchor, loc[1:], k.median, k.bands)
-
-
-def session_view(snap: EngineSnapshot, tf: str, fan: figures.Fan | None) -> sessions.SessionLayout | None:
-    """Rangebreaks and session marks over the chart's bars and the forecast after them (stocks)."""
-    raw = snap.candles.get(tf)
-    if raw is None or raw.empty or sessions.calendar_of(snap.market) is None:
-        return None
-    ts = raw["ts"].to_numpy(np.int64)[-MAX_BARS:]
-    k = snap.kronos
-    end = int(max(ts[-1], int(k.future_ts[-1]) if fan is not None and k is not None and len(k.future_ts) else 0))
-    return sessions.session_layout(snap.market, int(ts[0]), end + TIMEFRAME_MS.get(tf, 60_000))
-
-
-def _sig(obj: Any) -> str:
-    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
-
-
-def _visibility_patch(p: Patch, overlays: list[str]) -> None:
-    for name, toggle in TRACE_TOGGLE.items():
-        p["data"][figures.TRACE[name]]["visible"] = toggle in overlays
-
-
-def user_zoomed(relayout: dict | None) -> bool:
-    """True when the user's last zoom/pan set an x range (a double-click autorange resets it)."""
-    if not relayout:
-        return False
-    if relayout.get("xaxis.autorange"):
-        return False
-    return "xaxis.range[0]" in relayout or "xaxis.range" in relayout
-
-
-def chart_update(snap: EngineSnapshot, symbol: str | None, tf: str, overlays: list[str], state: dict | None,
-                 force: bool = False, zoomed: bool = False) -> tuple[Any, dict]:
-    """The chart's 1 s update: a full figure when needed, else a Patch. Returns (figure|Patch, state).
-    ``zoomed``: the user set their own x range, so the view no longer follows new candles."""
-    df = display_candles(snap, tf)
-    last_ts = int(df["ts"].iloc[-1]) if len(df) else None
-    fan = fan_for(snap, tf)
-    k = snap.kronos
-    fan_key = None if fan is None or k is None else [k.ts, k.finished_ms]
-    dec = decision_markers(snap)
-    fills = fill_markers(snap)
-    marks_key = [len(dec), int(dec["ts"].iloc[-1]) if len(dec) else None,
-                 len(snap.trades), snap.trades[-1].id if snap.trades else None]
-    piv = figures.pivot_levels(df) if "pivots" in overlays else {}
-    sv = session_view(snap, tf, fan)
-    new_state = {"symbol": snap.symbol, "tf": tf, "last_ts": last_ts, "n": len(df), "fan": fan_key,
-                 "marks": marks_key, "pivots": _sig(piv), "overlays": sorted(overlays),
-                 "sessions": sv.key if sv else None}
-    prev: dict = state or {}
-    full = (force or not prev or prev.get("symbol") != snap.symbol or prev.get("tf") != tf
-            or prev.get("last_ts") is None or last_ts is None or prev.get("sessions") != new_state["sessions"])
-    n_new = 0
-    if not full:
-        n_new = int((df["ts"] > prev["last_ts"]).sum())
-        full = (n_new > FULL_REDRAW_NEW_BARS or (n_new == 0 and last_ts is not None and last_ts < prev["last_ts"])
-                or prev.get("n", 0) + n_new > MAX_BARS + BROWSER_SLACK)
-    if full:
-        title = f"{snap.symbol} {tf}" + (f" · {snap.market.calendar} {snap.market.session} "
-                                         f"({snap.market.tz})" if sv else "")
-        fig = figures.candle_figure(df, overlays, fan, dec, fills, title=title, uirevision=f"{snap.symbol}-{tf}",
-                                    rangebreaks=sv.rangebreaks if sv else None,
-                                    extra_shapes=sv.shapes if sv else None)
-        return fig, new_state
-    p = Patch()
-    changed = False
-    if n_new:
-        payload = figures.append_payload(df, n_new)
-        for trace, cols in payload.items():
-            for col, vals in cols.items():
-                p["data"][figures.TRACE[trace]][col].extend(vals)
-        new_state["n"] = prev["n"] + n_new  # bars in the browser
-        changed = True
-    if (n_new or fan_key != prev.get("fan")) and not zoomed:
-        rng = figures.view_range(df["ts"].to_numpy(np.int64), fan)
-        if rng:
-            p["layout"]["xaxis"]["range"] = rng  # follow the stream unless the user zoomed (uirevision)
-    if fan_key != prev.get("fan"):
-        _set_fan(p, fan)
-        changed = True
-    if marks_key != prev.get("marks"):
-        bx, by = figures.marker_points(dec[dec["action"] == "BUY"], df)
-        sx, sy = figures.marker_points(dec[dec["action"] == "SELL"], df)
-        fx, fy = figures.marker_points(fills, df)
-        for name, (x, y) in {"buy": (bx, by), "sell": (sx, sy), "fills": (fx, fy)}.items():
-            p["data"][figures.TRACE[name]]["x"] = x
-            p["data"][figures.TRACE[name]]["y"] = y
-        changed = True
-    if sorted(overlays) != prev.get("overlays"):
-        _visibility_patch(p, overlays)
-        changed = True
-    if new_state["pivots"] != prev.get("pivots") or sorted(overlays) != prev.get("overlays"):
-        p["layout"]["shapes"] = (sv.shapes if sv else []) + figures.pivot_shapes(piv)
-        changed = True
-    return (p if changed else no_update), new_state
-
-
-def _set_fan(p: Patch, fan: figures.Fan | None) -> None:
-    empty: list = []
-    x = fan.x if fan else empty
-    o_hi, o_lo = fan.outer if fan and fan.outer else (empty, empty)
-    i_hi, i_lo = fan.inner if fan and fan.inner else (empty, empty)
-    for name, y in (("fc_outer_hi", o_hi), ("fc_outer_lo", o_lo), ("fc_inner_hi", i_hi),
-                    ("fc_inner_lo", i_lo), ("fc_median", fan.median if fan else empty)):
-        p["data"][figures.TRACE[name]]["x"] = x if y else empty
-        p["data"][figures.TRACE[name]]["y"] = y
-
-
 def _pct(v: float | None, digits: int = 1) -> str:
     return "—" if v is None else f"{100 * v:.{digits}f}%"
 
@@ -267,7 +110,7 @@ def experts_panel(snap: EngineSnapshot) -> Component:
     """Latest outputs and gate weights; "acc (n)" = the engine's live accuracy over the n calls that
     matured since the stream started (core/outcomes.LiveOutcomes), log loss beside it."""
     rows = []
-    for e in api.experts_json(snap):
+    for e in experts_api.experts_json(snap):
         m = e["live_metrics"]
         o = e["latest"]
         pr = o["probs"] if o else None
@@ -419,32 +262,13 @@ def panels_update(snap: EngineSnapshot, sigs: dict | None, now_ms: int | None = 
                         f"· min confidence {snap.thresholds.min_confidence:.2f}"),
     }
     for name, key in keys.items():
-        s = _sig(key)
+        s = content_sig(key)
         if sigs.get(name) == s:
             out.append(no_update)
         else:
             sigs[name] = s
             out.append(builders[name]())
     return out, sigs
-
-
-def equity_update(snap: EngineSnapshot, state: dict | None) -> tuple[Any, dict]:
-    eq = snap.equity
-    n = 0 if eq is None else len(eq)
-    last = int(eq["ts"].iloc[-1]) if n else None
-    if state is None or n == 0 or state.get("last") is None or last < state["last"] or state.get("n", 0) > 5000:
-        return figures.equity_figure(eq), {"last": last, "n": n}
-    new = eq[eq["ts"] > state["last"]]
-    if new.empty:
-        return no_update, state
-    p = Patch()
-    x = figures._x(new["ts"].to_numpy())
-    p["data"][0]["x"].extend(x)
-    p["data"][0]["y"].extend(figures._clean(new["equity"]))
-    if "drawdown" in new:
-        p["data"][1]["x"].extend(x)
-        p["data"][1]["y"].extend(figures._clean(new["drawdown"]))
-    return p, {"last": last, "n": state.get("n", 0) + len(new)}
 
 
 # ---------------------------------------------------------------- threshold preview
@@ -481,6 +305,9 @@ def layout(wctx: WebContext) -> Component:
     symbols = list(dict.fromkeys([*choices, snap.symbol] if snap.symbol else choices))
     t = snap.thresholds
     tf0 = snap.timeframe if snap.timeframe in TIMEFRAMES else TIMEFRAMES[0]
+    # the first chart and equity curve are in the page itself: no callback round trip before candles show
+    chart0, chart_state0 = chart_update(snap, None, tf0, DEFAULT_OVERLAYS, None, first_bars=FIRST_BARS)
+    equity0, equity_state0 = equity_update(snap, None)
 
     def thr_input(tid: str, label: str, value: float) -> Component:
         return dbc.InputGroup([dbc.InputGroupText(label), dbc.Input(
@@ -500,7 +327,7 @@ def layout(wctx: WebContext) -> Component:
         controls,
         dbc.Row([
             dbc.Col([
-                dcc.Graph(id="live-chart", config={"displaylogo": False, "scrollZoom": True}),
+                dcc.Graph(id="live-chart", config={"displaylogo": False, "scrollZoom": True}, figure=chart0),
                 _card("Forecast & data", html.Div(id="live-stats")),
                 _card("Experts (mixture of experts)", html.Div(id="live-experts")),
             ], width=9),
@@ -520,12 +347,13 @@ def layout(wctx: WebContext) -> Component:
                 _card("Risk", [html.Div(id="live-kill"),
                                dbc.Button("Reset kill switch", id="kill-reset", size="sm", color="warning"),
                                html.Div(id="kill-msg", className="small")]),
-                _card("Equity", dcc.Graph(id="live-equity", config={"displayModeBar": False})),
+                _card("Equity", dcc.Graph(id="live-equity", config={"displayModeBar": False}, figure=equity0)),
                 _card("Trading", html.Div(id="live-trading")),
                 _card("System", html.Div(id="live-system")),
             ], width=3),
         ]),
-        dcc.Store(id="live-state"), dcc.Store(id="live-sigs"), dcc.Store(id="live-eq-state"),
+        dcc.Store(id="live-state", data=chart_state0), dcc.Store(id="live-sigs"),
+        dcc.Store(id="live-eq-state", data=equity_state0),
         dcc.Interval(id="live-tick", interval=wctx.cfg.dashboard.update_interval_ms),
         dcc.Interval(id="live-thr-tick", interval=THR_PREVIEW_MS),
     ])

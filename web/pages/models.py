@@ -21,7 +21,7 @@ import pandas as pd
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from core.types import CheckpointCatalog, CheckpointInfo
-from web import api, figures
+from web import experts_api, figures
 from web.pages import first_run
 
 TRAINING_OFF = "Live training is off for this engine (started with --no-training or training.enabled: false)"
@@ -103,7 +103,8 @@ def loss_block(registry: CheckpointCatalog | None, expert: str, runs_dir: Path |
     """The offline loss curves of ``expert``, or a line saying there are none yet."""
     mt = metrics_for(registry, expert, runs_dir)
     if not len(mt):
-        return html.Div(f"offline training metrics: {NONE_YET}", className="text-muted small")
+        return html.Div(f"offline training metrics: {NONE_YET} (Train now on the Live page, or "
+                        "`python main_backtest.py train`)", className="text-muted small")
     return dcc.Graph(figure=figures.loss_figure(mt, "offline loss curves"), config={"displayModeBar": False})
 
 
@@ -158,8 +159,8 @@ def expert_card(wctx: Any, e: dict[str, Any], snap: Any = None) -> Any:
 
 def online_figure(snap: Any, name: str) -> Any:
     """The live loss curve of ``name``'s online trainer, with the swaps applied to it."""
-    t = api.trainer_json(getattr(snap, "trainers", {}).get(name), history=True)
-    swaps = [api.swap_json(s) for s in getattr(snap, "swaps", ()) if s.expert == name]
+    t = experts_api.trainer_json(getattr(snap, "trainers", {}).get(name), history=True)
+    swaps = [experts_api.swap_json(s) for s in getattr(snap, "swaps", ()) if s.expert == name]
     return figures.online_loss_figure(t["history"] if t else None, swaps, f"{name}: live training")
 
 
@@ -185,7 +186,7 @@ def trainer_line(t: dict[str, Any] | None) -> str:
 
 def layout(wctx: Any) -> Any:
     snap = wctx.engine.snapshot()
-    experts = api.experts_json(snap)
+    experts = experts_api.experts_json(snap)
     tb = wctx.cfg.dashboard.tensorboard_url
     return html.Div([
         dbc.Row([
@@ -222,7 +223,7 @@ def register(app: Dash, wctx: Any) -> None:
     def _trainer_status(_n: int, ids: list[dict], rb_ids: list[dict], fig_ids: list[dict],
                         marks: dict | None) -> Any:
         snap = engine.snapshot()
-        rows = {e["name"]: e for e in api.experts_json(snap)}
+        rows = {e["name"]: e for e in experts_api.experts_json(snap)}
         names = [i["name"] for i in ids]
         marks = dict(marks or {})
         figs = []

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from dash import Dash, Input, Output, Patch, State, dcc, html, no_update
 
 from core.data.book_buckets import BucketSnapshot
+from web import figures
 
 GRID_MARGIN = 20  # extra buckets either side of the first render's range before a re-render
 MAX_DOTS = 3000  # trades drawn on the heatmap (the newest)
@@ -157,6 +158,10 @@ def status_table(status: list[dict], snap: BucketSnapshot | None) -> dbc.Table:
     return dbc.Table([head, html.Tbody(rows)], size="sm", bordered=True, id="ob-status-table", color="dark")
 
 
+BOOK_WAIT = ("No order-book snapshot yet: waiting for the venues' books to sync<br>"
+             "(the status table lists each venue's messages, gaps and resyncs)")
+
+
 def _book(wctx: Any) -> Any:
     return wctx.extra.get("book")
 
@@ -179,8 +184,11 @@ def layout(wctx: Any) -> Any:
                                    inputStyle={"margin-right": "4px", "margin-left": "12px"}, labelStyle={"color": "#ddd"}), width="auto"),
             dbc.Col(html.Span(f"{book.symbol} · bucket {book.consolidator.size:g}", id="ob-title"), width="auto"),
         ], className="mb-2"),
-        dbc.Row([dbc.Col(dcc.Graph(id="ob-heatmap"), md=8), dbc.Col(dcc.Graph(id="ob-ladder"), md=4)]),
-        dbc.Row([dbc.Col(dcc.Graph(id="ob-imbalance"), md=5), dbc.Col(html.Div(id="ob-status"), md=7)]),
+        # until the first synced snapshot, the graphs say what they wait for (no bare axes)
+        dbc.Row([dbc.Col(dcc.Graph(id="ob-heatmap", figure=figures.empty_figure(BOOK_WAIT, 520)), md=8),
+                 dbc.Col(dcc.Graph(id="ob-ladder", figure=figures.empty_figure("No depth ladder yet", 520)), md=4)]),
+        dbc.Row([dbc.Col(dcc.Graph(id="ob-imbalance", figure=figures.empty_figure("No imbalance yet", 240)), md=5),
+                 dbc.Col(html.Div(id="ob-status"), md=7)]),
         dcc.Interval(id="ob-tick", interval=1000),
         dcc.Store(id="ob-state"),
     ])

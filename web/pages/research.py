@@ -14,6 +14,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from web import figures
+
 MAX_BYTES = 64 * 1024 * 1024  # as the page's report cap
 
 
@@ -56,7 +58,7 @@ def sweep_parcoords(summary: dict[str, Any]) -> go.Figure:
     df = sweep_table(summary)
     fig = go.Figure()
     if df.empty:
-        return fig.update_layout(title="no completed trials")
+        return figures.empty_state(fig, "No completed sweep trials yet: run `python main_backtest.py sweep SPACE.yml`")
     params = [c for c in df.columns if c not in ("trial", "sharpe", "return", "trades", "dsr", "verdict")]
     dims = [{"label": c, "values": df[c].tolist()} for c in params + ["sharpe", "trades"]]
     dims.append({"label": "survives", "values": (df["verdict"] == "survives").astype(int).tolist(),
@@ -76,7 +78,7 @@ def sweep_heatmap(summary: dict[str, Any], x: str | None = None, y: str | None =
     params = [c for c in df.columns if c not in ("trial", "sharpe", "return", "trades", "dsr", "verdict")]
     fig = go.Figure()
     if df.empty or len(params) < 2:
-        return fig.update_layout(title="a heatmap needs two swept parameters")
+        return figures.empty_state(fig, "No heatmap: it needs a sweep of at least two parameters")
     x, y = x or params[0], y or params[1]
     fig.add_trace(go.Histogram2d(x=df[x], y=df[y], z=df["sharpe"], histfunc="avg", nbinsx=bins, nbinsy=bins,
                                  colorscale="RdBu", colorbar={"title": "mean Sharpe"}))
@@ -131,4 +133,8 @@ def attribution_figure(reports: list[dict[str, Any]]) -> go.Figure:
         for n in names:
             fig.add_trace(go.Bar(name=n, x=[r["run_id"] for r in reports],
                                  y=[r["attribution"]["experts"].get(n, 0.0) for r in reports]))
-    return fig.update_layout(barmode="group", title="P&L by expert (quote currency)", height=320)
+    fig.update_layout(barmode="group", title="P&L by expert (quote currency)", height=320)
+    if not fig.data:
+        figures.empty_state(fig, "No walk-forward selected: tick a run above, or start one with "
+                                 "`python main_backtest.py walkforward`")
+    return fig

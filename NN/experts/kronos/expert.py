@@ -71,19 +71,27 @@ class KronosExpert(Expert):
         self._bundle: KronosBundle | None = None
         self._last_candles: pd.DataFrame | None = None
         self._opt: torch.optim.Optimizer | None = None
+        self._pinned: str | None = None  # use_model()
 
     def use_models_dir(self, models_dir: Path) -> None:
         """Look up ``nano`` checkpoints under this directory (the app's training.models_dir)."""
         self.params = self.params.model_copy(update={"models_dir": str(models_dir)})
         self._bundle = None
 
+    def use_model(self, spec: str) -> None:
+        """Use exactly these weights from the next forecast on (a checkpoint directory or a hub id):
+        Train now pins the Kronos its gate was trained with."""
+        self._pinned = str(spec)  # params.model stays: "auto" still allows raw bands (no calibration)
+        self._bundle = None
+        self._opt = None
+
     # ---- model
     @property
     def bundle(self) -> KronosBundle:
         if self._bundle is None:
             md = Path(self.params.models_dir)
-            self._bundle = load_bundle(self.params.model, md if md.is_absolute() else PROJECT_ROOT / md, self.device,
-                                       hub_model=self.params.hub_model)
+            self._bundle = load_bundle(self._pinned or self.params.model, md if md.is_absolute() else PROJECT_ROOT / md,
+                                       self.device, hub_model=self.params.hub_model)
             self.version = str(self._bundle.version)
         return self._bundle
 

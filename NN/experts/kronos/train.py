@@ -75,8 +75,10 @@ class TrainPreset:
 
 PRESETS: dict[str, TrainPreset] = {
     "nano": TrainPreset(),
-    # Train now's quick preset: a usable forecast fan in about a minute on 2 CPU cores (2 days of 1m bars)
-    # (no calibration: on 2 cores its Monte-Carlo forecasts would take minutes; the bands are raw)
+    # Train now's quick preset: a forecast fan in about a minute on 2 CPU cores (2 days of 1m bars: 3 steps
+    # per epoch). It is crude: on the sample's unseen third day its CRPS is ~5x the climatology's
+    # (bench/bench_train_now.py kronos_last_day); a small calibration (40 origins) made it worse, not
+    # better (the paths' centre drifts, which a spread calibration cannot fix), so the bands stay raw
     "nano-quick": TrainPreset(tok_epochs=1, pred_epochs=2, max_steps_per_epoch=40, val_windows=16,
                               calibrate=False),
     # same architecture, a few steps: for tests and smoke runs
