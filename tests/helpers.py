@@ -32,6 +32,15 @@ def web_config(tmp: Path) -> tuple[AppConfig, ModelsConfig]:
     return cfg, load_models()
 
 
+def binanceus_minutes(shared_data: Path, skip: int = 0, nrows: int | None = None) -> Any:
+    """Real BTC/USDT minutes of the shared Binance.US file from data row ``skip`` on, with ``ts`` (ms)."""
+    import pandas as pd
+
+    df = pd.read_csv(shared_data.joinpath(*REPLAY_FILE), skiprows=range(1, skip + 1), nrows=nrows)
+    df["ts"] = pd.to_datetime(df["timestamp"]).dt.as_unit("ms").astype("int64")
+    return df
+
+
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

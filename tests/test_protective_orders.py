@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from fake_binance import FakeServer, local_binance
+from helpers import binanceus_minutes
 
 from core.config import ExecutionConfig, RiskConfig, Secrets
 from core.execution.broker import CcxtBroker
@@ -38,9 +39,7 @@ ACCOUNT = "testnet:BTC/USDT"
 
 @pytest.fixture(scope="module")
 def minutes(shared_data: Path) -> pd.DataFrame:
-    df = pd.read_csv(shared_data / "binanceus" / "BTC_USDT-1m.csv", skiprows=range(1, 14_400), nrows=600)
-    df["ts"] = pd.to_datetime(df["timestamp"]).dt.as_unit("ms").astype("int64")
-    return df
+    return binanceus_minutes(shared_data, skip=14_399, nrows=600)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +47,15 @@ def server():
     s = FakeServer()
     yield s
     s.close()
+
+
+def exit_window(minutes: pd.DataFrame, fake, which: str, after: int) -> pd.DataFrame:
+    """The real minutes from a BUY whose ``which`` level is hit first to ``after`` - 1 minutes past the
+    exit, with the fake exchange reset to the entry's close."""
+    k, j = first_exit(minutes, which)
+    df = minutes.iloc[k:j + after]
+    fake.reset(price=float(df["close"].iloc[0]))
+    return df
 
 
 def first_exit(df: pd.DataFrame, which: str) -> tuple[int, int]:
@@ -104,9 +112,7 @@ def assert_ledger_equals_exchange(db: Path, fake) -> pd.DataFrame:
 
 def test_stop_loss_fires_on_the_exchange_and_is_booked_once(minutes, server, tmp_path):
     fake = server.fake
-    k, j = first_exit(minutes, "sl")
-    df = minutes.iloc[k:j + 2]
-    fake.reset(price=float(df["close"].iloc[0]))
+    df = exit_window(minutes, fake, "sl", 2)
     db = tmp_path / "sl.duckdb"
     ex = make(db, server.base)
     assert ex.snapshot().protection == "exchange"
@@ -147,9 +153,7 @@ def test_stop_loss_fires_on_the_exchange_and_is_booked_once(minutes, server, tmp
 
 def test_take_profit_fires_while_down_and_is_booked_at_restart(minutes, server, tmp_path):
     fake = server.fake
-    k, j = first_exit(minutes, "tp")
-    df = minutes.iloc[k:j + 2]
-    fake.reset(price=float(df["close"].iloc[0]))
+    df = exit_window(minutes, fake, "tp", 2)
     db = tmp_path / "tp.duckdb"
     ex = make(db, server.base)
     trade_minute(ex, server.base, df.iloc[0], Action.BUY, path=False)
@@ -200,9 +204,7 @@ def _child(db: Path, base: str, df: pd.DataFrame, mode: str) -> None:
 @pytest.mark.parametrize("mode", ["before", "in_flight", "after_ack"])
 def test_kill9_around_the_oco_request_never_doubles_it(minutes, server, tmp_path, mode):
     fake = server.fake
-    k, j = first_exit(minutes, "sl")
-    df = minutes.iloc[k:j + 2]
-    fake.reset(price=float(df["close"].iloc[0]))
+    df = exit_window(minutes, fake, "sl", 2)
     fake.kill_on_post = 2 if mode == "in_flight" else 0  # POST 1: the market buy, POST 2: the OCO list
     db = tmp_path / f"k-{mode}.duckdb"
     pid = os.fork()
@@ -231,9 +233,7 @@ def test_a_price_through_the_stop_books_the_exchange_exit_within_the_bar(minutes
     """The stop fires on the exchange at a trade inside minute j; the tick that shows that price makes the
     executor look the legs up at once: the exit is booked before the minute closes."""
     fake = server.fake
-    k, j = first_exit(minutes, "sl")
-    df = minutes.iloc[k:j + 1]
-    fake.reset(price=float(df["close"].iloc[0]))
+    df = exit_window(minutes, fake, "sl", 1)
     ex = make(tmp_path / "tick.duckdb", server.base)
     trade_minute(ex, server.base, df.iloc[0], Action.BUY, path=False)
     for r in df.iloc[1:-1].itertuples():

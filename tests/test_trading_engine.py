@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fake_binance import FakeServer, local_binance
-from helpers import wait_for
+from helpers import binanceus_minutes, wait_for
 from test_alerts import Hook
 
 import compose
@@ -104,8 +104,7 @@ def server():
 
 
 def test_testnet_engine_end_to_end(shared_data: Path, server, tmp_path, monkeypatch):
-    df = pd.read_csv(shared_data / "binanceus" / "BTC_USDT-1m.csv", skiprows=range(1, 10_000), nrows=12_000)
-    df["ts"] = pd.to_datetime(df["timestamp"]).dt.as_unit("ms").astype("int64")
+    df = binanceus_minutes(shared_data, skip=9_999, nrows=12_000)
     s = segment(df)
     hist, live = df.iloc[s - HISTORY + 1:s], df.iloc[s:s + LIVE]
     db = tmp_path / "moe.duckdb"

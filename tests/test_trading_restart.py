@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from fake_binance import FakeServer, local_binance
+from helpers import binanceus_minutes
 
 from core.config import ExecutionConfig, RiskConfig, Secrets
 from core.execution.broker import CcxtBroker
@@ -42,9 +43,7 @@ TRIALS = os.environ.get("MOE_KILL_TRIALS")
 @pytest.fixture(scope="module")
 def bars(shared_data: Path) -> pd.DataFrame:
     """Real minutes of the March 2023 move (many direction changes, hence many orders)."""
-    df = pd.read_csv(shared_data / "binanceus" / "BTC_USDT-1m.csv", skiprows=range(1, 14_400), nrows=400)
-    df["ts"] = pd.to_datetime(df["timestamp"]).dt.as_unit("ms").astype("int64")
-    return df
+    return binanceus_minutes(shared_data, skip=14_399, nrows=400)
 
 
 @pytest.fixture(scope="module")

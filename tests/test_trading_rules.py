@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fake_binance import FakeServer, local_binance
+from helpers import binanceus_minutes
 
 from core.config import ExecutionConfig, RiskConfig, Secrets
 from core.execution.broker import CcxtBroker, client_order_id
@@ -79,8 +80,7 @@ def test_stop_loss_acts_on_an_intrabar_price(server, shared_data: Path, tmp_path
     """5m bars from real minutes; the minutes' closes inside a bar are its ticks. After a BUY, the first
     tick under the stop level exits at once (one order), not at the bar's close."""
     fake = server.fake
-    m = pd.read_csv(shared_data / "binanceus" / "BTC_USDT-1m.csv", skiprows=range(1, 14_400), nrows=3000)
-    m["ts"] = pd.to_datetime(m["timestamp"]).dt.as_unit("ms").astype("int64")
+    m = binanceus_minutes(shared_data, skip=14_399, nrows=3000)
     sl = 0.002
     closes = m["close"].to_numpy()
     # the first 5m bar (aligned) whose close is followed, inside the NEXT 5m bar, by a tick below the stop

@@ -19,7 +19,7 @@ import pytest
 from core import indicators as ind
 from core.data.files import load_file
 from core.snapshot import EngineSnapshot, KronosSummary
-from web import figures
+from web import figures, live_chart
 from web.pages import live
 
 
@@ -83,10 +83,10 @@ def test_append_payload_equals_full_figure_tail(btc: pd.DataFrame) -> None:
 
 def test_chart_update_patches_new_candle_and_fan(btc: pd.DataFrame) -> None:
     s1 = _snap(btc.iloc[:1500])
-    fig, st = live.chart_update(s1, None, "1m", list(figures.OVERLAYS), None)
+    fig, st = live_chart.chart_update(s1, None, "1m", list(figures.OVERLAYS), None)
     assert "data" in fig and st["n"] == 1500
     # nothing new -> no update at all
-    same, st_same = live.chart_update(s1, None, "1m", list(figures.OVERLAYS), st)
+    same, st_same = live_chart.chart_update(s1, None, "1m", list(figures.OVERLAYS), st)
     assert same is live.no_update and st_same["last_ts"] == st["last_ts"]
     # one new real candle and a forecast -> a Patch: extend + trim + fan, never a whole figure
     df2 = btc.iloc[1:1501]
@@ -96,7 +96,7 @@ def test_chart_update_patches_new_candle_and_fan(btc: pd.DataFrame) -> None:
     k = KronosSummary(ts=int(last.ts), model_version="v", horizon=5, samples=8, p_up=0.5, expected_return=0.0,
                       future_ts=fut, median=med, bands={"q05": med * 0.99, "q25": med * 0.995,
                                                         "q75": med * 1.005, "q95": med * 1.01}, finished_ms=1)
-    p, st2 = live.chart_update(_snap(df2, k), None, "1m", list(figures.OVERLAYS), st)
+    p, st2 = live_chart.chart_update(_snap(df2, k), None, "1m", list(figures.OVERLAYS), st)
     payload = json.loads(json.dumps(p, cls=plotly.utils.PlotlyJSONEncoder))
     ops = payload["operations"]
     kinds = {o["operation"] for o in ops}
@@ -111,9 +111,9 @@ def test_chart_update_patches_new_candle_and_fan(btc: pd.DataFrame) -> None:
 
 def test_timeframe_switch_redraws(btc: pd.DataFrame) -> None:
     s = _snap(btc.iloc[:1500])
-    _, st = live.chart_update(s, None, "1m", [], None)
+    _, st = live_chart.chart_update(s, None, "1m", [], None)
     s1h = replace(s, candles={"1m": btc.iloc[:1500], "1h": btc.iloc[:1500:60]})
-    fig, st2 = live.chart_update(s1h, None, "1h", [], st)
+    fig, st2 = live_chart.chart_update(s1h, None, "1h", [], st)
     assert "data" in fig and st2["tf"] == "1h" and st2["n"] == 25
 
 
@@ -162,9 +162,9 @@ def test_experts_table_shows_the_engines_live_metrics(btc: pd.DataFrame) -> None
 
 def test_browser_window_is_redrawn_after_slack(btc: pd.DataFrame) -> None:
     s = _snap(btc.iloc[:1500])
-    _, st = live.chart_update(s, None, "1m", [], None)
-    st = {**st, "n": live.MAX_BARS + live.BROWSER_SLACK}
-    fig, st2 = live.chart_update(_snap(btc.iloc[1:1501]), None, "1m", [], st)
+    _, st = live_chart.chart_update(s, None, "1m", [], None)
+    st = {**st, "n": live_chart.MAX_BARS + live_chart.BROWSER_SLACK}
+    fig, st2 = live_chart.chart_update(_snap(btc.iloc[1:1501]), None, "1m", [], st)
     assert isinstance(fig, dict) and st2["n"] == 1500
 
 

@@ -26,10 +26,8 @@ from core.types import TIMEFRAME_MS, Thresholds, timeframe_ms
 from web import api, experts_api, figures, sessions
 from web.auth import who
 
-# the main chart and the equity curve are pure functions in web/live_chart.py (names re-exported here)
-from web.live_chart import BROWSER_SLACK as BROWSER_SLACK
+# the main chart and the equity curve are pure functions in web/live_chart.py
 from web.live_chart import FIRST_BARS, chart_update, content_sig, equity_update, user_zoomed
-from web.live_chart import MAX_BARS as MAX_BARS
 from web.pages import first_run
 
 if TYPE_CHECKING:
