@@ -302,12 +302,11 @@ def equity_figure(equity: pd.DataFrame, empty: str = EQUITY_EMPTY) -> dict:
         data.append(_line(x, _clean(equity["equity"]), "equity", "#29b6f6", width=1.5))
         if "drawdown" in equity:
             data.append({**_line(x, _clean(equity["drawdown"]), "drawdown", "#ef5350", width=1), "yaxis": "y2"})
-    layout = {"template": DARK, "height": 220, "margin": {"l": 50, "r": 40, "t": 10, "b": 30},
+    layout: dict[str, Any] = {"template": DARK, "height": 220, "margin": {"l": 50, "r": 40, "t": 10, "b": 30},
               "xaxis": {"type": "date"}, "yaxis2": {"overlaying": "y", "side": "right", "showgrid": False},
               "legend": {"orientation": "h"}, "uirevision": "equity"}
     if not data:
-        hide_axes(layout, empty, ("xaxis", "yaxis", "yaxis2"))
-        layout["annotations"][0]["font"]["size"] = 12
+        hide_axes(layout, empty, ("xaxis", "yaxis", "yaxis2"), size=12)
     return {"data": data, "layout": layout}
 
 

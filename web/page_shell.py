@@ -49,9 +49,11 @@ def lean_scripts(scripts: str) -> str:
 class LeanDash(Dash):
     """Dash with the lean script list (``interpolate_index`` is Dash's documented hook for the page)."""
 
-    def interpolate_index(self, **kwargs: Any) -> str:
-        kwargs["scripts"] = lean_scripts(kwargs.get("scripts", ""))
-        return super().interpolate_index(**kwargs)
+    def interpolate_index(self, metas: Any = "", title: Any = "", css: Any = "", config: Any = "",
+                          scripts: Any = "", app_entry: Any = "", favicon: Any = "", renderer: Any = "") -> Any:
+        return super().interpolate_index(metas=metas, title=title, css=css, config=config,
+                                         scripts=lean_scripts(scripts), app_entry=app_entry, favicon=favicon,
+                                         renderer=renderer)
 
 
 def page_path(prefix: str = "/") -> str:
