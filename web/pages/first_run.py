@@ -75,7 +75,7 @@ def register(app: Dash, engine: Any) -> None:
     @app.callback(Output("live-banner-text", "children"), Output("live-banner", "color"),
                   Output("live-banner", "style"), Output("live-banner-buttons", "style"),
                   Output("live-source", "children"),
-                  Input("live-tick", "n_intervals"))
+                  Input("live-tick", "n_intervals"), prevent_initial_call=True)  # the layout has the banner
     def _banner(_n: int | None) -> Component:
         snap = engine.snapshot()
         text, colour, buttons = banner(snap)

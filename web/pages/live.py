@@ -272,6 +272,7 @@ def panels_update(snap: EngineSnapshot, sigs: dict | None, now_ms: int | None = 
 # ---------------------------------------------------------------- threshold preview
 
 THR_PREVIEW_MS = 5000  # the preview re-counts over the cached decisions every 5 s (not every tick)
+THR_FIRST_MS = 1500  # the first count, once the page's first chart is drawn
 
 
 def live_threshold_preview(snap: EngineSnapshot) -> dict[str, Any] | None:
@@ -306,6 +307,9 @@ def layout(wctx: WebContext) -> Component:
     # the first chart and equity curve are in the page itself: no callback round trip before candles show
     chart0, chart_state0 = chart_update(snap, None, tf0, DEFAULT_OVERLAYS, None, first_bars=FIRST_BARS)
     equity0, equity_state0 = equity_update(snap, None)
+    # the panels too: no callback fires when the page loads (the first tick, 1 s later, updates them all),
+    # so nothing competes with drawing the first chart
+    (stats0, experts0, trading0, kill0, system0, thr0), sigs0 = panels_update(snap, None)
 
     def thr_input(tid: str, label: str, value: float) -> Component:
         return dbc.InputGroup([dbc.InputGroupText(label), dbc.Input(
@@ -326,8 +330,8 @@ def layout(wctx: WebContext) -> Component:
         dbc.Row([
             dbc.Col([
                 dcc.Graph(id="live-chart", config={"displaylogo": False, "scrollZoom": True}, figure=chart0),
-                _card("Forecast & data", html.Div(id="live-stats")),
-                _card("Experts (mixture of experts)", html.Div(id="live-experts")),
+                _card("Forecast & data", html.Div(stats0, id="live-stats")),
+                _card("Experts (mixture of experts)", html.Div(experts0, id="live-experts")),
             ], width=9),
             dbc.Col([
                 _card("Thresholds (applied to the next decision)", [
@@ -336,24 +340,25 @@ def layout(wctx: WebContext) -> Component:
                     thr_input("thr-minconf", "min confidence", t.min_confidence),
                     dbc.Checkbox(id="thr-force", value=False, className="small",
                                  label="apply even if it would trade nearly every bar"),
-                    html.Div(id="thr-current", className="small text-info"),
+                    html.Div(thr0, id="thr-current", className="small text-info"),
                     html.Div(id="thr-msg", className="small"),
                     # what each threshold pair would have done over the cached recent decisions
                     dcc.Graph(id="live-thr-preview", config={"displayModeBar": False},
                               figure=figures.threshold_heatmap(None)),
                 ]),
-                _card("Risk", [html.Div(id="live-kill"),
+                _card("Risk", [html.Div(kill0, id="live-kill"),
                                dbc.Button("Reset kill switch", id="kill-reset", size="sm", color="warning"),
                                html.Div(id="kill-msg", className="small")]),
                 _card("Equity", dcc.Graph(id="live-equity", config={"displayModeBar": False}, figure=equity0)),
-                _card("Trading", html.Div(id="live-trading")),
-                _card("System", html.Div(id="live-system")),
+                _card("Trading", html.Div(trading0, id="live-trading")),
+                _card("System", html.Div(system0, id="live-system")),
             ], width=3),
         ]),
-        dcc.Store(id="live-state", data=chart_state0), dcc.Store(id="live-sigs"),
+        dcc.Store(id="live-state", data=chart_state0), dcc.Store(id="live-sigs", data=sigs0),
         dcc.Store(id="live-eq-state", data=equity_state0),
         dcc.Interval(id="live-tick", interval=wctx.cfg.dashboard.update_interval_ms),
         dcc.Interval(id="live-thr-tick", interval=THR_PREVIEW_MS),
+        dcc.Interval(id="live-thr-first", interval=THR_FIRST_MS, max_intervals=1),
     ])
 
 
@@ -367,7 +372,7 @@ def register(app: Dash, wctx: WebContext) -> None:
     @app.callback(Output("live-chart", "figure"), Output("live-state", "data"),
                   Input("live-tick", "n_intervals"), Input("live-timeframe", "value"),
                   Input("live-overlays", "value"), State("live-state", "data"),
-                  State("live-chart", "relayoutData"))
+                  State("live-chart", "relayoutData"), prevent_initial_call=True)
     def _chart(_n: int | None, tf: str, overlays: list[str] | None, state: dict | None,
                relayout: dict | None) -> Component:
         snap = engine.snapshot()
@@ -377,7 +382,8 @@ def register(app: Dash, wctx: WebContext) -> None:
                   Output("live-trading", "children"), Output("live-kill", "children"),
                   Output("live-system", "children"), Output("thr-current", "children"),
                   Output("live-sigs", "data"), Output("live-equity", "figure"), Output("live-eq-state", "data"),
-                  Input("live-tick", "n_intervals"), State("live-sigs", "data"), State("live-eq-state", "data"))
+                  Input("live-tick", "n_intervals"), State("live-sigs", "data"), State("live-eq-state", "data"),
+                  prevent_initial_call=True)
     def _panels(_n: int | None, sigs: dict | None, eq_state: dict | None) -> Component:
         # one request per tick for every panel and the equity curve (Dash's per-callback overhead is a
         # good part of the update time); both read the same snapshot reference
@@ -410,8 +416,9 @@ def register(app: Dash, wctx: WebContext) -> None:
                          className="text-success")
 
     @app.callback(Output("live-thr-preview", "figure"), Input("live-thr-tick", "n_intervals"),
-                  Input("thr-buy", "value"), Input("thr-sell", "value"))
-    def _thr_preview(_n: int | None, buy: float | None, sell: float | None) -> Component:
+                  Input("live-thr-first", "n_intervals"), Input("thr-buy", "value"), Input("thr-sell", "value"),
+                  prevent_initial_call=True)
+    def _thr_preview(_n: int | None, _first: int | None, buy: float | None, sell: float | None) -> Component:
         snap = engine.snapshot()
         t = snap.thresholds
         return figures.threshold_heatmap(live_threshold_preview(snap), buy if buy is not None else t.buy,
