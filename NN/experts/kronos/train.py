@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,7 +174,8 @@ def _steps(n_starts: int, p: TrainPreset) -> int:
 
 def _fit_stage(name: str, params, loss_fn, train: Windows, val: Windows, epochs: int, lr: float,
                p: TrainPreset, rng: np.random.Generator, device: torch.device, writer, progress: bool,
-               nets: list[torch.nn.Module], state_of) -> tuple[float, dict]:
+               nets: list[torch.nn.Module], state_of, epoch_done: Callable[[float], None] | None = None
+               ) -> tuple[float, dict]:
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=p.weight_decay)
     steps = _steps(train.n_starts, p)
     total = max(1, epochs * steps)
@@ -213,6 +215,8 @@ def _fit_stage(name: str, params, loss_fn, train: Windows, val: Windows, epochs:
                      loss.item(), v, steps, time.perf_counter() - t0)
         if v < best:
             best, best_state = v, state_of()
+        if epoch_done is not None:
+            epoch_done(v)
     return best, best_state
 
 
@@ -264,10 +268,12 @@ def _default_base() -> str | None:
 
 def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: int | None, models_dir: Path,
                  runs_dir: Path, base: str | None = None, preset: str = "nano", epochs: int | None = None,
-                 progress: bool = True, device: str = "auto") -> Path:
+                 progress: bool = True, device: str = "auto",
+                 on_epoch: Callable[[int, int, float], None] | None = None) -> Path:
     """Train (or fine-tune ``base``: a directory or hub id) on the stored series; returns the checkpoint
     directory. ``epochs`` overrides the preset's epochs of both stages (fine-tuning: predictor only).
-    With ``base`` None, models.yml experts.kronos.params.model is fine-tuned when it names weights."""
+    With ``base`` None, models.yml experts.kronos.params.model is fine-tuned when it names weights.
+    ``on_epoch(done, total, val_loss)`` after each epoch of both stages (and once after calibration)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown Kronos training preset {preset!r}; allowed: {', '.join(PRESETS)}")
     p = PRESETS[preset]
@@ -293,6 +299,14 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
     out_dir = Path(models_dir) / "kronos" / name
     writer = _writer(Path(runs_dir) / "kronos" / name) if runs_dir else None
 
+    units = (0 if base else p.tok_epochs) + p.pred_epochs + (1 if p.calibrate else 0)
+    done = [0]
+
+    def epoch_done(val: float) -> None:
+        done[0] += 1
+        if on_epoch is not None:
+            on_epoch(done[0], units, val)
+
     if base:
         from .bundle import load_bundle
 
@@ -306,7 +320,7 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
         max_context = p.max_context
         tok_val, tok_state = _fit_stage(
             "tokenizer", list(tok.parameters()), lambda xn, st: tokenizer_loss(tok, xn), train_w, val_w,
-            p.tok_epochs, p.lr_tok, p, rng, dev, writer, progress, [tok], lambda: _snapshot(tok))
+            p.tok_epochs, p.lr_tok, p, rng, dev, writer, progress, [tok], lambda: _snapshot(tok), epoch_done)
         tok.load_state_dict(tok_state)
     tok.eval()
     for q in tok.parameters():
@@ -314,7 +328,8 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
     pred_val, pred_state = _fit_stage(
         "predictor", [q for q in model.parameters() if q.requires_grad],
         lambda xn, st: predictor_loss(tok, model, xn, st), train_w, val_w, p.pred_epochs,
-        p.lr_finetune if base else p.lr_pred, p, rng, dev, writer, progress, [model], lambda: _snapshot(model))
+        p.lr_finetune if base else p.lr_pred, p, rng, dev, writer, progress, [model], lambda: _snapshot(model),
+        epoch_done)
     model.load_state_dict(pred_state)
     model.eval()
     train_s = time.perf_counter() - t_start
@@ -344,6 +359,7 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
     r_te, y_te, ts_te = collect_forecasts(sampler, df, origins(te, p.test_origins), p.cal_lookback,
                                           p.cal_horizon, cfg, step_ms)
     cal = Calibration.fit(r_cal, y_cal)
+    epoch_done(float("nan"))
     cal.report = {"fit_period": {"from_ts": int(df["ts"].iloc[va.start]), "to_ts": int(df["ts"].iloc[va.stop - 1]),
                                  "origins": int(r_cal.shape[0])},
                   "test_period": {"from_ts": int(df["ts"].iloc[te.start]), "to_ts": int(df["ts"].iloc[te.stop - 1]),
