@@ -40,6 +40,7 @@ class Stage:
     started: float | None = None
     finished: float | None = None
     last: float | None = None  # when the latest unit finished
+    recent: float | None = None  # seconds per unit of the latest report (the load now, not the average)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -56,10 +57,12 @@ def job_stages(names: list[str], epochs: int, gate_rows: int | None, gate_name: 
 
 
 def _rate(s: Stage) -> float | None:
-    """Seconds per unit measured on this stage's finished units."""
+    """Seconds per unit measured on this stage's finished units: the mean, or the latest units' when
+    they were slower (the machine got busier; an ETA that errs, errs long)."""
     if s.done < 1 or s.started is None or s.last is None:
         return None
-    return (s.last - s.started) / s.done
+    mean = (s.last - s.started) / s.done
+    return max(mean, s.recent) if s.recent is not None else mean
 
 
 def _expert_epoch_s(stages: list[Stage]) -> float | None:
@@ -117,16 +120,20 @@ class Tracker:
 
     def begin(self, stage: str, total: int | None = None) -> None:
         s = self._stage(stage)
-        s.state, s.started, s.done, s.last = "running", self.clock(), 0, None
+        s.state, s.started, s.done, s.last, s.recent = "running", self.clock(), 0, None, None
         if total is not None:
             s.total = total
         self._changed()
 
     def advance(self, stage: str, done: int, total: int | None = None, **metrics: float) -> None:
         s = self._stage(stage)
+        now = self.clock()
         if s.state == "pending":
-            s.state, s.started = "running", self.clock()
-        s.done, s.last = done, self.clock()
+            s.state, s.started = "running", now
+        since = s.last if s.last is not None else s.started
+        if done > s.done and since is not None:
+            s.recent = (now - since) / (done - s.done)
+        s.done, s.last = done, now
         if total is not None:
             s.total = total
         s.metrics.update({k: round(float(v), 5) for k, v in metrics.items() if v == v})  # NaN: not shown
@@ -150,7 +157,7 @@ class Tracker:
         rows = []
         for s in stages:
             r = stage_remaining(s, stages, now)
-            rows.append({**{k: v for k, v in asdict(s).items() if k not in ("last",)},
+            rows.append({**{k: v for k, v in asdict(s).items() if k not in ("last", "recent")},
                          "eta_s": None if r is None else round(r, 1)})
         return {"stages": rows, "stage": current.name if current else None, "eta_s": eta, "estimating": unknown}
 
