@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
-
 from bench_train_now import KEY, kronos_last_day  # noqa: E402
+
 from core.data.files import load_file  # noqa: E402
 from core.data.store import MarketStore  # noqa: E402
 from NN.experts.kronos.train import train_kronos  # noqa: E402

@@ -274,7 +274,7 @@ def _export_candle_weights(ex: ExpertLike, d: Path) -> str:
     save_pretrained(b.model, d / "model")
     if b.calibration is not None:
         b.calibration.save(d / "calibration.json")
-    _write_json(d / "meta.json", {"version": b.version, "max_context": b.max_context})
+    _write_json(d / "meta.json", {"version": b.version, "max_context": b.max_context, "anchor": b.anchor})
     return str(d)
 
 

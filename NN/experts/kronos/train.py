@@ -61,6 +61,7 @@ class TrainPreset:
     weight_decay: float = 0.05
     val_windows: int = 64
     max_steps_per_epoch: int = 150
+    anchor: str | None = None  # the sampler's path anchoring stored with the checkpoint (sampler.anchor_paths)
     # calibration on the held-out parts
     cal_lookback: int = 256
     cal_horizon: int = 30
@@ -77,11 +78,14 @@ class TrainPreset:
 PRESETS: dict[str, TrainPreset] = {
     "nano": TrainPreset(),
     # Train now's quick preset: a forecast fan in about a minute on 2 CPU cores (2 days of 1m bars: 3 steps
-    # per epoch). It is crude: on the sample's unseen third day its CRPS is ~5x the climatology's
-    # (bench/bench_train_now.py kronos_last_day); a small calibration (40 origins) made it worse, not
-    # better (the paths' centre drifts, which a spread calibration cannot fix), so the bands stay raw
+    # per epoch; Train now runs it for the job's 4 epochs per stage). Its tokenizer reconstructs price
+    # levels ~65 bps off, which every decoded path carried: CRPS 88 vs the climatology's 18 bps on the
+    # sample's unseen third day. Paths anchored at their first open (sampler.anchor_paths): 23 vs 18
+    # (bench/bench_kronos_quick.py). Still worse than climatology, with no directional skill (47% vs 52.5%);
+    # more tokenizer epochs or steps (within the 3-minute budget), a lower temperature, a conformal or a
+    # scalar spread calibration on 40-120 held-out origins did not beat it either, so the bands stay raw
     "nano-quick": TrainPreset(tok_epochs=1, pred_epochs=2, max_steps_per_epoch=40, val_windows=16,
-                              calibrate=False),
+                              calibrate=False, anchor="first_open"),
     # same architecture, a few steps: for tests and smoke runs
     "nano-smoke": TrainPreset(ctx_len=64, pred_len=32, batch_size=8, tok_epochs=1, pred_epochs=1,
                               val_windows=8, max_steps_per_epoch=3, cal_lookback=64, cal_horizon=5,
@@ -244,7 +248,7 @@ def _register(store: Any, models_dir: Path, out_dir: Path, tok: KronosTokenizer,
         from .bundle import KronosBundle
         from .expert import bundle_state
 
-        state = bundle_state(KronosBundle(tok, model, cal, max_context, meta["version"], out_dir))
+        state = bundle_state(KronosBundle(tok, model, cal, max_context, meta["version"], out_dir, meta.get("anchor")))
         small = {k: meta[k] for k in ("version", "preset", "base", "symbol", "timeframe", "split") if k in meta}
         # the registry's file goes inside the checkpoint directory (rows store absolute paths), so
         # models_dir/kronos/ keeps holding checkpoint directories only
@@ -335,7 +339,7 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
     train_s = time.perf_counter() - t_start
 
     # calibration: fit on the validation period, score raw vs calibrated on the test period
-    sampler = KronosSampler(tok, model)
+    sampler = KronosSampler(tok, model, anchor=p.anchor)
     cfg = SampleConfig(samples=p.cal_samples, temperature=p.temperature, top_p=p.top_p, seed=p.seed,
                        max_context=max_context)
     step_ms = timeframe_ms(key.timeframe)
@@ -397,7 +401,7 @@ def _publish(out_dir: Path, name: str, preset: str, base: str | None, pred_val: 
             "bars": len(df), "from_ts": int(df["ts"].iloc[0]), "to_ts": int(df["ts"].iloc[-1]),
             "split": {k: [int(df["ts"].iloc[s.start]), int(df["ts"].iloc[s.stop - 1])]
                       for k, s in (("train", tr), ("val", va), ("test", te))},
-            "max_context": max_context, "train_seconds": round(train_s, 1),
+            "max_context": max_context, "anchor": p.anchor, "train_seconds": round(train_s, 1),
             "calibration_seconds": round(cal_s, 1), "train_preset": asdict(p),
             "params": {"tokenizer": sum(q.numel() for q in tok.parameters()),
                        "predictor": sum(q.numel() for q in model.parameters())},
