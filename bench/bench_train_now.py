@@ -6,6 +6,9 @@ running experts). Prints ONE JSON object.
   BTC/USDT 1m candles: what a fresh clone trains on);
 - quick_train_20k_s: one run on the newest 20,000 candles of ../shared/data's BTC/USDT 1m (the most the
   quick preset takes from a larger store);
+- eta: how the job's status ETA compared with the time really left (NN/training/progress.py), sampled
+  every 0.2 s of the first run: the stages, when the first complete ETA came, ETA / actual (median,
+  min, max) once no stage was estimating, and how often a partial ETA stayed a lower bound;
 - kronos_last_day: how good the quick Kronos (trained on the sample's first two days) is on the third,
   unseen day: CRPS of its 5-bar return forecasts (32 Monte-Carlo paths per origin, through its stored
   calibration as the expert draws them; raw_crps_bps without it) against the climatology of the first
@@ -128,6 +131,9 @@ def main() -> int:
 
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(1)  # this process only scores the quick Kronos; 2 threads on a busy 2-core box crawl
     full = load_file(ROOT / "data" / "sample" / "BTC_USDT-1m.csv")
     sample = full.iloc[:2880]
     times, adopted, loads, quality, honesty = [], [], [], {}, {}
