@@ -196,3 +196,30 @@ def test_models_page_line_lists_the_stages_with_the_current_ones_progress() -> N
     line = first_run.running_text({"state": "running", **in_gate})
     assert "dqn ✓, gate 210/354 rows" in line and "still estimating" not in line and "ETA " in line
     assert first_run.running_text({"state": "running", **seen[0][1]}).endswith("ETA estimating")
+
+
+def test_gate_rows_forecast_in_chunks_give_the_same_probabilities(kronos_fixture: Path) -> None:
+    """The gate's rows are forecast in chunks (10, then 50 at a time) so the progress can count them; the
+    probabilities must be those of one pass (every expert is row-wise; Kronos reseeds per forecast)."""
+    import numpy as np
+    import torch
+
+    from core.data.files import load_file
+    from core.types import SeriesKey
+    from NN.experts.registry import build_expert
+    from NN.training.trainer import expert_probs, prepare
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    models, app = load_models(), load_config()
+    candles = load_file(ROOT / "data" / "sample" / "BTC_USDT-1m.csv").iloc[:1500]
+    prep = prepare(candles, SeriesKey("binanceus", "BTC/USDT", "1m"), models, app)
+    experts = {n: build_expert(n, models.experts[n], prep.batch.spec) for n in ("cnn", "transformer", "dqn")}
+    kr = models.experts["kronos"]
+    experts["kronos"] = build_expert("kronos", kr.model_copy(update={"params": {
+        **kr.params, "model": str(kronos_fixture), "calibrated": False, "samples": 4}}), prep.batch.spec)
+    vb = prep.batch.take(np.arange(prep.val.start, prep.val.start + 73))
+    seen: list[tuple[int, int]] = []
+    chunked = expert_probs(experts, vb, candles, lambda d, t: seen.append((d, t)))
+    assert seen == [(10, 73), (60, 73), (73, 73)]
+    assert np.allclose(chunked, expert_probs(experts, vb, candles), atol=1e-6)
