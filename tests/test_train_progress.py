@@ -223,3 +223,17 @@ def test_gate_rows_forecast_in_chunks_give_the_same_probabilities(kronos_fixture
     chunked = expert_probs(experts, vb, candles, lambda d, t: seen.append((d, t)))
     assert seen == [(10, 73), (60, 73), (73, 73)]
     assert np.allclose(chunked, expert_probs(experts, vb, candles), atol=1e-6)
+
+
+def test_a_gate_probe_completes_the_eta_before_the_gate_starts() -> None:
+    # hand-written: cnn measured at 1 s per epoch, 2 epochs left; the gate probed at 0.05 s per row x 354
+    cnn = Stage("cnn", "expert", "epoch", total=4, done=2, state="running", started=0.0, last=2.0)
+    gate = Stage("gate", "gate", "row", total=354, prior_s=0.05)
+    eta, unknown = estimate([cnn, gate], 2.0)
+    assert unknown == [] and eta == pytest.approx(2.0 + 17.7)
+    # the gate under way, no chunk done yet: the probe's estimate less the time already spent
+    gate.state, gate.started = "running", 10.0
+    assert estimate([gate], 15.0) == (pytest.approx(12.7), [])
+    # its own first chunk replaces the probe
+    gate.done, gate.last, gate.recent = 10, 16.0, 0.6
+    assert estimate([gate], 16.0)[0] == pytest.approx(0.6 * 344)

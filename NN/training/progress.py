@@ -28,6 +28,8 @@ class StageSink(Protocol):
 
     def end(self, stage: str) -> None: ...
 
+    def prior(self, stage: str, seconds_per_unit: float, total: int | None = None) -> None: ...
+
 
 @dataclass
 class Stage:
@@ -41,6 +43,7 @@ class Stage:
     finished: float | None = None
     last: float | None = None  # when the latest unit finished
     recent: float | None = None  # seconds per unit of the latest report (the load now, not the average)
+    prior_s: float | None = None  # seconds per unit measured before the stage started (the gate's probe)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -78,6 +81,9 @@ def stage_remaining(s: Stage, stages: list[Stage], now: float) -> float | None:
     if s.state == "done":
         return 0.0
     rate = _rate(s)
+    if rate is None and s.prior_s is not None:  # measured ahead (a probe), not yet on the stage itself
+        left = s.prior_s * (s.total or 0)
+        return max(0.0, left - (now - s.started)) if s.state == "running" and s.started is not None else left
     if rate is None and s.kind == "expert":
         rate = _expert_epoch_s(stages)  # an unstarted expert: the others' epochs (early stopping may cut it)
         if rate is not None and s.state == "running" and s.started is not None:
@@ -137,6 +143,13 @@ class Tracker:
         if total is not None:
             s.total = total
         s.metrics.update({k: round(float(v), 5) for k, v in metrics.items() if v == v})  # NaN: not shown
+        self._changed()
+
+    def prior(self, stage: str, seconds_per_unit: float, total: int | None = None) -> None:
+        s = self._stage(stage)
+        s.prior_s = round(float(seconds_per_unit), 4)
+        if total is not None:
+            s.total = total
         self._changed()
 
     def end(self, stage: str) -> None:

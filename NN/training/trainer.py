@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -310,6 +311,36 @@ def train_gate(experts: dict[str, Expert], prep: Prepared, models: ModelsConfig,
     return gate, info
 
 
+def gate_probe(models: ModelsConfig, prep: Prepared, registry: CheckpointRegistry, names: list[str] | None,
+               candle_models: dict[str, str], candles: pd.DataFrame, max_rows: int | None, k: int = 3
+               ) -> tuple[float, int] | None:
+    """(seconds per gate row, gate rows) before the gate is trained: the candle experts of the gate
+    (Kronos samples a forecast per row: nearly all of the gate's time) timed on ``k`` validation rows;
+    None when the gate has no candle expert or one cannot forecast yet (the gate then measures itself)."""
+    if not names:  # a gate over the features experts only: fast, nothing worth probing
+        return None
+    loaded = load_experts(models, prep.batch.spec, registry, names, keep_untrained=True)
+    slow = {n: e for n, e in loaded.experts.items() if e.input_kind == "candles"}
+    if not slow or loaded.errors:
+        return None
+    y, r = prep.labels(common_horizon(dict(loaded.experts)))
+    n_rows = len(_known(y, r, prep.val))
+    n_rows = min(n_rows, max_rows) if max_rows is not None else n_rows
+    rows = np.arange(prep.val.stop - k, prep.val.stop)
+    spent = 0.0
+    try:
+        for name, ex in slow.items():
+            if name in candle_models and hasattr(ex, "use_model"):
+                ex.use_model(candle_models[name])
+            ex.predict_many(prep.batch.take(rows[:1]), candles)  # loads the weights, warms up: not timed
+            t0 = time.perf_counter()
+            ex.predict_many(prep.batch.take(rows), candles)
+            spent += time.perf_counter() - t0
+    except (FileNotFoundError, ValueError):  # no weights yet: the gate's own first rows will tell
+        return None
+    return spent / k, n_rows
+
+
 def gate_members(models: ModelsConfig, prep: Prepared, registry: CheckpointRegistry, names: list[str] | None,
                  candle_models: dict[str, str]) -> dict[str, Expert]:
     """The experts a gate is trained over. ``names`` None: every enabled features expert with a
@@ -455,6 +486,12 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
     candles = load_candles(store, key, start_ms, end_ms)
     prep = prepare(candles, key, models, app, book=load_book(store, key, models, candles))
     if stages is not None:
+        if GATE_NAME in names:  # what the gate will cost, measured now: its ETA need not wait for it
+            probe = gate_probe(models, prep, registry, gate_experts, {
+                **(candle_models or {}), **{n: r_["checkpoint"] for n, r_ in results.items() if "checkpoint" in r_}},
+                candles, gate_rows)
+            if probe is not None:
+                stages.prior(GATE_STAGE, *probe)
         stages.end(FEATURES_STAGE)
     meta_base = {"exchange": key.exchange, "symbol": key.symbol, "timeframe": key.timeframe,
                  "dims": {"T": len(prep.batch.spec.timeframes), "L": prep.batch.spec.window,
