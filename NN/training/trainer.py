@@ -312,11 +312,12 @@ def train_gate(experts: dict[str, Expert], prep: Prepared, models: ModelsConfig,
 
 
 def gate_probe(models: ModelsConfig, prep: Prepared, registry: CheckpointRegistry, names: list[str] | None,
-               candle_models: dict[str, str], candles: pd.DataFrame, max_rows: int | None, k: int = 3
+               candle_models: dict[str, str], candles: pd.DataFrame, max_rows: int | None, k: int = 5
                ) -> tuple[float, int] | None:
     """(seconds per gate row, gate rows) before the gate is trained: the candle experts of the gate
-    (Kronos samples a forecast per row: nearly all of the gate's time) timed on ``k`` validation rows;
-    None when the gate has no candle expert or one cannot forecast yet (the gate then measures itself)."""
+    (Kronos samples a forecast per row: nearly all of the gate's time) timed row by row on ``k``
+    validation rows, the median (one busy moment on a shared machine does not set it); None when the
+    gate has no candle expert or one cannot forecast yet (the gate then measures itself)."""
     if not names:  # a gate over the features experts only: fast, nothing worth probing
         return None
     loaded = load_experts(models, prep.batch.spec, registry, names, keep_untrained=True)
@@ -327,18 +328,19 @@ def gate_probe(models: ModelsConfig, prep: Prepared, registry: CheckpointRegistr
     n_rows = len(_known(y, r, prep.val))
     n_rows = min(n_rows, max_rows) if max_rows is not None else n_rows
     rows = np.arange(prep.val.stop - k, prep.val.stop)
-    spent = 0.0
+    per_row = np.zeros(k)
     try:
         for name, ex in slow.items():
             if name in candle_models and hasattr(ex, "use_model"):
                 ex.use_model(candle_models[name])
             ex.predict_many(prep.batch.take(rows[:1]), candles)  # loads the weights, warms up: not timed
-            t0 = time.perf_counter()
-            ex.predict_many(prep.batch.take(rows), candles)
-            spent += time.perf_counter() - t0
+            for i in range(k):
+                t0 = time.perf_counter()
+                ex.predict_many(prep.batch.take(rows[i:i + 1]), candles)
+                per_row[i] += time.perf_counter() - t0
     except (FileNotFoundError, ValueError):  # no weights yet: the gate's own first rows will tell
         return None
-    return spent / k, n_rows
+    return float(np.median(per_row)), n_rows
 
 
 def gate_members(models: ModelsConfig, prep: Prepared, registry: CheckpointRegistry, names: list[str] | None,
