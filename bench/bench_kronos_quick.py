@@ -1,5 +1,5 @@
 """The quick Train-now Kronos on the bundled sample: trained exactly as Train now's quick preset trains it
-(NN/training/background.PRESETS["quick"]: the nano-quick Kronos preset, the job's epochs) on the
+(NN/training/background.PRESETS["quick"]: the nano-quick Kronos preset with its own epochs) on the
 sample's first two days (2,880 real BTC/USDT 1m candles), then scored on the third, unseen day by
 bench_train_now.kronos_last_day: CRPS of its 5-bar return forecasts (32 paths per origin, 120 origins)
 against the climatology of the first two days' 5-bar returns, and the direction hit rate of its median
@@ -49,7 +49,7 @@ def main() -> int:
             store.upsert_candles(KEY, full.iloc[:TRAIN_BARS])
             t0 = time.perf_counter()
             path = train_kronos(store, KEY, start_ms=None, end_ms=None, models_dir=Path(tmp) / "models",
-                                runs_dir=Path(tmp) / "runs", preset=quick.kronos, epochs=quick.epochs, progress=False,
+                                runs_dir=Path(tmp) / "runs", preset=quick.kronos, epochs=None, progress=False,
                                 device="cpu")
             train_s = time.perf_counter() - t0
         finally:
@@ -59,7 +59,7 @@ def main() -> int:
         eval_s = time.perf_counter() - t0
         meta = json.loads((path / "meta.json").read_text())
     print(json.dumps({"kronos_last_day": quality, "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
-                      "kronos_preset": quick.kronos, "epochs": quick.epochs, "anchor": meta.get("anchor"),
+                      "kronos_preset": quick.kronos, "anchor": meta.get("anchor"),
                       "threads": args.threads, "cpus": os.cpu_count(), "load_avg_1m_at_start": round(load, 2)}))
     return 0
 

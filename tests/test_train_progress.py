@@ -237,3 +237,27 @@ def test_a_gate_probe_completes_the_eta_before_the_gate_starts() -> None:
     # its own first chunk replaces the probe
     gate.done, gate.last, gate.recent = 10, 16.0, 0.6
     assert estimate([gate], 16.0)[0] == pytest.approx(0.6 * 344)
+
+
+def test_train_now_kronos_keeps_its_presets_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train now's ``epochs`` are the features experts' (quick: 4); Kronos trains its own preset's
+    (nano-quick: 1 tokenizer + 2 predictor epochs), as ``main_backtest.py train --experts kronos`` does
+    without --epochs. The CLI's explicit --epochs still sets both."""
+    import NN.experts.kronos.train as kronos_train
+    from core.types import SeriesKey
+    from NN.training.trainer import run_training
+
+    seen: list[int | None] = []
+
+    def record(*_a, epochs=None, **_k):  # only the argument is under test; the training itself is elsewhere
+        seen.append(epochs)
+        return tmp_path / "kronos-dir"
+
+    monkeypatch.setattr(kronos_train, "train_kronos", record)
+    store = MarketStore(tmp_path / "k.duckdb")
+    for own in (True, False):
+        run_training(store, SeriesKey("binanceus", "BTC/USDT", "1m"), load_models(), load_config(), ["kronos"],
+                     epochs=4, models_dir=tmp_path, runs_dir=None, progress=False, kronos_preset="nano-quick",
+                     kronos_preset_epochs=own)
+    store.close()
+    assert seen == [None, 4]

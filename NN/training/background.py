@@ -324,7 +324,7 @@ def child(job_dir: Path) -> int:
             store.upsert_candles(key, pd.read_parquet(job_dir / "candles.parquet"))
             results = run_training(store, key, models, app, names, epochs=epochs, models_dir=job_dir / "models",
                                    runs_dir=None, progress=False, max_steps_per_epoch=job["max_steps_per_epoch"],
-                                   patience=int(job["patience"]), stages=tracker,
+                                   patience=int(job["patience"]), stages=tracker, kronos_preset_epochs=True,
                                    kronos_preset=job["kronos_preset"], gate_experts=job.get("gate_experts"),
                                    candle_models=job.get("candle_models"), gate_rows=job.get("gate_rows"))
         finally:

@@ -453,13 +453,16 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                  annotation_weight: int = 5,
                  on_epoch: Callable[[str, int, int, float, float], None] | None = None,
                  gate_experts: list[str] | None = None, candle_models: dict[str, str] | None = None,
-                 gate_rows: int | None = None, stages: StageSink | None = None) -> dict[str, Any]:
+                 gate_rows: int | None = None, stages: StageSink | None = None,
+                 kronos_preset_epochs: bool = False) -> dict[str, Any]:
     """The ``train`` command: train the named experts (and/or 'moe'), register checkpoints.
     annotations: extra labelled samples for the supervised experts (NN/training/annotated.py).
     gate_experts: the gate's experts, in order (None: every features expert with a checkpoint);
     candle_models: the weights (directory or hub id) each candle expert of the gate forecasts with
     (a candle expert trained in this run uses its new checkpoint); gate_rows: see ``train_gate``;
-    stages: progress per stage (NN/training/progress.py: kronos, features, each expert, gate)."""
+    stages: progress per stage (NN/training/progress.py: kronos, features, each expert, gate);
+    kronos_preset_epochs: Kronos trains its preset's epochs, not ``epochs`` (Train now, whose ``epochs``
+    are the features experts'; ``main_backtest.py train --epochs N`` sets both)."""
     registry = CheckpointRegistry(store, models_dir)
     results: dict[str, Any] = {}
     feature_names = [n for n in names if n not in (GATE_NAME, "kronos")]
@@ -474,7 +477,8 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
         if stages is not None:
             stages.begin(KRONOS_STAGE)
         path = train_kronos(store, key, start_ms=start_ms, end_ms=end_ms, models_dir=models_dir,
-                            runs_dir=runs_dir or Path("runs"), preset=kronos_preset, epochs=epochs, progress=progress,
+                            runs_dir=runs_dir or Path("runs"), preset=kronos_preset,
+                            epochs=None if kronos_preset_epochs else epochs, progress=progress,
                             device=models.experts["kronos"].device,
                             on_epoch=None if stages is None else
                             lambda done, total, val: stages.advance(KRONOS_STAGE, done, total, val_loss=val))
