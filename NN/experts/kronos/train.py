@@ -77,13 +77,13 @@ class TrainPreset:
 
 PRESETS: dict[str, TrainPreset] = {
     "nano": TrainPreset(),
-    # Train now's quick preset: a forecast fan in about a minute on 2 CPU cores (2 days of 1m bars: 3 steps
-    # per epoch; Train now runs it for the job's 4 epochs per stage). Its tokenizer reconstructs price
-    # levels ~65 bps off, which every decoded path carried: CRPS 88 vs the climatology's 18 bps on the
-    # sample's unseen third day. Paths anchored at their first open (sampler.anchor_paths): 23 vs 18
-    # (bench/bench_kronos_quick.py). Still worse than climatology, with no directional skill (47% vs 52.5%);
-    # more tokenizer epochs or steps (within the 3-minute budget), a lower temperature, a conformal or a
-    # scalar spread calibration on 40-120 held-out origins did not beat it either, so the bands stay raw
+    # Train now's quick preset: a forecast fan in about 15 s on 2 CPU cores (2 days of 1m bars: 3 steps per
+    # epoch). Its tokenizer reconstructs price levels tens of bps off (~65 after 4 + 4 epochs), which every
+    # decoded path carried: CRPS 88 vs the climatology's 18 bps on the sample's unseen third day. Paths
+    # anchored at their first open (sampler.anchor_paths), these 1 + 2 epochs: 20 vs 18 bps
+    # (bench/bench_kronos_quick.py). Still worse than climatology, no directional skill (47% vs 52.5%); more
+    # tokenizer epochs or steps (within the 3-minute budget), a lower temperature, a conformal or a scalar
+    # spread calibration on 40-120 held-out origins did not beat it either, so the bands stay raw
     "nano-quick": TrainPreset(tok_epochs=1, pred_epochs=2, max_steps_per_epoch=40, val_windows=16,
                               calibrate=False, anchor="first_open"),
     # same architecture, a few steps: for tests and smoke runs
