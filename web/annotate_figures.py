@@ -155,7 +155,7 @@ def mini_figure(candles: pd.DataFrame, tf: str, spans: list[dict], x_range: list
                  "increasing": {"line": {"color": "#26a69a"}}, "decreasing": {"line": {"color": "#ef5350"}}}
     fig: dict[str, Any] = {
         "data": [price, *spans],
-        "layout": {"template": figures.PLOTLY_DARK, "height": 200, "margin": {"l": 45, "r": 10, "t": 24, "b": 20},
+        "layout": {"template": figures.DARK, "height": 200, "margin": {"l": 45, "r": 10, "t": 24, "b": 20},
                    "title": {"text": tf, "font": {"size": 12}, "x": 0.01}, "showlegend": False,
                    "hovermode": "x", "uirevision": tf,
                    "xaxis": {"type": "date", "rangeslider": {"visible": False}, "showspikes": True,
@@ -167,7 +167,7 @@ def mini_figure(candles: pd.DataFrame, tf: str, spans: list[dict], x_range: list
 
 
 def empty_mini(tf: str) -> dict:
-    return {"data": [], "layout": {"template": figures.PLOTLY_DARK, "height": 200,
+    return {"data": [], "layout": {"template": figures.DARK, "height": 200,
                                    "title": {"text": f"{tf}: not stored", "font": {"size": 12}}}}
 
 
@@ -177,7 +177,7 @@ def timeline_figure(ts: np.ndarray, codes: np.ndarray, x_range: list[int] | None
     fig: dict[str, Any] = {
         "data": [{"type": "bar", "x": np.asarray(ts, dtype=np.int64).tolist(),
                   "y": np.asarray(codes, dtype=float).tolist(), "marker": {"color": colors}, "name": "decision"}],
-        "layout": {"template": figures.PLOTLY_DARK, "height": 140, "margin": {"l": 45, "r": 10, "t": 20, "b": 20},
+        "layout": {"template": figures.DARK, "height": 140, "margin": {"l": 45, "r": 10, "t": 20, "b": 20},
                    "title": {"text": "replayed decisions (BUY +1 / SELL -1)", "font": {"size": 12}, "x": 0.01},
                    "xaxis": {"type": "date"}, "yaxis": {"range": [-1.2, 1.2], "tickvals": [-1, 0, 1]}}}
     if x_range:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dash_bootstrap_components as dbc
-from dash import Dash, Input, Output, dcc, html
+from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html
 
 from core.backtest.engine import ComponentsFactory
 from core.config import AppConfig, ModelsConfig, Secrets
@@ -22,6 +22,7 @@ from core.types import CheckpointCatalog
 from web import api, auth, figures
 from web.compress import install_compression
 from web.control_audit import ControlAudit
+from web.page_shell import LeanDash, page_path
 from web.pages import annotate, backtest, live, models, orderbook
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -140,7 +141,7 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
     if book is not None:
         ctx.extra["book"] = book
 
-    app = Dash(__name__, assets_folder=str(ASSETS), suppress_callback_exceptions=True,
+    app = LeanDash(__name__, assets_folder=str(ASSETS), suppress_callback_exceptions=True,
                title="MoE Trader", update_title="", serve_locally=True)
     dcfg = cfg.dashboard
     policy = auth.AuthPolicy(token=token, allowed_hosts=auth.host_allow_list(host, dcfg.allowed_hosts),
@@ -161,15 +162,28 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
                                                     className="btn btn-sm btn-outline-light ms-3 mt-1"),
                                         action=auth.LOGOUT_PATH, method="post"))],
     )
-    app.layout = html.Div([dcc.Location(id="url"), mode_banner(engine.snapshot()), nav,
-                           dbc.Container(id="page", fluid=True)])
-
-    @app.callback(Output("page", "children"), Input("url", "pathname"))
-    def _route(path: str | None) -> Any:
-        entry = PAGES.get(path or "/")
+    def page(path: str) -> Any:
+        entry = PAGES.get(path)
         if entry is None:
             return dbc.Alert(f"No page at {path}. Pages: {', '.join(PAGES)}", color="warning")
         return entry[1].layout(ctx)
+
+    def shell() -> html.Div:
+        # the page the browser is on comes with the layout: no callback round trip before the first chart
+        path = page_path(app.config.requests_pathname_prefix)
+        return html.Div([dcc.Location(id="url"), dcc.Store(id="page-path", data=path), dcc.Store(id="page-want"),
+                         mode_banner(engine.snapshot()), nav, dbc.Container(page(path), id="page", fluid=True)])
+
+    app.layout = shell
+    # a page other than the one in the layout (navigation, or a layout request that named none): the
+    # browser asks for it; on the first load it matches and nothing is sent
+    app.clientside_callback(ClientsideFunction("shell", "wanted"), Output("page-want", "data"),
+                            Input("url", "pathname"), State("page-path", "data"))
+
+    @app.callback(Output("page", "children"), Output("page-path", "data"), Input("page-want", "data"),
+                  prevent_initial_call=True)
+    def _route(path: str | None) -> Any:
+        return page(path or "/"), path
 
     for _, mod in PAGES.values():
         mod.register(app, ctx)

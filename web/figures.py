@@ -31,8 +31,16 @@ TRACE_NAMES: tuple[str, ...] = (
 )
 TRACE: dict[str, int] = {n: i for i, n in enumerate(TRACE_NAMES)}
 LINE_TRACES: tuple[str, ...] = ("vwap", "bb_upper", "bb_lower", "bb_mid", "sma5", "sma21", "sma233")
-# the plotly_dark template as a plain dict, built once (templates are large; validating them per call is slow)
-PLOTLY_DARK = pio.templates["plotly_dark"].to_plotly_json()
+# plotly_dark's look for the 2-D charts drawn here, as a small plain dict: the whole template (defaults for
+# ~25 trace types, colour scales, automargin axes) cost the browser ~0.15 s on the Live page's first chart
+_DARK_AXIS = {"gridcolor": "#283442", "linecolor": "#506784", "zerolinecolor": "#283442", "zerolinewidth": 2,
+              "ticks": ""}
+DARK: dict[str, Any] = {"layout": {
+    "colorway": list(pio.templates["plotly_dark"].layout.colorway), "font": {"color": "#f2f5fa"},
+    "paper_bgcolor": "rgb(17,17,17)", "plot_bgcolor": "rgb(17,17,17)", "hoverlabel": {"align": "left"},
+    "xaxis": _DARK_AXIS, "yaxis": _DARK_AXIS, "title": {"x": 0.05},
+    "shapedefaults": {"line": {"color": "#f2f5fa"}},
+    "annotationdefaults": {"arrowcolor": "#f2f5fa", "arrowhead": 0, "arrowwidth": 1}}}
 PIVOT_COLORS = {"P": "#9e9e9e", "R": "#ef5350", "S": "#26a69a"}
 # what an empty graph says instead of bare axes (what is missing, and the next step)
 CANDLES_EMPTY = "No candles yet: the chart draws the first bars as soon as the data source delivers them"
@@ -225,7 +233,7 @@ def candle_figure(candles: pd.DataFrame, overlays: Iterable[str] = (), fan: Fan 
     if rangebreaks:
         xaxis["rangebreaks"] = rangebreaks
     layout = {
-        "template": PLOTLY_DARK, "uirevision": uirevision, "hovermode": "x unified",
+        "template": DARK, "uirevision": uirevision, "hovermode": "x unified",
         "margin": {"l": 50, "r": 20, "t": 30, "b": 30}, "height": 560,
         "xaxis": xaxis,
         "yaxis": {"domain": [0.25, 1.0], "showspikes": True, "spikemode": "across", "spikethickness": 1,
@@ -240,20 +248,20 @@ def candle_figure(candles: pd.DataFrame, overlays: Iterable[str] = (), fan: Fan 
     return {"data": data, "layout": layout}
 
 
-def hide_axes(layout: dict, text: str, axes: Iterable[str] = ("xaxis", "yaxis")) -> dict:
+def hide_axes(layout: dict, text: str, axes: Iterable[str] = ("xaxis", "yaxis"), size: int = 14) -> dict:
     """A figure dict's layout with nothing to draw: the axes hidden, ``text`` (what is missing and the
     next step) in the middle."""
     for ax in axes:
         layout[ax] = {**layout.get(ax, {}), "visible": False}
     layout["annotations"] = [{"text": text, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5,
-                              "y": 0.5, "font": {"size": 14, "color": "#bbb"}}]
+                              "y": 0.5, "font": {"size": size, "color": "#bbb"}}]
     return layout
 
 
-def empty_figure(text: str, height: int = 300) -> dict:
+def empty_figure(text: str, height: int = 300, size: int = 14) -> dict:
     """A placeholder figure that says in words why a graph is empty (instead of plotly's bare axes)."""
-    return {"data": [], "layout": hide_axes({"template": PLOTLY_DARK, "height": height,
-                                             "margin": {"l": 10, "r": 10, "t": 10, "b": 10}}, text)}
+    return {"data": [], "layout": hide_axes({"template": DARK, "height": height,
+                                             "margin": {"l": 10, "r": 10, "t": 10, "b": 10}}, text, size=size)}
 
 
 def pivot_shapes(levels: Mapping[str, float]) -> list[dict]:
@@ -294,12 +302,11 @@ def equity_figure(equity: pd.DataFrame, empty: str = EQUITY_EMPTY) -> dict:
         data.append(_line(x, _clean(equity["equity"]), "equity", "#29b6f6", width=1.5))
         if "drawdown" in equity:
             data.append({**_line(x, _clean(equity["drawdown"]), "drawdown", "#ef5350", width=1), "yaxis": "y2"})
-    layout = {"template": PLOTLY_DARK, "height": 220, "margin": {"l": 50, "r": 40, "t": 10, "b": 30},
+    layout: dict[str, Any] = {"template": DARK, "height": 220, "margin": {"l": 50, "r": 40, "t": 10, "b": 30},
               "xaxis": {"type": "date"}, "yaxis2": {"overlaying": "y", "side": "right", "showgrid": False},
               "legend": {"orientation": "h"}, "uirevision": "equity"}
     if not data:
-        hide_axes(layout, empty, ("xaxis", "yaxis", "yaxis2"))
-        layout["annotations"][0]["font"]["size"] = 12
+        hide_axes(layout, empty, ("xaxis", "yaxis", "yaxis2"), size=12)
     return {"data": data, "layout": layout}
 
 
@@ -323,7 +330,7 @@ def loss_figure(metrics: pd.DataFrame, title: str = "") -> go.Figure:
     if metrics is not None and len(metrics):
         for name, g in metrics.groupby("name", sort=True):
             fig.add_trace(go.Scatter(x=g["step"].tolist(), y=_clean(g["value"]), mode="lines", name=str(name)))
-    fig.update_layout(template="plotly_dark", height=240, title=title,
+    fig.update_layout(template=DARK, height=240, title=title,
                       margin={"l": 40, "r": 10, "t": 30 if title else 10, "b": 30})
     if not fig.data:
         empty_state(fig, LOSS_EMPTY)
@@ -365,7 +372,7 @@ def online_loss_figure(history: Mapping[str, list] | None, swaps: Iterable[Mappi
     else:
         fig.add_annotation(text="switch training on: a point per published round", showarrow=False,
                            xref="paper", yref="paper", x=0.5, y=0.5, font={"color": "#999"})
-    fig.update_layout(template="plotly_dark", height=240, title=title,
+    fig.update_layout(template=DARK, height=240, title=title,
                       xaxis={"type": "date", "visible": bool(x)},  # no made-up year-2000 axis when empty
                       yaxis={"title": "log loss", "visible": bool(x)}, legend={"orientation": "h", "y": -0.25},
                       margin={"l": 40, "r": 10, "t": 30 if title else 10, "b": 30})
@@ -381,7 +388,7 @@ def compare_figure(curves: Mapping[str, pd.DataFrame], empty: str = COMPARE_EMPT
             continue
         y = eq["equity"].to_numpy(float)
         fig.add_trace(go.Scatter(x=_x(eq["ts"].to_numpy()), y=_clean(y / y[0]), mode="lines", name=name))
-    fig.update_layout(template="plotly_dark", height=320, margin={"l": 40, "r": 10, "t": 10, "b": 30},
+    fig.update_layout(template=DARK, height=320, margin={"l": 40, "r": 10, "t": 10, "b": 30},
                       yaxis={"title": "equity / start"})
     if not fig.data:
         empty_state(fig, empty)
@@ -389,15 +396,14 @@ def compare_figure(curves: Mapping[str, pd.DataFrame], empty: str = COMPARE_EMPT
 
 
 def threshold_heatmap(preview: Mapping[str, Any] | None, buy: float | None = None,
-                      sell: float | None = None) -> go.Figure:
+                      sell: float | None = None) -> go.Figure | dict:
     """The threshold preview (core/backtest/thresholds.preview_json): hit rate per (buy, sell) pair as
     colour, BUY/SELL counts in the hover and as cell text; a cross marks the current thresholds."""
-    fig = go.Figure()
-    layout: dict[str, Any] = {"template": "plotly_dark", "height": 300, "margin": {"l": 50, "r": 10, "t": 30, "b": 40},
-                              "xaxis": {"title": "sell threshold"}, "yaxis": {"title": "buy threshold"}}
     if not preview or not preview.get("buy"):
-        fig.update_layout(**{**layout, "margin": {"l": 10, "r": 10, "t": 10, "b": 10}})
-        return empty_state(fig, THRESHOLD_EMPTY, size=12)
+        return empty_figure(THRESHOLD_EMPTY, 300, size=12)  # a plain dict: in the Live page's first layout
+    fig = go.Figure()
+    layout: dict[str, Any] = {"template": DARK, "height": 300, "margin": {"l": 50, "r": 10, "t": 30, "b": 40},
+                              "xaxis": {"title": "sell threshold"}, "yaxis": {"title": "buy threshold"}}
     nb, ns = np.asarray(preview["n_buy"]), np.asarray(preview["n_sell"])
     hr = np.array([[np.nan if v is None else v for v in row] for row in preview["hit_rate"]], dtype=float)
     text = [[f"{b}/{s}" for b, s in zip(rb, rs, strict=True)] for rb, rs in zip(nb.tolist(), ns.tolist(), strict=True)]

@@ -244,11 +244,11 @@ def layout(wctx: Any) -> Any:
         html.H4("Annotate"), controls, details,
         html.Div(id="ann-msg", className="small mt-1"),
         dcc.Graph(id="ann-chart", config={"scrollZoom": True, "displaylogo": False, "edits": {"shapePosition": True}},
-                  figure={"data": [], "layout": {"template": figures.PLOTLY_DARK, "height": 560}}),
+                  figure={"data": [], "layout": {"template": figures.DARK, "height": 560}}),
         dcc.Loading(html.Div([dcc.Graph(id="ann-timeline", style={"display": "none"}),
                               html.Pre(id="ann-metrics", className="small")])),
         dbc.Row([dbc.Col(dcc.Graph(id=m, figure={"data": [], "layout": {
-            "template": figures.PLOTLY_DARK, "height": 200}}), width=4) for m in MINI], className="g-1"),
+            "template": figures.DARK, "height": 200}}), width=4) for m in MINI], className="g-1"),
         dbc.Row([dbc.Col([dbc.Label("Selected"), dbc.Select(id="ann-selected", options=[], value=None, size="sm")], width=4)]),
         table,
         dcc.Store(id="ann-pending"), dcc.Store(id="ann-undo-stack", data=[]), dcc.Store(id="ann-ids", data=[]),

@@ -129,7 +129,7 @@ def ladder_figure(snap: BucketSnapshot, venues: list[str] | None, mode: str) -> 
             continue
         fig.add_bar(y=snap.prices, x=-snap.bid[i], orientation="h", name=f"{v} bid", opacity=0.8)
         fig.add_bar(y=snap.prices, x=snap.ask[i], orientation="h", name=f"{v} ask", opacity=0.8)
-    fig.update_layout(template="plotly_dark", barmode="relative" if mode == "stacked" else "overlay", height=520,
+    fig.update_layout(template=figures.DARK, barmode="relative" if mode == "stacked" else "overlay", height=520,
                       margin={"l": 60, "r": 10, "t": 30, "b": 30}, title="Depth ladder (bid < 0 < ask)",
                       uirevision="ladder", legend={"orientation": "h"})
     return fig
@@ -140,7 +140,7 @@ def imbalance_figure(snap: BucketSnapshot) -> go.Figure:
     vals = [snap.total_imbalance(1), snap.total_imbalance(5), snap.total_imbalance(), *snap.imbalance_ma.values()]
     fig = go.Figure(go.Bar(x=vals, y=names, orientation="h",
                            marker={"color": ["#2ca02c" if v >= 0 else "#d62728" for v in vals]}))
-    fig.update_layout(template="plotly_dark", height=300, xaxis={"range": [-1, 1]},
+    fig.update_layout(template=figures.DARK, height=300, xaxis={"range": [-1, 1]},
                       margin={"l": 90, "r": 10, "t": 30, "b": 30}, title="Imbalance (bid−ask)/(bid+ask)")
     return fig
 
