@@ -6,6 +6,9 @@ running experts). Prints ONE JSON object.
   BTC/USDT 1m candles: what a fresh clone trains on);
 - quick_train_20k_s: one run on the newest 20,000 candles of ../shared/data's BTC/USDT 1m (the most the
   quick preset takes from a larger store);
+- eta: how the job's status ETA compared with the time really left (NN/training/progress.py), sampled
+  every 0.2 s of the first run: the stages, when the first complete ETA came, ETA / actual (median,
+  min, max) once no stage was estimating, and how often a partial ETA stayed a lower bound;
 - kronos_last_day: how good the quick Kronos (trained on the sample's first two days) is on the third,
   unseen day: CRPS of its 5-bar return forecasts (32 Monte-Carlo paths per origin, through its stored
   calibration as the expert draws them; raw_crps_bps without it) against the climatology of the first
@@ -74,7 +77,26 @@ def kronos_last_day(kronos_dir: Path, sample, train_bars: int, origins: int = 12
             "model": b.version}
 
 
-def one_run(candles, tmp: Path) -> tuple[float, list[str]]:
+def eta_honesty(trace: list[tuple[float, dict]], end: float) -> dict:
+    """How the status's ETA compared with the real remaining time over a run: per sample taken while
+    the job ran, predicted (ETA) vs actual seconds left; ``partial`` samples had stages still estimating
+    (their ETA is a lower bound)."""
+    full = [(round(st["eta_s"], 1), round(end - t, 1)) for t, st in trace
+            if isinstance(st.get("eta_s"), int | float) and not st.get("estimating") and end - t > 5]
+    partial = [(round(st["eta_s"], 1), round(end - t, 1)) for t, st in trace
+               if isinstance(st.get("eta_s"), int | float) and st.get("estimating")]
+    ratio = [p / a for p, a in full if a > 0]
+    first_full = next((round(t - trace[0][0], 1) for t, st in trace
+                       if isinstance(st.get("eta_s"), int | float) and not st.get("estimating")), None)
+    stages = [s["name"] for s in trace[-1][1].get("stages", [])] if trace else []
+    return {"stages": stages, "first_full_eta_after_s": first_full, "samples": len(full),
+            "eta_over_actual_median": round(float(np.median(ratio)), 2) if ratio else None,
+            "eta_over_actual_min_max": [round(min(ratio), 2), round(max(ratio), 2)] if ratio else None,
+            "partial_lower_bound_held": (sum(p <= a * 1.1 + 5 for p, a in partial), len(partial)),
+            "gate_seen_running": any(st.get("stage") == "gate" for _, st in trace)}
+
+
+def one_run(candles, tmp: Path, trace: list | None = None) -> tuple[float, list[str]]:
     cfg = load_config()
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"models_dir": str(tmp / "models")})})
     store = MarketStore(tmp / "bench.duckdb")
@@ -86,8 +108,12 @@ def one_run(candles, tmp: Path) -> tuple[float, list[str]]:
         job.start("quick", KEY, candles)
         while job.running:
             time.sleep(0.2)
+            if trace is not None:
+                trace.append((time.time(), job.status()))
         adopted = job.poll()
         dt = time.perf_counter() - t0
+        if trace is not None:
+            trace.append((time.time(), job.status()))
         if job.status().get("state") != "done":
             raise SystemExit(f"train now failed: {job.status().get('error')}")
         return dt, adopted
@@ -99,23 +125,33 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-20k", action="store_true", help="skip the 20,000-candle run")
+    ap.add_argument("--trace", default=None, help="write the first run's status samples (JSON) to this file")
     args = ap.parse_args()
     import logging
 
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(1)  # this process only scores the quick Kronos; 2 threads on a busy 2-core box crawl
     full = load_file(ROOT / "data" / "sample" / "BTC_USDT-1m.csv")
     sample = full.iloc[:2880]
-    times, adopted, loads, quality = [], [], [], {}
+    times, adopted, loads, quality, honesty = [], [], [], {}, {}
     for i in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             loads.append(os.getloadavg()[0])
-            dt, adopted = one_run(sample, Path(tmp))
+            trace: list = []
+            dt, adopted = one_run(sample, Path(tmp), trace)
             times.append(dt)
             if i == 0:
+                honesty = eta_honesty(trace[:-1], trace[-1][0])
+                if args.trace:  # the status samples, for a look at how the ETA moved
+                    Path(args.trace).write_text(json.dumps(
+                        [[t, {k: st.get(k) for k in ("state", "stage", "eta_s", "estimating", "stages")}]
+                         for t, st in trace], default=str))
                 quality = kronos_last_day(next((Path(tmp) / "models" / "kronos").glob("nano-quick-*")), full, 2880)
     out = {"quick_train_s": round(float(np.median(times)), 1), "runs_s": [round(t, 1) for t in times],
-           "bars": len(sample), "adopted": adopted, "kronos_last_day": quality}
+           "bars": len(sample), "adopted": adopted, "eta": honesty, "kronos_last_day": quality}
     if not args.no_20k:
         big = load_file(shared_data_dir() / "binanceus" / "BTC_USDT-1m.csv").iloc[-20_000:]
         with tempfile.TemporaryDirectory() as tmp:

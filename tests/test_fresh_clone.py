@@ -138,12 +138,15 @@ def test_fresh_clone_offline_reaches_a_trained_dashboard_with_one_button(dashboa
         page.click("#train-now-quick")
         page.wait_for_function("() => document.querySelector('#live-banner-text').innerText.includes('Train now')",
                                timeout=30_000)
-        # progress on the Models page (Kronos first, then epochs with loss and ETA)
+        # progress on the Models page: the stages (Kronos first, each expert, the gate) and the ETA
         page.goto(url + "/models")
         page.wait_for_function("() => (document.querySelector('#models-offline') || {innerText: ''})"
                                ".innerText.includes('Train now (quick)')", timeout=30_000)
         page.wait_for_function("() => (document.querySelector('#models-offline') || {innerText: ''})"
-                               ".innerText.includes('ETA')", timeout=900_000)  # Kronos first, then epochs
+                               ".innerText.includes('ETA')", timeout=900_000)
+        page.wait_for_function("() => { const t = (document.querySelector('#models-offline') || {innerText: ''})"
+                               ".innerText; return t.includes('kronos ✓') && t.includes('gate') && /\\d+\\/\\d+/.test(t); }",
+                               timeout=900_000)  # Kronos done, then an expert's epochs or the gate's rows
         page.screenshot(path=str(output_dir / "first_run_models.png"))
         # on an idle 2-core machine the quick preset takes about a minute; other jobs can slow it a lot
         wait_for(lambda: http_json(url + "/api/train_now", token=TOKEN)[1]["training"]["state"] in ("done", "failed"), 900,

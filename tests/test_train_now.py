@@ -54,6 +54,13 @@ def test_train_now_gate_covers_every_engine_expert_and_is_swapped_in(tmp_path: P
         st = job.status()
         assert st["state"] == "done", st.get("error")
         assert sorted(adopted) == ["cnn", "dqn", "moe", "transformer"]  # Kronos kept its weights
+        # the progress named every stage, the gate's validation rows (each forecast by Kronos) included
+        assert [s["name"] for s in st["stages"]] == ["features", "cnn", "transformer", "dqn", "gate"]
+        assert all(s["state"] == "done" for s in st["stages"]) and st["eta_s"] == 0
+        gate_stage = st["stages"][-1]
+        assert gate_stage["unit"] == "row" and 0 < gate_stage["done"] == gate_stage["total"] <= 200
+        assert gate_stage["prior_s"] > 0  # Kronos was timed on a few rows before the gate started
+        assert st["kronos"] == f"{kronos_version} (kept)"
         reg = parts.registry
         gate_info = reg.best("moe")
         assert gate_info is not None and gate_info.meta["experts"] == ["cnn", "transformer", "dqn", "kronos"]

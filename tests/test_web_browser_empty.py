@@ -76,3 +76,8 @@ def test_every_empty_graph_says_what_is_missing_in_words(empty_dashboard, output
         page.goto(url + "/models")
         page.get_by_text("offline training metrics: none recorded yet (Train now").first.wait_for(timeout=30_000)
         assert page.locator("#page .js-plotly-plot .xtick").count() == 0  # no graph with bare axes
+
+        page.goto(url + "/orderbook")  # no book source: what to start, with what a user has
+        page.locator("#ob-empty").wait_for(timeout=30_000)
+        hint = page.locator("#ob-empty").inner_text()
+        assert "python main_dashboard.py --book live" in hint and "book record" in hint and "shared" not in hint

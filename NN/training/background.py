@@ -5,8 +5,9 @@ DuckDB lets one process write a file, and the dashboard holds the store. So the 
 the candles it may learn from (never newer than the engine's newest bar: a replay must not learn its
 own future); the job writes them with its settings into a job directory, and a child process
 (``python -m NN.training.background JOBDIR``) trains there into its own store and models directory with
-the same code as ``main_backtest.py train`` (``run_training``). The child writes ``status.json``
-(state, expert, epoch, loss, ETA) after every epoch. When it has finished, ``poll`` (on the engine
+the same code as ``main_backtest.py train`` (``run_training``). The child writes ``status.json`` after
+every epoch and every chunk of gate rows: the stages (Kronos, features, each expert, the gate) with
+their progress and an ETA per stage (NN/training/progress.py). When it has finished, ``poll`` (on the engine
 thread, between two decisions) registers the new checkpoints in the engine's registry, loads them into
 the running experts and the gate, and returns their names.
 """
@@ -53,21 +54,45 @@ PRESETS: dict[str, Preset] = {
     # quick: a few short epochs of every enabled features expert and the gate; <= 3 min on 2 CPU cores
     "quick": Preset(epochs=4, max_steps_per_epoch=60, patience=1, kronos="nano-quick", max_bars=20_000,
                     gate_rows=400),
-    # full: what `main_backtest.py train` does by default, Kronos included when it is enabled
+    # full: what `main_backtest.py train` does by default, plus a nano Kronos retrained (a released
+    # hub Kronos is kept: see plan)
     "full": Preset(epochs=10, max_steps_per_epoch=None, patience=3, kronos="nano", max_bars=None,
                    gate_rows=3000),
 }
 
 
+def released_kronos(ex: ExpertLike | None) -> bool:
+    """True when the expert forecasts with a released Kronos from the hub (its version is the hub id)."""
+    from NN.experts.kronos.config import HUB_TOKENIZER_FOR
+
+    return ex is not None and ex.input_kind == "candles" and str(ex.version) in HUB_TOKENIZER_FOR
+
+
 def plan(models: ModelsConfig, preset: str, experts: dict[str, ExpertLike], trained: dict[str, bool]) -> list[str]:
-    """The experts a preset trains: every features expert, Kronos when it has no weights (quick) or
-    always (full), in models.yml order, then the gate."""
+    """The experts a preset trains: every features expert, then the gate, in models.yml order; Kronos
+    first when the engine's Kronos is a nano one (quick: only when it has no weights; full: always).
+    A released Kronos (``model: auto`` resolved to the hub's Kronos-small/mini) is kept by both: a nano
+    trained here would replace far better weights, and ``main_backtest.py train`` leaves Kronos alone
+    unless named (``--experts kronos`` fine-tunes a configured hub id, not ``auto``)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown training preset {preset!r}; use one of {', '.join(PRESETS)}")
     names = [n for n, e in experts.items() if e.input_kind == "features"]
-    if "kronos" in experts and (preset == "full" or not trained.get("kronos", False)):
+    kronos = experts.get("kronos")
+    if kronos is not None and not released_kronos(kronos) and (preset == "full" or not trained.get("kronos", False)):
         names.insert(0, "kronos")  # run_training trains it first
     return [*names, GATE_NAME]
+
+
+def kronos_note(preset: str, names: list[str], experts: dict[str, ExpertLike]) -> str | None:
+    """Which Kronos the job's gate uses, in words (the Models page shows it); None without Kronos."""
+    ex = experts.get("kronos")
+    if ex is None:
+        return None
+    if "kronos" in names:
+        return f"a nano Kronos trained in this job ({PRESETS[preset].kronos} preset)"
+    if released_kronos(ex):
+        return f"{ex.version} (released weights from the hub, kept)"
+    return f"{ex.version} (kept)"
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -117,9 +142,9 @@ class OfflineTraining:
             "app": self.app.model_dump(mode="json"), "models": self.models.model_dump(mode="json"),
             "epochs": p.epochs, "max_steps_per_epoch": p.max_steps_per_epoch, "patience": p.patience,
             "kronos_preset": p.kronos, "gate_experts": gate_experts, "candle_models": candle_models,
-            "gate_rows": p.gate_rows})
+            "gate_rows": p.gate_rows, "kronos": kronos_note(preset, names, self.experts)})
         self._status = {"state": "starting", "preset": preset, "names": names, "started": time.time(),
-                        "bars": len(candles)}
+                        "bars": len(candles), "kronos": kronos_note(preset, names, self.experts)}
         _write_json(d / "status.json", self._status)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_root()),
                                                                           os.environ.get("PYTHONPATH")]))}
@@ -249,7 +274,7 @@ def _export_candle_weights(ex: ExpertLike, d: Path) -> str:
     save_pretrained(b.model, d / "model")
     if b.calibration is not None:
         b.calibration.save(d / "calibration.json")
-    _write_json(d / "meta.json", {"version": b.version, "max_context": b.max_context})
+    _write_json(d / "meta.json", {"version": b.version, "max_context": b.max_context, "anchor": b.anchor})
     return str(d)
 
 
@@ -263,35 +288,32 @@ def _root() -> Path:
 
 
 def child(job_dir: Path) -> int:
+    from NN.training.progress import Tracker, job_stages
     from NN.training.trainer import run_training
 
     job = json.loads((job_dir / "job.json").read_text())
     status_path = job_dir / "status.json"
     started = time.time()
     names: list[str] = job["names"]
-    trainable = [n for n in names if n not in (GATE_NAME, "kronos")]
     epochs = int(job["epochs"])
     state: dict[str, Any] = {"state": "running", "preset": job["preset"], "names": names, "started": started,
-                             "expert": "kronos" if "kronos" in names else None, "epoch": 0, "epochs": epochs, "loss": None, "val_logloss": None,
-                             "eta_s": None, "done": []}
-    _write_json(status_path, state)
-    epoch_times: list[float] = []
-    last = [time.time()]
+                             "kronos": job.get("kronos"), "expert": None, "epoch": 0, "epochs": epochs,
+                             "loss": None, "val_logloss": None, "eta_s": None, "done": []}
 
-    def on_epoch(name: str, epoch: int, total: int, loss: float, val: float) -> None:
-        now = time.time()
-        epoch_times.append(now - last[0])
-        last[0] = now
-        done = [n for n in trainable if n in state["done"]]
-        if name not in done and epoch == total:
-            done.append(name)
-        left = total - epoch + epochs * max(0, len(trainable) - len(done) - (0 if epoch == total else 1))
-        # the first duration also holds feature building (and Kronos before it): left out once others exist
-        times = epoch_times[1:] or epoch_times
-        mean = sum(times) / len(times)
-        state.update(expert=name, epoch=epoch, epochs=total, loss=None if loss != loss else round(loss, 5),
-                     val_logloss=round(val, 5), eta_s=round(mean * left, 1), done=done)
+    def on_change(summary: dict[str, Any]) -> None:
+        # the stage list with the ETA, plus the current stage's unit count and losses in the flat fields
+        cur = next((s for s in summary["stages"] if s["name"] == summary["stage"]), None)
+        flat: dict[str, Any] = {"expert": summary["stage"],
+                                "done": [s["name"] for s in summary["stages"] if s["state"] == "done"]}
+        if cur is not None:
+            flat.update(epoch=cur["done"], epochs=cur["total"], loss=cur["metrics"].get("loss"),
+                        val_logloss=cur["metrics"].get("val_logloss", cur["metrics"].get("val_loss")))
+        state.update(summary, **flat)
         _write_json(status_path, state)
+
+    tracker = Tracker(job_stages(names, epochs, job.get("gate_rows")), on_change)
+    state.update(tracker.summary())
+    _write_json(status_path, state)
 
     try:
         app = AppConfig.model_validate(job["app"])
@@ -302,7 +324,7 @@ def child(job_dir: Path) -> int:
             store.upsert_candles(key, pd.read_parquet(job_dir / "candles.parquet"))
             results = run_training(store, key, models, app, names, epochs=epochs, models_dir=job_dir / "models",
                                    runs_dir=None, progress=False, max_steps_per_epoch=job["max_steps_per_epoch"],
-                                   patience=int(job["patience"]), on_epoch=on_epoch,
+                                   patience=int(job["patience"]), stages=tracker, kronos_preset_epochs=True,
                                    kronos_preset=job["kronos_preset"], gate_experts=job.get("gate_experts"),
                                    candle_models=job.get("candle_models"), gate_rows=job.get("gate_rows"))
         finally:
@@ -311,7 +333,8 @@ def child(job_dir: Path) -> int:
         log.debug("train now failed", exc_info=True)
         _write_json(status_path, {**state, "state": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0]})
         return 1
-    _write_json(status_path, {**state, "state": "done", "eta_s": 0, "done": names, "results": results,
+    _write_json(status_path, {**state, "state": "done", "eta_s": 0, "estimating": [],
+                              "done": [s["name"] for s in state["stages"]], "results": results,
                               "elapsed_s": round(time.time() - started, 1)})
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from NN.training.annotated import AnnotatedRows, annotated_rows
 from NN.training.checkpoints import CheckpointRegistry
 from NN.training.datasets import chronological_split
 from NN.training.evaluation import evaluate_online
+from NN.training.progress import FEATURES_STAGE, GATE_STAGE, KRONOS_STAGE, StageSink
 
 log = logging.getLogger(__name__)
 
@@ -273,15 +275,28 @@ def train_expert(expert: SupervisedExpert | DQNExpert, prep: Prepared, epochs: i
 # ---------------------------------------------------------------- gate
 
 
-def expert_probs(experts: dict[str, Expert], batch: FeatureBatch, candles: pd.DataFrame | None = None
-                 ) -> np.ndarray:
-    """[N, E, 3] probabilities of every expert, in dict order."""
-    return np.stack([e.predict_many(batch, candles if e.input_kind == "candles" else None).probs
-                     for e in experts.values()], axis=1)
+def expert_probs(experts: dict[str, Expert], batch: FeatureBatch, candles: pd.DataFrame | None = None,
+                 on_rows: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """[N, E, 3] probabilities of every expert, in dict order. ``on_rows(done, total)``: the rows are
+    forecast in chunks (a small first one, so a rate is measured early) and reported after each."""
+    def probs(b: FeatureBatch) -> np.ndarray:
+        return np.stack([e.predict_many(b, candles if e.input_kind == "candles" else None).probs
+                         for e in experts.values()], axis=1)
+
+    n = len(batch)
+    if on_rows is None or n == 0:
+        return probs(batch)
+    bounds = [0, *range(min(10, n), n, 50), n]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        out.append(probs(batch.take(np.arange(lo, hi))))
+        on_rows(hi, n)
+    return np.concatenate(out, axis=0)
 
 
 def train_gate(experts: dict[str, Expert], prep: Prepared, models: ModelsConfig, horizon: int,
-               candles: pd.DataFrame | None = None, max_rows: int | None = None) -> tuple[MoEGate, dict[str, float]]:
+               candles: pd.DataFrame | None = None, max_rows: int | None = None,
+               on_rows: Callable[[int, int], None] | None = None) -> tuple[MoEGate, dict[str, float]]:
     """Fit the gate (and fused calibration) on the validation split's expert outputs. ``max_rows``:
     at most that many validation rows, evenly spaced in time (a candle expert such as Kronos samples a
     forecast per row: Train now's quick preset caps them)."""
@@ -290,10 +305,42 @@ def train_gate(experts: dict[str, Expert], prep: Prepared, models: ModelsConfig,
     if max_rows is not None and len(idx) > max_rows:
         idx = idx[np.unique(np.linspace(0, len(idx) - 1, max_rows).astype(np.int64))]
     vb = prep.batch.take(idx)
-    probs = expert_probs(experts, vb, candles)
+    probs = expert_probs(experts, vb, candles, on_rows)
     gate = MoEGate(list(experts), models.moe, len(prep.batch.spec.regime_features))
     info = gate.fit(probs, vb.regime, y[idx])
     return gate, info
+
+
+def gate_probe(models: ModelsConfig, prep: Prepared, registry: CheckpointRegistry, names: list[str] | None,
+               candle_models: dict[str, str], candles: pd.DataFrame, max_rows: int | None, k: int = 5
+               ) -> tuple[float, int] | None:
+    """(seconds per gate row, gate rows) before the gate is trained: the candle experts of the gate
+    (Kronos samples a forecast per row: nearly all of the gate's time) timed row by row on ``k``
+    validation rows, the median (one busy moment on a shared machine does not set it); None when the
+    gate has no candle expert or one cannot forecast yet (the gate then measures itself)."""
+    if not names:  # a gate over the features experts only: fast, nothing worth probing
+        return None
+    loaded = load_experts(models, prep.batch.spec, registry, names, keep_untrained=True)
+    slow = {n: e for n, e in loaded.experts.items() if e.input_kind == "candles"}
+    if not slow or loaded.errors:
+        return None
+    y, r = prep.labels(common_horizon(dict(loaded.experts)))
+    n_rows = len(_known(y, r, prep.val))
+    n_rows = min(n_rows, max_rows) if max_rows is not None else n_rows
+    rows = np.arange(prep.val.stop - k, prep.val.stop)
+    per_row = np.zeros(k)
+    try:
+        for name, ex in slow.items():
+            if name in candle_models and hasattr(ex, "use_model"):
+                ex.use_model(candle_models[name])
+            ex.predict_many(prep.batch.take(rows[:1]), candles)  # loads the weights, warms up: not timed
+            for i in range(k):
+                t0 = time.perf_counter()
+                ex.predict_many(prep.batch.take(rows[i:i + 1]), candles)
+                per_row[i] += time.perf_counter() - t0
+    except (FileNotFoundError, ValueError):  # no weights yet: the gate's own first rows will tell
+        return None
+    return float(np.median(per_row)), n_rows
 
 
 def gate_members(models: ModelsConfig, prep: Prepared, registry: CheckpointRegistry, names: list[str] | None,
@@ -384,6 +431,20 @@ def ts_range_meta(prep: Prepared) -> dict[str, int]:
             for p, s in (("train", prep.train), ("val", prep.val), ("test", prep.test)) for e in ("start", "end")}
 
 
+def _epoch_hook(on_epoch: Callable[[str, int, int, float, float], None] | None, stages: StageSink | None
+                ) -> Callable[[str, int, int, float, float], None] | None:
+    """train_expert's epoch callback: the caller's, and the expert's stage progress."""
+    if stages is None:
+        return on_epoch
+
+    def hook(name: str, epoch: int, total: int, loss: float, val: float) -> None:
+        stages.advance(name, epoch, total, loss=loss, val_logloss=val)
+        if on_epoch is not None:
+            on_epoch(name, epoch, total, loss, val)
+
+    return hook
+
+
 def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: AppConfig, names: list[str], *,
                  start_ms: int | None = None, end_ms: int | None = None, epochs: int | None = None,
                  models_dir: Path, runs_dir: Path | None, progress: bool = True,
@@ -392,12 +453,16 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                  annotation_weight: int = 5,
                  on_epoch: Callable[[str, int, int, float, float], None] | None = None,
                  gate_experts: list[str] | None = None, candle_models: dict[str, str] | None = None,
-                 gate_rows: int | None = None) -> dict[str, Any]:
+                 gate_rows: int | None = None, stages: StageSink | None = None,
+                 kronos_preset_epochs: bool = False) -> dict[str, Any]:
     """The ``train`` command: train the named experts (and/or 'moe'), register checkpoints.
     annotations: extra labelled samples for the supervised experts (NN/training/annotated.py).
     gate_experts: the gate's experts, in order (None: every features expert with a checkpoint);
     candle_models: the weights (directory or hub id) each candle expert of the gate forecasts with
-    (a candle expert trained in this run uses its new checkpoint); gate_rows: see ``train_gate``."""
+    (a candle expert trained in this run uses its new checkpoint); gate_rows: see ``train_gate``;
+    stages: progress per stage (NN/training/progress.py: kronos, features, each expert, gate);
+    kronos_preset_epochs: Kronos trains its preset's epochs, not ``epochs`` (Train now, whose ``epochs``
+    are the features experts'; ``main_backtest.py train --epochs N`` sets both)."""
     registry = CheckpointRegistry(store, models_dir)
     results: dict[str, Any] = {}
     feature_names = [n for n in names if n not in (GATE_NAME, "kronos")]
@@ -409,14 +474,31 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
             from NN.experts.kronos.train import train_kronos
         except ImportError as exc:
             raise ValueError(f"kronos training is not available in this build: {exc}") from None
+        if stages is not None:
+            stages.begin(KRONOS_STAGE)
         path = train_kronos(store, key, start_ms=start_ms, end_ms=end_ms, models_dir=models_dir,
-                            runs_dir=runs_dir or Path("runs"), preset=kronos_preset, epochs=epochs, progress=progress,
-                            device=models.experts["kronos"].device)
+                            runs_dir=runs_dir or Path("runs"), preset=kronos_preset,
+                            epochs=None if kronos_preset_epochs else epochs, progress=progress,
+                            device=models.experts["kronos"].device,
+                            on_epoch=None if stages is None else
+                            lambda done, total, val: stages.advance(KRONOS_STAGE, done, total, val_loss=val))
+        if stages is not None:
+            stages.end(KRONOS_STAGE)
         results["kronos"] = {"checkpoint": str(path)}
     if not feature_names and GATE_NAME not in names:
         return results
+    if stages is not None:
+        stages.begin(FEATURES_STAGE)
     candles = load_candles(store, key, start_ms, end_ms)
     prep = prepare(candles, key, models, app, book=load_book(store, key, models, candles))
+    if stages is not None:
+        if GATE_NAME in names:  # what the gate will cost, measured now: its ETA need not wait for it
+            probe = gate_probe(models, prep, registry, gate_experts, {
+                **(candle_models or {}), **{n: r_["checkpoint"] for n, r_ in results.items() if "checkpoint" in r_}},
+                candles, gate_rows)
+            if probe is not None:
+                stages.prior(GATE_STAGE, *probe)
+        stages.end(FEATURES_STAGE)
     meta_base = {"exchange": key.exchange, "symbol": key.symbol, "timeframe": key.timeframe,
                  "dims": {"T": len(prep.batch.spec.timeframes), "L": prep.batch.spec.window,
                           "F": len(prep.batch.spec.bar_features), "D": len(prep.batch.spec.flat_features)},
@@ -442,9 +524,11 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                         resumed_from = expert.version
                 except ValueError as exc:  # architecture changed: start fresh, say why
                     log.warning("%s: best checkpoint not loadable (%s); training from scratch", name, exc)
+                if stages is not None:
+                    stages.begin(name, epochs or 10)
                 res = train_expert(expert, prep, epochs or 10, writer=writer, task=task,
                                    max_steps_per_epoch=max_steps_per_epoch, patience=patience, annotated=rows,
-                                   on_epoch=on_epoch)
+                                   on_epoch=_epoch_hook(on_epoch, stages))
                 version = registry.register(
                     name, expert.state_dict(), res.val_logloss, cfg.checkpoints,
                     {**meta_base, "horizon": cfg.horizon, "resumed_from": resumed_from, "epochs_run": res.epochs_run,
@@ -453,6 +537,8 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                 )
                 results[name] = {"version": version, "val_logloss": res.val_logloss, "epochs_run": res.epochs_run,
                                  "best_epoch": res.best_epoch, **res.extra}
+                if stages is not None:
+                    stages.end(name)
                 if rows is not None:  # the DQN takes the trades as demonstrations, the others the labels
                     results[name]["annotations_used"] = bool(rows.demos) if isinstance(expert, DQNExpert) \
                         else bool(rows.idx.size)
@@ -460,7 +546,11 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                 experts = gate_members(models, prep, registry, gate_experts, {
                     **(candle_models or {}), **{n: r_["checkpoint"] for n, r_ in results.items() if "checkpoint" in r_}})
                 h = common_horizon(experts)
-                gate, info = train_gate(experts, prep, models, h, candles, max_rows=gate_rows)
+                if stages is not None:
+                    stages.begin(GATE_STAGE)
+                gate, info = train_gate(experts, prep, models, h, candles, max_rows=gate_rows,
+                                        on_rows=None if stages is None else
+                                        lambda done, total: stages.advance(GATE_STAGE, done, total))
                 # metric: the gate's hold-out log loss BEFORE calibration (the calibrator is fit on that
                 # same hold-out, so the calibrated figure is in-sample and not comparable across runs)
                 version = registry.register(
@@ -470,6 +560,8 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                      "expert_versions": {n: e.version for n, e in experts.items()}, **info},
                 )
                 results[GATE_NAME] = {"version": version, "experts": list(experts), **info}
+                if stages is not None:
+                    stages.end(GATE_STAGE)
                 if writer is not None:
                     for k, v in info.items():
                         writer.add_scalar(f"moe/{k}", v, 0)

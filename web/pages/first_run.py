@@ -25,20 +25,56 @@ def training_line(snap: EngineSnapshot) -> str:
     if state == "finishing":
         return f"Train now ({preset}): swapping the new weights in ..."
     if state == "running":
-        if not st.get("expert"):
-            return f"Train now ({preset}): preparing features ..."
-        if not st.get("epoch"):
-            return f"Train now ({preset}): training {st['expert']} ..."
-        loss = st.get("loss")
-        eta = st.get("eta_s")
-        return (f"Train now ({preset}): {st['expert']} epoch {st.get('epoch')}/{st.get('epochs')}"
-                + (f", loss {loss:.4f}" if isinstance(loss, int | float) else "")
-                + (f", val log loss {st['val_logloss']:.4f}" if isinstance(st.get("val_logloss"), int | float) else "")
-                + (f", ETA {eta:.0f} s" if isinstance(eta, int | float) else "")
-                + f" · done: {', '.join(st.get('done') or []) or 'none yet'}")
+        return f"Train now ({preset}): " + running_text(st)
     if state == "done":
-        return f"Train now ({preset}) finished: {', '.join(st.get('adopted') or []) or 'nothing'} swapped in"
+        kronos = f" · Kronos: {st['kronos']}" if st.get("kronos") else ""
+        return (f"Train now ({preset}) finished: {', '.join(st.get('adopted') or []) or 'nothing'} swapped in"
+                + kronos)
     return f"Train now ({preset}) failed: {st.get('error', 'unknown error')}"
+
+
+def stage_list(stages: list[dict[str, Any]]) -> str:
+    """"kronos ✓, features ✓, cnn ✓, transformer 2/4, dqn, gate" (the Models page's line)."""
+    parts = []
+    for s in stages:
+        if s.get("state") == "done":
+            parts.append(f"{s['name']} ✓")
+        elif s.get("state") == "running":
+            total = s.get("total")
+            unit = {"row": " rows", "epoch": ""}.get(s.get("unit", ""), "")
+            if s.get("done") and total:
+                parts.append(f"{s['name']} {s['done']}/{total}{unit}")
+            elif s.get("done"):
+                parts.append(f"{s['name']} {s['done']}{unit}")
+            else:
+                parts.append(f"{s['name']} …")
+        else:
+            parts.append(str(s["name"]))
+    return ", ".join(parts)
+
+
+def eta_text(st: dict[str, Any]) -> str:
+    """"ETA 40 s" | "ETA ≥ 40 s (gate still estimating)" | "ETA estimating" (no stage measured yet)."""
+    eta, unknown = st.get("eta_s"), list(st.get("estimating") or [])
+    if not isinstance(eta, int | float):
+        return "ETA estimating"
+    if unknown:
+        return f"ETA ≥ {eta:.0f} s ({', '.join(unknown)} still estimating)"
+    return f"ETA {eta:.0f} s"
+
+
+def running_text(st: dict[str, Any]) -> str:
+    """The running job: its stage list, the current stage's losses, the ETA and the Kronos it uses."""
+    stages = st.get("stages") or []
+    if not stages:
+        return "preparing ..."
+    cur = next((s for s in stages if s.get("name") == st.get("stage")), None)
+    m = (cur or {}).get("metrics") or {}
+    losses = "".join(f", {label} {m[k]:.4f}" for k, label in (("loss", "loss"), ("val_logloss", "val log loss"),
+                                                              ("val_loss", "val loss"))
+                     if isinstance(m.get(k), int | float))
+    kronos = f" · Kronos: {st['kronos']}" if st.get("kronos") else ""
+    return f"{stage_list(stages)}{losses} · {eta_text(st)}{kronos}"
 
 
 def banner(snap: EngineSnapshot) -> tuple[str, str, bool]:

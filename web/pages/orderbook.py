@@ -18,6 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, Patch, State, dcc, html, no_update
 
+from core.config import OrderbookConfig
 from core.data.book_buckets import BucketSnapshot
 from web import figures
 
@@ -166,13 +167,23 @@ def _book(wctx: Any) -> Any:
     return wctx.extra.get("book")
 
 
+def empty_hint(ob: OrderbookConfig) -> list[Any]:
+    """What to do when the dashboard has no book source: the exchanges' live books (the configured venues),
+    or a capture the user recorded (into ``orderbook.record_dir``) replayed."""
+    venues = ", ".join(ob.venues)
+    return ["No order book source in this dashboard. For the exchanges' live order books (",
+            html.Code(ob.symbol), " on ", venues, ": config.yaml ", html.Code("orderbook.venues"), " / ",
+            html.Code("orderbook.symbol"), "; needs internet) start it with ",
+            html.Code("python main_dashboard.py --book live"), " (or ", html.Code('make run ARGS="--book live"'),
+            "). To replay books you recorded: ", html.Code("python main_backtest.py book record --minutes 10"),
+            " writes a capture to ", html.Code(ob.record_dir), ", then ",
+            html.Code(f"python main_dashboard.py --book {ob.record_dir}"), " (any folder or file of a capture)."]
+
+
 def layout(wctx: Any) -> Any:
     book = _book(wctx)
     if book is None:
-        return dbc.Alert(["No order book source in this dashboard. Start one with ",
-                          html.Code("python main_dashboard.py --replay-db --book ../shared/data/orderbook/"
-                                    "binance-2024-08-08/raw"), " (a recorded capture) or record with ",
-                          html.Code("main_backtest.py book record"), "."], color="secondary", id="ob-empty")
+        return dbc.Alert(empty_hint(wctx.cfg.orderbook), color="secondary", id="ob-empty")
     venues = [v.venue for v in book.venues]
     return html.Div([
         dbc.Row([

@@ -34,9 +34,10 @@ class KronosBundle:
     max_context: int
     version: str
     path: Path | None = None
+    anchor: str | None = None  # the sampler's path anchoring (meta.json "anchor"; see sampler.anchor_paths)
 
     def sampler(self) -> KronosSampler:
-        return KronosSampler(self.tokenizer, self.model)
+        return KronosSampler(self.tokenizer, self.model, anchor=self.anchor)
 
 
 def nano_runs(models_dir: Path) -> list[tuple[float, Path]]:
@@ -101,7 +102,8 @@ def load_bundle(spec: str, models_dir: Path | None = None, device: torch.device 
         meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else {}
         cal = Calibration.load(path / "calibration.json") if (path / "calibration.json").is_file() else None
         return KronosBundle(load_tokenizer(path / "tokenizer", device), load_predictor(path / "model", device),
-                            cal, int(meta.get("max_context", 512)), meta.get("version", path.name), path)
+                            cal, int(meta.get("max_context", 512)), meta.get("version", path.name), path,
+                            meta.get("anchor"))
     tok_id = HUB_TOKENIZER_FOR.get(spec)
     if tok_id is None:
         raise CheckpointNotFound(f"{spec!r}: not 'nano', not a directory, and not a released Kronos predictor "

@@ -59,7 +59,7 @@ def bundle_state(b: KronosBundle) -> dict[str, Any]:
             "tokenizer": {k: v.detach().cpu() for k, v in b.tokenizer.state_dict().items()},
             "predictor": {k: v.detach().cpu() for k, v in b.model.state_dict().items()},
             "calibration": b.calibration.to_dict() if b.calibration else None,
-            "max_context": b.max_context}
+            "max_context": b.max_context, "anchor": b.anchor}
 
 
 class KronosExpert(Expert):
@@ -224,6 +224,7 @@ class KronosExpert(Expert):
         mdl.load_state_dict(state["predictor"])
         cal = Calibration.from_dict(state["calibration"]) if state.get("calibration") else None
         self._bundle = KronosBundle(tok.to(self.device).eval(), mdl.to(self.device).eval(), cal,
-                                    int(state.get("max_context", 512)), str(state.get("version", "loaded")))
+                                    int(state.get("max_context", 512)), str(state.get("version", "loaded")),
+                                    anchor=state.get("anchor"))
         self.version = str(state.get("version", "loaded"))
         self._opt = None

@@ -92,6 +92,20 @@ def draw(logits: torch.Tensor, cfg: SampleConfig, gen: torch.Generator | None) -
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
 
 
+def anchor_paths(paths: np.ndarray, last_close: float) -> np.ndarray:
+    """Rescale each path's prices (open, high, low, close) so its first bar opens at ``last_close``.
+
+    A small tokenizer trained for a minute reconstructs price LEVELS with an error of the order of the
+    context's spread (the quick nano Kronos: ~65 bps on the sample's 1m bars), and every decoded path
+    carries it, so its returns against the real last close are mostly that error. The next bar's open
+    is in reality the last close; measuring a path from its own decoded first open keeps the move the
+    model predicts and drops the level error (bench/bench_kronos_quick.py). Volumes stay as decoded."""
+    out = paths.copy()
+    first_open = np.where(np.abs(paths[:, :1, 0]) > 0, paths[:, :1, 0], last_close)  # [N, 1]
+    out[:, :, :4] *= (last_close / first_open)[:, :, None]
+    return out
+
+
 @dataclass
 class Forecast:
     """N sampled paths in price units plus the history they continue."""
@@ -139,7 +153,12 @@ def tune_allocator() -> bool:
 
 
 class KronosSampler:
-    def __init__(self, tokenizer: KronosTokenizer, model: KronosModel) -> None:
+    def __init__(self, tokenizer: KronosTokenizer, model: KronosModel, *, anchor: str | None = None) -> None:
+        """``anchor="first_open"``: each path's prices are rescaled so its first bar opens at the last
+        close (see ``anchor_paths``); None (released models, the reference): decoded prices as they are."""
+        if anchor not in (None, "first_open"):
+            raise ValueError(f"anchor must be None or 'first_open', got {anchor!r}")
+        self.anchor = anchor
         if next(model.parameters()).device.type == "cpu":
             tune_allocator()
         self.tokenizer = tokenizer.eval()
@@ -253,5 +272,7 @@ class KronosSampler:
         fn = self.oracle if use_oracle else self.sample
         z = fn(scaler.transform(raw), time_stamps(ts), time_stamps(fut), cfg)
         paths = scaler.inverse(z.float().cpu().numpy().astype(np.float64))
+        if self.anchor == "first_open":
+            paths = anchor_paths(paths, float(raw[-1, 3]))
         return Forecast(history_ts=ts, history=candle_features(candles, np.float64), future_ts=fut, paths=paths,
                         seconds=time.perf_counter() - t0, config=cfg)

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +61,7 @@ class TrainPreset:
     weight_decay: float = 0.05
     val_windows: int = 64
     max_steps_per_epoch: int = 150
+    anchor: str | None = None  # the sampler's path anchoring stored with the checkpoint (sampler.anchor_paths)
     # calibration on the held-out parts
     cal_lookback: int = 256
     cal_horizon: int = 30
@@ -75,12 +77,15 @@ class TrainPreset:
 
 PRESETS: dict[str, TrainPreset] = {
     "nano": TrainPreset(),
-    # Train now's quick preset: a forecast fan in about a minute on 2 CPU cores (2 days of 1m bars: 3 steps
-    # per epoch). It is crude: on the sample's unseen third day its CRPS is ~5x the climatology's
-    # (bench/bench_train_now.py kronos_last_day); a small calibration (40 origins) made it worse, not
-    # better (the paths' centre drifts, which a spread calibration cannot fix), so the bands stay raw
+    # Train now's quick preset: a forecast fan in about 15 s on 2 CPU cores (2 days of 1m bars: 3 steps per
+    # epoch). Its tokenizer reconstructs price levels tens of bps off (~65 after 4 + 4 epochs), which every
+    # decoded path carried: CRPS 88 vs the climatology's 18 bps on the sample's unseen third day. Paths
+    # anchored at their first open (sampler.anchor_paths), these 1 + 2 epochs: 20 vs 18 bps
+    # (bench/bench_kronos_quick.py). Still worse than climatology, no directional skill (47% vs 52.5%); more
+    # tokenizer epochs or steps (within the 3-minute budget), a lower temperature, a conformal or a scalar
+    # spread calibration on 40-120 held-out origins did not beat it either, so the bands stay raw
     "nano-quick": TrainPreset(tok_epochs=1, pred_epochs=2, max_steps_per_epoch=40, val_windows=16,
-                              calibrate=False),
+                              calibrate=False, anchor="first_open"),
     # same architecture, a few steps: for tests and smoke runs
     "nano-smoke": TrainPreset(ctx_len=64, pred_len=32, batch_size=8, tok_epochs=1, pred_epochs=1,
                               val_windows=8, max_steps_per_epoch=3, cal_lookback=64, cal_horizon=5,
@@ -173,7 +178,8 @@ def _steps(n_starts: int, p: TrainPreset) -> int:
 
 def _fit_stage(name: str, params, loss_fn, train: Windows, val: Windows, epochs: int, lr: float,
                p: TrainPreset, rng: np.random.Generator, device: torch.device, writer, progress: bool,
-               nets: list[torch.nn.Module], state_of) -> tuple[float, dict]:
+               nets: list[torch.nn.Module], state_of, epoch_done: Callable[[float], None] | None = None
+               ) -> tuple[float, dict]:
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=p.weight_decay)
     steps = _steps(train.n_starts, p)
     total = max(1, epochs * steps)
@@ -213,6 +219,8 @@ def _fit_stage(name: str, params, loss_fn, train: Windows, val: Windows, epochs:
                      loss.item(), v, steps, time.perf_counter() - t0)
         if v < best:
             best, best_state = v, state_of()
+        if epoch_done is not None:
+            epoch_done(v)
     return best, best_state
 
 
@@ -240,7 +248,7 @@ def _register(store: Any, models_dir: Path, out_dir: Path, tok: KronosTokenizer,
         from .bundle import KronosBundle
         from .expert import bundle_state
 
-        state = bundle_state(KronosBundle(tok, model, cal, max_context, meta["version"], out_dir))
+        state = bundle_state(KronosBundle(tok, model, cal, max_context, meta["version"], out_dir, meta.get("anchor")))
         small = {k: meta[k] for k in ("version", "preset", "base", "symbol", "timeframe", "split") if k in meta}
         # the registry's file goes inside the checkpoint directory (rows store absolute paths), so
         # models_dir/kronos/ keeps holding checkpoint directories only
@@ -264,10 +272,12 @@ def _default_base() -> str | None:
 
 def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: int | None, models_dir: Path,
                  runs_dir: Path, base: str | None = None, preset: str = "nano", epochs: int | None = None,
-                 progress: bool = True, device: str = "auto") -> Path:
+                 progress: bool = True, device: str = "auto",
+                 on_epoch: Callable[[int, int, float], None] | None = None) -> Path:
     """Train (or fine-tune ``base``: a directory or hub id) on the stored series; returns the checkpoint
     directory. ``epochs`` overrides the preset's epochs of both stages (fine-tuning: predictor only).
-    With ``base`` None, models.yml experts.kronos.params.model is fine-tuned when it names weights."""
+    With ``base`` None, models.yml experts.kronos.params.model is fine-tuned when it names weights.
+    ``on_epoch(done, total, val_loss)`` after each epoch of both stages (and once after calibration)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown Kronos training preset {preset!r}; allowed: {', '.join(PRESETS)}")
     p = PRESETS[preset]
@@ -293,6 +303,14 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
     out_dir = Path(models_dir) / "kronos" / name
     writer = _writer(Path(runs_dir) / "kronos" / name) if runs_dir else None
 
+    units = (0 if base else p.tok_epochs) + p.pred_epochs + (1 if p.calibrate else 0)
+    done = [0]
+
+    def epoch_done(val: float) -> None:
+        done[0] += 1
+        if on_epoch is not None:
+            on_epoch(done[0], units, val)
+
     if base:
         from .bundle import load_bundle
 
@@ -306,7 +324,7 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
         max_context = p.max_context
         tok_val, tok_state = _fit_stage(
             "tokenizer", list(tok.parameters()), lambda xn, st: tokenizer_loss(tok, xn), train_w, val_w,
-            p.tok_epochs, p.lr_tok, p, rng, dev, writer, progress, [tok], lambda: _snapshot(tok))
+            p.tok_epochs, p.lr_tok, p, rng, dev, writer, progress, [tok], lambda: _snapshot(tok), epoch_done)
         tok.load_state_dict(tok_state)
     tok.eval()
     for q in tok.parameters():
@@ -314,13 +332,14 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
     pred_val, pred_state = _fit_stage(
         "predictor", [q for q in model.parameters() if q.requires_grad],
         lambda xn, st: predictor_loss(tok, model, xn, st), train_w, val_w, p.pred_epochs,
-        p.lr_finetune if base else p.lr_pred, p, rng, dev, writer, progress, [model], lambda: _snapshot(model))
+        p.lr_finetune if base else p.lr_pred, p, rng, dev, writer, progress, [model], lambda: _snapshot(model),
+        epoch_done)
     model.load_state_dict(pred_state)
     model.eval()
     train_s = time.perf_counter() - t_start
 
     # calibration: fit on the validation period, score raw vs calibrated on the test period
-    sampler = KronosSampler(tok, model)
+    sampler = KronosSampler(tok, model, anchor=p.anchor)
     cfg = SampleConfig(samples=p.cal_samples, temperature=p.temperature, top_p=p.top_p, seed=p.seed,
                        max_context=max_context)
     step_ms = timeframe_ms(key.timeframe)
@@ -344,6 +363,7 @@ def train_kronos(store: Any, key: SeriesKey, *, start_ms: int | None, end_ms: in
     r_te, y_te, ts_te = collect_forecasts(sampler, df, origins(te, p.test_origins), p.cal_lookback,
                                           p.cal_horizon, cfg, step_ms)
     cal = Calibration.fit(r_cal, y_cal)
+    epoch_done(float("nan"))
     cal.report = {"fit_period": {"from_ts": int(df["ts"].iloc[va.start]), "to_ts": int(df["ts"].iloc[va.stop - 1]),
                                  "origins": int(r_cal.shape[0])},
                   "test_period": {"from_ts": int(df["ts"].iloc[te.start]), "to_ts": int(df["ts"].iloc[te.stop - 1]),
@@ -381,7 +401,7 @@ def _publish(out_dir: Path, name: str, preset: str, base: str | None, pred_val: 
             "bars": len(df), "from_ts": int(df["ts"].iloc[0]), "to_ts": int(df["ts"].iloc[-1]),
             "split": {k: [int(df["ts"].iloc[s.start]), int(df["ts"].iloc[s.stop - 1])]
                       for k, s in (("train", tr), ("val", va), ("test", te))},
-            "max_context": max_context, "train_seconds": round(train_s, 1),
+            "max_context": max_context, "anchor": p.anchor, "train_seconds": round(train_s, 1),
             "calibration_seconds": round(cal_s, 1), "train_preset": asdict(p),
             "params": {"tokenizer": sum(q.numel() for q in tok.parameters()),
                        "predictor": sum(q.numel() for q in model.parameters())},
