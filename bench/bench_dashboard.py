@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -109,10 +108,10 @@ def measure_first_chart(app, runs: int = 3) -> tuple[float | None, float | None]
     if not Path(CHROMIUM).exists():
         return None, None
     from playwright.sync_api import sync_playwright
-    from werkzeug.serving import make_server
 
-    srv = make_server("127.0.0.1", 0, app.server, threaded=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    from web.server import serve_in_thread
+
+    srv = serve_in_thread(app.server, "127.0.0.1", 0)  # the server main_dashboard.py runs (waitress)
     # the login URL sets the session cookie (web/auth.py); the test reads the chart with a JS predicate,
     # which the dashboard's CSP (no eval) would block, hence bypass_csp
     url = f"http://127.0.0.1:{srv.server_port}/?token={app.server.extensions['moe_auth'].token}"
