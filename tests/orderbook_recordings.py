@@ -3,6 +3,7 @@ connection carries each exchange's book channel, the native ids subscribed, and 
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import re
@@ -138,6 +139,10 @@ async def serve_recording(rec: Recording, conn: Conn) -> AsyncIterator[tuple[str
     bodies = {paths[snapshot_symbol(rec, u)]: body for _, u, body in rec.http if snapshot_symbol(rec, u)}
 
     async def handler(ws: websockets.ServerConnection) -> None:
+        # a venue answers once subscribed: read the client's subscriptions first (sending everything and
+        # closing at once made the client's own subscribe sends fail on a busy machine: a flaky test)
+        for _ in conn.sends:
+            await asyncio.wait_for(ws.recv(), 30)
         for f in frames:
             await ws.send(f)
         await ws.close()

@@ -170,7 +170,7 @@ def create_app(engine: Any, cfg: AppConfig | None = None, *, models_cfg: ModelsC
 
     def shell() -> html.Div:
         # the page the browser is on comes with the layout: no callback round trip before the first chart
-        path = page_path(app.config.requests_pathname_prefix)
+        path = page_path()
         return html.Div([dcc.Location(id="url"), dcc.Store(id="page-path", data=path), dcc.Store(id="page-want"),
                          mode_banner(engine.snapshot()), nav, dbc.Container(page(path), id="page", fluid=True)])
 

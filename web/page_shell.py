@@ -56,16 +56,14 @@ class LeanDash(Dash):
                                          renderer=renderer)
 
 
-def page_path(prefix: str = "/") -> str:
+def page_path() -> str:
     """The dashboard page the browser is on while it fetches ``/_dash-layout``: the path of the request's
     Referer (sent to the same origin under the ``Referrer-Policy: same-origin`` set in web/auth.py).
-    "/" when there is none; the page's ``url`` callback then asks for the right page."""
+    "/" when there is none or it names another site; the page's ``url`` callback then asks for the right
+    page. Compared as is with the browser's ``location.pathname`` (web/assets/shell.js)."""
     if not has_request_context():
         return "/"
     ref = urlsplit(request.referrer or "")
     if ref.netloc and ref.netloc != request.host:
         return "/"
-    path = ref.path or "/"
-    if prefix != "/" and path.startswith(prefix):
-        path = "/" + path[len(prefix):]
-    return path
+    return ref.path or "/"
