@@ -52,6 +52,8 @@ def test_click_click_drag_undo(served, page, output_dir) -> None:
     page.goto(url + "/annotate")
     page.wait_for_function(f"() => {{ const g = {GD}; return g && g.data && g.data[0] && g.data[0].x.length > 1000; }}",
                            timeout=60_000)
+    # the page has settled (the small charts come after the main one): the zoom below must not race a redraw
+    page.wait_for_load_state("networkidle")
     t1, t2, t3 = ms("2023-03-21T10:00Z"), ms("2023-03-21T10:20Z"), ms("2023-03-21T10:25Z")
     closes = eng.store.query_df("SELECT ts, close FROM candles WHERE symbol = 'BTC/USDT' AND timeframe = '1m' "
                                 "AND ts BETWEEN ? AND ?", [t1, t3]).set_index("ts")["close"]
