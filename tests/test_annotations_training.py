@@ -17,7 +17,8 @@ from core.types import SeriesKey
 from NN.calibration import softmax
 from NN.experts.registry import build_expert
 from NN.training.annotated import annotated_rows
-from NN.training.trainer import prepare, train_expert
+from NN.training.prepared import prepare
+from NN.training.trainer import train_expert
 
 torch.set_num_threads(1)
 KEY = SeriesKey("binanceus", "BTC/USDT", "1m")

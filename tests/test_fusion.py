@@ -32,7 +32,8 @@ from core.orchestrator import GateRunner, decide
 from core.types import SeriesKey, Thresholds
 from NN.assembly import load_experts, load_gate
 from NN.training.checkpoints import CheckpointRegistry
-from NN.training.trainer import load_candles, prepare, run_evaluation
+from NN.training.prepared import load_candles, prepare
+from NN.training.trainer import run_evaluation
 from web.figures import threshold_heatmap
 
 torch.set_num_threads(1)

@@ -207,7 +207,8 @@ def test_gate_rows_forecast_in_chunks_give_the_same_probabilities(kronos_fixture
     from core.data.files import load_file
     from core.types import SeriesKey
     from NN.experts.registry import build_expert
-    from NN.training.trainer import expert_probs, prepare
+    from NN.training.gate_fit import expert_probs
+    from NN.training.prepared import prepare
 
     torch.manual_seed(0)
     torch.set_num_threads(1)

@@ -221,7 +221,8 @@ def test_training_draws_only_from_the_train_part(shared_data: Path) -> None:
     """Mini-batches (supervised) and episode chunks (DQN) come only from the train part, in time order
     inside a DQN chunk; the parts are chronological with the configured gap between them."""
     from core.config import load_config
-    from NN.training.trainer import prepare, train_expert
+    from NN.training.prepared import prepare
+    from NN.training.trainer import train_expert
 
     models = load_models()
     models.labels.dead_zone_bps = 5  # a short calm slice: see the `trained` fixture

@@ -18,7 +18,7 @@ from core.config import AppConfig, ModelsConfig
 from core.data.store import MarketStore
 from core.scoring import log_loss
 from core.types import SeriesKey
-from NN.training.trainer import Prepared, _known, load_book, load_candles, prepare
+from NN.training.prepared import Prepared, known_rows, load_book, load_candles, prepare
 
 
 def _fit_score(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, seed: int,
@@ -47,7 +47,7 @@ def ablation(prep: Prepared, horizon: int, seed: int = 0) -> dict[str, Any]:
     if not ob:
         raise ValueError("the features have no order-book block: set features.orderbook: true in models.yml")
     y, r = prep.labels(horizon)
-    tr, te = _known(y, r, prep.train), _known(y, r, prep.test)
+    tr, te = known_rows(y, r, prep.train), known_rows(y, r, prep.test)
     if len(tr) < 50 or len(te) < 20:
         raise ValueError(f"too few labelled samples for the ablation (train {len(tr)}, test {len(te)})")
     x = prep.batch.flat.astype(np.float64)

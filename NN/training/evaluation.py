@@ -39,7 +39,7 @@ def train_climatology(y: np.ndarray, train: slice) -> np.ndarray:
 def evaluate_online(experts: dict[str, Expert], gate: MoEGate, prep: Any, robust: RobustConfig,
                     *, warmup: int | None = None, walk: int = 0,
                     candles: pd.DataFrame | None = None) -> dict[str, Any]:
-    """See the module docstring. ``prep`` is NN.training.trainer.Prepared; the gate is mutated (its
+    """See the module docstring. ``prep`` is NN.training.prepared.Prepared; the gate is mutated (its
     Hedge state walks the bars), so pass a freshly loaded one per market."""
     names = list(gate.experts)
     missing = [n for n in names if n not in experts]

@@ -31,6 +31,22 @@ class StageSink(Protocol):
     def prior(self, stage: str, seconds_per_unit: float, total: int | None = None) -> None: ...
 
 
+class NullSink:
+    """A StageSink that records nothing (training without a progress display)."""
+
+    def begin(self, stage: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, stage: str, done: int, total: int | None = None, **metrics: float) -> None:
+        pass
+
+    def end(self, stage: str) -> None:
+        pass
+
+    def prior(self, stage: str, seconds_per_unit: float, total: int | None = None) -> None:
+        pass
+
+
 @dataclass
 class Stage:
     name: str

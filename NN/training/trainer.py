@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,11 +24,8 @@ import pandas as pd
 from core.annotations.model import Annotation
 from core.config import AppConfig, ModelsConfig
 from core.data.store import MarketStore
-from core.features import FeatureBuilder
-from core.labels import dead_zone, forward_returns, horizon_ok, make_labels
-from core.market import Calendar, market_for
 from core.scoring import log_loss, scores
-from core.types import FeatureBatch, SeriesKey, timeframe_ms
+from core.types import SeriesKey
 from NN.assembly import load_experts, load_gate
 from NN.calibration import Calibrator, softmax
 from NN.experts.base import Expert
@@ -40,88 +36,13 @@ from NN.moe import MoEGate
 from NN.ood import OODStats
 from NN.training.annotated import AnnotatedRows, annotated_rows
 from NN.training.checkpoints import CheckpointRegistry
-from NN.training.datasets import chronological_split
 from NN.training.evaluation import evaluate_online
-from NN.training.progress import FEATURES_STAGE, GATE_STAGE, KRONOS_STAGE, StageSink
+from NN.training.gate_fit import GATE_NAME, common_horizon, gate_members, gate_probe, train_gate
+from NN.training.prepared import Prepared, known_rows, load_book, load_candles, prepare
+from NN.training.progress import FEATURES_STAGE, GATE_STAGE, KRONOS_STAGE, NullSink, StageSink
 
 log = logging.getLogger(__name__)
 
-GATE_NAME = "moe"
-
-
-# ---------------------------------------------------------------- data
-
-
-@dataclass
-class Prepared:
-    """Feature samples of one series with their chronological split."""
-
-    key: SeriesKey
-    batch: FeatureBatch  # complete samples only (>= FeatureBuilder.min_history bars of history)
-    train: slice
-    val: slice
-    test: slice
-    dead_zone: float  # log-return dead zone of the flat class
-    calendar: Calendar | None = None  # the market's sessions (stocks); None = 24x7
-    cross_sessions: bool = False  # models.yml labels.cross_sessions
-
-    def labels(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, forward log returns) at ``horizon``; -1 / NaN where the future is unknown,
-        including where the h bars ahead span a gap in the stored series."""
-        y = make_labels(self.batch.close, horizon, self.dead_zone)
-        r = forward_returns(self.batch.close, horizon)
-        span_ok = horizon_ok(self.batch.ts, horizon, self.key.timeframe, self.calendar, self.cross_sessions)
-        y[~span_ok] = -1
-        r[~span_ok] = np.nan
-        return y, r
-
-    def part(self, which: str) -> FeatureBatch:
-        return self.batch.take(getattr(self, which))
-
-
-def load_candles(store: MarketStore, key: SeriesKey, start_ms: int | None, end_ms: int | None) -> pd.DataFrame:
-    df = store.candles(key, start_ms, end_ms)
-    if df.empty:
-        have = ", ".join(f"{k.exchange} {k.symbol} {k.timeframe}" for k in store.series()) or "nothing"
-        raise ValueError(f"no candles for {key.exchange} {key.symbol} {key.timeframe} in the store "
-                         f"(range {start_ms}..{end_ms}); the store has: {have}. "
-                         "Import first: main_backtest.py data import ...")
-    return df
-
-
-def load_book(store: MarketStore, key: SeriesKey, models: ModelsConfig, candles: pd.DataFrame) -> pd.DataFrame | None:
-    """Recorded order-book summary rows over the candles' span when the features use the block."""
-    if not models.features.orderbook or candles.empty:
-        return None
-    from core.data.book_store import load_summary
-
-    return load_summary(store, key.symbol, int(candles["ts"].iloc[0]), int(candles["ts"].iloc[-1]) + timeframe_ms(key.timeframe))
-
-
-def prepare(candles: pd.DataFrame, key: SeriesKey, models: ModelsConfig, app: AppConfig,
-            ref: pd.DataFrame | None = None, book: pd.DataFrame | None = None) -> Prepared:
-    calendar = market_for(app, key.symbol, key.exchange).calendar
-    builder = FeatureBuilder(models.features, key.timeframe, calendar=calendar)
-    # samples before min_history - 1 lack a full history: never built, never used
-    batch = builder.build_many(candles, ref, symbol=key.symbol, rows=slice(builder.min_history - 1, None), book=book)
-    n = len(batch)
-    if n < 500:
-        raise ValueError(f"only {n} complete samples ({len(candles)} candles - {builder.min_history} warm-up); "
-                         "need at least 500 to train and evaluate")
-    if not (np.isfinite(batch.windows).all() and np.isfinite(batch.flat).all()):
-        raise ValueError("FeatureBuilder produced NaN/inf features after the warm-up; refusing to train on them")
-    horizons = [h for h in models.labels.horizons] + [e.horizon for e in models.experts.values()]
-    if models.split.gap_bars < max(horizons):
-        log.warning("split.gap_bars=%s < longest horizon %s: labels near a split boundary look into the next part",
-                    models.split.gap_bars, max(horizons))
-    tr, va, te = chronological_split(n, models.split)
-    return Prepared(key, batch, tr, va, te, dead_zone(app.execution, models.labels), calendar,
-                    models.labels.cross_sessions)
-
-
-def _known(y: np.ndarray, r: np.ndarray, part: slice) -> np.ndarray:
-    idx = np.arange(part.start, part.stop)
-    return idx[(y[idx] >= 0) & np.isfinite(r[idx])]
 
 
 # ---------------------------------------------------------------- progress / logs
@@ -177,7 +98,7 @@ class TrainResult:
 
 def _val_logloss(expert: Any, prep: Prepared, y: np.ndarray, r: np.ndarray) -> tuple[float, Calibrator]:
     """(log loss with the expert's calibration fit on val, that calibrator)."""
-    idx = _known(y, r, prep.val)
+    idx = known_rows(y, r, prep.val)
     p = softmax(expert.logits_many(prep.batch.take(idx)))
     cal = Calibrator(kind=expert.calibration_kind).fit(p, y[idx])
     return log_loss(cal.transform(p), y[idx]), cal
@@ -195,7 +116,7 @@ def train_expert(expert: SupervisedExpert | DQNExpert, prep: Prepared, epochs: i
     y, r = prep.labels(expert.horizon)
     rng = np.random.default_rng(seed)
     is_dqn = isinstance(expert, DQNExpert)
-    train_idx = _known(y, r, prep.train)
+    train_idx = known_rows(y, r, prep.train)
     if annotated is not None and annotated.idx.size and not is_dqn:
         y, r = y.copy(), r.copy()
         y[annotated.idx] = annotated.labels
@@ -272,115 +193,6 @@ def train_expert(expert: SupervisedExpert | DQNExpert, prep: Prepared, epochs: i
                        pd.DataFrame(curves, columns=["step", "name", "value"]))
 
 
-# ---------------------------------------------------------------- gate
-
-
-def expert_probs(experts: dict[str, Expert], batch: FeatureBatch, candles: pd.DataFrame | None = None,
-                 on_rows: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """[N, E, 3] probabilities of every expert, in dict order. ``on_rows(done, total)``: the rows are
-    forecast in chunks (a small first one, so a rate is measured early) and reported after each."""
-    def probs(b: FeatureBatch) -> np.ndarray:
-        return np.stack([e.predict_many(b, candles if e.input_kind == "candles" else None).probs
-                         for e in experts.values()], axis=1)
-
-    n = len(batch)
-    if on_rows is None or n == 0:
-        return probs(batch)
-    bounds = [0, *range(min(10, n), n, 50), n]
-    out = []
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        out.append(probs(batch.take(np.arange(lo, hi))))
-        on_rows(hi, n)
-    return np.concatenate(out, axis=0)
-
-
-def train_gate(experts: dict[str, Expert], prep: Prepared, models: ModelsConfig, horizon: int,
-               candles: pd.DataFrame | None = None, max_rows: int | None = None,
-               on_rows: Callable[[int, int], None] | None = None) -> tuple[MoEGate, dict[str, float]]:
-    """Fit the gate (and fused calibration) on the validation split's expert outputs. ``max_rows``:
-    at most that many validation rows, evenly spaced in time (a candle expert such as Kronos samples a
-    forecast per row: Train now's quick preset caps them)."""
-    y, r = prep.labels(horizon)
-    idx = _known(y, r, prep.val)
-    if max_rows is not None and len(idx) > max_rows:
-        idx = idx[np.unique(np.linspace(0, len(idx) - 1, max_rows).astype(np.int64))]
-    vb = prep.batch.take(idx)
-    probs = expert_probs(experts, vb, candles, on_rows)
-    gate = MoEGate(list(experts), models.moe, len(prep.batch.spec.regime_features))
-    info = gate.fit(probs, vb.regime, y[idx])
-    return gate, info
-
-
-def gate_probe(models: ModelsConfig, prep: Prepared, registry: CheckpointRegistry, names: list[str] | None,
-               candle_models: dict[str, str], candles: pd.DataFrame, max_rows: int | None, k: int = 5
-               ) -> tuple[float, int] | None:
-    """(seconds per gate row, gate rows) before the gate is trained: the candle experts of the gate
-    (Kronos samples a forecast per row: nearly all of the gate's time) timed row by row on ``k``
-    validation rows, the median (one busy moment on a shared machine does not set it); None when the
-    gate has no candle expert or one cannot forecast yet (the gate then measures itself)."""
-    if not names:  # a gate over the features experts only: fast, nothing worth probing
-        return None
-    loaded = load_experts(models, prep.batch.spec, registry, names, keep_untrained=True)
-    slow = {n: e for n, e in loaded.experts.items() if e.input_kind == "candles"}
-    if not slow or loaded.errors:
-        return None
-    y, r = prep.labels(common_horizon(dict(loaded.experts)))
-    n_rows = len(_known(y, r, prep.val))
-    n_rows = min(n_rows, max_rows) if max_rows is not None else n_rows
-    rows = np.arange(prep.val.stop - k, prep.val.stop)
-    per_row = np.zeros(k)
-    try:
-        for name, ex in slow.items():
-            if name in candle_models and hasattr(ex, "use_model"):
-                ex.use_model(candle_models[name])
-            ex.predict_many(prep.batch.take(rows[:1]), candles)  # loads the weights, warms up: not timed
-            for i in range(k):
-                t0 = time.perf_counter()
-                ex.predict_many(prep.batch.take(rows[i:i + 1]), candles)
-                per_row[i] += time.perf_counter() - t0
-    except (FileNotFoundError, ValueError):  # no weights yet: the gate's own first rows will tell
-        return None
-    return float(np.median(per_row)), n_rows
-
-
-def gate_members(models: ModelsConfig, prep: Prepared, registry: CheckpointRegistry, names: list[str] | None,
-                 candle_models: dict[str, str]) -> dict[str, Expert]:
-    """The experts a gate is trained over. ``names`` None: every enabled features expert with a
-    checkpoint. Given: exactly those, in that order (the running engine's gate), each with trained
-    weights: features experts their best checkpoint, candle experts the weights in ``candle_models``
-    (else their configured model); one without weights is a ValueError naming it."""
-    if names is None:
-        experts = load_experts(models, prep.batch.spec, registry, keep_untrained=False, candle_experts=False).experts
-        if not experts:
-            raise ValueError("no trained experts to gate: train some experts first")
-        return dict(experts)
-    loaded = load_experts(models, prep.batch.spec, registry, names, keep_untrained=True)
-    if loaded.errors:
-        raise ValueError("gate: " + "; ".join(f"{n}: {e}" for n, e in loaded.errors.items()))
-    out: dict[str, Expert] = {}
-    for name in names:
-        ex = loaded.experts[name]
-        if ex.input_kind == "candles":
-            if name in candle_models and hasattr(ex, "use_model"):
-                ex.use_model(candle_models[name])
-            try:
-                _ = ex.bundle  # type: ignore[attr-defined]
-            except FileNotFoundError as exc:  # CheckpointNotFound: no weights to forecast with
-                raise ValueError(f"gate: {name} has no weights ({str(exc).splitlines()[0]})") from None
-        elif not loaded.trained[name]:
-            raise ValueError(f"gate: {name} has no trained checkpoint; train it with the gate "
-                             f"(--experts {name},{GATE_NAME})")
-        out[name] = ex
-    return out
-
-
-def common_horizon(experts: dict[str, Expert]) -> int:
-    hs = {e.horizon for e in experts.values()}
-    if len(hs) != 1:
-        raise ValueError(f"the gate fuses experts of one horizon; got {dict((n, e.horizon) for n, e in experts.items())}")
-    return hs.pop()
-
-
 # ---------------------------------------------------------------- evaluation
 
 
@@ -397,13 +209,13 @@ def evaluate_on_test(experts: dict[str, Expert], gate: MoEGate | None, prep: Pre
     probs_by: dict[str, np.ndarray] = {}
     for name, e in experts.items():
         y, r = prep.labels(e.horizon)
-        idx = _known(y, r, prep.test)
+        idx = known_rows(y, r, prep.test)
         p = e.predict_many(prep.batch.take(idx), candles if e.input_kind == "candles" else None).probs
         probs_by[name] = p
         out["experts"][name] = {"horizon": e.horizon, "version": e.version, **scores(p, y[idx])}
         key = f"climatology_h{e.horizon}"
         if key not in out["baseline"]:
-            clim = climatology(y[_known(y, r, prep.train)])
+            clim = climatology(y[known_rows(y, r, prep.train)])
             out["baseline"][key] = {"horizon": e.horizon, "train_freq": clim.tolist(),
                                     **scores(np.tile(clim, (len(idx), 1)), y[idx])}
     if gate is not None:
@@ -413,7 +225,7 @@ def evaluate_on_test(experts: dict[str, Expert], gate: MoEGate | None, prep: Pre
             raise ValueError(f"gate was trained on {names} but {missing} could not be loaded")
         h = common_horizon({n: experts[n] for n in names})
         y, r = prep.labels(h)
-        idx = _known(y, r, prep.test)
+        idx = known_rows(y, r, prep.test)
         probs = np.stack([probs_by[n] for n in names], axis=1)
         w, fused = gate.fuse(probs, prep.batch.regime[idx])
         out["fused"] = {"horizon": h, "version": gate.version, "gate": "learned" if gate.trained else "hedge",
@@ -431,18 +243,20 @@ def ts_range_meta(prep: Prepared) -> dict[str, int]:
             for p, s in (("train", prep.train), ("val", prep.val), ("test", prep.test)) for e in ("start", "end")}
 
 
-def _epoch_hook(on_epoch: Callable[[str, int, int, float, float], None] | None, stages: StageSink | None
-                ) -> Callable[[str, int, int, float, float], None] | None:
+def _epoch_hook(on_epoch: Callable[[str, int, int, float, float], None] | None, stages: StageSink
+                ) -> Callable[[str, int, int, float, float], None]:
     """train_expert's epoch callback: the caller's, and the expert's stage progress."""
-    if stages is None:
-        return on_epoch
-
     def hook(name: str, epoch: int, total: int, loss: float, val: float) -> None:
         stages.advance(name, epoch, total, loss=loss, val_logloss=val)
         if on_epoch is not None:
             on_epoch(name, epoch, total, loss, val)
 
     return hook
+
+
+def _candle_weights(candle_models: dict[str, str] | None, results: dict[str, Any]) -> dict[str, str]:
+    """The weights each candle expert uses in this run: the caller's, or the checkpoint trained here."""
+    return {**(candle_models or {}), **{n: r["checkpoint"] for n, r in results.items() if "checkpoint" in r}}
 
 
 def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: AppConfig, names: list[str], *,
@@ -464,6 +278,7 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
     kronos_preset_epochs: Kronos trains its preset's epochs, not ``epochs`` (Train now, whose ``epochs``
     are the features experts'; ``main_backtest.py train --epochs N`` sets both)."""
     registry = CheckpointRegistry(store, models_dir)
+    sink: StageSink = stages if stages is not None else NullSink()
     results: dict[str, Any] = {}
     feature_names = [n for n in names if n not in (GATE_NAME, "kronos")]
     unknown = [n for n in names if n != GATE_NAME and n not in models.experts]
@@ -474,31 +289,25 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
             from NN.experts.kronos.train import train_kronos
         except ImportError as exc:
             raise ValueError(f"kronos training is not available in this build: {exc}") from None
-        if stages is not None:
-            stages.begin(KRONOS_STAGE)
+        sink.begin(KRONOS_STAGE)
         path = train_kronos(store, key, start_ms=start_ms, end_ms=end_ms, models_dir=models_dir,
                             runs_dir=runs_dir or Path("runs"), preset=kronos_preset,
                             epochs=None if kronos_preset_epochs else epochs, progress=progress,
                             device=models.experts["kronos"].device,
-                            on_epoch=None if stages is None else
-                            lambda done, total, val: stages.advance(KRONOS_STAGE, done, total, val_loss=val))
-        if stages is not None:
-            stages.end(KRONOS_STAGE)
+                            on_epoch=lambda done, total, val: sink.advance(KRONOS_STAGE, done, total, val_loss=val))
+        sink.end(KRONOS_STAGE)
         results["kronos"] = {"checkpoint": str(path)}
     if not feature_names and GATE_NAME not in names:
         return results
-    if stages is not None:
-        stages.begin(FEATURES_STAGE)
+    sink.begin(FEATURES_STAGE)
     candles = load_candles(store, key, start_ms, end_ms)
     prep = prepare(candles, key, models, app, book=load_book(store, key, models, candles))
-    if stages is not None:
-        if GATE_NAME in names:  # what the gate will cost, measured now: its ETA need not wait for it
-            probe = gate_probe(models, prep, registry, gate_experts, {
-                **(candle_models or {}), **{n: r_["checkpoint"] for n, r_ in results.items() if "checkpoint" in r_}},
-                candles, gate_rows)
-            if probe is not None:
-                stages.prior(GATE_STAGE, *probe)
-        stages.end(FEATURES_STAGE)
+    if stages is not None and GATE_NAME in names:  # what the gate will cost, measured now: its ETA need not wait
+        probe = gate_probe(models, prep, registry, gate_experts, _candle_weights(candle_models, results),
+                           candles, gate_rows)
+        if probe is not None:
+            sink.prior(GATE_STAGE, *probe)
+    sink.end(FEATURES_STAGE)
     meta_base = {"exchange": key.exchange, "symbol": key.symbol, "timeframe": key.timeframe,
                  "dims": {"T": len(prep.batch.spec.timeframes), "L": prep.batch.spec.window,
                           "F": len(prep.batch.spec.bar_features), "D": len(prep.batch.spec.flat_features)},
@@ -524,11 +333,10 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                         resumed_from = expert.version
                 except ValueError as exc:  # architecture changed: start fresh, say why
                     log.warning("%s: best checkpoint not loadable (%s); training from scratch", name, exc)
-                if stages is not None:
-                    stages.begin(name, epochs or 10)
+                sink.begin(name, epochs or 10)
                 res = train_expert(expert, prep, epochs or 10, writer=writer, task=task,
                                    max_steps_per_epoch=max_steps_per_epoch, patience=patience, annotated=rows,
-                                   on_epoch=_epoch_hook(on_epoch, stages))
+                                   on_epoch=_epoch_hook(on_epoch, sink))
                 version = registry.register(
                     name, expert.state_dict(), res.val_logloss, cfg.checkpoints,
                     {**meta_base, "horizon": cfg.horizon, "resumed_from": resumed_from, "epochs_run": res.epochs_run,
@@ -537,20 +345,17 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                 )
                 results[name] = {"version": version, "val_logloss": res.val_logloss, "epochs_run": res.epochs_run,
                                  "best_epoch": res.best_epoch, **res.extra}
-                if stages is not None:
-                    stages.end(name)
+                sink.end(name)
                 if rows is not None:  # the DQN takes the trades as demonstrations, the others the labels
                     results[name]["annotations_used"] = bool(rows.demos) if isinstance(expert, DQNExpert) \
                         else bool(rows.idx.size)
             if GATE_NAME in names:
-                experts = gate_members(models, prep, registry, gate_experts, {
-                    **(candle_models or {}), **{n: r_["checkpoint"] for n, r_ in results.items() if "checkpoint" in r_}})
+                experts = gate_members(models, prep, registry, gate_experts, _candle_weights(candle_models, results))
                 h = common_horizon(experts)
-                if stages is not None:
-                    stages.begin(GATE_STAGE)
+                sink.begin(GATE_STAGE)
                 gate, info = train_gate(experts, prep, models, h, candles, max_rows=gate_rows,
                                         on_rows=None if stages is None else
-                                        lambda done, total: stages.advance(GATE_STAGE, done, total))
+                                        lambda done, total: sink.advance(GATE_STAGE, done, total))
                 # metric: the gate's hold-out log loss BEFORE calibration (the calibrator is fit on that
                 # same hold-out, so the calibrated figure is in-sample and not comparable across runs)
                 version = registry.register(
@@ -560,8 +365,7 @@ def run_training(store: MarketStore, key: SeriesKey, models: ModelsConfig, app: 
                      "expert_versions": {n: e.version for n, e in experts.items()}, **info},
                 )
                 results[GATE_NAME] = {"version": version, "experts": list(experts), **info}
-                if stages is not None:
-                    stages.end(GATE_STAGE)
+                sink.end(GATE_STAGE)
                 if writer is not None:
                     for k, v in info.items():
                         writer.add_scalar(f"moe/{k}", v, 0)

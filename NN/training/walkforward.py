@@ -29,7 +29,9 @@ from NN.experts.dqn import DQNExpert
 from NN.experts.registry import build_expert
 from NN.experts.supervised import SupervisedExpert
 from NN.moe import MoEGate, gate_min_samples
-from NN.training.trainer import Prepared, climatology, common_horizon, prepare, train_expert, train_gate
+from NN.training.gate_fit import common_horizon, train_gate
+from NN.training.prepared import Prepared, prepare
+from NN.training.trainer import climatology, train_expert
 
 
 class FoldPruned(Exception):
